@@ -1,0 +1,92 @@
+"""Step-only schedules: the LR depends on the batch index alone."""
+
+from __future__ import annotations
+
+import math
+
+import gin
+import tensorflow as tf
+
+from lrresearch.controllers.base import (
+    Controller,
+    ControllerOutput,
+    check_int,
+    check_number,
+    check_positive,
+)
+from lrresearch.signals import Signals
+
+
+@gin.configurable
+class ConstantController(Controller):
+    """A fixed LR: the baseline every other strategy is measured against.
+
+    Args:
+      lr: the learning rate (> 0).
+    """
+
+    def __init__(self, lr: float = 0.01, name: str | None = None):
+        super().__init__(name=name)
+        check_positive("ConstantController", lr=lr)
+        self.initial_lr = float(lr)
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        del signals
+        return ControllerOutput(tf.constant(self.initial_lr, tf.float32), {})
+
+
+@gin.configurable
+class WarmupCosineController(Controller):
+    """Linear warmup then cosine decay, the same sequence as optax's
+    `warmup_cosine_decay_schedule(init_value, peak_value, warmup_steps, decay_steps,
+    end_value)`.
+
+    For batch index `t` (0-based):
+      * `t < warmup_steps`: `init_lr + (base_lr - init_lr) * t / warmup_steps`;
+      * otherwise, with `T = decay_steps - warmup_steps` and
+        `s = min(t - warmup_steps, T)`:
+        `end_lr + (base_lr - end_lr) * 0.5 * (1 + cos(pi * s / T))`.
+    After `decay_steps` batches the LR stays at `end_lr`.
+
+    Args:
+      base_lr: the peak LR, reached at the end of warmup (> 0).
+      warmup_steps: warmup length in batches (>= 0).
+      decay_steps: total schedule length in batches, warmup included (> warmup_steps).
+      init_lr: LR of batch 0 (>= 0).
+      end_lr: final LR (>= 0).
+    """
+
+    def __init__(
+        self,
+        base_lr: float = 0.1,
+        warmup_steps: int = 100,
+        decay_steps: int = 2000,
+        init_lr: float = 0.0,
+        end_lr: float = 0.0,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        owner = "WarmupCosineController"
+        check_positive(owner, base_lr=base_lr)
+        check_int(owner, "warmup_steps", warmup_steps, 0)
+        check_int(owner, "decay_steps", decay_steps, warmup_steps + 1)
+        for arg, value in (("init_lr", init_lr), ("end_lr", end_lr)):
+            check_number(owner, arg, value)
+            if value < 0:
+                raise ValueError(f"{owner}.{arg} must be >= 0, got {value!r}")
+        self.base_lr, self.init_lr, self.end_lr = float(base_lr), float(init_lr), float(end_lr)
+        self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
+        self.initial_lr = self.init_lr if warmup_steps else self.base_lr
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        t = tf.cast(signals.step, tf.float32)
+        if self.warmup_steps:
+            warm = self.init_lr + (self.base_lr - self.init_lr) * t / self.warmup_steps
+        else:
+            warm = tf.constant(self.base_lr)
+        span = float(self.decay_steps - self.warmup_steps)
+        s = tf.clip_by_value(t - self.warmup_steps, 0.0, span)
+        cosine = 0.5 * (1.0 + tf.cos(math.pi * s / span))
+        decayed = self.end_lr + (self.base_lr - self.end_lr) * cosine
+        lr = tf.where(t < self.warmup_steps, warm, decayed)
+        return ControllerOutput(lr, {"warmup": tf.cast(t < self.warmup_steps, tf.float32)})
