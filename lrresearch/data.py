@@ -1,0 +1,170 @@
+"""Built-in offline datasets and a loader for the user's own `.npz` files.
+
+Every dataset is a `Dataset` of numpy arrays split into train and eval parts; nothing
+is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import gin
+import numpy as np
+
+
+class DataError(ValueError):
+    """A dataset that cannot be trained on (wrong shapes, dtypes or labels)."""
+
+
+class Dataset(NamedTuple):
+    """Arrays for one classification task.
+
+    Attributes:
+      x_train: float32 `[N, *input_shape]`.
+      y_train: int32 `[N]`, labels in `[0, num_classes)`.
+      x_eval: float32 `[M, *input_shape]`.
+      y_eval: int32 `[M]`.
+      num_classes: number of classes.
+      name: short name, used in messages.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+    num_classes: int
+    name: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def split(
+    x: np.ndarray, y: np.ndarray, eval_fraction: float, seed: int, num_classes: int, name: str
+) -> Dataset:
+    """Shuffles with `seed` and holds out `eval_fraction` of the examples for eval."""
+    if not 0.0 < eval_fraction < 1.0:
+        raise DataError(f"{name}: eval_fraction must be in (0, 1), got {eval_fraction!r}")
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order]
+    n_eval = max(1, round(len(x) * eval_fraction))
+    return Dataset(x[n_eval:], y[n_eval:], x[:n_eval], y[:n_eval], num_classes, name)
+
+
+@gin.configurable
+def digits(eval_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), shipped with
+    scikit-learn. Images are `[8, 8, 1]`, scaled from 0..16 to 0..1."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    x = (raw.images.astype(np.float32) / 16.0)[..., np.newaxis]
+    return split(x, raw.target.astype(np.int32), eval_fraction, seed, 10, "digits")
+
+
+@gin.configurable
+def synthetic(
+    num_examples: int = 4000,
+    num_features: int = 20,
+    num_classes: int = 4,
+    imbalance: float = 10.0,
+    label_noise: float = 0.1,
+    class_separation: float = 1.5,
+    eval_fraction: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
+    """Gaussian clusters with class imbalance and label noise.
+
+    Class `k` has prior proportional to `imbalance ** (-k / (num_classes - 1))`, so the
+    most frequent class is `imbalance` times more frequent than the rarest. Each class
+    mean is a random direction scaled by `class_separation`; features are unit-variance
+    Gaussian around it. A fraction `label_noise` of the *training* labels is replaced
+    by a uniformly random class (eval labels stay clean, so eval measures the truth).
+    """
+    if num_classes < 2:
+        raise DataError(f"synthetic.num_classes must be >= 2, got {num_classes!r}")
+    if imbalance < 1:
+        raise DataError(f"synthetic.imbalance must be >= 1, got {imbalance!r}")
+    if not 0 <= label_noise <= 1:
+        raise DataError(f"synthetic.label_noise must be in [0, 1], got {label_noise!r}")
+    rng = np.random.default_rng(seed)
+    priors = imbalance ** (-np.arange(num_classes) / (num_classes - 1))
+    y = rng.choice(num_classes, size=num_examples, p=priors / priors.sum()).astype(np.int32)
+    means = rng.normal(size=(num_classes, num_features))
+    means *= class_separation / np.linalg.norm(means, axis=1, keepdims=True)
+    x = (means[y] + rng.normal(size=(num_examples, num_features))).astype(np.float32)
+    data = split(x, y, eval_fraction, seed, num_classes, "synthetic")
+    noisy = rng.random(len(data.y_train)) < label_noise
+    y_train = np.where(noisy, rng.integers(0, num_classes, len(noisy)), data.y_train)
+    return data._replace(y_train=y_train.astype(np.int32))
+
+
+@gin.configurable
+def npz_file(
+    path: str = gin.REQUIRED,
+    num_classes: int | None = None,
+    eval_fraction: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
+    """The user's data from an `.npz` file with arrays `x` (`[N, ...]`, numeric) and
+    `y` (`[N]`, integer class labels in `[0, num_classes)`). If the file also holds
+    `x_eval` and `y_eval` they are the eval split; otherwise `eval_fraction` of the
+    examples are held out. `num_classes` defaults to `max(y) + 1`.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"npz_file.path: no such file: {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except Exception as e:
+        raise DataError(f"npz_file.path: {path!r} is not a readable .npz file ({e})") from e
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise DataError(
+                f"{path}: missing array {key!r} (found {sorted(arrays)}); save with "
+                "np.savez(path, x=features, y=labels)"
+            )
+    has_eval = "x_eval" in arrays or "y_eval" in arrays
+    pairs = [("x", "y")] + ([("x_eval", "y_eval")] if has_eval else [])
+    for xk, yk in pairs:
+        if xk not in arrays or yk not in arrays:
+            raise DataError(f"{path}: {xk!r} and {yk!r} must be given together")
+        _check_pair(path, xk, arrays[xk], yk, arrays[yk])
+    labels = np.concatenate([arrays[yk] for _, yk in pairs])
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(
+            f"{path}: labels must lie in [0, {num_classes}), found range "
+            f"[{labels.min()}, {labels.max()}]"
+        )
+    if num_classes < 2:
+        raise DataError(f"{path}: need at least 2 classes, found {num_classes}")
+    x = arrays["x"].astype(np.float32)
+    y = arrays["y"].astype(np.int32)
+    name = os.path.basename(path)
+    if has_eval:
+        return Dataset(x, y, arrays["x_eval"].astype(np.float32),
+                       arrays["y_eval"].astype(np.int32), num_classes, name)
+    return split(x, y, eval_fraction, seed, num_classes, name)
+
+
+def _check_pair(path: str, xk: str, x: np.ndarray, yk: str, y: np.ndarray) -> None:
+    if x.ndim < 2:
+        raise DataError(
+            f"{path}: {xk!r} must have shape [N, features...], got shape {x.shape}"
+        )
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"{path}: {xk!r} must be real numbers, got dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{path}: {xk!r} contains NaN or Inf")
+    if y.ndim != 1:
+        raise DataError(f"{path}: {yk!r} must have shape [N] (class indices), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: {yk!r} must hold integer class indices, got dtype {y.dtype}")
+    if len(x) != len(y):
+        raise DataError(
+            f"{path}: {xk!r} has {len(x)} examples but {yk!r} has {len(y)}"
+        )

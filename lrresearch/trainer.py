@@ -1,0 +1,429 @@
+"""The custom training loop: one compiled step per batch, `steps_per_loop` per call.
+
+Per batch, inside one `tf.function`: forward, mean loss, gradients, signals (global
+norm, loss moving averages), controller -> LR, guard, `learning_rate.assign`, apply,
+summaries. Python only runs the loop around it: eval, progress, checkpoints, all at
+block boundaries, never per batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lrresearch import summaries
+from lrresearch.controllers import Controller, GradNormController
+from lrresearch.data import DataError, Dataset, digits
+from lrresearch.models import mlp
+from lrresearch.signals import MovingAverage, Signals, global_norm
+
+OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
+    "sgd": lambda lr: keras.optimizers.SGD(learning_rate=lr),
+    "momentum": lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=0.9),
+    "nesterov": lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True),
+    "adam": lambda lr: keras.optimizers.Adam(learning_rate=lr),
+    "adamw": lambda lr: keras.optimizers.AdamW(learning_rate=lr),
+}
+for _cls in (keras.optimizers.SGD, keras.optimizers.Adam, keras.optimizers.AdamW,
+             keras.optimizers.RMSprop):
+    gin.external_configurable(_cls, module="keras.optimizers")
+
+
+class RunDirExistsError(FileExistsError):
+    """The run directory already exists; runs are never overwritten."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became NaN/Inf during training."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished run reports (also printed as the one-line summary)."""
+
+    run_dir: str
+    steps: int
+    seconds: float
+    steps_per_second: float
+    final_loss: float
+    final_lr: float
+    eval_loss: float
+    eval_accuracy: float
+
+    def summary_line(self) -> str:
+        return (
+            f"done: {self.steps} steps in {self.seconds:.1f} s "
+            f"({self.steps_per_second:,.0f} steps/s); loss/batch {self.final_loss:.4f}, "
+            f"lr {self.final_lr:.3g}, eval/loss {self.eval_loss:.4f}, "
+            f"eval/accuracy {self.eval_accuracy:.4f} -> {self.run_dir}"
+        )
+
+
+def make_optimizer(
+    optimizer: str | Callable[..., keras.optimizers.Optimizer], initial_lr: float
+) -> keras.optimizers.Optimizer:
+    """Builds the optimizer from a short name or a class/factory taking `learning_rate`.
+
+    The optimizer's LR must be a plain variable (not a Keras schedule): the controller
+    assigns it every batch.
+    """
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"Trainer.optimizer: unknown optimizer {optimizer!r}; use one of "
+                f"{sorted(OPTIMIZERS)} or a class such as @keras.optimizers.Adam"
+            )
+        return OPTIMIZERS[optimizer](initial_lr)
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        raise ValueError(
+            "Trainer.optimizer: pass the class or a short name, not an instance "
+            "(write `@keras.optimizers.Adam`, without the parentheses)"
+        )
+    if not callable(optimizer):
+        raise ValueError(f"Trainer.optimizer: expected a name or a class, got {optimizer!r}")
+    return optimizer(learning_rate=initial_lr)
+
+
+def make_run_dir(logdir: str, run_name: str | None, default_prefix: str) -> str:
+    """Creates and returns `<logdir>/<run_name>`; never reuses an existing directory.
+
+    With no `run_name` the name is `<default_prefix>-<YYYYmmdd-HHMMSS>`, suffixed `-1`,
+    `-2`, ... if that exists already. An explicit `run_name` that exists is an error.
+    """
+    try:
+        os.makedirs(logdir, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create logdir {logdir!r}: {e.strerror}; pass --logdir") from e
+    if not os.access(logdir, os.W_OK):
+        raise PermissionError(f"logdir {logdir!r} is not writable; pass another --logdir")
+    if run_name is not None:
+        if not run_name or os.sep in run_name or run_name in (".", ".."):
+            raise ValueError(f"run_name must be a plain directory name, got {run_name!r}")
+        path = os.path.join(logdir, run_name)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            raise RunDirExistsError(
+                f"run directory {path!r} already exists and runs are never overwritten; "
+                "choose another --run_name, or leave it out for a fresh timestamped name"
+            ) from None
+        return path
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(logdir, f"{default_prefix}-{stamp}")
+    for i in range(1000):
+        path = base if i == 0 else f"{base}-{i}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise RunDirExistsError(f"could not find a free run directory name next to {base!r}")
+
+
+def _variable_names(variables: list[tf.Variable], model_name: str) -> list[str]:
+    """Tag-friendly variable paths: `dense/kernel` rather than `mlp/dense/kernel`."""
+    prefix = model_name + "/"
+    return [v.path[len(prefix):] if v.path.startswith(prefix) else v.path for v in variables]
+
+
+def _check_cadence(name: str, value: int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"Trainer.{name} must be an int >= 0 (0 = off), got {value!r}")
+
+
+@gin.configurable
+class Trainer:
+    """Trains a small classifier with a per-batch LR controller, logging every batch.
+
+    Args:
+      steps: number of batches to train (>= 1).
+      controller: the per-batch LR strategy (default `GradNormController()`).
+      optimizer: "sgd", "momentum", "nesterov", "adam", "adamw", or an optimizer class
+        such as `@keras.optimizers.Adam` (configure it with its own gin bindings).
+      batch_size: examples per batch (the last partial batch of an epoch is dropped so
+        every batch has the same shape and the step is traced once).
+      seed: seeds weights, shuffling and synthetic data.
+      steps_per_loop: batches per compiled call; the LR still changes every batch.
+      histogram_every: batches between `grad/` and `weights/` histograms (0 = off).
+      grad_norm_every: batches between per-variable `grad/norm/` scalars (0 = off,
+        1 = every batch; default: same as `histogram_every`).
+      eval_every: batches between evaluations on the held-out split (0 = only at the
+        end).
+      dataset: a function returning a `Dataset` (`@digits`, `@synthetic`, `@npz_file`).
+      model: a function `(input_shape, num_classes) -> keras.Model` (`@mlp`, `@cnn`).
+      clip_norm: if set, clip gradients to this global norm after the signals are
+        computed (`grad/global_norm` is always the unclipped norm).
+      loss_ma_short: window of `loss/ma_short` in batches.
+      loss_ma_long: window of `loss/ma_long` in batches.
+      loss_ma_kind: "window" (plain mean of the last N) or "ema" (see `MovingAverage`).
+      checkpoint_every: batches between checkpoints (0 = only at the end).
+      keep_checkpoints: how many checkpoints to keep.
+      log_every: batches between progress lines (default: about 10 lines per run).
+    """
+
+    def __init__(
+        self,
+        steps: int = 2000,
+        controller: Controller | None = None,
+        optimizer: str | Callable[..., keras.optimizers.Optimizer] = "sgd",
+        batch_size: int = 64,
+        seed: int = 0,
+        steps_per_loop: int = 100,
+        histogram_every: int = 100,
+        grad_norm_every: int | None = None,
+        eval_every: int = 500,
+        dataset: Callable[[], Dataset] | Dataset = digits,
+        model: Callable[..., keras.Model] = mlp,
+        clip_norm: float | None = None,
+        loss_ma_short: int = 10,
+        loss_ma_long: int = 100,
+        loss_ma_kind: str = "window",
+        checkpoint_every: int = 0,
+        keep_checkpoints: int = 3,
+        log_every: int | None = None,
+    ):
+        for name, value, minimum in (("steps", steps, 1), ("batch_size", batch_size, 1),
+                                     ("steps_per_loop", steps_per_loop, 1),
+                                     ("keep_checkpoints", keep_checkpoints, 1),
+                                     ("loss_ma_short", loss_ma_short, 1),
+                                     ("loss_ma_long", loss_ma_long, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"Trainer.{name} must be an int >= {minimum}, got {value!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"Trainer.seed must be an int, got {seed!r}")
+        for name, value in (("histogram_every", histogram_every),
+                            ("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
+            _check_cadence(name, value)
+        _check_cadence("grad_norm_every", grad_norm_every, allow_none=True)
+        _check_cadence("log_every", log_every, allow_none=True)
+        if clip_norm is not None and not (isinstance(clip_norm, (int, float))
+                                          and not isinstance(clip_norm, bool)
+                                          and math.isfinite(clip_norm) and clip_norm > 0):
+            raise ValueError(f"Trainer.clip_norm must be a number > 0 or None, got {clip_norm!r}")
+        if controller is None:
+            controller = GradNormController()
+        if not isinstance(controller, Controller):
+            raise ValueError(
+                f"Trainer.controller must be a Controller instance such as "
+                f"@GradNormController() (note the parentheses), got {controller!r}"
+            )
+        self.steps, self.controller, self.optimizer_spec = steps, controller, optimizer
+        self.batch_size, self.seed, self.steps_per_loop = batch_size, seed, steps_per_loop
+        self.histogram_every = histogram_every
+        self.grad_norm_every = histogram_every if grad_norm_every is None else grad_norm_every
+        self.eval_every, self.dataset_spec, self.model_fn = eval_every, dataset, model
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
+        self.log_every = log_every if log_every is not None else max(steps // 10, 1)
+        self.ma_short = MovingAverage(loss_ma_short, loss_ma_kind, name="loss_ma_short")
+        self.ma_long = MovingAverage(loss_ma_long, loss_ma_kind, name="loss_ma_long")
+        self.built = False
+
+    # -- building -------------------------------------------------------------------
+    def build(self) -> None:
+        """Creates data, model, optimizer and the compiled functions (idempotent)."""
+        if self.built:
+            return
+        keras.utils.set_random_seed(self.seed)
+        data = self.dataset_spec() if callable(self.dataset_spec) else self.dataset_spec
+        if not isinstance(data, Dataset):
+            raise DataError(f"Trainer.dataset must return a Dataset, got {type(data).__name__}")
+        if len(data.x_train) < self.batch_size:
+            raise DataError(
+                f"{data.name}: {len(data.x_train)} training examples, fewer than "
+                f"Trainer.batch_size = {self.batch_size}; lower the batch size"
+            )
+        self.data = data
+        self.model = self.model_fn(data.input_shape, data.num_classes)
+        self.variables = list(self.model.trainable_variables)
+        self.variable_names = _variable_names(self.variables, self.model.name)
+        self.optimizer = make_optimizer(self.optimizer_spec, self.controller.initial_lr)
+        self.optimizer.build(self.variables)
+        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.first_nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+
+        ds = tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
+        ds = ds.shuffle(len(data.x_train), seed=self.seed, reshuffle_each_iteration=True)
+        ds = ds.repeat().batch(self.batch_size, drop_remainder=True).prefetch(2)
+        options = tf.data.Options()
+        # Autotune can stall a short run's iterator teardown by seconds.
+        options.autotune.enabled = False
+        options.deterministic = True
+        self.train_iterator = iter(ds.with_options(options))
+        self.eval_dataset = tf.data.Dataset.from_tensor_slices(
+            (data.x_eval, data.y_eval)).batch(1024).with_options(options)
+
+        self.train_loop = tf.function(self._train_loop)
+        self.evaluate = tf.function(self._evaluate)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, controller=self.controller,
+            loss_ma_short=self.ma_short, loss_ma_long=self.ma_long, step=self.step)
+        self.built = True
+
+    # -- compiled code ----------------------------------------------------------------
+    def train_step(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """One batch: returns its mean loss. Pure TF; called inside `train_loop`."""
+        step = self.step.read_value()
+        with tf.GradientTape() as tape:
+            logits = self.model(x, training=True)
+            loss = self.loss_fn(y, logits)
+            if self.model.losses:
+                loss += tf.add_n(self.model.losses)
+        grads = tape.gradient(loss, self.variables)
+        norm = global_norm(grads)
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.variables)]
+        ma_short = self.ma_short.update(loss)
+        ma_long = self.ma_long.update(loss)
+        lr_variable = self.optimizer.learning_rate
+        prev_lr = tf.cast(tf.identity(lr_variable.value), tf.float32)
+        signals = Signals(step, loss, norm, ma_short, ma_long, prev_lr, tuple(grads))
+        with tf.name_scope("lr_controller"):
+            out = self.controller.compute(signals)
+            proposed = tf.cast(out.lr, tf.float32)
+            # Guard: a NaN/Inf or negative LR is never applied; the previous LR is kept.
+            accepted = tf.logical_and(tf.math.is_finite(proposed), proposed >= 0.0)
+            lr = tf.where(accepted, proposed, prev_lr)
+            lr_variable.assign(tf.cast(lr, lr_variable.dtype))
+        if self.clip_norm is not None:
+            grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
+        self.optimizer.apply(grads, self.variables)
+        finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(norm))
+        first_bad = self.first_nonfinite_step
+        first_bad.assign(tf.where(tf.logical_and(~finite, first_bad < 0), step, first_bad))
+        with tf.name_scope("summaries"):
+            for tag, value in zip(summaries.BATCH_TAGS, (lr, loss, ma_short, ma_long, norm)):
+                summaries.scalar(tag, value, step)
+            for name, value in out.diagnostics.items():
+                summaries.scalar(f"controller/{name}", value, step)
+            summaries.scalar("guard/lr_rejected", 1.0 - tf.cast(accepted, tf.float32), step)
+            self._periodic_summaries(step, grads)
+        self.step.assign_add(1)
+        return loss
+
+    def _periodic_summaries(self, step: tf.Tensor, grads: list[tf.Tensor]) -> None:
+        if self.grad_norm_every:
+            with tf.summary.record_if(tf.equal(step % self.grad_norm_every, 0)):
+                for name, g in zip(self.variable_names, grads):
+                    summaries.scalar(f"grad/norm/{name}", tf.norm(tf.cast(g, tf.float32)), step)
+        if self.histogram_every:
+            with tf.summary.record_if(tf.equal(step % self.histogram_every, 0)):
+                for name, g, v in zip(self.variable_names, grads, self.variables):
+                    summaries.histogram(f"grad/{name}", g, step)
+                    summaries.histogram(f"weights/{name}", v.value, step)
+
+    def _train_loop(self, iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
+        loss = tf.constant(0.0)
+        for _ in tf.range(num_steps):
+            x, y = next(iterator)
+            loss = self.train_step(x, y)
+        return loss
+
+    def _evaluate(self) -> tuple[tf.Tensor, tf.Tensor]:
+        total_loss = tf.constant(0.0, tf.float64)
+        correct = tf.constant(0, tf.int64)
+        count = tf.constant(0, tf.int64)
+        for x, y in self.eval_dataset:
+            logits = self.model(x, training=False)
+            per_example = keras.losses.sparse_categorical_crossentropy(y, logits,
+                                                                        from_logits=True)
+            total_loss += tf.reduce_sum(tf.cast(per_example, tf.float64))
+            predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            correct += tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(y, tf.int32)),
+                                             tf.int64))
+            count += tf.cast(tf.shape(y)[0], tf.int64)
+        n = tf.cast(count, tf.float64)
+        return tf.cast(total_loss / n, tf.float32), tf.cast(tf.cast(correct, tf.float64) / n,
+                                                            tf.float32)
+
+    # -- the loop around it -------------------------------------------------------------
+    def fit(
+        self, logdir: str = "runs", run_name: str | None = None, quiet: bool = False,
+        operative_config: Callable[[], str] = gin.operative_config_str,
+    ) -> TrainResult:
+        """Trains `steps` batches into a new run directory under `logdir`.
+
+        Writes event files, `config.gin` (the operative gin config) and `checkpoints/`.
+        Raises `RunDirExistsError` rather than touching an existing run, and
+        `NonFiniteLossError` (after flushing summaries) if the loss becomes NaN/Inf.
+        """
+        self.build()
+        prefix = type(self.controller).__name__.removesuffix("Controller") or "run"
+        run_dir = make_run_dir(logdir, run_name, prefix)
+        self.run_dir = run_dir
+        say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+        say(f"run directory: {run_dir}")
+        config = operative_config()
+        with open(os.path.join(run_dir, "config.gin"), "w") as f:
+            f.write(config)
+        manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(run_dir, "checkpoints"),
+            max_to_keep=self.keep_checkpoints)
+        writer = tf.summary.create_file_writer(run_dir)
+        cadences = [c for c in (self.eval_every, self.log_every, self.checkpoint_every) if c]
+        eval_loss = eval_acc = float("nan")
+        loss = tf.constant(float("nan"))
+        start = time.perf_counter()
+        done = 0
+        try:
+            with writer.as_default():
+                summaries.text("config", summaries.config_markdown(config or "(defaults)"))
+                while done < self.steps:
+                    boundary = min([self.steps] + [(done // c + 1) * c for c in cadences])
+                    n = min(self.steps_per_loop, boundary - done)
+                    loss = self.train_loop(self.train_iterator, tf.constant(n, tf.int64))
+                    done += n
+                    last = done == self.steps
+                    if last or (self.eval_every and done % self.eval_every == 0):
+                        eval_loss, eval_acc = (float(v) for v in self.evaluate())
+                        summaries.scalar("eval/loss", eval_loss, done - 1)
+                        summaries.scalar("eval/accuracy", eval_acc, done - 1)
+                    if last or done % self.log_every == 0:
+                        self._check_finite()
+                        elapsed = time.perf_counter() - start
+                        eta = elapsed / done * (self.steps - done)
+                        say(f"step {done:>{len(str(self.steps))}}/{self.steps}  "
+                            f"loss {float(loss):.4f}  lr {self.current_lr():.4g}  "
+                            f"eval/acc {eval_acc:.3f}  {done / elapsed:,.0f} steps/s  "
+                            f"ETA {eta:.0f}s")
+                    if self.checkpoint_every and done % self.checkpoint_every == 0 and not last:
+                        manager.save(checkpoint_number=done)
+        finally:
+            writer.flush()
+            writer.close()
+        manager.save(checkpoint_number=done)
+        seconds = time.perf_counter() - start
+        return TrainResult(run_dir, done, seconds, done / seconds, float(loss),
+                           self.current_lr(), eval_loss, eval_acc)
+
+    def current_lr(self) -> float:
+        """The LR applied to the latest batch (a host read: call between loops only)."""
+        return float(np.asarray(self.optimizer.learning_rate))
+
+    def _check_finite(self) -> None:
+        bad = int(self.first_nonfinite_step.numpy())
+        if bad >= 0:
+            raise NonFiniteLossError(
+                f"the loss or gradient norm became NaN/Inf at step {bad} (LR at the latest "
+                f"batch: {self.current_lr():.4g}). The summaries up to here are in "
+                f"{self.run_dir}. Lower the LR (e.g. the controller's max_lr/base_lr), "
+                "set Trainer.clip_norm, or check the data for NaN/Inf."
+            )
+
+
+def log(message: str) -> None:
+    """Prints to stderr (kept apart from the run's stdout progress lines)."""
+    print(message, file=sys.stderr, flush=True)
