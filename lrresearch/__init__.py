@@ -1,26 +1,33 @@
-"""lrresearch: per-batch learning-rate control for TensorFlow, in-graph, seen in TensorBoard."""
+"""lrresearch: per-batch learning-rate control for TensorFlow, in-graph, seen in TensorBoard.
 
-from lrresearch.controllers import (
-    ConstantController,
-    Controller,
-    ControllerOutput,
-    CyclicalController,
-    GradNormController,
-    LossTrendController,
-    WarmupCosineController,
-)
-from lrresearch.signals import MovingAverage, Signals, make_signals
+The public names load lazily, so `lrresearch.cli` can configure TensorFlow's logging
+before TensorFlow is imported.
+"""
 
-__all__ = [
-    "ConstantController",
-    "Controller",
-    "ControllerOutput",
-    "CyclicalController",
-    "GradNormController",
-    "LossTrendController",
-    "MovingAverage",
-    "Signals",
-    "WarmupCosineController",
-    "make_signals",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Controller": "lrresearch.controllers",
+    "ControllerOutput": "lrresearch.controllers",
+    "ConstantController": "lrresearch.controllers",
+    "CyclicalController": "lrresearch.controllers",
+    "GradNormController": "lrresearch.controllers",
+    "LossTrendController": "lrresearch.controllers",
+    "WarmupCosineController": "lrresearch.controllers",
+    "MovingAverage": "lrresearch.signals",
+    "Signals": "lrresearch.signals",
+    "make_signals": "lrresearch.signals",
+    "Trainer": "lrresearch.trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lrresearch' has no attribute {name!r}")

@@ -1,0 +1,5 @@
+import sys
+
+from lrresearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""`lrresearch` command line: `lrresearch train --gin_file=... --gin_param=...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+# TensorFlow's C++ start-up chatter hides the run's own output; users can set it back.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
+                        help="gin config file; repeat to layer files (later ones win)")
+    parser.add_argument("--gin_param", action="append", default=[], metavar="BINDING",
+                        help="a gin binding such as 'Trainer.steps = 500'; repeatable, "
+                        "applied after the files")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lrresearch import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lrresearch",
+        description="Per-batch learning-rate control for TensorFlow, seen in TensorBoard.")
+    parser.add_argument("--version", action="version", version=f"lrresearch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    train = commands.add_parser(
+        "train", help="train one run (the built-in default with no --gin_file)",
+        description="Train one run and log every batch to TensorBoard.")
+    _add_gin_flags(train)
+    train.add_argument("--logdir", default="runs", help="parent of the run directory "
+                       "(default: runs)")
+    train.add_argument("--run_name", default=None, help="run directory name (default: "
+                       "<controller>-<YYYYmmdd-HHMMSS>); an existing one is an error")
+    train.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"lrresearch: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def train(args: argparse.Namespace) -> int:
+    from lrresearch import config
+    from lrresearch.data import DataError
+    from lrresearch.trainer import NonFiniteLossError, RunDirExistsError, Trainer
+
+    try:
+        config.parse(args.gin_file, args.gin_param)
+    except config.ConfigError as e:
+        return _fail(str(e))
+    try:
+        trainer = Trainer()
+        result = trainer.fit(logdir=args.logdir, run_name=args.run_name, quiet=args.quiet)
+    except (RunDirExistsError, DataError, OSError) as e:
+        return _fail(str(e))
+    except NonFiniteLossError as e:
+        return _fail(str(e), code=1)
+    except ValueError as e:
+        # Constructor checks name the configurable and parameter; add where it was bound.
+        return _fail(config.explain_call_error(e, args.gin_file, args.gin_param))
+    print(result.summary_line(), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        return train(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
