@@ -12,11 +12,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
-                        help="gin config file; repeat to layer files (later ones win)")
-    parser.add_argument("--gin_param", action="append", default=[], metavar="BINDING",
-                        help="a gin binding such as 'Trainer.steps = 500'; repeatable, "
-                        "applied after the files")
+    parser.add_argument(
+        "--gin_file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="gin config file; repeat to layer files (later ones win)",
+    )
+    parser.add_argument(
+        "--gin_param",
+        action="append",
+        default=[],
+        metavar="BINDING",
+        help="a gin binding such as 'Trainer.steps = 500'; repeatable, applied after the files",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,18 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="lrresearch",
-        description="Per-batch learning-rate control for TensorFlow, seen in TensorBoard.")
+        description="Per-batch learning-rate control for TensorFlow, seen in TensorBoard.",
+    )
     parser.add_argument("--version", action="version", version=f"lrresearch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     train = commands.add_parser(
-        "train", help="train one run (the built-in default with no --gin_file)",
-        description="Train one run and log every batch to TensorBoard.")
+        "train",
+        help="train one run (the built-in default with no --gin_file)",
+        description="Train one run and log every batch to TensorBoard.",
+    )
     _add_gin_flags(train)
-    train.add_argument("--logdir", default="runs", help="parent of the run directory "
-                       "(default: runs)")
-    train.add_argument("--run_name", default=None, help="run directory name (default: "
-                       "<controller>-<YYYYmmdd-HHMMSS>); an existing one is an error")
+    train.add_argument(
+        "--logdir", default="runs", help="parent of the run directory (default: runs)"
+    )
+    train.add_argument(
+        "--run_name",
+        default=None,
+        help="run directory name (default: "
+        "<controller>-<YYYYmmdd-HHMMSS>); an existing one is an error",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 

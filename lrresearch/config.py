@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
@@ -18,7 +19,7 @@ class ConfigError(ValueError):
 def configurable_names() -> list[str]:
     """Every registered gin configurable, by its short and its full name."""
     names: set[str] = set()
-    for selector, _ in gin.config._REGISTRY.items():  # noqa: SLF001 - no public listing
+    for selector, _ in gin.config._REGISTRY.items():
         names.add(selector)
         names.add(selector.rsplit(".", 1)[-1])
     return sorted(names)
@@ -26,17 +27,15 @@ def configurable_names() -> list[str]:
 
 def _parameters(configurable: str) -> list[str]:
     try:
-        matches = gin.config._REGISTRY.get_all_matches(configurable)  # noqa: SLF001
+        matches = gin.config._REGISTRY.get_all_matches(configurable)
     except Exception:
         return []
     params: list[str] = []
     for match in matches:
         fn = match.wrapped
         target = fn.__init__ if inspect.isclass(fn) else fn
-        try:
+        with contextlib.suppress(TypeError, ValueError):
             params += [p for p in inspect.signature(target).parameters if p != "self"]
-        except (TypeError, ValueError):
-            pass
     return params
 
 
@@ -50,11 +49,11 @@ def explain(error: Exception) -> str:
     message = str(error).strip() or repr(error)
     if m := re.search(r"No configurable matching (?:reference )?'@?([\w.]+)", message):
         message += _suggest(m.group(1), configurable_names())
-    elif m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'",
-                        message):
+    elif m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message):
         params = _parameters(m.group(1))
         message += _suggest(m.group(2), params) or (
-            f"\n  Its parameters are: {', '.join(params)}." if params else "")
+            f"\n  Its parameters are: {', '.join(params)}." if params else ""
+        )
     return message
 
 
@@ -98,10 +97,10 @@ def parse(gin_files: list[str], gin_params: list[str]) -> None:
         parameter, or does not parse. The message names the file and line.
     """
     # Register every configurable before parsing, so names resolve.
-    import lrresearch.controllers  # noqa: F401
-    import lrresearch.data  # noqa: F401
-    import lrresearch.models  # noqa: F401
-    import lrresearch.signals  # noqa: F401
+    import lrresearch.controllers
+    import lrresearch.data
+    import lrresearch.models
+    import lrresearch.signals
     import lrresearch.trainer  # noqa: F401
 
     gin.clear_config()
@@ -109,12 +108,16 @@ def parse(gin_files: list[str], gin_params: list[str]) -> None:
         if not os.path.isfile(path):
             hint = ""
             if os.path.isdir("gin"):
-                known = [os.path.join(root, f) for root, _, files in os.walk("gin")
-                         for f in files if f.endswith(".gin")]
+                known = [
+                    os.path.join(root, f)
+                    for root, _, files in os.walk("gin")
+                    for f in files
+                    if f.endswith(".gin")
+                ]
                 hint = _suggest(path, known)
             raise ConfigError(f"--gin_file: no such file {path!r}.{hint}")
         for search_path in _search_paths(path):
-            if search_path not in gin.config._LOCATION_PREFIXES:  # noqa: SLF001
+            if search_path not in gin.config._LOCATION_PREFIXES:
                 gin.add_config_file_search_path(search_path)
     try:
         gin.parse_config_files_and_bindings(gin_files, gin_params, finalize_config=False)

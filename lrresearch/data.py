@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-import gin
 import numpy as np
+
+import gin
 
 
 class DataError(ValueError):
@@ -146,16 +147,20 @@ def npz_file(
     y = arrays["y"].astype(np.int32)
     name = os.path.basename(path)
     if has_eval:
-        return Dataset(x, y, arrays["x_eval"].astype(np.float32),
-                       arrays["y_eval"].astype(np.int32), num_classes, name)
+        return Dataset(
+            x,
+            y,
+            arrays["x_eval"].astype(np.float32),
+            arrays["y_eval"].astype(np.int32),
+            num_classes,
+            name,
+        )
     return split(x, y, eval_fraction, seed, num_classes, name)
 
 
 def _check_pair(path: str, xk: str, x: np.ndarray, yk: str, y: np.ndarray) -> None:
     if x.ndim < 2:
-        raise DataError(
-            f"{path}: {xk!r} must have shape [N, features...], got shape {x.shape}"
-        )
+        raise DataError(f"{path}: {xk!r} must have shape [N, features...], got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise DataError(f"{path}: {xk!r} must be real numbers, got dtype {x.dtype}")
     if not np.all(np.isfinite(x)):
@@ -165,6 +170,4 @@ def _check_pair(path: str, xk: str, x: np.ndarray, yk: str, y: np.ndarray) -> No
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{path}: {yk!r} must hold integer class indices, got dtype {y.dtype}")
     if len(x) != len(y):
-        raise DataError(
-            f"{path}: {xk!r} has {len(x)} examples but {yk!r} has {len(y)}"
-        )
+        raise DataError(f"{path}: {xk!r} has {len(x)} examples but {yk!r} has {len(y)}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import gin
 import keras
+
+import gin
 
 
 @gin.configurable
@@ -42,11 +43,13 @@ def cnn(
     layers: list = [keras.Input(tuple(input_shape))]
     size = min(input_shape[:2])
     for f in filters:
-        layers.append(keras.layers.Conv2D(int(f), kernel_size, padding="same",
-                                          activation="relu"))
+        layers.append(keras.layers.Conv2D(int(f), kernel_size, padding="same", activation="relu"))
         if size >= 2:
             layers.append(keras.layers.MaxPooling2D(2))
             size //= 2
-    layers += [keras.layers.Flatten(), keras.layers.Dense(int(dense), activation="relu"),
-               keras.layers.Dense(num_classes, name="logits")]
+    layers += [
+        keras.layers.Flatten(),
+        keras.layers.Dense(int(dense), activation="relu"),
+        keras.layers.Dense(num_classes, name="logits"),
+    ]
     return keras.Sequential(layers, name="cnn")

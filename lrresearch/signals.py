@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import gin
 import tensorflow as tf
+
+import gin
 
 
 class Signals(NamedTuple):

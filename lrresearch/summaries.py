@@ -27,9 +27,7 @@ from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name="", description="")
-HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
-    display_name="", description=""
-)
+HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(display_name="", description="")
 HISTOGRAM_BUCKETS = 30
 
 # Tags written for every batch, in the order they are written.

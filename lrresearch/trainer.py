@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
+import gin
 from lrresearch import summaries
 from lrresearch.controllers import Controller, GradNormController
 from lrresearch.data import DataError, Dataset, digits
@@ -35,8 +35,12 @@ OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
     "adam": lambda lr: keras.optimizers.Adam(learning_rate=lr),
     "adamw": lambda lr: keras.optimizers.AdamW(learning_rate=lr),
 }
-for _cls in (keras.optimizers.SGD, keras.optimizers.Adam, keras.optimizers.AdamW,
-             keras.optimizers.RMSprop):
+for _cls in (
+    keras.optimizers.SGD,
+    keras.optimizers.Adam,
+    keras.optimizers.AdamW,
+    keras.optimizers.RMSprop,
+):
     gin.external_configurable(_cls, module="keras.optimizers")
 
 
@@ -134,7 +138,7 @@ def make_run_dir(logdir: str, run_name: str | None, default_prefix: str) -> str:
 def _variable_names(variables: list[tf.Variable], model_name: str) -> list[str]:
     """Tag-friendly variable paths: `dense/kernel` rather than `mlp/dense/kernel`."""
     prefix = model_name + "/"
-    return [v.path[len(prefix):] if v.path.startswith(prefix) else v.path for v in variables]
+    return [v.path[len(prefix) :] if v.path.startswith(prefix) else v.path for v in variables]
 
 
 def _check_cadence(name: str, value: int | None, allow_none: bool = False) -> None:
@@ -195,23 +199,32 @@ class Trainer:
         keep_checkpoints: int = 3,
         log_every: int | None = None,
     ):
-        for name, value, minimum in (("steps", steps, 1), ("batch_size", batch_size, 1),
-                                     ("steps_per_loop", steps_per_loop, 1),
-                                     ("keep_checkpoints", keep_checkpoints, 1),
-                                     ("loss_ma_short", loss_ma_short, 1),
-                                     ("loss_ma_long", loss_ma_long, 1)):
+        for name, value, minimum in (
+            ("steps", steps, 1),
+            ("batch_size", batch_size, 1),
+            ("steps_per_loop", steps_per_loop, 1),
+            ("keep_checkpoints", keep_checkpoints, 1),
+            ("loss_ma_short", loss_ma_short, 1),
+            ("loss_ma_long", loss_ma_long, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"Trainer.{name} must be an int >= {minimum}, got {value!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"Trainer.seed must be an int, got {seed!r}")
-        for name, value in (("histogram_every", histogram_every),
-                            ("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
+        for name, value in (
+            ("histogram_every", histogram_every),
+            ("eval_every", eval_every),
+            ("checkpoint_every", checkpoint_every),
+        ):
             _check_cadence(name, value)
         _check_cadence("grad_norm_every", grad_norm_every, allow_none=True)
         _check_cadence("log_every", log_every, allow_none=True)
-        if clip_norm is not None and not (isinstance(clip_norm, (int, float))
-                                          and not isinstance(clip_norm, bool)
-                                          and math.isfinite(clip_norm) and clip_norm > 0):
+        if clip_norm is not None and not (
+            isinstance(clip_norm, (int, float))
+            and not isinstance(clip_norm, bool)
+            and math.isfinite(clip_norm)
+            and clip_norm > 0
+        ):
             raise ValueError(f"Trainer.clip_norm must be a number > 0 or None, got {clip_norm!r}")
         if controller is None:
             controller = GradNormController()
@@ -264,14 +277,22 @@ class Trainer:
         options.autotune.enabled = False
         options.deterministic = True
         self.train_iterator = iter(ds.with_options(options))
-        self.eval_dataset = tf.data.Dataset.from_tensor_slices(
-            (data.x_eval, data.y_eval)).batch(1024).with_options(options)
+        self.eval_dataset = (
+            tf.data.Dataset.from_tensor_slices((data.x_eval, data.y_eval))
+            .batch(1024)
+            .with_options(options)
+        )
 
         self.train_loop = tf.function(self._train_loop)
         self.evaluate = tf.function(self._evaluate)
         self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, controller=self.controller,
-            loss_ma_short=self.ma_short, loss_ma_long=self.ma_long, step=self.step)
+            model=self.model,
+            optimizer=self.optimizer,
+            controller=self.controller,
+            loss_ma_short=self.ma_short,
+            loss_ma_long=self.ma_long,
+            step=self.step,
+        )
         self.built = True
 
     # -- compiled code ----------------------------------------------------------------
@@ -285,7 +306,9 @@ class Trainer:
                 loss += tf.add_n(self.model.losses)
         grads = tape.gradient(loss, self.variables)
         norm = global_norm(grads)
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.variables)]
+        grads = [
+            tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.variables, strict=True)
+        ]
         ma_short = self.ma_short.update(loss)
         ma_long = self.ma_long.update(loss)
         lr_variable = self.optimizer.learning_rate
@@ -305,7 +328,9 @@ class Trainer:
         first_bad = self.first_nonfinite_step
         first_bad.assign(tf.where(tf.logical_and(~finite, first_bad < 0), step, first_bad))
         with tf.name_scope("summaries"):
-            for tag, value in zip(summaries.BATCH_TAGS, (lr, loss, ma_short, ma_long, norm)):
+            for tag, value in zip(
+                summaries.BATCH_TAGS, (lr, loss, ma_short, ma_long, norm), strict=True
+            ):
                 summaries.scalar(tag, value, step)
             for name, value in out.diagnostics.items():
                 summaries.scalar(f"controller/{name}", value, step)
@@ -317,11 +342,11 @@ class Trainer:
     def _periodic_summaries(self, step: tf.Tensor, grads: list[tf.Tensor]) -> None:
         if self.grad_norm_every:
             with tf.summary.record_if(tf.equal(step % self.grad_norm_every, 0)):
-                for name, g in zip(self.variable_names, grads):
+                for name, g in zip(self.variable_names, grads, strict=True):
                     summaries.scalar(f"grad/norm/{name}", tf.norm(tf.cast(g, tf.float32)), step)
         if self.histogram_every:
             with tf.summary.record_if(tf.equal(step % self.histogram_every, 0)):
-                for name, g, v in zip(self.variable_names, grads, self.variables):
+                for name, g, v in zip(self.variable_names, grads, self.variables, strict=True):
                     summaries.histogram(f"grad/{name}", g, step)
                     summaries.histogram(f"weights/{name}", v.value, step)
 
@@ -338,20 +363,22 @@ class Trainer:
         count = tf.constant(0, tf.int64)
         for x, y in self.eval_dataset:
             logits = self.model(x, training=False)
-            per_example = keras.losses.sparse_categorical_crossentropy(y, logits,
-                                                                        from_logits=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
             total_loss += tf.reduce_sum(tf.cast(per_example, tf.float64))
             predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-            correct += tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(y, tf.int32)),
-                                             tf.int64))
+            correct += tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(y, tf.int32)), tf.int64))
             count += tf.cast(tf.shape(y)[0], tf.int64)
         n = tf.cast(count, tf.float64)
-        return tf.cast(total_loss / n, tf.float32), tf.cast(tf.cast(correct, tf.float64) / n,
-                                                            tf.float32)
+        return tf.cast(total_loss / n, tf.float32), tf.cast(
+            tf.cast(correct, tf.float64) / n, tf.float32
+        )
 
     # -- the loop around it -------------------------------------------------------------
     def fit(
-        self, logdir: str = "runs", run_name: str | None = None, quiet: bool = False,
+        self,
+        logdir: str = "runs",
+        run_name: str | None = None,
+        quiet: bool = False,
         operative_config: Callable[[], str] = gin.operative_config_str,
     ) -> TrainResult:
         """Trains `steps` batches into a new run directory under `logdir`.
@@ -370,8 +397,8 @@ class Trainer:
         with open(os.path.join(run_dir, "config.gin"), "w") as f:
             f.write(config)
         manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(run_dir, "checkpoints"),
-            max_to_keep=self.keep_checkpoints)
+            self.checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=self.keep_checkpoints
+        )
         writer = tf.summary.create_file_writer(run_dir)
         cadences = [c for c in (self.eval_every, self.log_every, self.checkpoint_every) if c]
         eval_loss = eval_acc = float("nan")
@@ -395,10 +422,12 @@ class Trainer:
                         self._check_finite()
                         elapsed = time.perf_counter() - start
                         eta = elapsed / done * (self.steps - done)
-                        say(f"step {done:>{len(str(self.steps))}}/{self.steps}  "
+                        say(
+                            f"step {done:>{len(str(self.steps))}}/{self.steps}  "
                             f"loss {float(loss):.4f}  lr {self.current_lr():.4g}  "
                             f"eval/acc {eval_acc:.3f}  {done / elapsed:,.0f} steps/s  "
-                            f"ETA {eta:.0f}s")
+                            f"ETA {eta:.0f}s"
+                        )
                     if self.checkpoint_every and done % self.checkpoint_every == 0 and not last:
                         manager.save(checkpoint_number=done)
         finally:
@@ -406,8 +435,16 @@ class Trainer:
             writer.close()
         manager.save(checkpoint_number=done)
         seconds = time.perf_counter() - start
-        return TrainResult(run_dir, done, seconds, done / seconds, float(loss),
-                           self.current_lr(), eval_loss, eval_acc)
+        return TrainResult(
+            run_dir,
+            done,
+            seconds,
+            done / seconds,
+            float(loss),
+            self.current_lr(),
+            eval_loss,
+            eval_acc,
+        )
 
     def current_lr(self) -> float:
         """The LR applied to the latest batch (a host read: call between loops only)."""

@@ -60,9 +60,7 @@ def check_positive(owner: str, **values: float) -> None:
 
 def check_number(owner: str, name: str, value: object) -> None:
     """Raises ValueError naming `owner.name` unless `value` is a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-        value
-    ):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{owner}.{name} must be a finite number, got {value!r}")
 
 

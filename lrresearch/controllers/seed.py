@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 
-import gin
 import tensorflow as tf
 
+import gin
 from lrresearch.controllers.base import (
     Controller,
     ControllerOutput,
@@ -112,8 +112,14 @@ class LossTrendController(Controller):
                 f"{owner}.max_lr is required (an upper bound for the LR); "
                 f"bind it, e.g. `{owner}.max_lr = 0.1`"
             )
-        check_positive(owner, initial_lr=initial_lr, decrease=decrease, increase=increase,
-                       min_lr=min_lr, max_lr=max_lr)
+        check_positive(
+            owner,
+            initial_lr=initial_lr,
+            decrease=decrease,
+            increase=increase,
+            min_lr=min_lr,
+            max_lr=max_lr,
+        )
         check_int(owner, "window", window, 2)
         if decrease > 1:
             raise ValueError(f"{owner}.decrease must be in (0, 1], got {decrease!r}")
@@ -141,8 +147,9 @@ class LossTrendController(Controller):
         self.losses.scatter_nd_update([[slot]], [tf.where(finite, loss, self.losses[slot])])
         self.count.assign(count)
         # Oldest first: the slot after the newest one holds the oldest loss.
-        ordered = tf.roll(self.losses, shift=-tf.cast(tf.math.floormod(count, self.window),
-                                                      tf.int32), axis=0)
+        ordered = tf.roll(
+            self.losses, shift=-tf.cast(tf.math.floormod(count, self.window), tf.int32), axis=0
+        )
         newer = self.window // 2
         trend = tf.reduce_mean(ordered[-newer:]) - tf.reduce_mean(ordered[:-newer])
         full = count >= self.window
