@@ -64,13 +64,15 @@ class TrainResult:
     final_lr: float
     eval_loss: float
     eval_accuracy: float
+    first_call_seconds: float = float("nan")
 
     def summary_line(self) -> str:
         return (
-            f"done: {self.steps} steps in {self.seconds:.1f} s "
-            f"({self.steps_per_second:,.0f} steps/s); loss/batch {self.final_loss:.4f}, "
-            f"lr {self.final_lr:.3g}, eval/loss {self.eval_loss:.4f}, "
-            f"eval/accuracy {self.eval_accuracy:.4f} -> {self.run_dir}"
+            f"done: {self.steps} steps in {self.seconds:.1f} s ({self.steps_per_second:,.0f} "
+            f"steps/s after a {self.first_call_seconds:.1f} s first call that traced the "
+            f"step); loss/batch {self.final_loss:.4f}, lr {self.final_lr:.3g}, "
+            f"eval/loss {self.eval_loss:.4f}, eval/accuracy {self.eval_accuracy:.4f} "
+            f"-> {self.run_dir}"
         )
 
 
@@ -404,7 +406,8 @@ class Trainer:
         eval_loss = eval_acc = float("nan")
         loss = tf.constant(float("nan"))
         start = time.perf_counter()
-        done = 0
+        first_done, first_seconds = 0, float("nan")
+        done, side_seconds = 0, 0.0  # side_seconds: eval and checkpoints, not training
         try:
             with writer.as_default():
                 summaries.text("config", summaries.config_markdown(config or "(defaults)"))
@@ -413,38 +416,52 @@ class Trainer:
                     n = min(self.steps_per_loop, boundary - done)
                     loss = self.train_loop(self.train_iterator, tf.constant(n, tf.int64))
                     done += n
+                    if not first_done:
+                        first_done, first_seconds = n, time.perf_counter() - start
                     last = done == self.steps
+                    side_start = time.perf_counter()
                     if last or (self.eval_every and done % self.eval_every == 0):
                         eval_loss, eval_acc = (float(v) for v in self.evaluate())
                         summaries.scalar("eval/loss", eval_loss, done - 1)
                         summaries.scalar("eval/accuracy", eval_acc, done - 1)
+                    if self.checkpoint_every and done % self.checkpoint_every == 0 and not last:
+                        manager.save(checkpoint_number=done)
+                    side_seconds += time.perf_counter() - side_start
                     if last or done % self.log_every == 0:
                         self._check_finite()
-                        elapsed = time.perf_counter() - start
-                        eta = elapsed / done * (self.steps - done)
+                        rate = self._rate(start + side_seconds, first_done, first_seconds, done)
+                        acc = "-" if math.isnan(eval_acc) else f"{eval_acc:.3f}"
                         say(
                             f"step {done:>{len(str(self.steps))}}/{self.steps}  "
                             f"loss {float(loss):.4f}  lr {self.current_lr():.4g}  "
-                            f"eval/acc {eval_acc:.3f}  {done / elapsed:,.0f} steps/s  "
-                            f"ETA {eta:.0f}s"
+                            f"eval/acc {acc}  {rate:,.0f} steps/s  "
+                            f"ETA {(self.steps - done) / rate:.0f}s"
                         )
-                    if self.checkpoint_every and done % self.checkpoint_every == 0 and not last:
-                        manager.save(checkpoint_number=done)
         finally:
             writer.flush()
             writer.close()
         manager.save(checkpoint_number=done)
-        seconds = time.perf_counter() - start
         return TrainResult(
             run_dir,
             done,
-            seconds,
-            done / seconds,
+            time.perf_counter() - start,
+            self._rate(start + side_seconds, first_done, first_seconds, done),
             float(loss),
             self.current_lr(),
             eval_loss,
             eval_acc,
+            first_seconds,
         )
+
+    @staticmethod
+    def _rate(start: float, first_done: int, first_seconds: float, done: int) -> float:
+        """Training steps per second after the first call (which includes tracing), or
+        overall if there was only one call; `start` is shifted by the eval and
+        checkpoint time, so only training counts."""
+        elapsed = time.perf_counter() - start
+        if done > first_done and elapsed > first_seconds:
+            return (done - first_done) / (elapsed - first_seconds)
+        return done / elapsed
 
     def current_lr(self) -> float:
         """The LR applied to the latest batch (a host read: call between loops only)."""
