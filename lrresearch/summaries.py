@@ -33,10 +33,28 @@ HISTOGRAM_BUCKETS = 30
 # Tags written for every batch, in the order they are written.
 BATCH_TAGS = ("lr", "loss/batch", "loss/ma_short", "loss/ma_long", "grad/global_norm")
 
+# Shown by TensorBoard when hovering over a chart.
+DESCRIPTIONS = {
+    "lr": "Learning rate applied to this batch (after the guard).",
+    "loss/batch": "Mean loss of this batch (not a running epoch mean).",
+    "loss/ma_short": "Short moving average of loss/batch (Trainer.loss_ma_short batches).",
+    "loss/ma_long": "Long moving average of loss/batch (Trainer.loss_ma_long batches).",
+    "grad/global_norm": "Global L2 norm of all gradients of this batch, before clipping.",
+    "guard/lr_rejected": "1 if the controller's LR was NaN/Inf/negative and the previous "
+    "LR was kept.",
+    "eval/loss": "Mean loss over the held-out split.",
+    "eval/accuracy": "Accuracy over the held-out split.",
+}
+_SCALAR_METADATA_BY_TAG = {
+    tag: scalar_metadata.create_summary_metadata(display_name="", description=text)
+    for tag, text in DESCRIPTIONS.items()
+}
+
 
 def scalar(tag: str, value: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
     """Writes a float32 scalar under exactly `tag` to the default writer."""
-    return tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=SCALAR_METADATA)
+    metadata = _SCALAR_METADATA_BY_TAG.get(tag, SCALAR_METADATA)
+    return tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=metadata)
 
 
 def histogram_buckets(values: tf.Tensor, bucket_count: int = HISTOGRAM_BUCKETS) -> tf.Tensor:

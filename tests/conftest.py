@@ -12,13 +12,11 @@ import pathlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import gin  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorboard.backend.event_processing import event_accumulator as ea  # noqa: E402
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator as ea
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 GIN_DIR = REPO / "gin"
