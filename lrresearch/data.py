@@ -10,6 +10,7 @@ import os
 from typing import NamedTuple
 
 import numpy as np
+import tensorflow as tf
 
 import gin
 
@@ -171,3 +172,63 @@ def _check_pair(path: str, xk: str, x: np.ndarray, yk: str, y: np.ndarray) -> No
         raise DataError(f"{path}: {yk!r} must hold integer class indices, got dtype {y.dtype}")
     if len(x) != len(y):
         raise DataError(f"{path}: {xk!r} has {len(x)} examples but {yk!r} has {len(y)}")
+
+
+class BatchSampler(tf.Module):
+    """Shuffled fixed-size batches drawn in-graph from arrays held in variables.
+
+    Epoch `e` visits the examples in the order `stateless_shuffle(range(N), seed=(seed,
+    e))`; the last partial batch of each epoch is dropped, so every batch has the same
+    shape and the train step is traced once. No `tf.data` iterator: a batch is a slice
+    of the permutation and one gather, which on CPU costs a few microseconds where a
+    `tf.data` `GetNext` costs ~50 us, and on a GPU the data stay in device memory.
+    The state (`epoch`, `position`) is two int64 variables, so a checkpoint records
+    where the input pipeline is.
+
+    Args:
+      x: `[N, ...]` features.
+      y: `[N]` labels.
+      batch_size: examples per batch (<= N).
+      seed: shuffling seed.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+        super().__init__(name="batch_sampler")
+        if batch_size > len(x):
+            raise DataError(f"batch_size {batch_size} is larger than the {len(x)} examples")
+        self.num_examples, self.batch_size, self.seed = len(x), batch_size, seed
+        # Data as non-trainable variables: stored once, not embedded in the graph.
+        self._x = tf.Variable(x, trainable=False, name="x")
+        self._y = tf.Variable(y, trainable=False, name="y")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.position = tf.Variable(0, dtype=tf.int64, trainable=False, name="position")
+        self._order = tf.Variable(
+            self._permutation(tf.constant(0, tf.int64)), trainable=False, name="order"
+        )
+
+    def _permutation(self, epoch: tf.Tensor) -> tf.Tensor:
+        seed = tf.stack([tf.constant(self.seed, tf.int64), epoch])
+        return tf.random.experimental.stateless_shuffle(
+            tf.range(self.num_examples, dtype=tf.int64), seed=seed
+        )
+
+    def restore_order(self) -> None:
+        """Recomputes the permutation from `epoch` (after restoring a checkpoint)."""
+        self._order.assign(self._permutation(self.epoch.read_value()))
+
+    def next(self) -> tuple[tf.Tensor, tf.Tensor]:
+        """Returns the next `(x [batch, ...], y [batch])` and advances the position."""
+        new_epoch = self.position + self.batch_size > self.num_examples
+        epoch = self.epoch + tf.cast(new_epoch, tf.int64)
+
+        def reshuffle() -> tf.Tensor:
+            order = self._permutation(epoch)
+            self._order.assign(order)
+            return order
+
+        order = tf.cond(new_epoch, reshuffle, self._order.read_value)
+        start = tf.where(new_epoch, tf.constant(0, tf.int64), self.position)
+        self.epoch.assign(epoch)
+        self.position.assign(start + self.batch_size)
+        idx = tf.slice(order, tf.reshape(start, [1]), [self.batch_size])
+        return tf.gather(self._x, idx), tf.gather(self._y, idx)

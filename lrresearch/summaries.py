@@ -22,6 +22,8 @@ Tag schema (step = global batch index, starting at 0):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
@@ -51,9 +53,20 @@ _SCALAR_METADATA_BY_TAG = {
 }
 
 
-def scalar(tag: str, value: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
-    """Writes a float32 scalar under exactly `tag` to the default writer."""
+def scalar(
+    tag: str, value: tf.Tensor | float | Callable[[], tf.Tensor], step: tf.Tensor | int
+) -> tf.Tensor:
+    """Writes a float32 scalar under exactly `tag` to the default writer.
+
+    `value` may be a callable: it is then evaluated only when the summary is recorded
+    (inside `tf.summary.record_if`), so an off-cadence scalar costs nothing.
+    """
     metadata = _SCALAR_METADATA_BY_TAG.get(tag, SCALAR_METADATA)
+    if callable(value):
+        fn = value
+        return tf.summary.write(
+            tag, lambda: tf.cast(fn(), tf.float32), step=step, metadata=metadata
+        )
     return tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=metadata)
 
 

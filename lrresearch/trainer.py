@@ -15,7 +15,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 import keras
 import numpy as np
@@ -24,7 +23,7 @@ import tensorflow as tf
 import gin
 from lrresearch import summaries
 from lrresearch.controllers import Controller, GradNormController
-from lrresearch.data import DataError, Dataset, digits
+from lrresearch.data import BatchSampler, DataError, Dataset, digits
 from lrresearch.models import mlp
 from lrresearch.signals import MovingAverage, Signals, global_norm
 
@@ -271,14 +270,11 @@ class Trainer:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.first_nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
 
-        ds = tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
-        ds = ds.shuffle(len(data.x_train), seed=self.seed, reshuffle_each_iteration=True)
-        ds = ds.repeat().batch(self.batch_size, drop_remainder=True).prefetch(2)
         options = tf.data.Options()
         # Autotune can stall a short run's iterator teardown by seconds.
         options.autotune.enabled = False
         options.deterministic = True
-        self.train_iterator = iter(ds.with_options(options))
+        self.sampler = BatchSampler(data.x_train, data.y_train, self.batch_size, self.seed)
         self.eval_dataset = (
             tf.data.Dataset.from_tensor_slices((data.x_eval, data.y_eval))
             .batch(1024)
@@ -294,6 +290,8 @@ class Trainer:
             loss_ma_short=self.ma_short,
             loss_ma_long=self.ma_long,
             step=self.step,
+            input_epoch=self.sampler.epoch,
+            input_position=self.sampler.position,
         )
         self.built = True
 
@@ -345,17 +343,19 @@ class Trainer:
         if self.grad_norm_every:
             with tf.summary.record_if(tf.equal(step % self.grad_norm_every, 0)):
                 for name, g in zip(self.variable_names, grads, strict=True):
-                    summaries.scalar(f"grad/norm/{name}", tf.norm(tf.cast(g, tf.float32)), step)
+                    norm_fn = lambda g=g: tf.norm(tf.cast(g, tf.float32))  # noqa: E731
+                    summaries.scalar(f"grad/norm/{name}", norm_fn, step)
         if self.histogram_every:
             with tf.summary.record_if(tf.equal(step % self.histogram_every, 0)):
                 for name, g, v in zip(self.variable_names, grads, self.variables, strict=True):
                     summaries.histogram(f"grad/{name}", g, step)
                     summaries.histogram(f"weights/{name}", v.value, step)
 
-    def _train_loop(self, iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
+    def _train_loop(self, num_steps: tf.Tensor) -> tf.Tensor:
+        """Trains `num_steps` (int64 scalar) batches; returns the last batch's loss."""
         loss = tf.constant(0.0)
         for _ in tf.range(num_steps):
-            x, y = next(iterator)
+            x, y = self.sampler.next()
             loss = self.train_step(x, y)
         return loss
 
@@ -414,7 +414,7 @@ class Trainer:
                 while done < self.steps:
                     boundary = min([self.steps] + [(done // c + 1) * c for c in cadences])
                     n = min(self.steps_per_loop, boundary - done)
-                    loss = self.train_loop(self.train_iterator, tf.constant(n, tf.int64))
+                    loss = self.train_loop(tf.constant(n, tf.int64))
                     done += n
                     if not first_done:
                         first_done, first_seconds = n, time.perf_counter() - start

@@ -146,12 +146,15 @@ class LossTrendController(Controller):
         slot = tf.math.floormod(count - 1, self.window)
         self.losses.scatter_nd_update([[slot]], [tf.where(finite, loss, self.losses[slot])])
         self.count.assign(count)
-        # Oldest first: the slot after the newest one holds the oldest loss.
-        ordered = tf.roll(
-            self.losses, shift=-tf.cast(tf.math.floormod(count, self.window), tf.int32), axis=0
-        )
-        newer = self.window // 2
-        trend = tf.reduce_mean(ordered[-newer:]) - tf.reduce_mean(ordered[:-newer])
+        # Age of each slot (0 = this batch). Masks rather than tf.roll: Roll on a
+        # 100-element vector cost ~0.3 ms per call on CPU, more than the whole step.
+        age = tf.math.floormod(count - 1 - tf.range(self.window, dtype=tf.int64), self.window)
+        newer = age < self.window // 2
+        n_newer = float(self.window // 2)
+        n_older = float(self.window - self.window // 2)
+        newer_mean = tf.reduce_sum(tf.where(newer, self.losses, 0.0)) / n_newer
+        older_mean = tf.reduce_sum(tf.where(newer, 0.0, self.losses)) / n_older
+        trend = newer_mean - older_mean
         full = count >= self.window
         factor = tf.where(trend > 0, self.decrease, self.increase)
         adjusted = tf.clip_by_value(self.lr * factor, self.min_lr, self.max_lr)

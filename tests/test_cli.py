@@ -1,0 +1,258 @@
+"""The `lrresearch train` command line, run for real in subprocesses.
+
+Each subprocess pays TensorFlow's import (~5 s), so the independent ones are started
+together once per module and the tests only look at their results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import BATCH_TAGS, GIN_DIR, REPO, read_events, snapshot
+
+import gin
+from lrresearch import cli, config
+from lrresearch.controllers import Controller
+
+TIMEOUT = 300
+
+
+@dataclasses.dataclass
+class Result:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def start(args: list[str]) -> tuple[list[str], subprocess.Popen]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-m", "lrresearch", "train", *args], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return args, proc
+
+
+def finish(started: tuple[list[str], subprocess.Popen]) -> Result:
+    args, proc = started
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return Result(args, proc.returncode, out, err)
+
+
+def write(path: pathlib.Path, lines: list[str]) -> str:
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory) -> dict[str, Result]:
+    tmp = tmp_path_factory.mktemp("cli")
+    logdir = tmp / "runs"
+    typo_configurable = write(tmp / "typo_configurable.gin", [
+        "# A misspelt controller name on line 3.",
+        "Trainer.steps = 20",
+        "Trainer.controller = @GradNormControler()",
+    ])
+    typo_parameter = write(tmp / "typo_parameter.gin", [
+        "Trainer.batch_size = 32",
+        "Trainer.stepz = 20",
+    ])
+    bad_value = write(tmp / "bad_value.gin", [
+        "# Layered after a strategy file; the bad value is on line 4.",
+        "Trainer.steps = 20",
+        "",
+        "Trainer.batch_size = -3",
+    ])
+    ok_args = ["--gin_file=gin/strategies/grad_norm.gin", "--gin_param=Trainer.steps=20",
+               "--gin_param=mlp.hidden=(16,)", f"--logdir={logdir}", "--run_name=first"]
+    started = {
+        "ok": start(ok_args),
+        "typo_configurable": start([f"--gin_file={typo_configurable}", f"--logdir={logdir}"]),
+        "typo_parameter": start([f"--gin_file={typo_parameter}", f"--logdir={logdir}"]),
+        "bad_value": start(["--gin_file=gin/strategies/grad_norm.gin",
+                            f"--gin_file={bad_value}", f"--logdir={logdir}"]),
+        "no_max_lr": start(["--gin_param=Trainer.controller = @LossTrendController()",
+                            "--gin_param=Trainer.steps = 20", f"--logdir={logdir}"]),
+    }
+    results = {name: finish(s) for name, s in started.items()}
+    results["files"] = {"typo_configurable": typo_configurable,  # type: ignore[assignment]
+                        "typo_parameter": typo_parameter, "bad_value": bad_value,
+                        "logdir": str(logdir)}
+    # The clash needs the first run to exist; record the first run's files in between.
+    results["before_clash"] = snapshot(logdir / "first")  # type: ignore[assignment]
+    results["listing_before_clash"] = sorted(os.listdir(logdir))  # type: ignore[assignment]
+    results["clash"] = finish(start(ok_args))
+    return results
+
+
+def describe(result: Result) -> str:
+    return f"args={result.args}\nexit={result.returncode}\nstdout:\n{result.stdout}\n" \
+           f"stderr:\n{result.stderr}"
+
+
+def error_text(result: Result) -> str:
+    """The CLI's own error message (stderr minus TensorFlow's start-up chatter)."""
+    assert result.returncode == 2, describe(result)
+    assert "Traceback" not in result.stderr, describe(result)
+    m = re.search(r"^lrresearch: error: .*", result.stderr, re.M | re.S)
+    assert m, describe(result)
+    return m.group(0)
+
+
+def test_train_prints_run_dir_first_and_summary_last(cli_runs):
+    result = cli_runs["ok"]
+    assert result.returncode == 0, describe(result)
+    run_dir = os.path.join(cli_runs["files"]["logdir"], "first")
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert run_dir in lines[0], describe(result)
+    assert lines[-1].startswith("done:"), describe(result)
+    assert sum(line.startswith("done:") for line in lines) == 1
+    assert "20 steps" in lines[-1] and run_dir in lines[-1]
+    assert "error" not in result.stderr.lower(), describe(result)
+    # The run itself: the strategy file was used, every batch logged.
+    with open(os.path.join(run_dir, "config.gin")) as f:
+        assert "Trainer.controller = @GradNormController()" in f.read()
+    events = read_events(run_dir)
+    for tag in BATCH_TAGS:
+        np.testing.assert_array_equal(events.steps(tag), np.arange(20), err_msg=tag)
+    assert os.listdir(os.path.join(run_dir, "checkpoints"))
+
+
+def test_existing_run_name_exits_2_and_leaves_first_run_untouched(cli_runs):
+    message = error_text(cli_runs["clash"])
+    run_dir = os.path.join(cli_runs["files"]["logdir"], "first")
+    assert run_dir in message and "exists" in message
+    assert "done:" not in cli_runs["clash"].stdout
+    assert snapshot(run_dir) == cli_runs["before_clash"]
+    assert sorted(os.listdir(cli_runs["files"]["logdir"])) == cli_runs["listing_before_clash"]
+
+
+def test_unknown_configurable_names_file_line_and_suggests(cli_runs):
+    message = error_text(cli_runs["typo_configurable"])
+    path = cli_runs["files"]["typo_configurable"]
+    assert path in message
+    assert re.search(rf"{re.escape(path)}\D+3\b", message), message  # file, then line 3
+    assert "GradNormControler" in message
+    assert "Did you mean 'GradNormController'" in message
+
+
+def test_unknown_parameter_suggests_close_name(cli_runs):
+    message = error_text(cli_runs["typo_parameter"])
+    path = cli_runs["files"]["typo_parameter"]
+    assert path in message and re.search(rf"{re.escape(path)}\D+2\b", message), message
+    assert "stepz" in message
+    assert "'steps'" in message
+
+
+def test_bad_value_names_binding_and_where_it_was_bound(cli_runs):
+    message = error_text(cli_runs["bad_value"])
+    assert "Trainer.batch_size" in message
+    assert "-3" in message
+    assert f"{cli_runs['files']['bad_value']}:4" in message
+
+
+def test_loss_trend_without_max_lr_names_the_parameter(cli_runs):
+    message = error_text(cli_runs["no_max_lr"])
+    assert "LossTrendController.max_lr" in message
+
+
+def test_no_run_directory_left_by_failed_configs(cli_runs):
+    # Only the successful run made a directory; config errors fail before.
+    assert sorted(os.listdir(cli_runs["files"]["logdir"])) == ["first"]
+
+
+# -- in-process: cheap error paths of the same entry point --------------------------------------
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def test_missing_gin_file_is_a_clear_error(in_repo, capsys, tmp_path):
+    code = cli.main(["train", "--gin_file=gin/strategies/gradnorm.gin",
+                     f"--logdir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no such file" in err and "gin/strategies/gradnorm.gin" in err
+    assert "gin/strategies/grad_norm.gin" in err  # the close name is suggested
+    assert os.listdir(tmp_path) == []
+
+
+def test_unknown_parameter_in_gin_param_suggests(in_repo, capsys, tmp_path):
+    code = cli.main(["train", "--gin_param=Trainer.stepz = 3", f"--logdir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "stepz" in err and "'steps'" in err
+
+
+def test_bad_value_in_gin_param_names_the_flag(in_repo, capsys, tmp_path):
+    code = cli.main(["train", "--gin_param=Trainer.steps_per_loop = 0", f"--logdir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Trainer.steps_per_loop" in err and "--gin_param" in err
+    assert os.listdir(tmp_path) == []
+
+
+# -- every shipped gin file parses and builds ---------------------------------------------------
+
+GIN_FILES = sorted(str(p.relative_to(GIN_DIR)) for p in GIN_DIR.rglob("*.gin"))
+
+
+def test_gin_files_are_shipped():
+    assert {"base.gin", "strategies/grad_norm.gin", "strategies/loss_trend.gin",
+            "strategies/cyclical.gin"} <= set(GIN_FILES)
+
+
+def last_binding(path: pathlib.Path, key: str) -> str | None:
+    """The value of the last `key = value` line of a gin file, following its includes."""
+    value = None
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if m := re.fullmatch(r"include\s+['\"](.+)['\"]", line):
+            included = path.parent / m.group(1)
+            if not included.exists():
+                included = GIN_DIR / m.group(1)
+            value = last_binding(included, key) or value
+        elif m := re.fullmatch(rf"{re.escape(key)}\s*=\s*(.+)", line):
+            value = m.group(1).strip()
+    return value
+
+
+@pytest.mark.parametrize("name", GIN_FILES)
+def test_gin_file_parses_and_builds(name, tmp_path, monkeypatch):
+    from lrresearch.trainer import Trainer
+
+    path = GIN_DIR / name
+    monkeypatch.chdir(tmp_path)  # includes must not depend on the working directory
+    gin.clear_config()
+    try:
+        config.parse([str(path)], [])
+        trainer = Trainer()
+        trainer.build()  # data, model, optimizer; no training
+    finally:
+        gin.clear_config()
+    assert isinstance(trainer.controller, Controller)
+    controller = last_binding(path, "Trainer.controller")
+    if controller is not None:
+        assert controller == f"@{type(trainer.controller).__name__}()"
+    steps = last_binding(path, "Trainer.steps")
+    if steps is not None:
+        assert trainer.steps == int(steps)
+    model = last_binding(path, "Trainer.model")
+    if model is not None:
+        assert trainer.model.name == model.lstrip("@")
+    assert trainer.model.output_shape[-1] == trainer.data.num_classes
