@@ -54,6 +54,41 @@ def build_parser() -> argparse.ArgumentParser:
         "<controller>-<YYYYmmdd-HHMMSS>); an existing one is an error",
     )
     train.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    prof = commands.add_parser(
+        "profile",
+        help="per-batch overhead of each controller vs a constant-LR baseline, with traces",
+        description="Time every controller against a constant-LR baseline (interleaved "
+        "blocks, one process), capture one profiler trace per controller, and write "
+        "overhead.csv, overhead.md and overhead.png. Model, data, optimizer and "
+        "steps_per_loop come from the gin config.",
+    )
+    _add_gin_flags(prof)
+    prof.add_argument(
+        "--controllers",
+        default=None,
+        metavar="A,B,...",
+        help="controller configurables to compare (default: every built-in)",
+    )
+    prof.add_argument("--logdir", default="runs", help="parent of the profile directory")
+    prof.add_argument(
+        "--run_name",
+        default=None,
+        help="profile directory name (default: profile-<YYYYmmdd-HHMMSS>)",
+    )
+    prof.add_argument(
+        "--rounds", type=int, default=15, help="interleaved timing rounds (default 15)"
+    )
+    prof.add_argument(
+        "--block_batches", type=int, default=400, help="batches per timed block (default 400)"
+    )
+    prof.add_argument(
+        "--trace_batches",
+        type=int,
+        default=200,
+        help="batches captured in each profiler trace (default 200)",
+    )
+    prof.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -85,10 +120,48 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def profile(args: argparse.Namespace) -> int:
+    from lrresearch import config, profiling
+    from lrresearch.trainer import RunDirExistsError
+
+    for name in ("rounds", "block_batches", "trace_batches"):
+        if getattr(args, name) < 1:
+            return _fail(f"--{name} must be >= 1, got {getattr(args, name)}")
+    try:
+        config.parse(args.gin_file, args.gin_param)
+    except config.ConfigError as e:
+        return _fail(str(e))
+    controllers = [c.strip() for c in args.controllers.split(",")] if args.controllers else None
+    say = (lambda message: None) if args.quiet else (lambda m: print(m, flush=True))
+    try:
+        out_dir, rows = profiling.profile(
+            controllers,
+            logdir=args.logdir,
+            run_name=args.run_name,
+            rounds=args.rounds,
+            block_batches=args.block_batches,
+            trace_batches=args.trace_batches,
+            progress=say,
+        )
+    except (RunDirExistsError, OSError) as e:
+        return _fail(str(e))
+    except ValueError as e:
+        return _fail(config.explain_call_error(e, args.gin_file, args.gin_param))
+    print(profiling.format_table(rows))
+    print(
+        f"wrote overhead.csv, overhead.md, overhead.png and one Profile run per "
+        f"controller to {out_dir}; view with: tensorboard --logdir {out_dir}",
+        flush=True,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return train(args)
+    if args.command == "profile":
+        return profile(args)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,374 @@
+"""What a per-batch LR strategy costs: interleaved timing against a constant-LR
+baseline, one profiler trace per strategy, and attribution of op time to the
+controller's and the summaries' name scopes.
+
+Two measurements, on purpose:
+  * **wall clock** (`ratio`): median time of a compiled `train_loop` call per batch,
+    strategy over baseline, timed in interleaved blocks (baseline, A, baseline, B, ...)
+    so that machine drift hits both alike. This is what a user pays: every op, the
+    executor's scheduling, the summary writer, the Python call.
+  * **trace attribution** (`controller_us`, `summaries_us`): the summed self time of
+    the ops under the `lr_controller/` and `summaries/` name scopes in a profiler
+    trace, per batch. It says *where* the time goes, but it is not a share of the wall
+    clock: op self times exclude scheduling gaps, ops on two cores overlap (so they can
+    add up to more than the wall time they took), and tracing itself slows every op a
+    little. On a GPU, device-side kernels are attributed the same way (their names
+    keep the scope); host-side launch cost shows in the wall clock only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import glob
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+import gin
+from lrresearch.controllers import ConstantController, Controller
+from lrresearch.trainer import Trainer, make_run_dir
+
+CONTROLLER_SCOPE = "lr_controller/"
+SUMMARY_SCOPE = "summaries/"
+BASELINE = "baseline"
+
+
+def builtin_controllers() -> list[str]:
+    """Names of every registered `Controller` configurable, sorted."""
+    names = set()
+    for _, configurable in gin.config._REGISTRY.items():
+        fn = configurable.wrapped
+        if isinstance(fn, type) and issubclass(fn, Controller):
+            names.add(configurable.name)
+    return sorted(names)
+
+
+def make_controller(name: str) -> Controller:
+    """Builds the controller configurable `name` with its gin bindings.
+
+    `LossTrendController.max_lr` is required in training; for profiling, where only
+    the cost matters, an unbound one defaults to 1.0.
+    """
+    if name not in builtin_controllers():
+        raise ValueError(
+            f"--controllers: unknown controller {name!r}; known: {', '.join(builtin_controllers())}"
+        )
+    cls = gin.get_configurable(name)
+    if name == "LossTrendController":
+        try:
+            gin.query_parameter("LossTrendController.max_lr")
+        except ValueError:
+            return cls(max_lr=1.0)
+    return cls()
+
+
+def device_description() -> str:
+    """`GPU: <name>` for the first GPU, else `CPU: <model> (<n> cores)`."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU: {details.get('device_name', gpus[0].name)} (x{len(gpus)})"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU: {model} ({os.cpu_count()} cores)"
+
+
+@dataclasses.dataclass
+class Variant:
+    """One thing being timed: a trainer, its summary writer (None = bare), its times."""
+
+    name: str
+    trainer: Trainer
+    writer: tf.summary.SummaryWriter | None
+    block_seconds: list[float] = dataclasses.field(default_factory=list)
+
+    def run(self, calls: int, steps_per_call: int) -> float:
+        """Runs `calls` compiled calls; returns seconds, synced by one host read."""
+        num = tf.constant(steps_per_call, tf.int64)
+        start = time.perf_counter()
+        if self.writer is None:
+            for _ in range(calls):
+                loss = self.trainer.train_loop(num)
+        else:
+            with self.writer.as_default():
+                for _ in range(calls):
+                    loss = self.trainer.train_loop(num)
+        loss.numpy()  # waits for the device (a GPU runs asynchronously)
+        return time.perf_counter() - start
+
+
+@dataclasses.dataclass
+class OverheadRow:
+    """One row of the overhead table; times in microseconds per batch."""
+
+    controller: str
+    summaries: bool
+    step_us: float
+    baseline_step_us: float
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+    controller_us: float
+    summaries_us: float
+    steps_per_loop: int
+    device: str
+
+
+def scope_times_us(xplane_paths: Sequence[str], batches: int) -> dict[str, float]:
+    """Per-batch self time (us) of ops under the controller and summary name scopes,
+    from profiler traces, via the converter the TensorBoard profile plugin uses."""
+    from xprof.convert import raw_to_tool_data
+
+    data, _ = raw_to_tool_data.xspace_to_tool_data(list(xplane_paths), "framework_op_stats", {})
+    tables = json.loads(data)
+    totals = {"controller": 0.0, "summaries": 0.0, "all": 0.0}
+    # The first table covers the whole trace (the second excludes the idle time).
+    table = tables[0]
+    columns = [c["id"] for c in table["cols"]]
+    for row in table["rows"]:
+        record = dict(
+            zip(columns, (cell.get("v") if cell else None for cell in row["c"]), strict=True)
+        )
+        if record["type"] == "IDLE":
+            continue
+        op, self_us = str(record["operation"]), float(record["total_self_time"] or 0.0)
+        totals["all"] += self_us
+        if CONTROLLER_SCOPE in op:
+            totals["controller"] += self_us
+        elif SUMMARY_SCOPE in op:
+            totals["summaries"] += self_us
+    return {key: value / batches for key, value in totals.items()}
+
+
+def bootstrap_median_interval(
+    values: Sequence[float], rng: np.random.Generator, resamples: int = 2000
+) -> tuple[float, float]:
+    """95% bootstrap interval of the median of `values`."""
+    samples = rng.choice(np.asarray(values), size=(resamples, len(values)), replace=True)
+    medians = np.median(samples, axis=1)
+    return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
+def measure(
+    variants: list[Variant],
+    rounds: int,
+    calls_per_block: int,
+    steps_per_call: int,
+    progress: Callable[[str], None],
+) -> dict[str, list[float]]:
+    """Times the variants in interleaved blocks, `rounds` times over:
+    baseline, A, baseline, B, ..., baseline (the baseline is `variants[0]`).
+
+    Returns, per non-baseline variant, its paired ratios: each block's time over the
+    mean of the two baseline blocks around it.
+    """
+    baseline, others = variants[0], variants[1:]
+    ratios: dict[str, list[float]] = {v.name: [] for v in others}
+    start = time.perf_counter()
+    for r in range(rounds):
+        before = baseline.run(calls_per_block, steps_per_call)
+        baseline.block_seconds.append(before)
+        for variant in others:
+            seconds = variant.run(calls_per_block, steps_per_call)
+            variant.block_seconds.append(seconds)
+            after = baseline.run(calls_per_block, steps_per_call)
+            baseline.block_seconds.append(after)
+            ratios[variant.name].append(seconds / (0.5 * (before + after)))
+            before = after
+        elapsed = time.perf_counter() - start
+        eta = elapsed / (r + 1) * (rounds - r - 1)
+        progress(f"timing: round {r + 1}/{rounds}  ETA {eta:.0f}s")
+    return ratios
+
+
+def trace(variant: Variant, logdir: str, batches: int) -> list[str]:
+    """Captures one profiler trace of `batches` batches into `logdir` (one Profile run
+    in TensorBoard); returns the xplane files written.
+
+    Each batch is its own call of the same compiled `train_loop` (its batch count is a
+    tensor argument, so nothing is retraced) inside a `Trace` step marker, so the
+    Profile tab's steps are batches. Traced inside a long `tf.range` loop, TF 2.21's
+    host tracer dropped the small ops (the whole `lr_controller` scope among them)
+    once a call ran more than ~20 iterations.
+    """
+    one = tf.constant(1, tf.int64)
+    context = variant.writer.as_default() if variant.writer else contextlib.nullcontext()
+    with context:
+        variant.trainer.train_loop(one)  # a warm call outside the trace
+        tf.profiler.experimental.start(logdir)
+        try:
+            for i in range(batches):
+                with tf.profiler.experimental.Trace("train", step_num=i, _r=1):
+                    loss = variant.trainer.train_loop(one)
+            loss.numpy()
+        finally:
+            tf.profiler.experimental.stop()
+    return sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))
+
+
+def write_reports(rows: list[OverheadRow], out_dir: str) -> str:
+    """Writes `overhead.csv`, `overhead.md` and `overhead.png`; returns the markdown."""
+    fields = [f.name for f in dataclasses.fields(OverheadRow)]
+    with open(os.path.join(out_dir, "overhead.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(dataclasses.asdict(row))
+    markdown = format_table(rows)
+    with open(os.path.join(out_dir, "overhead.md"), "w") as f:
+        f.write(markdown + "\n")
+    plot(rows, os.path.join(out_dir, "overhead.png"))
+    return markdown
+
+
+def format_table(rows: list[OverheadRow]) -> str:
+    """The overhead table as markdown (one row per controller)."""
+    head = (
+        "| controller | summaries | us/batch | baseline us/batch | ratio | 95% CI of ratio "
+        "| controller ops us/batch | summary ops us/batch |\n"
+        "|---|---|---:|---:|---:|---|---:|---:|"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r.controller} | {'yes' if r.summaries else 'no'} | {r.step_us:.1f} | "
+            f"{r.baseline_step_us:.1f} | {r.ratio:.3f} | [{r.ratio_low:.3f}, "
+            f"{r.ratio_high:.3f}] | {r.controller_us:.1f} | {r.summaries_us:.1f} |"
+        )
+    if rows:
+        lines.append(
+            f"\nDevice: {rows[0].device}; {rows[0].steps_per_loop} batches per compiled call; "
+            "baseline: ConstantController without summaries. ratio = median over rounds of "
+            "(block time / mean of the two baseline blocks around it)."
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[OverheadRow], path: str) -> None:
+    """Bar chart of the ratios with their 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r.controller + ("" if r.summaries else " (bare)") for r in rows]
+    ratios = np.array([r.ratio for r in rows])
+    errors = np.array(
+        [[r.ratio - r.ratio_low for r in rows], [r.ratio_high - r.ratio for r in rows]]
+    )
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
+    y = np.arange(len(rows))
+    ax.barh(y, ratios, xerr=errors, color="#4c72b0", capsize=3)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("time per batch / constant-LR baseline (1.0 = no overhead)")
+    device = rows[0].device if rows else ""
+    ax.set_title(f"Per-batch overhead vs constant LR, no summaries\n{device}", fontsize=9)
+    for yi, ratio in zip(y, ratios, strict=True):
+        ax.text(ratio, yi, f" {ratio:.3f}", va="center", ha="left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def profile(
+    controllers: Sequence[str] | None = None,
+    logdir: str = "runs",
+    run_name: str | None = None,
+    rounds: int = 15,
+    calls_per_block: int | None = None,
+    block_batches: int = 400,
+    trace_batches: int = 200,
+    warmup_batches: int = 200,
+    include_constant_with_summaries: bool = True,
+    progress: Callable[[str], None] = print,
+    seed: int = 0,
+) -> tuple[str, list[OverheadRow]]:
+    """Measures every controller's per-batch overhead against a constant-LR baseline.
+
+    Each variant is a `Trainer` built from the current gin bindings (model, data,
+    optimizer, `steps_per_loop`, summaries cadence), with the controller replaced. The
+    baseline is `ConstantController` traced without a summary writer; every other
+    variant writes the default per-batch summaries.
+
+    Returns the output directory (`<logdir>/<run_name or profile-<time>>`) and the rows.
+    """
+    names = list(controllers) if controllers else builtin_controllers()
+    for name in names:
+        make_controller(name)  # fail fast on a bad name or binding
+    out_dir = make_run_dir(logdir, run_name, "profile")
+    progress(f"profile directory: {out_dir}")
+    with open(os.path.join(out_dir, "config.gin"), "w") as f:
+        f.write(gin.config_str())
+
+    def trainer_for(controller: Controller) -> Trainer:
+        trainer = Trainer(controller=controller)
+        trainer.build()
+        return trainer
+
+    variants = [Variant(BASELINE, trainer_for(ConstantController()), None)]
+    entries: list[tuple[str, Controller]] = []
+    if include_constant_with_summaries:
+        entries.append(("ConstantController", ConstantController()))
+    entries += [
+        (name, make_controller(name))
+        for name in names
+        if name != "ConstantController" or not include_constant_with_summaries
+    ]
+    for name, controller in entries:
+        writer = tf.summary.create_file_writer(os.path.join(out_dir, name))
+        variants.append(Variant(name, trainer_for(controller), writer))
+    steps_per_call = variants[0].trainer.steps_per_loop
+    calls = calls_per_block or max(1, block_batches // steps_per_call)
+    warmup_calls = max(2, warmup_batches // steps_per_call)
+    for variant in variants:
+        progress(f"warming up {variant.name} (traces the step)")
+        variant.run(warmup_calls, steps_per_call)
+    ratios = measure(variants, rounds, calls, steps_per_call, progress)
+
+    device = device_description()
+    rng = np.random.default_rng(seed)
+    base_us = 1e6 * statistics.median(variants[0].block_seconds) / (calls * steps_per_call)
+    rows = []
+    for variant in variants[1:]:
+        progress(f"tracing {variant.name}")
+        paths = trace(variant, os.path.join(out_dir, variant.name), trace_calls, steps_per_call)
+        scopes = scope_times_us(paths, traced_batches) if paths else {}
+        low, high = bootstrap_median_interval(ratios[variant.name], rng)
+        step_us = 1e6 * statistics.median(variant.block_seconds) / (calls * steps_per_call)
+        rows.append(
+            OverheadRow(
+                controller=variant.name,
+                summaries=variant.writer is not None,
+                step_us=step_us,
+                baseline_step_us=base_us,
+                ratio=statistics.median(ratios[variant.name]),
+                ratio_low=low,
+                ratio_high=high,
+                controller_us=scopes.get("controller", float("nan")),
+                summaries_us=scopes.get("summaries", float("nan")),
+                steps_per_loop=steps_per_call,
+                device=device,
+            )
+        )
+        variant.writer.flush()
+    progress(f"tracing {BASELINE}")
+    trace(variants[0], os.path.join(out_dir, BASELINE), trace_batches)
+    write_reports(rows, out_dir)
+    return out_dir, rows
