@@ -348,8 +348,8 @@ def profile(
     rows = []
     for variant in variants[1:]:
         progress(f"tracing {variant.name}")
-        paths = trace(variant, os.path.join(out_dir, variant.name), trace_calls, steps_per_call)
-        scopes = scope_times_us(paths, traced_batches) if paths else {}
+        paths = trace(variant, os.path.join(out_dir, variant.name), trace_batches)
+        scopes = scope_times_us(paths, trace_batches) if paths else {}
         low, high = bootstrap_median_interval(ratios[variant.name], rng)
         step_us = 1e6 * statistics.median(variant.block_seconds) / (calls * steps_per_call)
         rows.append(
