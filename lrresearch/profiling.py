@@ -25,6 +25,7 @@ import glob
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -196,28 +197,31 @@ def measure(
     return ratios
 
 
-def trace(variant: Variant, logdir: str, batches: int) -> list[str]:
+def trace(trainer: Trainer, logdir: str, batches: int, summaries: bool) -> list[str]:
     """Captures one profiler trace of `batches` batches into `logdir` (one Profile run
-    in TensorBoard); returns the xplane files written.
+    in TensorBoard, next to the traced batches' summaries); returns the xplane files.
 
-    Each batch is its own call of the same compiled `train_loop` (its batch count is a
-    tensor argument, so nothing is retraced) inside a `Trace` step marker, so the
-    Profile tab's steps are batches. Traced inside a long `tf.range` loop, TF 2.21's
-    host tracer dropped the small ops (the whole `lr_controller` scope among them)
-    once a call ran more than ~20 iterations.
+    `trainer` should be fresh (built, never run): TF's executor re-estimates op costs
+    as a function keeps running, and ops it then deems cheap are no longer recorded by
+    the host tracer at any level (seen with TF 2.21: the whole `lr_controller` scope
+    vanished from traces taken after ~100 calls). Each batch is its own call of the
+    compiled `train_loop` (the batch count is a tensor argument: no retrace) inside a
+    `Trace` step marker, so the Profile tab's steps are batches.
     """
     one = tf.constant(1, tf.int64)
-    context = variant.writer.as_default() if variant.writer else contextlib.nullcontext()
-    with context:
-        variant.trainer.train_loop(one)  # a warm call outside the trace
+    writer = tf.summary.create_file_writer(logdir) if summaries else None
+    with writer.as_default() if writer else contextlib.nullcontext():
+        trainer.train_loop(one).numpy()  # traces the step, outside the profile
         tf.profiler.experimental.start(logdir)
         try:
             for i in range(batches):
                 with tf.profiler.experimental.Trace("train", step_num=i, _r=1):
-                    loss = variant.trainer.train_loop(one)
+                    loss = trainer.train_loop(one)
             loss.numpy()
         finally:
             tf.profiler.experimental.stop()
+    if writer:
+        writer.close()
     return sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))
 
 
@@ -292,22 +296,24 @@ def profile(
     logdir: str = "runs",
     run_name: str | None = None,
     rounds: int = 15,
-    calls_per_block: int | None = None,
     block_batches: int = 400,
-    trace_batches: int = 200,
+    trace_batches: int = 40,
     warmup_batches: int = 200,
-    include_constant_with_summaries: bool = True,
     progress: Callable[[str], None] = print,
     seed: int = 0,
 ) -> tuple[str, list[OverheadRow]]:
     """Measures every controller's per-batch overhead against a constant-LR baseline.
 
     Each variant is a `Trainer` built from the current gin bindings (model, data,
-    optimizer, `steps_per_loop`, summaries cadence), with the controller replaced. The
-    baseline is `ConstantController` traced without a summary writer; every other
-    variant writes the default per-batch summaries.
+    optimizer, `steps_per_loop`, summary cadences), with the controller replaced. The
+    baseline is `ConstantController` run without a summary writer; every controller
+    (`ConstantController` included, so the summaries' own cost shows) writes the
+    default per-batch summaries.
 
-    Returns the output directory (`<logdir>/<run_name or profile-<time>>`) and the rows.
+    Writes into `<logdir>/<run_name or profile-<time>>/`: `overhead.csv`, `overhead.md`,
+    `overhead.png`, `config.gin`, and per variant a folder with its profiler trace and
+    the summaries of the traced batches (`tensorboard --logdir` on the folder lists one
+    Profile run per variant). Returns the folder and the table rows.
     """
     names = list(controllers) if controllers else builtin_controllers()
     for name in names:
@@ -317,46 +323,48 @@ def profile(
     with open(os.path.join(out_dir, "config.gin"), "w") as f:
         f.write(gin.config_str())
 
-    def trainer_for(controller: Controller) -> Trainer:
+    def build(name: str) -> Trainer:
+        controller = ConstantController() if name == BASELINE else make_controller(name)
         trainer = Trainer(controller=controller)
         trainer.build()
         return trainer
 
-    variants = [Variant(BASELINE, trainer_for(ConstantController()), None)]
-    entries: list[tuple[str, Controller]] = []
-    if include_constant_with_summaries:
-        entries.append(("ConstantController", ConstantController()))
-    entries += [
-        (name, make_controller(name))
-        for name in names
-        if name != "ConstantController" or not include_constant_with_summaries
-    ]
-    for name, controller in entries:
-        writer = tf.summary.create_file_writer(os.path.join(out_dir, name))
-        variants.append(Variant(name, trainer_for(controller), writer))
+    timing_dir = os.path.join(out_dir, ".timing")
+    variants = [Variant(BASELINE, build(BASELINE), None)]
+    for name in ["ConstantController"] + [n for n in names if n != "ConstantController"]:
+        writer = tf.summary.create_file_writer(os.path.join(timing_dir, name))
+        variants.append(Variant(name, build(name), writer))
     steps_per_call = variants[0].trainer.steps_per_loop
-    calls = calls_per_block or max(1, block_batches // steps_per_call)
-    warmup_calls = max(2, warmup_batches // steps_per_call)
+    calls = max(1, block_batches // steps_per_call)
     for variant in variants:
         progress(f"warming up {variant.name} (traces the step)")
-        variant.run(warmup_calls, steps_per_call)
+        variant.run(max(2, warmup_batches // steps_per_call), steps_per_call)
     ratios = measure(variants, rounds, calls, steps_per_call, progress)
+    for variant in variants:
+        if variant.writer:
+            variant.writer.close()
+    shutil.rmtree(timing_dir, ignore_errors=True)
 
     device = device_description()
     rng = np.random.default_rng(seed)
-    base_us = 1e6 * statistics.median(variants[0].block_seconds) / (calls * steps_per_call)
+    batches_per_block = calls * steps_per_call
+    base_us = 1e6 * statistics.median(variants[0].block_seconds) / batches_per_block
     rows = []
-    for variant in variants[1:]:
-        progress(f"tracing {variant.name}")
-        paths = trace(variant, os.path.join(out_dir, variant.name), trace_batches)
+    for variant in variants:
+        progress(f"tracing {variant.name} ({trace_batches} batches)")
+        summaries = variant.writer is not None
+        paths = trace(
+            build(variant.name), os.path.join(out_dir, variant.name), trace_batches, summaries
+        )
+        if variant.name == BASELINE:
+            continue
         scopes = scope_times_us(paths, trace_batches) if paths else {}
         low, high = bootstrap_median_interval(ratios[variant.name], rng)
-        step_us = 1e6 * statistics.median(variant.block_seconds) / (calls * steps_per_call)
         rows.append(
             OverheadRow(
                 controller=variant.name,
-                summaries=variant.writer is not None,
-                step_us=step_us,
+                summaries=summaries,
+                step_us=1e6 * statistics.median(variant.block_seconds) / batches_per_block,
                 baseline_step_us=base_us,
                 ratio=statistics.median(ratios[variant.name]),
                 ratio_low=low,
@@ -367,8 +375,5 @@ def profile(
                 device=device,
             )
         )
-        variant.writer.flush()
-    progress(f"tracing {BASELINE}")
-    trace(variants[0], os.path.join(out_dir, BASELINE), trace_batches)
     write_reports(rows, out_dir)
     return out_dir, rows
