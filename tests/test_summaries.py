@@ -70,9 +70,10 @@ def test_histogram_buckets_with_no_or_one_finite_value(finite):
 
 
 def test_histogram_buckets_match_tensorboard_for_values_on_bucket_edges():
-    # 1.4268643 is exactly the left edge of bucket 15 of [-1.0370176, 3.890746]
-    # (float64 linspace, as TensorBoard computes the edges). Counting in float32 puts it
-    # in a different bucket than TensorBoard's float64 counting does.
+    # 1.4268643 is exactly the left edge of bucket 15 of [-1.0370176, 3.890746] (float64
+    # linspace, as TensorBoard computes the edges). TensorBoard's float64 index
+    # floor((x - min) / width) puts it in bucket 14; float32 counting
+    # (tf.histogram_fixed_width) in bucket 15. Either way is defensible; ours must agree.
     values = np.array([-1.0370176, 1.4268643, 3.890746], np.float32)
     edges = np.linspace(np.float64(values[0]), np.float64(values[2]), 31)
     assert edges[15] == np.float64(values[1])
@@ -122,13 +123,16 @@ def test_summaries_keep_exact_tags_inside_tf_range_loop_and_name_scope(tmp_path)
 
     lr_events = acc.Tensors("lr")
     assert [e.step for e in lr_events] == [0, 1, 2]
-    np.testing.assert_allclose([tf.make_ndarray(e.tensor_proto) for e in lr_events],
-                               [0.25, 0.75, 1.25])
+    np.testing.assert_allclose(
+        [tf.make_ndarray(e.tensor_proto) for e in lr_events], [0.25, 0.75, 1.25]
+    )
     hist_events = acc.Tensors("weights/dense/kernel")
     assert [e.step for e in hist_events] == [0, 1, 2]
     for event in hist_events:
-        np.testing.assert_allclose(tf.make_ndarray(event.tensor_proto),
-                                   tensorboard_buckets(weights + np.float32(event.step)))
+        np.testing.assert_allclose(
+            tf.make_ndarray(event.tensor_proto),
+            tensorboard_buckets(weights + np.float32(event.step)),
+        )
 
 
 def test_histogram_respects_record_if(tmp_path):
