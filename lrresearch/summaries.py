@@ -1,0 +1,124 @@
+"""TensorBoard summaries with exact tags in every code path, and a cheap histogram.
+
+`tf.summary.scalar` inside a `tf.range` loop or a `tf.name_scope` gets `while/` or
+`scope/` prefixed to its tag. Everything here goes through `tf.summary.write` with the
+plugin's metadata, which keeps the tag exactly as given.
+
+Tag schema (step = global batch index, starting at 0):
+
+| tag                         | kind      | every                                  |
+|-----------------------------|-----------|----------------------------------------|
+| `lr`                        | scalar    | batch: the LR applied to that batch    |
+| `loss/batch`                | scalar    | batch: mean loss of the batch          |
+| `loss/ma_short`, `ma_long`  | scalar    | batch                                  |
+| `grad/global_norm`          | scalar    | batch, before clipping                 |
+| `controller/<name>`         | scalar    | batch                                  |
+| `grad/norm/<variable>`      | scalar    | `grad_norm_every` batches              |
+| `grad/<variable>`           | histogram | `histogram_every` batches              |
+| `weights/<variable>`        | histogram | `histogram_every` batches              |
+| `eval/loss`, `eval/accuracy`| scalar    | `eval_every` batches                   |
+| `config`                    | text      | once, step 0: the operative gin config |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tensorflow as tf
+from tensorboard.plugins.histogram import metadata as histogram_metadata
+from tensorboard.plugins.scalar import metadata as scalar_metadata
+
+SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name="", description="")
+HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(display_name="", description="")
+HISTOGRAM_BUCKETS = 30
+
+# Tags written for every batch, in the order they are written.
+BATCH_TAGS = ("lr", "loss/batch", "loss/ma_short", "loss/ma_long", "grad/global_norm")
+
+# Shown by TensorBoard when hovering over a chart.
+DESCRIPTIONS = {
+    "lr": "Learning rate applied to this batch (after the guard).",
+    "loss/batch": "Mean loss of this batch (not a running epoch mean).",
+    "loss/ma_short": "Short moving average of loss/batch (Trainer.loss_ma_short batches).",
+    "loss/ma_long": "Long moving average of loss/batch (Trainer.loss_ma_long batches).",
+    "grad/global_norm": "Global L2 norm of all gradients of this batch, before clipping.",
+    "guard/lr_rejected": "1 if the controller's LR was NaN/Inf/negative and the previous "
+    "LR was kept.",
+    "eval/loss": "Mean loss over the held-out split.",
+    "eval/accuracy": "Accuracy over the held-out split.",
+}
+_SCALAR_METADATA_BY_TAG = {
+    tag: scalar_metadata.create_summary_metadata(display_name="", description=text)
+    for tag, text in DESCRIPTIONS.items()
+}
+
+
+def scalar(
+    tag: str, value: tf.Tensor | float | Callable[[], tf.Tensor], step: tf.Tensor | int
+) -> tf.Tensor:
+    """Writes a float32 scalar under exactly `tag` to the default writer.
+
+    `value` may be a callable: it is then evaluated only when the summary is recorded
+    (inside `tf.summary.record_if`), so an off-cadence scalar costs nothing.
+    """
+    metadata = _SCALAR_METADATA_BY_TAG.get(tag, SCALAR_METADATA)
+    if callable(value):
+        fn = value
+        return tf.summary.write(
+            tag, lambda: tf.cast(fn(), tf.float32), step=step, metadata=metadata
+        )
+    return tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=metadata)
+
+
+def histogram_buckets(values: tf.Tensor, bucket_count: int = HISTOGRAM_BUCKETS) -> tf.Tensor:
+    """Histogram of `values` in TensorBoard's on-disk format: float64 `[bucket_count, 3]`
+    rows of `(left_edge, right_edge, count)`.
+
+    Same buckets as `tensorboard.plugins.histogram.summary_v2` (equal-width over
+    `[min, max]`, last bucket closed; a single value puts every count in the last
+    bucket with left = right = value; empty input gives zeros), with the same float64
+    bucket index `floor((x - min) / width)`, but counted with `tf.math.bincount` instead
+    of a float64 one-hot of `[N, buckets]`: about 15x cheaper for a 1M-element tensor on
+    CPU. Non-finite values are left out.
+    """
+    flat = tf.reshape(tf.cast(values, tf.float32), [-1])
+    flat = tf.cast(tf.boolean_mask(flat, tf.math.is_finite(flat)), tf.float64)
+    n = tf.size(flat)
+    lo = tf.where(n > 0, tf.reduce_min(flat), 0.0)
+    hi = tf.where(n > 0, tf.reduce_max(flat), 0.0)
+    single = tf.equal(lo, hi)
+    # TensorBoard's index, in float64: counting in float32 (tf.histogram_fixed_width)
+    # moves a value that sits on a bucket edge into the neighbouring bucket.
+    width = tf.where(single, tf.ones_like(hi), (hi - lo) / bucket_count)
+    index = tf.minimum(tf.cast(tf.floor((flat - lo) / width), tf.int32), bucket_count - 1)
+    counts = tf.math.bincount(
+        index, minlength=bucket_count, maxlength=bucket_count, dtype=tf.float64
+    )
+    last = tf.one_hot(bucket_count - 1, bucket_count, dtype=tf.float64)
+    counts = tf.where(single, tf.cast(n, tf.float64) * last, counts)
+    edges = tf.linspace(lo, hi, bucket_count + 1)
+    edges = tf.concat([edges[:-1], hi[tf.newaxis]], 0)
+    left = tf.where(single, tf.fill([bucket_count], hi), edges[:-1])
+    right = tf.where(single, tf.fill([bucket_count], hi), edges[1:])
+    return tf.stack([left, right, counts], axis=1)
+
+
+def histogram(tag: str, values: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """Writes a histogram of `values` under exactly `tag`.
+
+    The buckets are computed only when the summary is recorded (inside
+    `tf.summary.record_if`), so a histogram off its cadence costs nothing.
+    """
+    return tf.summary.write(
+        tag, lambda: histogram_buckets(values), step=step, metadata=HISTOGRAM_METADATA
+    )
+
+
+def text(tag: str, markdown: str, step: int = 0) -> tf.Tensor:
+    """Writes a text summary (rendered as markdown by TensorBoard's Text tab)."""
+    return tf.summary.text(tag, markdown, step=step)
+
+
+def config_markdown(config: str) -> str:
+    """Renders a gin config as a markdown code block for the Text tab."""
+    return "\n".join("    " + line for line in config.splitlines())

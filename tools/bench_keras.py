@@ -1,0 +1,231 @@
+"""Steps per second of per-batch LR control: Keras `fit` against the lrresearch trainer.
+
+One process, interleaved: every round runs one block of every variant, so machine
+drift hits all alike; the table reports the median over rounds and ratios computed per
+round. Variants (for each model size):
+
+  A  keras-fit            `model.fit`, no callbacks
+  B  keras-fit+callback   `model.fit` + a Python per-batch LR callback that assigns
+                          the LR and logs `lr` and `loss` with `tf.summary`, plus
+                          `keras.callbacks.TensorBoard(update_freq=1)`: how most users
+                          do per-batch LR today
+  C  ours-bare            our trainer, ConstantController, no summaries, 1 batch/call
+  D  ours-<controller>    each seed controller, default per-batch summaries, 1 batch/call
+  E  ours-<controller>-loop  D with the default steps_per_loop (100 batches/call)
+
+Run: `python tools/bench_keras.py` (about 5 minutes on 2 CPU cores); `--quick` for a
+smoke run. Prints a markdown table; paste the last one into the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lrresearch import profiling
+from lrresearch.controllers import (
+    ConstantController,
+    Controller,
+    CyclicalController,
+    GradNormController,
+    LossTrendController,
+)
+from lrresearch.data import Dataset, split
+from lrresearch.models import mlp
+from lrresearch.trainer import Trainer
+
+SIZES = {
+    # name: (input features, hidden layers, classes, batch size, examples)
+    "small MLP 64-128-10, batch 64": (64, (128,), 10, 64, 4096),
+    "large MLP 784-1024-1024-10, batch 256": (784, (1024, 1024), 10, 256, 8192),
+}
+SEED_CONTROLLERS: dict[str, Callable[[], Controller]] = {
+    "GradNorm": GradNormController,
+    "LossTrend": lambda: LossTrendController(max_lr=0.1),
+    "Cyclical": CyclicalController,
+}
+
+
+def make_data(features: int, classes: int, examples: int) -> Dataset:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(examples, features)).astype(np.float32)
+    w = rng.normal(size=(features, classes)).astype(np.float32)
+    y = np.argmax(x @ w, axis=1).astype(np.int32)
+    return split(x, y, 0.1, 0, classes, "bench")
+
+
+class Block:
+    """A variant that can run `n` more batches and report how long they took."""
+
+    def __init__(self, name: str, run: Callable[[int], None]):
+        self.name, self.run_fn, self.seconds_per_batch = name, run, []
+
+    def run(self, batches: int) -> None:
+        start = time.perf_counter()
+        self.run_fn(batches)
+        self.seconds_per_batch.append((time.perf_counter() - start) / batches)
+
+
+def keras_block(
+    data: Dataset, hidden: tuple[int, ...], batch: int, logdir: str | None, name: str
+) -> Block:
+    keras.utils.set_random_seed(0)
+    model = mlp(data.input_shape, data.num_classes, hidden=hidden)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    ds = (
+        tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
+        .shuffle(len(data.x_train), seed=0)
+        .repeat()
+        .batch(batch, drop_remainder=True)
+        .prefetch(2)
+    )
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    ds = ds.with_options(options)
+    callbacks: list[keras.callbacks.Callback] = []
+    if logdir:
+        writer = tf.summary.create_file_writer(os.path.join(logdir, "lr"))
+
+        class PerBatchLR(keras.callbacks.Callback):
+            """The usual hand-written per-batch LR: Python computes and assigns the LR
+            before each batch and logs it (and the loss Keras reports) after."""
+
+            step = 0
+
+            def on_train_batch_begin(self, batch_index: int, logs: dict | None = None) -> None:
+                self.lr = 0.01 * (1.0 + 0.5 * np.cos(self.step / 100.0))
+                self.model.optimizer.learning_rate.assign(self.lr)
+
+            def on_train_batch_end(self, batch_index: int, logs: dict | None = None) -> None:
+                with writer.as_default(step=self.step):
+                    tf.summary.scalar("lr", self.lr)
+                    tf.summary.scalar("loss", float((logs or {}).get("loss", 0.0)))
+                self.step += 1
+
+        callbacks = [PerBatchLR(), keras.callbacks.TensorBoard(logdir, update_freq=1)]
+
+    def run(batches: int) -> None:
+        model.fit(ds, epochs=1, steps_per_epoch=batches, verbose=0, callbacks=callbacks)
+
+    return Block(name, run)
+
+
+def ours_block(
+    data: Dataset,
+    hidden: tuple[int, ...],
+    batch: int,
+    controller: Controller,
+    logdir: str | None,
+    steps_per_loop: int,
+    name: str,
+) -> Block:
+    trainer = Trainer(
+        steps=1,
+        controller=controller,
+        batch_size=batch,
+        dataset=data,
+        model=lambda shape, classes: mlp(shape, classes, hidden=hidden),
+        steps_per_loop=steps_per_loop,
+    )
+    trainer.build()
+    writer = tf.summary.create_file_writer(logdir) if logdir else None
+
+    def run(batches: int) -> None:
+        calls, rest = divmod(batches, steps_per_loop)
+        full, last = tf.constant(steps_per_loop, tf.int64), tf.constant(rest, tf.int64)
+        with writer.as_default() if writer else contextlib.nullcontext():
+            for _ in range(calls):
+                loss = trainer.train_loop(full)
+            if rest:
+                loss = trainer.train_loop(last)
+        loss.numpy()
+
+    return Block(name, run)
+
+
+def bench(
+    size: str, rounds: int, block_seconds: float, tmp: str
+) -> list[tuple[str, float, float, float]]:
+    features, hidden, classes, batch, examples = SIZES[size]
+    data = make_data(features, classes, examples)
+    logs = lambda name: os.path.join(tmp, size.split()[0], name)  # noqa: E731
+    blocks = [
+        keras_block(data, hidden, batch, None, "A keras-fit"),
+        keras_block(data, hidden, batch, logs("keras"), "B keras-fit+callback+TensorBoard"),
+        ours_block(data, hidden, batch, ConstantController(), None, 1, "C ours-bare"),
+    ]
+    for label, make in SEED_CONTROLLERS.items():
+        blocks.append(ours_block(data, hidden, batch, make(), logs(label), 1, f"D ours-{label}"))
+    for label, make in SEED_CONTROLLERS.items():
+        blocks.append(
+            ours_block(
+                data, hidden, batch, make(), logs(label + "-loop"), 100, f"E ours-{label}-loop100"
+            )
+        )
+    # Warm up (traces every function) and size the blocks to ~block_seconds each.
+    sizes = {}
+    for block in blocks:
+        block.run(20)
+        block.run(20)
+        per_batch = block.seconds_per_batch.pop()
+        block.seconds_per_batch.clear()
+        sizes[block.name] = max(20, int(block_seconds / per_batch) // 20 * 20)
+    for r in range(rounds):
+        for block in blocks:
+            block.run(sizes[block.name])
+        print(f"  {size}: round {r + 1}/{rounds}", flush=True)
+    bare = next(b for b in blocks if b.name.startswith("C "))
+    keras_cb = next(b for b in blocks if b.name.startswith("B "))
+    rows = []
+    for block in blocks:
+        rate = 1.0 / statistics.median(block.seconds_per_batch)
+        vs_bare = statistics.median(
+            np.array(bare.seconds_per_batch) / np.array(block.seconds_per_batch)
+        )
+        vs_keras = statistics.median(
+            np.array(keras_cb.seconds_per_batch) / np.array(block.seconds_per_batch)
+        )
+        rows.append((block.name, rate, vs_bare, vs_keras))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--block_seconds", type=float, default=1.0)
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 0.2 s blocks")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.block_seconds = 2, 0.2
+    print(
+        f"device: {profiling.device_description()}; TF {tf.__version__}, "
+        f"Keras {keras.__version__}; {args.rounds} interleaved rounds",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in SIZES:
+            rows = bench(size, args.rounds, args.block_seconds, tmp)
+            print(f"\n{size}\n")
+            print("| variant | steps/s | x ours-bare | x keras-fit+callback+TB |")
+            print("|---|---:|---:|---:|")
+            for name, rate, vs_bare, vs_keras in rows:
+                print(f"| {name} | {rate:,.0f} | {vs_bare:.2f} | {vs_keras:.2f} |")
+            print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
