@@ -3,7 +3,7 @@ baseline, one profiler trace per strategy, and attribution of op time to the
 controller's and the summaries' name scopes.
 
 Two measurements, on purpose:
-  * **wall clock** (`ratio`): median time of a compiled `train_loop` call per batch,
+  * **wall clock** (`ratio`): median time per batch of the compiled training loop,
     strategy over baseline, timed in interleaved blocks (baseline, A, baseline, B, ...)
     so that machine drift hits both alike. This is what a user pays: every op, the
     executor's scheduling, the summary writer, the Python call.
@@ -100,15 +100,9 @@ class Variant:
 
     def run(self, calls: int, steps_per_call: int) -> float:
         """Runs `calls` compiled calls; returns seconds, synced by one host read."""
-        num = tf.constant(steps_per_call, tf.int64)
         start = time.perf_counter()
-        if self.writer is None:
-            for _ in range(calls):
-                loss = self.trainer.train_loop(num)
-        else:
-            with self.writer.as_default():
-                for _ in range(calls):
-                    loss = self.trainer.train_loop(num)
+        with self.writer.as_default() if self.writer else contextlib.nullcontext():
+            loss = self.trainer.run_steps(calls * steps_per_call, steps_per_call)
         loss.numpy()  # waits for the device (a GPU runs asynchronously)
         return time.perf_counter() - start
 
@@ -205,18 +199,17 @@ def trace(trainer: Trainer, logdir: str, batches: int, summaries: bool) -> list[
     as a function keeps running, and ops it then deems cheap are no longer recorded by
     the host tracer at any level (seen with TF 2.21: the whole `lr_controller` scope
     vanished from traces taken after ~100 calls). Each batch is its own call of the
-    compiled `train_loop` (the batch count is a tensor argument: no retrace) inside a
+    compiled loop (the batch count is a tensor argument: no retrace) inside a
     `Trace` step marker, so the Profile tab's steps are batches.
     """
-    one = tf.constant(1, tf.int64)
     writer = tf.summary.create_file_writer(logdir) if summaries else None
     with writer.as_default() if writer else contextlib.nullcontext():
-        trainer.train_loop(one).numpy()  # traces the step, outside the profile
+        trainer.run_steps(1).numpy()  # traces the step, outside the profile
         tf.profiler.experimental.start(logdir)
         try:
             for i in range(batches):
                 with tf.profiler.experimental.Trace("train", step_num=i, _r=1):
-                    loss = trainer.train_loop(one)
+                    loss = trainer.run_steps(1)
             loss.numpy()
         finally:
             tf.profiler.experimental.stop()

@@ -145,13 +145,8 @@ def ours_block(
     writer = tf.summary.create_file_writer(logdir) if logdir else None
 
     def run(batches: int) -> None:
-        calls, rest = divmod(batches, steps_per_loop)
-        full, last = tf.constant(steps_per_loop, tf.int64), tf.constant(rest, tf.int64)
         with writer.as_default() if writer else contextlib.nullcontext():
-            for _ in range(calls):
-                loss = trainer.train_loop(full)
-            if rest:
-                loss = trainer.train_loop(last)
+            loss = trainer.run_steps(batches)
         loss.numpy()
 
     return Block(name, run)
