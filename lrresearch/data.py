@@ -172,6 +172,8 @@ def _check_pair(path: str, xk: str, x: np.ndarray, yk: str, y: np.ndarray) -> No
         raise DataError(f"{path}: {yk!r} must hold integer class indices, got dtype {y.dtype}")
     if len(x) != len(y):
         raise DataError(f"{path}: {xk!r} has {len(x)} examples but {yk!r} has {len(y)}")
+    if len(x) == 0:
+        raise DataError(f"{path}: {xk!r} and {yk!r} hold no examples")
 
 
 class BatchSampler(tf.Module):

@@ -450,6 +450,10 @@ class Trainer:
             self.checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=self.keep_checkpoints
         )
         writer = tf.summary.create_file_writer(run_dir)
+        # A compiled loop captures the default summary writer when it is traced: each run
+        # (each writer) needs fresh traces, or a second fit() writes to a closed writer.
+        self.loops = {}
+        self.train_loop = self.loop_for(frozenset())
         cadences = [c for c in (self.eval_every, self.log_every, self.checkpoint_every) if c]
         eval_loss = eval_acc = float("nan")
         loss = tf.constant(float("nan"))

@@ -97,7 +97,6 @@ def train(
     gin_files: Sequence[str | os.PathLike] = (),
     params: Mapping[str, Any] | None = None,
     run_name: str | None = None,
-    before_fit: Callable[[Any], None] | None = None,
 ) -> Run:
     """Parses gin files + bindings, builds `Trainer()` from them and fits it quietly.
 
@@ -111,8 +110,6 @@ def train(
     try:
         config.parse([str(f) for f in gin_files], binding_lines(params))
         trainer = Trainer()
-        if before_fit is not None:
-            before_fit(trainer)
         result = trainer.fit(logdir=str(logdir), run_name=run_name, quiet=True)
     finally:
         gin.clear_config()
@@ -207,4 +204,4 @@ def snapshot(directory: str | os.PathLike) -> dict[str, tuple[int, int, bytes]]:
 def windowed_mean(series: Iterable[float], window: int) -> np.ndarray:
     """Mean of the last `window` values at each index (fewer at the start), in float64."""
     x = np.asarray(list(series), dtype=np.float64)
-    return np.array([x[max(0, t - window + 1): t + 1].mean() for t in range(len(x))])
+    return np.array([x[max(0, t - window + 1) : t + 1].mean() for t in range(len(x))])

@@ -21,7 +21,7 @@ import gin
 from lrresearch import cli, config
 from lrresearch.controllers import Controller
 
-TIMEOUT = 300
+TIMEOUT = 120  # seconds per CLI process (a good 20-step run takes ~10 s)
 
 
 @dataclasses.dataclass
@@ -34,8 +34,14 @@ class Result:
 
 def start(args: list[str]) -> tuple[list[str], subprocess.Popen]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen([sys.executable, "-m", "lrresearch", "train", *args], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lrresearch", "train", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return args, proc
 
 
@@ -56,48 +62,77 @@ def write(path: pathlib.Path, lines: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory) -> dict[str, Result]:
+    """Four CLI processes, run concurrently: a good run, a run-name clash with an existing
+    run directory, an unknown configurable and a bad value in gin files."""
     tmp = tmp_path_factory.mktemp("cli")
     logdir = tmp / "runs"
-    typo_configurable = write(tmp / "typo_configurable.gin", [
-        "# A misspelt controller name on line 3.",
-        "Trainer.steps = 20",
-        "Trainer.controller = @GradNormControler()",
-    ])
-    typo_parameter = write(tmp / "typo_parameter.gin", [
-        "Trainer.batch_size = 32",
-        "Trainer.stepz = 20",
-    ])
-    bad_value = write(tmp / "bad_value.gin", [
-        "# Layered after a strategy file; the bad value is on line 4.",
-        "Trainer.steps = 20",
-        "",
-        "Trainer.batch_size = -3",
-    ])
-    ok_args = ["--gin_file=gin/strategies/grad_norm.gin", "--gin_param=Trainer.steps=20",
-               "--gin_param=mlp.hidden=(16,)", f"--logdir={logdir}", "--run_name=first"]
+    # An existing run (made by hand, so the clash can run alongside the rest).
+    existing = logdir / "existing"
+    (existing / "checkpoints").mkdir(parents=True)
+    (existing / "config.gin").write_text("Trainer.steps = 5\n")
+    (existing / "events.out.tfevents.123.host").write_bytes(b"\x00events")
+    (existing / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-5"\n')
+    typo_configurable = write(
+        tmp / "typo_configurable.gin",
+        [
+            "# A misspelt controller name on line 3.",
+            "Trainer.steps = 20",
+            "Trainer.controller = @GradNormControler()",
+        ],
+    )
+    bad_value = write(
+        tmp / "bad_value.gin",
+        [
+            "# Layered after a strategy file; the bad value is on line 4.",
+            "Trainer.steps = 20",
+            "",
+            "Trainer.batch_size = -3",
+        ],
+    )
+    files = {
+        "typo_configurable": typo_configurable,
+        "bad_value": bad_value,
+        "logdir": str(logdir),
+        "existing": str(existing),
+        "before_clash": snapshot(existing),
+    }
     started = {
-        "ok": start(ok_args),
+        "ok": start(
+            [
+                "--gin_file=gin/strategies/grad_norm.gin",
+                "--gin_param=Trainer.steps=20",
+                "--gin_param=mlp.hidden=(16,)",
+                f"--logdir={logdir}",
+                "--run_name=first",
+            ]
+        ),
+        "clash": start(
+            [
+                "--gin_param=Trainer.steps=20",
+                "--gin_param=mlp.hidden=(16,)",
+                f"--logdir={logdir}",
+                "--run_name=existing",
+            ]
+        ),
         "typo_configurable": start([f"--gin_file={typo_configurable}", f"--logdir={logdir}"]),
-        "typo_parameter": start([f"--gin_file={typo_parameter}", f"--logdir={logdir}"]),
-        "bad_value": start(["--gin_file=gin/strategies/grad_norm.gin",
-                            f"--gin_file={bad_value}", f"--logdir={logdir}"]),
-        "no_max_lr": start(["--gin_param=Trainer.controller = @LossTrendController()",
-                            "--gin_param=Trainer.steps = 20", f"--logdir={logdir}"]),
+        "bad_value": start(
+            [
+                "--gin_file=gin/strategies/grad_norm.gin",
+                f"--gin_file={bad_value}",
+                f"--logdir={logdir}",
+            ]
+        ),
     }
     results = {name: finish(s) for name, s in started.items()}
-    results["files"] = {"typo_configurable": typo_configurable,  # type: ignore[assignment]
-                        "typo_parameter": typo_parameter, "bad_value": bad_value,
-                        "logdir": str(logdir)}
-    # The clash needs the first run to exist; record the first run's files in between.
-    results["before_clash"] = snapshot(logdir / "first")  # type: ignore[assignment]
-    results["listing_before_clash"] = sorted(os.listdir(logdir))  # type: ignore[assignment]
-    results["clash"] = finish(start(ok_args))
+    results["files"] = files  # type: ignore[assignment]
     return results
 
 
 def describe(result: Result) -> str:
-    return f"args={result.args}\nexit={result.returncode}\nstdout:\n{result.stdout}\n" \
-           f"stderr:\n{result.stderr}"
+    return (
+        f"args={result.args}\nexit={result.returncode}\nstdout:\n{result.stdout}\n"
+        f"stderr:\n{result.stderr}"
+    )
 
 
 def error_text(result: Result) -> str:
@@ -118,7 +153,8 @@ def test_train_prints_run_dir_first_and_summary_last(cli_runs):
     assert lines[-1].startswith("done:"), describe(result)
     assert sum(line.startswith("done:") for line in lines) == 1
     assert "20 steps" in lines[-1] and run_dir in lines[-1]
-    assert "error" not in result.stderr.lower(), describe(result)
+    assert "lrresearch: error" not in result.stderr, describe(result)
+    assert "Traceback" not in result.stderr, describe(result)
     # The run itself: the strategy file was used, every batch logged.
     with open(os.path.join(run_dir, "config.gin")) as f:
         assert "Trainer.controller = @GradNormController()" in f.read()
@@ -128,13 +164,13 @@ def test_train_prints_run_dir_first_and_summary_last(cli_runs):
     assert os.listdir(os.path.join(run_dir, "checkpoints"))
 
 
-def test_existing_run_name_exits_2_and_leaves_first_run_untouched(cli_runs):
-    message = error_text(cli_runs["clash"])
-    run_dir = os.path.join(cli_runs["files"]["logdir"], "first")
-    assert run_dir in message and "exists" in message
-    assert "done:" not in cli_runs["clash"].stdout
-    assert snapshot(run_dir) == cli_runs["before_clash"]
-    assert sorted(os.listdir(cli_runs["files"]["logdir"])) == cli_runs["listing_before_clash"]
+def test_existing_run_name_exits_2_and_leaves_it_untouched(cli_runs):
+    result = cli_runs["clash"]
+    message = error_text(result)
+    existing = cli_runs["files"]["existing"]
+    assert existing in message and "exists" in message
+    assert "done:" not in result.stdout
+    assert snapshot(existing) == cli_runs["files"]["before_clash"]
 
 
 def test_unknown_configurable_names_file_line_and_suggests(cli_runs):
@@ -146,14 +182,6 @@ def test_unknown_configurable_names_file_line_and_suggests(cli_runs):
     assert "Did you mean 'GradNormController'" in message
 
 
-def test_unknown_parameter_suggests_close_name(cli_runs):
-    message = error_text(cli_runs["typo_parameter"])
-    path = cli_runs["files"]["typo_parameter"]
-    assert path in message and re.search(rf"{re.escape(path)}\D+2\b", message), message
-    assert "stepz" in message
-    assert "'steps'" in message
-
-
 def test_bad_value_names_binding_and_where_it_was_bound(cli_runs):
     message = error_text(cli_runs["bad_value"])
     assert "Trainer.batch_size" in message
@@ -161,14 +189,9 @@ def test_bad_value_names_binding_and_where_it_was_bound(cli_runs):
     assert f"{cli_runs['files']['bad_value']}:4" in message
 
 
-def test_loss_trend_without_max_lr_names_the_parameter(cli_runs):
-    message = error_text(cli_runs["no_max_lr"])
-    assert "LossTrendController.max_lr" in message
-
-
 def test_no_run_directory_left_by_failed_configs(cli_runs):
     # Only the successful run made a directory; config errors fail before.
-    assert sorted(os.listdir(cli_runs["files"]["logdir"])) == ["first"]
+    assert sorted(os.listdir(cli_runs["files"]["logdir"])) == ["existing", "first"]
 
 
 # -- in-process: cheap error paths of the same entry point --------------------------------------
@@ -183,8 +206,7 @@ def in_repo(monkeypatch):
 
 
 def test_missing_gin_file_is_a_clear_error(in_repo, capsys, tmp_path):
-    code = cli.main(["train", "--gin_file=gin/strategies/gradnorm.gin",
-                     f"--logdir={tmp_path}"])
+    code = cli.main(["train", "--gin_file=gin/strategies/gradnorm.gin", f"--logdir={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2
     assert "no such file" in err and "gin/strategies/gradnorm.gin" in err
@@ -192,11 +214,40 @@ def test_missing_gin_file_is_a_clear_error(in_repo, capsys, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_unknown_parameter_in_gin_param_suggests(in_repo, capsys, tmp_path):
-    code = cli.main(["train", "--gin_param=Trainer.stepz = 3", f"--logdir={tmp_path}"])
+def test_unknown_parameter_names_file_line_and_suggests(in_repo, capsys, tmp_path):
+    path = write(tmp_path / "typo_parameter.gin", ["Trainer.batch_size = 32", "Trainer.stepz = 20"])
+    code = cli.main(["train", f"--gin_file={path}", f"--logdir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("lrresearch: error:")
+    assert path in err and re.search(rf"{re.escape(path)}\D+2\b", err), err
+    assert "stepz" in err and "'steps'" in err
+    code = cli.main(["train", "--gin_param=Trainer.stepz = 3", f"--logdir={tmp_path / 'runs'}"])
     err = capsys.readouterr().err
     assert code == 2
     assert "stepz" in err and "'steps'" in err
+    assert not (tmp_path / "runs").exists() or not os.listdir(tmp_path / "runs")
+
+
+def test_loss_trend_without_max_lr_names_the_parameter(in_repo, capsys, tmp_path):
+    code = cli.main(
+        [
+            "train",
+            "--gin_file=gin/strategies/loss_trend.gin",
+            "--gin_param=LossTrendController.max_lr = None",
+            f"--logdir={tmp_path}",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "LossTrendController.max_lr" in err
+    code = cli.main(
+        ["train", "--gin_param=Trainer.controller = @LossTrendController()", f"--logdir={tmp_path}"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "LossTrendController.max_lr" in err
+    assert os.listdir(tmp_path) == []
 
 
 def test_bad_value_in_gin_param_names_the_flag(in_repo, capsys, tmp_path):
@@ -213,8 +264,12 @@ GIN_FILES = sorted(str(p.relative_to(GIN_DIR)) for p in GIN_DIR.rglob("*.gin"))
 
 
 def test_gin_files_are_shipped():
-    assert {"base.gin", "strategies/grad_norm.gin", "strategies/loss_trend.gin",
-            "strategies/cyclical.gin"} <= set(GIN_FILES)
+    assert {
+        "base.gin",
+        "strategies/grad_norm.gin",
+        "strategies/loss_trend.gin",
+        "strategies/cyclical.gin",
+    } <= set(GIN_FILES)
 
 
 def last_binding(path: pathlib.Path, key: str) -> str | None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from lrresearch.data import DataError, Dataset, digits, npz_file, synthetic
+from lrresearch.data import BatchSampler, DataError, Dataset, digits, npz_file, synthetic
 
 
 def test_digits_shapes_range_and_split():
@@ -48,16 +49,18 @@ def class_ratio(labels: np.ndarray, num_classes: int) -> float:
 
 @pytest.mark.parametrize(("imbalance", "num_classes"), [(10.0, 4), (20.0, 5), (1.0, 3)])
 def test_synthetic_imbalance_ratio(imbalance, num_classes):
-    data = synthetic(num_examples=40000, num_classes=num_classes, imbalance=imbalance,
-                     label_noise=0.0, seed=1)
+    data = synthetic(
+        num_examples=40000, num_classes=num_classes, imbalance=imbalance, label_noise=0.0, seed=1
+    )
     labels = np.concatenate([data.y_train, data.y_eval])
     assert class_ratio(labels, num_classes) == pytest.approx(imbalance, rel=0.15)
     counts = np.bincount(labels, minlength=num_classes)
     if imbalance > 1:
         assert np.all(np.diff(counts) < 0)  # most frequent first, decreasing
     # Eval labels stay clean even with noise: the ratio holds there too.
-    noisy = synthetic(num_examples=40000, num_classes=num_classes, imbalance=imbalance,
-                      label_noise=0.5, seed=1)
+    noisy = synthetic(
+        num_examples=40000, num_classes=num_classes, imbalance=imbalance, label_noise=0.5, seed=1
+    )
     assert class_ratio(noisy.y_eval, num_classes) == pytest.approx(imbalance, rel=0.3)
 
 
@@ -90,19 +93,29 @@ def test_synthetic_shapes_and_determinism():
 
 
 def test_synthetic_class_separation_makes_classes_learnable():
-    data = synthetic(num_examples=4000, num_features=10, num_classes=3, imbalance=1.0,
-                     label_noise=0.0, class_separation=6.0, seed=0)
+    data = synthetic(
+        num_examples=4000,
+        num_features=10,
+        num_classes=3,
+        imbalance=1.0,
+        label_noise=0.0,
+        class_separation=6.0,
+        seed=0,
+    )
     # Nearest class mean (estimated on train) classifies well-separated clusters.
     means = np.stack([data.x_train[data.y_train == k].mean(0) for k in range(3)])
     dist = ((data.x_eval[:, None, :] - means[None]) ** 2).sum(-1)
     assert np.mean(dist.argmin(1) == data.y_eval) > 0.95
 
 
-@pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"num_classes": 1}, "num_classes"),
-    ({"imbalance": 0.5}, "imbalance"),
-    ({"label_noise": 1.5}, "label_noise"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"num_classes": 1}, "num_classes"),
+        ({"imbalance": 0.5}, "imbalance"),
+        ({"label_noise": 1.5}, "label_noise"),
+    ],
+)
 def test_synthetic_rejects_bad_arguments(kwargs, needle):
     with pytest.raises(DataError, match=needle):
         synthetic(num_examples=100, **kwargs)
@@ -155,23 +168,41 @@ GOOD_X = np.zeros((6, 2), np.float32)
 GOOD_Y = np.array([0, 1, 0, 1, 0, 1])
 
 
-@pytest.mark.parametrize(("arrays", "kwargs", "needles"), [
-    ({"x": GOOD_X}, {}, ["'y'", "missing"]),
-    ({"y": GOOD_Y}, {}, ["'x'", "missing"]),
-    ({"x": np.zeros(6, np.float32), "y": GOOD_Y}, {}, ["'x'", "shape", "(6,)"]),
-    ({"x": GOOD_X, "y": GOOD_Y.reshape(6, 1)}, {}, ["'y'", "shape", "(6, 1)"]),
-    ({"x": GOOD_X, "y": GOOD_Y.astype(np.float32)}, {}, ["'y'", "integer", "float32"]),
-    ({"x": GOOD_X, "y": GOOD_Y[:5]}, {}, ["'x'", "6", "'y'", "5"]),
-    ({"x": GOOD_X, "y": np.array([0, 1, 2, 3, 4, 1])}, {"num_classes": 3},
-     ["[0, 3)", "4"]),
-    ({"x": GOOD_X, "y": np.array([0, -1, 0, 1, 0, 1])}, {}, ["labels", "-1"]),
-    ({"x": np.array([[0.0, 1.0]] * 5 + [[np.nan, 0.0]]), "y": GOOD_Y}, {}, ["'x'", "NaN"]),
-    ({"x": GOOD_X, "y": GOOD_Y, "x_eval": GOOD_X}, {}, ["'x_eval'", "'y_eval'"]),
-    ({"x": GOOD_X, "y": GOOD_Y, "x_eval": GOOD_X, "y_eval": GOOD_Y[:4]}, {},
-     ["'x_eval'", "'y_eval'", "4"]),
-    ({"x": np.zeros((0, 2), np.float32), "y": np.zeros(0, np.int64)}, {}, []),
-], ids=["no-y", "no-x", "x-1d", "y-2d", "y-float", "lengths", "label-range", "negative",
-        "nan-x", "x_eval-alone", "eval-lengths", "empty"])
+@pytest.mark.parametrize(
+    ("arrays", "kwargs", "needles"),
+    [
+        ({"x": GOOD_X}, {}, ["'y'", "missing"]),
+        ({"y": GOOD_Y}, {}, ["'x'", "missing"]),
+        ({"x": np.zeros(6, np.float32), "y": GOOD_Y}, {}, ["'x'", "shape", "(6,)"]),
+        ({"x": GOOD_X, "y": GOOD_Y.reshape(6, 1)}, {}, ["'y'", "shape", "(6, 1)"]),
+        ({"x": GOOD_X, "y": GOOD_Y.astype(np.float32)}, {}, ["'y'", "integer", "float32"]),
+        ({"x": GOOD_X, "y": GOOD_Y[:5]}, {}, ["'x'", "6", "'y'", "5"]),
+        ({"x": GOOD_X, "y": np.array([0, 1, 2, 3, 4, 1])}, {"num_classes": 3}, ["[0, 3)", "4"]),
+        ({"x": GOOD_X, "y": np.array([0, -1, 0, 1, 0, 1])}, {}, ["labels", "-1"]),
+        ({"x": np.array([[0.0, 1.0]] * 5 + [[np.nan, 0.0]]), "y": GOOD_Y}, {}, ["'x'", "NaN"]),
+        ({"x": GOOD_X, "y": GOOD_Y, "x_eval": GOOD_X}, {}, ["'x_eval'", "'y_eval'"]),
+        (
+            {"x": GOOD_X, "y": GOOD_Y, "x_eval": GOOD_X, "y_eval": GOOD_Y[:4]},
+            {},
+            ["'x_eval'", "'y_eval'", "4"],
+        ),
+        ({"x": np.zeros((0, 2), np.float32), "y": np.zeros(0, np.int64)}, {}, []),
+    ],
+    ids=[
+        "no-y",
+        "no-x",
+        "x-1d",
+        "y-2d",
+        "y-float",
+        "lengths",
+        "label-range",
+        "negative",
+        "nan-x",
+        "x_eval-alone",
+        "eval-lengths",
+        "empty",
+    ],
+)
 def test_npz_file_rejects_bad_files_with_clear_errors(tmp_path, arrays, kwargs, needles):
     path = save(tmp_path, **arrays)
     with pytest.raises(DataError) as info:
@@ -192,3 +223,66 @@ def test_npz_file_missing_or_unreadable(tmp_path):
     with pytest.raises(DataError, match=r"not a readable \.npz") as info:
         npz_file(str(garbage))
     assert str(garbage) in str(info.value)
+
+
+# -- BatchSampler (the trainer's in-graph input pipeline) ----------------------------------------
+
+
+def sampler_batches(sampler, count: int) -> list[np.ndarray]:
+    """The example ids of the next `count` batches (x holds each example's id)."""
+    out = []
+    for _ in range(count):
+        x, y = sampler.next()
+        ids = np.asarray(x)[:, 0].astype(int)
+        np.testing.assert_array_equal(np.asarray(y), ids % 3)  # labels stay with features
+        out.append(ids)
+    return out
+
+
+def id_data(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(n, dtype=np.float32)[:, None], (np.arange(n) % 3).astype(np.int32)
+
+
+def test_batch_sampler_epochs_visit_each_example_once_and_drop_the_remainder():
+    x, y = id_data(10)
+    sampler = BatchSampler(x, y, batch_size=3, seed=0)
+    epochs = [sampler_batches(sampler, 3) for _ in range(4)]
+    for batches in epochs:
+        assert all(len(b) == 3 for b in batches)
+        ids = np.concatenate(batches)
+        assert len(set(ids)) == 9 and set(ids) <= set(range(10))  # one example left out
+    orders = {tuple(np.concatenate(b)) for b in epochs}
+    assert len(orders) > 1  # reshuffled between epochs
+    assert int(sampler.epoch.numpy()) == 3
+
+
+def test_batch_sampler_is_deterministic_by_seed():
+    x, y = id_data(50)
+    a = np.concatenate(sampler_batches(BatchSampler(x, y, 8, seed=1), 12))
+    b = np.concatenate(sampler_batches(BatchSampler(x, y, 8, seed=1), 12))
+    c = np.concatenate(sampler_batches(BatchSampler(x, y, 8, seed=2), 12))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert not np.array_equal(a[:48], np.arange(48))  # shuffled, not in file order
+
+
+def test_batch_sampler_resumes_from_a_checkpoint(tmp_path):
+    x, y = id_data(20)
+    sampler = BatchSampler(x, y, 6, seed=3)
+    sampler_batches(sampler, 5)  # into the second epoch
+    path = tf.train.Checkpoint(epoch=sampler.epoch, position=sampler.position).save(
+        str(tmp_path / "ckpt")
+    )
+    expected = sampler_batches(sampler, 7)
+    fresh = BatchSampler(x, y, 6, seed=3)
+    tf.train.Checkpoint(epoch=fresh.epoch, position=fresh.position).restore(path)
+    fresh.restore_order()
+    np.testing.assert_array_equal(
+        np.concatenate(sampler_batches(fresh, 7)), np.concatenate(expected)
+    )
+
+
+def test_batch_sampler_rejects_batches_larger_than_the_data():
+    x, y = id_data(5)
+    with pytest.raises(DataError, match="batch_size"):
+        BatchSampler(x, y, 6, seed=0)

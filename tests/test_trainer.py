@@ -49,30 +49,34 @@ F32 = np.float32
 def grad_norm_rule(norms: np.ndarray, p: dict) -> np.ndarray:
     """lr = low_norm_lr if norm < threshold else max(min_lr, base_lr - slope * norm)."""
     n = norms.astype(F32)
-    sloped = np.maximum(F32(p["GradNormController.min_lr"]),
-                        F32(p["GradNormController.base_lr"])
-                        - F32(p["GradNormController.slope"]) * n)
-    return np.where(n < F32(p["GradNormController.low_norm_threshold"]),
-                    F32(p["GradNormController.low_norm_lr"]), sloped)
+    sloped = np.maximum(
+        F32(p["GradNormController.min_lr"]),
+        F32(p["GradNormController.base_lr"]) - F32(p["GradNormController.slope"]) * n,
+    )
+    return np.where(
+        n < F32(p["GradNormController.low_norm_threshold"]),
+        F32(p["GradNormController.low_norm_lr"]),
+        sloped,
+    )
 
 
-def loss_trend_factors(losses: np.ndarray, window: int) -> tuple[list, list]:
-    """Per batch: None while the window is not full, else ('up'|'down'|'either')."""
-    decisions, trends = [], []
+def loss_trend_decisions(losses: np.ndarray, window: int) -> list[str | None]:
+    """Per batch: None while the window is not full, else "rising" (newer half's mean
+    strictly higher than the older rest's), "not rising", or "either" when the two means
+    are too close to call in float32."""
+    decisions: list[str | None] = []
     newer = window // 2
     for t in range(len(losses)):
         if t + 1 < window:
             decisions.append(None)
-            trends.append(0.0)
             continue
-        w = losses[t + 1 - window: t + 1].astype(np.float64)  # current batch included
+        w = losses[t + 1 - window : t + 1].astype(np.float64)  # current batch included
         trend = w[-newer:].mean() - w[:-newer].mean()
-        trends.append(trend)
         if abs(trend) <= 1e-6 * max(abs(w).max(), 1e-12):
-            decisions.append("either")  # too close to call in float32
+            decisions.append("either")
         else:
             decisions.append("rising" if trend > 0 else "not rising")
-    return decisions, trends
+    return decisions
 
 
 def cyclical_rule(steps: np.ndarray, losses: np.ndarray, p: dict) -> tuple[np.ndarray, ...]:
@@ -115,32 +119,36 @@ def test_every_batch_tag_has_one_point_per_batch(seed_run, name):
 def test_tags_are_exact_without_scope_prefixes(seed_run, name):
     run = seed_run(name)
     variables = run.trainer.model.trainable_variables
-    scopes = {"while", "summaries", "lr_controller", "train_step", "train_loop",
-              run.trainer.model.name}
+    scopes = {"while", "summaries", "lr_controller", "train_step", "train_loop"}
     for tag in run.events.tags:
         assert not tag.startswith("while/"), tag
         assert not set(tag.split("/")[:-1]) & scopes, tag
-        assert (tag in BATCH_TAGS or tag in {"guard/lr_rejected", "config", "eval/loss",
-                                             "eval/accuracy"}
-                or tag.startswith(("controller/", "grad/", "weights/"))), tag
+        assert (
+            tag in BATCH_TAGS
+            or tag in {"guard/lr_rejected", "config", "eval/loss", "eval/accuracy"}
+            or tag.startswith(("controller/", "grad/", "weights/"))
+        ), tag
     controller_tags = {t for t in run.events.tags if t.startswith("controller/")}
     assert controller_tags
     for tag in controller_tags:
-        np.testing.assert_array_equal(run.events.steps(tag),
-                                      np.arange(run.param("Trainer.steps")), err_msg=tag)
+        np.testing.assert_array_equal(
+            run.events.steps(tag), np.arange(run.param("Trainer.steps")), err_msg=tag
+        )
     # One `grad/`, `weights/` histogram and `grad/norm/` scalar per trainable variable,
     # named by the variable's path.
     for prefix, plugin in (("grad/norm/", "scalars"), ("weights/", "histograms")):
-        names = {t[len(prefix):] for t in run.events.tags if t.startswith(prefix)}
+        names = {t[len(prefix) :] for t in run.events.tags if t.startswith(prefix)}
         assert len(names) == len(variables), (prefix, names)
         for v in variables:
             matches = [n for n in names if v.path == n or v.path.endswith("/" + n)]
             assert len(matches) == 1, (prefix, v.path, names)
             assert run.events.plugin(prefix + matches[0]) == plugin
-    grad_hists = run.events.tags_of("histograms") - {t for t in run.events.tags
-                                                     if t.startswith("weights/")}
-    assert {t[len("grad/"):] for t in grad_hists} == {
-        t[len("weights/"):] for t in run.events.tags if t.startswith("weights/")}
+    grad_hists = run.events.tags_of("histograms") - {
+        t for t in run.events.tags if t.startswith("weights/")
+    }
+    assert {t[len("grad/") :] for t in grad_hists} == {
+        t[len("weights/") :] for t in run.events.tags if t.startswith("weights/")
+    }
 
 
 @pytest.mark.parametrize("name", SEEDS)
@@ -150,9 +158,13 @@ def test_histograms_and_grad_norms_at_cadence(seed_run, name):
     steps = run.param("Trainer.steps")
     expected = np.arange(0, steps, every)
     sizes = {v.path: int(np.prod(v.shape)) for v in run.trainer.model.trainable_variables}
-    hist_tags = sorted(t for t in run.events.tags
-                       if t.startswith(("weights/", "grad/")) and not t.startswith("grad/norm/")
-                       and t != "grad/global_norm")
+    hist_tags = sorted(
+        t
+        for t in run.events.tags
+        if t.startswith(("weights/", "grad/"))
+        and not t.startswith("grad/norm/")
+        and t != "grad/global_norm"
+    )
     assert hist_tags
     for tag in hist_tags:
         assert run.events.plugin(tag) == "histograms", tag
@@ -168,7 +180,7 @@ def test_histograms_and_grad_norms_at_cadence(seed_run, name):
         np.testing.assert_array_equal(run.events.steps(tag), expected, err_msg=tag)
     per_var = np.stack([run.events.values(t) for t in norm_tags]).astype(np.float64)
     global_norm = run.events.scalar("grad/global_norm")[expected]
-    np.testing.assert_allclose(np.sqrt((per_var ** 2).sum(axis=0)), global_norm, rtol=1e-5)
+    np.testing.assert_allclose(np.sqrt((per_var**2).sum(axis=0)), global_norm, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", SEEDS)
@@ -198,8 +210,11 @@ def test_config_text_summary_and_file(seed_run, name):
     text = "\n".join(run.events.text("config"))
     with open(os.path.join(run.run_dir, "config.gin")) as f:
         config_file = f.read()
-    controller = {"grad_norm": "GradNormController", "loss_trend": "LossTrendController",
-                  "cyclical": "CyclicalController"}[name]
+    controller = {
+        "grad_norm": "GradNormController",
+        "loss_trend": "LossTrendController",
+        "cyclical": "CyclicalController",
+    }[name]
     for content in (text, config_file):
         assert f"Trainer.controller = @{controller}()" in content
         for key, value in run.params.items():
@@ -214,10 +229,13 @@ def test_config_text_summary_and_file(seed_run, name):
 def test_loss_moving_averages_are_windowed_means(seed_run, name):
     run = seed_run(name)
     loss = run.events.scalar("loss/batch")
-    for tag, key in (("loss/ma_short", "Trainer.loss_ma_short"),
-                     ("loss/ma_long", "Trainer.loss_ma_long")):
-        np.testing.assert_allclose(run.events.scalar(tag),
-                                   windowed_mean(loss, run.param(key)), rtol=1e-5, err_msg=tag)
+    for tag, key in (
+        ("loss/ma_short", "Trainer.loss_ma_short"),
+        ("loss/ma_long", "Trainer.loss_ma_long"),
+    ):
+        np.testing.assert_allclose(
+            run.events.scalar(tag), windowed_mean(loss, run.param(key)), rtol=1e-5, err_msg=tag
+        )
     assert loss[0] > 2.0 and loss[-20:].mean() < loss[:20].mean()  # it trained
 
 
@@ -234,8 +252,11 @@ def test_grad_norm_lr_follows_rule(seed_run):
     low = norm < p["GradNormController.low_norm_threshold"]
     sloped = ~low & (expected > p["GradNormController.min_lr"] * (1 + 1e-6))
     floor = ~low & ~sloped
-    assert low.sum() >= 5 and sloped.sum() >= 5 and floor.sum() >= 5, (low.sum(), sloped.sum(),
-                                                                       floor.sum())
+    assert low.sum() >= 5 and sloped.sum() >= 5 and floor.sum() >= 5, (
+        low.sum(),
+        sloped.sum(),
+        floor.sum(),
+    )
     assert len(np.unique(lr[sloped])) > 5  # the slope matters
     np.testing.assert_array_equal(run.events.scalar("controller/low_norm"), low.astype(F32))
 
@@ -246,7 +267,7 @@ def test_loss_trend_lr_follows_rule(seed_run):
     window = p["LossTrendController.window"]
     lo, hi = F32(p["LossTrendController.min_lr"]), F32(p["LossTrendController.max_lr"])
     lr, loss = run.events.scalar("lr"), run.events.scalar("loss/batch")
-    decisions, _ = loss_trend_factors(loss, window)
+    decisions = loss_trend_decisions(loss, window)
     previous = F32(p["LossTrendController.initial_lr"])
     seen = {"rising": 0, "not rising": 0, "either": 0}
     for t, decision in enumerate(decisions):
@@ -254,13 +275,18 @@ def test_loss_trend_lr_follows_rule(seed_run):
             expected = [previous]  # until the window is full the LR stays at initial_lr
         else:
             seen[decision] += 1
-            candidates = {"rising": [p["LossTrendController.decrease"]],
-                          "not rising": [p["LossTrendController.increase"]],
-                          "either": [p["LossTrendController.decrease"],
-                                     p["LossTrendController.increase"]]}[decision]
+            candidates = {
+                "rising": [p["LossTrendController.decrease"]],
+                "not rising": [p["LossTrendController.increase"]],
+                "either": [p["LossTrendController.decrease"], p["LossTrendController.increase"]],
+            }[decision]
             expected = [np.clip(previous * F32(f), lo, hi) for f in candidates]
         assert any(np.isclose(lr[t], e, rtol=1e-5, atol=0) for e in expected), (
-            t, decision, lr[t], expected)
+            t,
+            decision,
+            lr[t],
+            expected,
+        )
         previous = lr[t]
     assert seen["either"] <= 2 and seen["rising"] >= 5 and seen["not rising"] >= 5, seen
     # The LR was held at the window's first batch, then reached both bounds.
@@ -316,19 +342,26 @@ def test_run_dir_layout_and_checkpoint_holds_controller_state(seed_run):
     loss, lr = run.events.scalar("loss/batch"), run.events.scalar("lr")
     steps = len(lr)
     got = float(fresh(make_signals(step=steps, loss=50.0)))  # a spike: the trend rises
-    expected = max(lr[-1] * F32(p["LossTrendController.decrease"]),
-                   F32(p["LossTrendController.min_lr"]))
+    expected = max(
+        lr[-1] * F32(p["LossTrendController.decrease"]), F32(p["LossTrendController.min_lr"])
+    )
     assert got == pytest.approx(float(expected), rel=1e-5)
     window = p["LossTrendController.window"]
-    recent = np.append(loss[steps - window + 1:], F32(50.0))
-    decisions, _ = loss_trend_factors(recent, window)
+    recent = np.append(loss[steps - window + 1 :], F32(50.0))
+    decisions = loss_trend_decisions(recent, window)
     assert decisions[-1] == "rising"
 
 
 def tiny_trainer() -> Trainer:
     gin.clear_config()
-    return Trainer(steps=2, controller=ConstantController(lr=0.05), steps_per_loop=2,
-                   histogram_every=0, eval_every=0, model=functools.partial(mlp, hidden=(8,)))
+    return Trainer(
+        steps=2,
+        controller=ConstantController(lr=0.05),
+        steps_per_loop=2,
+        histogram_every=0,
+        eval_every=0,
+        model=functools.partial(mlp, hidden=(8,)),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -343,8 +376,7 @@ def tiny_runs(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("tiny")
     trainer = tiny_trainer()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer_module, "datetime",
-                   types.SimpleNamespace(datetime=FrozenDatetime))
+        mp.setattr(trainer_module, "datetime", types.SimpleNamespace(datetime=FrozenDatetime))
         first = trainer.fit(logdir=str(logdir), quiet=True)
         second = tiny_trainer().fit(logdir=str(logdir), quiet=True)
     return trainer, logdir, first, second
@@ -382,8 +414,9 @@ def test_second_fit_of_the_same_trainer_works_or_fails_clearly(tmp_path):
     try:
         second = trainer.fit(logdir=str(tmp_path), run_name="second", quiet=True)
     except tf.errors.OpError as e:
-        pytest.fail(f"second fit() failed inside TensorFlow: {type(e).__name__}: "
-                    f"{str(e).splitlines()[0]}")
+        pytest.fail(
+            f"second fit() failed inside TensorFlow: {type(e).__name__}: {str(e).splitlines()[0]}"
+        )
     except (RuntimeError, ValueError) as e:
         assert "fit" in str(e), e
         return
@@ -400,15 +433,24 @@ def test_non_finite_loss_raises_naming_the_step(tmp_path):
     data = digits()
     data = data._replace(x_train=data.x_train * np.float32(1e9))  # huge but finite inputs
     gin.clear_config()
-    trainer = Trainer(steps=40, controller=ConstantController(lr=0.1), dataset=data,
-                      model=functools.partial(mlp, hidden=(16,)), steps_per_loop=8,
-                      histogram_every=0, eval_every=0)
+    trainer = Trainer(
+        steps=40,
+        controller=ConstantController(lr=0.1),
+        dataset=data,
+        model=functools.partial(mlp, hidden=(16,)),
+        steps_per_loop=8,
+        histogram_every=0,
+        eval_every=0,
+    )
     with pytest.raises(NonFiniteLossError) as info:
         trainer.fit(logdir=str(tmp_path), run_name="boom", quiet=True)
     events = read_events(tmp_path / "boom")
     loss = events.scalar("loss/batch")
     norm = events.scalar("grad/global_norm")
-    assert len(loss) == len(norm)
+    # Every batch that ran before the error is on disk, for every per-batch tag.
+    ran = int(trainer.step.numpy())
+    for tag in (*BATCH_TAGS, "guard/lr_rejected"):
+        np.testing.assert_array_equal(events.steps(tag), np.arange(ran), err_msg=tag)
     bad = np.flatnonzero(~np.isfinite(loss) | ~np.isfinite(norm))
     assert bad.size, "the run never went non-finite; the test's data is too tame"
     m = re.search(r"\bstep (\d+)\b", str(info.value))
@@ -446,9 +488,16 @@ class FlakyController(Controller):
 def test_guard_keeps_previous_lr_and_logged_lr_is_applied(tmp_path):
     steps = 12
     gin.clear_config()
-    trainer = Trainer(steps=steps, controller=FlakyController(), steps_per_loop=4,
-                      histogram_every=0, eval_every=0, checkpoint_every=1,
-                      keep_checkpoints=steps + 1, model=functools.partial(mlp, hidden=(8,)))
+    trainer = Trainer(
+        steps=steps,
+        controller=FlakyController(),
+        steps_per_loop=4,
+        histogram_every=0,
+        eval_every=0,
+        checkpoint_every=1,
+        keep_checkpoints=steps + 1,
+        model=functools.partial(mlp, hidden=(8,)),
+    )
     result = trainer.fit(logdir=str(tmp_path), run_name="guard", quiet=True)
     events = read_events(result.run_dir)
     proposed = FlakyController.proposals(np.arange(steps))
@@ -472,29 +521,79 @@ def test_guard_keeps_previous_lr_and_logged_lr_is_applied(tmp_path):
     def weights_after(k: int) -> list[np.ndarray]:
         model = mlp(trainer.data.input_shape, trainer.data.num_classes, hidden=(8,))
         tf.train.Checkpoint(model=model).restore(
-            os.path.join(ckpt_dir, f"ckpt-{k}")).expect_partial()
+            os.path.join(ckpt_dir, f"ckpt-{k}")
+        ).expect_partial()
         return [np.asarray(v, np.float64) for v in model.trainable_variables]
 
     weights = [weights_after(k) for k in range(1, steps + 1)]
     for t in range(1, steps):
-        step_norm = math.sqrt(sum(((a - b) ** 2).sum()
-                                  for a, b in zip(weights[t], weights[t - 1], strict=True)))
+        step_norm = math.sqrt(
+            sum(((a - b) ** 2).sum() for a, b in zip(weights[t], weights[t - 1], strict=True))
+        )
         assert step_norm == pytest.approx(lr[t] * norm[t], rel=2e-3), t
 
 
 # -- compiled loop: one trace, no host round trips, steps_per_loop-invariant -----------------
 
 
-class CountingLoop:
-    """Wraps the compiled loop to record how many batches each call ran."""
+class RecordingFunction:
+    """A `tf.function` that records each call's arguments (calls pass straight through)."""
 
-    def __init__(self, fn):
-        self.fn = fn
-        self.sizes: list[int] = []
+    def __init__(self, fn, log: list):
+        self.fn, self.log = fn, log
+        self.calls: list[tuple] = []
 
-    def __call__(self, iterator, num_steps):
-        self.sizes.append(int(num_steps))
-        return self.fn(iterator, num_steps)
+    def __call__(self, *args, **kwargs):
+        self.calls.append(args)
+        self.log.append((self, args))
+        return self.fn(*args, **kwargs)
+
+    def __get__(self, instance, owner=None):
+        return self if instance is None else types.MethodType(self, instance)
+
+    def __getattr__(self, name):
+        return getattr(self.fn, name)
+
+
+class CompiledFunctions:
+    """While active, every `tf.function(...)` created anywhere is a RecordingFunction.
+
+    This finds the trainer's compiled loops however the trainer organises them (one
+    loop, or one per summary group), so the tests see every compiled call."""
+
+    def __init__(self):
+        self.functions: list[RecordingFunction] = []
+        self.log: list[tuple[RecordingFunction, tuple]] = []
+
+    def install(self, mp: pytest.MonkeyPatch) -> None:
+        real = tf.function
+
+        def recording(func=None, *args, **kwargs):
+            if func is None:  # used as @tf.function(...)
+                return lambda f: recording(f, *args, **kwargs)
+            wrapped = RecordingFunction(real(func, *args, **kwargs), self.log)
+            self.functions.append(wrapped)
+            return wrapped
+
+        mp.setattr(tf, "function", recording)
+
+    @staticmethod
+    def _is_loop_call(args: tuple) -> bool:
+        return (
+            len(args) >= 1
+            and isinstance(args[-1], tf.Tensor)
+            and args[-1].dtype.is_integer
+            and args[-1].shape.rank == 0
+        )
+
+    @property
+    def loops(self) -> list[RecordingFunction]:
+        """The training loops: functions called with a number of batches."""
+        return [f for f in self.functions if f.calls and all(map(self._is_loop_call, f.calls))]
+
+    @property
+    def batches_per_call(self) -> list[int]:
+        return [int(args[-1]) for f, args in self.log if f in self.loops]
 
 
 LOOP_PARAMS = {
@@ -513,56 +612,80 @@ LOOP_PARAMS = {
 
 @pytest.fixture(scope="module")
 def loop_runs(tmp_path_factory):
+    """The same run with steps_per_loop 7 and 1, recording the compiled calls."""
     logdir = tmp_path_factory.mktemp("loops")
     runs = {}
     for spl in (7, 1):
-        def wrap(trainer):
-            trainer.build()
-            trainer.train_loop = CountingLoop(trainer.train_loop)
-
-        runs[spl] = train(logdir, [GIN_DIR / "base.gin"],
-                          {**LOOP_PARAMS, "Trainer.steps_per_loop": spl}, before_fit=wrap)
+        compiled = CompiledFunctions()
+        with pytest.MonkeyPatch.context() as mp:
+            compiled.install(mp)
+            run = train(
+                logdir, [GIN_DIR / "base.gin"], {**LOOP_PARAMS, "Trainer.steps_per_loop": spl}
+            )
+        runs[spl] = (run, compiled)
     return runs
 
 
-def test_compiled_loop_traced_once_over_several_blocks(loop_runs):
-    run = loop_runs[7]
+def test_compiled_loops_traced_once_over_several_blocks(loop_runs):
+    run, compiled = loop_runs[7]
+    sizes = compiled.batches_per_call
+    assert compiled.loops, "no compiled training loop was called"
+    assert sum(sizes) == 30 and max(sizes) == 7, sizes
+    assert len(sizes) >= 5 and sizes[-1] < 7 and len(set(sizes)) >= 2, sizes
+    for fn in compiled.functions:
+        if fn.calls:
+            assert fn.experimental_get_tracing_count() == 1, (fn.fn, len(fn.calls))
     loop = run.trainer.train_loop
-    assert isinstance(loop, CountingLoop)
-    assert sum(loop.sizes) == 30 and max(loop.sizes) == 7, loop.sizes
-    assert len(loop.sizes) >= 4 and loop.sizes[-1] < 7, loop.sizes
-    assert loop.fn.experimental_get_tracing_count() == 1
+    assert loop.experimental_get_tracing_count() == 1
     np.testing.assert_array_equal(run.events.steps("lr"), np.arange(30))
 
 
 FORBIDDEN_OPS = {
-    "PyFunc", "EagerPyFunc", "PyFuncStateless",  # Python callbacks
-    "_Send", "_Recv", "_HostSend", "_HostRecv",  # explicit transfers
-    "Copy", "CopyHost", "DebugIdentity", "DebugIdentityV2", "Print", "PrintV2",
+    "PyFunc",
+    "EagerPyFunc",
+    "PyFuncStateless",  # Python callbacks
+    "_Send",
+    "_Recv",
+    "_HostSend",
+    "_HostRecv",  # explicit transfers
+    "Copy",
+    "CopyHost",
+    "DebugIdentity",
+    "DebugIdentityV2",
+    "Print",
+    "PrintV2",
 }
 
 
-def test_compiled_loop_has_no_python_or_host_ops(loop_runs):
-    run = loop_runs[7]
-    fn = run.trainer.train_loop.fn
-    concrete = fn.get_concrete_function(run.trainer.train_iterator, tf.constant(7, tf.int64))
-    assert fn.experimental_get_tracing_count() == 1  # the cached trace, not a new one
-    graph_def = concrete.graph.as_graph_def()
-    ops = {node.op for node in graph_def.node}
-    body_ops = set()
-    for function in graph_def.library.function:
-        body_ops |= {node.op for node in function.node_def}
-    # Sanity: the loop and its body (where the per-batch work lives) were inspected.
-    assert ops & {"While", "StatelessWhile"}, sorted(ops)
-    assert {"WriteSummary", "IteratorGetNext", "AssignVariableOp"} <= body_ops, sorted(body_ops)
-    assert not (ops | body_ops) & FORBIDDEN_OPS, sorted((ops | body_ops) & FORBIDDEN_OPS)
+def test_compiled_loops_have_no_python_or_host_ops(loop_runs):
+    _, compiled = loop_runs[7]
+    all_ops: set[str] = set()
+    for fn in compiled.loops:
+        concrete = fn.get_concrete_function(tf.constant(7, tf.int64))
+        assert fn.experimental_get_tracing_count() == 1  # the cached trace, not a new one
+        graph_def = concrete.graph.as_graph_def()
+        ops = {node.op for node in graph_def.node}
+        for function in graph_def.library.function:  # loop bodies live here
+            ops |= {node.op for node in function.node_def}
+        assert not ops & FORBIDDEN_OPS, sorted(ops & FORBIDDEN_OPS)
+        all_ops |= ops
+    # Sanity: the loop and the per-batch work were among the inspected ops.
+    assert all_ops & {"While", "StatelessWhile"}, sorted(all_ops)
+    assert {"WriteSummary", "AssignVariableOp"} <= all_ops, sorted(all_ops)
 
 
 def test_steps_per_loop_does_not_change_results(loop_runs):
-    a, b = loop_runs[7], loop_runs[1]
-    assert b.trainer.train_loop.sizes == [1] * 30
+    (a, _), (b, compiled_b) = loop_runs[7], loop_runs[1]
+    assert compiled_b.batches_per_call == [1] * 30
     for tag in ("lr", "loss/batch", "grad/global_norm", "loss/ma_long"):
-        np.testing.assert_allclose(a.events.scalar(tag), b.events.scalar(tag), rtol=1e-5,
-                                   err_msg=tag)
+        np.testing.assert_allclose(
+            a.events.scalar(tag), b.events.scalar(tag), rtol=1e-5, err_msg=tag
+        )
     # The controller's state carried across block boundaries: the LR moved.
     assert len(np.unique(a.events.scalar("lr"))) > 3
+    # Histograms land on the same steps whatever the blocks.
+    for run in (a, b):
+        tags = run.events.tags_of("histograms")
+        assert len(tags) == 2 * len(run.trainer.model.trainable_variables), tags
+        for tag in tags:
+            np.testing.assert_array_equal(run.events.steps(tag), [0, 10, 20], err_msg=tag)
