@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 import gin
+from lrresearch import summaries
 from lrresearch.controllers import ConstantController, Controller
 from lrresearch.trainer import Trainer, make_run_dir
 
@@ -191,7 +192,7 @@ def measure(
     return ratios
 
 
-def trace(trainer: Trainer, logdir: str, batches: int, summaries: bool) -> list[str]:
+def trace(trainer: Trainer, logdir: str, batches: int, with_summaries: bool) -> list[str]:
     """Captures one profiler trace of `batches` batches into `logdir` (one Profile run
     in TensorBoard, next to the traced batches' summaries); returns the xplane files.
 
@@ -202,7 +203,7 @@ def trace(trainer: Trainer, logdir: str, batches: int, summaries: bool) -> list[
     compiled loop (the batch count is a tensor argument: no retrace) inside a
     `Trace` step marker, so the Profile tab's steps are batches.
     """
-    writer = tf.summary.create_file_writer(logdir) if summaries else None
+    writer = summaries.create_writer(logdir) if with_summaries else None
     with writer.as_default() if writer else contextlib.nullcontext():
         trainer.run_steps(1).numpy()  # traces the step, outside the profile
         tf.profiler.experimental.start(logdir)
@@ -325,7 +326,7 @@ def profile(
     timing_dir = os.path.join(out_dir, ".timing")
     variants = [Variant(BASELINE, build(BASELINE), None)]
     for name in ["ConstantController"] + [n for n in names if n != "ConstantController"]:
-        writer = tf.summary.create_file_writer(os.path.join(timing_dir, name))
+        writer = summaries.create_writer(os.path.join(timing_dir, name))
         variants.append(Variant(name, build(name), writer))
     steps_per_call = variants[0].trainer.steps_per_loop
     calls = max(1, block_batches // steps_per_call)
@@ -345,9 +346,9 @@ def profile(
     rows = []
     for variant in variants:
         progress(f"tracing {variant.name} ({trace_batches} batches)")
-        summaries = variant.writer is not None
+        with_summaries = variant.writer is not None
         paths = trace(
-            build(variant.name), os.path.join(out_dir, variant.name), trace_batches, summaries
+            build(variant.name), os.path.join(out_dir, variant.name), trace_batches, with_summaries
         )
         if variant.name == BASELINE:
             continue
@@ -356,7 +357,7 @@ def profile(
         rows.append(
             OverheadRow(
                 controller=variant.name,
-                summaries=summaries,
+                summaries=with_summaries,
                 step_us=1e6 * statistics.median(variant.block_seconds) / batches_per_block,
                 baseline_step_us=base_us,
                 ratio=statistics.median(ratios[variant.name]),

@@ -53,6 +53,17 @@ _SCALAR_METADATA_BY_TAG = {
 }
 
 
+def create_writer(logdir: str) -> tf.summary.SummaryWriter:
+    """A summary writer for per-batch logging.
+
+    TF's default queue of 10 events flushes to the file every ~1.5 batches of our tags;
+    that cost ~40 us per batch on 2 CPU cores (a quarter of a small MLP's step). A
+    1000-event queue, flushed at least every 5 s, keeps TensorBoard live for a fraction
+    of the cost.
+    """
+    return tf.summary.create_file_writer(logdir, max_queue=1000, flush_millis=5000)
+
+
 def scalar(
     tag: str, value: tf.Tensor | float | Callable[[], tf.Tensor], step: tf.Tensor | int
 ) -> tf.Tensor:

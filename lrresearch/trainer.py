@@ -449,7 +449,7 @@ class Trainer:
         manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=self.keep_checkpoints
         )
-        writer = tf.summary.create_file_writer(run_dir)
+        writer = summaries.create_writer(run_dir)
         # A compiled loop captures the default summary writer when it is traced: each run
         # (each writer) needs fresh traces, or a second fit() writes to a closed writer.
         self.loops = {}

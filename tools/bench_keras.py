@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import profiling
+from lrresearch import profiling, summaries
 from lrresearch.controllers import (
     ConstantController,
     Controller,
@@ -142,7 +142,7 @@ def ours_block(
         steps_per_loop=steps_per_loop,
     )
     trainer.build()
-    writer = tf.summary.create_file_writer(logdir) if logdir else None
+    writer = summaries.create_writer(logdir) if logdir else None
 
     def run(batches: int) -> None:
         with writer.as_default() if writer else contextlib.nullcontext():
