@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+import gin
 import numpy as np
 import tensorflow as tf
-
-import gin
 
 
 class DataError(ValueError):

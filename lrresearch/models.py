@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import keras
-
 import gin
+import keras
 
 
 @gin.configurable

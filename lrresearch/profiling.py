@@ -30,10 +30,10 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+import gin
 import numpy as np
 import tensorflow as tf
 
-import gin
 from lrresearch import summaries
 from lrresearch.controllers import ConstantController, Controller
 from lrresearch.trainer import Trainer, make_run_dir

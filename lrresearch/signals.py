@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import tensorflow as tf
-
 import gin
+import tensorflow as tf
 
 
 class Signals(NamedTuple):

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
-import gin
 from lrresearch import summaries
 from lrresearch.controllers import Controller, GradNormController
 from lrresearch.data import BatchSampler, DataError, Dataset, digits

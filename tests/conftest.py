@@ -12,12 +12,11 @@ import pathlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
-
-import gin
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 GIN_DIR = REPO / "gin"

@@ -13,11 +13,11 @@ import re
 import subprocess
 import sys
 
+import gin
 import numpy as np
 import pytest
 from conftest import BATCH_TAGS, GIN_DIR, REPO, read_events, snapshot
 
-import gin
 from lrresearch import cli, config
 from lrresearch.controllers import Controller
 

@@ -13,6 +13,7 @@ import os
 import re
 import types
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,7 +27,6 @@ from conftest import (
     windowed_mean,
 )
 
-import gin
 import lrresearch.trainer as trainer_module
 from lrresearch.controllers import (
     ConstantController,

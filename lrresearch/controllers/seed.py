@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 
+import gin
 import tensorflow as tf
 
-import gin
 from lrresearch.controllers.base import (
     Controller,
     ControllerOutput,

@@ -1,0 +1,161 @@
+"""`lrresearch profile`: interleaved timing, real profiler traces, scope attribution.
+
+Nothing here asserts on how fast anything is: the tests check the orchestration, the
+files and the attribution's bookkeeping on real traces of the real trainer.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lrresearch import cli, config, profiling
+from lrresearch.controllers import LossTrendController
+from lrresearch.trainer import Trainer
+
+SMALL = [
+    "mlp.hidden = (16,)",
+    "Trainer.steps_per_loop = 5",
+    "Trainer.histogram_every = 10",
+]
+
+
+@pytest.fixture(scope="module")
+def profile_run(tmp_path_factory):
+    """One small real profile of two controllers (plus the constant-LR rows)."""
+    config.parse([], [*SMALL, "LossTrendController.max_lr = 0.5"])
+    try:
+        out_dir, rows = profiling.profile(
+            ["GradNormController", "LossTrendController"],
+            logdir=str(tmp_path_factory.mktemp("profile")),
+            rounds=3,
+            block_batches=20,
+            trace_batches=12,
+            warmup_batches=10,
+            progress=lambda message: None,
+        )
+    finally:
+        gin.clear_config()
+    return out_dir, rows
+
+
+def test_profile_reports_every_controller_against_the_bare_baseline(profile_run):
+    _, rows = profile_run
+    assert [r.controller for r in rows] == [
+        "ConstantController",
+        "GradNormController",
+        "LossTrendController",
+    ]
+    for r in rows:
+        assert r.summaries
+        assert r.steps_per_loop == 5
+        assert r.baseline_step_us == rows[0].baseline_step_us > 0
+        assert r.step_us > 0
+        assert 0 < r.ratio_low <= r.ratio <= r.ratio_high
+        assert r.device.startswith(("CPU: ", "GPU: "))
+
+
+def test_profile_writes_csv_markdown_and_png(profile_run):
+    out_dir, rows = profile_run
+    with open(os.path.join(out_dir, "overhead.csv")) as f:
+        table = list(csv.DictReader(f))
+    assert [t["controller"] for t in table] == [r.controller for r in rows]
+    for t, r in zip(table, rows, strict=True):
+        assert float(t["ratio"]) == pytest.approx(r.ratio)
+        assert float(t["controller_us"]) == pytest.approx(r.controller_us, nan_ok=True)
+    with open(os.path.join(out_dir, "overhead.md")) as f:
+        markdown = f.read()
+    assert markdown.startswith("| controller |")
+    assert all(f"| {r.controller} |" in markdown for r in rows)
+    with open(os.path.join(out_dir, "overhead.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(out_dir, "config.gin")) as f:
+        assert "LossTrendController.max_lr = 0.5" in f.read()
+    assert not os.path.exists(os.path.join(out_dir, ".timing"))
+
+
+def test_profile_writes_one_trace_per_variant(profile_run):
+    out_dir, rows = profile_run
+    for name in ["baseline"] + [r.controller for r in rows]:
+        traces = glob.glob(os.path.join(out_dir, name, "plugins", "profile", "*", "*.xplane.pb"))
+        assert len(traces) == 1, name
+    # The summaries of the traced batches sit beside each controller's trace; the bare
+    # baseline has none.
+    assert glob.glob(os.path.join(out_dir, "GradNormController", "events.out.tfevents.*"))
+    assert not glob.glob(os.path.join(out_dir, "baseline", "events.out.tfevents.*"))
+
+
+def test_profile_attributes_controller_and_summary_ops(profile_run):
+    _, rows = profile_run
+    by_name = {r.controller: r for r in rows}
+    # Every controller's LR passes through the guard and assign (lr_controller scope);
+    # the loss-trend rule does real work there, the constant LR almost none.
+    for r in rows:
+        assert r.controller_us > 0, r
+        assert r.summaries_us > 0, r
+    assert (
+        by_name["LossTrendController"].controller_us > by_name["ConstantController"].controller_us
+    )
+
+
+def test_scope_times_split_a_real_trace(tmp_path):
+    config.parse([], SMALL)
+    try:
+        trainer = Trainer(controller=LossTrendController(window=4, max_lr=0.5))
+        trainer.build()
+    finally:
+        gin.clear_config()
+    paths = profiling.trace(trainer, str(tmp_path), batches=8, with_summaries=True)
+    assert len(paths) == 1
+    times = profiling.scope_times_us(paths, batches=8)
+    assert times["controller"] > 0 and times["summaries"] > 0
+    # The scopes are parts of the whole step, which also runs the model and optimizer.
+    assert times["all"] > times["controller"] + times["summaries"]
+    # The traced batches ran and were logged at consecutive steps.
+    assert int(trainer.step.numpy()) == 9
+
+
+class _FakeTrainer:
+    """Records the order of timed blocks; no TensorFlow involved."""
+
+    def __init__(self, name: str, log: list[str]):
+        self.name, self.log = name, log
+
+    def run_steps(self, num_steps: int, max_per_call: int | None = None) -> tf.Tensor:
+        self.log.append(self.name)
+        return tf.constant(0.0)
+
+
+def test_measure_interleaves_baseline_around_every_variant():
+    log: list[str] = []
+    variants = [
+        profiling.Variant(name, _FakeTrainer(name, log), None) for name in ("base", "A", "B")
+    ]
+    ratios = profiling.measure(
+        variants, rounds=2, calls_per_block=1, steps_per_call=4, progress=lambda message: None
+    )
+    assert log == ["base", "A", "base", "B", "base"] * 2
+    assert set(ratios) == {"A", "B"} and all(len(r) == 2 for r in ratios.values())
+    assert len(variants[0].block_seconds) == 6
+
+
+def test_bootstrap_interval_brackets_the_median():
+    rng = np.random.default_rng(0)
+    values = rng.normal(1.1, 0.05, size=15)
+    low, high = profiling.bootstrap_median_interval(values, rng)
+    assert values.min() <= low <= np.median(values) <= high <= values.max()
+    assert profiling.bootstrap_median_interval([1.2] * 5, rng) == (1.2, 1.2)
+
+
+def test_profile_rejects_an_unknown_controller(tmp_path, capsys):
+    code = cli.main(["profile", "--controllers=GradNormControler", f"--logdir={tmp_path}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "GradNormControler" in err and "GradNormController" in err
+    assert os.listdir(tmp_path) == []  # nothing written for a bad request
