@@ -12,6 +12,7 @@ round. Variants (for each model size):
   C  ours-bare            our trainer, ConstantController, no summaries, 1 batch/call
   D  ours-<controller>    each seed controller, default per-batch summaries, 1 batch/call
   E  ours-<controller>-loop  D with the default steps_per_loop (100 batches/call)
+  F  E (GradNorm) without histograms: E/F is the cost of the default histogram cadence
 
 Run: `python tools/bench_keras.py` (about 5 minutes on 2 CPU cores); `--quick` for a
 smoke run. Prints a markdown table; paste the last one into the README.
@@ -132,9 +133,11 @@ def ours_block(
     logdir: str | None,
     steps_per_loop: int,
     name: str,
+    histogram_every: int = 100,
 ) -> Block:
     trainer = Trainer(
         steps=1,
+        histogram_every=histogram_every,
         controller=controller,
         batch_size=batch,
         dataset=data,
@@ -171,6 +174,19 @@ def bench(
                 data, hidden, batch, make(), logs(label + "-loop"), 100, f"E ours-{label}-loop100"
             )
         )
+    # What the default histogram cadence costs: E without histograms.
+    blocks.append(
+        ours_block(
+            data,
+            hidden,
+            batch,
+            GradNormController(),
+            logs("nohist"),
+            100,
+            "F ours-GradNorm-loop100-no-histograms",
+            histogram_every=0,
+        )
+    )
     # Warm up (traces every function) and size the blocks to ~block_seconds each.
     sizes = {}
     for block in blocks:
@@ -188,13 +204,28 @@ def bench(
     rows = []
     for block in blocks:
         rate = 1.0 / statistics.median(block.seconds_per_batch)
-        vs_bare = statistics.median(
-            np.array(bare.seconds_per_batch) / np.array(block.seconds_per_batch)
-        )
+        per_round = np.array(bare.seconds_per_batch) / np.array(block.seconds_per_batch)
         vs_keras = statistics.median(
             np.array(keras_cb.seconds_per_batch) / np.array(block.seconds_per_batch)
         )
-        rows.append((block.name, rate, vs_bare, vs_keras))
+        rows.append(
+            (
+                block.name,
+                rate,
+                float(np.median(per_round)),
+                float(per_round.min()),
+                float(per_round.max()),
+                vs_keras,
+            )
+        )
+    with_hist = next(b for b in blocks if b.name == "E ours-GradNorm-loop100")
+    no_hist = next(b for b in blocks if b.name.startswith("F "))
+    cost = np.array(with_hist.seconds_per_batch) / np.array(no_hist.seconds_per_batch) - 1
+    print(
+        f"  {size}: default histogram cadence costs {100 * np.median(cost):+.1f}% per batch "
+        f"(rounds: {100 * cost.min():+.1f}% .. {100 * cost.max():+.1f}%)",
+        flush=True,
+    )
     return rows
 
 
@@ -215,10 +246,16 @@ def main() -> None:
         for size in SIZES:
             rows = bench(size, args.rounds, args.block_seconds, tmp)
             print(f"\n{size}\n")
-            print("| variant | steps/s | x ours-bare | x keras-fit+callback+TB |")
+            print(
+                "| variant | steps/s | x ours-bare (min..max over rounds) "
+                "| x keras-fit+callback+TB |"
+            )
             print("|---|---:|---:|---:|")
-            for name, rate, vs_bare, vs_keras in rows:
-                print(f"| {name} | {rate:,.0f} | {vs_bare:.2f} | {vs_keras:.2f} |")
+            for name, rate, vs_bare, low, high, vs_keras in rows:
+                print(
+                    f"| {name} | {rate:,.0f} | {vs_bare:.2f} ({low:.2f}..{high:.2f}) "
+                    f"| {vs_keras:.2f} |"
+                )
             print(flush=True)
 
 
