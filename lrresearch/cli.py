@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument(
         "--trace_batches",
         type=int,
-        default=200,
-        help="batches captured in each profiler trace (default 200)",
+        default=40,
+        help="batches in each profiler trace (default 40; keep it under ~100)",
     )
     prof.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
