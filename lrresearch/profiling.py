@@ -44,11 +44,13 @@ BASELINE = "baseline"
 
 
 def builtin_controllers() -> list[str]:
-    """Names of every registered `Controller` configurable, sorted."""
+    """Names of every registered standalone `Controller` configurable, sorted (wrappers
+    such as `Product` and factors such as `LossNudgeFactor` need parts: name a
+    composed controller in a gin file's `Trainer.controller` and profile that)."""
     names = set()
     for _, configurable in gin.config._REGISTRY.items():
         fn = configurable.wrapped
-        if isinstance(fn, type) and issubclass(fn, Controller):
+        if isinstance(fn, type) and issubclass(fn, Controller) and fn.standalone:
             names.add(configurable.name)
     return sorted(names)
 

@@ -1,6 +1,14 @@
 """Per-batch LR controllers: one module per family, all gin configurables."""
 
 from lrresearch.controllers.base import Controller, ControllerOutput
+from lrresearch.controllers.compose import (
+    Chain,
+    Clamp,
+    LossNudgeFactor,
+    MaxChange,
+    Product,
+    Warmup,
+)
 from lrresearch.controllers.pytorch import (
     CosineRestartsController,
     CyclicController,
@@ -8,20 +16,28 @@ from lrresearch.controllers.pytorch import (
 )
 from lrresearch.controllers.schedules import ConstantController, WarmupCosineController
 from lrresearch.controllers.seed import (
+    CosineCycleController,
     CyclicalController,
     GradNormController,
     LossTrendController,
 )
 
 __all__ = [
+    "Chain",
+    "Clamp",
     "ConstantController",
     "Controller",
     "ControllerOutput",
+    "CosineCycleController",
     "CosineRestartsController",
     "CyclicController",
     "CyclicalController",
     "GradNormController",
+    "LossNudgeFactor",
     "LossTrendController",
+    "MaxChange",
     "OneCycleController",
+    "Product",
+    "Warmup",
     "WarmupCosineController",
 ]

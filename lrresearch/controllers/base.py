@@ -40,6 +40,9 @@ class Controller(tf.Module):
     """
 
     initial_lr: float
+    # False for wrappers that need other controllers and for factors that are not LRs;
+    # `lrresearch profile` compares the standalone ones by default.
+    standalone: bool = True
 
     def compute(self, signals: Signals) -> ControllerOutput:
         """Returns this batch's LR and diagnostics; may update the controller's state."""

@@ -20,6 +20,7 @@ from lrresearch.controllers.base import (
     check_number,
     check_positive,
 )
+from lrresearch.controllers.compose import LossNudgeFactor, Product
 from lrresearch.signals import Signals
 
 
@@ -170,10 +171,47 @@ class LossTrendController(Controller):
 
 
 @gin.configurable
-class CyclicalController(Controller):
-    """Cosine cycles between `max_lr` and `min_lr`, nudged up while the loss is low.
+class CosineCycleController(Controller):
+    """Cosine cycles from `max_lr` down to `min_lr`, restarting every `cycle_length`
+    batches: with `x = (step mod cycle_length) / cycle_length`,
+    `lr = min_lr + 0.5 * (max_lr - min_lr) * (1 + cos(pi * x))`.
 
-    With `x = (step mod cycle_length) / cycle_length` the base LR is
+    Args:
+      min_lr: bottom of the cycle (> 0).
+      max_lr: top of the cycle (>= min_lr).
+      cycle_length: cycle length in batches (>= 1).
+    """
+
+    def __init__(
+        self,
+        min_lr: float = 1e-3,
+        max_lr: float = 1e-2,
+        cycle_length: int = 1000,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        owner = "CosineCycleController"
+        check_positive(owner, min_lr=min_lr, max_lr=max_lr)
+        check_int(owner, "cycle_length", cycle_length, 1)
+        if min_lr > max_lr:
+            raise ValueError(f"{owner}.min_lr ({min_lr}) must be <= max_lr ({max_lr})")
+        self.min_lr, self.max_lr, self.cycle_length = float(min_lr), float(max_lr), cycle_length
+        self.initial_lr = self.max_lr
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        phase = tf.math.floormod(tf.cast(signals.step, tf.int64), self.cycle_length)
+        x = tf.cast(phase, tf.float32) / self.cycle_length
+        lr = self.min_lr + 0.5 * (self.max_lr - self.min_lr) * (1.0 + tf.cos(math.pi * x))
+        return ControllerOutput(lr, {})
+
+
+@gin.configurable
+class CyclicalController(Product):
+    """The seed's third rule: cosine cycles between `max_lr` and `min_lr`, nudged up
+    while the loss is low. A composition, `Product(CosineCycleController(min_lr,
+    max_lr, cycle_length), LossNudgeFactor(nudge_below_loss, nudge_factor))`:
+
+    with `x = (step mod cycle_length) / cycle_length` the base LR is
     `min_lr + 0.5 * (max_lr - min_lr) * (1 + cos(pi * x))`: each cycle starts at
     `max_lr` and falls to near `min_lr`, then restarts. The LR is that base times
     `nudge_factor` when the batch loss is strictly below `nudge_below_loss` (a NaN loss
@@ -196,20 +234,18 @@ class CyclicalController(Controller):
         nudge_factor: float = 1.01,
         name: str | None = None,
     ):
-        super().__init__(name=name)
-        owner = "CyclicalController"
-        check_positive(owner, min_lr=min_lr, max_lr=max_lr, nudge_factor=nudge_factor)
-        check_number(owner, "nudge_below_loss", nudge_below_loss)
-        check_int(owner, "cycle_length", cycle_length, 1)
-        if min_lr > max_lr:
-            raise ValueError(f"{owner}.min_lr ({min_lr}) must be <= max_lr ({max_lr})")
-        self.min_lr, self.max_lr, self.cycle_length = float(min_lr), float(max_lr), cycle_length
-        self.nudge_below_loss, self.nudge_factor = float(nudge_below_loss), float(nudge_factor)
-        self.initial_lr = self.max_lr
+        try:
+            base = CosineCycleController(min_lr, max_lr, cycle_length)
+            factor = LossNudgeFactor(nudge_below_loss, nudge_factor)
+        except ValueError as e:
+            raise ValueError(
+                str(e)
+                .replace("CosineCycleController.", "CyclicalController.")
+                .replace("LossNudgeFactor.below_loss", "CyclicalController.nudge_below_loss")
+                .replace("LossNudgeFactor.factor", "CyclicalController.nudge_factor")
+            ) from None
+        super().__init__(base=base, factor=factor, name=name)
+        self.min_lr, self.max_lr, self.cycle_length = base.min_lr, base.max_lr, cycle_length
+        self.nudge_below_loss, self.nudge_factor = factor.below_loss, factor.factor
 
-    def compute(self, signals: Signals) -> ControllerOutput:
-        phase = tf.math.floormod(tf.cast(signals.step, tf.int64), self.cycle_length)
-        x = tf.cast(phase, tf.float32) / self.cycle_length
-        base = self.min_lr + 0.5 * (self.max_lr - self.min_lr) * (1.0 + tf.cos(math.pi * x))
-        factor = tf.where(signals.loss < self.nudge_below_loss, self.nudge_factor, 1.0)
-        return ControllerOutput(base * factor, {"base": base, "factor": factor})
+    standalone = True

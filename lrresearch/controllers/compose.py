@@ -1,0 +1,296 @@
+"""Composition and guards: controllers built from controllers.
+
+`Product(base, factor)` multiplies a schedule by a feedback factor (the seed's
+"cosine x loss nudge" is `Product(CosineCycle, LossNudgeFactor)`), `Chain` switches
+controllers at step boundaries, `Warmup` ramps any controller in, `Clamp` bounds it and
+`MaxChange` limits how far the LR may move in one batch (the seed's "smooth,
+controlled adjustments"). Each logs its parts under `controller/` (`base`, `factor`,
+and the parts' own signals as `base/<name>`, `factor/<name>`), so a reader sees why
+the LR moved.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import gin
+import tensorflow as tf
+
+from lrresearch.controllers.base import (
+    Controller,
+    ControllerOutput,
+    check_int,
+    check_number,
+    check_positive,
+)
+from lrresearch.signals import Signals
+
+
+def _check_controller(owner: str, name: str, value: object) -> None:
+    if not isinstance(value, Controller):
+        raise ValueError(
+            f"{owner}.{name} must be a controller such as @ConstantController() "
+            f"(with the parentheses), got {value!r}"
+        )
+
+
+def _nested(prefix: str, diagnostics: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    return {f"{prefix}/{key}": value for key, value in diagnostics.items()}
+
+
+@gin.configurable
+class LossNudgeFactor(Controller):
+    """A multiplier, not an LR: `factor` while the batch loss is strictly below
+    `below_loss`, else 1 (a NaN loss never nudges). Meant for `Product`.
+
+    Args:
+      below_loss: loss threshold.
+      factor: multiplier applied below it.
+    """
+
+    standalone = False
+
+    def __init__(self, below_loss: float = 1.0, factor: float = 1.01, name: str | None = None):
+        super().__init__(name=name)
+        check_number("LossNudgeFactor", "below_loss", below_loss)
+        check_positive("LossNudgeFactor", factor=factor)
+        self.below_loss, self.factor = float(below_loss), float(factor)
+        self.initial_lr = 1.0
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        nudge = tf.where(tf.cast(signals.loss, tf.float32) < self.below_loss, self.factor, 1.0)
+        return ControllerOutput(nudge, {})
+
+
+@gin.configurable
+class Product(Controller):
+    """`lr = base(signals) * factor(signals)`; logs `base` and `factor`.
+
+    Args:
+      base: usually a schedule (the LR before feedback).
+      factor: usually a feedback multiplier such as `LossNudgeFactor`.
+    """
+
+    standalone = False
+
+    def __init__(
+        self,
+        base: Controller = gin.REQUIRED,
+        factor: Controller = gin.REQUIRED,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        _check_controller("Product", "base", base)
+        _check_controller("Product", "factor", factor)
+        self.base, self.factor = base, factor
+        self.initial_lr = base.initial_lr * factor.initial_lr
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        base, factor = self.base.compute(signals), self.factor.compute(signals)
+        return ControllerOutput(
+            base.lr * factor.lr,
+            {
+                "base": base.lr,
+                "factor": factor.lr,
+                **_nested("base", base.diagnostics),
+                **_nested("factor", factor.diagnostics),
+            },
+        )
+
+
+@gin.configurable
+class Chain(Controller):
+    """Controller `i` decides the LR from step `boundaries[i-1]` (0 for the first) up to
+    `boundaries[i]`. Part `i` sees the step relative to its own start (as optax's
+    `join_schedules`), clamped at 0 before it. Every part is called every batch, so a
+    windowed rule has a full window when it takes over; its own LR state evolves
+    meanwhile. Logs `part` (the active index) and each part's LR as `part<i>`.
+
+    Args:
+      controllers: the parts, in order.
+      boundaries: `len(controllers) - 1` increasing steps (batches).
+    """
+
+    standalone = False
+
+    def __init__(
+        self,
+        controllers: Sequence[Controller] = gin.REQUIRED,
+        boundaries: Sequence[int] = gin.REQUIRED,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        controllers, boundaries = list(controllers), list(boundaries)
+        if len(controllers) < 2:
+            raise ValueError(f"Chain.controllers needs at least 2 controllers, got {controllers}")
+        for i, c in enumerate(controllers):
+            _check_controller("Chain", f"controllers[{i}]", c)
+        if len(boundaries) != len(controllers) - 1:
+            raise ValueError(
+                f"Chain.boundaries must have {len(controllers) - 1} steps (one fewer than "
+                f"the controllers), got {boundaries}"
+            )
+        for b in boundaries:
+            check_int("Chain", "boundaries", b, 1)
+        if sorted(set(boundaries)) != boundaries:
+            raise ValueError(f"Chain.boundaries must be strictly increasing, got {boundaries}")
+        self.parts, self.boundaries = controllers, boundaries
+        self.initial_lr = controllers[0].initial_lr
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        step = tf.cast(signals.step, tf.int64)
+        starts = [0, *self.boundaries]
+        lr = tf.constant(0.0)
+        active = tf.constant(0.0)
+        diagnostics: dict[str, tf.Tensor] = {}
+        for i, (part, start) in enumerate(zip(self.parts, starts, strict=True)):
+            local = signals._replace(step=tf.maximum(step - start, 0))
+            out = part.compute(local)
+            here = step >= start
+            lr = tf.where(here, tf.cast(out.lr, tf.float32), lr)
+            active = tf.where(here, float(i), active)
+            diagnostics[f"part{i}"] = out.lr
+            diagnostics.update(_nested(f"part{i}", out.diagnostics))
+        return ControllerOutput(lr, {"part": active, **diagnostics})
+
+
+@gin.configurable
+class Warmup(Controller):
+    """Ramps `controller`'s LR in over `warmup_steps` batches: `lr = base * factor`.
+
+    `shape="linear"`: `factor = start_factor + (1 - start_factor) * min(t, W) / W`
+    (PyTorch's `LinearLR(start_factor, end_factor=1, total_iters=W)`);
+    `shape="exponential"`: `factor = start_factor ** (1 - min(t, W) / W)`, a geometric
+    ramp (equal ratios per batch; `start_factor` must be > 0).
+
+    Args:
+      controller: the controller being warmed up (called every batch).
+      warmup_steps: ramp length in batches (>= 1).
+      start_factor: factor at batch 0.
+      shape: "linear" or "exponential".
+    """
+
+    standalone = False
+
+    def __init__(
+        self,
+        controller: Controller = gin.REQUIRED,
+        warmup_steps: int = 100,
+        start_factor: float = 0.01,
+        shape: str = "linear",
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        _check_controller("Warmup", "controller", controller)
+        check_int("Warmup", "warmup_steps", warmup_steps, 1)
+        check_number("Warmup", "start_factor", start_factor)
+        if shape not in ("linear", "exponential"):
+            raise ValueError(f"Warmup.shape must be 'linear' or 'exponential', got {shape!r}")
+        if shape == "linear" and not 0.0 <= start_factor <= 1.0:
+            raise ValueError(f"Warmup.start_factor must be in [0, 1], got {start_factor!r}")
+        if shape == "exponential" and not 0.0 < start_factor <= 1.0:
+            raise ValueError(
+                f"Warmup.start_factor must be in (0, 1] for an exponential ramp, "
+                f"got {start_factor!r}"
+            )
+        self.base, self.warmup_steps = controller, warmup_steps
+        self.start_factor, self.shape = float(start_factor), shape
+        self.initial_lr = controller.initial_lr * self.start_factor
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        out = self.base.compute(signals)
+        progress = tf.minimum(tf.cast(signals.step, tf.float32) / self.warmup_steps, 1.0)
+        if self.shape == "linear":
+            factor = self.start_factor + (1.0 - self.start_factor) * progress
+        else:
+            factor = tf.exp(math.log(self.start_factor) * (1.0 - progress))
+        return ControllerOutput(
+            out.lr * factor, {"base": out.lr, "factor": factor, **_nested("base", out.diagnostics)}
+        )
+
+
+@gin.configurable
+class Clamp(Controller):
+    """`lr = clip(controller(signals), min_lr, max_lr)`; logs `base` and `clamped`.
+
+    Args:
+      controller: the controller being bounded.
+      min_lr: lower bound (>= 0).
+      max_lr: upper bound (>= min_lr).
+    """
+
+    standalone = False
+
+    def __init__(
+        self,
+        controller: Controller = gin.REQUIRED,
+        min_lr: float = 0.0,
+        max_lr: float = gin.REQUIRED,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        _check_controller("Clamp", "controller", controller)
+        check_number("Clamp", "min_lr", min_lr)
+        check_positive("Clamp", max_lr=max_lr)
+        if not 0 <= min_lr <= max_lr:
+            raise ValueError(f"Clamp.min_lr ({min_lr}) must be in [0, max_lr ({max_lr})]")
+        self.base, self.min_lr, self.max_lr = controller, float(min_lr), float(max_lr)
+        self.initial_lr = min(max(controller.initial_lr, self.min_lr), self.max_lr)
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        out = self.base.compute(signals)
+        lr = tf.clip_by_value(tf.cast(out.lr, tf.float32), self.min_lr, self.max_lr)
+        return ControllerOutput(
+            lr,
+            {
+                "base": out.lr,
+                "clamped": tf.cast(tf.not_equal(lr, out.lr), tf.float32),
+                **_nested("base", out.diagnostics),
+            },
+        )
+
+
+@gin.configurable
+class MaxChange(Controller):
+    """Limits the change per batch: the LR stays within
+    `[previous / (1 + max_change_ratio), previous * (1 + max_change_ratio)]`, where
+    `previous` is the LR applied to the previous batch (`Signals.lr`; the controller's
+    `initial_lr` at step 0). Logs `base` and `limited`.
+
+    Args:
+      controller: the controller being smoothed.
+      max_change_ratio: largest relative change per batch (> 0), e.g. 0.05 = 5%.
+    """
+
+    standalone = False
+
+    def __init__(
+        self,
+        controller: Controller = gin.REQUIRED,
+        max_change_ratio: float = 0.05,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        _check_controller("MaxChange", "controller", controller)
+        check_positive("MaxChange", max_change_ratio=max_change_ratio)
+        self.base, self.ratio = controller, float(max_change_ratio)
+        self.initial_lr = controller.initial_lr
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        out = self.base.compute(signals)
+        previous = tf.cast(signals.lr, tf.float32)
+        proposed = tf.cast(out.lr, tf.float32)
+        lr = tf.clip_by_value(
+            proposed, previous / (1.0 + self.ratio), previous * (1.0 + self.ratio)
+        )
+        # A zero previous LR would pin the LR at zero forever: let it start.
+        lr = tf.where(previous > 0, lr, proposed)
+        return ControllerOutput(
+            lr,
+            {
+                "base": out.lr,
+                "limited": tf.cast(tf.not_equal(lr, proposed), tf.float32),
+                **_nested("base", out.diagnostics),
+            },
+        )
