@@ -265,6 +265,7 @@ class Trainer:
         self.model = self.model_fn(data.input_shape, data.num_classes)
         self.variables = list(self.model.trainable_variables)
         self.variable_names = _variable_names(self.variables, self.model.name)
+        self.controller.build(self.variables)
         self.optimizer = make_optimizer(self.optimizer_spec, self.controller.initial_lr)
         self.optimizer.build(self.variables)
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -1,5 +1,10 @@
 """Per-batch LR controllers: one module per family, all gin configurables."""
 
+from lrresearch.controllers.adaptive import (
+    HypergradientController,
+    PlateauController,
+    PolyakController,
+)
 from lrresearch.controllers.base import Controller, ControllerOutput
 from lrresearch.controllers.compose import (
     Chain,
@@ -33,10 +38,13 @@ __all__ = [
     "CyclicController",
     "CyclicalController",
     "GradNormController",
+    "HypergradientController",
     "LossNudgeFactor",
     "LossTrendController",
     "MaxChange",
     "OneCycleController",
+    "PlateauController",
+    "PolyakController",
     "Product",
     "Warmup",
     "WarmupCosineController",

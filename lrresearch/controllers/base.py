@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -43,6 +43,11 @@ class Controller(tf.Module):
     # False for wrappers that need other controllers and for factors that are not LRs;
     # `lrresearch profile` compares the standalone ones by default.
     standalone: bool = True
+
+    def build(self, variables: Sequence[tf.Variable]) -> None:
+        """Called once by the trainer with the model's trainable variables, before the
+        step is traced (for rules that watch the weights); a no-op by default."""
+        del variables
 
     def compute(self, signals: Signals) -> ControllerOutput:
         """Returns this batch's LR and diagnostics; may update the controller's state."""

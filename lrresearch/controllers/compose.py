@@ -86,6 +86,10 @@ class Product(Controller):
         self.base, self.factor = base, factor
         self.initial_lr = base.initial_lr * factor.initial_lr
 
+    def build(self, variables: Sequence[tf.Variable]) -> None:
+        self.base.build(variables)
+        self.factor.build(variables)
+
     def compute(self, signals: Signals) -> ControllerOutput:
         base, factor = self.base.compute(signals), self.factor.compute(signals)
         return ControllerOutput(
@@ -138,6 +142,10 @@ class Chain(Controller):
         self.parts, self.boundaries = controllers, boundaries
         self.initial_lr = controllers[0].initial_lr
 
+    def build(self, variables: Sequence[tf.Variable]) -> None:
+        for part in self.parts:
+            part.build(variables)
+
     def compute(self, signals: Signals) -> ControllerOutput:
         step = tf.cast(signals.step, tf.int64)
         starts = [0, *self.boundaries]
@@ -155,8 +163,17 @@ class Chain(Controller):
         return ControllerOutput(lr, {"part": active, **diagnostics})
 
 
+class _Wrapper(Controller):
+    """A controller around one other, `self.base`."""
+
+    base: Controller
+
+    def build(self, variables: Sequence[tf.Variable]) -> None:
+        self.base.build(variables)
+
+
 @gin.configurable
-class Warmup(Controller):
+class Warmup(_Wrapper):
     """Ramps `controller`'s LR in over `warmup_steps` batches: `lr = base * factor`.
 
     `shape="linear"`: `factor = start_factor + (1 - start_factor) * min(t, W) / W`
@@ -211,7 +228,7 @@ class Warmup(Controller):
 
 
 @gin.configurable
-class Clamp(Controller):
+class Clamp(_Wrapper):
     """`lr = clip(controller(signals), min_lr, max_lr)`; logs `base` and `clamped`.
 
     Args:
@@ -252,7 +269,7 @@ class Clamp(Controller):
 
 
 @gin.configurable
-class MaxChange(Controller):
+class MaxChange(_Wrapper):
     """Limits the change per batch: the LR stays within
     `[previous / (1 + max_change_ratio), previous * (1 + max_change_ratio)]`, where
     `previous` is the LR applied to the previous batch (`Signals.lr`; the controller's
