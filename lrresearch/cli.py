@@ -89,6 +89,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="batches in each profiler trace (default 40; keep it under ~100)",
     )
     prof.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    find = commands.add_parser(
+        "lr-find",
+        help="LR range test: ramp the LR per batch on a throwaway model, suggest an LR",
+        description="Ramp the LR exponentially from --start_lr to --end_lr over "
+        "--num_steps batches on a fresh copy of the gin-configured model, stop when the "
+        "smoothed loss diverges, print the steepest-descent and min/10 suggestions, and "
+        "write lr_find.png and the summaries to a new run directory.",
+    )
+    _add_gin_flags(find)
+    find.add_argument("--start_lr", type=float, default=1e-6)
+    find.add_argument("--end_lr", type=float, default=10.0)
+    find.add_argument("--num_steps", type=int, default=200, help="batches (default 200)")
+    find.add_argument(
+        "--smoothing", type=float, default=0.98, help="EMA decay of the loss (default 0.98)"
+    )
+    find.add_argument(
+        "--diverge_factor",
+        type=float,
+        default=4.0,
+        help="stop once the smoothed loss exceeds this times its minimum",
+    )
+    find.add_argument(
+        "--suggestion",
+        choices=("steepest", "min10"),
+        default="steepest",
+        help="which suggestion goes into the printed binding",
+    )
+    find.add_argument(
+        "--binding",
+        default="ConstantController.lr",
+        help="gin parameter the suggestion is printed for (default ConstantController.lr)",
+    )
+    find.add_argument(
+        "--write_gin",
+        default=None,
+        metavar="FILE",
+        help="also write the binding to this new .gin file (never overwritten)",
+    )
+    find.add_argument("--logdir", default="runs")
+    find.add_argument(
+        "--run_name", default=None, help="run directory name (default: lr-find-<YYYYmmdd-HHMMSS>)"
+    )
+    find.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -156,12 +200,66 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def lr_find(args: argparse.Namespace) -> int:
+    from lrresearch import config
+    from lrresearch import lr_find as finder
+    from lrresearch.data import DataError
+    from lrresearch.trainer import RunDirExistsError
+
+    if args.write_gin and os.path.exists(args.write_gin):
+        return _fail(
+            f"--write_gin: {args.write_gin!r} exists and is never overwritten; pick a new file name"
+        )
+    try:
+        config.parse(args.gin_file, args.gin_param)
+    except config.ConfigError as e:
+        return _fail(str(e))
+    say = (lambda message: None) if args.quiet else (lambda m: print(m, flush=True))
+    try:
+        result = finder.lr_find(
+            args.start_lr,
+            args.end_lr,
+            args.num_steps,
+            args.smoothing,
+            args.diverge_factor,
+            logdir=args.logdir,
+            run_name=args.run_name,
+            progress=say,
+        )
+    except (RunDirExistsError, DataError, OSError) as e:
+        return _fail(str(e))
+    except ValueError as e:
+        return _fail(config.explain_call_error(e, args.gin_file, args.gin_param))
+    which = "steepest" if args.suggestion == "steepest" else "min10"
+    binding = result.binding(args.binding, which)
+    stop = (
+        f"stopped at divergence after {len(result.lrs)} batches"
+        if result.stopped_early
+        else f"ran all {len(result.lrs)} batches"
+    )
+    print(
+        f"lr-find: {stop}; suggestions: steepest {result.steepest_lr:.3g}, "
+        f"min/10 {result.min_over_10_lr:.3g}"
+    )
+    print(binding)
+    if args.write_gin:
+        with open(args.write_gin, "x") as f:
+            f.write(
+                f"# lr-find ({result.run_dir}): steepest {result.steepest_lr:.3g}, "
+                f"min/10 {result.min_over_10_lr:.3g}\n{binding}\n"
+            )
+    print(f"plot: {os.path.join(result.run_dir, 'lr_find.png')}", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return train(args)
     if args.command == "profile":
         return profile(args)
+    if args.command == "lr-find":
+        return lr_find(args)
     raise AssertionError(args.command)
 
 

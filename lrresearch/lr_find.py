@@ -1,0 +1,175 @@
+"""LR range test: ramp the LR exponentially per batch on a throwaway model and read a
+good LR off the loss curve (Smith, 2017; the fastai / PyTorch-Lightning "LR finder")."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from lrresearch import summaries
+from lrresearch.controllers.base import Controller, ControllerOutput, check_int, check_positive
+from lrresearch.signals import Signals
+from lrresearch.trainer import Trainer, make_run_dir
+
+
+class LRRangeController(Controller):
+    """`lr_t = start_lr * (end_lr / start_lr) ** (t / (num_steps - 1))`, and the state
+    the range test needs, all in-graph: the bias-corrected EMA of the loss
+    (`smoothing`), its minimum, and a `diverged` flag raised once the smoothed loss
+    exceeds `diverge_factor` times that minimum (or the loss is NaN/Inf). The LRs and
+    smoothed losses are kept in buffers, read by Python once per compiled call."""
+
+    standalone = False
+
+    def __init__(
+        self,
+        start_lr: float,
+        end_lr: float,
+        num_steps: int,
+        smoothing: float = 0.98,
+        diverge_factor: float = 4.0,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        check_positive("lr_find", start_lr=start_lr, end_lr=end_lr, diverge_factor=diverge_factor)
+        check_int("lr_find", "num_steps", num_steps, 2)
+        if not start_lr < end_lr:
+            raise ValueError(f"lr_find: start_lr ({start_lr}) must be < end_lr ({end_lr})")
+        if not 0 <= smoothing < 1:
+            raise ValueError(f"lr_find: smoothing must be in [0, 1), got {smoothing!r}")
+        self.start_lr, self.end_lr, self.num_steps = float(start_lr), float(end_lr), num_steps
+        self.smoothing, self.diverge_factor = float(smoothing), float(diverge_factor)
+        self.initial_lr = self.start_lr
+        self.ema = tf.Variable(0.0, trainable=False, name="ema")
+        self.best = tf.Variable(float("inf"), trainable=False, name="best")
+        self.diverged = tf.Variable(False, trainable=False, name="diverged")
+        self.lrs = tf.Variable(tf.zeros([num_steps]), trainable=False, name="lrs")
+        self.smoothed = tf.Variable(
+            tf.fill([num_steps], float("nan")), trainable=False, name="smoothed"
+        )
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        t = tf.minimum(tf.cast(signals.step, tf.int64), self.num_steps - 1)
+        progress = tf.cast(t, tf.float32) / (self.num_steps - 1)
+        lr = self.start_lr * tf.exp(progress * math.log(self.end_lr / self.start_lr))
+        loss = tf.cast(signals.loss, tf.float32)
+        ema = self.smoothing * self.ema + (1.0 - self.smoothing) * loss
+        smoothed = ema / (1.0 - tf.pow(self.smoothing, tf.cast(t, tf.float32) + 1.0))
+        self.ema.assign(ema)
+        finite = tf.math.is_finite(smoothed)
+        self.diverged.assign(self.diverged | ~finite | (smoothed > self.diverge_factor * self.best))
+        self.best.assign(tf.where(finite, tf.minimum(self.best, smoothed), self.best))
+        self.lrs.scatter_nd_update([[t]], [lr])
+        self.smoothed.scatter_nd_update([[t]], [smoothed])
+        return ControllerOutput(lr, {"smoothed_loss": smoothed})
+
+
+@dataclasses.dataclass
+class LRFindResult:
+    """The range test's curve and suggestions (LRs in the optimizer's units)."""
+
+    run_dir: str
+    lrs: np.ndarray
+    smoothed_losses: np.ndarray
+    stopped_early: bool
+    steepest_lr: float
+    min_over_10_lr: float
+
+    def binding(self, name: str, which: str = "steepest") -> str:
+        value = self.steepest_lr if which == "steepest" else self.min_over_10_lr
+        return f"{name} = {value:.3g}"
+
+
+def suggest(lrs: np.ndarray, smoothed: np.ndarray, skip_start: float = 0.1) -> tuple[float, float]:
+    """(steepest, min/10).
+
+    steepest: the LR where the smoothed loss falls fastest per unit of log(lr), looking
+    only between the first `skip_start` of the points (the warm-up noise) and the
+    smoothed loss's minimum (past it the loss is diverging and its wiggles are not
+    descent). min/10: a tenth of the LR at the smoothed loss's minimum.
+    """
+    keep = np.isfinite(smoothed)
+    lrs, smoothed = lrs[keep], smoothed[keep]
+    if len(lrs) < 5:
+        raise ValueError("lr_find: fewer than 5 finite points; lower start_lr or raise num_steps")
+    lowest = int(np.argmin(smoothed))
+    start = min(int(len(lrs) * skip_start), max(lowest - 2, 0))
+    stop = max(lowest + 1, start + 3)
+    window_lrs, window_loss = lrs[start:stop], smoothed[start:stop]
+    slope = np.gradient(window_loss, np.log(window_lrs))
+    steepest = float(window_lrs[int(np.argmin(slope))])
+    return steepest, float(lrs[lowest] / 10.0)
+
+
+def plot(result: LRFindResult, path: str) -> None:
+    """Smoothed loss against LR (log x), suggestions marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keep = np.isfinite(result.smoothed_losses)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(result.lrs[keep], result.smoothed_losses[keep], color="#4c72b0")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("smoothed batch loss")
+    for value, label, color in (
+        (result.steepest_lr, "steepest", "#dd8452"),
+        (result.min_over_10_lr, "min / 10", "#55a868"),
+    ):
+        ax.axvline(value, color=color, linestyle="--", label=f"{label}: {value:.3g}")
+    ax.legend()
+    finite = result.smoothed_losses[keep]
+    ax.set_ylim(finite.min() - 0.05 * np.ptp(finite), min(finite.max(), 4 * finite.min()) * 1.05)
+    ax.set_title("LR range test" + (" (stopped at divergence)" if result.stopped_early else ""))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def lr_find(
+    start_lr: float = 1e-6,
+    end_lr: float = 10.0,
+    num_steps: int = 200,
+    smoothing: float = 0.98,
+    diverge_factor: float = 4.0,
+    logdir: str = "runs",
+    run_name: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> LRFindResult:
+    """Runs the range test on a fresh model built from the current gin config (model,
+    data, optimizer, batch size; the configured controller is ignored) and writes
+    `lr_find.png`, `config.gin` and the summaries (`lr`, `loss/batch`,
+    `controller/smoothed_loss`) into a new run directory."""
+    controller = LRRangeController(start_lr, end_lr, num_steps, smoothing, diverge_factor)
+    trainer = Trainer(
+        controller=controller, steps=num_steps, histogram_every=0, eval_every=0, grad_norm_every=0
+    )
+    trainer.build()
+    run_dir = make_run_dir(logdir, run_name, "lr-find")
+    progress(f"lr-find directory: {run_dir}")
+    with open(os.path.join(run_dir, "config.gin"), "w") as f:
+        f.write(gin.operative_config_str())
+    writer = summaries.create_writer(run_dir)
+    done, block = 0, max(1, min(trainer.steps_per_loop, 10))
+    with writer.as_default():
+        while done < num_steps and not bool(controller.diverged.numpy()):
+            n = min(block, num_steps - done)
+            trainer.run_steps(n)
+            done += n
+            progress(f"lr-find: step {done}/{num_steps}  lr {float(controller.lrs[done - 1]):.3g}")
+    writer.close()
+    lrs, smoothed = controller.lrs.numpy()[:done], controller.smoothed.numpy()[:done]
+    stopped = done < num_steps
+    steepest, min10 = suggest(lrs, smoothed)
+    result = LRFindResult(run_dir, lrs, smoothed, stopped, steepest, min10)
+    plot(result, os.path.join(run_dir, "lr_find.png"))
+    return result

@@ -1,0 +1,95 @@
+"""LR range test: the ramp, the in-graph smoothing and divergence, the suggestions, and
+the command end to end."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+
+import numpy as np
+import pytest
+from conftest import Events
+
+from lrresearch import cli
+from lrresearch.lr_find import LRRangeController, suggest
+from lrresearch.signals import make_signals
+
+
+def test_range_ramp_smoothing_and_divergence_match_a_reference():
+    rng = np.random.default_rng(0)
+    n = 120
+    losses = np.concatenate([2.3 - np.linspace(0, 1.5, 80), np.linspace(0.8, 9.0, 40)])
+    losses += 0.05 * rng.normal(size=n)
+    ctrl = LRRangeController(1e-5, 10.0, n, smoothing=0.9, diverge_factor=3.0)
+    lrs, smoothed, diverged = [], [], []
+    for t, loss in enumerate(losses):
+        out = ctrl.compute(make_signals(t, float(loss)))
+        lrs.append(float(out.lr))
+        smoothed.append(float(out.diagnostics["smoothed_loss"]))
+        diverged.append(bool(ctrl.diverged.numpy()))
+    t = np.arange(n)
+    np.testing.assert_allclose(lrs, 1e-5 * (10.0 / 1e-5) ** (t / (n - 1)), rtol=1e-5)
+    ema, ref, best, ref_div, flag = 0.0, [], math.inf, [], False
+    for i, loss in enumerate(losses):
+        ema = 0.9 * ema + 0.1 * loss
+        s = ema / (1 - 0.9 ** (i + 1))
+        ref.append(s)
+        flag = flag or s > 3.0 * best
+        best = min(best, s)
+        ref_div.append(flag)
+    np.testing.assert_allclose(smoothed, ref, rtol=1e-5)
+    assert diverged == ref_div and any(ref_div) and not ref_div[0]
+    np.testing.assert_allclose(ctrl.lrs.numpy(), lrs, rtol=1e-7)
+
+
+def test_suggestions_on_a_known_curve():
+    lrs = np.geomspace(1e-5, 10, 300)
+    x = np.log10(lrs)
+    # Flat, then a descent steepest at lr = 1e-2, a minimum at lr = 1, then divergence.
+    smoothed = 2.0 - np.tanh((x + 2) * 2.0) + np.where(x > 0, 5 * x**2, 0.0)
+    steepest, min10 = suggest(lrs, smoothed)
+    assert steepest == pytest.approx(1e-2, rel=0.06)
+    assert min10 == pytest.approx(lrs[np.argmin(smoothed)] / 10)
+    assert steepest < lrs[np.argmin(smoothed)]
+
+
+def test_lr_find_command_writes_plot_summaries_and_binding(tmp_path, capsys):
+    gin_out = tmp_path / "suggested.gin"
+    argv = [
+        "lr-find",
+        "--num_steps=60",
+        "--start_lr=1e-4",
+        "--end_lr=100",
+        "--gin_param=mlp.hidden = (16,)",
+        "--gin_param=Trainer.steps_per_loop = 10",
+        f"--logdir={tmp_path}",
+        "--run_name=find",
+        "--binding=GradNormController.base_lr",
+        f"--write_gin={gin_out}",
+        "--quiet",
+    ]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "find"
+    assert (run / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert glob.glob(str(run / "events.out.tfevents.*"))
+    events = Events(run)
+    lr = events.scalar("lr")
+    assert len(events.scalar("controller/smoothed_loss")) == len(lr) <= 60
+    np.testing.assert_allclose(lr, 1e-4 * (1e6) ** (np.arange(len(lr)) / 59), rtol=1e-4)
+    binding = next(line for line in out.splitlines() if line.startswith("GradNormController"))
+    value = float(binding.split("=")[1])
+    assert 1e-4 <= value <= 100
+    assert binding in gin_out.read_text()
+    # Neither the run nor the gin file is ever overwritten.
+    assert cli.main(argv) == 2
+    assert "never overwritten" in capsys.readouterr().err
+    os.remove(gin_out)
+    assert cli.main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_lr_find_rejects_an_inverted_range(tmp_path, capsys):
+    assert cli.main(["lr-find", "--start_lr=1", "--end_lr=0.1", f"--logdir={tmp_path}"]) == 2
+    assert "start_lr" in capsys.readouterr().err
