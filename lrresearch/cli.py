@@ -133,6 +133,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--run_name", default=None, help="run directory name (default: lr-find-<YYYYmmdd-HHMMSS>)"
     )
     find.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="run the cross product of gin bindings, one run directory per point",
+        description="Run every combination of the --sweep values, one after another, "
+        "each as `lrresearch train` would, into one sweep directory; a failed run is "
+        "reported at the end and does not stop the others. The sweep directory carries "
+        "the HParams experiment, so TensorBoard's HParams tab lists every run.",
+    )
+    _add_gin_flags(sweep)
+    sweep.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="BINDING=[V1, V2]",
+        help="e.g. 'Trainer.seed=[0, 1, 2]' or "
+        "'Trainer.controller=[@GradNormController(), @LossTrendController()]';"
+        " repeat for a cross product",
+    )
+    sweep.add_argument("--logdir", default="runs")
+    sweep.add_argument(
+        "--sweep_name", default=None, help="sweep directory name (default: sweep-<YYYYmmdd-HHMMSS>)"
+    )
+    sweep.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -252,6 +276,35 @@ def lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def sweep(args: argparse.Namespace) -> int:
+    from lrresearch import config
+    from lrresearch import sweep as sweeps
+    from lrresearch.trainer import RunDirExistsError
+
+    say = (lambda message: None) if args.quiet else (lambda m: print(m, flush=True))
+    try:
+        sweep_dir, points = sweeps.run_sweep(
+            args.gin_file,
+            args.gin_param,
+            args.sweep,
+            logdir=args.logdir,
+            sweep_name=args.sweep_name,
+            progress=say,
+        )
+    except config.ConfigError as e:
+        return _fail(str(e))
+    except (RunDirExistsError, OSError, ValueError) as e:
+        return _fail(str(e))
+    print(sweeps.report(points))
+    failed = [p for p in points if not p.result]
+    print(
+        f"sweep: {len(points) - len(failed)}/{len(points)} runs ok -> {sweep_dir}; "
+        f"tensorboard --logdir {sweep_dir}",
+        flush=True,
+    )
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
@@ -260,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return profile(args)
     if args.command == "lr-find":
         return lr_find(args)
+    if args.command == "sweep":
+        return sweep(args)
     raise AssertionError(args.command)
 
 

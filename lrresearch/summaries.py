@@ -133,3 +133,66 @@ def text(tag: str, markdown: str, step: int = 0) -> tf.Tensor:
 def config_markdown(config: str) -> str:
     """Renders a gin config as a markdown code block for the Text tab."""
     return "\n".join("    " + line for line in config.splitlines())
+
+
+# Metrics the HParams dashboard shows for every run (final values of these tags).
+HPARAM_METRICS = ("eval/accuracy", "eval/loss", "loss/ma_long")
+
+
+def custom_scalars_layout() -> bytes:
+    """The Custom Scalars layout: LR with the loss moving averages, the gradient norm,
+    and `lr` of every run overlaid (TensorBoard merges identical layouts of runs)."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    chart = layout_pb2.Chart
+    multiline = layout_pb2.MultilineChartContent
+    layout = layout_pb2.Layout(
+        category=[
+            layout_pb2.Category(
+                title="lrresearch",
+                chart=[
+                    chart(
+                        title="LR and loss moving averages",
+                        multiline=multiline(tag=[r"^lr$", r"^loss/ma_short$", r"^loss/ma_long$"]),
+                    ),
+                    chart(title="Gradient norm", multiline=multiline(tag=[r"^grad/global_norm$"])),
+                    chart(title="LR, all runs", multiline=multiline(tag=[r"^lr$"])),
+                    chart(
+                        title="Eval accuracy, all runs",
+                        multiline=multiline(tag=[r"^eval/accuracy$"]),
+                    ),
+                ],
+            ),
+        ]
+    )
+    from tensorboard.plugins.custom_scalar import summary as custom_scalar_summary
+
+    return custom_scalar_summary.pb(layout).SerializeToString()
+
+
+def write_run_header(hparams: dict[str, bool | int | float | str], trial_id: str) -> None:
+    """Writes, at step 0 of the default writer, the run's hyperparameters (HParams
+    dashboard) and the Custom Scalars layout."""
+    from tensorboard.plugins.hparams import api as hp
+
+    hp.hparams(hparams, trial_id=trial_id)
+    tf.summary.experimental.write_raw_pb(custom_scalars_layout(), step=0)
+
+
+def write_experiment_config(hparams: dict[str, list]) -> None:
+    """Writes the HParams experiment (hyperparameters with their swept values, and
+    `HPARAM_METRICS`) plus the Custom Scalars layout, for a sweep's root directory."""
+    from tensorboard.plugins.hparams import api as hp
+
+    params = []
+    for name, values in hparams.items():
+        values = list(dict.fromkeys(values))
+        if (values and all(isinstance(v, str) for v in values)) or (
+            values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        ):
+            params.append(hp.HParam(name, hp.Discrete(values)))
+        else:
+            params.append(hp.HParam(name))
+    metrics = [hp.Metric(tag, display_name=tag) for tag in HPARAM_METRICS]
+    hp.hparams_config(hparams=params, metrics=metrics)
+    tf.summary.experimental.write_raw_pb(custom_scalars_layout(), step=0)

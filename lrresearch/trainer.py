@@ -464,6 +464,7 @@ class Trainer:
         try:
             with writer.as_default():
                 summaries.text("config", summaries.config_markdown(config or "(defaults)"))
+                summaries.write_run_header(self.hparams(), os.path.basename(run_dir))
                 while done < self.steps:
                     boundary = min([self.steps] + [(done // c + 1) * c for c in cadences])
                     n = min(self.steps_per_loop, boundary - done)
@@ -515,6 +516,28 @@ class Trainer:
         if done > first_done and elapsed > first_seconds:
             return (done - first_done) / (elapsed - first_seconds)
         return done / elapsed
+
+    def hparams(self) -> dict[str, bool | int | float | str]:
+        """The run's hyperparameters for TensorBoard's HParams dashboard: the controller
+        and its numeric/string settings, optimizer, batch size, seed, steps, model and
+        data."""
+        optimizer = self.optimizer_spec
+        values: dict[str, bool | int | float | str] = {
+            "controller": type(self.controller).__name__,
+            "optimizer": optimizer
+            if isinstance(optimizer, str)
+            else getattr(optimizer, "__name__", type(optimizer).__name__),
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "steps": self.steps,
+            "steps_per_loop": self.steps_per_loop,
+            "model": self.model.name,
+            "dataset": self.data.name,
+        }
+        for key, value in sorted(vars(self.controller).items()):
+            if not key.startswith("_") and isinstance(value, (bool, int, float, str)):
+                values[f"controller.{key}"] = value
+        return values
 
     def current_lr(self) -> float:
         """The LR applied to the latest batch (a host read: call between loops only)."""
