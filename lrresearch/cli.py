@@ -157,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--sweep_name", default=None, help="sweep directory name (default: sweep-<YYYYmmdd-HHMMSS>)"
     )
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    comp = commands.add_parser(
+        "compare",
+        help="table and plots comparing runs or sweeps (read with TensorBoard's loader)",
+        description="For each run (a directory with an `lr` series, or the runs one level "
+        "below a sweep directory): final and best eval metrics, steps to a target, mean "
+        "LR, number of LR changes larger than --change_pct, time per step; and PNG plots "
+        "of LR, smoothed loss and gradient norm against step for all runs.",
+    )
+    comp.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR")
+    comp.add_argument(
+        "--out", default=None, help="folder for compare.md/.csv/.png (default: the first path)"
+    )
+    comp.add_argument("--target_accuracy", type=float, default=0.95)
+    comp.add_argument("--target_loss", type=float, default=0.2)
+    comp.add_argument("--change_pct", type=float, default=10.0)
     return parser
 
 
@@ -305,6 +321,21 @@ def sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def compare(args: argparse.Namespace) -> int:
+    from lrresearch import compare as comparing
+
+    out = args.out or args.paths[0]
+    try:
+        markdown, _ = comparing.compare(
+            args.paths, out, args.target_accuracy, args.target_loss, args.change_pct
+        )
+    except (FileNotFoundError, FileExistsError, KeyError) as e:
+        return _fail(str(e))
+    print(markdown)
+    print(f"wrote compare.md, compare.csv and compare.png to {out}", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
@@ -315,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return lr_find(args)
     if args.command == "sweep":
         return sweep(args)
+    if args.command == "compare":
+        return compare(args)
     raise AssertionError(args.command)
 
 

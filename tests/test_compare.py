@@ -1,0 +1,83 @@
+"""`lrresearch compare` on real runs: the table's numbers come from the events."""
+
+from __future__ import annotations
+
+import csv
+
+import gin
+import numpy as np
+import pytest
+from conftest import Events
+
+from lrresearch import cli, config
+from lrresearch.compare import smooth
+from lrresearch.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("cmp")
+    runs = []
+    for name, controller in (("const", "@ConstantController()"), ("cyc", "@CyclicController()")):
+        config.parse(
+            [],
+            [
+                "Trainer.steps = 60",
+                "Trainer.steps_per_loop = 20",
+                "Trainer.eval_every = 20",
+                "Trainer.histogram_every = 0",
+                "mlp.hidden = (8,)",
+                f"Trainer.controller = {controller}",
+                "ConstantController.lr = 0.05",
+                "CyclicController.step_size_up = 10",
+                "CyclicController.base_lr = 0.01",
+                "CyclicController.max_lr = 0.1",
+            ],
+        )
+        try:
+            runs.append(Trainer().fit(logdir=str(logdir), run_name=name, quiet=True).run_dir)
+        finally:
+            gin.clear_config()
+    return logdir, runs
+
+
+def test_compare_table_matches_the_events(two_runs, tmp_path, capsys):
+    logdir, runs = two_runs
+    assert (
+        cli.main(
+            ["compare", str(logdir), f"--out={tmp_path}", "--target_accuracy=0.5", "--change_pct=5"]
+        )
+        == 0
+    )
+    with open(tmp_path / "compare.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"const", "cyc"}
+    for run in runs:
+        events = Events(run)
+        row = rows[run.rsplit("/", 1)[-1]]
+        lr = events.scalar("lr")
+        acc = events.values("eval/accuracy")
+        assert float(row["mean_lr"]) == pytest.approx(lr.mean(), rel=1e-5)
+        changes = np.abs(np.diff(lr)) / lr[:-1] > 0.05
+        assert int(row["lr_changes_over_pct"]) == int(changes.sum())
+        assert float(row["final_eval_accuracy"]) == pytest.approx(acc[-1], rel=1e-6)
+        assert int(row["steps"]) == 60
+    assert int(rows["const"]["lr_changes_over_pct"]) == 0
+    assert int(rows["cyc"]["lr_changes_over_pct"]) > 10
+    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| const |" in (tmp_path / "compare.md").read_text()
+    # Never overwrites its own outputs.
+    assert cli.main(["compare", str(logdir), f"--out={tmp_path}"]) == 2
+    assert "never overwritten" in capsys.readouterr().err
+
+
+def test_compare_rejects_a_folder_without_runs(tmp_path, capsys):
+    assert cli.main(["compare", str(tmp_path)]) == 2
+    assert "no runs" in capsys.readouterr().err
+
+
+def test_smooth_is_a_bias_corrected_ema():
+    values = np.array([1.0, np.nan, 3.0, 2.0])
+    out = smooth(values, beta=0.5)
+    assert out[0] == 1.0 and out[1] == 1.0
+    assert out[2] == pytest.approx((0.25 * 1.0 + 0.5 * 3.0) / 0.75)
