@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from collections.abc import Callable
 
 import gin
@@ -160,12 +161,18 @@ def lr_find(
         f.write(gin.operative_config_str())
     writer = summaries.create_writer(run_dir)
     done, block = 0, max(1, min(trainer.steps_per_loop, 10))
+    start = time.perf_counter()
     with writer.as_default():
         while done < num_steps and not bool(controller.diverged.numpy()):
             n = min(block, num_steps - done)
             trainer.run_steps(n)
             done += n
-            progress(f"lr-find: step {done}/{num_steps}  lr {float(controller.lrs[done - 1]):.3g}")
+            eta = (time.perf_counter() - start) / done * (num_steps - done)
+            progress(
+                f"lr-find: step {done}/{num_steps}  lr {float(controller.lrs[done - 1]):.3g}"
+                f"  smoothed loss {float(controller.smoothed[done - 1]):.4f}"
+                f"  ETA {eta:.0f}s (or sooner, at divergence)"
+            )
     writer.close()
     lrs, smoothed = controller.lrs.numpy()[:done], controller.smoothed.numpy()[:done]
     stopped = done < num_steps
