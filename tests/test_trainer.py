@@ -120,7 +120,15 @@ def test_tags_are_exact_without_scope_prefixes(seed_run, name):
     run = seed_run(name)
     variables = run.trainer.model.trainable_variables
     scopes = {"while", "summaries", "lr_controller", "train_step", "train_loop"}
-    for tag in run.events.tags:
+    # The HParams and Custom Scalars plugins' own records, once per run.
+    plugin_records = {
+        "_hparams_/session_start_info": "hparams",
+        "custom_scalars__config__": "custom_scalars",
+    }
+    for tag, plugin in plugin_records.items():
+        assert run.events.plugin(tag) == plugin, tag
+        np.testing.assert_array_equal(run.events.steps(tag), [0])
+    for tag in run.events.tags - set(plugin_records):
         assert not tag.startswith("while/"), tag
         assert not set(tag.split("/")[:-1]) & scopes, tag
         assert (
