@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         "<controller>-<YYYYmmdd-HHMMSS>); an existing one is an error",
     )
     train.add_argument("--quiet", action="store_true", help="no progress lines")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue <logdir>/<run_name> from its latest checkpoint (or "
+        "start it if it does not exist); needs --run_name",
+    )
 
     prof = commands.add_parser(
         "profile",
@@ -192,7 +198,11 @@ def train(args: argparse.Namespace) -> int:
         return _fail(str(e))
     try:
         trainer = Trainer()
-        result = trainer.fit(logdir=args.logdir, run_name=args.run_name, quiet=args.quiet)
+        if args.resume and not args.run_name:
+            return _fail("--resume needs --run_name (the run to continue)")
+        result = trainer.fit(
+            logdir=args.logdir, run_name=args.run_name, quiet=args.quiet, resume=args.resume
+        )
     except (RunDirExistsError, DataError, OSError) as e:
         return _fail(str(e))
     except NonFiniteLossError as e:

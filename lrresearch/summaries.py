@@ -22,6 +22,7 @@ Tag schema (step = global batch index, starting at 0):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -196,3 +197,17 @@ def write_experiment_config(hparams: dict[str, list]) -> None:
     metrics = [hp.Metric(tag, display_name=tag) for tag in HPARAM_METRICS]
     hp.hparams_config(hparams=params, metrics=metrics)
     tf.summary.experimental.write_raw_pb(custom_scalars_layout(), step=0)
+
+
+def mark_restart(writer: tf.summary.SummaryWriter, step: int) -> None:
+    """Writes a `SessionLog.START` event at `step`: TensorBoard then drops the points at
+    `step` and later that an interrupted run wrote before it was resumed, so a resumed
+    run shows no duplicated or zig-zag points."""
+    from tensorboard.compat.proto import event_pb2
+
+    event = event_pb2.Event(
+        wall_time=time.time(),
+        step=step,
+        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+    )
+    tf.raw_ops.ImportEvent(writer=writer._resource, event=event.SerializeToString())

@@ -178,6 +178,8 @@ class Trainer:
       checkpoint_every: batches between checkpoints (0 = only at the end).
       keep_checkpoints: how many checkpoints to keep.
       log_every: batches between progress lines (default: about 10 lines per run).
+      deterministic: enable TF's op determinism (`enable_op_determinism`), so a run
+        resumed from a checkpoint reproduces an uninterrupted one exactly.
     """
 
     def __init__(
@@ -197,9 +199,10 @@ class Trainer:
         loss_ma_short: int = 10,
         loss_ma_long: int = 100,
         loss_ma_kind: str = "window",
-        checkpoint_every: int = 0,
+        checkpoint_every: int = 500,
         keep_checkpoints: int = 3,
         log_every: int | None = None,
+        deterministic: bool = False,
     ):
         for name, value, minimum in (
             ("steps", steps, 1),
@@ -245,6 +248,7 @@ class Trainer:
         self.log_every = log_every if log_every is not None else max(steps // 10, 1)
         self.ma_short = MovingAverage(loss_ma_short, loss_ma_kind, name="loss_ma_short")
         self.ma_long = MovingAverage(loss_ma_long, loss_ma_kind, name="loss_ma_long")
+        self.deterministic = bool(deterministic)
         self.built = False
 
     # -- building -------------------------------------------------------------------
@@ -253,6 +257,8 @@ class Trainer:
         if self.built:
             return
         keras.utils.set_random_seed(self.seed)
+        if self.deterministic:
+            tf.config.experimental.enable_op_determinism()
         data = self.dataset_spec() if callable(self.dataset_spec) else self.dataset_spec
         if not isinstance(data, Dataset):
             raise DataError(f"Trainer.dataset must return a Dataset, got {type(data).__name__}")
@@ -431,22 +437,40 @@ class Trainer:
         run_name: str | None = None,
         quiet: bool = False,
         operative_config: Callable[[], str] = gin.operative_config_str,
+        resume: bool = False,
     ) -> TrainResult:
         """Trains `steps` batches into a new run directory under `logdir`.
 
         Writes event files, `config.gin` (the operative gin config) and `checkpoints/`.
         Raises `RunDirExistsError` rather than touching an existing run, and
         `NonFiniteLossError` (after flushing summaries) if the loss becomes NaN/Inf.
+        With `resume` and an existing `<logdir>/<run_name>`, continues from its latest
+        checkpoint instead (model, optimizer, controller, moving averages, step, input
+        position); TensorBoard drops the points the interrupted run wrote after it.
         """
         self.build()
         prefix = type(self.controller).__name__.removesuffix("Controller") or "run"
-        run_dir = make_run_dir(logdir, run_name, prefix)
-        self.run_dir = run_dir
         say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-        say(f"run directory: {run_dir}")
         config = operative_config()
-        with open(os.path.join(run_dir, "config.gin"), "w") as f:
-            f.write(config)
+        resumed_from = None
+        if resume:
+            if run_name is None:
+                raise ValueError("resume needs the run's name (--run_name)")
+            run_dir = os.path.join(logdir, run_name)
+            if os.path.isdir(run_dir):
+                resumed_from = self._restore(run_dir, config, say)
+            else:
+                run_dir = make_run_dir(logdir, run_name, prefix)
+        else:
+            run_dir = make_run_dir(logdir, run_name, prefix)
+        self.run_dir = run_dir
+        say(
+            f"run directory: {run_dir}"
+            + (f" (resumed at step {resumed_from})" if resumed_from is not None else "")
+        )
+        if resumed_from is None:
+            with open(os.path.join(run_dir, "config.gin"), "w") as f:
+                f.write(config)
         manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=self.keep_checkpoints
         )
@@ -460,18 +484,22 @@ class Trainer:
         loss = tf.constant(float("nan"))
         start = time.perf_counter()
         first_done, first_seconds = 0, float("nan")
-        done, side_seconds = 0, 0.0  # side_seconds: eval and checkpoints, not training
+        done = self.next_step = resumed_from or 0
+        side_seconds = 0.0  # eval and checkpoints, not training
         try:
             with writer.as_default():
-                summaries.text("config", summaries.config_markdown(config or "(defaults)"))
-                summaries.write_run_header(self.hparams(), os.path.basename(run_dir))
+                if resumed_from is None:
+                    summaries.text("config", summaries.config_markdown(config or "(defaults)"))
+                    summaries.write_run_header(self.hparams(), os.path.basename(run_dir))
+                else:
+                    summaries.mark_restart(writer, resumed_from)
                 while done < self.steps:
                     boundary = min([self.steps] + [(done // c + 1) * c for c in cadences])
                     n = min(self.steps_per_loop, boundary - done)
                     loss = self.run_steps(n)
                     done += n
                     if not first_done:
-                        first_done, first_seconds = n, time.perf_counter() - start
+                        first_done, first_seconds = done, time.perf_counter() - start
                     last = done == self.steps
                     side_start = time.perf_counter()
                     if last or (self.eval_every and done % self.eval_every == 0):
@@ -479,11 +507,16 @@ class Trainer:
                         summaries.scalar("eval/loss", eval_loss, done - 1)
                         summaries.scalar("eval/accuracy", eval_acc, done - 1)
                     if self.checkpoint_every and done % self.checkpoint_every == 0 and not last:
+                        # Everything logged up to a checkpoint is on disk before it, so a
+                        # resumed run has every step (later ones are dropped on resume).
+                        writer.flush()
                         manager.save(checkpoint_number=done)
                     side_seconds += time.perf_counter() - side_start
                     if last or done % self.log_every == 0:
                         self._check_finite()
-                        rate = self._rate(start + side_seconds, first_done, first_seconds, done)
+                        rate = self._rate(
+                            start + side_seconds, first_done, first_seconds, done, resumed_from or 0
+                        )
                         acc = "-" if math.isnan(eval_acc) else f"{eval_acc:.3f}"
                         say(
                             f"step {done:>{len(str(self.steps))}}/{self.steps}  "
@@ -499,7 +532,7 @@ class Trainer:
             run_dir,
             done,
             time.perf_counter() - start,
-            self._rate(start + side_seconds, first_done, first_seconds, done),
+            self._rate(start + side_seconds, first_done, first_seconds, done, resumed_from or 0),
             float(loss),
             self.current_lr(),
             eval_loss,
@@ -508,14 +541,40 @@ class Trainer:
         )
 
     @staticmethod
-    def _rate(start: float, first_done: int, first_seconds: float, done: int) -> float:
+    def _rate(
+        start: float, first_done: int, first_seconds: float, done: int, began: int = 0
+    ) -> float:
         """Training steps per second after the first call (which includes tracing), or
         overall if there was only one call; `start` is shifted by the eval and
-        checkpoint time, so only training counts."""
+        checkpoint time, so only training counts. `began` is the step this process
+        started at (non-zero after a resume)."""
         elapsed = time.perf_counter() - start
         if done > first_done and elapsed > first_seconds:
             return (done - first_done) / (elapsed - first_seconds)
-        return done / elapsed
+        return max(done - began, 1) / elapsed
+
+    def _restore(self, run_dir: str, config: str, say: Callable[..., None]) -> int:
+        """Restores the latest checkpoint of `run_dir`; returns its step."""
+        latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+        if latest is None:
+            raise RunDirExistsError(
+                f"cannot resume {run_dir!r}: it has no checkpoint (checkpoints/ is empty "
+                "or missing); start a new run with another --run_name"
+            )
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        self.sampler.restore_order()
+        step = int(self.step.numpy())
+        saved = os.path.join(run_dir, "config.gin")
+        if os.path.exists(saved):
+            with open(saved) as f:
+                before = set(f.read().splitlines())
+            changed = sorted(set(config.splitlines()) - before)
+            if changed:
+                say(
+                    "warning: resuming with bindings that differ from the run's config.gin: "
+                    + "; ".join(line for line in changed if "=" in line)
+                )
+        return step
 
     def hparams(self) -> dict[str, bool | int | float | str]:
         """The run's hyperparameters for TensorBoard's HParams dashboard: the controller

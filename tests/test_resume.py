@@ -1,0 +1,115 @@
+"""Exact resume: a run killed with SIGKILL mid-run and resumed equals an uninterrupted
+one (weights, `lr`, `loss/batch`), and TensorBoard's loader shows every step once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO, Events
+
+PARAMS = [
+    "--gin_param=Trainer.steps = 300",
+    "--gin_param=Trainer.checkpoint_every = 40",
+    "--gin_param=Trainer.steps_per_loop = 10",
+    "--gin_param=Trainer.log_every = 10",
+    "--gin_param=Trainer.deterministic = True",
+    "--gin_param=Trainer.controller = @LossTrendController()",
+    "--gin_param=LossTrendController.window = 20",
+    "--gin_param=LossTrendController.max_lr = 0.2",
+    "--gin_param=mlp.hidden = (32,)",
+]
+
+
+def train(logdir, run_name, *extra):
+    command = [
+        sys.executable,
+        "-u",
+        "-m",
+        "lrresearch",
+        "train",
+        f"--logdir={logdir}",
+        f"--run_name={run_name}",
+        *PARAMS,
+        *extra,
+    ]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def weights(run_dir):
+    reader = tf.train.load_checkpoint(
+        tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    )
+    names = sorted(
+        n
+        for n in reader.get_variable_to_shape_map()
+        if n.startswith("optimizer/_trainable_variables/")
+    )
+    assert names
+    return [reader.get_tensor(n) for n in names]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("resume")
+    full = train(logdir, "full")
+    assert full.returncode == 0, full.stderr
+    # Kill a second run with SIGKILL somewhere after its third checkpoint.
+    command = [
+        sys.executable,
+        "-u",
+        "-m",
+        "lrresearch",
+        "train",
+        f"--logdir={logdir}",
+        "--run_name=cut",
+        *PARAMS,
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    killed_after = None
+    deadline = time.monotonic() + 240
+    for line in process.stdout:
+        if line.startswith("step 1") and "/300" in line:  # steps 100..190
+            killed_after = int(line.split()[1].split("/")[0])
+            process.send_signal(signal.SIGKILL)
+            break
+        if time.monotonic() > deadline:
+            break
+    process.wait(timeout=30)
+    assert killed_after is not None and process.returncode == -signal.SIGKILL
+    resumed = train(logdir, "cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    return logdir, killed_after, resumed.stdout
+
+
+def test_resume_reports_where_it_continued(runs):
+    _, killed_after, out = runs
+    step = int(out.split("resumed at step ")[1].split(")")[0])
+    assert step % 40 == 0 and 0 < step <= killed_after
+
+
+def test_resumed_run_equals_an_uninterrupted_one(runs):
+    logdir, _, _ = runs
+    for a, b in zip(weights(logdir / "full"), weights(logdir / "cut"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    full, cut = Events(logdir / "full"), Events(logdir / "cut")
+    for tag in ("lr", "loss/batch", "grad/global_norm", "loss/ma_long"):
+        # `scalar` checks one point per step 0, 1, 2, ... (no duplicates, no zig-zag).
+        np.testing.assert_array_equal(full.scalar(tag), cut.scalar(tag), err_msg=tag)
+        assert len(cut.scalar(tag)) == 300
+    assert len(np.unique(full.scalar("lr"))) > 5  # the controller's state mattered
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = train(tmp_path, "empty", "--resume")
+    assert result.returncode == 2
+    assert "no checkpoint" in result.stderr
