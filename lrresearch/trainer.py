@@ -178,6 +178,10 @@ class Trainer:
       checkpoint_every: batches between checkpoints (0 = only at the end).
       keep_checkpoints: how many checkpoints to keep.
       log_every: batches between progress lines (default: about 10 lines per run).
+      max_consecutive_nonfinite: a batch whose loss or gradient norm is NaN/Inf is
+        skipped (no update; logged in `guard/skipped`); after this many in a row the
+        run stops with a checkpoint of the last good state (0: stop at the first).
+      nonfinite_lr_factor: every skipped batch multiplies all later LRs by this.
       deterministic: enable TF's op determinism (`enable_op_determinism`), so a run
         resumed from a checkpoint reproduces an uninterrupted one exactly.
     """
@@ -203,6 +207,8 @@ class Trainer:
         keep_checkpoints: int = 3,
         log_every: int | None = None,
         deterministic: bool = False,
+        max_consecutive_nonfinite: int = 10,
+        nonfinite_lr_factor: float = 0.5,
     ):
         for name, value, minimum in (
             ("steps", steps, 1),
@@ -249,6 +255,13 @@ class Trainer:
         self.ma_short = MovingAverage(loss_ma_short, loss_ma_kind, name="loss_ma_short")
         self.ma_long = MovingAverage(loss_ma_long, loss_ma_kind, name="loss_ma_long")
         self.deterministic = bool(deterministic)
+        _check_cadence("max_consecutive_nonfinite", max_consecutive_nonfinite)
+        if not (isinstance(nonfinite_lr_factor, (int, float)) and 0 < nonfinite_lr_factor <= 1):
+            raise ValueError(
+                f"Trainer.nonfinite_lr_factor must be in (0, 1], got {nonfinite_lr_factor!r}"
+            )
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.nonfinite_lr_factor = float(nonfinite_lr_factor)
         self.built = False
 
     # -- building -------------------------------------------------------------------
@@ -277,6 +290,9 @@ class Trainer:
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.first_nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped")
+        self.consecutive_nonfinite = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")
 
         options = tf.data.Options()
         # Autotune can stall a short run's iterator teardown by seconds.
@@ -340,12 +356,24 @@ class Trainer:
             proposed = tf.cast(out.lr, tf.float32)
             # Guard: a NaN/Inf or negative LR is never applied; the previous LR is kept.
             accepted = tf.logical_and(tf.math.is_finite(proposed), proposed >= 0.0)
-            lr = tf.where(accepted, proposed, prev_lr)
+            lr = tf.where(accepted, proposed * self.lr_scale, prev_lr)
             lr_variable.assign(tf.cast(lr, lr_variable.dtype))
         if self.clip_norm is not None:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
-        self.optimizer.apply(grads, self.variables)
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(norm))
+
+        def apply() -> tf.Tensor:
+            self.optimizer.apply(grads, self.variables)
+            return tf.constant(True)
+
+        # A NaN/Inf batch is skipped: no update, later LRs scaled down.
+        tf.cond(finite, apply, lambda: tf.constant(False))
+        bad = tf.cast(~finite, tf.int64)
+        self.skipped.assign_add(bad)
+        self.consecutive_nonfinite.assign((self.consecutive_nonfinite + bad) * bad)
+        self.lr_scale.assign(
+            tf.where(finite, self.lr_scale, self.lr_scale * self.nonfinite_lr_factor)
+        )
         first_bad = self.first_nonfinite_step
         first_bad.assign(tf.where(tf.logical_and(~finite, first_bad < 0), step, first_bad))
         with tf.name_scope("summaries"):
@@ -356,6 +384,7 @@ class Trainer:
             for name, value in out.diagnostics.items():
                 summaries.scalar(f"controller/{name}", value, step)
             summaries.scalar("guard/lr_rejected", 1.0 - tf.cast(accepted, tf.float32), step)
+            summaries.scalar("guard/skipped", self.skipped, step)
             self._periodic_summaries(step, grads, periodic | self.every_step_groups)
         self.step.assign_add(1)
         return loss
@@ -513,7 +542,11 @@ class Trainer:
                         manager.save(checkpoint_number=done)
                     side_seconds += time.perf_counter() - side_start
                     if last or done % self.log_every == 0:
-                        self._check_finite()
+                        message = self._nonfinite_message()
+                        if message:
+                            writer.flush()
+                            manager.save(checkpoint_number=done)
+                            raise NonFiniteLossError(message)
                         rate = self._rate(
                             start + side_seconds, first_done, first_seconds, done, resumed_from or 0
                         )
@@ -602,15 +635,20 @@ class Trainer:
         """The LR applied to the latest batch (a host read: call between loops only)."""
         return float(np.asarray(self.optimizer.learning_rate))
 
-    def _check_finite(self) -> None:
+    def _nonfinite_message(self) -> str | None:
+        """Why the run must stop (too many NaN/Inf batches in a row), or None."""
+        consecutive = int(self.consecutive_nonfinite.numpy())
+        if consecutive == 0 or consecutive < self.max_consecutive_nonfinite:
+            return None
         bad = int(self.first_nonfinite_step.numpy())
-        if bad >= 0:
-            raise NonFiniteLossError(
-                f"the loss or gradient norm became NaN/Inf at step {bad} (LR at the latest "
-                f"batch: {self.current_lr():.4g}). The summaries up to here are in "
-                f"{self.run_dir}. Lower the LR (e.g. the controller's max_lr/base_lr), "
-                "set Trainer.clip_norm, or check the data for NaN/Inf."
-            )
+        return (
+            f"the loss or gradient norm became NaN/Inf at step {bad}; {consecutive} "
+            f"batches in a row were NaN/Inf and skipped ({int(self.skipped.numpy())} "
+            f"in all), so the run stopped. The weights of the last good batch are in "
+            f"{os.path.join(self.run_dir, 'checkpoints')} and the summaries up to here in "
+            f"{self.run_dir}. Lower the LR (e.g. the controller's max_lr/base_lr), set "
+            "Trainer.clip_norm, or check the data for NaN/Inf."
+        )
 
 
 def log(message: str) -> None:

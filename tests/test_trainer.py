@@ -133,7 +133,7 @@ def test_tags_are_exact_without_scope_prefixes(seed_run, name):
         assert not set(tag.split("/")[:-1]) & scopes, tag
         assert (
             tag in BATCH_TAGS
-            or tag in {"guard/lr_rejected", "config", "eval/loss", "eval/accuracy"}
+            or tag in {"guard/lr_rejected", "guard/skipped", "config", "eval/loss", "eval/accuracy"}
             or tag.startswith(("controller/", "grad/", "weights/"))
         ), tag
     controller_tags = {t for t in run.events.tags if t.startswith("controller/")}
