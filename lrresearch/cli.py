@@ -190,7 +190,12 @@ def _fail(message: str, code: int = 2) -> int:
 def train(args: argparse.Namespace) -> int:
     from lrresearch import config
     from lrresearch.data import DataError
-    from lrresearch.trainer import NonFiniteLossError, RunDirExistsError, Trainer
+    from lrresearch.trainer import (
+        NonFiniteLossError,
+        RunDirExistsError,
+        Trainer,
+        TrainingInterrupted,
+    )
 
     try:
         config.parse(args.gin_file, args.gin_param)
@@ -207,6 +212,10 @@ def train(args: argparse.Namespace) -> int:
         return _fail(str(e))
     except NonFiniteLossError as e:
         return _fail(str(e), code=1)
+    except TrainingInterrupted as e:
+        return _fail(str(e), code=130)
+    except KeyboardInterrupt:
+        return _fail("interrupted before training started; nothing to resume", code=130)
     except ValueError as e:
         # Constructor checks name the configurable and parameter; add where it was bound.
         return _fail(config.explain_call_error(e, args.gin_file, args.gin_param))

@@ -52,6 +52,10 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or gradient norm became NaN/Inf during training."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during `fit`: a checkpoint was saved and summaries flushed."""
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What a finished run reports (also printed as the one-line summary)."""
@@ -557,6 +561,16 @@ class Trainer:
                             f"eval/acc {acc}  {rate:,.0f} steps/s  "
                             f"ETA {(self.steps - done) / rate:.0f}s"
                         )
+        except KeyboardInterrupt:
+            # Ctrl-C lands between compiled calls: the step variable matches the weights.
+            at = int(self.step.numpy())
+            writer.flush()
+            manager.save(checkpoint_number=at)
+            raise TrainingInterrupted(
+                f"interrupted at step {at}: checkpoint saved and summaries flushed in "
+                f"{run_dir}; continue with --resume --run_name "
+                f"{os.path.basename(run_dir)}"
+            ) from None
         finally:
             writer.flush()
             writer.close()

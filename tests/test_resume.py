@@ -113,3 +113,32 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     result = train(tmp_path, "empty", "--resume")
     assert result.returncode == 2
     assert "no checkpoint" in result.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    command = [
+        sys.executable,
+        "-u",
+        "-m",
+        "lrresearch",
+        "train",
+        f"--logdir={tmp_path}",
+        "--run_name=int",
+        *PARAMS,
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for line in process.stdout:
+        if line.startswith("step ") and "/300" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    at = int(err.split("interrupted at step ")[1].split(":")[0])
+    assert 0 < at < 300
+    assert tf.train.latest_checkpoint(str(tmp_path / "int" / "checkpoints")).endswith(f"-{at}")
+    assert len(Events(tmp_path / "int").scalar("lr")) >= at  # flushed up to there
+    resumed = train(tmp_path, "int", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(Events(tmp_path / "int").scalar("lr")) == 300
