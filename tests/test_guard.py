@@ -75,3 +75,20 @@ def test_diverging_run_stops_with_last_good_checkpoint(tmp_path):
         if n.startswith("optimizer/_trainable_variables/")
     ]
     assert names and all(np.isfinite(reader.get_tensor(n)).all() for n in names)
+
+
+def test_a_logdir_that_cannot_be_created_is_a_clear_error(tmp_path, capsys):
+    from lrresearch import cli
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert cli.main(["train", f"--logdir={blocker}/runs", "--gin_param=Trainer.steps=5"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create logdir" in err and "--logdir" in err
+
+
+def test_bad_guard_settings_name_the_parameter():
+    with pytest.raises(ValueError, match=r"Trainer\.nonfinite_lr_factor"):
+        small_trainer(nonfinite_lr_factor=0.0)
+    with pytest.raises(ValueError, match=r"Trainer\.max_consecutive_nonfinite"):
+        small_trainer(max_consecutive_nonfinite=-1)
