@@ -327,6 +327,10 @@ class Trainer:
             step=self.step,
             input_epoch=self.sampler.epoch,
             input_position=self.sampler.position,
+            guard_skipped=self.skipped,
+            guard_consecutive=self.consecutive_nonfinite,
+            guard_lr_scale=self.lr_scale,
+            guard_first_nonfinite_step=self.first_nonfinite_step,
         )
         self.built = True
 
