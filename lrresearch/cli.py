@@ -28,6 +28,22 @@ def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_output_flags(
+    parser: argparse.ArgumentParser,
+    name_flag: str,
+    default_name: str,
+    logdir_help: str = "parent of the run directory (default: runs)",
+) -> None:
+    """`--logdir`, the output directory's name flag and `--quiet`, shared by commands."""
+    parser.add_argument("--logdir", default="runs", help=logdir_help)
+    parser.add_argument(
+        name_flag,
+        default=None,
+        help=f"directory name (default: {default_name}); an existing one is never overwritten",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lrresearch import __version__
 
@@ -44,16 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one run and log every batch to TensorBoard.",
     )
     _add_gin_flags(train)
-    train.add_argument(
-        "--logdir", default="runs", help="parent of the run directory (default: runs)"
-    )
-    train.add_argument(
-        "--run_name",
-        default=None,
-        help="run directory name (default: "
-        "<controller>-<YYYYmmdd-HHMMSS>); an existing one is an error",
-    )
-    train.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_output_flags(train, "--run_name", "<controller>-<YYYYmmdd-HHMMSS>")
     train.add_argument(
         "--resume",
         action="store_true",
@@ -76,11 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="A,B,...",
         help="controller configurables to compare (default: every built-in)",
     )
-    prof.add_argument("--logdir", default="runs", help="parent of the profile directory")
-    prof.add_argument(
+    _add_output_flags(
+        prof,
         "--run_name",
-        default=None,
-        help="profile directory name (default: profile-<YYYYmmdd-HHMMSS>)",
+        "profile-<YYYYmmdd-HHMMSS>",
+        "parent of the profile directory (default: runs)",
     )
     prof.add_argument(
         "--rounds", type=int, default=15, help="interleaved timing rounds (default 15)"
@@ -94,7 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=40,
         help="batches in each profiler trace (default 40; keep it under ~100)",
     )
-    prof.add_argument("--quiet", action="store_true", help="no progress lines")
 
     find = commands.add_parser(
         "lr-find",
@@ -134,11 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also write the binding to this new .gin file (never overwritten)",
     )
-    find.add_argument("--logdir", default="runs")
-    find.add_argument(
-        "--run_name", default=None, help="run directory name (default: lr-find-<YYYYmmdd-HHMMSS>)"
-    )
-    find.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_output_flags(find, "--run_name", "lr-find-<YYYYmmdd-HHMMSS>")
 
     sweep = commands.add_parser(
         "sweep",
@@ -158,11 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'Trainer.controller=[@GradNormController(), @LossTrendController()]';"
         " repeat for a cross product",
     )
-    sweep.add_argument("--logdir", default="runs")
-    sweep.add_argument(
-        "--sweep_name", default=None, help="sweep directory name (default: sweep-<YYYYmmdd-HHMMSS>)"
-    )
-    sweep.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_output_flags(sweep, "--sweep_name", "sweep-<YYYYmmdd-HHMMSS>")
 
     comp = commands.add_parser(
         "compare",
