@@ -1,0 +1,100 @@
+"""Per-batch LR control inside Keras `model.fit`, with no per-batch Python round trip.
+
+`ControlledModel(model, controller)` wraps any Keras model: its `train_step` (traced
+into Keras's own compiled train function, so `steps_per_execution` > 1 works) computes
+the same `Signals` as the lrresearch trainer, asks the controller for the LR, assigns
+it and applies the update; `PerBatchSummaries` sets up the summary writer so the same
+tags (`lr`, `loss/batch`, `loss/ma_short`, `loss/ma_long`, `grad/global_norm`,
+`controller/...`) appear in TensorBoard, at step = the optimizer's iteration count.
+The controller's and the moving averages' variables are tracked by the model, so Keras
+checkpoints (`ModelCheckpoint(save_weights_only=False)`, `tf.train.Checkpoint(model=...)`)
+save them.
+
+Work in progress: the integration is tested for the LR sequence against the trainer;
+`model.save` to `.keras` and tf.distribute are not covered yet.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from lrresearch import summaries
+from lrresearch.controllers import Controller
+from lrresearch.signals import MovingAverage, Signals, global_norm
+
+
+class ControlledModel(keras.Model):
+    """Wraps `model`; `fit` sets the LR every batch from `controller`, in-graph.
+
+    Compile it with an optimizer whose `learning_rate` is a plain float (the controller
+    assigns it every batch) and a loss; metrics as usual.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        controller: Controller,
+        loss_ma_short: int = 10,
+        loss_ma_long: int = 100,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.inner = model
+        self.controller = controller
+        self.ma_short = MovingAverage(loss_ma_short, name="loss_ma_short")
+        self.ma_long = MovingAverage(loss_ma_long, name="loss_ma_long")
+
+    def call(self, inputs, training=None):
+        return self.inner(inputs, training=training)
+
+    def train_step(self, data):
+        x, y = data[0], data[1]
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
+        grads = tape.gradient(loss, variables)
+        norm = global_norm(grads)
+        step = tf.cast(self.optimizer.iterations, tf.int64)
+        ma_short, ma_long = self.ma_short.update(loss), self.ma_long.update(loss)
+        lr_variable = self.optimizer.learning_rate
+        prev_lr = tf.cast(tf.identity(lr_variable.value), tf.float32)
+        signals = Signals(
+            step, tf.cast(loss, tf.float32), norm, ma_short, ma_long, prev_lr, tuple(grads)
+        )
+        with tf.name_scope("lr_controller"):
+            out = self.controller.compute(signals)
+            proposed = tf.cast(out.lr, tf.float32)
+            lr = tf.where(tf.math.is_finite(proposed) & (proposed >= 0), proposed, prev_lr)
+            lr_variable.assign(tf.cast(lr, lr_variable.dtype))
+        self.optimizer.apply(grads, variables)
+        with tf.name_scope("summaries"):
+            for tag, value in zip(
+                summaries.BATCH_TAGS, (lr, loss, ma_short, ma_long, norm), strict=True
+            ):
+                summaries.scalar(tag, value, step)
+            for name, value in out.diagnostics.items():
+                summaries.scalar(f"controller/{name}", value, step)
+        return self.compute_metrics(x, y, y_pred)
+
+
+class PerBatchSummaries(keras.callbacks.Callback):
+    """Opens a summary writer at `logdir` for the length of `fit` (the compiled train
+    function writes into it; this callback does nothing per batch)."""
+
+    def __init__(self, logdir: str):
+        super().__init__()
+        self.logdir = logdir
+        self.writer: tf.summary.SummaryWriter | None = None
+
+    def on_train_begin(self, logs=None):
+        self.writer = summaries.create_writer(self.logdir)
+        self.writer.set_as_default()
+
+    def on_train_end(self, logs=None):
+        if self.writer is not None:
+            self.writer.flush()
+            tf.summary.experimental.set_step(None)
+            self.writer.close()
+            self.writer = None
