@@ -80,8 +80,13 @@ class ControlledModel(keras.Model):
 
 
 class PerBatchSummaries(keras.callbacks.Callback):
-    """Opens a summary writer at `logdir` for the length of `fit` (the compiled train
-    function writes into it; this callback does nothing per batch)."""
+    """Provides the summary writer at `logdir` that the compiled train function writes
+    into (this callback does nothing per batch).
+
+    The writer stays open across `fit` calls: Keras keeps its traced train function
+    between calls, and that function holds the writer it was traced with. Call
+    `close()` when done (it is flushed at the end of every `fit`).
+    """
 
     def __init__(self, logdir: str):
         super().__init__()
@@ -89,12 +94,15 @@ class PerBatchSummaries(keras.callbacks.Callback):
         self.writer: tf.summary.SummaryWriter | None = None
 
     def on_train_begin(self, logs=None):
-        self.writer = summaries.create_writer(self.logdir)
+        if self.writer is None:
+            self.writer = summaries.create_writer(self.logdir)
         self.writer.set_as_default()
 
     def on_train_end(self, logs=None):
         if self.writer is not None:
             self.writer.flush()
-            tf.summary.experimental.set_step(None)
+
+    def close(self) -> None:
+        if self.writer is not None:
             self.writer.close()
             self.writer = None

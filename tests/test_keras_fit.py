@@ -75,3 +75,27 @@ def test_controller_state_is_saved_with_the_model(tmp_path):
     names = [n for n, _ in tf.train.list_variables(path)]
     assert any("controller/losses" in n for n in names), names
     assert any("ma_long/buffer" in n for n in names), names
+
+
+def test_summaries_survive_a_second_fit(tmp_path):
+    keras.utils.set_random_seed(0)
+    data = digits()
+    wrapped = ControlledModel(
+        mlp(data.input_shape, data.num_classes, hidden=(8,)), GradNormController()
+    )
+    wrapped.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    callback = PerBatchSummaries(str(tmp_path))
+    for _ in range(2):  # Keras reuses its traced train function across fit calls
+        wrapped.fit(
+            data.x_train[:320],
+            data.y_train[:320],
+            batch_size=32,
+            epochs=1,
+            verbose=0,
+            callbacks=[callback],
+        )
+    callback.close()
+    assert len(Events(tmp_path).scalar("lr")) == 20  # steps 0..19, once each

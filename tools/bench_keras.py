@@ -13,6 +13,9 @@ round. Variants (for each model size):
   D  ours-<controller>    each seed controller, default per-batch summaries, 1 batch/call
   E  ours-<controller>-loop  D with the default steps_per_loop (100 batches/call)
   F  E (GradNorm) without histograms: E/F is the cost of the default histogram cadence
+  G  Keras `model.fit` of `ControlledModel(GradNorm)` + `PerBatchSummaries`: our
+     per-batch LR and tags inside Keras's compiled train function (steps_per_execution
+     1 and 20)
 
 Run: `python tools/bench_keras.py` (about 5 minutes on 2 CPU cores); `--quick` for a
 smoke run. Prints a markdown table; paste the last one into the README.
@@ -43,6 +46,7 @@ from lrresearch.controllers import (
     LossTrendController,
 )
 from lrresearch.data import Dataset, split
+from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
 from lrresearch.models import mlp
 from lrresearch.trainer import Trainer
 
@@ -125,6 +129,43 @@ def keras_block(
     return Block(name, run)
 
 
+def keras_controlled_block(
+    data: Dataset,
+    hidden: tuple[int, ...],
+    batch: int,
+    logdir: str,
+    steps_per_execution: int,
+    name: str,
+) -> Block:
+    """`model.fit` of `ControlledModel` (GradNorm in Keras's compiled train function)
+    with `PerBatchSummaries`: our per-batch LR inside Keras."""
+    keras.utils.set_random_seed(0)
+    model = ControlledModel(
+        mlp(data.input_shape, data.num_classes, hidden=hidden), GradNormController()
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=steps_per_execution,
+    )
+    ds = (
+        tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
+        .shuffle(len(data.x_train), seed=0)
+        .repeat()
+        .batch(batch, drop_remainder=True)
+        .prefetch(2)
+    )
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    ds = ds.with_options(options)
+    callbacks = [PerBatchSummaries(logdir)]
+
+    def run(batches: int) -> None:
+        model.fit(ds, epochs=1, steps_per_epoch=batches, verbose=0, callbacks=callbacks)
+
+    return Block(name, run)
+
+
 def ours_block(
     data: Dataset,
     hidden: tuple[int, ...],
@@ -168,6 +209,26 @@ def bench(
     ]
     for label, make in SEED_CONTROLLERS.items():
         blocks.append(ours_block(data, hidden, batch, make(), logs(label), 1, f"D ours-{label}"))
+    blocks.append(
+        keras_controlled_block(
+            data,
+            hidden,
+            batch,
+            logs("keras-controlled"),
+            1,
+            "G keras-fit+ControlledModel(GradNorm)",
+        )
+    )
+    blocks.append(
+        keras_controlled_block(
+            data,
+            hidden,
+            batch,
+            logs("keras-controlled-20"),
+            20,
+            "G keras-fit+ControlledModel(GradNorm), 20/exec",
+        )
+    )
     for label, make in SEED_CONTROLLERS.items():
         blocks.append(
             ours_block(
