@@ -142,7 +142,8 @@ def test_measure_interleaves_baseline_around_every_variant():
     )
     assert log == ["base", "A", "base", "B", "base"] * 2
     assert set(ratios) == {"A", "B"} and all(len(r) == 2 for r in ratios.values())
-    assert len(variants[0].block_seconds) == 6
+    baseline_blocks = len(variants[0].block_seconds)
+    assert baseline_blocks == 6
 
 
 def test_bootstrap_interval_brackets_the_median():

@@ -27,8 +27,8 @@ PARAMS = [
 ]
 
 
-def train(logdir, run_name, *extra):
-    command = [
+def command(logdir, run_name, *extra):
+    return [
         sys.executable,
         "-u",
         "-m",
@@ -39,7 +39,12 @@ def train(logdir, run_name, *extra):
         *PARAMS,
         *extra,
     ]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def train(logdir, run_name, *extra):
+    return subprocess.run(
+        command(logdir, run_name, *extra), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def weights(run_dir):
@@ -61,18 +66,12 @@ def runs(tmp_path_factory):
     full = train(logdir, "full")
     assert full.returncode == 0, full.stderr
     # Kill a second run with SIGKILL somewhere after its third checkpoint.
-    command = [
-        sys.executable,
-        "-u",
-        "-m",
-        "lrresearch",
-        "train",
-        f"--logdir={logdir}",
-        "--run_name=cut",
-        *PARAMS,
-    ]
     process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        command(logdir, "cut"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     killed_after = None
     deadline = time.monotonic() + 240
@@ -116,18 +115,12 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
-    command = [
-        sys.executable,
-        "-u",
-        "-m",
-        "lrresearch",
-        "train",
-        f"--logdir={tmp_path}",
-        "--run_name=int",
-        *PARAMS,
-    ]
     process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command(tmp_path, "int"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     for line in process.stdout:
         if line.startswith("step ") and "/300" in line:

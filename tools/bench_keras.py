@@ -82,15 +82,9 @@ class Block:
         self.seconds_per_batch.append((time.perf_counter() - start) / batches)
 
 
-def keras_block(
-    data: Dataset, hidden: tuple[int, ...], batch: int, logdir: str | None, name: str
-) -> Block:
-    keras.utils.set_random_seed(0)
-    model = mlp(data.input_shape, data.num_classes, hidden=hidden)
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=0.01),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+def keras_dataset(data: Dataset, batch: int) -> tf.data.Dataset:
+    """The usual Keras input: shuffled, repeated, batched; autotune off (it can stall a
+    short fit's teardown by seconds)."""
     ds = (
         tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
         .shuffle(len(data.x_train), seed=0)
@@ -100,7 +94,19 @@ def keras_block(
     )
     options = tf.data.Options()
     options.autotune.enabled = False
-    ds = ds.with_options(options)
+    return ds.with_options(options)
+
+
+def keras_block(
+    data: Dataset, hidden: tuple[int, ...], batch: int, logdir: str | None, name: str
+) -> Block:
+    keras.utils.set_random_seed(0)
+    model = mlp(data.input_shape, data.num_classes, hidden=hidden)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    ds = keras_dataset(data, batch)
     callbacks: list[keras.callbacks.Callback] = []
     if logdir:
         writer = tf.summary.create_file_writer(os.path.join(logdir, "lr"))
@@ -148,16 +154,7 @@ def keras_controlled_block(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         steps_per_execution=steps_per_execution,
     )
-    ds = (
-        tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
-        .shuffle(len(data.x_train), seed=0)
-        .repeat()
-        .batch(batch, drop_remainder=True)
-        .prefetch(2)
-    )
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    ds = ds.with_options(options)
+    ds = keras_dataset(data, batch)
     callbacks = [PerBatchSummaries(logdir)]
 
     def run(batches: int) -> None:
