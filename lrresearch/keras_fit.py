@@ -96,10 +96,13 @@ class PerBatchSummaries(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.writer is None:
             self.writer = summaries.create_writer(self.logdir)
-        self.writer.set_as_default()
+        # A context, not `set_as_default`: the default writer must not outlive `fit`.
+        self._default = self.writer.as_default()
+        self._default.__enter__()
 
     def on_train_end(self, logs=None):
         if self.writer is not None:
+            self._default.__exit__(None, None, None)
             self.writer.flush()
 
     def close(self) -> None:

@@ -99,3 +99,22 @@ def test_summaries_survive_a_second_fit(tmp_path):
         )
     callback.close()
     assert len(Events(tmp_path).scalar("lr")) == 20  # steps 0..19, once each
+
+
+def test_the_default_writer_does_not_outlive_fit(tmp_path):
+    keras.utils.set_random_seed(0)
+    data = digits()
+    wrapped = ControlledModel(
+        mlp(data.input_shape, data.num_classes, hidden=(8,)), GradNormController()
+    )
+    wrapped.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    callback = PerBatchSummaries(str(tmp_path))
+    wrapped.fit(
+        data.x_train[:64], data.y_train[:64], batch_size=32, verbose=0, callbacks=[callback]
+    )
+    # Nothing is recorded outside fit: no default writer is left behind.
+    assert not tf.summary.should_record_summaries()
+    callback.close()
