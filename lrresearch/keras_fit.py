@@ -21,7 +21,8 @@ import tensorflow as tf
 
 from lrresearch import summaries
 from lrresearch.controllers import Controller
-from lrresearch.signals import MovingAverage, Signals, global_norm
+from lrresearch.signals import MovingAverage
+from lrresearch.step import batch_signals, set_lr, write_batch_summaries
 
 
 class ControlledModel(keras.Model):
@@ -55,27 +56,18 @@ class ControlledModel(keras.Model):
             y_pred = self(x, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
         grads = tape.gradient(loss, variables)
-        norm = global_norm(grads)
-        step = tf.cast(self.optimizer.iterations, tf.int64)
-        ma_short, ma_long = self.ma_short.update(loss), self.ma_long.update(loss)
-        lr_variable = self.optimizer.learning_rate
-        prev_lr = tf.cast(tf.identity(lr_variable.value), tf.float32)
-        signals = Signals(
-            step, tf.cast(loss, tf.float32), norm, ma_short, ma_long, prev_lr, tuple(grads)
+        signals = batch_signals(
+            self.optimizer.iterations,
+            loss,
+            grads,
+            variables,
+            self.ma_short,
+            self.ma_long,
+            self.optimizer.learning_rate,
         )
-        with tf.name_scope("lr_controller"):
-            out = self.controller.compute(signals)
-            proposed = tf.cast(out.lr, tf.float32)
-            lr = tf.where(tf.math.is_finite(proposed) & (proposed >= 0), proposed, prev_lr)
-            lr_variable.assign(tf.cast(lr, lr_variable.dtype))
-        self.optimizer.apply(grads, variables)
-        with tf.name_scope("summaries"):
-            for tag, value in zip(
-                summaries.BATCH_TAGS, (lr, loss, ma_short, ma_long, norm), strict=True
-            ):
-                summaries.scalar(tag, value, step)
-            for name, value in out.diagnostics.items():
-                summaries.scalar(f"controller/{name}", value, step)
+        lr, _, out = set_lr(self.controller, signals, self.optimizer.learning_rate)
+        self.optimizer.apply(list(signals.grads), variables)
+        write_batch_summaries(signals, lr, out)
         return self.compute_metrics(x, y, y_pred)
 
 

@@ -12,7 +12,6 @@ import dataclasses
 import datetime
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +25,8 @@ from lrresearch import summaries
 from lrresearch.controllers import Controller, GradNormController
 from lrresearch.data import BatchSampler, DataError, Dataset, digits
 from lrresearch.models import mlp
-from lrresearch.signals import MovingAverage, Signals, global_norm
+from lrresearch.signals import MovingAverage
+from lrresearch.step import batch_signals, set_lr, write_batch_summaries
 
 OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
     "sgd": lambda lr: keras.optimizers.SGD(learning_rate=lr),
@@ -350,22 +350,12 @@ class Trainer:
             if self.model.losses:
                 loss += tf.add_n(self.model.losses)
         grads = tape.gradient(loss, self.variables)
-        norm = global_norm(grads)
-        grads = [
-            tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.variables, strict=True)
-        ]
-        ma_short = self.ma_short.update(loss)
-        ma_long = self.ma_long.update(loss)
         lr_variable = self.optimizer.learning_rate
-        prev_lr = tf.cast(tf.identity(lr_variable.value), tf.float32)
-        signals = Signals(step, loss, norm, ma_short, ma_long, prev_lr, tuple(grads))
-        with tf.name_scope("lr_controller"):
-            out = self.controller.compute(signals)
-            proposed = tf.cast(out.lr, tf.float32)
-            # Guard: a NaN/Inf or negative LR is never applied; the previous LR is kept.
-            accepted = tf.logical_and(tf.math.is_finite(proposed), proposed >= 0.0)
-            lr = tf.where(accepted, proposed * self.lr_scale, prev_lr)
-            lr_variable.assign(tf.cast(lr, lr_variable.dtype))
+        signals = batch_signals(
+            step, loss, grads, self.variables, self.ma_short, self.ma_long, lr_variable
+        )
+        grads, norm = list(signals.grads), signals.global_norm
+        lr, accepted, out = set_lr(self.controller, signals, lr_variable, self.lr_scale)
         if self.clip_norm is not None:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
         finite = tf.logical_and(tf.math.is_finite(loss), tf.math.is_finite(norm))
@@ -384,15 +374,16 @@ class Trainer:
         )
         first_bad = self.first_nonfinite_step
         first_bad.assign(tf.where(tf.logical_and(~finite, first_bad < 0), step, first_bad))
+        write_batch_summaries(
+            signals,
+            lr,
+            out,
+            {
+                "guard/lr_rejected": 1.0 - tf.cast(accepted, tf.float32),
+                "guard/skipped": self.skipped,
+            },
+        )
         with tf.name_scope("summaries"):
-            for tag, value in zip(
-                summaries.BATCH_TAGS, (lr, loss, ma_short, ma_long, norm), strict=True
-            ):
-                summaries.scalar(tag, value, step)
-            for name, value in out.diagnostics.items():
-                summaries.scalar(f"controller/{name}", value, step)
-            summaries.scalar("guard/lr_rejected", 1.0 - tf.cast(accepted, tf.float32), step)
-            summaries.scalar("guard/skipped", self.skipped, step)
             self._periodic_summaries(step, grads, periodic | self.every_step_groups)
         self.step.assign_add(1)
         return loss
@@ -667,8 +658,3 @@ class Trainer:
             f"{self.run_dir}. Lower the LR (e.g. the controller's max_lr/base_lr), set "
             "Trainer.clip_norm, or check the data for NaN/Inf."
         )
-
-
-def log(message: str) -> None:
-    """Prints to stderr (kept apart from the run's stdout progress lines)."""
-    print(message, file=sys.stderr, flush=True)

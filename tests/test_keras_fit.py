@@ -77,7 +77,7 @@ def test_controller_state_is_saved_with_the_model(tmp_path):
     assert any("ma_long/buffer" in n for n in names), names
 
 
-def test_summaries_survive_a_second_fit(tmp_path):
+def small_controlled_model():
     keras.utils.set_random_seed(0)
     data = digits()
     wrapped = ControlledModel(
@@ -87,6 +87,11 @@ def test_summaries_survive_a_second_fit(tmp_path):
         optimizer=keras.optimizers.SGD(learning_rate=0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
+    return data, wrapped
+
+
+def test_summaries_survive_a_second_fit(tmp_path):
+    data, wrapped = small_controlled_model()
     callback = PerBatchSummaries(str(tmp_path))
     for _ in range(2):  # Keras reuses its traced train function across fit calls
         wrapped.fit(
@@ -102,15 +107,7 @@ def test_summaries_survive_a_second_fit(tmp_path):
 
 
 def test_the_default_writer_does_not_outlive_fit(tmp_path):
-    keras.utils.set_random_seed(0)
-    data = digits()
-    wrapped = ControlledModel(
-        mlp(data.input_shape, data.num_classes, hidden=(8,)), GradNormController()
-    )
-    wrapped.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=0.1),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    data, wrapped = small_controlled_model()
     callback = PerBatchSummaries(str(tmp_path))
     wrapped.fit(
         data.x_train[:64], data.y_train[:64], batch_size=32, verbose=0, callbacks=[callback]
