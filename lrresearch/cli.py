@@ -185,6 +185,24 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def _parse_config(args: argparse.Namespace) -> int | None:
+    """Parses the gin files and bindings, then creates the configured `tf.distribute`
+    strategy (before anything else touches TensorFlow's runtime). Returns an exit code
+    on failure, None on success."""
+    from lrresearch import config, distribute
+
+    try:
+        config.parse(args.gin_file, args.gin_param)
+        distribute.get_strategy()
+    except config.ConfigError as e:
+        return _fail(str(e))
+    except distribute.DistributionError as e:
+        return _fail(str(e))
+    except ValueError as e:
+        return _fail(config.explain_call_error(e, args.gin_file, args.gin_param))
+    return None
+
+
 def train(args: argparse.Namespace) -> int:
     from lrresearch import config
     from lrresearch.data import DataError
@@ -195,10 +213,8 @@ def train(args: argparse.Namespace) -> int:
         TrainingInterrupted,
     )
 
-    try:
-        config.parse(args.gin_file, args.gin_param)
-    except config.ConfigError as e:
-        return _fail(str(e))
+    if (failed := _parse_config(args)) is not None:
+        return failed
     try:
         trainer = Trainer()
         if args.resume and not args.run_name:
@@ -228,10 +244,8 @@ def profile(args: argparse.Namespace) -> int:
     for name in ("rounds", "block_batches", "trace_batches"):
         if getattr(args, name) < 1:
             return _fail(f"--{name} must be >= 1, got {getattr(args, name)}")
-    try:
-        config.parse(args.gin_file, args.gin_param)
-    except config.ConfigError as e:
-        return _fail(str(e))
+    if (failed := _parse_config(args)) is not None:
+        return failed
     controllers = [c.strip() for c in args.controllers.split(",")] if args.controllers else None
     say = (lambda message: None) if args.quiet else (lambda m: print(m, flush=True))
     try:
@@ -267,10 +281,8 @@ def lr_find(args: argparse.Namespace) -> int:
         return _fail(
             f"--write_gin: {args.write_gin!r} exists and is never overwritten; pick a new file name"
         )
-    try:
-        config.parse(args.gin_file, args.gin_param)
-    except config.ConfigError as e:
-        return _fail(str(e))
+    if (failed := _parse_config(args)) is not None:
+        return failed
     say = (lambda message: None) if args.quiet else (lambda m: print(m, flush=True))
     try:
         result = finder.lr_find(

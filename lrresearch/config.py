@@ -99,6 +99,7 @@ def parse(gin_files: list[str], gin_params: list[str]) -> None:
     # Register every configurable before parsing, so names resolve.
     import lrresearch.controllers
     import lrresearch.data
+    import lrresearch.distribute
     import lrresearch.models
     import lrresearch.signals
     import lrresearch.trainer  # noqa: F401
@@ -128,7 +129,7 @@ def parse(gin_files: list[str], gin_params: list[str]) -> None:
 def explain_call_error(error: Exception, gin_files: list[str], gin_params: list[str]) -> str:
     """Adds where a rejected `Configurable.param` was bound to a constructor's error."""
     message = str(error).strip()
-    if m := re.search(r"\b([A-Z]\w*\.\w+) must\b", message):
+    if m := re.search(r"\b([A-Za-z]\w*\.\w+) must\b", message):
         places = locate_bindings(m.group(1), gin_files, gin_params)
         if places:
             message += f"\n  bound at: {', '.join(places)}"

@@ -9,6 +9,11 @@ import gin
 import keras
 
 
+def _numbered(name: str, i: int) -> str:
+    """Keras's own naming in a fresh process: `name`, `name_1`, `name_2`, ..."""
+    return name if i == 0 else f"{name}_{i}"
+
+
 @gin.configurable
 def mlp(
     input_shape: Sequence[int],
@@ -16,9 +21,16 @@ def mlp(
     hidden: Sequence[int] = (128,),
     activation: str = "relu",
 ) -> keras.Model:
-    """Flatten, then `Dense(h, activation)` for each `h` in `hidden`, then logits."""
+    """Flatten, then `Dense(h, activation)` for each `h` in `hidden`, then logits.
+
+    Layers are named `dense`, `dense_1`, ..., `logits` explicitly (Keras would number
+    them per process), so the `grad/<layer>/kernel` tags of every run in one process
+    (a sweep) line up in TensorBoard."""
     layers = [keras.Input(tuple(input_shape)), keras.layers.Flatten()]
-    layers += [keras.layers.Dense(int(h), activation=activation) for h in hidden]
+    layers += [
+        keras.layers.Dense(int(h), activation=activation, name=_numbered("dense", i))
+        for i, h in enumerate(hidden)
+    ]
     layers.append(keras.layers.Dense(num_classes, name="logits"))
     return keras.Sequential(layers, name="mlp")
 
@@ -41,14 +53,18 @@ def cnn(
         )
     layers: list = [keras.Input(tuple(input_shape))]
     size = min(input_shape[:2])
-    for f in filters:
-        layers.append(keras.layers.Conv2D(int(f), kernel_size, padding="same", activation="relu"))
+    for i, f in enumerate(filters):
+        layers.append(
+            keras.layers.Conv2D(
+                int(f), kernel_size, padding="same", activation="relu", name=_numbered("conv2d", i)
+            )
+        )
         if size >= 2:
             layers.append(keras.layers.MaxPooling2D(2))
             size //= 2
     layers += [
         keras.layers.Flatten(),
-        keras.layers.Dense(int(dense), activation="relu"),
+        keras.layers.Dense(int(dense), activation="relu", name="dense"),
         keras.layers.Dense(num_classes, name="logits"),
     ]
     return keras.Sequential(layers, name="cnn")

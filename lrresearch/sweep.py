@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import gin
 
-from lrresearch import config, summaries
+from lrresearch import config, distribute, summaries
 from lrresearch.trainer import Trainer, TrainResult, make_run_dir
 
 
@@ -133,6 +133,7 @@ def run_sweep(
             config.parse(
                 list(gin_files), [*gin_params, *(f"{n} = {v}" for n, v in point.bindings.items())]
             )
+            distribute.get_strategy()
             trainer = Trainer()
             point.result = trainer.fit(logdir=sweep_dir, run_name=point.run_name, quiet=True)
             for key, value in trainer.hparams().items():

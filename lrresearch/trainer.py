@@ -8,10 +8,13 @@ block boundaries, never per batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import summaries
+from lrresearch import distribute, summaries
 from lrresearch.controllers import Controller, GradNormController
 from lrresearch.data import BatchSampler, DataError, Dataset, digits
 from lrresearch.models import mlp
@@ -42,6 +45,10 @@ for _cls in (
     keras.optimizers.RMSprop,
 ):
     gin.external_configurable(_cls, module="keras.optimizers")
+
+
+def _silent(*args: object) -> None:
+    del args
 
 
 class RunDirExistsError(FileExistsError):
@@ -285,13 +292,25 @@ class Trainer:
                 f"Trainer.batch_size = {self.batch_size}; lower the batch size"
             )
         self.data = data
-        self.model = self.model_fn(data.input_shape, data.num_classes)
-        self.variables = list(self.model.trainable_variables)
+        self.strategy = distribute.get_strategy()
+        self.distribution = distribute.distribution()[0]
+        replicas = 1 if self.strategy is None else self.strategy.num_replicas_in_sync
+        if self.batch_size % replicas:
+            raise ValueError(
+                f"Trainer.batch_size must be a multiple of the {replicas} replicas of "
+                f"distribution.strategy = {self.distribution!r} (each takes an "
+                f"equal slice of the global batch), got {self.batch_size}"
+            )
+        # Model and optimizer variables are mirrored on every replica; everything else
+        # (controller, moving averages, guard, input position) lives once, on the host,
+        # and runs in the cross-replica context.
+        with self.strategy.scope() if self.strategy else contextlib.nullcontext():
+            self.model = self.model_fn(data.input_shape, data.num_classes)
+            self.variables = list(self.model.trainable_variables)
+            self.optimizer = make_optimizer(self.optimizer_spec, self.controller.initial_lr)
+            self.optimizer.build(self.variables)
         self.variable_names = _variable_names(self.variables, self.model.name)
         self.controller.build(self.variables)
-        self.optimizer = make_optimizer(self.optimizer_spec, self.controller.initial_lr)
-        self.optimizer.build(self.variables)
-        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.first_nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
         self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped")
@@ -344,12 +363,15 @@ class Trainer:
         batch writes; the Python loop decides, so no batch carries a `tf.cond` for them.
         """
         step = self.step.read_value()
-        with tf.GradientTape() as tape:
-            logits = self.model(x, training=True)
-            loss = self.loss_fn(y, logits)
-            if self.model.losses:
-                loss += tf.add_n(self.model.losses)
-        grads = tape.gradient(loss, self.variables)
+        if self.strategy is None:
+            loss, grads = self._loss_and_grads(x, y)
+        else:
+            # Each replica takes its slice of the global batch; the all-reduced loss and
+            # gradients are identical on every replica, so replica 0's copy is the one.
+            per_replica = self.strategy.run(self._loss_and_grads, (x, y))
+            loss, grads = tf.nest.map_structure(
+                lambda v: self.strategy.experimental_local_results(v)[0], per_replica
+            )
         lr_variable = self.optimizer.learning_rate
         signals = batch_signals(
             step, loss, grads, self.variables, self.ma_short, self.ma_long, lr_variable
@@ -387,6 +409,42 @@ class Trainer:
             self._periodic_summaries(step, grads, periodic | self.every_step_groups)
         self.step.assign_add(1)
         return loss
+
+    def _loss_and_grads(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """The global batch's mean loss and its gradients.
+
+        Under a strategy this runs in each replica: the replica computes its slice's
+        loss divided by the replica count, and one batched all-reduce (SUM) of loss and
+        gradients gives every replica the global-batch values, so the signals, and hence
+        the LR, are the same everywhere and equal to a single-device step's.
+        """
+        replicas = 1
+        if self.strategy is not None:
+            context = tf.distribute.get_replica_context()
+            replicas = context.num_replicas_in_sync
+            per_replica = self.batch_size // replicas
+            start = tf.cast(context.replica_id_in_sync_group, tf.int32) * per_replica
+            x = x[start : start + per_replica]
+            y = y[start : start + per_replica]
+        with tf.GradientTape() as tape:
+            logits = self.model(x, training=True)
+            # The mean of the per-example losses, spelled out: Keras's `Loss` objects
+            # divide by the replica count under a strategy, which is done below.
+            loss = tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+            )
+            if self.model.losses:
+                loss += tf.add_n(self.model.losses)
+            if replicas > 1:
+                loss /= replicas
+        grads = tape.gradient(loss, self.variables)
+        if self.strategy is None:
+            return loss, grads
+        grads = [
+            tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.variables, strict=True)
+        ]
+        loss, *grads = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, *grads])
+        return loss, grads
 
     def _periodic_summaries(
         self, step: tf.Tensor, grads: list[tf.Tensor], groups: frozenset[str]
@@ -481,28 +539,44 @@ class Trainer:
         say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
         config = operative_config()
         resumed_from = None
+        # Under MultiWorkerMirroredStrategy every worker runs this; only the chief owns
+        # the run directory. The others save their (identical, and required: saving is
+        # collective) checkpoints to a scratch folder and write no summaries.
+        chief = distribute.is_chief(self.strategy)
+        worker = distribute.worker_name(self.strategy)
+        if worker and run_name is None:
+            raise ValueError(
+                "a multi-worker run needs --run_name, so that every worker agrees on the "
+                "run directory (tools/launch_local_workers.py passes one)"
+            )
         if resume:
             if run_name is None:
                 raise ValueError("resume needs the run's name (--run_name)")
             run_dir = os.path.join(logdir, run_name)
             if os.path.isdir(run_dir):
-                resumed_from = self._restore(run_dir, config, say)
-            else:
+                resumed_from = self._restore(run_dir, config, say if chief else _silent)
+            elif chief:
                 run_dir = make_run_dir(logdir, run_name, prefix)
-        else:
+        elif chief:
             run_dir = make_run_dir(logdir, run_name, prefix)
+        else:
+            run_dir = os.path.join(logdir, run_name)
         self.run_dir = run_dir
+        scratch = None if chief else tempfile.mkdtemp(prefix=f"lrresearch-{worker}-")
         say(
             f"run directory: {run_dir}"
             + (f" (resumed at step {resumed_from})" if resumed_from is not None else "")
+            + (f" ({worker}: checkpoints to scratch {scratch}, no summaries)" if scratch else "")
         )
-        if resumed_from is None:
+        if resumed_from is None and chief:
             with open(os.path.join(run_dir, "config.gin"), "w") as f:
                 f.write(config)
         manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=self.keep_checkpoints
+            self.checkpoint,
+            os.path.join(scratch or run_dir, "checkpoints"),
+            max_to_keep=self.keep_checkpoints,
         )
-        writer = summaries.create_writer(run_dir)
+        writer = summaries.create_writer(run_dir) if chief else tf.summary.create_noop_writer()
         # A compiled loop captures the default summary writer when it is traced: each run
         # (each writer) needs fresh traces, or a second fit() writes to a closed writer.
         self.loops = {}
@@ -516,10 +590,10 @@ class Trainer:
         side_seconds = 0.0  # eval and checkpoints, not training
         try:
             with writer.as_default():
-                if resumed_from is None:
+                if chief and resumed_from is None:
                     summaries.text("config", summaries.config_markdown(config or "(defaults)"))
                     summaries.write_run_header(self.hparams(), os.path.basename(run_dir))
-                else:
+                elif chief:
                     summaries.mark_restart(writer, resumed_from)
                 while done < self.steps:
                     boundary = min([self.steps] + [(done // c + 1) * c for c in cadences])
@@ -570,6 +644,8 @@ class Trainer:
             writer.flush()
             writer.close()
         manager.save(checkpoint_number=done)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
         return TrainResult(
             run_dir,
             done,
@@ -634,6 +710,8 @@ class Trainer:
             "steps_per_loop": self.steps_per_loop,
             "model": self.model.name,
             "dataset": self.data.name,
+            "distribution": self.distribution,
+            "replicas": 1 if self.strategy is None else self.strategy.num_replicas_in_sync,
         }
         for key, value in sorted(vars(self.controller).items()):
             if not key.startswith("_") and isinstance(value, (bool, int, float, str)):

@@ -697,3 +697,13 @@ def test_steps_per_loop_does_not_change_results(loop_runs):
         assert len(tags) == 2 * len(run.trainer.model.trainable_variables), tags
         for tag in tags:
             np.testing.assert_array_equal(run.events.steps(tag), [0, 10, 20], err_msg=tag)
+
+
+def test_layer_names_are_the_same_for_every_model_in_a_process():
+    """Tags such as `grad/dense/kernel` must line up across the runs of one sweep."""
+    from lrresearch.models import cnn, mlp
+
+    for build, shape in ((mlp, (64,)), (cnn, (8, 8, 1))):
+        first, second = ([v.path for v in build(shape, 10).trainable_variables] for _ in range(2))
+        assert first == second
+        assert len(set(first)) == len(first)
