@@ -1,42 +1,62 @@
-"""Keras `model.fit` with a per-batch controller: the same LR sequence as the trainer."""
+"""Keras `model.fit` with a per-batch controller: the same LR sequence as the trainer,
+and Keras's saving paths carry the controller's state."""
 
 from __future__ import annotations
+
+import json
 
 import gin
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import Events
 
 from lrresearch import config
-from lrresearch.controllers import GradNormController, LossTrendController
+from lrresearch import controllers as c
+from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.data import BatchSampler, digits
 from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
 from lrresearch.models import mlp
+from lrresearch.signals import make_signals
 from lrresearch.trainer import Trainer
 
 STEPS = 120
 
 
-def keras_run(controller, logdir, steps_per_execution, extra_callbacks=()):
-    """Same seed, data and batch order as `Trainer(seed=0, batch_size=64)`."""
+def digit_batches(steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """`steps` batches of 64 in `Trainer(seed=0, batch_size=64)`'s order, stacked."""
+    data = digits()
+    sampler = BatchSampler(data.x_train, data.y_train, 64, 0)
+    batches = [sampler.next() for _ in range(steps)]
+    return np.stack([b[0].numpy() for b in batches]), np.stack([b[1].numpy() for b in batches])
+
+
+def controlled_mlp(controller: c.Controller, steps_per_execution: int = 1) -> ControlledModel:
+    """The trainer's model (seed 0, `mlp(hidden=(32,))`, SGD at 0.1) around `controller`."""
     keras.utils.set_random_seed(0)
     data = digits()
-    model = mlp(data.input_shape, data.num_classes, hidden=(32,))
-    sampler = BatchSampler(data.x_train, data.y_train, 64, 0)
-    batches = [sampler.next() for _ in range(STEPS)]
-    ds = tf.data.Dataset.from_tensor_slices(
-        (np.stack([b[0].numpy() for b in batches]), np.stack([b[1].numpy() for b in batches]))
-    )
-    wrapped = ControlledModel(model, controller)
+    wrapped = ControlledModel(mlp(data.input_shape, data.num_classes, hidden=(32,)), controller)
     wrapped.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         steps_per_execution=steps_per_execution,
     )
-    wrapped.fit(
-        ds, epochs=1, verbose=0, callbacks=[PerBatchSummaries(str(logdir)), *extra_callbacks]
-    )
+    return wrapped
+
+
+def fit_batches(wrapped: ControlledModel, x, y, logdir, callbacks=()) -> None:
+    """One epoch over the stacked batches `x`, `y`, with summaries in `logdir`."""
+    summaries = PerBatchSummaries(str(logdir))
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    wrapped.fit(ds, epochs=1, verbose=0, callbacks=[summaries, *callbacks])
+    summaries.close()
+
+
+def keras_run(controller, logdir, steps_per_execution, extra_callbacks=()):
+    """Same seed, data and batch order as `Trainer(seed=0, batch_size=64)`."""
+    wrapped = controlled_mlp(controller, steps_per_execution)
+    fit_batches(wrapped, *digit_batches(STEPS), logdir, extra_callbacks)
     return wrapped
 
 
@@ -45,7 +65,7 @@ def test_fit_gives_the_trainers_lr_sequence(tmp_path):
     try:
         trainer = Trainer(
             steps=STEPS,
-            controller=GradNormController(slope=0.05),
+            controller=c.GradNormController(slope=0.05),
             steps_per_loop=10,
             histogram_every=0,
             eval_every=0,
@@ -54,7 +74,7 @@ def test_fit_gives_the_trainers_lr_sequence(tmp_path):
     finally:
         gin.clear_config()
     keras_run(
-        GradNormController(slope=0.05),
+        c.GradNormController(slope=0.05),
         tmp_path / "keras",
         steps_per_execution=5,
         extra_callbacks=[
@@ -70,18 +90,18 @@ def test_fit_gives_the_trainers_lr_sequence(tmp_path):
 
 
 def test_controller_state_is_saved_with_the_model(tmp_path):
-    wrapped = keras_run(LossTrendController(window=10, max_lr=0.5), tmp_path / "k", 1)
+    wrapped = keras_run(c.LossTrendController(window=10, max_lr=0.5), tmp_path / "k", 1)
     path = tf.train.Checkpoint(model=wrapped).save(str(tmp_path / "ckpt"))
     names = [n for n, _ in tf.train.list_variables(path)]
     assert any("controller/losses" in n for n in names), names
     assert any("ma_long/buffer" in n for n in names), names
 
 
-def small_controlled_model():
+def small_controlled_model(controller: c.Controller | None = None):
     keras.utils.set_random_seed(0)
     data = digits()
     wrapped = ControlledModel(
-        mlp(data.input_shape, data.num_classes, hidden=(8,)), GradNormController()
+        mlp(data.input_shape, data.num_classes, hidden=(8,)), controller or c.GradNormController()
     )
     wrapped.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.1),
@@ -115,3 +135,205 @@ def test_the_default_writer_does_not_outlive_fit(tmp_path):
     # Nothing is recorded outside fit: no default writer is left behind.
     assert not tf.summary.should_record_summaries()
     callback.close()
+
+
+# Saving. Train SAVE_AT batches, save, resume in a new object, train RESUME more.
+SAVE_AT, RESUME = 60, 40
+
+
+def loss_trend() -> c.Controller:
+    return c.LossTrendController(initial_lr=0.1, window=16, min_lr=0.01, max_lr=0.5)
+
+
+def composed() -> c.Controller:
+    """State in a nested part (`parts.1`), a subclass of `Product` and a list argument;
+    `MaxChange` reads the previous LR, i.e. the optimizer's restored LR variable."""
+    return c.MaxChange(
+        c.Chain(
+            [
+                c.CyclicalController(0.02, 0.2, cycle_length=25, nudge_below_loss=1.5),
+                loss_trend(),
+            ],
+            boundaries=[50],
+        ),
+        max_change_ratio=0.2,
+    )
+
+
+class StateAfter(keras.callbacks.Callback):
+    """Records the controller state (`controller_state()`) after batch `step`."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+        self.values: dict[str, np.ndarray] = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) == self.step:
+            self.values = {k: v.numpy() for k, v in self.model.controller_state().items()}
+
+
+@pytest.mark.parametrize("make_controller", [loss_trend, composed])
+def test_training_resumed_from_a_keras_save_gives_the_uninterrupted_lrs(tmp_path, make_controller):
+    x, y = digit_batches(SAVE_AT + RESUME)
+    weights_file, keras_file = tmp_path / "at.weights.h5", tmp_path / "at.keras"
+    saved = StateAfter(SAVE_AT)
+    checkpoints = [
+        keras.callbacks.ModelCheckpoint(weights_file, save_weights_only=True, save_freq=SAVE_AT),
+        keras.callbacks.ModelCheckpoint(keras_file, save_freq=SAVE_AT),
+    ]
+    fit_batches(controlled_mlp(make_controller()), x, y, tmp_path / "whole", [*checkpoints, saved])
+    whole = Events(tmp_path / "whole")
+    assert np.ptp(whole.scalar("lr")[SAVE_AT:]) > 1e-3  # the controller keeps moving the LR
+    assert saved.values["loss_ma_long.count"] == SAVE_AT
+
+    from_weights = controlled_mlp(make_controller())
+    from_weights.build((None, *x.shape[2:]))
+    from_weights.optimizer.build(from_weights.trainable_variables)
+    from_weights.load_weights(weights_file)
+    resumed = {"weights.h5": from_weights, "keras": keras.models.load_model(keras_file)}
+    for name, model in resumed.items():
+        assert type(model.controller) is type(from_weights.controller)
+        state = {k: v.numpy() for k, v in model.controller_state().items()}
+        assert state.keys() == saved.values.keys(), name
+        for key, value in saved.values.items():
+            np.testing.assert_array_equal(state[key], value, err_msg=f"{name}: {key}")
+        assert int(model.optimizer.iterations) == SAVE_AT
+
+        fit_batches(model, x[SAVE_AT:], y[SAVE_AT:], tmp_path / name)
+        events = Events(tmp_path / name)
+        for tag in ("lr", "loss/batch", "loss/ma_short", "loss/ma_long"):
+            np.testing.assert_array_equal(
+                events.steps(tag), np.arange(SAVE_AT, SAVE_AT + RESUME), err_msg=tag
+            )
+            np.testing.assert_allclose(
+                events.values(tag), whole.scalar(tag)[SAVE_AT:], rtol=1e-6, err_msg=f"{name}: {tag}"
+            )
+
+
+def built(wrapped: ControlledModel) -> ControlledModel:
+    wrapped.build((None, 8, 8, 1))
+    wrapped.optimizer.build(wrapped.trainable_variables)
+    return wrapped
+
+
+def test_loading_another_controllers_state_names_both_and_the_fix(tmp_path):
+    path = tmp_path / "trend10.weights.h5"
+    data, saver = small_controlled_model(c.LossTrendController(window=10, max_lr=0.5))
+    saver.fit(data.x_train[:128], data.y_train[:128], batch_size=32, verbose=0)
+    saver.save_weights(path)
+
+    for other, expected in [
+        (
+            c.LossTrendController(window=20, max_lr=0.5),
+            "this model: controller.count [], controller.losses [20]",
+        ),
+        (c.GradNormController(), "this model: loss_ma_long.buffer"),
+    ]:
+        _, loader = small_controlled_model(other)
+        loader = built(loader)
+        with pytest.raises(ValueError) as error:
+            loader.load_weights(path)
+        message = str(error.value)
+        assert f"does not fit this model's {type(other).__name__}" in message
+        assert "saved:      controller.count [], controller.losses [10]" in message
+        assert expected in message
+        assert "keras.models.load_model" in message and "skip_mismatch=True" in message
+        # Nothing of the controller state was half-loaded.
+        assert all(
+            int(v.numpy()) == 0 for k, v in loader.controller_state().items() if k.endswith("count")
+        )
+
+    # The documented way out: the rest loads, the controller starts afresh.
+    _, loader = small_controlled_model(c.GradNormController())
+    loader = built(loader)
+    with pytest.warns(UserWarning, match="could not be loaded"):
+        loader.load_weights(path, skip_mismatch=True)
+    for a, b in zip(loader.weights, saver.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert int(loader.optimizer.iterations) == 4
+
+
+def test_state_keys_follow_the_structure_not_the_creation_order():
+    plateau_first = c.Chain([c.PlateauController(), loss_trend()], boundaries=[50])
+    trend = loss_trend()  # this time the second part's variables are created first
+    trend_first = c.Chain([c.PlateauController(), trend], boundaries=[50])
+    keys = [
+        list(ControlledModel(keras.Sequential([keras.layers.Dense(1)]), ctrl).controller_state())
+        for ctrl in (plateau_first, trend_first)
+    ]
+    assert (
+        keys[0]
+        == keys[1]
+        == [
+            "controller.parts.0.best",
+            "controller.parts.0.cooldown_left",
+            "controller.parts.0.lr",
+            "controller.parts.0.num_bad",
+            "controller.parts.1.count",
+            "controller.parts.1.losses",
+            "controller.parts.1.lr",
+            "loss_ma_short.buffer",
+            "loss_ma_short.count",
+            "loss_ma_long.buffer",
+            "loss_ma_long.count",
+        ]
+    )
+
+
+def every_controller() -> list[c.Controller]:
+    """One of each exported controller, with non-default arguments where it matters."""
+    return [
+        c.Chain([c.ConstantController(0.1), loss_trend()], boundaries=[3]),
+        c.Clamp(c.PolyakController(max_lr=2.0), min_lr=0.05, max_lr=0.5),
+        c.ConstantController(0.3),
+        c.CosineCycleController(0.01, 0.2, cycle_length=4),
+        c.CosineRestartsController(0.2, T_0=3, T_mult=2, eta_min=0.01),
+        c.CyclicController(0.01, 0.2, step_size_up=2, step_size_down=3, mode="triangular2"),
+        c.CyclicalController(0.02, 0.2, cycle_length=5, nudge_below_loss=2.5, nudge_factor=1.5),
+        c.GradNormController(base_lr=0.2, slope=0.1),
+        c.HypergradientController(initial_lr=0.1, hyper_lr=0.01),
+        c.LossNudgeFactor(below_loss=2.5, factor=2.0),
+        loss_trend(),
+        c.MaxChange(c.OneCycleController(0.5, total_steps=8), max_change_ratio=0.1),
+        c.OneCycleController(0.5, total_steps=10, three_phase=True),
+        c.PlateauController(initial_lr=0.2, monitor="loss", patience=1, factor=0.5),
+        c.PolyakController(c=0.3, max_lr=0.8),
+        c.Product(c.ConstantController(0.1), c.LossNudgeFactor(2.5, 3.0)),
+        c.Warmup(c.ConstantController(0.2), warmup_steps=4, shape="exponential"),
+        c.WarmupCosineController(0.2, warmup_steps=2, decay_steps=6),
+    ]
+
+
+def test_every_controller_is_rebuilt_from_its_config():
+    examples = every_controller()
+    exported = {
+        cls
+        for name in c.__all__
+        if isinstance(cls := getattr(c, name), type) and issubclass(cls, c.Controller)
+    }
+    assert exported - {c.Controller} == {type(e) for e in examples}
+    w = tf.Variable([1.0, -2.0])
+    for original in examples:
+        config = json.loads(json.dumps(serialize_controller(original)))
+        rebuilt = deserialize_controller(config)
+        assert type(rebuilt) is type(original)
+        assert serialize_controller(rebuilt) == config
+        original.build([w])
+        rebuilt.build([w])
+        for step, loss in enumerate([2.3, 2.0, 2.6, 1.9, 2.8, 1.7, 1.6]):
+            signals = make_signals(step, loss, grads=[tf.constant([0.5, step - 2.0])], lr=0.1)
+            np.testing.assert_allclose(
+                rebuilt(signals).numpy(), original(signals).numpy(), err_msg=f"{config} {step}"
+            )
+            w.assign_sub([0.01, 0.02])
+
+
+def test_the_config_records_the_gin_bound_arguments():
+    config.parse([], ["LossTrendController.window = 7", "LossTrendController.max_lr = 0.3"])
+    try:
+        trend = c.LossTrendController()
+    finally:
+        gin.clear_config()
+    rebuilt = deserialize_controller(serialize_controller(trend))
+    assert (rebuilt.window, rebuilt.max_lr) == (7, 0.3)

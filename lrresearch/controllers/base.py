@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from lrresearch.signals import Signals
@@ -34,6 +37,11 @@ class Controller(tf.Module):
     only: no `.numpy()`, no Python `if` on a tensor. Controllers also work eagerly,
     which is how the tests and notebooks drive them.
 
+    Every controller describes itself, as Keras objects do: the arguments its
+    constructor was called with (gin bindings included) are recorded, `get_config()`
+    returns them and `from_config(config)` builds an equal controller with fresh state
+    (`serialize_controller` / `deserialize_controller` add the class name).
+
     Attributes:
       initial_lr: the LR the optimizer is created with (Python float); it is what
         `Signals.lr` holds at step 0.
@@ -43,6 +51,31 @@ class Controller(tf.Module):
     # False for wrappers that need other controllers and for factors that are not LRs;
     # `lrresearch profile` compares the standalone ones by default.
     standalone: bool = True
+    # The recorded constructor arguments are not state: `variables` and `submodules`
+    # skip them (they are set untracked, so checkpoints never see them either).
+    _TF_MODULE_IGNORED_PROPERTIES = tf.Module._TF_MODULE_IGNORED_PROPERTIES | {"_init_arguments"}
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_init(cls.__dict__["__init__"])
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-serializable; nested controllers as
+        `serialize_controller` dicts. Raises TypeError naming an argument that is not."""
+        owner = type(self).__name__
+        arguments = self.__dict__.get("_init_arguments")
+        if arguments is None:
+            raise NotImplementedError(
+                f"{owner} did not record its constructor arguments (its __init__ takes "
+                f"*args or it has none of its own); override get_config and from_config"
+            )
+        return {name: _to_config(value, f"{owner}.{name}") for name, value in arguments.items()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Controller:
+        """A new controller (fresh state) from `get_config()`'s output."""
+        return cls(**{name: _from_config(value) for name, value in config.items()})
 
     def build(self, variables: Sequence[tf.Variable]) -> None:
         """Called once by the trainer with the model's trainable variables, before the
@@ -56,6 +89,82 @@ class Controller(tf.Module):
     def __call__(self, signals: Signals) -> tf.Tensor:
         """Returns this batch's LR (float32 scalar)."""
         return self.compute(signals).lr
+
+
+def serialize_controller(controller: Controller) -> dict[str, Any]:
+    """`{"module", "class_name", "config"}` of `controller` (JSON-serializable)."""
+    cls = type(controller)
+    return {"module": cls.__module__, "class_name": cls.__name__, "config": controller.get_config()}
+
+
+def deserialize_controller(config: Mapping[str, Any]) -> Controller:
+    """The controller `serialize_controller` described, with fresh state. Its class must be
+    defined (imported) already: every class in `lrresearch.controllers` is; a class of
+    your own, once its module is imported. Nothing is imported from the config."""
+    name, module = config["class_name"], config.get("module")
+    candidates = [c for c in _subclasses(Controller) if c.__name__ == name]
+    exact = [c for c in candidates if c.__module__ == module]
+    if not exact and len(candidates) != 1:
+        raise ValueError(
+            f"Unknown controller class {name!r} (module {module!r}): import the module "
+            f"that defines it before loading"
+        )
+    return (exact or candidates)[0].from_config(config["config"])
+
+
+def _subclasses(cls: type) -> Iterator[type]:
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def _recording_init(init: Callable[..., None]) -> Callable[..., None]:
+    """`init`, recording its arguments on the instance for `Controller.get_config`."""
+    signature = inspect.signature(init)
+    recordable = all(
+        p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        for p in list(signature.parameters.values())[1:]
+    )
+
+    @functools.wraps(init)
+    def recording_init(self, *args: Any, **kwargs: Any) -> None:
+        # Only the outermost constructor records: `CyclicalController` calls
+        # `Product.__init__(base=..., factor=...)`, but its config is its own arguments.
+        if recordable and "_init_arguments" not in self.__dict__:
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError:
+                pass  # `init` raises it with its own message
+            else:
+                bound.apply_defaults()
+                arguments = dict(list(bound.arguments.items())[1:])
+                # Untracked: a tracked dict would add checkpoint dependencies.
+                object.__setattr__(self, "_init_arguments", arguments)
+        init(self, *args, **kwargs)
+
+    # For readers that do not follow `__wrapped__`, such as `inspect.getfullargspec`.
+    recording_init.__signature__ = signature
+    return recording_init
+
+
+def _to_config(value: Any, where: str) -> Any:
+    if isinstance(value, Controller):
+        return serialize_controller(value)
+    if isinstance(value, (list, tuple)):
+        return [_to_config(v, where) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{where} = {value!r} cannot be saved in a config (not JSON-serializable)")
+
+
+def _from_config(value: Any) -> Any:
+    if isinstance(value, Mapping) and {"class_name", "config"} <= value.keys():
+        return deserialize_controller(value)
+    if isinstance(value, list):
+        return [_from_config(v) for v in value]
+    return value
 
 
 def check_positive(owner: str, **values: float) -> None:
