@@ -15,7 +15,12 @@ it), `ModelCheckpoint` in both modes, and `tf.train.Checkpoint(model=...)`. Trai
 resumed from a `.weights.h5` or `.keras` save gives the LR sequence of the
 uninterrupted run.
 
-tf.distribute strategies are not covered by this module.
+Under a `tf.distribute` strategy (build and compile the model in `strategy.scope()`),
+the signals come from the all-reduced loss and gradients and the controller runs once
+per batch in the cross-replica context, so every replica applies the same LR and the
+summaries are written once. Keras 3's `fit` under a multi-replica strategy fails with
+`steps_per_execution` > 1 even without lrresearch (keras-team/keras#19246), so
+`ControlledModel` asks for 1 there; `lrresearch train` has no such limit.
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ import numpy as np
 import tensorflow as tf
 
 from lrresearch import summaries
-from lrresearch.controllers import Controller
+from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
-from lrresearch.signals import MovingAverage
+from lrresearch.signals import MovingAverage, Signals
 from lrresearch.step import batch_signals, set_lr, write_batch_summaries
 
 
@@ -62,6 +67,12 @@ class ControlledModel(keras.Model):
         self.controller = controller
         self.ma_short = MovingAverage(loss_ma_short, loss_ma_kind, name="loss_ma_short")
         self.ma_long = MovingAverage(loss_ma_long, loss_ma_kind, name="loss_ma_long")
+        # Rules that watch the weights (HypergradientController) need them before the
+        # first step; a model built at construction (Sequential with an Input,
+        # functional) has them now, so its controller state exists for load_weights.
+        self._controller_built = bool(getattr(model, "built", False) and model.variables)
+        if self._controller_built:
+            controller.build(model.trainable_variables)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -125,23 +136,83 @@ class ControlledModel(keras.Model):
     def train_step(self, data):
         x, y = data[0], data[1]
         variables = self.trainable_variables
+        if not self._controller_built:
+            # A subclassed model has its variables only now; `init_scope` creates the
+            # controller's (e.g. HypergradientController's) outside the traced function.
+            with tf.init_scope():
+                self.controller.build(variables)
+            self._controller_built = True
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
         grads = tape.gradient(loss, variables)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            _check_steps_per_execution(self.steps_per_execution)
+        if context is None or context.num_replicas_in_sync == 1:
+            signals, lr, out = self._control(None, loss, grads)
+            grads = signals.grads
+        else:
+            # Keras divides each replica's loss by the replica count, so an all-reduce
+            # (SUM) gives the global-batch loss and gradients. The signals, controller
+            # and LR assignment run once, in the cross-replica context, so every replica
+            # applies the same LR; Keras's `apply` all-reduces the local gradients again
+            # for the update (the price of using Keras's own update: a second
+            # all-reduce). Summaries are written from the replicas, where TensorBoard
+            # records replica 0's only (from merge_call they would capture the
+            # replica's recording condition across graphs).
+            reduced = context.all_reduce(
+                tf.distribute.ReduceOp.SUM,
+                [
+                    loss,
+                    *(
+                        tf.zeros_like(v) if g is None else g
+                        for g, v in zip(grads, variables, strict=True)
+                    ),
+                ],
+            )
+            signals, lr, out = context.merge_call(self._control, args=(reduced[0], reduced[1:]))
+        self.optimizer.apply(list(grads), variables)
+        write_batch_summaries(signals, lr, out)
+        return self.compute_metrics(x, y, y_pred)
+
+    def _control(
+        self,
+        strategy: tf.distribute.Strategy | None,
+        loss: tf.Tensor,
+        grads: list[tf.Tensor | None],
+    ) -> tuple[Signals, tf.Tensor, ControllerOutput]:
+        """Signals, controller and LR for one batch. `strategy`: the cross-replica call
+        of `merge_call`, whose values are per replica and all equal; then the returned
+        signals carry no gradients."""
+        if strategy is not None:
+            loss, grads = tf.nest.map_structure(
+                lambda v: strategy.experimental_local_results(v)[0], (loss, list(grads))
+            )
         signals = batch_signals(
             self.optimizer.iterations,
             loss,
             grads,
-            variables,
+            self.trainable_variables,
             self.ma_short,
             self.ma_long,
             self.optimizer.learning_rate,
         )
         lr, _, out = set_lr(self.controller, signals, self.optimizer.learning_rate)
-        self.optimizer.apply(list(signals.grads), variables)
-        write_batch_summaries(signals, lr, out)
-        return self.compute_metrics(x, y, y_pred)
+        if strategy is not None:
+            signals = signals._replace(grads=())
+        return signals, lr, out
+
+
+def _check_steps_per_execution(steps: int) -> None:
+    if steps > 1:
+        raise ValueError(
+            f"ControlledModel under a tf.distribute strategy with several replicas needs "
+            f"compile(steps_per_execution=1), got {steps}: Keras 3's fit fails there with "
+            f"'You must feed a value for placeholder tensor' even without lrresearch "
+            f"(keras-team/keras#19246). For several batches per call under a strategy, "
+            f"use `lrresearch train` with distribution.strategy."
+        )
 
 
 def _is_variable(value: object) -> bool:

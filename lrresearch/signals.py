@@ -68,6 +68,19 @@ def make_signals(
     )
 
 
+def update_slot(variable: tf.Variable, index: tf.Tensor, value: tf.Tensor) -> None:
+    """`variable[index] = value` for a 1-D variable, in place.
+
+    A mirrored variable (created in a `tf.distribute` strategy's scope, e.g. inside
+    `ControlledModel`) has no `scatter_nd_update`: it is rewritten whole (windows are
+    small). Elsewhere the scatter writes one element.
+    """
+    if isinstance(variable, tf.distribute.DistributedValues):
+        variable.assign(tf.tensor_scatter_nd_update(variable, [[index]], [value]))
+    else:
+        variable.scatter_nd_update([[index]], [value])
+
+
 @gin.configurable
 class MovingAverage(tf.Module):
     """Moving average of a scalar series (the batch loss), updated in-graph.
@@ -114,7 +127,7 @@ class MovingAverage(tf.Module):
         if self.kind == "window":
             slot = tf.math.floormod(count - 1, self.window)
             old = self.buffer[slot]
-            self.buffer.scatter_nd_update([[slot]], [tf.where(finite, value, old)])
+            update_slot(self.buffer, slot, tf.where(finite, value, old))
             return tf.reduce_sum(self.buffer) / tf.minimum(n, float(self.window))
         ema = tf.where(finite, self.beta * self.ema + (1.0 - self.beta) * value, self.ema)
         self.ema.assign(ema)

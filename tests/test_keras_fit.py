@@ -4,13 +4,16 @@ and Keras's saving paths carry the controller's state."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import Events
+from conftest import BATCH_TAGS, REPO, Events
 
 from lrresearch import config
 from lrresearch import controllers as c
@@ -60,12 +63,24 @@ def keras_run(controller, logdir, steps_per_execution, extra_callbacks=()):
     return wrapped
 
 
-def test_fit_gives_the_trainers_lr_sequence(tmp_path):
+CONTROLLERS = {
+    "grad_norm": (lambda: c.GradNormController(slope=0.05), "controller/low_norm"),
+    # Watches the weights: ControlledModel must call build(variables) as the trainer does.
+    "hypergradient": (
+        lambda: c.HypergradientController(initial_lr=0.05, hyper_lr=0.05),
+        "controller/hypergradient",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTROLLERS))
+def test_fit_gives_the_trainers_lr_sequence(tmp_path, name):
+    make_controller, diagnostic = CONTROLLERS[name]
     config.parse([], ["mlp.hidden = (32,)"])
     try:
         trainer = Trainer(
             steps=STEPS,
-            controller=c.GradNormController(slope=0.05),
+            controller=make_controller(),
             steps_per_loop=10,
             histogram_every=0,
             eval_every=0,
@@ -74,7 +89,7 @@ def test_fit_gives_the_trainers_lr_sequence(tmp_path):
     finally:
         gin.clear_config()
     keras_run(
-        c.GradNormController(slope=0.05),
+        make_controller(),
         tmp_path / "keras",
         steps_per_execution=5,
         extra_callbacks=[
@@ -86,7 +101,7 @@ def test_fit_gives_the_trainers_lr_sequence(tmp_path):
     for tag in ("lr", "loss/batch", "grad/global_norm", "loss/ma_long"):
         np.testing.assert_allclose(theirs.scalar(tag), ours.scalar(tag), rtol=1e-5, err_msg=tag)
     assert np.ptp(ours.scalar("lr")) > 1e-3  # the controller actually moved the LR
-    assert "controller/low_norm" in theirs.tags
+    assert diagnostic in theirs.tags
 
 
 def test_controller_state_is_saved_with_the_model(tmp_path):
@@ -337,3 +352,35 @@ def test_the_config_records_the_gin_bound_arguments():
         gin.clear_config()
     rebuilt = deserialize_controller(serialize_controller(trend))
     assert (rebuilt.window, rebuilt.max_lr) == (7, 0.3)
+
+
+def test_fit_under_mirrored_strategy_matches_one_device(tmp_path):
+    """`tests/keras_mirrored_run.py` (a fresh process: the CPU is split into 2 logical
+    devices before TensorFlow starts) fits the same batches on one device and under
+    MirroredStrategy: same LR, loss and gradient norm at every batch, same weights, one
+    LR on both replicas, summaries written once."""
+    steps = 60
+    proc = subprocess.run(
+        [sys.executable, "tests/keras_mirrored_run.py", str(tmp_path), str(steps)],
+        cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2 and report["iterations"] == steps
+    single, mirrored = Events(tmp_path / "single"), Events(tmp_path / "mirrored")
+    for tag in BATCH_TAGS:
+        a, b = single.scalar(tag), mirrored.scalar(tag)  # steps 0..59, once each
+        assert len(a) == len(b) == steps, tag
+        np.testing.assert_allclose(b, a, rtol=1e-5, err_msg=tag)
+    assert np.ptp(single.scalar("lr")) > 1e-4
+    assert len(list((tmp_path / "mirrored").glob("events.out.tfevents.*"))) == 1
+    assert report["weight_max_diff"] < 1e-5
+    assert report["lr_copies"][0] == report["lr_copies"][1]
+    assert report["lr_copies"][0] == pytest.approx(float(single.scalar("lr")[-1]), rel=1e-6)
+    assert report["weight_copy_max_diff"] == 0.0
+    assert "steps_per_execution=1" in report["steps_per_execution_error"]
+    assert "keras-team/keras#19246" in report["steps_per_execution_error"]

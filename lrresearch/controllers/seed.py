@@ -21,7 +21,7 @@ from lrresearch.controllers.base import (
     check_positive,
 )
 from lrresearch.controllers.compose import LossNudgeFactor, Product
-from lrresearch.signals import Signals
+from lrresearch.signals import Signals, update_slot
 
 
 @gin.configurable
@@ -145,7 +145,7 @@ class LossTrendController(Controller):
         finite = tf.math.is_finite(loss)
         count = self.count + tf.cast(finite, tf.int64)
         slot = tf.math.floormod(count - 1, self.window)
-        self.losses.scatter_nd_update([[slot]], [tf.where(finite, loss, self.losses[slot])])
+        update_slot(self.losses, slot, tf.where(finite, loss, self.losses[slot]))
         self.count.assign(count)
         # Age of each slot (0 = this batch). Masks rather than tf.roll: Roll on a
         # 100-element vector cost ~0.3 ms per call on CPU, more than the whole step.
