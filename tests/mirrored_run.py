@@ -11,6 +11,7 @@ import os
 import sys
 
 import numpy as np
+import tensorflow as tf
 
 from lrresearch import config, distribute
 
@@ -30,6 +31,18 @@ def copies(variable) -> list[np.ndarray]:
 
 np.savez(os.path.join(result.run_dir, "final_weights.npz"), *[v.numpy() for v in trainer.variables])
 weights = [copies(v) for v in trainer.variables]
+
+
+def op_types(fn) -> set[str]:
+    """Every op type in the loop's traced graph, loop bodies included."""
+    graph_def = fn.get_concrete_function(tf.constant(1, tf.int64)).graph.as_graph_def()
+    ops = {node.op for node in graph_def.node}
+    for function in graph_def.library.function:
+        ops |= {node.op for node in function.node_def}
+    return ops
+
+
+ops = set().union(*(op_types(fn) for fn in trainer.loops.values()))
 print(
     json.dumps(
         {
@@ -42,6 +55,10 @@ print(
                 float(np.max(np.abs(c - w[0]))) for w in weights for c in w[1:]
             ),
             "run_dir": result.run_dir,
+            "tracing_counts": [
+                fn.experimental_get_tracing_count() for fn in trainer.loops.values()
+            ],
+            "python_ops": sorted(ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}),
         }
     )
 )

@@ -179,6 +179,9 @@ def test_mirrored_replicas_agree_on_lr_and_weights(runs):
     assert report["lr_copies"][0] == report["lr_copies"][1]
     assert report["lr_copies"][0] == pytest.approx(float(runs[1].events.scalar("lr")[-1]), rel=1e-5)
     assert report["weight_copy_max_diff"] == 0.0
+    # In-graph under the strategy too: each compiled loop traced once, no Python ops.
+    assert report["tracing_counts"] and set(report["tracing_counts"]) == {1}
+    assert report["python_ops"] == []
 
 
 def test_mirrored_writes_each_summary_once(runs):
