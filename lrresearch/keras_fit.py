@@ -147,12 +147,11 @@ class ControlledModel(keras.Model):
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
         grads = tape.gradient(loss, variables)
         context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            _check_steps_per_execution(self.steps_per_execution)
         if context is None or context.num_replicas_in_sync == 1:
             signals, lr, out = self._control(None, loss, grads)
             grads = signals.grads
         else:
+            _check_steps_per_execution(self.steps_per_execution)
             # Keras divides each replica's loss by the replica count, so an all-reduce
             # (SUM) gives the global-batch loss and gradients. The signals, controller
             # and LR assignment run once, in the cross-replica context, so every replica
