@@ -124,12 +124,18 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell starts background jobs with SIGINT ignored, and Python keeps an
+        # ignored SIGINT ignored: give the child Python's usual Ctrl-C, whoever runs us.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    for line in process.stdout:
-        if line.startswith("step ") and "/1000000" in line:
-            process.send_signal(signal.SIGINT)
-            break
-    _, err = process.communicate(timeout=60)
+    try:
+        for line in process.stdout:
+            if line.startswith("step ") and "/1000000" in line:
+                process.send_signal(signal.SIGINT)
+                break
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
     assert process.returncode == 130, err
     at = int(err.split("interrupted at step ")[1].split(":")[0])
     assert 0 < at < 1000000
