@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from typing import Any
 
 import gin
 import tensorflow as tf
@@ -119,3 +121,61 @@ def worker_name(strategy: tf.distribute.Strategy | None) -> str:
     if resolver is None or not resolver.cluster_spec().as_dict():
         return ""
     return f"{resolver.task_type}-{resolver.task_id}"
+
+
+class StopRequested(KeyboardInterrupt):
+    """Every worker agreed to stop at this step (after a Ctrl-C or SIGTERM on any); a
+    KeyboardInterrupt, so the trainer saves and reports it as one."""
+
+
+class CoordinatedStop:
+    """Ctrl-C and SIGTERM for a multi-worker run: stop every worker at the same step.
+
+    A signal landing in the middle of a collective op lets one worker leave while the
+    others wait in the all-reduce (they fail, or crash while exiting). Instead the
+    handler only sets a flag; between compiled calls `check()` sums the
+    workers' flags with one small all-reduce and raises `StopRequested` on all of them
+    at once, so each saves its checkpoint at the same step. A second signal stops the
+    process the usual way (KeyboardInterrupt).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, strategy: tf.distribute.Strategy):
+        self.strategy = strategy
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+        @tf.function
+        def agree(flag: tf.Tensor) -> tf.Tensor:
+            per_replica = strategy.run(lambda: tf.identity(flag))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        self._agree = agree
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        if self.requested:
+            self.uninstall()
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            f"{signal.Signals(signum).name}: stopping every worker at the next block "
+            "boundary (again to stop this one now)",
+            flush=True,
+        )
+
+    def install(self) -> None:
+        for s in self.SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+
+    def uninstall(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def check(self) -> None:
+        """Raises `StopRequested` on every worker if any asked to stop (one all-reduce
+        of a scalar and a host read: call it between compiled calls)."""
+        if self._agree(tf.constant(float(self.requested))).numpy() > 0:
+            raise StopRequested

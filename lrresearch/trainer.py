@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import math
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -540,8 +539,9 @@ class Trainer:
         config = operative_config()
         resumed_from = None
         # Under MultiWorkerMirroredStrategy every worker runs this; only the chief owns
-        # the run directory. The others save their (identical, and required: saving is
-        # collective) checkpoints to a scratch folder and write no summaries.
+        # the run directory. The others write no summaries, and save their identical
+        # checkpoints (TF asks every worker to take part in a save) to a temporary
+        # folder deleted right after.
         chief = distribute.is_chief(self.strategy)
         worker = distribute.worker_name(self.strategy)
         if worker and run_name is None:
@@ -562,20 +562,31 @@ class Trainer:
         else:
             run_dir = os.path.join(logdir, run_name)
         self.run_dir = run_dir
-        scratch = None if chief else tempfile.mkdtemp(prefix=f"lrresearch-{worker}-")
         say(
             f"run directory: {run_dir}"
             + (f" (resumed at step {resumed_from})" if resumed_from is not None else "")
-            + (f" ({worker}: checkpoints to scratch {scratch}, no summaries)" if scratch else "")
+            + (f" ({worker}: no summaries; checkpoints written and deleted)" if not chief else "")
         )
         if resumed_from is None and chief:
             with open(os.path.join(run_dir, "config.gin"), "w") as f:
                 f.write(config)
-        manager = tf.train.CheckpointManager(
-            self.checkpoint,
-            os.path.join(scratch or run_dir, "checkpoints"),
-            max_to_keep=self.keep_checkpoints,
-        )
+        if chief:
+            manager = tf.train.CheckpointManager(
+                self.checkpoint,
+                os.path.join(run_dir, "checkpoints"),
+                max_to_keep=self.keep_checkpoints,
+            )
+
+            def save(number: int) -> None:
+                manager.save(checkpoint_number=number)
+
+        else:
+
+            def save(number: int) -> None:
+                # Every worker takes part in a save; a non-chief's copy is not needed.
+                with tempfile.TemporaryDirectory(prefix=f"lrresearch-{worker}-") as folder:
+                    tf.train.CheckpointManager(self.checkpoint, folder, 1).save(number)
+
         writer = summaries.create_writer(run_dir) if chief else tf.summary.create_noop_writer()
         # A compiled loop captures the default summary writer when it is traced: each run
         # (each writer) needs fresh traces, or a second fit() writes to a closed writer.
@@ -588,6 +599,11 @@ class Trainer:
         first_done, first_seconds = 0, float("nan")
         done = self.next_step = resumed_from or 0
         side_seconds = 0.0  # eval and checkpoints, not training
+        # Several workers must stop at the same step; one process stops where Ctrl-C
+        # lands (between compiled calls, where the step matches the weights).
+        stop = distribute.CoordinatedStop(self.strategy) if worker else None
+        if stop is not None:
+            stop.install()
         try:
             with writer.as_default():
                 if chief and resumed_from is None:
@@ -600,6 +616,8 @@ class Trainer:
                     n = min(self.steps_per_loop, boundary - done)
                     loss = self.run_steps(n)
                     done += n
+                    if stop is not None:
+                        stop.check()
                     if not first_done:
                         first_done, first_seconds = done, time.perf_counter() - start
                     last = done == self.steps
@@ -612,13 +630,13 @@ class Trainer:
                         # Everything logged up to a checkpoint is on disk before it, so a
                         # resumed run has every step (later ones are dropped on resume).
                         writer.flush()
-                        manager.save(checkpoint_number=done)
+                        save(done)
                     side_seconds += time.perf_counter() - side_start
                     if last or done % self.log_every == 0:
                         message = self._nonfinite_message()
                         if message:
                             writer.flush()
-                            manager.save(checkpoint_number=done)
+                            save(done)
                             raise NonFiniteLossError(message)
                         rate = self._rate(
                             start + side_seconds, first_done, first_seconds, done, resumed_from or 0
@@ -630,22 +648,22 @@ class Trainer:
                             f"eval/acc {acc}  {rate:,.0f} steps/s  "
                             f"ETA {(self.steps - done) / rate:.0f}s"
                         )
+            save(done)
         except KeyboardInterrupt:
             # Ctrl-C lands between compiled calls: the step variable matches the weights.
             at = int(self.step.numpy())
             writer.flush()
-            manager.save(checkpoint_number=at)
+            save(at)
             raise TrainingInterrupted(
                 f"interrupted at step {at}: checkpoint saved and summaries flushed in "
                 f"{run_dir}; continue with --resume --run_name "
                 f"{os.path.basename(run_dir)}"
             ) from None
         finally:
+            if stop is not None:
+                stop.uninstall()
             writer.flush()
             writer.close()
-        manager.save(checkpoint_number=done)
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
         return TrainResult(
             run_dir,
             done,

@@ -15,12 +15,14 @@ import json
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 
 import gin
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import BATCH_TAGS, REPO, Events, binding_lines, train
 
 from lrresearch import config, distribute
@@ -47,14 +49,21 @@ class Proc:
     stderr: str
 
 
-def start(command: list[str]) -> subprocess.Popen:
+def start(command: list[str], tmpdir: pathlib.Path | None = None) -> subprocess.Popen:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if tmpdir is not None:
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        env["TMPDIR"] = str(tmpdir)
     return subprocess.Popen(
         command,
         cwd=REPO,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Python's usual Ctrl-C even if the suite runs as a background job (started with
+        # SIGINT ignored, which Python would keep).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -95,7 +104,7 @@ def runs(tmp_path_factory):
         "mirrored": start(
             [sys.executable, "tests/mirrored_run.py", str(logdir), "mirrored", *params, *MIRRORED]
         ),
-        "multi_worker": start(launcher(logdir / "mw", "mw", params)),
+        "multi_worker": start(launcher(logdir / "mw", "mw", params), logdir / "worker_tmp"),
         "odd_batch": start(
             [
                 sys.executable,
@@ -227,9 +236,10 @@ def test_multi_worker_chief_writes_the_run(runs):
         assert re.search(rf"^\[worker-{worker}\] done: {STEPS} steps", proc.stdout, re.M), describe(
             proc
         )
-    # The non-chief's scratch checkpoints were removed; it wrote nothing in the logdir.
-    scratch = re.search(r"checkpoints to scratch (\S+),", proc.stdout)
-    assert scratch and not os.path.exists(scratch.group(1)), describe(proc)
+    # The non-chief saved its checkpoints to temporary folders (its TMPDIR here), now
+    # deleted, and wrote nothing in the logdir.
+    assert "[worker-1] run directory:" in proc.stdout and "no summaries" in proc.stdout
+    assert list((logdir / "worker_tmp").iterdir()) == []
     run_dir = logdir / "mw" / "mw"
     assert sorted(os.listdir(logdir / "mw")) == ["mw"]
     files = glob.glob(str(run_dir / "events.out.tfevents.*"))
@@ -285,6 +295,40 @@ def test_failed_chief_stops_the_other_worker_and_keeps_the_run(runs):
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
+def test_ctrl_c_stops_every_worker_at_one_step_and_resume_continues(tmp_path):
+    """Ctrl-C on the launcher: the workers agree on a step, the chief saves its
+    checkpoint there, every process exits 130; `--resume` continues from it."""
+    params = binding_lines(
+        {**PARAMS, "Trainer.steps": 1_000_000, "Trainer.log_every": 20}
+    )  # far too long to end on its own
+    process = start(launcher(tmp_path, "int", params), tmp_path / "worker_tmp")
+    try:
+        for line in process.stdout:
+            if line.startswith("[worker-0] step "):
+                process.send_signal(signal.SIGINT)
+                break
+        out, err = process.communicate(timeout=TIMEOUT)
+    finally:
+        process.kill()
+    proc = Proc(process.returncode, line + out, err)
+    assert proc.returncode == 130, describe(proc)
+    steps = {int(n) for n in re.findall(r"interrupted at step (\d+):", proc.stdout)}
+    assert len(re.findall(r"interrupted at step", proc.stdout)) == 2, describe(proc)
+    assert len(steps) == 1, describe(proc)  # both workers stopped at the same step
+    at = steps.pop()
+    assert 0 < at < 1_000_000
+    run_dir = tmp_path / "int"
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith(f"-{at}")
+    assert len(Events(run_dir).scalar("lr")) >= at  # flushed up to there
+    assert list((tmp_path / "worker_tmp").iterdir()) == []
+
+    resume = [*launcher(tmp_path, "int", [*params, f"Trainer.steps = {at + 30}"]), "--resume"]
+    resumed = finish(start(resume, tmp_path / "worker_tmp"))
+    assert resumed.returncode == 0, describe(resumed)
+    assert f"(resumed at step {at})" in resumed.stdout
+    assert len(Events(run_dir).scalar("lr")) == at + 30  # steps 0..at+29, once each
+
+
 def test_strategy_name_is_checked_and_located(tmp_path, monkeypatch, capsys):
     from lrresearch import cli
 
@@ -300,8 +344,6 @@ def test_strategy_name_is_checked_and_located(tmp_path, monkeypatch, capsys):
 
 
 def test_logical_cpus_after_tensorflow_started_is_a_clear_error():
-    import tensorflow as tf
-
     tf.constant(0)  # the runtime is up, as it is in this test process
     gin.clear_config()
     try:

@@ -9,7 +9,9 @@ appended to its bindings. Worker 0 is the chief: it owns the run directory and w
 the summaries and checkpoints; the others write nothing there. Output lines are
 prefixed `[worker-i]`. If one worker fails, the others are stopped (a
 `MultiWorkerMirroredStrategy` worker would otherwise wait for its peers forever), and
-the launcher exits with the failed worker's code.
+the launcher exits with the failed worker's code. Ctrl-C (or SIGTERM) on the launcher
+stops every worker at the same step with a checkpoint there; exit code 130, continue
+with `--resume`.
 
 On a real cluster there is no launcher: set `TF_CONFIG` on each host (see the README)
 and run the same command there.
@@ -21,11 +23,14 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+
+GRACE = 30.0  # seconds the workers get to checkpoint after Ctrl-C
 
 
 def free_ports(count: int) -> list[int]:
@@ -66,13 +71,26 @@ def _pump(stream, prefix: str, out) -> None:
         out.flush()
 
 
+def _wait(processes: list[subprocess.Popen], seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while any(p.poll() is None for p in processes) and time.monotonic() < end:
+        time.sleep(0.2)
+
+
+def _interrupt(signum: int, frame) -> None:
+    del frame
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def launch(command: list[str], workers: int, timeout: float) -> int:
     """Runs `command` on `workers` local workers; returns 0 if all succeeded, else the
-    first failure's exit code (124 on timeout)."""
+    first failure's exit code (130 after Ctrl-C or SIGTERM, 124 on timeout)."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     command = worker_command(command, f"multiworker-{stamp}")
     ports = free_ports(workers)
     print(f"launch: {workers} workers on 127.0.0.1:{ports}: {' '.join(command)}", flush=True)
+    # SIGTERM (e.g. from a scheduler) stops the cluster like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     processes, pumps = [], []
     for i in range(workers):
         env = dict(os.environ, TF_CONFIG=tf_config(ports, i))
@@ -83,6 +101,10 @@ def launch(command: list[str], workers: int, timeout: float) -> int:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            # Own session: a terminal's Ctrl-C reaches the launcher only, which passes
+            # one SIGINT to each worker (a second one would stop a worker at once).
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         processes.append(process)
         pump = threading.Thread(target=_pump, args=(process.stdout, f"[worker-{i}] ", sys.stdout))
@@ -93,30 +115,42 @@ def launch(command: list[str], workers: int, timeout: float) -> int:
     try:
         while any(p.poll() is None for p in processes):
             failed = [p for p in processes if p.poll() not in (None, 0)]
-            if failed or time.monotonic() > deadline:
-                code = failed[0].returncode if failed else 124
-                reason = f"exit code {code}" if failed else f"the {timeout:.0f} s timeout"
-                print(f"launch: stopping the other workers after {reason}", flush=True)
+            if failed:
+                # The others wait for the failed one in their next all-reduce, forever:
+                # nothing left to save consistently, so they are killed.
+                code = failed[0].returncode
+                print(f"launch: stopping the other workers after exit code {code}", flush=True)
+                break
+            if time.monotonic() > deadline:
+                code = 124
+                print(f"launch: the {timeout:.0f} s timeout: stopping the workers", flush=True)
+                _stop_gracefully(processes)
                 break
             time.sleep(0.2)
     except KeyboardInterrupt:
         code = 130
+        _stop_gracefully(processes)
     finally:
         for p in processes:
             if p.poll() is None:
-                p.terminate()
-        for p in processes:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
                 p.kill()
-                p.wait()
+            p.wait()
         for pump in pumps:
             pump.join()
     if code == 0:
         code = next((p.returncode for p in processes if p.returncode != 0), 0)
     print(f"launch: workers exited with {[p.returncode for p in processes]}", flush=True)
     return code
+
+
+def _stop_gracefully(processes: list[subprocess.Popen]) -> None:
+    """One SIGINT to each worker: they agree on a step, save a checkpoint there and
+    exit 130 (see `lrresearch.distribute.CoordinatedStop`); killed after `GRACE` s."""
+    print(f"launch: stopping the workers; up to {GRACE:.0f} s to save a checkpoint", flush=True)
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    _wait(processes, GRACE)
 
 
 def main(argv: list[str] | None = None) -> int:
