@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from typing import Any
 
 import gin
@@ -124,34 +125,39 @@ def worker_name(strategy: tf.distribute.Strategy | None) -> str:
 
 
 class StopRequested(KeyboardInterrupt):
-    """Every worker agreed to stop at this step (after a Ctrl-C or SIGTERM on any); a
-    KeyboardInterrupt, so the trainer saves and reports it as one."""
+    """A Ctrl-C or SIGTERM, acted on between compiled calls (on every worker at the
+    same step); a KeyboardInterrupt, so the trainer saves and reports it as one."""
 
 
-class CoordinatedStop:
-    """Ctrl-C and SIGTERM for a multi-worker run: stop every worker at the same step.
+class StopOnSignal:
+    """Turns Ctrl-C and SIGTERM into a stop at the next boundary between compiled calls.
 
-    A signal landing in the middle of a collective op lets one worker leave while the
-    others wait in the all-reduce (they fail, or crash while exiting). Instead the
-    handler only sets a flag; between compiled calls `check()` sums the
-    workers' flags with one small all-reduce and raises `StopRequested` on all of them
-    at once, so each saves its checkpoint at the same step. A second signal stops the
-    process the usual way (KeyboardInterrupt).
+    Python raises KeyboardInterrupt at whatever bytecode runs when the signal arrives,
+    which after a long compiled call is usually inside TensorFlow's own Python code; a
+    run interrupted there crashed (SIGSEGV) now and then while saving. So the handler
+    only sets a flag, and `check()`, called by the training loop between compiled
+    calls, raises `StopRequested` where the step variable matches the weights.
+
+    With `strategy` (multi-worker), `check()` sums the workers' flags with one scalar
+    all-reduce, so every worker stops after the same batch even if only one got the
+    signal, and none leaves while the others wait in an all-reduce. A second signal
+    raises KeyboardInterrupt at once.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, strategy: tf.distribute.Strategy):
-        self.strategy = strategy
+    def __init__(self, strategy: tf.distribute.Strategy | None = None):
         self.requested = False
         self._previous: dict[int, Any] = {}
+        self._agree = None
+        if strategy is not None:
 
-        @tf.function
-        def agree(flag: tf.Tensor) -> tf.Tensor:
-            per_replica = strategy.run(lambda: tf.identity(flag))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            @tf.function
+            def agree(flag: tf.Tensor) -> tf.Tensor:
+                per_replica = strategy.run(lambda: tf.identity(flag))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-        self._agree = agree
+            self._agree = agree
 
     def _handle(self, signum: int, frame: Any) -> None:
         del frame
@@ -160,14 +166,20 @@ class CoordinatedStop:
             raise KeyboardInterrupt
         self.requested = True
         print(
-            f"{signal.Signals(signum).name}: stopping every worker at the next block "
-            "boundary (again to stop this one now)",
+            f"{signal.Signals(signum).name}: stopping after the current compiled call "
+            "(again to stop at once)",
             flush=True,
         )
 
-    def install(self) -> None:
-        for s in self.SIGNALS:
-            self._previous[s] = signal.signal(s, self._handle)
+    def __enter__(self) -> StopOnSignal:
+        # Handlers can only be set from the main thread; elsewhere signals keep theirs.
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.uninstall()
 
     def uninstall(self) -> None:
         for s, handler in self._previous.items():
@@ -175,7 +187,10 @@ class CoordinatedStop:
         self._previous = {}
 
     def check(self) -> None:
-        """Raises `StopRequested` on every worker if any asked to stop (one all-reduce
-        of a scalar and a host read: call it between compiled calls)."""
-        if self._agree(tf.constant(float(self.requested))).numpy() > 0:
+        """Raises `StopRequested` if a stop was asked for (on any worker: one scalar
+        all-reduce and a host read; call it between compiled calls only)."""
+        if self._agree is None:
+            if self.requested:
+                raise StopRequested
+        elif self._agree(tf.constant(float(self.requested))).numpy() > 0:
             raise StopRequested

@@ -599,13 +599,11 @@ class Trainer:
         first_done, first_seconds = 0, float("nan")
         done = self.next_step = resumed_from or 0
         side_seconds = 0.0  # eval and checkpoints, not training
-        # Several workers must stop at the same step; one process stops where Ctrl-C
-        # lands (between compiled calls, where the step matches the weights).
-        stop = distribute.CoordinatedStop(self.strategy) if worker else None
-        if stop is not None:
-            stop.install()
+        # Ctrl-C / SIGTERM stop the run between compiled calls (every worker at the
+        # same step), never inside TensorFlow's Python code.
+        stop = distribute.StopOnSignal(self.strategy if worker else None)
         try:
-            with writer.as_default():
+            with writer.as_default(), stop:
                 if chief and resumed_from is None:
                     summaries.text("config", summaries.config_markdown(config or "(defaults)"))
                     summaries.write_run_header(self.hparams(), os.path.basename(run_dir))
@@ -616,8 +614,7 @@ class Trainer:
                     n = min(self.steps_per_loop, boundary - done)
                     loss = self.run_steps(n)
                     done += n
-                    if stop is not None:
-                        stop.check()
+                    stop.check()
                     if not first_done:
                         first_done, first_seconds = done, time.perf_counter() - start
                     last = done == self.steps
@@ -650,7 +647,8 @@ class Trainer:
                         )
             save(done)
         except KeyboardInterrupt:
-            # Ctrl-C lands between compiled calls: the step variable matches the weights.
+            # `StopRequested` comes between compiled calls, where the step variable matches
+            # the weights (a second Ctrl-C, a plain KeyboardInterrupt, may come anywhere).
             at = int(self.step.numpy())
             writer.flush()
             save(at)
@@ -660,8 +658,7 @@ class Trainer:
                 f"{os.path.basename(run_dir)}"
             ) from None
         finally:
-            if stop is not None:
-                stop.uninstall()
+            stop.uninstall()
             writer.flush()
             writer.close()
         return TrainResult(

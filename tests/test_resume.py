@@ -114,7 +114,8 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     assert "no checkpoint" in result.stderr
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, signum):
     # A run far too long to finish on its own, so the signal always lands mid-training
     # (a 300-batch run once ended before a busy CI machine delivered it).
     endless = "--gin_param=Trainer.steps = 1000000"
@@ -131,7 +132,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     try:
         for line in process.stdout:
             if line.startswith("step ") and "/1000000" in line:
-                process.send_signal(signal.SIGINT)
+                process.send_signal(signum)
                 break
         _, err = process.communicate(timeout=60)
     finally:
