@@ -23,6 +23,8 @@ _EXPORTS = {
     "Signals": "lrresearch.signals",
     "make_signals": "lrresearch.signals",
     "Trainer": "lrresearch.trainer",
+    "ControlledModel": "lrresearch.keras_fit",
+    "PerBatchSummaries": "lrresearch.keras_fit",
 }
 __all__ = sorted(_EXPORTS)
 
