@@ -301,8 +301,8 @@ class Trainer:
                 f"equal slice of the global batch), got {self.batch_size}"
             )
         # Model and optimizer variables are mirrored on every replica; everything else
-        # (controller, moving averages, guard, input position) lives once, on the host,
-        # and runs in the cross-replica context.
+        # (controller, moving averages, guard, input position) lives once, outside the
+        # scope, and runs in the cross-replica context.
         with self.strategy.scope() if self.strategy else contextlib.nullcontext():
             self.model = self.model_fn(data.input_shape, data.num_classes)
             self.variables = list(self.model.trainable_variables)
@@ -535,7 +535,7 @@ class Trainer:
         """
         self.build()
         prefix = type(self.controller).__name__.removesuffix("Controller") or "run"
-        say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+        say = _silent if quiet else (lambda *a: print(*a, flush=True))
         config = operative_config()
         resumed_from = None
         # Under MultiWorkerMirroredStrategy every worker runs this; only the chief owns
