@@ -35,7 +35,13 @@ from lrresearch import summaries
 from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.signals import MovingAverage, Signals
-from lrresearch.step import batch_signals, set_lr, write_batch_summaries
+from lrresearch.step import (
+    all_reduce_sum,
+    batch_signals,
+    first_replica,
+    set_lr,
+    write_batch_summaries,
+)
 
 
 @keras.saving.register_keras_serializable(package="lrresearch")
@@ -160,17 +166,8 @@ class ControlledModel(keras.Model):
             # all-reduce). Summaries are written from the replicas, where TensorBoard
             # records replica 0's only (from merge_call they would capture the
             # replica's recording condition across graphs).
-            reduced = context.all_reduce(
-                tf.distribute.ReduceOp.SUM,
-                [
-                    loss,
-                    *(
-                        tf.zeros_like(v) if g is None else g
-                        for g, v in zip(grads, variables, strict=True)
-                    ),
-                ],
-            )
-            signals, lr, out = context.merge_call(self._control, args=(reduced[0], reduced[1:]))
+            batch_loss, batch_grads = all_reduce_sum(loss, grads, variables)
+            signals, lr, out = context.merge_call(self._control, args=(batch_loss, batch_grads))
         self.optimizer.apply(list(grads), variables)
         write_batch_summaries(signals, lr, out)
         return self.compute_metrics(x, y, y_pred)
@@ -185,9 +182,7 @@ class ControlledModel(keras.Model):
         of `merge_call`, whose values are per replica and all equal; then the returned
         signals carry no gradients."""
         if strategy is not None:
-            loss, grads = tf.nest.map_structure(
-                lambda v: strategy.experimental_local_results(v)[0], (loss, list(grads))
-            )
+            loss, grads = first_replica(strategy, (loss, list(grads)))
         signals = batch_signals(
             self.optimizer.iterations,
             loss,

@@ -25,9 +25,7 @@ def batch_signals(
     zeros (the global norm is taken before any clipping)."""
     loss = tf.cast(loss, tf.float32)
     norm = global_norm(grads)
-    grads = tuple(
-        tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)
-    )
+    grads = dense_grads(grads, variables)
     previous_lr = tf.cast(tf.identity(lr_variable.value), tf.float32)
     return Signals(
         tf.cast(step, tf.int64),
@@ -38,6 +36,33 @@ def batch_signals(
         previous_lr,
         grads,
     )
+
+
+def dense_grads(
+    grads: Sequence[tf.Tensor | None], variables: Sequence[tf.Variable]
+) -> tuple[tf.Tensor, ...]:
+    """The gradients with `None` (a variable the loss does not touch) as zeros."""
+    return tuple(
+        tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables, strict=True)
+    )
+
+
+def all_reduce_sum(
+    loss: tf.Tensor, grads: Sequence[tf.Tensor | None], variables: Sequence[tf.Variable]
+) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    """In a replica context: the SUM over replicas of `loss` and of the gradients
+    (`None` as zeros), in one batched all-reduce; every replica gets the same values."""
+    context = tf.distribute.get_replica_context()
+    loss, *grads = context.all_reduce(
+        tf.distribute.ReduceOp.SUM, [loss, *dense_grads(grads, variables)]
+    )
+    return loss, grads
+
+
+def first_replica(strategy: tf.distribute.Strategy, values):
+    """Replica 0's copy of every per-replica value in the structure `values` (for
+    values that are equal on all replicas, such as all-reduced ones)."""
+    return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], values)
 
 
 def set_lr(

@@ -28,7 +28,13 @@ from lrresearch.controllers import Controller, GradNormController
 from lrresearch.data import BatchSampler, DataError, Dataset, digits
 from lrresearch.models import mlp
 from lrresearch.signals import MovingAverage
-from lrresearch.step import batch_signals, set_lr, write_batch_summaries
+from lrresearch.step import (
+    all_reduce_sum,
+    batch_signals,
+    first_replica,
+    set_lr,
+    write_batch_summaries,
+)
 
 OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
     "sgd": lambda lr: keras.optimizers.SGD(learning_rate=lr),
@@ -368,9 +374,7 @@ class Trainer:
             # Each replica takes its slice of the global batch; the all-reduced loss and
             # gradients are identical on every replica, so replica 0's copy is the one.
             per_replica = self.strategy.run(self._loss_and_grads, (x, y))
-            loss, grads = tf.nest.map_structure(
-                lambda v: self.strategy.experimental_local_results(v)[0], per_replica
-            )
+            loss, grads = first_replica(self.strategy, per_replica)
         lr_variable = self.optimizer.learning_rate
         signals = batch_signals(
             step, loss, grads, self.variables, self.ma_short, self.ma_long, lr_variable
@@ -439,11 +443,7 @@ class Trainer:
         grads = tape.gradient(loss, self.variables)
         if self.strategy is None:
             return loss, grads
-        grads = [
-            tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.variables, strict=True)
-        ]
-        loss, *grads = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, *grads])
-        return loss, grads
+        return all_reduce_sum(loss, grads, self.variables)
 
     def _periodic_summaries(
         self, step: tf.Tensor, grads: list[tf.Tensor], groups: frozenset[str]
@@ -658,7 +658,6 @@ class Trainer:
                 f"{os.path.basename(run_dir)}"
             ) from None
         finally:
-            stop.uninstall()
             writer.flush()
             writer.close()
         return TrainResult(

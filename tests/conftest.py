@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,13 @@ from tensorboard.backend.event_processing import event_accumulator as ea
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 GIN_DIR = REPO / "gin"
+
+def default_ctrl_c() -> None:
+    """`preexec_fn` for a child that must take Ctrl-C: a shell starts background jobs
+    (a CI script's, say) with SIGINT ignored, and Python keeps an ignored SIGINT
+    ignored; this restores the default, so the child's Python raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 # Tags the spec requires for every batch.
 BATCH_TAGS = ("lr", "loss/batch", "loss/ma_short", "loss/ma_long", "grad/global_norm")

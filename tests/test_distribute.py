@@ -23,7 +23,7 @@ import gin
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import BATCH_TAGS, REPO, Events, binding_lines, train
+from conftest import BATCH_TAGS, REPO, Events, binding_lines, default_ctrl_c, train
 
 from lrresearch import config, distribute
 
@@ -61,9 +61,7 @@ def start(command: list[str], tmpdir: pathlib.Path | None = None) -> subprocess.
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # Python's usual Ctrl-C even if the suite runs as a background job (started with
-        # SIGINT ignored, which Python would keep).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_ctrl_c,
     )
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, Events
+from conftest import REPO, Events, default_ctrl_c
 
 PARAMS = [
     "--gin_param=Trainer.steps = 300",
@@ -125,9 +125,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, signum):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # A shell starts background jobs with SIGINT ignored, and Python keeps an
-        # ignored SIGINT ignored: give the child Python's usual Ctrl-C, whoever runs us.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_ctrl_c,
     )
     try:
         for line in process.stdout:

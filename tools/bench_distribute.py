@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     rates: dict[str, list[float]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as logdir:
         for r in range(args.rounds):
-            for name, command in configs.items():
+            for i, (name, command) in enumerate(configs.items()):
                 rates[name].append(
-                    run(command, logdir, [*extra, "--run_name", f"{r}-{hash(name)}"])
+                    run(command, logdir, [*extra, "--run_name", f"round{r}-config{i}"])
                 )
                 print(f"round {r + 1}: {name}: {rates[name][-1]:,.0f} steps/s", flush=True)
     base = rates["one device"]
