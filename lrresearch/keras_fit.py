@@ -25,6 +25,7 @@ summaries are written once. Keras 3's `fit` under a multi-replica strategy fails
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
@@ -49,7 +50,10 @@ class ControlledModel(keras.Model):
     """Wraps `model`; `fit` sets the LR every batch from `controller`, in-graph.
 
     Compile it with an optimizer whose `learning_rate` is a plain float (the controller
-    assigns it every batch) and a loss; metrics as usual.
+    assigns it every batch) and a loss; metrics as usual. `fit`'s logs (progress bar,
+    `History`, callbacks such as `EarlyStopping` and Keras's `TensorBoard`) carry the
+    epoch's running mean of `loss/batch` (weighted by batch size, as Keras does) and
+    the compiled metrics; sample and class weights weight the loss the controller sees.
 
     Args:
       model: the Keras model being trained.
@@ -139,8 +143,26 @@ class ControlledModel(keras.Model):
     def call(self, inputs, training=None):
         return self.inner(inputs, training=training)
 
+    def compile(self, *args, **kwargs) -> None:
+        """Keras's `compile`, then the controller's check of the optimizer (a rule that
+        cannot be exact with it refuses here, before any batch) and its warnings about
+        its own arguments."""
+        super().compile(*args, **kwargs)
+        check = getattr(self.controller, "check_optimizer", None)
+        if check is not None:
+            check(self.optimizer)
+        for message in getattr(self.controller, "run_warnings", lambda steps: [])(None):
+            warnings.warn(message, stacklevel=2)
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        """What Keras's own does (`load_model` compiles with the saved arguments and
+        builds the optimizer), through our `compile`: Keras skips a custom `compile`."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def train_step(self, data):
-        x, y = data[0], data[1]
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
         if not self._controller_built:
             # A subclassed model has its variables only now; `init_scope` creates the
@@ -150,10 +172,11 @@ class ControlledModel(keras.Model):
             self._controller_built = True
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            loss = self.compute_loss(x=x, y=y, y_pred=y_pred)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
         grads = tape.gradient(loss, variables)
         context = tf.distribute.get_replica_context()
         if context is None or context.num_replicas_in_sync == 1:
+            batch_loss = loss
             signals, lr, out = self._control(None, loss, grads)
             grads = signals.grads
         else:
@@ -170,7 +193,20 @@ class ControlledModel(keras.Model):
             signals, lr, out = context.merge_call(self._control, args=(batch_loss, batch_grads))
         self.optimizer.apply(list(grads), variables)
         write_batch_summaries(signals, lr, out)
-        return self.compute_metrics(x, y, y_pred)
+        self._track_loss(x, batch_loss)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _track_loss(self, x, batch_loss: tf.Tensor) -> None:
+        """Adds this batch's loss (the global-batch mean, `loss/batch`) to Keras's loss
+        metric, weighted by the batch size as Keras's own `train_step` does, so `fit`'s
+        logs, `History` and callbacks see the epoch's running mean. The metric is found
+        as Keras's guide for a custom `train_step` does, by its name in `self.metrics`.
+        Under a strategy every replica adds the global loss with its local batch size;
+        the metric sums the replicas, so the mean is again the global one."""
+        batch_size = tf.shape(next(t for t in tf.nest.flatten(x) if t is not None))[0]
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(batch_loss, sample_weight=batch_size)
 
     def _control(
         self,

@@ -47,9 +47,10 @@ def fit(strategy: tf.distribute.Strategy, name: str, steps_per_execution: int) -
     callback = PerBatchSummaries(os.path.join(logdir, name))
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
     try:
-        model.fit(dataset, epochs=1, verbose=0, callbacks=[callback])
+        history = model.fit(dataset, epochs=1, verbose=0, callbacks=[callback])
     finally:
         callback.close()
+    model.epoch_loss = history.history["loss"][0]
     return model
 
 
@@ -79,6 +80,7 @@ print(
                 float(np.max(np.abs(c - w[0]))) for w in weights for c in w[1:]
             ),
             "iterations": int(mirrored.optimizer.iterations.numpy()),
+            "epoch_loss": {"single": single.epoch_loss, "mirrored": mirrored.epoch_loss},
             "steps_per_execution_error": error,
         }
     )

@@ -112,6 +112,72 @@ def test_controller_state_is_saved_with_the_model(tmp_path):
     assert any("ma_long/buffer" in n for n in names), names
 
 
+def test_fit_logs_the_epoch_mean_of_the_batch_losses_and_compiled_metrics(tmp_path):
+    """`History`, Keras's TensorBoard callback and `EarlyStopping` see the real loss:
+    per epoch the mean of `loss/batch` (equal batches), not the 0 of an untouched loss
+    tracker, on which `EarlyStopping(patience=1)` stopped this decreasing run after 2
+    epochs."""
+    epochs, per_epoch = 4, 25
+    x, y = digit_batches(per_epoch)
+    wrapped = controlled_mlp(c.ConstantController(0.1))
+    wrapped.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    summaries = PerBatchSummaries(str(tmp_path / "ours"))
+    history = wrapped.fit(
+        tf.data.Dataset.from_tensor_slices((x, y)),
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[
+            summaries,
+            keras.callbacks.TensorBoard(str(tmp_path / "keras_tb")),
+            keras.callbacks.EarlyStopping(monitor="loss", patience=1),
+        ],
+    )
+    summaries.close()
+    assert history.epoch == list(range(epochs))  # EarlyStopping did not fire
+    batch_losses = Events(tmp_path / "ours").scalar("loss/batch").reshape(epochs, per_epoch)
+    np.testing.assert_allclose(history.history["loss"], batch_losses.mean(axis=1), rtol=1e-5)
+    assert np.all(np.diff(history.history["loss"]) < 0)
+    keras_tb = Events(tmp_path / "keras_tb" / "train")
+    np.testing.assert_allclose(keras_tb.values("epoch_loss"), history.history["loss"], rtol=1e-6)
+    accuracy = history.history["accuracy"]
+    assert np.all(np.diff(accuracy) > 0) and 0.7 < accuracy[-1] <= 1.0, accuracy
+
+
+def test_fit_weights_the_loss_by_sample_weight():
+    data, wrapped = small_controlled_model(c.ConstantController(0.5))
+    before = [v.numpy() for v in wrapped.trainable_variables]
+    history = wrapped.fit(
+        data.x_train[:64], data.y_train[:64], sample_weight=np.zeros(64), batch_size=32, verbose=0
+    )
+    assert history.history["loss"] == [0.0]
+    for a, b in zip(before, wrapped.trainable_variables, strict=True):
+        np.testing.assert_array_equal(a, b.numpy())  # zero weight, zero update
+
+
+class PicksOptimizer(c.ConstantController):
+    """Refuses momentum SGD, as `HypergradientController` does, and warns once."""
+
+    def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
+        if getattr(optimizer, "momentum", 0.0):
+            raise ValueError("PicksOptimizer cannot be exact with Keras momentum SGD")
+
+    def run_warnings(self, steps: int | None) -> list[str]:
+        return ["PicksOptimizer: a warning about its arguments"]
+
+
+def test_compile_asks_the_controller_to_check_the_optimizer():
+    model = ControlledModel(keras.Sequential([keras.layers.Dense(1)]), PicksOptimizer(0.1))
+    with pytest.warns(UserWarning, match="a warning about its arguments"):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    with pytest.raises(ValueError, match="momentum"):
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+
+
 def small_controlled_model(controller: c.Controller | None = None):
     keras.utils.set_random_seed(0)
     data = digits()
@@ -377,6 +443,9 @@ def test_fit_under_mirrored_strategy_matches_one_device(tmp_path):
         assert len(a) == len(b) == steps, tag
         np.testing.assert_allclose(b, a, rtol=1e-5, err_msg=tag)
     assert np.ptp(single.scalar("lr")) > 1e-4
+    # fit's logged loss is the epoch's mean batch loss on one device and on two.
+    for name, loss in report["epoch_loss"].items():
+        assert loss == pytest.approx(float(single.scalar("loss/batch").mean()), rel=1e-5), name
     assert len(list((tmp_path / "mirrored").glob("events.out.tfevents.*"))) == 1
     assert report["weight_max_diff"] < 1e-5
     assert report["lr_copies"][0] == report["lr_copies"][1]
