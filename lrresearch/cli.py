@@ -207,6 +207,7 @@ def train(args: argparse.Namespace) -> int:
     from lrresearch import config
     from lrresearch.data import DataError
     from lrresearch.trainer import (
+        DiskFullError,
         NonFiniteLossError,
         RunDirExistsError,
         Trainer,
@@ -224,7 +225,7 @@ def train(args: argparse.Namespace) -> int:
         )
     except (RunDirExistsError, DataError, OSError) as e:
         return _fail(str(e))
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, DiskFullError) as e:
         return _fail(str(e), code=1)
     except TrainingInterrupted as e:
         return _fail(str(e), code=130)
@@ -340,6 +341,11 @@ def sweep(args: argparse.Namespace) -> int:
         return _fail(str(e))
     except (RunDirExistsError, OSError, ValueError) as e:
         return _fail(str(e))
+    except sweeps.SweepInterrupted as e:
+        print(sweeps.report(e.points), flush=True)
+        return _fail(str(e), code=130)
+    except KeyboardInterrupt:
+        return _fail("interrupted before the sweep started; nothing was written", code=130)
     print(sweeps.report(points))
     failed = [p for p in points if not p.result]
     print(
@@ -367,17 +373,24 @@ def compare(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        return train(args)
-    if args.command == "profile":
-        return profile(args)
-    if args.command == "lr-find":
-        return lr_find(args)
-    if args.command == "sweep":
-        return sweep(args)
-    if args.command == "compare":
-        return compare(args)
-    raise AssertionError(args.command)
+    command = {
+        "train": train,
+        "profile": profile,
+        "lr-find": lr_find,
+        "sweep": sweep,
+        "compare": compare,
+    }[args.command]
+    try:
+        return command(args)
+    except RuntimeError as e:
+        # gin raises RuntimeError when a configurable with a required argument (such
+        # as `npz_file.path`) is called without a binding for it.
+        from lrresearch import config
+
+        gin_files, gin_params = getattr(args, "gin_file", []), getattr(args, "gin_param", [])
+        if (message := config.explain_missing_binding(e, gin_files, gin_params)) is None:
+            raise
+        return _fail(message)
 
 
 if __name__ == "__main__":

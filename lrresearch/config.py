@@ -5,15 +5,27 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import io
+import logging
 import os
 import re
 import tokenize
+from collections.abc import Callable, Iterator, Sequence
 
 import gin
+from gin import resource_reader
 
 
 class ConfigError(ValueError):
     """A gin file or binding that cannot be used; the message says where and why."""
+
+
+# What every value-parse hint says: gin values are Python literals or references.
+VALUE_HINT = (
+    "  A value is a Python literal (20, 0.5, 'text', (64, 64), None) or a reference: "
+    "@Name, or @Name() for what it returns; strings need quotes."
+)
+_INCLUDE = re.compile(r"""^\s*include\s+(['"])(.+?)\1\s*(?:#.*)?$""")
 
 
 def configurable_names() -> list[str]:
@@ -44,9 +56,37 @@ def _suggest(word: str, candidates: list[str]) -> str:
     return f"\n  Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-def explain(error: Exception) -> str:
-    """Turns a gin parse error into a message with a suggestion where one exists."""
+def _explain_syntax(error: SyntaxError, where: str) -> str:
+    """`file:line: what gin could not parse` plus how values and bindings are written."""
+    if not where:
+        where = f"{error.filename}:{error.lineno}" if error.filename else f"line {error.lineno}"
+    text = (error.text or "").strip()
+    shown = f" in: {text}" if text and not where.startswith("--gin_param") else ""
+    if m := re.search(r"Failed to parse token '(.*)'", error.msg or ""):
+        token = m.group(1)
+        hint = VALUE_HINT
+        if re.fullmatch(r"[A-Za-z_][\w.]*", token):
+            hint = f"  Quote a string ('{token}'); reference a configurable with @{token}()."
+        return f"{where}: gin cannot parse the value `{token}`{shown}\n{hint}"
+    if "Unable to parse value" in (error.msg or ""):
+        return f"{where}: gin cannot parse the value{shown}\n{VALUE_HINT}"
+    if "expected ':' or '='" in (error.msg or ""):
+        return (
+            f"{where}: not a binding{shown}\n"
+            "  A binding looks like 'Configurable.parameter = value' (e.g. Trainer.steps = 500)."
+        )
+    return f"{where}: {(error.msg or '').strip()}{shown}"
+
+
+def explain(error: Exception, where: str = "") -> str:
+    """Turns a gin parse error into a message with a suggestion where one exists.
+
+    `where` names the origin when gin's message cannot (a `--gin_param`)."""
+    if isinstance(error, SyntaxError):
+        return _explain_syntax(error, where)
     message = str(error).strip() or repr(error)
+    if where:
+        message = f"{where}: {message}"
     if m := re.search(r"No configurable matching (?:reference )?'@?([\w.]+)", message):
         message += _suggest(m.group(1), configurable_names())
     elif m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message):
@@ -57,19 +97,50 @@ def explain(error: Exception) -> str:
     return message
 
 
-def locate_bindings(selector: str, gin_files: list[str], gin_params: list[str]) -> list[str]:
-    """Where `Configurable.param` is bound: `file:line` for files, `--gin_param` else."""
-    configurable, _, param = selector.rpartition(".")
-    pattern = re.compile(rf"^\s*([\w./]*\b)?{re.escape(configurable)}\.{re.escape(param)}\s*=")
+def explain_missing_binding(
+    error: Exception, gin_files: Sequence[str] = (), gin_params: Sequence[str] = ()
+) -> str | None:
+    """The message for gin's "Required bindings for `npz_file` not provided" (a
+    `RuntimeError` raised when a configurable with a `gin.REQUIRED` argument is called),
+    or None for any other error."""
+    m = re.search(r"Required bindings for `([\w.]+)` not provided in config: \[(.*)\]", str(error))
+    if not m:
+        return None
+    owner = m.group(1).rsplit(".", 1)[-1]
+    params = re.findall(r"'(\w+)'", m.group(2))
+    first = f"{owner}.{params[0]}" if params else owner
+    example = '"data.npz"' if first == "npz_file.path" else "..."
+    unset = ", ".join(f"{owner}.{p}" for p in params) or owner
+    message = (
+        f"{unset} {'is' if len(params) < 2 else 'are'} not set; bind it, e.g. "
+        f"--gin_param='{first} = {example}'"
+    )
+    pattern = re.compile(rf"@([\w./]*/)?{re.escape(owner)}\b")
+    places = _places(pattern, gin_files, gin_params)
+    if places:
+        message += f"\n  {owner} is used at: {', '.join(places)}"
+    return message
+
+
+def _places(
+    pattern: re.Pattern[str], gin_files: Sequence[str], gin_params: Sequence[str]
+) -> list[str]:
+    """`file:line` of the lines of `gin_files` that match, then the matching params."""
     places = []
     for path in gin_files:
         try:
             with open(path) as f:
-                places += [f"{path}:{i}" for i, line in enumerate(f, 1) if pattern.match(line)]
-        except OSError:
+                places += [f"{path}:{i}" for i, line in enumerate(f, 1) if pattern.search(line)]
+        except (OSError, UnicodeDecodeError):
             continue
-    places += [f"--gin_param={p!r}" for p in gin_params if pattern.match(p)]
-    return places
+    return places + [f"--gin_param={p!r}" for p in gin_params if pattern.search(p)]
+
+
+def locate_bindings(selector: str, gin_files: list[str], gin_params: list[str]) -> list[str]:
+    """Where `Configurable.param` is bound: `file:line` for files, `--gin_param` else."""
+    configurable, _, param = selector.rpartition(".")
+    pattern = re.compile(rf"^\s*([\w./]*\b)?{re.escape(configurable)}\.{re.escape(param)}\s*=")
+    return _places(pattern, gin_files, gin_params)
 
 
 def _search_paths(gin_file: str) -> list[str]:
@@ -89,14 +160,107 @@ def _search_paths(gin_file: str) -> list[str]:
     return paths
 
 
-def parse(gin_files: list[str], gin_params: list[str]) -> None:
-    """Clears earlier bindings, then parses `gin_files` and `gin_params` in order.
+def _read(path: str, where: str) -> str:
+    """The text of a gin file, or a ConfigError naming `where` it was asked for."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{where}: {path!r} is a directory, not a gin file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{where}: {path!r} is not a gin file (not UTF-8 text: byte {e.start})"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path!r} ({e.strerror})") from None
 
-    Raises:
-      ConfigError: a file is missing, or a binding names an unknown configurable or
-        parameter, or does not parse. The message names the file and line.
-    """
-    # Register every configurable before parsing, so names resolve.
+
+def _check_closed(text: str, where: Callable[[int], str]) -> None:
+    """Raises ConfigError if a statement is still open at the end of `text` (gin's own
+    error, "EOF in multi-line statement", names neither the file nor the statement)."""
+    start = None
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.type == tokenize.NEWLINE:
+                start = None
+            elif start is None and token.type not in (tokenize.NL, tokenize.COMMENT):
+                start = token.start[0]
+    except tokenize.TokenError as e:
+        line = start or e.args[1][0]
+        raise ConfigError(
+            f"{where(line)}: this statement is not closed: an unclosed (, [, {{ or "
+            "triple-quoted string runs to the end"
+        ) from None
+
+
+def _resolve_include(name: str, prefixes: Sequence[str]) -> str | None:
+    """The file gin opens for `include name`: the first search path that holds it."""
+    for prefix in [""] if os.path.isabs(name) else prefixes:
+        if os.path.isfile(candidate := os.path.join(prefix, name)):
+            return candidate
+    return None
+
+
+def _check_file(
+    path: str, prefixes: Sequence[str], where: str, chain: list[tuple[str, str]], checked: set[str]
+) -> None:
+    """Reads `path` and, depth first, the files it includes: each must be readable
+    text with every statement closed, and no include may lead back to a file on
+    `chain` (gin would recurse until Python's stack overflows)."""
+    text = _read(path, where)
+    _check_closed(text, lambda line: f"{path}:{line}")
+    key = os.path.realpath(path)
+    for number, line in enumerate(text.splitlines(), 1):
+        if not (m := _INCLUDE.match(line)):
+            continue
+        target = _resolve_include(m.group(2), prefixes)
+        if target is None:
+            if resource_reader.system_path_file_exists(m.group(2)):
+                continue  # a gin file shipped inside a Python package
+            searched = ", ".join(p or "the working directory" for p in prefixes)
+            raise ConfigError(
+                f"{path}:{number}: include {m.group(2)!r}: no such file in {searched}"
+            )
+        steps = [*chain, (key, f"{path}:{number} includes {m.group(2)!r}")]
+        seen = [k for k, _ in steps]
+        if (target_key := os.path.realpath(target)) in seen:
+            cycle = ", ".join(step for _, step in steps[seen.index(target_key) :])
+            raise ConfigError(
+                f"include cycle: {cycle}\n  A file cannot include itself, directly or "
+                "through others; remove one of these includes."
+            )
+        if target_key not in checked:
+            _check_file(target, prefixes, f"{path}:{number}", steps, checked)
+    checked.add(key)
+
+
+class _DropPathNotFound(logging.Filter):
+    """Drops gin's `ERROR:root:Path not found: base.gin`: its package-resource reader
+    logs it for every search path an include is not in, found later or not (a missing
+    include is a ConfigError anyway)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.module == "resource_reader" and record.msg == "Path not found: %s")
+
+
+@contextlib.contextmanager
+def _include_search(paths: Sequence[str]) -> Iterator[None]:
+    """Gin searches the working directory, then `paths`, then paths the caller added;
+    earlier parses' folders do not linger (they could shadow this file's `base.gin`)."""
+    prefixes = gin.config._LOCATION_PREFIXES  # gin has no public way to reset it
+    saved = list(prefixes)
+    prefixes[:] = ["", *paths, *(p for p in saved if p and p not in paths)]
+    quiet = _DropPathNotFound()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        prefixes[:] = saved
+        logging.getLogger().removeFilter(quiet)
+
+
+def _register_configurables() -> None:
+    """Imports every module with gin configurables, so names resolve."""
     import lrresearch.controllers
     import lrresearch.data
     import lrresearch.distribute
@@ -104,26 +268,57 @@ def parse(gin_files: list[str], gin_params: list[str]) -> None:
     import lrresearch.signals
     import lrresearch.trainer  # noqa: F401
 
+
+def _missing_file(path: str) -> ConfigError:
+    hint = ""
+    if os.path.isdir("gin"):
+        known = [
+            os.path.join(root, f)
+            for root, _, files in os.walk("gin")
+            for f in files
+            if f.endswith(".gin")
+        ]
+        hint = _suggest(path, known)
+    return ConfigError(f"--gin_file: no such file {path!r}.{hint}")
+
+
+def parse(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
+    """Clears earlier bindings, then parses `gin_files` and `gin_params` in order.
+
+    Raises:
+      ConfigError: a file is missing or unreadable, includes are circular, or a
+        binding names an unknown configurable or parameter, or does not parse. The
+        message names the file and line, or the `--gin_param`.
+    """
+    _register_configurables()
     gin.clear_config()
+    paths: list[str] = []
     for path in gin_files:
-        if not os.path.isfile(path):
-            hint = ""
-            if os.path.isdir("gin"):
-                known = [
-                    os.path.join(root, f)
-                    for root, _, files in os.walk("gin")
-                    for f in files
-                    if f.endswith(".gin")
-                ]
-                hint = _suggest(path, known)
-            raise ConfigError(f"--gin_file: no such file {path!r}.{hint}")
-        for search_path in _search_paths(path):
-            if search_path not in gin.config._LOCATION_PREFIXES:
-                gin.add_config_file_search_path(search_path)
+        if not os.path.exists(path):
+            raise _missing_file(path)
+        paths += [p for p in _search_paths(path) if p not in paths]
+    checked: set[str] = set()
+    errors = (ValueError, SyntaxError, tokenize.TokenError, OSError, ImportError)
+    with _include_search(paths):
+        for path in gin_files:
+            _check_file(path, gin.config._LOCATION_PREFIXES, "--gin_file", [], checked)
+        for path in gin_files:
+            try:
+                gin.parse_config_file(path)
+            except errors as e:
+                raise ConfigError(explain(e)) from None
+        for param in gin_params:
+            parse_binding(param, f"--gin_param={param!r}")
+
+
+def parse_binding(binding: str, where: str) -> None:
+    """Parses one binding on top of the current config; a ConfigError names `where`
+    (the `--gin_param` or `--sweep` it came from) and what gin could not parse."""
+    _check_closed(binding, lambda line: where)
     try:
-        gin.parse_config_files_and_bindings(gin_files, gin_params, finalize_config=False)
+        gin.parse_config(binding)
     except (ValueError, SyntaxError, tokenize.TokenError, OSError, ImportError) as e:
-        raise ConfigError(explain(e)) from None
+        raise ConfigError(explain(e, where)) from None
 
 
 def explain_call_error(error: Exception, gin_files: list[str], gin_params: list[str]) -> str:
