@@ -7,6 +7,7 @@ is downloaded at run time.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import NamedTuple
 
 import gin
@@ -113,6 +114,13 @@ def npz_file(
     `y` (`[N]`, integer class labels in `[0, num_classes)`). If the file also holds
     `x_eval` and `y_eval` they are the eval split; otherwise `eval_fraction` of the
     examples are held out. `num_classes` defaults to `max(y) + 1`.
+
+    Refused, naming the array, an example index and the fix: features that are not
+    finite as float32 (the dtype the model gets: 1e39 stored as float64 becomes inf),
+    and, when `num_classes` is inferred, labels that leave more than half of the
+    classes `0..max(y)` without an example (a typo label such as 100000 among 0..9
+    would build a 100,001-class model). Features whose float32 square overflows
+    (|x| > 1.8e19) give a `DataWarning`.
     """
     if not os.path.isfile(path):
         raise DataError(f"npz_file.path: no such file: {path!r}")
@@ -133,29 +141,107 @@ def npz_file(
         if xk not in arrays or yk not in arrays:
             raise DataError(f"{path}: {xk!r} and {yk!r} must be given together")
         _check_pair(path, xk, arrays[xk], yk, arrays[yk])
-    labels = np.concatenate([arrays[yk] for _, yk in pairs])
+    labels = {yk: arrays[yk] for _, yk in pairs}
     if num_classes is None:
-        num_classes = int(labels.max()) + 1
-    if labels.min() < 0 or labels.max() >= num_classes:
+        num_classes = max(int(y.max()) for y in labels.values()) + 1
+        _check_label_density(path, labels, num_classes)
+    low = min(int(y.min()) for y in labels.values())
+    high = max(int(y.max()) for y in labels.values())
+    if low < 0 or high >= num_classes:
         raise DataError(
-            f"{path}: labels must lie in [0, {num_classes}), found range "
-            f"[{labels.min()}, {labels.max()}]"
+            f"{path}: labels must lie in [0, {num_classes}), found range [{low}, {high}]"
         )
     if num_classes < 2:
         raise DataError(f"{path}: need at least 2 classes, found {num_classes}")
-    x = arrays["x"].astype(np.float32)
-    y = arrays["y"].astype(np.int32)
+    x, y = _features(path, "x", arrays["x"]), arrays["y"].astype(np.int32)
     name = os.path.basename(path)
     if has_eval:
-        return Dataset(
-            x,
-            y,
-            arrays["x_eval"].astype(np.float32),
-            arrays["y_eval"].astype(np.int32),
-            num_classes,
-            name,
-        )
+        x_eval = _features(path, "x_eval", arrays["x_eval"])
+        return Dataset(x, y, x_eval, arrays["y_eval"].astype(np.int32), num_classes, name)
     return split(x, y, eval_fraction, seed, num_classes, name)
+
+
+class DataWarning(UserWarning):
+    """Data that can be trained on but probably should not be as they are."""
+
+
+# Above this magnitude a float32 square is inf: any squared quantity (a squared error,
+# a gradient norm, a normalization layer's variance) overflows.
+_SQUARE_OVERFLOW = float(np.sqrt(np.finfo(np.float32).max))
+
+
+def _features(path: str, key: str, x: np.ndarray) -> np.ndarray:
+    """`x` as float32, checked finite after the cast (float64 values beyond 3.4e38
+    become inf there); warns about values whose float32 square overflows."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        x32 = x.astype(np.float32)
+    bad = ~np.isfinite(x32)
+    if bad.any():
+        at = _first(bad)
+        value = x[at]
+        what, fix = (
+            ("contains NaN or Inf", "fix or drop those examples")
+            if not np.isfinite(value)
+            else (
+                "holds values beyond float32's range (+-3.4e38), which become inf in the "
+                "float32 the model gets",
+                "rescale the features (standardize: (x - mean) / std)",
+            )
+        )
+        raise DataError(
+            f"{path}: {key!r} {what}: {key}{list(at)} = {value} ({x.dtype}); "
+            f"{int(bad.sum())} such value(s). Fix: {fix} and save the file again."
+        )
+    big = np.abs(x32) > _SQUARE_OVERFLOW
+    if big.any():
+        at = _first(big)
+        warnings.warn(
+            f"{path}: {key!r} holds values whose float32 square overflows "
+            f"(|x| > {_SQUARE_OVERFLOW:.3g}): {key}{list(at)} = {x[at]}; "
+            f"{int(big.sum())} such value(s). A squared error, gradient norm or "
+            "normalization there is inf; standardize the features ((x - mean) / std).",
+            DataWarning,
+            stacklevel=2,
+        )
+    return x32
+
+
+def _first(mask: np.ndarray) -> tuple[int, ...]:
+    """The index of the first True element of `mask`."""
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape))
+
+
+def _check_label_density(path: str, labels: dict[str, np.ndarray], num_classes: int) -> None:
+    """Refuses inferred classes `0..num_classes-1` of which more than half have no
+    example: a few empty classes are legitimate (a rare class missing from a subset),
+    a majority means labels that are not class indices or a typo. The outlying labels
+    are those above the largest label up to which most classes are present."""
+    present = np.unique(np.concatenate([y[y >= 0] for y in labels.values()]))
+    if len(present) * 2 >= num_classes:
+        return
+    # present[i] is the (i+1)-th distinct label: classes 0..present[i] are mostly
+    # present while (i + 1) * 2 > present[i] + 1.
+    dense = np.flatnonzero((np.arange(len(present)) + 1) * 2 > present + 1)
+    cut = int(present[dense[-1]]) if len(dense) else -1
+    outliers = present[present > cut]
+    listing = ", ".join(_label_place(labels, int(v)) for v in outliers[:5])
+    more = f" and {len(outliers) - 5} more" if len(outliers) > 5 else ""
+    raise DataError(
+        f"{path}: the labels would build a {num_classes:,}-class model (max label "
+        f"{num_classes - 1}) in which {num_classes - len(present):,} classes have no "
+        f"example (only {len(present)} distinct labels). Outlying labels: {listing}{more}. "
+        "Fix those labels, or map the labels to 0..K-1 "
+        "(`classes, y = np.unique(y, return_inverse=True)`); if the empty classes are "
+        f"intended, set npz_file.num_classes = {num_classes}."
+    )
+
+
+def _label_place(labels: dict[str, np.ndarray], value: int) -> str:
+    """`100000 (1 example, first y[17])`."""
+    count = sum(int(np.count_nonzero(y == value)) for y in labels.values())
+    key, y = next((k, y) for k, y in labels.items() if np.any(y == value))
+    first = int(np.argmax(y == value))
+    return f"{value} ({count} example{'s' if count > 1 else ''}, first {key}[{first}])"
 
 
 def _check_pair(path: str, xk: str, x: np.ndarray, yk: str, y: np.ndarray) -> None:
@@ -163,8 +249,6 @@ def _check_pair(path: str, xk: str, x: np.ndarray, yk: str, y: np.ndarray) -> No
         raise DataError(f"{path}: {xk!r} must have shape [N, features...], got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise DataError(f"{path}: {xk!r} must be real numbers, got dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{path}: {xk!r} contains NaN or Inf")
     if y.ndim != 1:
         raise DataError(f"{path}: {yk!r} must have shape [N] (class indices), got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):

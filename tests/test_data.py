@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO
 
-from lrresearch.data import BatchSampler, DataError, Dataset, digits, npz_file, synthetic
+from lrresearch.data import (
+    BatchSampler,
+    DataError,
+    Dataset,
+    DataWarning,
+    digits,
+    npz_file,
+    synthetic,
+)
 
 
 def test_digits_shapes_range_and_split():
@@ -223,6 +237,107 @@ def test_npz_file_missing_or_unreadable(tmp_path):
     with pytest.raises(DataError, match=r"not a readable \.npz") as info:
         npz_file(str(garbage))
     assert str(garbage) in str(info.value)
+
+
+def digit_like_labels(n: int = 40) -> np.ndarray:
+    return np.arange(n) % 10
+
+
+@pytest.mark.parametrize("where", ["y", "y_eval"])
+def test_npz_file_refuses_a_typo_label_that_would_build_a_huge_model(tmp_path, where):
+    arrays = {"x": np.zeros((40, 2)), "y": digit_like_labels()}
+    arrays["x_eval"], arrays["y_eval"] = np.zeros((12, 2)), np.arange(12) % 10
+    arrays[where][7] = 100000
+    path = save(tmp_path, **arrays)
+    with pytest.raises(DataError) as info:
+        npz_file(path)
+    message = str(info.value)
+    for needle in [
+        path,
+        "100,001-class",
+        "99,990 classes have no example",
+        f"Outlying labels: 100000 (1 example, first {where}[7])",
+        "np.unique(y, return_inverse=True)",
+        "npz_file.num_classes = 100001",
+    ]:
+        assert needle in message, (needle, message)
+    # The documented way to keep empty classes on purpose.
+    assert npz_file(path, num_classes=100001).num_classes == 100001
+
+
+def test_npz_file_lists_the_outlying_labels_above_the_dense_ones(tmp_path):
+    y = digit_like_labels()
+    y[[3, 4, 9]] = [500, 70, 500]
+    with pytest.raises(DataError) as info:
+        npz_file(save(tmp_path, x=np.zeros((40, 2)), y=y))
+    assert "Outlying labels: 70 (1 example, first y[4]), 500 (2 examples, first y[3])" in str(
+        info.value
+    )
+
+
+def test_npz_file_accepts_a_few_empty_classes(tmp_path):
+    y = np.array([0, 1, 2, 4, 6] * 4)  # classes 3 and 5 have no example: legitimate
+    data = npz_file(save(tmp_path, x=np.zeros((20, 2)), y=y))
+    assert data.num_classes == 7
+
+
+@pytest.mark.parametrize("key", ["x", "x_eval"])
+def test_npz_file_refuses_values_that_overflow_float32(tmp_path, key):
+    arrays = {"x": np.ones((20, 3)), "y": np.arange(20) % 2}
+    arrays["x_eval"], arrays["y_eval"] = np.ones((6, 3)), np.arange(6) % 2
+    arrays[key][4, 2] = -1e39  # finite in float64, -inf in float32
+    path = save(tmp_path, **arrays)
+    with pytest.raises(DataError) as info:
+        npz_file(path)
+    message = str(info.value)
+    for needle in [
+        path,
+        f"{key!r}",
+        "beyond float32's range",
+        f"{key}[4, 2] = -1e+39 (float64)",
+        "standardize",
+    ]:
+        assert needle in message, (needle, message)
+
+
+def test_npz_file_warns_about_values_whose_float32_square_overflows(tmp_path):
+    x = np.ones((20, 3))
+    x[2, 1] = 1e20  # 1e40 squared: inf in float32
+    path = save(tmp_path, x=x, y=np.arange(20) % 2)
+    with pytest.warns(DataWarning, match=r"'x' .* square overflows .* x\[2, 1\] = 1e\+20"):
+        data = npz_file(path)
+    assert np.isfinite(data.x_train).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x[2, 1] = 1e18  # its square fits
+        npz_file(save(tmp_path, name="fine.npz", x=x, y=np.arange(20) % 2))
+
+
+def test_train_cli_refuses_a_typo_label_with_exit_2(tmp_path):
+    y = digit_like_labels(200)
+    y[17] = 100000
+    path = save(tmp_path, x=np.random.default_rng(0).normal(size=(200, 4)), y=y)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lrresearch",
+            "train",
+            "--gin_param=Trainer.dataset = @npz_file",
+            f"--gin_param=npz_file.path = '{path}'",
+            f"--logdir={tmp_path / 'runs'}",
+            "--quiet",
+        ],
+        cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Outlying labels: 100000 (1 example, first y[17])" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 # -- BatchSampler (the trainer's in-graph input pipeline) ----------------------------------------
