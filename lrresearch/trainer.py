@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import math
 import os
 import tempfile
@@ -23,10 +22,26 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import distribute, summaries
+from lrresearch import distribute, event_files, summaries
 from lrresearch.controllers import Controller, GradNormController
 from lrresearch.data import BatchSampler, DataError, Dataset, digits
 from lrresearch.models import mlp
+
+# RunDirExistsError and make_run_dir are also imported from here by other modules.
+from lrresearch.rundir import (
+    LOCK_FILE,
+    ResumeError,
+    RunDirExistsError,
+    RunLock,
+    binding_differences,
+    disk_full_message,
+    is_disk_full,
+    make_run_dir,
+    read_text,
+    recover_checkpoint,
+    run_path,
+    write_atomically,
+)
 from lrresearch.signals import MovingAverage
 from lrresearch.step import (
     all_reduce_sum,
@@ -56,12 +71,12 @@ def _silent(*args: object) -> None:
     del args
 
 
-class RunDirExistsError(FileExistsError):
-    """The run directory already exists; runs are never overwritten."""
-
-
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient norm became NaN/Inf during training."""
+
+
+class DiskFullError(RuntimeError):
+    """The disk of the run directory filled up; the run stays resumable."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -115,42 +130,6 @@ def make_optimizer(
     if not callable(optimizer):
         raise ValueError(f"Trainer.optimizer: expected a name or a class, got {optimizer!r}")
     return optimizer(learning_rate=initial_lr)
-
-
-def make_run_dir(logdir: str, run_name: str | None, default_prefix: str) -> str:
-    """Creates and returns `<logdir>/<run_name>`; never reuses an existing directory.
-
-    With no `run_name` the name is `<default_prefix>-<YYYYmmdd-HHMMSS>`, suffixed `-1`,
-    `-2`, ... if that exists already. An explicit `run_name` that exists is an error.
-    """
-    try:
-        os.makedirs(logdir, exist_ok=True)
-    except OSError as e:
-        raise OSError(f"cannot create logdir {logdir!r}: {e.strerror}; pass --logdir") from e
-    if not os.access(logdir, os.W_OK):
-        raise PermissionError(f"logdir {logdir!r} is not writable; pass another --logdir")
-    if run_name is not None:
-        if not run_name or os.sep in run_name or run_name in (".", ".."):
-            raise ValueError(f"run_name must be a plain directory name, got {run_name!r}")
-        path = os.path.join(logdir, run_name)
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            raise RunDirExistsError(
-                f"run directory {path!r} already exists and runs are never overwritten; "
-                "choose another --run_name, or leave it out for a fresh timestamped name"
-            ) from None
-        return path
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = os.path.join(logdir, f"{default_prefix}-{stamp}")
-    for i in range(1000):
-        path = base if i == 0 else f"{base}-{i}"
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
-    raise RunDirExistsError(f"could not find a free run directory name next to {base!r}")
 
 
 def _variable_names(variables: list[tf.Variable], model_name: str) -> list[str]:
@@ -526,18 +505,21 @@ class Trainer:
     ) -> TrainResult:
         """Trains `steps` batches into a new run directory under `logdir`.
 
-        Writes event files, `config.gin` (the operative gin config) and `checkpoints/`.
-        Raises `RunDirExistsError` rather than touching an existing run, and
-        `NonFiniteLossError` (after flushing summaries) if the loss becomes NaN/Inf.
-        With `resume` and an existing `<logdir>/<run_name>`, continues from its latest
-        checkpoint instead (model, optimizer, controller, moving averages, step, input
-        position); TensorBoard drops the points the interrupted run wrote after it.
+        Writes event files, `config.gin` (the operative gin config) and `checkpoints/`,
+        holding the run directory's lock (`rundir.RunLock`) throughout. Raises
+        `RunDirExistsError` rather than touching an existing run (`RunInUseError` if
+        another process writes it), `NonFiniteLossError` (after flushing summaries) if
+        the loss stays NaN/Inf, and `DiskFullError` if the disk fills up (the run stays
+        resumable). With `resume`, continues `<logdir>/<run_name>` from its newest
+        intact checkpoint (model, optimizer, controller, moving averages, step, input
+        position), first cutting from its event files whatever the interrupted process
+        logged after that checkpoint; a run with no checkpoint starts again from step 0,
+        and a run that does not exist is started.
         """
         self.build()
         prefix = type(self.controller).__name__.removesuffix("Controller") or "run"
         say = _silent if quiet else (lambda *a: print(*a, flush=True))
         config = operative_config()
-        resumed_from = None
         # Under MultiWorkerMirroredStrategy every worker runs this; only the chief owns
         # the run directory. The others write no summaries, and save their identical
         # checkpoints (TF asks every worker to take part in a save) to a temporary
@@ -549,27 +531,48 @@ class Trainer:
                 "a multi-worker run needs --run_name, so that every worker agrees on the "
                 "run directory (tools/launch_local_workers.py passes one)"
             )
-        if resume:
-            if run_name is None:
-                raise ValueError("resume needs the run's name (--run_name)")
-            run_dir = os.path.join(logdir, run_name)
-            if os.path.isdir(run_dir):
-                resumed_from = self._restore(run_dir, config, say if chief else _silent)
-            elif chief:
+        if resume and run_name is None:
+            raise ValueError("resume needs the run's name (--run_name)")
+        lock = None
+        if chief:
+            try:
                 run_dir = make_run_dir(logdir, run_name, prefix)
-        elif chief:
-            run_dir = make_run_dir(logdir, run_name, prefix)
+            except RunDirExistsError:
+                if not resume:
+                    raise
+                run_dir = run_path(logdir, run_name)
+            lock = RunLock(run_dir).acquire()
         else:
-            run_dir = os.path.join(logdir, run_name)
+            run_dir = run_path(logdir, run_name)
+        try:
+            resumed_from = self._resume(run_dir, config, say, chief) if resume else None
+            if resumed_from is None and chief:
+                write_atomically(os.path.join(run_dir, "config.gin"), config)
+            return self._train(run_dir, resumed_from, config, say, chief, worker)
+        except (tf.errors.OpError, OSError) as e:
+            if not is_disk_full(e):
+                raise
+            raise DiskFullError(disk_full_message(run_dir, e)) from None
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(
+        self,
+        run_dir: str,
+        resumed_from: int | None,
+        config: str,
+        say: Callable[..., None],
+        chief: bool,
+        worker: str | None,
+    ) -> TrainResult:
+        """The outer loop: compiled calls, eval, checkpoints, progress, Ctrl-C."""
         self.run_dir = run_dir
         say(
             f"run directory: {run_dir}"
             + (f" (resumed at step {resumed_from})" if resumed_from is not None else "")
             + (f" ({worker}: no summaries; checkpoints written and deleted)" if not chief else "")
         )
-        if resumed_from is None and chief:
-            with open(os.path.join(run_dir, "config.gin"), "w") as f:
-                f.write(config)
         if chief:
             manager = tf.train.CheckpointManager(
                 self.checkpoint,
@@ -602,6 +605,7 @@ class Trainer:
         # Ctrl-C / SIGTERM stop the run between compiled calls (every worker at the
         # same step), never inside TensorFlow's Python code.
         stop = distribute.StopOnSignal(self.strategy if worker else None)
+        finished = False
         try:
             with writer.as_default(), stop:
                 if chief and resumed_from is None:
@@ -646,6 +650,7 @@ class Trainer:
                             f"ETA {(self.steps - done) / rate:.0f}s"
                         )
             save(done)
+            finished = True
         except KeyboardInterrupt:
             # `StopRequested` comes between compiled calls, where the step variable matches
             # the weights (a second Ctrl-C, a plain KeyboardInterrupt, may come anywhere).
@@ -658,8 +663,11 @@ class Trainer:
                 f"{os.path.basename(run_dir)}"
             ) from None
         finally:
-            writer.flush()
-            writer.close()
+            # When something already failed (a full disk, say), a failing flush must not
+            # hide it; after a clean finish, a failing flush is the error.
+            with contextlib.nullcontext() if finished else contextlib.suppress(tf.errors.OpError):
+                writer.flush()
+                writer.close()
         return TrainResult(
             run_dir,
             done,
@@ -685,28 +693,78 @@ class Trainer:
             return (done - first_done) / (elapsed - first_seconds)
         return max(done - began, 1) / elapsed
 
-    def _restore(self, run_dir: str, config: str, say: Callable[..., None]) -> int:
-        """Restores the latest checkpoint of `run_dir`; returns its step."""
-        latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-        if latest is None:
-            raise RunDirExistsError(
-                f"cannot resume {run_dir!r}: it has no checkpoint (checkpoints/ is empty "
-                "or missing); start a new run with another --run_name"
+    def _resume(
+        self, run_dir: str, config: str, say: Callable[..., None], chief: bool
+    ) -> int | None:
+        """Restores `run_dir`'s newest intact checkpoint; returns its step, or None when
+        the run starts (again) from step 0. The chief also repairs the run directory:
+        interrupted saves and damaged checkpoints are set aside, and the event files
+        lose what the interrupted process logged after the checkpoint."""
+        say = say if chief else _silent
+        saved_path = os.path.join(run_dir, "config.gin")
+        saved = read_text(saved_path)
+        others = set(os.listdir(run_dir)) - {LOCK_FILE, "checkpoints"}
+        if saved is None and others:
+            raise ResumeError(
+                f"cannot resume {run_dir!r}: it is not an lrresearch run (no config.gin, "
+                f"but {len(others)} other entries); pick the run's own --run_name and "
+                "--logdir"
             )
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        self.sampler.restore_order()
-        step = int(self.step.numpy())
-        saved = os.path.join(run_dir, "config.gin")
-        if os.path.exists(saved):
-            with open(saved) as f:
-                before = set(f.read().splitlines())
-            changed = sorted(set(config.splitlines()) - before)
-            if changed:
+        recovery = recover_checkpoint(os.path.join(run_dir, "checkpoints"), repair=chief)
+        for note in recovery.notes:
+            say(f"resume: {note}")
+        if recovery.path is not None:
+            self._restore(recovery.path, run_dir, saved, config)
+        step = recovery.step
+        if chief:
+            trimmed = event_files.drop_steps_from(run_dir, step)
+            for damage in trimmed.damage:
+                say(f"resume: cut a damaged event file: {damage}")
+            if trimmed.dropped_events and recovery.path is not None:
                 say(
-                    "warning: resuming with bindings that differ from the run's config.gin: "
-                    + "; ".join(line for line in changed if "=" in line)
+                    f"resume: dropped {trimmed.dropped_events} events logged after step "
+                    f"{step} by the interrupted process"
                 )
+        if recovery.path is None:
+            if saved is not None:
+                say(
+                    f"resume: {run_dir} has no checkpoint (it stopped before its first): "
+                    "starting it from step 0"
+                )
+            return None
+        differences = binding_differences(saved or "", config) if saved is not None else []
+        if differences:
+            say(
+                "warning: resuming with bindings that differ from the run's config.gin:\n  "
+                + "\n  ".join(differences)
+            )
         return step
+
+    def _restore(self, path: str, run_dir: str, saved: str | None, config: str) -> None:
+        """Restores the checkpoint at `path`; a checkpoint that does not fit this
+        configuration is a `ResumeError` naming the bindings that differ."""
+        try:
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            lines = (str(e).strip() or type(e).__name__).splitlines()
+            reason = lines[0][:200] + (" ..." if len(lines) > 1 or len(lines[0]) > 200 else "")
+            differences = binding_differences(saved, config) if saved is not None else []
+            name, logdir = os.path.basename(run_dir), os.path.dirname(run_dir) or "."
+            raise ResumeError(
+                f"cannot resume {run_dir!r} from {os.path.basename(path)}: the checkpoint "
+                f"does not fit this configuration ({type(e).__name__}: {reason})\n"
+                + (
+                    "bindings that differ from the run's config.gin (run -> now):\n  "
+                    + "\n  ".join(differences)
+                    + "\n"
+                    if differences
+                    else ""
+                )
+                + "resume with the run's own configuration: lrresearch train "
+                f"--gin_file={os.path.join(run_dir, 'config.gin')} --resume "
+                f"--run_name {name} --logdir {logdir}"
+            ) from None
+        self.sampler.restore_order()
 
     def hparams(self) -> dict[str, bool | int | float | str]:
         """The run's hyperparameters for TensorBoard's HParams dashboard: the controller
