@@ -177,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--target_accuracy", type=float, default=0.95)
     comp.add_argument("--target_loss", type=float, default=0.2)
     comp.add_argument("--change_pct", type=float, default=10.0)
+    comp.add_argument(
+        "--allow_damaged",
+        action="store_true",
+        help="compare runs with truncated or damaged event files up to the damage "
+        "(marked 'damaged'); without it they are an error (exit 2)",
+    )
     return parser
 
 
@@ -345,7 +351,11 @@ def sweep(args: argparse.Namespace) -> int:
         print(sweeps.report(e.points), flush=True)
         return _fail(str(e), code=130)
     except KeyboardInterrupt:
-        return _fail("interrupted before the sweep started; nothing was written", code=130)
+        return _fail(
+            "interrupted before the sweep started, or at once by a second Ctrl-C "
+            "(runs already written are kept)",
+            code=130,
+        )
     print(sweeps.report(points))
     failed = [p for p in points if not p.result]
     print(
@@ -362,9 +372,14 @@ def compare(args: argparse.Namespace) -> int:
     out = args.out or args.paths[0]
     try:
         markdown, _ = comparing.compare(
-            args.paths, out, args.target_accuracy, args.target_loss, args.change_pct
+            args.paths,
+            out,
+            args.target_accuracy,
+            args.target_loss,
+            args.change_pct,
+            allow_damaged=args.allow_damaged,
         )
-    except (FileNotFoundError, FileExistsError, KeyError) as e:
+    except (FileNotFoundError, FileExistsError, KeyError, comparing.DamagedRunError) as e:
         return _fail(str(e))
     print(markdown)
     print(f"wrote compare.md, compare.csv and compare.png to {out}", flush=True)

@@ -143,9 +143,11 @@ def _write_manifest(sweep_dir: str, gin_files, gin_params, sweeps, points: list[
     os.replace(path + ".tmp", path)
 
 
-def _run_point(point: Point, gin_files, gin_params, sweep_dir: str, stop) -> Trainer | None:
-    """Trains one point; records failures. Returns the trainer if it started training.
-    Raises TrainingInterrupted (checkpoint saved) or KeyboardInterrupt."""
+def _run_point(
+    point: Point, gin_files, gin_params, sweep_dir: str, stop
+) -> tuple[Trainer | None, bool]:
+    """Trains one point and records its status. Returns its trainer (None if it was
+    not built) and whether Ctrl-C or SIGTERM asked the sweep to stop."""
     trainer = None
     try:
         config.parse(
@@ -155,16 +157,16 @@ def _run_point(point: Point, gin_files, gin_params, sweep_dir: str, stop) -> Tra
         trainer = Trainer()
         trainer.build()
         if stop.requested:  # Ctrl-C while this point was being set up: do not start it
-            raise KeyboardInterrupt
+            return trainer, True
         point.result = trainer.fit(logdir=sweep_dir, run_name=point.run_name, quiet=True)
         point.status = "ok"
-    except TrainingInterrupted:
+    except TrainingInterrupted:  # stopped between compiled calls, checkpoint saved
         point.status, point.stopped_at = "interrupted", int(trainer.step.numpy())
-        raise
-    except KeyboardInterrupt:
+        return trainer, True
+    except KeyboardInterrupt:  # a second Ctrl-C, anywhere
         if os.path.isdir(os.path.join(sweep_dir, point.run_name)):
             point.status = "interrupted"
-        raise
+        return trainer, True
     except Exception as e:  # a failed point must not end the sweep
         point.status = "failed"
         point.error = f"{type(e).__name__}: {e}".strip().splitlines()[0]
@@ -172,7 +174,7 @@ def _run_point(point: Point, gin_files, gin_params, sweep_dir: str, stop) -> Tra
             point.error = message.splitlines()[0]
     finally:
         gin.clear_config()
-    return trainer
+    return trainer, stop.requested
 
 
 def run_sweep(
@@ -215,18 +217,11 @@ def run_sweep(
     # handler stops it after the current compiled call, with its checkpoint saved.
     with distribute.StopOnSignal() as stop:
         for point in points:
-            if stop.requested:
-                interrupted = True
-                break
             elapsed = time.perf_counter() - start
             left = len(points) - point.index
             eta = f"  ETA {elapsed / point.index * left:.0f}s" if point.index else ""
             progress(f"sweep: run {point.index + 1}/{len(points)} {point.run_name}{eta}")
-            trainer = None
-            try:
-                trainer = _run_point(point, gin_files, gin_params, sweep_dir, stop)
-            except KeyboardInterrupt:
-                interrupted = True
+            trainer, interrupted = _run_point(point, gin_files, gin_params, sweep_dir, stop)
             if trainer is not None and point.status in ("ok", "interrupted"):
                 for key, value in trainer.hparams().items():
                     hparam_values.setdefault(key, []).append(value)
@@ -234,8 +229,7 @@ def run_sweep(
                 progress(f"  {point.result.summary_line()}")
             elif point.status == "failed":
                 progress(f"  FAILED: {point.error}")
-            if interrupted or stop.requested:
-                interrupted = True
+            if interrupted:
                 break
     _finish(sweep_dir, hparam_values)
     _write_manifest(sweep_dir, gin_files, gin_params, sweeps, points)

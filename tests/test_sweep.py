@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
 
+import gin
 import pytest
+import tensorflow as tf
+from conftest import REPO, Events, default_ctrl_c
 
 from lrresearch import cli
 from lrresearch.sweep import parse_sweep, split_values
@@ -69,3 +78,68 @@ def test_sweep_rejects_a_bad_binding_before_running_anything(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "seeed" in err and "seed" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def hparams_experiment(sweep_dir) -> dict[str, list]:
+    """The HParams experiment of a sweep root: `{hparam: [discrete values]}`."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = Events(sweep_dir)
+    content = events.acc.SummaryMetadata("_hparams_/experiment").plugin_data.content
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    return {
+        info.name: [v.number_value or v.string_value for v in info.domain_discrete.values]
+        for info in experiment.hparam_infos
+    }
+
+
+def test_ctrl_c_stops_a_sweep_after_the_current_run_and_says_how_to_continue(tmp_path, capsys):
+    sweep_dir = tmp_path / "s"
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-u", "-m", "lrresearch", "sweep", f"--logdir={tmp_path}"),
+            *("--sweep_name=s", "--gin_param=Trainer.steps = 1000000"),
+            *("--gin_param=Trainer.steps_per_loop = 10", "--gin_param=mlp.hidden = (8,)"),
+            "--sweep=Trainer.seed=[3, 4, 5]",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_ctrl_c,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not list((sweep_dir / "000-seed=3").glob("events.out.tfevents.*")):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.1)
+        time.sleep(1.0)  # training, with the trainer's stop handler installed
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.count("lrresearch: error:") == 1, err
+    message = err[err.index("lrresearch: error:") :]
+    assert message.startswith("lrresearch: error: sweep interrupted: 0 of 3 runs finished")
+    assert "not run: 001-seed=4, 002-seed=5" in message
+    assert "| 000-seed=3 | | | | interrupted |" in out
+    # The interrupted run saved its checkpoint; the others never started.
+    at = int(re.search(r"000-seed=3 stopped at step (\d+), checkpoint saved", message)[1])
+    assert tf.train.latest_checkpoint(str(sweep_dir / "000-seed=3" / "checkpoints")).endswith(
+        f"-{at}"
+    )
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["000-seed=3"]
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [p["status"] for p in manifest["points"]] == ["interrupted", "not run", "not run"]
+    assert hparams_experiment(sweep_dir)["seed"] == [3]  # TensorBoard lists the run started
+    # The advised command continues the run (cut short here by a lower Trainer.steps).
+    command = shlex.split(message.split("continue it with:\n")[1].splitlines()[0])
+    assert command[:3] == ["lrresearch", "train", "--resume"]
+    gin.clear_config()
+    try:
+        code = cli.main([*command[1:], f"--gin_param=Trainer.steps = {at + 10}", "--quiet"])
+    finally:
+        gin.clear_config()
+    assert code == 0, capsys.readouterr().err
+    assert len(Events(sweep_dir / "000-seed=3").scalar("lr")) == at + 10
