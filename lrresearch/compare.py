@@ -1,5 +1,12 @@
 """Compare runs: a table of outcomes and plots of LR, smoothed loss and gradient norm,
-read from the event files with TensorBoard's own loader."""
+read from the event files with TensorBoard's own loader.
+
+TensorBoard's loader stops quietly at the first bad record of an event file, so a
+truncated or bit-flipped file looks like a shorter run. Every event file's records are
+checked first (`lrresearch.event_files.read_records`: framing and both checksums); a
+damaged file is an error naming it, the byte offset, the record, what was read and the
+fix, unless `allow_damaged`, which compares what can be read and marks the run.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,20 @@ import csv
 import dataclasses
 import glob
 import os
+import re
+import struct
 from collections.abc import Sequence
 
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+from lrresearch import event_files
+
+
+class DamagedRunError(ValueError):
+    """Event files that TensorBoard's loader would read only in part."""
 
 
 @dataclasses.dataclass
@@ -38,6 +55,126 @@ def find_runs(paths: Sequence[str]) -> list[str]:
             raise FileNotFoundError(f"compare: no runs with an `lr` series under {path!r}")
         runs += [r for r in found if r not in runs]
     return runs
+
+
+@dataclasses.dataclass(frozen=True)
+class FileDamage:
+    """An event file that stops being readable before its end.
+
+    Attributes:
+      damage: where (`event_files.Damage`: path, byte offset, file size, intact records,
+        step of the last intact record).
+      truncated: the file ends inside the record at the offset (a process killed while
+        writing); False: that record fails a checksum (bytes changed on disk).
+      lr_steps: the `lr` steps in the intact records (what the loader reads).
+      steps_wanted: `Trainer.steps` from the run's `config.gin`, if found.
+    """
+
+    damage: event_files.Damage
+    truncated: bool
+    lr_steps: tuple[int, ...]
+    steps_wanted: int | None
+
+    @property
+    def run(self) -> str:
+        return os.path.normpath(os.path.dirname(self.damage.path))
+
+    def short(self) -> str:
+        """`truncated at byte N of events.out...` (the csv's `damaged` column)."""
+        kind = "truncated" if self.truncated else "bad checksum"
+        name = os.path.basename(self.damage.path)
+        return f"{kind} at byte {self.damage.offset} of {name}"
+
+    def describe(self) -> str:
+        """What is wrong, where, what was read, and the fix (a few lines)."""
+        d = self.damage
+        where = f"{d.path}\n    "
+        if self.truncated:
+            where += (
+                f"truncated at byte {d.offset:,} of {d.file_size:,}: the file ends inside "
+                f"record {d.records_read + 1:,} (the last one, cut short)"
+            )
+        else:
+            where += (
+                f"damaged at byte {d.offset:,} of {d.file_size:,}: record "
+                f"{d.records_read + 1:,} fails its checksum (bytes changed on disk or in a "
+                f"copy); the {d.file_size - d.offset:,} bytes from there are not read"
+            )
+        last = self.lr_steps[-1] if self.lr_steps else None
+        read = (
+            f"\n    read: {d.records_read:,} intact records; `lr` at "
+            + (f"{len(self.lr_steps):,} steps, the last {last}" if self.lr_steps else "no step")
+            + (
+                f" (the run's config.gin asks for Trainer.steps = {self.steps_wanted})"
+                if self.steps_wanted is not None
+                else ""
+            )
+        )
+        logdir, name = os.path.split(os.path.normpath(self.run))
+        fix = (
+            "\n    fix: the run was probably killed while writing: `lrresearch train "
+            f"--resume --logdir={logdir or '.'} --run_name={name}` (with the run's gin "
+            "flags) drops the cut record and continues; if the run had finished, the file "
+            "was cut short afterwards (a copy, a full disk): restore it from a copy"
+            if self.truncated
+            else "\n    fix: restore the file from a copy or train the run again"
+        )
+        return where + read + fix
+
+
+def find_damage(paths: Sequence[str]) -> list[FileDamage]:
+    """Every damaged event file of the runs at or directly below `paths`."""
+    found = []
+    for path in paths:
+        for run in [path, *sorted(glob.glob(os.path.join(path, "*")))]:
+            if not os.path.isdir(run):
+                continue
+            for file in event_files.event_files(run):
+                records, damage = event_files.read_records(file)
+                if damage is not None:
+                    lr_steps = tuple(
+                        event.step
+                        for event in (event_pb2.Event.FromString(data) for _, data in records)
+                        if any(v.tag == "lr" for v in event.summary.value)
+                    )
+                    truncated = _ends_inside_record(file, damage.offset, damage.file_size)
+                    found.append(FileDamage(damage, truncated, lr_steps, _steps_wanted(run)))
+    return found
+
+
+def _ends_inside_record(path: str, offset: int, size: int) -> bool:
+    """True if the file ends inside the record at `offset`: its header is cut, or its
+    length passes the length checksum and runs past the end. A flipped bit in a length
+    would also run past the end; the checksum tells that apart as damage."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        header = f.read(12)
+    if len(header) < 12:
+        return True
+    (length,), (crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
+    if masked_crc32c(header[:8]) != crc:
+        return False
+    return size - offset < event_files.FRAMING_BYTES + length
+
+
+def _steps_wanted(run: str) -> int | None:
+    try:
+        with open(os.path.join(run, "config.gin")) as f:
+            match = re.search(r"^Trainer\.steps\s*=\s*(\d+)\s*$", f.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def damage_report(damaged: Sequence[FileDamage]) -> str:
+    """The error `compare` gives for damaged event files (one screen for a few)."""
+    return (
+        f"compare: {len(damaged)} damaged event file(s). TensorBoard's loader stops quietly "
+        "at the first bad record, so these runs would look shorter than they are:\n  "
+        + "\n  ".join(d.describe() for d in damaged)
+        + "\nPass --allow_damaged to compare what can be read (the runs are marked "
+        "'damaged' in compare.md and compare.csv)."
+    )
 
 
 def _has_scalar(run: str, tag: str) -> bool:
@@ -88,6 +225,8 @@ class RunSummary:
     mean_lr: float
     lr_changes_over_pct: int
     ms_per_step: float
+    # Empty, or where the run's event files stop being readable (`FileDamage.short`).
+    damaged: str = ""
 
 
 def summarize(
@@ -144,7 +283,9 @@ def table(
     )
     lines = [head, "|---|" + "---:|" * 10]
     for r in rows:
-        lines.append("| " + " | ".join(fmt(v) for v in dataclasses.astuple(r)) + " |")
+        run, *values, damaged = dataclasses.astuple(r)
+        cells = [f"{run} (damaged)" if damaged else run, *map(fmt, values)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -189,9 +330,20 @@ def compare(
     target_accuracy: float = 0.95,
     target_loss: float = 0.2,
     change_pct: float = 10.0,
+    allow_damaged: bool = False,
 ) -> tuple[str, list[RunSummary]]:
     """Writes `compare.md`, `compare.csv` and `compare.png` into `out_dir` (created if
-    needed; existing files of those names are an error). Returns the markdown."""
+    needed; existing files of those names are an error). Returns the markdown.
+
+    Raises `DamagedRunError` if an event file is truncated or fails a checksum, unless
+    `allow_damaged`: then the runs are compared up to the damage, marked in the table
+    and the csv's `damaged` column, and the damage is listed below the table."""
+    for path in paths:
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"compare: no such directory {path!r}")
+    damaged = find_damage(paths)
+    if damaged and not allow_damaged:
+        raise DamagedRunError(damage_report(damaged))
     runs = find_runs(paths)
     os.makedirs(out_dir, exist_ok=True)
     names = [os.path.join(out_dir, f"compare.{ext}") for ext in ("md", "csv", "png")]
@@ -205,7 +357,13 @@ def compare(
         summarize(r, d, target_accuracy, target_loss, change_pct)
         for r, d in zip(runs, data, strict=True)
     ]
+    for row, run in zip(rows, runs, strict=True):
+        row.damaged = "; ".join(d.short() for d in damaged if d.run == os.path.normpath(run))
     markdown = table(rows, target_accuracy, target_loss, change_pct)
+    if damaged:
+        markdown += "\n\nDamaged event files (compared up to the damage):\n\n" + "\n".join(
+            f"- {d.describe()}" for d in damaged
+        )
     with open(names[0], "w") as f:
         f.write(markdown + "\n")
     with open(names[1], "w", newline="") as f:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import os
+import pathlib
+import shutil
 
 import gin
 import numpy as np
 import pytest
 from conftest import Events
 
-from lrresearch import cli, config
+from lrresearch import cli, config, event_files
 from lrresearch.compare import smooth
 from lrresearch.trainer import Trainer
 
@@ -69,6 +72,66 @@ def test_compare_table_matches_the_events(two_runs, tmp_path, capsys):
     # Never overwrites its own outputs.
     assert cli.main(["compare", str(logdir), f"--out={tmp_path}"]) == 2
     assert "never overwritten" in capsys.readouterr().err
+
+
+def damage(run: str, dest: pathlib.Path, kind: str) -> tuple[str, int, int]:
+    """Copies `run` to `dest` and damages its event file: cut inside the middle record
+    or the last one, or one byte flipped in the middle record's data or length field.
+    Returns (event file, byte offset of the bad record, intact records before it)."""
+    shutil.copytree(run, dest)
+    (path,) = event_files.event_files(str(dest))
+    records, _ = event_files.read_records(path)
+    middle = len(records) // 2
+    offset, data = records[-1] if kind == "last" else records[middle]
+    if kind in ("middle", "last"):
+        os.truncate(path, offset + 16 + len(data) // 2)
+    else:
+        content = bytearray(pathlib.Path(path).read_bytes())
+        content[offset + (16 + len(data) // 2 if kind == "flip" else 2)] ^= 0x40
+        pathlib.Path(path).write_bytes(bytes(content))
+    return path, offset, len(records) - 1 if kind == "last" else middle
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("middle", ["truncated at byte", "killed while writing", "--resume", "restore it"]),
+        ("last", ["truncated at byte", "killed while writing", "`lr` at 60 steps, the last 59"]),
+        ("flip", ["fails its checksum", "bytes changed", "`lr` at 30 steps, the last 29"]),
+        ("flip-length", ["fails its checksum", "`lr` at 30 steps, the last 29"]),
+    ],
+)
+def test_compare_refuses_a_damaged_event_file_and_says_where(
+    two_runs, tmp_path, capsys, kind, says
+):
+    _, runs = two_runs
+    path, offset, intact = damage(runs[0], tmp_path / "runs" / "damaged", kind)
+    shutil.copytree(runs[1], tmp_path / "runs" / "clean")
+    assert cli.main(["compare", str(tmp_path / "runs"), f"--out={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    for needle in [
+        path,
+        f"at byte {offset:,} of {os.path.getsize(path):,}",
+        f"record {intact + 1:,}",
+        f"read: {intact:,} intact records",
+        "Trainer.steps = 60",
+        "--allow_damaged",
+        *says,
+    ]:
+        assert needle in err, (needle, err)
+    assert "clean" not in err
+    assert not (tmp_path / "out").exists()  # nothing written from a partial read
+
+    # Compared up to the damage when asked, and marked.
+    out = tmp_path / "allowed"
+    assert cli.main(["compare", str(tmp_path / "runs"), f"--out={out}", "--allow_damaged"]) == 0
+    with open(out / "compare.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert rows["clean"]["damaged"] == "" and int(rows["clean"]["steps"]) == 60
+    assert str(offset) in rows["damaged"]["damaged"]
+    assert int(rows["damaged"]["steps"]) == (60 if kind == "last" else 30)
+    markdown = (out / "compare.md").read_text()
+    assert "| damaged (damaged) |" in markdown and path in markdown
 
 
 def test_compare_rejects_a_folder_without_runs(tmp_path, capsys):
