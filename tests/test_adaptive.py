@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gin
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,11 +11,16 @@ from conftest import Events
 
 from lrresearch import config
 from lrresearch.controllers import (
+    Chain,
+    ConstantController,
     HypergradientController,
     PlateauController,
     PolyakController,
+    Warmup,
 )
-from lrresearch.signals import make_signals
+from lrresearch.optimizers import MomentumSGD
+from lrresearch.signals import MovingAverage, make_signals
+from lrresearch.step import batch_signals, set_lr
 from lrresearch.trainer import Trainer
 
 
@@ -96,6 +102,196 @@ def test_hypergradient_runs_in_the_trainer_and_logs_its_signal(tmp_path):
     # lr_t = lr_{t-1} - beta * hypergradient_t from the second batch on.
     np.testing.assert_allclose(lr[1:], lr[:-1] - 1e-3 * hyper[1:], rtol=1e-4)
     assert np.ptp(lr) > 1e-4
+
+
+def regression_batches(steps, batch=16, dim=5, seed=1):
+    """Linear-regression minibatches (x, y), float32, one per step."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(steps, batch, dim)).astype(np.float32)
+    true_w = rng.normal(size=dim)
+    y = (x @ true_w + 0.5 + 0.1 * rng.normal(size=(steps, batch))).astype(np.float32)
+    return x, y
+
+
+def regression_grad(w, b, x, y):
+    """Gradient of mean((x w + b - y)^2) / 2, as one flat vector [dw, db]."""
+    residual = x @ w + b - y
+    return np.concatenate([x.T @ residual / len(y), [residual.mean()]])
+
+
+def sgdhd_reference(x, y, w0, lr0, beta, momentum, nesterov):
+    """The authors' SGDHD step (gbaydin/hypergradient-descent, hypergrad/sgd_hd.py),
+    re-written in numpy float64 on the flat parameter vector [w, b]:
+    h = g . grad_prev; lr += beta * h; buf = mu * buf + g (buf_1 = g);
+    d = g + mu * buf (nesterov) or buf; grad_prev = d; p -= lr * d."""
+    params, lr = np.concatenate([w0, [0.0]]).astype(np.float64), lr0
+    grad_prev, buf = np.zeros_like(params), None
+    lrs, weights = [], []
+    for xb, yb in zip(x.astype(np.float64), y.astype(np.float64), strict=True):
+        g = regression_grad(params[:-1], params[-1], xb, yb)
+        lr = lr + beta * g @ grad_prev
+        direction = g
+        if momentum:
+            buf = g.copy() if buf is None else momentum * buf + g
+            direction = g + momentum * buf if nesterov else buf
+        grad_prev = direction
+        params = params - lr * direction
+        lrs.append(lr)
+        weights.append(params)
+    return np.array(lrs), np.array(weights)
+
+
+def controlled_regression(x, y, w0, controller, optimizer):
+    """The trainer's per-batch path (batch_signals -> set_lr -> optimizer.apply) on the
+    same regression, compiled; returns (lrs, flat weights after each batch)."""
+    w = tf.Variable(w0.astype(np.float32), name="w")
+    b = tf.Variable(0.0, name="b")
+    variables = [w, b]
+    optimizer.build(variables)
+    controller.build(variables)
+    ma_short, ma_long = MovingAverage(10), MovingAverage(100)
+
+    @tf.function
+    def step(t, xb, yb):
+        with tf.GradientTape() as tape:
+            loss = 0.5 * tf.reduce_mean(tf.square(tf.linalg.matvec(xb, w) + b - yb))
+        grads = tape.gradient(loss, variables)
+        lr_variable = optimizer.learning_rate
+        signals = batch_signals(t, loss, grads, variables, ma_short, ma_long, lr_variable)
+        lr, _, _ = set_lr(controller, signals, lr_variable)
+        optimizer.apply(grads, variables)
+        return lr, tf.concat([w, b[None]], 0)
+
+    batches = enumerate(zip(x, y, strict=True))
+    out = [step(tf.constant(t, tf.int64), xb, yb) for t, (xb, yb) in batches]
+    assert step.experimental_get_tracing_count() == 1
+    return np.array([lr for lr, _ in out]), np.array([p for _, p in out])
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_hypergradient_with_momentum_sgd_matches_the_authors_sgdhd(nesterov):
+    steps, beta = 300, 0.002
+    x, y = regression_batches(steps)
+    w0 = np.random.default_rng(2).normal(size=x.shape[-1])
+    expected_lrs, expected_weights = sgdhd_reference(x, y, w0, 0.01, beta, 0.9, nesterov)
+    controller = HypergradientController(initial_lr=0.01, hyper_lr=beta, max_lr=10.0)
+    optimizer = MomentumSGD(learning_rate=0.01, momentum=0.9, nesterov=nesterov)
+    controller.check_optimizer(optimizer)  # accepted
+    lrs, weights = controlled_regression(x, y, w0, controller, optimizer)
+    assert lrs[0] == np.float32(0.01)  # no previous step yet
+    np.testing.assert_allclose(lrs, expected_lrs, rtol=1e-5)
+    np.testing.assert_allclose(weights, expected_weights, rtol=1e-5, atol=1e-6)
+    assert lrs.max() > 1.5 * lrs[0]  # the LR really moved, so momentum's form matters
+
+
+def test_keras_momentum_sgd_differs_from_sgdhd_and_is_refused():
+    steps, beta = 300, 0.002
+    x, y = regression_batches(steps)
+    w0 = np.random.default_rng(2).normal(size=x.shape[-1])
+    expected_lrs, _ = sgdhd_reference(x, y, w0, 0.01, beta, 0.9, False)
+    controller = HypergradientController(initial_lr=0.01, hyper_lr=beta, max_lr=10.0)
+    keras_momentum = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+    # What the refusal prevents: the direction read off Keras's weights is not SGDHD's.
+    lrs, _ = controlled_regression(x, y, w0, controller, keras_momentum)
+    assert np.max(np.abs(lrs - expected_lrs) / expected_lrs) > 0.05
+    with pytest.raises(ValueError, match=r"Trainer.optimizer must not be Keras's SGD") as error:
+        HypergradientController().check_optimizer(keras_momentum)
+    assert "@MomentumSGD" in str(error.value) and "m = mu*m - lr*g" in str(error.value)
+    nesterov = keras.optimizers.SGD(momentum=0.5, nesterov=True)
+    with pytest.raises(ValueError, match=r"MomentumSGD.nesterov = True"):
+        HypergradientController().check_optimizer(nesterov)
+    with pytest.raises(ValueError, match=r"Keras's RMSprop"):
+        HypergradientController().check_optimizer(keras.optimizers.RMSprop(momentum=0.9))
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        keras.optimizers.SGD(),
+        keras.optimizers.Adam(),
+        keras.optimizers.RMSprop(),
+        MomentumSGD(momentum=0.9, nesterov=True),
+    ],
+    ids=lambda o: type(o).__name__,
+)
+def test_hypergradient_accepts_optimizers_it_follows_exactly(optimizer):
+    HypergradientController().check_optimizer(optimizer)
+
+
+def test_composites_forward_check_optimizer_to_their_parts():
+    momentum = keras.optimizers.SGD(momentum=0.9)
+    chain = Chain([ConstantController(0.01), Warmup(HypergradientController())], [10])
+    with pytest.raises(ValueError, match="HypergradientController"):
+        chain.check_optimizer(momentum)
+    Chain([ConstantController(0.01), ConstantController(0.1)], [10]).check_optimizer(momentum)
+
+
+def test_momentum_sgd_trains_from_gin_and_checkpoints_its_buffers(tmp_path):
+    config.parse(
+        [],
+        [
+            "Trainer.controller = @HypergradientController()",
+            "HypergradientController.initial_lr = 0.02",
+            "HypergradientController.hyper_lr = 1e-3",
+            "Trainer.optimizer = @MomentumSGD",
+            "MomentumSGD.momentum = 0.8",
+            "MomentumSGD.nesterov = True",
+            "Trainer.steps = 40",
+            "Trainer.steps_per_loop = 20",
+            "Trainer.histogram_every = 0",
+            "Trainer.eval_every = 0",
+            "mlp.hidden = (8,)",
+        ],
+    )
+    try:
+        trainer = Trainer()
+        trainer.fit(logdir=str(tmp_path), quiet=True)
+    finally:
+        gin.clear_config()
+    assert isinstance(trainer.optimizer, MomentumSGD) and trainer.optimizer.nesterov
+    buffers = trainer.optimizer.momentum_buffers
+    assert len(buffers) == len(trainer.variables)
+    saved = [b.numpy().copy() for b in buffers]
+    assert max(np.abs(s).max() for s in saved) > 0
+    path = trainer.checkpoint.save(str(tmp_path / "again" / "ckpt"))
+    for b in buffers:
+        b.assign(tf.zeros_like(b))
+    trainer.checkpoint.restore(path).assert_existing_objects_matched()
+    for b, s in zip(buffers, saved, strict=True):
+        np.testing.assert_array_equal(b.numpy(), s)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"momentum": 1.5}, "MomentumSGD.momentum must be in"),
+        ({"momentum": "0.9"}, "MomentumSGD.momentum must be a finite number"),
+        ({"momentum": 0.0, "nesterov": True}, "MomentumSGD.nesterov must be False"),
+        ({"weight_decay": -1e-4}, "MomentumSGD.weight_decay must be >= 0"),
+    ],
+)
+def test_momentum_sgd_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MomentumSGD(**kwargs)
+
+
+def test_momentum_sgd_is_pytorch_sgd_with_weight_decay():
+    """torch.optim.SGD(momentum, weight_decay) with a changing LR, in numpy."""
+    w = tf.Variable([1.0, -2.0, 0.5])
+    optimizer = MomentumSGD(learning_rate=0.1, momentum=0.9, weight_decay=0.01)
+    optimizer.build([w])
+    expected, buf = np.array([1.0, -2.0, 0.5]), None
+    for t in range(20):
+        grad = np.array([1.0 + t, -0.5, 0.25 * t], np.float32)
+        lr = np.float32(0.1 / (1 + t))
+        optimizer.learning_rate.assign(lr)
+        optimizer.apply([tf.constant(grad)], [w])
+        g = grad + 0.01 * expected
+        buf = g if buf is None else 0.9 * buf + g
+        expected = expected - lr * buf
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-5)
+    restored = MomentumSGD.from_config(optimizer.get_config())
+    assert (restored.momentum, restored.nesterov, restored.l2_weight_decay) == (0.9, False, 0.01)
 
 
 def test_polyak_step_size():

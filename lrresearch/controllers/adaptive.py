@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import gin
+import keras
 import tensorflow as tf
 
 from lrresearch.controllers.base import (
@@ -28,6 +29,11 @@ class PolyakController(Controller):
     A zero gradient gives `max_lr` (the bound, as the paper's `gamma_b`); a NaN/Inf loss
     gives a non-finite LR, which the trainer's guard rejects (the previous LR is kept).
 
+    A batch loss at or below `f_star` gives LR 0: the weights do not move. The
+    controller counts such batches in a row (`zero_lr_streak`, checkpointed), and
+    `state_warnings` reports a streak of `ZERO_LR_STREAK` (50) batches or more: with
+    `f_star` above the loss the whole run would otherwise train nothing and exit 0.
+
     Args:
       c: the paper's `c` (0.5 is its theory-backed default for convex problems).
       f_star: a lower bound of the per-batch loss (0 for cross-entropy).
@@ -46,11 +52,33 @@ class PolyakController(Controller):
         check_number("PolyakController", "f_star", f_star)
         self.c, self.f_star, self.max_lr = float(c), float(f_star), float(max_lr)
         self.initial_lr = self.max_lr
+        # Batches in a row (and in all) whose loss was <= f_star, so their LR was 0.
+        self.zero_lr_streak = tf.Variable(0, dtype=tf.int64, trainable=False, name="zero_lr_streak")
+        self.zero_lr_batches = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="zero_lr_batches"
+        )
+
+    # A streak this long (batches) is a configuration error, not a lucky batch.
+    ZERO_LR_STREAK = 50
+
+    def state_warnings(self) -> list[str]:
+        """Warns once `ZERO_LR_STREAK` batches in a row had a loss <= `f_star`."""
+        if int(self.zero_lr_streak.numpy()) < self.ZERO_LR_STREAK:
+            return []
+        return [
+            f"PolyakController: the batch loss was <= f_star = {self.f_star:g} on "
+            f"{self.ZERO_LR_STREAK} or more batches in a row, so the LR was 0 and the "
+            f"weights did not move; lower PolyakController.f_star (a lower bound of the "
+            f"loss: 0 for cross-entropy and squared error)"
+        ]
 
     def compute(self, signals: Signals) -> ControllerOutput:
         loss = tf.cast(signals.loss, tf.float32)
         sq_norm = tf.square(tf.cast(signals.global_norm, tf.float32))
         gap = loss - self.f_star
+        at_floor = tf.cast(gap <= 0.0, tf.int64)  # a NaN gap is not: the guard handles it
+        self.zero_lr_streak.assign((self.zero_lr_streak + at_floor) * at_floor)
+        self.zero_lr_batches.assign_add(at_floor)
         polyak = tf.math.divide_no_nan(gap, self.c * sq_norm)
         polyak = tf.where(sq_norm > 0, polyak, self.max_lr)
         lr = tf.maximum(tf.minimum(polyak, self.max_lr), 0.0)
@@ -113,6 +141,19 @@ class PlateauController(Controller):
         self.num_bad = tf.Variable(0, dtype=tf.int64, trainable=False, name="num_bad")
         self.cooldown_left = tf.Variable(0, dtype=tf.int64, trainable=False, name="cooldown_left")
 
+    def run_warnings(self, steps: int | None) -> list[str]:
+        """Warns when the run is too short for a single cut."""
+        # The first batch always improves on best = inf; the earliest cut is at batch
+        # patience + 1.
+        if steps is None or self.patience + 1 < steps:
+            return []
+        return [
+            f"PlateauController.patience = {self.patience} leaves no room for a cut in "
+            f"Trainer.steps = {steps} batches (the earliest is at batch patience + 1), so "
+            f"the LR stays at initial_lr = {self.initial_lr:g}; lower "
+            f"PlateauController.patience"
+        ]
+
     def compute(self, signals: Signals) -> ControllerOutput:
         metric = tf.cast(getattr(signals, self.monitor), tf.float32)
         finite = tf.math.is_finite(metric)
@@ -144,15 +185,32 @@ class PlateauController(Controller):
 
 @gin.configurable
 class HypergradientController(Controller):
-    """Hypergradient descent on the LR, for any optimizer (SGD-HD and Adam-HD).
+    """Hypergradient descent on the LR (SGD-HD and Adam-HD), exact for optimizers whose
+    step is `-lr_t * u_t` with `u_t` free of past LRs.
 
     `lr_t = lr_{t-1} + hyper_lr * g_t . u_{t-1}`, where `g_t` is this batch's gradient
-    and `u_{t-1}` the previous update direction: the gradient itself for SGD, Adam's
-    `m_hat / (sqrt(v_hat) + eps)` for Adam. Here `u_{t-1}` is read off the weights, as
-    `-(theta_{t-1} - theta_{t-2}) / lr_{t-1}`, so one rule serves every optimizer whose
-    step is `-lr * u` (SGD, momentum, Adam; with AdamW the decoupled weight decay enters
-    `u`). Until two steps have been taken the LR stays at `initial_lr`. The result is
-    clipped to `[min_lr, max_lr]`.
+    and `u_{t-1}` the previous update direction. `u_{t-1}` is read off the weights,
+    `u_{t-1} = -(theta_{t-1} - theta_{t-2}) / lr_{t-1}`, which is exactly the direction
+    the authors' code uses whenever the optimizer's step is `-lr * u` with `u` not
+    depending on earlier LRs:
+
+      * `keras.optimizers.SGD()` (no momentum): `u = g` (SGDHD).
+      * `lrresearch.optimizers.MomentumSGD` (PyTorch's momentum, `buf = mu*buf + g`):
+        `u = buf`, or `g + mu*buf` with Nesterov (SGDHD with momentum / nesterov).
+      * `keras.optimizers.Adam`: `u = m_hat / (sqrt(v_hat) + eps)` (AdamHD); with AdamW
+        the decoupled weight decay enters `u`; RMSprop without momentum likewise.
+
+    Keras's `SGD(momentum > 0)` and `RMSprop(momentum > 0)` keep the LR inside their
+    velocity (`m = mu*m - lr*g`), so the direction read off the weights mixes past
+    gradients with ratios of past LRs: `check_optimizer` refuses them (measured: up to
+    63% from SGDHD's LR after 300 batches). `tools/check_hypergradient_reference.py`
+    compares with the authors' SGDHD and AdamHD. The dot product uses the loss's
+    gradient (`Signals.grads`, before clipping, without an optimizer's own weight
+    decay), as SGDHD does when its `weight_decay` is 0.
+
+    Until two steps have been taken the LR stays at `initial_lr`. The result is
+    clipped to `[min_lr, max_lr]`. A skipped (non-finite) batch moves no weight, so the
+    next batch's dot product is 0 and its LR unchanged.
 
     Args:
       initial_lr: starting LR (`alpha_0`).
@@ -163,7 +221,8 @@ class HypergradientController(Controller):
 
     References:
       Baydin, Cornish, Martinez Rubio, Schmidt, Wood. "Online Learning Rate Adaptation
-      with Hypergradient Descent." ICLR 2018.
+      with Hypergradient Descent." ICLR 2018; the authors' code,
+      github.com/gbaydin/hypergradient-descent (`hypergrad/sgd_hd.py`, `adam_hd.py`).
     """
 
     def __init__(
@@ -189,6 +248,23 @@ class HypergradientController(Controller):
         self.seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="seen")
         self.watched: list[tf.Variable] = []
         self.previous: list[tf.Variable] = []
+
+    def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
+        """Refuses Keras's momentum SGD and RMSprop, whose velocity holds the LR."""
+        momentum = getattr(optimizer, "momentum", 0.0)
+        lr_in_velocity = (keras.optimizers.SGD, keras.optimizers.RMSprop)
+        if isinstance(optimizer, lr_in_velocity) and momentum:
+            kind = type(optimizer).__name__
+            nesterov = getattr(optimizer, "nesterov", False)
+            fix = " and `MomentumSGD.nesterov = True`" if nesterov else ""
+            raise ValueError(
+                f"Trainer.optimizer must not be Keras's {kind} with momentum > 0 under "
+                f"HypergradientController, got {kind}(momentum={momentum}): its velocity "
+                f"holds past LRs (m = mu*m - lr*g), so the update direction read off the "
+                f"weights is not the authors' SGDHD direction; use "
+                f"`Trainer.optimizer = @MomentumSGD` with `MomentumSGD.momentum = "
+                f"{momentum}`{fix} (PyTorch's momentum, buf = mu*buf + g, as SGDHD)"
+            )
 
     def build(self, variables: Sequence[tf.Variable]) -> None:
         """Watches the model's trainable variables (called once by the trainer)."""

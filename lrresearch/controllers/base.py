@@ -6,12 +6,15 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from lrresearch.signals import Signals
+
+if TYPE_CHECKING:
+    import keras
 
 
 class ControllerOutput(NamedTuple):
@@ -81,6 +84,26 @@ class Controller(tf.Module):
         """Called once by the trainer with the model's trainable variables, before the
         step is traced (for rules that watch the weights); a no-op by default."""
         del variables
+
+    def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
+        """Raises ValueError if this rule cannot be exact with `optimizer` (called by the
+        trainer and `ControlledModel` once the optimizer exists); a no-op by default.
+        Composites forward it to their parts."""
+        del optimizer
+
+    def run_warnings(self, steps: int | None) -> list[str]:
+        """Host-side, once before training: settings that leave the rule inert for a run
+        of `steps` batches (None when unknown, as under Keras `fit`), one sentence each
+        with the fix. No warnings by default; composites collect their parts'."""
+        del steps
+        return []
+
+    def state_warnings(self) -> list[str]:
+        """Host-side, between compiled calls (reads a few scalar variables, never per
+        batch): what the run so far shows the rule is stuck on, one sentence each with
+        the fix. The trainer prints each distinct warning once. None by default;
+        composites collect their parts'."""
+        return []
 
     def compute(self, signals: Signals) -> ControllerOutput:
         """Returns this batch's LR and diagnostics; may update the controller's state."""

@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import gin
+import keras
 import tensorflow as tf
 
 from lrresearch.controllers.base import (
@@ -37,6 +38,23 @@ def _check_controller(owner: str, name: str, value: object) -> None:
 
 def _nested(prefix: str, diagnostics: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {f"{prefix}/{key}": value for key, value in diagnostics.items()}
+
+
+class _Composite(Controller):
+    """A controller made of others: the host-side hooks forward to every part."""
+
+    def _children(self) -> list[Controller]:
+        raise NotImplementedError
+
+    def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
+        for part in self._children():
+            part.check_optimizer(optimizer)
+
+    def run_warnings(self, steps: int | None) -> list[str]:
+        return [w for part in self._children() for w in part.run_warnings(steps)]
+
+    def state_warnings(self) -> list[str]:
+        return [w for part in self._children() for w in part.state_warnings()]
 
 
 @gin.configurable
@@ -64,7 +82,7 @@ class LossNudgeFactor(Controller):
 
 
 @gin.configurable
-class Product(Controller):
+class Product(_Composite):
     """`lr = base(signals) * factor(signals)`; logs `base` and `factor`.
 
     Args:
@@ -90,6 +108,9 @@ class Product(Controller):
         self.base.build(variables)
         self.factor.build(variables)
 
+    def _children(self) -> list[Controller]:
+        return [self.base, self.factor]
+
     def compute(self, signals: Signals) -> ControllerOutput:
         base, factor = self.base.compute(signals), self.factor.compute(signals)
         return ControllerOutput(
@@ -104,7 +125,7 @@ class Product(Controller):
 
 
 @gin.configurable
-class Chain(Controller):
+class Chain(_Composite):
     """Controller `i` decides the LR from step `boundaries[i-1]` (0 for the first) up to
     `boundaries[i]`. Part `i` sees the step relative to its own start (as optax's
     `join_schedules`), clamped at 0 before it. Every part is called every batch, so a
@@ -146,6 +167,23 @@ class Chain(Controller):
         for part in self.parts:
             part.build(variables)
 
+    def _children(self) -> list[Controller]:
+        return list(self.parts)
+
+    def run_warnings(self, steps: int | None) -> list[str]:
+        """The parts' warnings (each sees the whole run: every part is called every
+        batch), and a boundary at or beyond `steps`, after which nothing runs."""
+        warnings = super().run_warnings(steps)
+        for i, boundary in enumerate(self.boundaries):
+            if steps is not None and boundary >= steps:
+                warnings.append(
+                    f"Chain.boundaries[{i}] = {boundary} is not reached in Trainer.steps = "
+                    f"{steps} batches, so Chain.controllers[{i + 1}] never sets the LR; "
+                    f"lower the boundary or raise Trainer.steps"
+                )
+                break
+        return warnings
+
     def compute(self, signals: Signals) -> ControllerOutput:
         step = tf.cast(signals.step, tf.int64)
         starts = [0, *self.boundaries]
@@ -163,13 +201,16 @@ class Chain(Controller):
         return ControllerOutput(lr, {"part": active, **diagnostics})
 
 
-class _Wrapper(Controller):
+class _Wrapper(_Composite):
     """A controller around one other, `self.base`."""
 
     base: Controller
 
     def build(self, variables: Sequence[tf.Variable]) -> None:
         self.base.build(variables)
+
+    def _children(self) -> list[Controller]:
+        return [self.base]
 
 
 @gin.configurable
@@ -215,15 +256,41 @@ class Warmup(_Wrapper):
         self.start_factor, self.shape = float(start_factor), shape
         self.initial_lr = controller.initial_lr * self.start_factor
 
+    def run_warnings(self, steps: int | None) -> list[str]:
+        """The controller's warnings, and a ramp that outlasts the run."""
+        warnings = super().run_warnings(steps)
+        if steps is not None and self.warmup_steps >= steps:
+            warnings.append(
+                f"Warmup.warmup_steps = {self.warmup_steps} is not over in Trainer.steps = "
+                f"{steps} batches, so the LR never reaches the warmed-up controller's (the "
+                f"last batch gets {self._factor_at(steps - 1):.3g} of it); lower "
+                f"Warmup.warmup_steps"
+            )
+        return warnings
+
+    def _factor_at(self, step: int) -> float:
+        """The ramp's factor at `step`, host-side (for messages)."""
+        progress = min(step / self.warmup_steps, 1.0)
+        if self.shape == "linear":
+            return self.start_factor + (1.0 - self.start_factor) * progress
+        return self.start_factor ** (1.0 - progress)
+
     def compute(self, signals: Signals) -> ControllerOutput:
         out = self.base.compute(signals)
-        progress = tf.minimum(tf.cast(signals.step, tf.float32) / self.warmup_steps, 1.0)
+        # float64, rounded once at the end, as the schedules (see WarmupCosineController).
+        progress = tf.minimum(tf.cast(signals.step, tf.float64) / self.warmup_steps, 1.0)
         if self.shape == "linear":
             factor = self.start_factor + (1.0 - self.start_factor) * progress
         else:
             factor = tf.exp(math.log(self.start_factor) * (1.0 - progress))
+        lr = tf.cast(tf.cast(out.lr, tf.float64) * factor, tf.float32)
         return ControllerOutput(
-            out.lr * factor, {"base": out.lr, "factor": factor, **_nested("base", out.diagnostics)}
+            lr,
+            {
+                "base": out.lr,
+                "factor": tf.cast(factor, tf.float32),
+                **_nested("base", out.diagnostics),
+            },
         )
 
 
