@@ -20,6 +20,7 @@ from lrresearch import (
     WarmupCosineController,
     make_signals,
 )
+from lrresearch.controllers import CosineCycleController, Warmup
 
 RTOL = 1e-5
 F32 = np.float32
@@ -129,6 +130,78 @@ def test_warmup_cosine_without_warmup_starts_at_base_lr():
     np.testing.assert_allclose(lrs[1], 0.3 * 0.5 * (1 + math.cos(math.pi / 10)), rtol=RTOL)
     np.testing.assert_array_equal(diagnostics["warmup"], [0.0, 0.0, 0.0])
     assert controller.initial_lr == 0.3
+
+
+def optax_warmup_cosine(steps, init_value, peak_value, warmup_steps, decay_steps, end_value):
+    """optax.warmup_cosine_decay_schedule in numpy float64, written as optax composes it:
+    join_schedules([linear_schedule(init, peak, warmup), cosine_decay_schedule(peak,
+    decay_steps - warmup, alpha=end / peak)], [warmup]) (optax/schedules/_schedule.py)."""
+    out = []
+    for count in np.asarray(steps, np.float64):
+        if count < warmup_steps:  # polynomial_schedule with power 1
+            frac = 1.0 - count / warmup_steps
+            out.append((init_value - peak_value) * frac + peak_value)
+        else:
+            span = decay_steps - warmup_steps
+            local = min(count - warmup_steps, span)
+            cosine = 0.5 * (1.0 + np.cos(np.pi * local / span))
+            alpha = end_value / peak_value
+            out.append(peak_value * ((1.0 - alpha) * cosine + alpha))
+    return np.array(out)
+
+
+F32_HALF_ULP = 2.0**-24  # the relative error of rounding a float64 to float32
+
+
+@pytest.mark.parametrize(
+    "base_lr,warmup_steps,decay_steps,init_lr,end_lr",
+    [
+        (0.1, 100, 2000, 0.0, 0.0),  # the defaults: the tail towards 0 was 7e-4 off
+        (3e-4, 1000, 100_000, 1e-7, 0.0),
+        (0.5, 0, 300, 0.0, 1e-3),
+        (1.0, 7, 10, 0.2, 0.0),
+    ],
+)
+def test_warmup_cosine_is_float64_optax_rounded_to_float32(
+    base_lr, warmup_steps, decay_steps, init_lr, end_lr
+):
+    # Every batch of the warmup and of the last 500 before decay_steps, a stride through
+    # the middle, and beyond the end.
+    steps = np.unique(
+        np.r_[
+            0 : min(decay_steps, 2000),
+            max(decay_steps - 500, 0) : decay_steps + 50,
+            0 : decay_steps : max(decay_steps // 997, 1),
+            10 * decay_steps,
+        ]
+    )
+    controller = WarmupCosineController(base_lr, warmup_steps, decay_steps, init_lr, end_lr)
+    compute = tf.function(lambda t: controller.compute(make_signals(t, 1.0, 1.0)).lr)
+    got = np.array([compute(tf.constant(t, tf.int64)).numpy() for t in steps], np.float64)
+    expected = optax_warmup_cosine(steps, init_lr, base_lr, warmup_steps, decay_steps, end_lr)
+    exact_zero = expected == 0.0
+    np.testing.assert_array_equal(got[exact_zero], 0.0)
+    relative = np.abs(got - expected)[~exact_zero] / expected[~exact_zero]
+    # One rounding to float32 (a float64 difference of 1e-16 may tip it to the far side
+    # of a rounding boundary: 1.01 half-ulps).
+    assert relative.max() <= 1.01 * F32_HALF_ULP, relative.max()
+    assert got[-1] == np.float32(end_lr)  # beyond decay_steps
+    tail = (steps > decay_steps - 50) & (steps < decay_steps) & ~exact_zero
+    assert np.all(relative[tail[~exact_zero]] <= 1.01 * F32_HALF_ULP)
+
+
+def test_cosine_cycle_and_warmup_factor_round_once_to_float32():
+    cycle = CosineCycleController(min_lr=1e-5, max_lr=1.0, cycle_length=1000)
+    steps = np.r_[0:1000:7, 990:1010]
+    got = np.array([cycle.compute(make_signals(int(t), 1.0)).lr.numpy() for t in steps])
+    x = (steps % 1000) / 1000.0
+    expected = 1e-5 + 0.5 * (1.0 - 1e-5) * (1.0 + np.cos(np.pi * x))
+    assert np.max(np.abs(got - expected) / expected) <= 1.01 * F32_HALF_ULP
+    warm = Warmup(ConstantController(0.3), warmup_steps=300, start_factor=1e-3, shape="exponential")
+    steps = np.arange(0, 320, 3)
+    got = np.array([warm.compute(make_signals(int(t), 1.0)).lr.numpy() for t in steps])
+    expected = np.float64(np.float32(0.3)) * 1e-3 ** (1.0 - np.minimum(steps / 300, 1.0))
+    assert np.max(np.abs(got - expected) / expected) <= 1.01 * F32_HALF_ULP
 
 
 # ---------------------------------------------------------------------------------------

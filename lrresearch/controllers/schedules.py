@@ -78,15 +78,29 @@ class WarmupCosineController(Controller):
         self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
         self.initial_lr = self.init_lr if warmup_steps else self.base_lr
 
+    def run_warnings(self, steps: int | None) -> list[str]:
+        """Warns when the run ends inside the warmup (the LR only ever rises)."""
+        if steps is None or self.warmup_steps < steps:
+            return []
+        return [
+            f"WarmupCosineController.warmup_steps = {self.warmup_steps} is not over in "
+            f"Trainer.steps = {steps} batches, so the LR only rises and never decays; "
+            f"lower WarmupCosineController.warmup_steps (and decay_steps to about "
+            f"Trainer.steps)"
+        ]
+
     def compute(self, signals: Signals) -> ControllerOutput:
-        t = tf.cast(signals.step, tf.float32)
+        # float64, rounded to float32 once at the end: in float32 the cosine tail towards
+        # end_lr = 0 was 7e-4 relative off optax's float64 schedule.
+        t = tf.cast(signals.step, tf.float64)
         if self.warmup_steps:
             warm = self.init_lr + (self.base_lr - self.init_lr) * t / self.warmup_steps
         else:
-            warm = tf.constant(self.base_lr)
+            warm = tf.constant(self.base_lr, tf.float64)
         span = float(self.decay_steps - self.warmup_steps)
         s = tf.clip_by_value(t - self.warmup_steps, 0.0, span)
         cosine = 0.5 * (1.0 + tf.cos(math.pi * s / span))
         decayed = self.end_lr + (self.base_lr - self.end_lr) * cosine
-        lr = tf.where(t < self.warmup_steps, warm, decayed)
-        return ControllerOutput(lr, {"warmup": tf.cast(t < self.warmup_steps, tf.float32)})
+        warming = t < self.warmup_steps
+        lr = tf.where(warming, warm, decayed)
+        return ControllerOutput(tf.cast(lr, tf.float32), {"warmup": tf.cast(warming, tf.float32)})
