@@ -7,8 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-# TensorFlow's C++ start-up chatter hides the run's own output; users can set it back.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before TensorFlow loads: its C++ start-up chatter hides the run's own output.
+from lrresearch import quiet
 
 
 def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
@@ -302,7 +302,7 @@ def lr_find(args: argparse.Namespace) -> int:
             run_name=args.run_name,
             progress=say,
         )
-    except (RunDirExistsError, DataError, OSError) as e:
+    except (RunDirExistsError, DataError, OSError, finder.NoDescentError) as e:
         return _fail(str(e))
     except ValueError as e:
         return _fail(config.explain_call_error(e, args.gin_file, args.gin_param))
@@ -395,6 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep": sweep,
         "compare": compare,
     }[args.command]
+    with quiet.tensorflow_start():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # where cuInit runs
+    retracing = quiet.DropLoopRetracingWarning()
+    tf.get_logger().addFilter(retracing)
     try:
         return command(args)
     except RuntimeError as e:
@@ -406,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (message := config.explain_missing_binding(e, gin_files, gin_params)) is None:
             raise
         return _fail(message)
+    finally:
+        tf.get_logger().removeFilter(retracing)
 
 
 if __name__ == "__main__":

@@ -7,18 +7,20 @@ together once per module and the tests only look at their results.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 import re
 import subprocess
 import sys
+import types
 
 import gin
 import numpy as np
 import pytest
 from conftest import BATCH_TAGS, GIN_DIR, REPO, read_events, snapshot
 
-from lrresearch import cli, config
+from lrresearch import cli, config, quiet
 from lrresearch.controllers import Controller
 
 TIMEOUT = 120  # seconds per CLI process (a good 20-step run takes ~10 s)
@@ -311,3 +313,88 @@ def test_gin_file_parses_and_builds(name, tmp_path, monkeypatch):
     if model is not None:
         assert trainer.model.name == model.lstrip("@")
     assert trainer.model.output_shape[-1] == trainer.data.num_classes
+
+
+# -- a quiet start ----------------------------------------------------------------------------
+
+
+def test_experiment_run_starts_without_error_lines(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "lrresearch", "train"),
+            "--gin_file=gin/experiments/grad_norm_adamw_clipped.gin",
+            *("--gin_param=Trainer.steps=20", f"--logdir={tmp_path}", "--quiet"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ERROR" not in result.stderr and "cuInit" not in result.stderr, result.stderr
+    assert "Path not found" not in result.stderr and "absl" not in result.stderr
+    assert len(result.stdout.splitlines()) == 1 and result.stdout.startswith("done: 20 steps")
+
+
+def test_startup_filter_drops_noise_and_keeps_real_errors():
+    noise = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1795982483.095363    3560 port.cc:153] oneDNN custom operations are on.",
+        "I0000 00:00:1795982483.095747    3560 cudart_stub.cc:31] Could not find cuda drivers "
+        "on your machine, GPU will not be used.",
+        "E0000 00:00:1795982484.747613    3560 cuda_platform.cc:52] failed call to cuInit: "
+        "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
+    ]
+    news = [
+        "E0000 00:00:1795982484.1    3560 oom.cc:1] could not allocate 2.0GiB",
+        "Python says something else",
+    ]
+    assert quiet.startup_noise_removed("\n".join([*noise, *news]) + "\n") == (
+        "\n".join(news) + "\n"
+    )
+    # With a driver installed (TF did not say there is none), a failing cuInit is news.
+    assert quiet.startup_noise_removed(noise[3] + "\n") == noise[3] + "\n"
+
+
+@pytest.mark.parametrize("user_level", [None, "0"])
+def test_startup_filter_only_applies_without_the_users_own_log_level(
+    user_level, monkeypatch, capfd
+):
+    monkeypatch.setattr(quiet, "USER_TF_LOG_LEVEL", user_level)
+    line = b"I0000 00:00:1795982483.095363    3560 port.cc:153] oneDNN custom operations\n"
+    with quiet.tensorflow_start():
+        os.write(2, line + b"E0000 00:00:1.2    3560 x.cc:9] real trouble\n")
+    err = capfd.readouterr().err
+    assert "real trouble" in err
+    assert ("oneDNN" in err) == (user_level is not None)
+
+
+def test_retracing_filter_drops_only_the_per_trainer_loop_warning(caplog):
+    import tensorflow as tf
+
+    from lrresearch.trainer import Trainer
+
+    def fake_trainer():  # just what Trainer.loop_for reads
+        return types.SimpleNamespace(
+            every_step_groups=frozenset(),
+            loops={},
+            sampler=types.SimpleNamespace(next=lambda: (tf.ones([2]), tf.ones([2]))),
+            train_step=lambda x, y, periodic=frozenset(): tf.reduce_sum(x * y),
+        )
+
+    def make_other():
+        return tf.function(lambda x: x + 1)
+
+    dropper = quiet.DropLoopRetracingWarning()
+    tf.get_logger().addFilter(dropper)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tensorflow"):
+            for _ in range(8):  # as `profile` does: a Trainer per controller
+                Trainer.loop_for(fake_trainer(), frozenset())(tf.constant(2, tf.int64))
+                make_other()(tf.constant(1))
+    finally:
+        tf.get_logger().removeFilter(dropper)
+    warnings = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+    assert warnings and all("loop_for" not in w for w in warnings), warnings
