@@ -131,10 +131,10 @@ class LossTrendController(Controller):
         check_int(owner, "window", window, 2)
         if window > self.MAX_WINDOW:
             raise ValueError(
-                f"{owner}.window must be <= {self.MAX_WINDOW:,} batches, got {window:,}: every "
-                f"batch compares the two halves of the whole window, which cost ~0.4 ms per "
-                f"batch at 1e5 and ~3.5 ms at 1e6 (7x the default step), and the window "
-                f"must fill within the run; use a window of at most a few thousand batches"
+                f"{owner}.window must be <= {self.MAX_WINDOW:,} batches, got {window:,}: "
+                f"every batch averages both halves of the window (~0.4 ms per batch at 1e5, "
+                f"~3.5 ms at 1e6, 7x the default step); use a window of at most a few "
+                f"thousand batches"
             )
         if decrease > 1:
             raise ValueError(f"{owner}.decrease must be in (0, 1], got {decrease!r}")
