@@ -108,28 +108,136 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray, skip_start: float = 0.1) -> t
     return steepest, float(lrs[lowest] / 10.0)
 
 
+# A curve "descends" if its smoothed minimum lies this fraction of the starting level
+# below it, at least this many batches into the ramp. Measured (smoothing 0.98): a flat
+# ramp (lr 1e-9..1e-7, imbalanced_loss_trend.gin) dips 1.0% by noise; a short real
+# descent (digits, 60 batches, lr 1e-4..100; batch loss 2.39 -> 1.99) shows 4.0%, as
+# the EMA lags; the README example 26%; a ramp that starts too high, blows up and
+# recovers 0.2%. A loss that rises from the first batches has its minimum at batch 0-2.
+MIN_DESCENT = 0.02
+MIN_BATCHES_TO_MINIMUM = 5
+
+
+class NoDescentError(Exception):
+    """The range test's loss never descended: no LR can be read off the curve."""
+
+
+def starting_level(smoothed: np.ndarray, skip_start: float = 0.1) -> float:
+    """The loss before the ramp changed the model: the lower of the first batch's loss
+    (taken at the initial weights) and the smoothed loss's mean over the first
+    `skip_start` of the points (which evens out that batch's noise when the first LRs
+    are too small to train). A ramp that starts too high blows the loss up at once and
+    then falls back: measured from the blown-up mean that recovery would look like a
+    descent (on imbalanced_loss_trend.gin with --start_lr=3: 2.8 -> 1.42, where the
+    first batch was 1.42)."""
+    finite = smoothed[np.isfinite(smoothed)]
+    return float(min(finite[0], np.mean(finite[: max(1, int(len(smoothed) * skip_start))])))
+
+
+def divergence_index(smoothed: np.ndarray, diverge_factor: float) -> int | None:
+    """The first batch whose smoothed loss is not finite or exceeds `diverge_factor`
+    times the minimum so far (the controller's test, in numpy), or None."""
+    best = np.inf
+    for i, value in enumerate(smoothed):
+        if not np.isfinite(value) or value > diverge_factor * best:
+            return i
+        best = min(best, value)
+    return None
+
+
+def check_descent(lrs: np.ndarray, smoothed: np.ndarray, diverge_factor: float) -> str | None:
+    """Why no LR can be suggested from this curve (one paragraph with the fix), or None
+    if the smoothed loss fell at least `MIN_DESCENT` below its starting level, with its
+    minimum at least `MIN_BATCHES_TO_MINIMUM` batches into the ramp."""
+    diverged = divergence_index(smoothed, diverge_factor)
+    curve = smoothed[: len(smoothed) if diverged is None else diverged]
+    flags = "`--start_lr`, `--end_lr`, `--num_steps`, `--diverge_factor`"
+    if diverged is None and len(curve) < MIN_BATCHES_TO_MINIMUM:
+        return f"{len(curve)} batches are too few to see a descent: raise --num_steps."
+    if len(curve) < MIN_BATCHES_TO_MINIMUM:
+        return (
+            f"the loss diverged at batch {diverged} of the ramp (lr {lrs[diverged]:.3g}), "
+            f"before any descent: the LR was already too high at the start. Change: a "
+            f"lower --start_lr (e.g. {lrs[0] / 1000:.3g}); see {flags}."
+        )
+    start, lowest = starting_level(curve), int(np.argmin(curve))
+    descent = (start - curve[lowest]) / max(abs(start), 1e-12)
+    if descent >= MIN_DESCENT and lowest >= MIN_BATCHES_TO_MINIMUM:
+        return None
+    where = (
+        f"its lowest, {curve[lowest]:.4g} at batch {lowest} (lr {lrs[lowest]:.3g}), is "
+        f"{100 * descent:.1f}% below its starting level {start:.4g} (a descent needs "
+        f"{100 * MIN_DESCENT:g}%, at batch {MIN_BATCHES_TO_MINIMUM} or later)"
+    )
+    if diverged is not None:
+        return (
+            f"the smoothed loss did not descend before it diverged at batch {diverged} "
+            f"(lr {lrs[diverged]:.3g}): {where}. The LR was too high from the start of the "
+            f"ramp. Change: a lower --start_lr (e.g. {lrs[0] / 1000:.3g}); a higher "
+            f"--diverge_factor if the loss is only noisy; see {flags}."
+        )
+    return (
+        f"the smoothed loss stayed flat over the whole ramp (lr {lrs[0]:.3g} to "
+        f"{lrs[-1]:.3g}, {len(lrs)} batches): {where}. Change: a higher --end_lr (the "
+        f"LRs tried were too low to train) or more --num_steps; see {flags}."
+    )
+
+
+def y_range(smoothed: np.ndarray) -> tuple[float, float]:
+    """The plot's useful y range: from a margin below the smoothed minimum to the
+    starting level plus its descent (at least 20% of it), as fastai's plot keeps to
+    the range before divergence; a diverging tail would stretch it to its own scale."""
+    finite = smoothed[np.isfinite(smoothed)]
+    start, low = starting_level(smoothed), float(finite.min())
+    span = max(start - low, 0.2 * abs(start), 1e-6)
+    top = min(float(finite.max()), start + span) if finite.max() > low else low + span
+    return low - 0.1 * span, top + 0.05 * span
+
+
 def plot(result: LRFindResult, path: str) -> None:
-    """Smoothed loss against LR (log x), suggestions marked."""
+    """Smoothed loss against LR (log x) in its useful range (points above it are
+    marked at the top edge), suggestions marked when there are any."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keep = np.isfinite(result.smoothed_losses)
+    lrs, losses = result.lrs[keep], result.smoothed_losses[keep]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(result.lrs[keep], result.smoothed_losses[keep], color="#4c72b0")
+    ax.plot(lrs, losses, color="#4c72b0", label="smoothed loss")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("smoothed batch loss")
+    bottom, top = y_range(result.smoothed_losses)
+    start = starting_level(result.smoothed_losses)
+    ax.axhline(start, color="#8c8c8c", linestyle=":", label=f"starting level: {start:.4g}")
+    above = losses > top
+    if above.any() or not keep.all():
+        off = np.concatenate([lrs[above], result.lrs[~keep]])
+        ax.scatter(
+            off,
+            np.full(len(off), top),
+            marker="^",
+            color="#c44e52",
+            clip_on=False,
+            zorder=3,
+            label=f"{len(off)} off the chart (up to "
+            + (f"{losses.max():.3g})" if keep.all() else "NaN/Inf)"),
+        )
     for value, label, color in (
         (result.steepest_lr, "steepest", "#dd8452"),
         (result.min_over_10_lr, "min / 10", "#55a868"),
     ):
-        ax.axvline(value, color=color, linestyle="--", label=f"{label}: {value:.3g}")
+        if np.isfinite(value):
+            ax.axvline(value, color=color, linestyle="--", label=f"{label}: {value:.3g}")
     ax.legend()
-    finite = result.smoothed_losses[keep]
-    ax.set_ylim(finite.min() - 0.05 * np.ptp(finite), min(finite.max(), 4 * finite.min()) * 1.05)
-    ax.set_title("LR range test" + (" (stopped at divergence)" if result.stopped_early else ""))
+    ax.set_ylim(bottom, top)
+    notes = [
+        *(["stopped at divergence"] if result.stopped_early else []),
+        *([] if np.isfinite(result.steepest_lr) else ["no descent: no suggestion"]),
+    ]
+    ax.set_title("LR range test" + (f" ({'; '.join(notes)})" if notes else ""))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -175,8 +283,14 @@ def lr_find(
             )
     writer.close()
     lrs, smoothed = controller.lrs.numpy()[:done], controller.smoothed.numpy()[:done]
-    stopped = done < num_steps
+    stopped = bool(controller.diverged.numpy())
+    png = os.path.join(run_dir, "lr_find.png")
+    problem = check_descent(lrs, smoothed, diverge_factor)
+    if problem is not None:
+        nan = float("nan")
+        plot(LRFindResult(run_dir, lrs, smoothed, stopped, nan, nan), png)
+        raise NoDescentError(f"lr-find: no LR to suggest: {problem}\nplot: {png}")
     steepest, min10 = suggest(lrs, smoothed)
     result = LRFindResult(run_dir, lrs, smoothed, stopped, steepest, min10)
-    plot(result, os.path.join(run_dir, "lr_find.png"))
+    plot(result, png)
     return result

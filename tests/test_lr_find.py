@@ -12,7 +12,7 @@ import pytest
 from conftest import Events
 
 from lrresearch import cli
-from lrresearch.lr_find import LRRangeController, suggest
+from lrresearch.lr_find import LRRangeController, check_descent, suggest, y_range
 from lrresearch.signals import make_signals
 
 
@@ -93,3 +93,71 @@ def test_lr_find_command_writes_plot_summaries_and_binding(tmp_path, capsys):
 def test_lr_find_rejects_an_inverted_range(tmp_path, capsys):
     assert cli.main(["lr-find", "--start_lr=1", "--end_lr=0.1", f"--logdir={tmp_path}"]) == 2
     assert "start_lr" in capsys.readouterr().err
+
+
+LRS = np.geomspace(1e-6, 10, 200)
+
+
+def descending_then_exploding() -> np.ndarray:
+    """The README example's shape: flat at 1.42, down to 1.05 near lr 1, then 4e5."""
+    x = np.log10(LRS)
+    curve = 1.42 - 0.37 * np.clip((x + 4) / 4, 0, 1) ** 2
+    curve[-8:] = np.geomspace(5.0, 4.1e5, 8)
+    return curve
+
+
+def test_a_curve_with_a_descent_is_accepted_and_plotted_in_its_useful_range():
+    curve = descending_then_exploding()
+    assert check_descent(LRS, curve, diverge_factor=4.0) is None
+    bottom, top = y_range(curve)
+    assert 1.0 < bottom < 1.05 and 1.42 < top < 2.0  # not -20,000..4e5
+
+
+@pytest.mark.parametrize(
+    ("curve", "needles"),
+    [
+        # Diverges at once: the LR was too high from the first batch.
+        (
+            np.concatenate([[2.3], np.geomspace(50, 1e8, 199)]),
+            ["diverged at batch 1", "lower --start_lr (e.g. 1e-09)"],
+        ),
+        # Blows up, recovers to its first value, then diverges: no descent below the start.
+        (
+            np.concatenate(
+                [[1.42], np.full(20, 3.4), np.linspace(3.4, 1.42, 100), np.geomspace(1.42, 100, 79)]
+            ),
+            [
+                "did not descend before it diverged",
+                "0.0% below its starting level 1.42",
+                "lower --start_lr",
+                "--diverge_factor",
+            ],
+        ),
+        # Flat: the LRs tried were too low.
+        (1.42 + 0.01 * np.sin(np.arange(200)), ["stayed flat", "higher --end_lr", "--num_steps"]),
+    ],
+    ids=["at-once", "recovers", "flat"],
+)
+def test_a_curve_without_descent_gets_a_reason_and_a_fix(curve, needles):
+    reason = check_descent(LRS, curve, diverge_factor=4.0)
+    for needle in needles:
+        assert needle in reason, (needle, reason)
+
+
+def test_lr_find_refuses_to_suggest_when_the_loss_diverges_at_once(tmp_path, capsys):
+    argv = [
+        "lr-find",
+        "--num_steps=40",
+        "--start_lr=30",
+        "--end_lr=3000",
+        "--gin_param=mlp.hidden = (16,)",
+        f"--logdir={tmp_path}",
+        "--run_name=hot",
+        "--quiet",
+    ]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "ConstantController.lr" not in captured.out  # no suggestion
+    assert "lr-find: no LR to suggest" in captured.err and "--start_lr" in captured.err
+    assert len(captured.err.splitlines()) <= 3
+    assert (tmp_path / "hot" / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
