@@ -148,10 +148,8 @@ class ControlledModel(keras.Model):
         cannot be exact with it refuses here, before any batch) and its warnings about
         its own arguments."""
         super().compile(*args, **kwargs)
-        check = getattr(self.controller, "check_optimizer", None)
-        if check is not None:
-            check(self.optimizer)
-        for message in getattr(self.controller, "run_warnings", lambda steps: [])(None):
+        self.controller.check_optimizer(self.optimizer)
+        for message in self.controller.run_warnings(None):
             warnings.warn(message, stacklevel=2)
 
     def compile_from_config(self, config: dict[str, Any]) -> None:
