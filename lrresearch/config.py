@@ -265,6 +265,7 @@ def _register_configurables() -> None:
     import lrresearch.data
     import lrresearch.distribute
     import lrresearch.models
+    import lrresearch.optimizers
     import lrresearch.signals
     import lrresearch.trainer  # noqa: F401
 

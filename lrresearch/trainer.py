@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -293,6 +294,7 @@ class Trainer:
             self.variables = list(self.model.trainable_variables)
             self.optimizer = make_optimizer(self.optimizer_spec, self.controller.initial_lr)
             self.optimizer.build(self.variables)
+        self.controller.check_optimizer(self.optimizer)
         self.variable_names = _variable_names(self.variables, self.model.name)
         self.controller.build(self.variables)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -613,6 +615,7 @@ class Trainer:
                     summaries.write_run_header(self.hparams(), os.path.basename(run_dir))
                 elif chief:
                     summaries.mark_restart(writer, resumed_from)
+                warned = self._warn(self.controller.run_warnings(self.steps), set(), chief)
                 while done < self.steps:
                     boundary = min([self.steps] + [(done // c + 1) * c for c in cadences])
                     n = min(self.steps_per_loop, boundary - done)
@@ -634,6 +637,7 @@ class Trainer:
                         save(done)
                     side_seconds += time.perf_counter() - side_start
                     if last or done % self.log_every == 0:
+                        warned = self._warn(self.controller.state_warnings(), warned, chief)
                         message = self._nonfinite_message()
                         if message:
                             writer.flush()
@@ -743,9 +747,15 @@ class Trainer:
     def _restore(self, path: str, run_dir: str, saved: str | None, config: str) -> None:
         """Restores the checkpoint at `path`; a checkpoint that does not fit this
         configuration is a `ResumeError` naming the bindings that differ."""
+        status = None
         try:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+            status = self.checkpoint.restore(path)
+            # Every saved value must find its variable and the reverse: a checkpoint of
+            # another controller (whose variables this one lacks) does not fit either.
+            status.assert_consumed()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
+            if status is not None:
+                status.expect_partial()  # no second report at exit; this one says it
             lines = (str(e).strip() or type(e).__name__).splitlines()
             reason = lines[0][:200] + (" ..." if len(lines) > 1 or len(lines[0]) > 200 else "")
             differences = binding_differences(saved, config) if saved is not None else []
@@ -793,6 +803,15 @@ class Trainer:
     def current_lr(self) -> float:
         """The LR applied to the latest batch (a host read: call between loops only)."""
         return float(np.asarray(self.optimizer.learning_rate))
+
+    @staticmethod
+    def _warn(messages: list[str], shown: set[str], chief: bool) -> set[str]:
+        """Prints each of the controller's warnings once (to stderr, even with --quiet:
+        a rule that does nothing for the run is news); returns those shown so far."""
+        for message in messages:
+            if chief and message not in shown:
+                print(f"warning: {message}", file=sys.stderr, flush=True)
+        return shown | set(messages)
 
     def _nonfinite_message(self) -> str | None:
         """Why the run must stop (too many NaN/Inf batches in a row), or None."""

@@ -107,11 +107,13 @@ def test_resumed_run_equals_an_uninterrupted_one(runs):
     assert len(np.unique(full.scalar("lr"))) > 5  # the controller's state mattered
 
 
-def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
-    (tmp_path / "empty").mkdir()
-    result = train(tmp_path, "empty", "--resume")
+def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    result = train(tmp_path, "other", "--resume")
     assert result.returncode == 2
-    assert "no checkpoint" in result.stderr
+    assert "it is not an lrresearch run (no config.gin" in result.stderr
+    assert sorted(os.listdir(tmp_path / "other")) == [".lock", "notes.txt"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
