@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -186,7 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# gin appends "In call to configurable 'X' (<function X at 0x...>)" to errors raised
+# inside a configurable; our messages already name what is at fault.
+_GIN_CALL_NOTE = re.compile(r"\n\s*In call to configurable '[^']*' \(<[^>]*>\)")
+
+
 def _fail(message: str, code: int = 2) -> int:
+    message = _GIN_CALL_NOTE.sub("", message)
     print(f"lrresearch: error: {message}", file=sys.stderr, flush=True)
     return code
 
@@ -402,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     retracing = quiet.DropLoopRetracingWarning()
     tf.get_logger().addFilter(retracing)
     try:
-        return command(args)
+        with quiet.plain_warnings():
+            return command(args)
     except RuntimeError as e:
         # gin raises RuntimeError when a configurable with a required argument (such
         # as `npz_file.path`) is called without a binding for it.

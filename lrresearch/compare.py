@@ -15,13 +15,11 @@ import dataclasses
 import glob
 import os
 import re
-import struct
 from collections.abc import Sequence
 
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.compat.proto import event_pb2
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
 from lrresearch import event_files
 
@@ -63,15 +61,12 @@ class FileDamage:
 
     Attributes:
       damage: where (`event_files.Damage`: path, byte offset, file size, intact records,
-        step of the last intact record).
-      truncated: the file ends inside the record at the offset (a process killed while
-        writing); False: that record fails a checksum (bytes changed on disk).
+        step of the last intact record, and whether the file ends inside that record).
       lr_steps: the `lr` steps in the intact records (what the loader reads).
       steps_wanted: `Trainer.steps` from the run's `config.gin`, if found.
     """
 
     damage: event_files.Damage
-    truncated: bool
     lr_steps: tuple[int, ...]
     steps_wanted: int | None
 
@@ -81,7 +76,7 @@ class FileDamage:
 
     def short(self) -> str:
         """`truncated at byte N of events.out...` (the csv's `damaged` column)."""
-        kind = "truncated" if self.truncated else "bad checksum"
+        kind = "truncated" if self.damage.truncated else "bad checksum"
         name = os.path.basename(self.damage.path)
         return f"{kind} at byte {self.damage.offset} of {name}"
 
@@ -89,7 +84,7 @@ class FileDamage:
         """What is wrong, where, what was read, and the fix (a few lines)."""
         d = self.damage
         where = f"{d.path}\n    "
-        if self.truncated:
+        if self.damage.truncated:
             where += (
                 f"truncated at byte {d.offset:,} of {d.file_size:,}: the file ends inside "
                 f"record {d.records_read + 1:,} (the last one, cut short)"
@@ -116,7 +111,7 @@ class FileDamage:
             f"--resume --logdir={logdir or '.'} --run_name={name}` (with the run's gin "
             "flags) drops the cut record and continues; if the run had finished, the file "
             "was cut short afterwards (a copy, a full disk): restore it from a copy"
-            if self.truncated
+            if self.damage.truncated
             else "\n    fix: restore the file from a copy or train the run again"
         )
         return where + read + fix
@@ -137,24 +132,8 @@ def find_damage(paths: Sequence[str]) -> list[FileDamage]:
                         for event in (event_pb2.Event.FromString(data) for _, data in records)
                         if any(v.tag == "lr" for v in event.summary.value)
                     )
-                    truncated = _ends_inside_record(file, damage.offset, damage.file_size)
-                    found.append(FileDamage(damage, truncated, lr_steps, _steps_wanted(run)))
+                    found.append(FileDamage(damage, lr_steps, _steps_wanted(run)))
     return found
-
-
-def _ends_inside_record(path: str, offset: int, size: int) -> bool:
-    """True if the file ends inside the record at `offset`: its header is cut, or its
-    length passes the length checksum and runs past the end. A flipped bit in a length
-    would also run past the end; the checksum tells that apart as damage."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        header = f.read(12)
-    if len(header) < 12:
-        return True
-    (length,), (crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
-    if masked_crc32c(header[:8]) != crc:
-        return False
-    return size - offset < event_files.FRAMING_BYTES + length
 
 
 def _steps_wanted(run: str) -> int | None:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import tensorflow as tf
 from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
 # length (8) + crc of length (4) + crc of data (4)
 FRAMING_BYTES = 16
@@ -111,14 +112,18 @@ def read_records(path: str) -> tuple[list[tuple[int, bytes]], Damage | None]:
 
 
 def _ends_inside(path: str, offset: int) -> bool:
-    """True if the bytes from `offset` are shorter than the record they start."""
+    """True if the file ends inside the record at `offset`: its header is cut, or its
+    length passes the length checksum and runs past the end. A flipped bit in a length
+    also runs past the end; the checksum tells that apart as damage."""
     with open(path, "rb") as f:
         f.seek(offset)
-        head = f.read(8)
-        rest = len(head) + len(f.read())
-    if len(head) < 8:
+        header = f.read(12)
+        rest = len(header) + len(f.read())
+    if len(header) < 12:
         return True
-    (length,) = struct.unpack("<Q", head)
+    (length,), (crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
+    if masked_crc32c(header[:8]) != crc:
+        return False
     return rest < FRAMING_BYTES + length
 
 

@@ -12,11 +12,14 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 
 # TF's C++ INFO and WARNING lines hide the run's own output; ERROR lines stay.
 USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # `I0000 00:00:1795982483.095363    3560 port.cc:153] message`: absl's C++ log format.
 _TF_LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ \S+:\d+\] (.*)")
@@ -78,3 +81,22 @@ class DropLoopRetracingWarning(logging.Filter):
             "triggered tf.function retracing" in message
             and "Trainer.loop_for.<locals>.loop at" in message
         )
+
+
+@contextlib.contextmanager
+def plain_warnings() -> Iterator[None]:
+    """lrresearch's own warnings (`DataWarning`, a controller's run warnings) as one
+    `warning: ...` line, like the CLI's errors, instead of Python's `file:line:
+    Category: message` and a source line; other libraries' warnings unchanged."""
+    original = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if category.__module__.startswith("lrresearch") or filename.startswith(_PACKAGE_DIR):
+            return f"warning: {message}\n"
+        return original(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original

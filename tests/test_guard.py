@@ -42,8 +42,12 @@ def test_nan_batches_are_skipped_and_later_lrs_cut(tmp_path):
     with gin.unlock_config():
         result = trainer.fit(logdir=str(tmp_path), run_name="nan", quiet=True)
     events = Events(result.run_dir)
-    loss, skipped, lr = (events.scalar(t) for t in ("loss/batch", "guard/skipped", "lr"))
-    bad = ~np.isfinite(loss)
+    loss, norm, skipped, lr = (
+        events.scalar(t) for t in ("loss/batch", "grad/global_norm", "guard/skipped", "lr")
+    )
+    # A NaN input makes the gradient NaN; whether the loss is NaN too depends on the
+    # CPU (relu(NaN) is 0 on this AVX-512 machine's vectorized path, NaN elsewhere).
+    bad = ~np.isfinite(loss) | ~np.isfinite(norm)
     assert bad.sum() == 10  # one per epoch of 10 batches
     np.testing.assert_array_equal(skipped, np.cumsum(bad))
     np.testing.assert_allclose(lr, 0.05 * 0.9 ** (skipped - bad), rtol=1e-5)

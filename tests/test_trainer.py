@@ -27,7 +27,7 @@ from conftest import (
     windowed_mean,
 )
 
-import lrresearch.trainer as trainer_module
+import lrresearch.rundir as rundir_module
 from lrresearch.controllers import (
     ConstantController,
     Controller,
@@ -384,7 +384,7 @@ def tiny_runs(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("tiny")
     trainer = tiny_trainer()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer_module, "datetime", types.SimpleNamespace(datetime=FrozenDatetime))
+        mp.setattr(rundir_module, "datetime", types.SimpleNamespace(datetime=FrozenDatetime))
         first = trainer.fit(logdir=str(logdir), quiet=True)
         second = tiny_trainer().fit(logdir=str(logdir), quiet=True)
     return trainer, logdir, first, second

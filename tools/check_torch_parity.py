@@ -17,7 +17,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
-import torch
 
 from lrresearch.controllers import (
     CosineRestartsController,
@@ -25,6 +24,11 @@ from lrresearch.controllers import (
     OneCycleController,
 )
 from lrresearch.signals import make_signals
+
+# torch's schedulers import triton (a GPU compiler, unused here), whose extension
+# segfaulted on import (torch 2.14) in a process that had loaded TensorFlow: hide it.
+sys.modules.setdefault("triton", None)
+import torch  # noqa: E402
 
 TOLERANCE = 1e-6
 
