@@ -97,8 +97,14 @@ class TrainResult:
     eval_loss: float
     eval_accuracy: float
     first_call_seconds: float = float("nan")
+    began: int = 0  # the step this process started at (non-zero after a resume)
 
     def summary_line(self) -> str:
+        if self.steps <= self.began:
+            return (
+                f"done: nothing to train: {self.run_dir} is complete at step {self.steps} "
+                "(raise Trainer.steps to continue it)"
+            )
         return (
             f"done: {self.steps} steps in {self.seconds:.1f} s ({self.steps_per_second:,.0f} "
             f"steps/s after a {self.first_call_seconds:.1f} s first call that traced the "
@@ -682,6 +688,7 @@ class Trainer:
             eval_loss,
             eval_acc,
             first_seconds,
+            resumed_from or 0,
         )
 
     @staticmethod

@@ -230,3 +230,12 @@ def test_a_full_disk_is_one_screen_and_the_run_resumes(full, small_disk):
     resumed = train(small_disk, "r", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert_equals_uninterrupted(small_disk / "r", reference)
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(full, capsys):
+    logdir, reference = full
+    run_dir, name = copy_run(logdir / "full", logdir)
+    code, out = resume_in_process(logdir, name, capsys)
+    assert code == 0, out.err
+    assert f"done: nothing to train: {run_dir} is complete at step {STEPS}" in out.out
+    assert_equals_uninterrupted(run_dir, reference)
