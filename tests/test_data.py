@@ -144,6 +144,13 @@ def save(tmp_path, name="data.npz", **arrays):
     return str(path)
 
 
+def refusal(path: str, **kwargs) -> str:
+    """The message of the DataError `npz_file(path, **kwargs)` raises."""
+    with pytest.raises(DataError) as info:
+        npz_file(path, **kwargs)
+    return str(info.value)
+
+
 def test_npz_file_loads_and_splits(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(50, 3, 2)).astype(np.float64)
@@ -219,9 +226,7 @@ GOOD_Y = np.array([0, 1, 0, 1, 0, 1])
 )
 def test_npz_file_rejects_bad_files_with_clear_errors(tmp_path, arrays, kwargs, needles):
     path = save(tmp_path, **arrays)
-    with pytest.raises(DataError) as info:
-        npz_file(path, **kwargs)
-    message = str(info.value)
+    message = refusal(path, **kwargs)
     assert path in message  # says which file
     for needle in needles:
         assert needle in message, (needle, message)
@@ -249,9 +254,7 @@ def test_npz_file_refuses_a_typo_label_that_would_build_a_huge_model(tmp_path, w
     arrays["x_eval"], arrays["y_eval"] = np.zeros((12, 2)), np.arange(12) % 10
     arrays[where][7] = 100000
     path = save(tmp_path, **arrays)
-    with pytest.raises(DataError) as info:
-        npz_file(path)
-    message = str(info.value)
+    message = refusal(path)
     for needle in [
         path,
         "100,001-class",
@@ -268,11 +271,8 @@ def test_npz_file_refuses_a_typo_label_that_would_build_a_huge_model(tmp_path, w
 def test_npz_file_lists_the_outlying_labels_above_the_dense_ones(tmp_path):
     y = digit_like_labels()
     y[[3, 4, 9]] = [500, 70, 500]
-    with pytest.raises(DataError) as info:
-        npz_file(save(tmp_path, x=np.zeros((40, 2)), y=y))
-    assert "Outlying labels: 70 (1 example, first y[4]), 500 (2 examples, first y[3])" in str(
-        info.value
-    )
+    message = refusal(save(tmp_path, x=np.zeros((40, 2)), y=y))
+    assert "Outlying labels: 70 (1 example, first y[4]), 500 (2 examples, first y[3])" in message
 
 
 def test_npz_file_accepts_a_few_empty_classes(tmp_path):
@@ -287,9 +287,7 @@ def test_npz_file_refuses_values_that_overflow_float32(tmp_path, key):
     arrays["x_eval"], arrays["y_eval"] = np.ones((6, 3)), np.arange(6) % 2
     arrays[key][4, 2] = -1e39  # finite in float64, -inf in float32
     path = save(tmp_path, **arrays)
-    with pytest.raises(DataError) as info:
-        npz_file(path)
-    message = str(info.value)
+    message = refusal(path)
     for needle in [
         path,
         f"{key!r}",
