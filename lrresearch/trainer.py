@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -70,6 +71,17 @@ for _cls in (
 
 def _silent(*args: object) -> None:
     del args
+
+
+def _unrestored_values_filter(record: logging.LogRecord) -> bool:
+    """Drops TF's "being deleted with unrestored values" report (and its per-value
+    lines), which a restore that raised prints when it is garbage-collected: the
+    `ResumeError` raised there says what did not fit."""
+    message = record.getMessage()
+    return not (
+        "deleted with unrestored values" in message
+        or "Value in checkpoint could not be found in the restored object" in message
+    )
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -763,6 +775,8 @@ class Trainer:
         except (AssertionError, ValueError, tf.errors.OpError) as e:
             if status is not None:
                 status.expect_partial()  # no second report at exit; this one says it
+            else:  # `restore` itself raised: its half-done restore reports at exit
+                tf.get_logger().addFilter(_unrestored_values_filter)
             lines = (str(e).strip() or type(e).__name__).splitlines()
             reason = lines[0][:200] + (" ..." if len(lines) > 1 or len(lines[0]) > 200 else "")
             differences = binding_differences(saved, config) if saved is not None else []
@@ -773,13 +787,14 @@ class Trainer:
                 + (
                     "bindings that differ from the run's config.gin (run -> now):\n  "
                     + "\n  ".join(differences)
-                    + "\n"
+                    + "\nresume with the run's own configuration: lrresearch train "
+                    f"--gin_file={os.path.join(run_dir, 'config.gin')} --resume "
+                    f"--run_name {name} --logdir {logdir}"
                     if differences
-                    else ""
+                    else "no binding differs from the run's config.gin, so the checkpoint "
+                    "was written by code that kept other state (another version of "
+                    "lrresearch, or of your model or controller); resume it with that code"
                 )
-                + "resume with the run's own configuration: lrresearch train "
-                f"--gin_file={os.path.join(run_dir, 'config.gin')} --resume "
-                f"--run_name {name} --logdir {logdir}"
             ) from None
         self.sampler.restore_order()
 
