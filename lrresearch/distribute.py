@@ -103,6 +103,18 @@ def get_strategy() -> tf.distribute.Strategy | None:
     return _created[key]
 
 
+def describe(strategy: tf.distribute.Strategy | None) -> str:
+    """The `distribution.strategy` name of `strategy`: "none", "mirrored" or
+    "multi_worker" (for HParams and messages)."""
+    if strategy is None:
+        return "none"
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multi_worker"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "mirrored"
+    return type(strategy).__name__
+
+
 def is_chief(strategy: tf.distribute.Strategy | None) -> bool:
     """True unless this process is a non-chief worker of a multi-worker cluster (the
     chief is task `chief`, or `worker` 0 when the cluster has no `chief`)."""

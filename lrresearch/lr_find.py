@@ -13,7 +13,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import summaries
+from lrresearch import distribute, summaries
 from lrresearch.controllers.base import Controller, ControllerOutput, check_int, check_positive
 from lrresearch.signals import Signals
 from lrresearch.trainer import Trainer, make_run_dir
@@ -260,7 +260,12 @@ def lr_find(
     `controller/smoothed_loss`) into a new run directory."""
     controller = LRRangeController(start_lr, end_lr, num_steps, smoothing, diverge_factor)
     trainer = Trainer(
-        controller=controller, steps=num_steps, histogram_every=0, eval_every=0, grad_norm_every=0
+        controller=controller,
+        steps=num_steps,
+        histogram_every=0,
+        eval_every=0,
+        grad_norm_every=0,
+        strategy=distribute.get_strategy(),
     )
     trainer.build()
     run_dir = make_run_dir(logdir, run_name, "lr-find")

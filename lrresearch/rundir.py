@@ -210,8 +210,13 @@ def _unreadable(prefix: str) -> str | None:
     """Why the checkpoint at `prefix` cannot be read in full, or None if it can."""
     try:
         reader = tf.train.load_checkpoint(prefix)
-        for key in reader.get_variable_to_shape_map():
-            reader.get_tensor(key)
+        for key, dtype in reader.get_variable_to_dtype_map().items():
+            if dtype == tf.variant:  # a tf.data iterator's state: no numpy form
+                tf.raw_ops.RestoreV2(
+                    prefix=prefix, tensor_names=[key], shape_and_slices=[""], dtypes=[dtype]
+                )
+            else:
+                reader.get_tensor(key)
     except (tf.errors.OpError, ValueError, RuntimeError) as e:
         first_line = (getattr(e, "message", None) or str(e)).strip().splitlines()[0]
         return f"{type(e).__name__}: {first_line[:160]}"

@@ -153,8 +153,7 @@ def _run_point(
         config.parse(
             list(gin_files), [*gin_params, *(f"{n} = {v}" for n, v in point.bindings.items())]
         )
-        distribute.get_strategy()
-        trainer = Trainer()
+        trainer = Trainer(strategy=distribute.get_strategy())
         trainer.build()
         if stop.requested:  # Ctrl-C while this point was being set up: do not start it
             return trainer, True

@@ -20,7 +20,7 @@ strategy = distribute.get_strategy()  # before anything else runs TensorFlow ops
 
 from lrresearch.trainer import Trainer  # noqa: E402
 
-trainer = Trainer()
+trainer = Trainer(strategy=strategy)
 result = trainer.fit(logdir=sys.argv[1], run_name=sys.argv[2], quiet=True)
 
 

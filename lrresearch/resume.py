@@ -1,0 +1,122 @@
+"""Resuming a run: restore the newest intact checkpoint, repair the run directory.
+
+`resume(trainer, run_dir, ...)` is called by the outer loop (`lrresearch.run`) with
+the run directory's lock held. It restores the newest checkpoint that reads back
+(`rundir.recover_checkpoint`), refuses one that does not fit the configuration with
+the bindings that differ, and cuts from the event files what the interrupted process
+logged after the checkpoint (`event_files.drop_steps_from`), so every reader sees one
+point per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+
+from lrresearch import event_files
+from lrresearch.rundir import (
+    LOCK_FILE,
+    ResumeError,
+    binding_differences,
+    read_text,
+    recover_checkpoint,
+)
+
+
+def _unrestored_values_filter(record: logging.LogRecord) -> bool:
+    """Drops TF's "being deleted with unrestored values" report (and its per-value
+    lines), which a restore that raised prints when it is garbage-collected: the
+    `ResumeError` raised there says what did not fit."""
+    message = record.getMessage()
+    return not (
+        "deleted with unrestored values" in message
+        or "Value in checkpoint could not be found in the restored object" in message
+    )
+
+
+def resume(
+    trainer: Any, run_dir: str, config: str, say: Callable[..., None], chief: bool
+) -> int | None:
+    """Restores `run_dir`'s newest intact checkpoint; returns its step, or None when
+    the run starts (again) from step 0. The chief also repairs the run directory:
+    interrupted saves and damaged checkpoints are set aside, and the event files
+    lose what the interrupted process logged after the checkpoint."""
+    say = say if chief else (lambda *a: None)
+    saved_path = os.path.join(run_dir, "config.gin")
+    saved = read_text(saved_path)
+    others = set(os.listdir(run_dir)) - {LOCK_FILE, "checkpoints"}
+    if saved is None and others:
+        raise ResumeError(
+            f"cannot resume {run_dir!r}: it is not an lrresearch run (no config.gin, "
+            f"but {len(others)} other entries); pick the run's own --run_name and "
+            "--logdir"
+        )
+    recovery = recover_checkpoint(os.path.join(run_dir, "checkpoints"), repair=chief)
+    for note in recovery.notes:
+        say(f"resume: {note}")
+    if recovery.path is not None:
+        _restore(trainer, recovery.path, run_dir, saved, config)
+    step = recovery.step
+    if chief:
+        trimmed = event_files.drop_steps_from(run_dir, step)
+        for damage in trimmed.damage:
+            say(f"resume: cut a damaged event file: {damage}")
+        if trimmed.dropped_events and recovery.path is not None:
+            say(
+                f"resume: dropped {trimmed.dropped_events} events logged after step "
+                f"{step} by the interrupted process"
+            )
+    if recovery.path is None:
+        if saved is not None:
+            say(
+                f"resume: {run_dir} has no checkpoint (it stopped before its first): "
+                "starting it from step 0"
+            )
+        return None
+    differences = binding_differences(saved or "", config) if saved is not None else []
+    if differences:
+        say(
+            "warning: resuming with bindings that differ from the run's config.gin:\n  "
+            + "\n  ".join(differences)
+        )
+    return step
+
+
+def _restore(trainer: Any, path: str, run_dir: str, saved: str | None, config: str) -> None:
+    """Restores the checkpoint at `path`; a checkpoint that does not fit this
+    configuration is a `ResumeError` naming the bindings that differ."""
+    status = None
+    try:
+        status = trainer.checkpoint.restore(path)
+        # Every saved value must find its variable and the reverse: a checkpoint of
+        # another controller (whose variables this one lacks) does not fit either.
+        status.assert_consumed()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        if status is not None:
+            status.expect_partial()  # no second report at exit; this one says it
+        else:  # `restore` itself raised: its half-done restore reports at exit
+            tf.get_logger().addFilter(_unrestored_values_filter)
+        lines = (str(e).strip() or type(e).__name__).splitlines()
+        reason = lines[0][:200] + (" ..." if len(lines) > 1 or len(lines[0]) > 200 else "")
+        differences = binding_differences(saved, config) if saved is not None else []
+        name, logdir = os.path.basename(run_dir), os.path.dirname(run_dir) or "."
+        raise ResumeError(
+            f"cannot resume {run_dir!r} from {os.path.basename(path)}: the checkpoint "
+            f"does not fit this configuration ({type(e).__name__}: {reason})\n"
+            + (
+                "bindings that differ from the run's config.gin (run -> now):\n  "
+                + "\n  ".join(differences)
+                + "\nresume with the run's own configuration: lrresearch train "
+                f"--gin_file={os.path.join(run_dir, 'config.gin')} --resume "
+                f"--run_name {name} --logdir {logdir}"
+                if differences
+                else "no binding differs from the run's config.gin, so the checkpoint "
+                "was written by code that kept other state (another version of "
+                "lrresearch, or of your model or controller); resume it with that code"
+            )
+        ) from None
+    trainer.after_restore()

@@ -1,0 +1,139 @@
+"""The workload's model, loss and metrics, from what gin binds to the `Trainer`.
+
+- The model is any callable returning a `keras.Model`. It is called with the keyword
+  arguments it accepts among `input_shape` (one example's shape) and `num_classes`
+  (known for in-memory class-labelled data); everything else comes from its own gin
+  bindings. The built-in `mlp` and `cnn` take both.
+- The loss is a Keras loss (a name such as `'mse'`, a class, or an instance) or a
+  callable `(y_true, y_pred) -> per-example loss`. `per_example_loss` always returns
+  the unreduced values, so the trainer takes the mean over every element itself (over
+  batch x time for a sequence model): Keras `Loss` objects divide by the replica count
+  under a strategy, which the trainer's explicit mean avoids.
+- Metrics are Keras metrics (names, classes, instances or functions), logged as
+  `eval/<metric.name>`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+LossSpec = str | keras.losses.Loss | type | LossFn | None
+MetricSpec = str | keras.metrics.Metric | type | Callable[..., Any]
+
+
+def build_model(
+    model_fn: Callable[..., keras.Model],
+    input_shape: Sequence[int],
+    num_classes: int | None,
+) -> keras.Model:
+    """Calls `model_fn` with the arguments it accepts among `input_shape` and
+    `num_classes` and checks that it returned a `keras.Model`."""
+    name = getattr(model_fn, "__name__", type(model_fn).__name__)
+    known = {"input_shape": tuple(input_shape), "num_classes": num_classes}
+    try:
+        parameters = inspect.signature(model_fn).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    kwargs = {k: v for k, v in known.items() if (k in parameters or takes_all) and v is not None}
+    if "num_classes" in parameters and num_classes is None:
+        missing = parameters["num_classes"].default is inspect.Parameter.empty
+        if missing:
+            raise ValueError(
+                f"Trainer.model: {name}() takes num_classes, which a tf.data input does not "
+                f"give; bind it in gin ({name}.num_classes = ...)"
+            )
+    model = model_fn(**kwargs)
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"Trainer.model must return a keras.Model, but {name}() returned "
+            f"{type(model).__name__}; bind a function or class that builds the model"
+        )
+    return model
+
+
+def per_example_loss(spec: LossSpec) -> tuple[LossFn, str]:
+    """The unreduced loss function for `Trainer.loss` and a short name for HParams.
+
+    None is sparse categorical cross-entropy from logits (the built-in classifiers).
+    A Keras `Loss` (instance, class or name) is applied through its `call`, which
+    returns the per-example values before any reduction or replica scaling.
+    """
+    if spec is None:
+        return _sparse_ce_from_logits, "sparse_categorical_crossentropy(from_logits)"
+    if isinstance(spec, str):
+        try:
+            resolved = keras.losses.get(spec)
+        except ValueError:
+            raise ValueError(
+                f"Trainer.loss: unknown Keras loss {spec!r}; use a name such as 'mse' or "
+                "'huber', a class such as @keras.losses.Huber(), or your own function "
+                "(y_true, y_pred) -> per-example loss"
+            ) from None
+        return per_example_loss(resolved)
+    if inspect.isclass(spec) and issubclass(spec, keras.losses.Loss):
+        spec = spec()
+    if isinstance(spec, keras.losses.Loss):
+        return spec.call, spec.name
+    if callable(spec):
+        return spec, getattr(spec, "__name__", type(spec).__name__)
+    raise ValueError(
+        f"Trainer.loss must be a Keras loss (name, class or instance) or a function "
+        f"(y_true, y_pred) -> per-example loss, got {spec!r}"
+    )
+
+
+def _sparse_ce_from_logits(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    return keras.losses.sparse_categorical_crossentropy(y_true, logits, from_logits=True)
+
+
+def mean_loss(loss_fn: LossFn, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """The mean of `loss_fn`'s per-example values over every element, in float32."""
+    return tf.reduce_mean(tf.cast(loss_fn(y_true, y_pred), tf.float32))
+
+
+def make_metrics(specs: Sequence[MetricSpec] | None, default_loss: bool) -> list[Any]:
+    """Keras metric objects for `Trainer.metrics`; `'accuracy'` is sparse categorical
+    accuracy named `accuracy`. None: `['accuracy']` for the default (classification)
+    loss, else none."""
+    if specs is None:
+        specs = ["accuracy"] if default_loss else []
+    if isinstance(specs, (str, keras.metrics.Metric)) or not isinstance(specs, Sequence):
+        specs = [specs]
+    metrics = [_metric(spec) for spec in specs]
+    names = [m.name for m in metrics]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Trainer.metrics: two metrics share a name ({names}); name them")
+    return metrics
+
+
+def _metric(spec: MetricSpec) -> keras.metrics.Metric:
+    if isinstance(spec, str):
+        if spec in ("accuracy", "acc"):
+            return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        try:
+            resolved = keras.metrics.get(spec)
+        except ValueError:
+            raise ValueError(
+                f"Trainer.metrics: unknown Keras metric {spec!r}; use a name such as "
+                "'mae', a class such as @keras.metrics.MeanAbsoluteError(), or a function"
+            ) from None
+        if isinstance(resolved, keras.metrics.Metric):
+            try:  # logged under the name the user wrote (`eval/mae`), as Keras's compile
+                return type(resolved)(name=spec)
+            except TypeError:
+                return resolved
+        return keras.metrics.MeanMetricWrapper(resolved, name=spec)
+    if inspect.isclass(spec) and issubclass(spec, keras.metrics.Metric):
+        return spec()
+    if isinstance(spec, keras.metrics.Metric):
+        return spec
+    if callable(spec):
+        return keras.metrics.MeanMetricWrapper(spec, name=getattr(spec, "__name__", "metric"))
+    raise ValueError(f"Trainer.metrics: expected Keras metrics, got {spec!r}")
