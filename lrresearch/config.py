@@ -1,4 +1,10 @@
-"""Gin parsing with errors that name the file, line and binding, and suggest a fix."""
+"""Gin parsing with errors that name the file, line and binding, and suggest a fix.
+
+A gin file's `import` lines load the user's modules (`gin_imports`); gin keeps them
+first in `gin.operative_config_str()`, so a run's `config.gin` re-imports them. Only
+gin's public API is used: gin cannot list its registry, so `configurables` finds the
+names in lrresearch's modules, `external_configurables` and the imported modules.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,14 @@ import io
 import logging
 import os
 import re
+import sys
 import tokenize
 from collections.abc import Callable, Iterator, Sequence
 
 import gin
 from gin import resource_reader
+
+from lrresearch import gin_imports
 
 
 class ConfigError(ValueError):
@@ -25,13 +34,51 @@ VALUE_HINT = (
     "  A value is a Python literal (20, 0.5, 'text', (64, 64), None) or a reference: "
     "@Name, or @Name() for what it returns; strings need quotes."
 )
+# What gin raises for a file or binding it cannot use (KeyError: an ambiguous name).
+_PARSE_ERRORS = (ValueError, KeyError, SyntaxError, tokenize.TokenError, OSError, ImportError)
 _INCLUDE = re.compile(r"""^\s*include\s+(['"])(.+?)\1\s*(?:#.*)?$""")
+
+# Names a gin file may still bind that are not configurable (any more), with what to
+# bind instead: gin's own "No configurable matching" would leave the user guessing.
+NOT_CONFIGURABLE = {
+    "MovingAverage": (
+        "MovingAverage is not configurable: the trainer builds its two loss averages.\n"
+        "  Bind Trainer.loss_ma_short and Trainer.loss_ma_long (windows, in batches) and "
+        "Trainer.loss_ma_kind ('window' or 'ema') instead."
+    ),
+}
+
+
+def configurables() -> dict[str, Callable]:
+    """Every gin configurable lrresearch knows of, by its full name: lrresearch's own,
+    the Keras classes of `external_configurables`, and those of the modules a gin file
+    imported (`import my_package.my_module`).
+
+    Gin has no public listing of its registry: the candidates are the functions and
+    classes defined in those modules, each confirmed with `gin.get_configurable`.
+    """
+    from lrresearch import external_configurables
+
+    found: dict[str, Callable] = {}
+    for selector in external_configurables.REGISTERED:
+        found[selector] = gin.get_configurable(selector)
+    roots = ("lrresearch", *gin_imports.imported_roots)
+    for name, module in list(sys.modules.items()):
+        if module is None or not any(name == r or name.startswith(f"{r}.") for r in roots):
+            continue
+        for obj in list(vars(module).values()):
+            short = getattr(obj, "__name__", None)
+            if not callable(obj) or getattr(obj, "__module__", None) != name:
+                continue  # a name imported from elsewhere is listed where it is defined
+            with contextlib.suppress(KeyError, ValueError, TypeError):
+                found[f"{name}.{short}"] = gin.get_configurable(f"{name}.{short}")
+    return found
 
 
 def configurable_names() -> list[str]:
-    """Every registered gin configurable, by its short and its full name."""
+    """Every configurable of `configurables()`, by its short and its full name."""
     names: set[str] = set()
-    for selector, _ in gin.config._REGISTRY.items():
+    for selector in configurables():
         names.add(selector)
         names.add(selector.rsplit(".", 1)[-1])
     return sorted(names)
@@ -39,16 +86,12 @@ def configurable_names() -> list[str]:
 
 def _parameters(configurable: str) -> list[str]:
     try:
-        matches = gin.config._REGISTRY.get_all_matches(configurable)
-    except Exception:
+        target = gin.get_configurable(configurable)
+    except (KeyError, ValueError):
         return []
-    params: list[str] = []
-    for match in matches:
-        fn = match.wrapped
-        target = fn.__init__ if inspect.isclass(fn) else fn
-        with contextlib.suppress(TypeError, ValueError):
-            params += [p for p in inspect.signature(target).parameters if p != "self"]
-    return params
+    with contextlib.suppress(TypeError, ValueError):
+        return [p for p in inspect.signature(target).parameters if p != "self"]
+    return []
 
 
 def _suggest(word: str, candidates: list[str]) -> str:
@@ -78,6 +121,13 @@ def _explain_syntax(error: SyntaxError, where: str) -> str:
     return f"{where}: {(error.msg or '').strip()}{shown}"
 
 
+def _full_names(message: str) -> str:
+    """`@a.X or @b.X` from gin's "Ambiguous selector 'X', matches ['a.X', 'b.X']"."""
+    m = re.search(r"matches \[([^\]]*)\]", message)
+    names = re.findall(r"'([\w.]+)'", m.group(1)) if m else []
+    return " or ".join(f"@{name}" for name in names) or "@module.Name"
+
+
 def explain(error: Exception, where: str = "") -> str:
     """Turns a gin parse error into a message with a suggestion where one exists.
 
@@ -85,10 +135,16 @@ def explain(error: Exception, where: str = "") -> str:
     if isinstance(error, SyntaxError):
         return _explain_syntax(error, where)
     message = str(error).strip() or repr(error)
+    if isinstance(error, KeyError):  # str() quotes a KeyError's own message
+        message = re.sub(r"""^(["'])(.*?)\1(?=\n|$)""", r"\2", message, count=1, flags=re.S)
     if where:
         message = f"{where}: {message}"
     if m := re.search(r"No configurable matching (?:reference )?'@?([\w.]+)", message):
+        if hint := NOT_CONFIGURABLE.get(m.group(1).rsplit(".", 1)[-1]):
+            return f"{message}\n  {hint}"
         message += _suggest(m.group(1), configurable_names())
+    elif m := re.search(r"Ambiguous selector '([\w.]+)'", message):
+        message += f"\n  Name one in full: {_full_names(message)}."
     elif m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message):
         params = _parameters(m.group(1))
         message += _suggest(m.group(2), params) or (
@@ -211,6 +267,9 @@ def _check_file(
     _check_closed(text, lambda line: f"{path}:{line}")
     key = os.path.realpath(path)
     for number, line in enumerate(text.splitlines(), 1):
+        if module := gin_imports.module_of(line):
+            _import(module, f"{path}:{number}", os.path.dirname(os.path.abspath(path)))
+            continue
         if not (m := _INCLUDE.match(line)):
             continue
         target = _resolve_include(m.group(2), prefixes)
@@ -243,20 +302,45 @@ class _DropPathNotFound(logging.Filter):
         return not (record.module == "resource_reader" and record.msg == "Path not found: %s")
 
 
+# The folders of the gin files `parse` is reading, searched for includes after the
+# working directory. Empty outside `parse`, so gin behaves as usual for everyone else.
+_include_folders: list[str] = []
+
+
+def _include_exists(path: str) -> bool:
+    return bool(_include_folders) and _resolve_include(path, _include_folders) is not None
+
+
+def _open_include(path: str) -> io.TextIOWrapper:
+    return open(_resolve_include(path, _include_folders) or path, encoding="utf-8")
+
+
+# Gin opens an include from the working directory (and the paths added with
+# `gin.add_config_file_search_path`), else asks its file readers in turn; this one finds
+# it next to the gin files being parsed.
+gin.config.register_file_reader(_open_include, _include_exists)
+
+
 @contextlib.contextmanager
 def _include_search(paths: Sequence[str]) -> Iterator[None]:
-    """Gin searches the working directory, then `paths`, then paths the caller added;
-    earlier parses' folders do not linger (they could shadow this file's `base.gin`)."""
-    prefixes = gin.config._LOCATION_PREFIXES  # gin has no public way to reset it
-    saved = list(prefixes)
-    prefixes[:] = ["", *paths, *(p for p in saved if p and p not in paths)]
+    """Includes resolve in the working directory, then in `paths`; earlier parses'
+    folders do not linger (they could shadow this file's `base.gin`)."""
+    saved = list(_include_folders)
+    _include_folders[:] = paths
     quiet = _DropPathNotFound()
     logging.getLogger().addFilter(quiet)
     try:
         yield
     finally:
-        prefixes[:] = saved
+        _include_folders[:] = saved
         logging.getLogger().removeFilter(quiet)
+
+
+def _import(module: str, where: str, gin_folder: str | None) -> None:
+    """Imports the module of the `import` line at `where` before gin does, so that a
+    failure is a ConfigError naming the line and the module, not a traceback."""
+    if (message := gin_imports.import_module(module, gin_folder)) is not None:
+        raise ConfigError(f"{where}: import {module}: {message}")
 
 
 def _register_configurables() -> None:
@@ -264,6 +348,7 @@ def _register_configurables() -> None:
     import lrresearch.controllers
     import lrresearch.data
     import lrresearch.distribute
+    import lrresearch.external_configurables  # Keras optimizers, losses and metrics
     import lrresearch.models
     import lrresearch.optimizers
     import lrresearch.signals
@@ -287,9 +372,10 @@ def parse(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
     """Clears earlier bindings, then parses `gin_files` and `gin_params` in order.
 
     Raises:
-      ConfigError: a file is missing or unreadable, includes are circular, or a
-        binding names an unknown configurable or parameter, or does not parse. The
-        message names the file and line, or the `--gin_param`.
+      ConfigError: a file is missing or unreadable, includes are circular, an
+        `import` line's module cannot be imported, or a binding names an unknown
+        configurable or parameter, or does not parse. The message names the file and
+        line, or the `--gin_param`.
     """
     _register_configurables()
     gin.clear_config()
@@ -299,14 +385,13 @@ def parse(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
             raise _missing_file(path)
         paths += [p for p in _search_paths(path) if p not in paths]
     checked: set[str] = set()
-    errors = (ValueError, SyntaxError, tokenize.TokenError, OSError, ImportError)
-    with _include_search(paths):
+    with _include_search(paths), gin_imports.working_directory_importable():
         for path in gin_files:
-            _check_file(path, gin.config._LOCATION_PREFIXES, "--gin_file", [], checked)
+            _check_file(path, ["", *paths], "--gin_file", [], checked)
         for path in gin_files:
             try:
                 gin.parse_config_file(path)
-            except errors as e:
+            except _PARSE_ERRORS as e:
                 raise ConfigError(explain(e)) from None
         for param in gin_params:
             parse_binding(param, f"--gin_param={param!r}")
@@ -316,10 +401,14 @@ def parse_binding(binding: str, where: str) -> None:
     """Parses one binding on top of the current config; a ConfigError names `where`
     (the `--gin_param` or `--sweep` it came from) and what gin could not parse."""
     _check_closed(binding, lambda line: where)
-    try:
-        gin.parse_config(binding)
-    except (ValueError, SyntaxError, tokenize.TokenError, OSError, ImportError) as e:
-        raise ConfigError(explain(e, where)) from None
+    with gin_imports.working_directory_importable():
+        for line in binding.splitlines():
+            if module := gin_imports.module_of(line):
+                _import(module, where, None)
+        try:
+            gin.parse_config(binding)
+        except _PARSE_ERRORS as e:
+            raise ConfigError(explain(e, where)) from None
 
 
 def explain_call_error(error: Exception, gin_files: list[str], gin_params: list[str]) -> str:

@@ -34,7 +34,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import summaries
+from lrresearch import config, summaries
 from lrresearch.controllers import ConstantController, Controller
 from lrresearch.trainer import Trainer, make_run_dir
 
@@ -48,10 +48,9 @@ def builtin_controllers() -> list[str]:
     such as `Product` and factors such as `LossNudgeFactor` need parts: name a
     composed controller in a gin file's `Trainer.controller` and profile that)."""
     names = set()
-    for _, configurable in gin.config._REGISTRY.items():
-        fn = configurable.wrapped
+    for selector, fn in config.configurables().items():
         if isinstance(fn, type) and issubclass(fn, Controller) and fn.standalone:
-            names.add(configurable.name)
+            names.add(selector.rpartition(".")[2])
     return sorted(names)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import gin
 import tensorflow as tf
 
 
@@ -81,7 +80,6 @@ def update_slot(variable: tf.Variable, index: tf.Tensor, value: tf.Tensor) -> No
         variable.scatter_nd_update([[index]], [value])
 
 
-@gin.configurable
 class MovingAverage(tf.Module):
     """Moving average of a scalar series (the batch loss), updated in-graph.
 
@@ -95,6 +93,9 @@ class MovingAverage(tf.Module):
 
     Non-finite values (NaN/Inf losses) are not added, so one bad batch does not poison
     the next `window` averages. Until a finite value has been seen the average is NaN.
+
+    Not a gin configurable: its callers pass every argument. The trainer's averages are
+    bound as `Trainer.loss_ma_short`, `Trainer.loss_ma_long` and `Trainer.loss_ma_kind`.
 
     Args:
       window: length of the window in batches (>= 1).

@@ -152,3 +152,37 @@ def test_include_resolves_next_to_the_file_after_other_parses(monkeypatch, tmp_p
         assert gin.query_parameter("Trainer.steps") == 7
     finally:
         gin.clear_config()
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        (None, "no module named 'lab_{kind}'\n  Python looked in the working directory"),
+        ("raise RuntimeError('no GPU')", "the module raised RuntimeError: no GPU ({py}:1)"),
+        ("def f(:\n    pass", "syntax error in the module: invalid syntax ({py}:1)"),
+        ("import not_installed", "it imports 'not_installed', which is not installed ({py}:1)"),
+    ],
+    ids=["missing", "raises", "syntax", "dependency"],
+)
+def test_failing_import_names_the_gin_file_line_and_module(
+    fail, monkeypatch, tmp_path, request, source, says
+):
+    kind = request.node.callspec.id
+    py = tmp_path / "modules" / f"lab_{kind}.py"
+    if source is not None:
+        py.parent.mkdir()
+        py.write_text(source + "\n")
+        monkeypatch.syspath_prepend(str(py.parent))
+    path = write(tmp_path / "mine.gin", "Trainer.steps = 5", f"import lab_{kind}")
+    message = fail("train", f"--gin_file={path}")
+    assert message.startswith(f"{path}:2: import lab_{kind}: {says.format(kind=kind, py=py)}")
+    if kind == "missing":
+        message = fail("train", f"--gin_param=import lab_{kind}")
+        assert message.startswith(f"--gin_param='import lab_{kind}': import lab_{kind}: no module")
+
+
+def test_moving_average_binding_says_what_to_bind_instead(fail):
+    message = fail("train", "--gin_param=MovingAverage.window = 5")
+    assert "No configurable matching 'MovingAverage'" in message
+    assert "Bind Trainer.loss_ma_short and Trainer.loss_ma_long" in message
+    assert "Trainer.loss_ma_kind" in message

@@ -1,0 +1,41 @@
+"""A model, a loss and data that lrresearch does not ship, made configurable by gin."""
+
+from __future__ import annotations
+
+import gin
+import keras
+import numpy as np
+
+
+@gin.configurable
+def tiny_regressor(input_shape: tuple[int, ...], width: int = 4) -> keras.Model:
+    """One hidden layer of `width` units, one linear output."""
+    inputs = keras.Input(input_shape)
+    hidden = keras.layers.Dense(width, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(1)(hidden), name="tiny_regressor")
+
+
+@gin.configurable
+def scaled_squared_error(scale: float = 1.0):
+    """A per-example loss `(y_true, y_pred) -> scale * mean((y_true - y_pred)**2)`."""
+
+    def loss(y_true, y_pred):
+        return scale * keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
+
+    return loss
+
+
+@gin.configurable
+def noisy_line(examples: int = 32, noise: float = 0.1, seed: int = 0):
+    """`(x, y)` float32 arrays: y = 2x + 1 plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(examples, 1)).astype("float32")
+    return x, (2 * x + 1 + noise * rng.normal(size=x.shape)).astype("float32")
+
+
+@gin.configurable
+def experiment(model=gin.REQUIRED, loss=gin.REQUIRED, data=gin.REQUIRED) -> float:
+    """Builds the workload as the trainer would and returns the untrained loss."""
+    x, y = data
+    net = model(input_shape=x.shape[1:])
+    return float(keras.ops.mean(loss(y, net(x))))
