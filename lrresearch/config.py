@@ -39,12 +39,17 @@ _PARSE_ERRORS = (ValueError, KeyError, SyntaxError, tokenize.TokenError, OSError
 _INCLUDE = re.compile(r"""^\s*include\s+(['"])(.+?)\1\s*(?:#.*)?$""")
 
 # Names a gin file may still bind that are not configurable (any more), with what to
-# bind instead: gin's own "No configurable matching" would leave the user guessing.
+# bind instead: gin's own "No configurable matching" (a class) or "has denylisted
+# kwarg" (a parameter its callers always pass) would leave the user guessing.
 NOT_CONFIGURABLE = {
     "MovingAverage": (
         "MovingAverage is not configurable: the trainer builds its two loss averages.\n"
         "  Bind Trainer.loss_ma_short and Trainer.loss_ma_long (windows, in batches) and "
         "Trainer.loss_ma_kind ('window' or 'ema') instead."
+    ),
+    "Trainer.strategy": (
+        "Trainer.strategy is passed by the command, not bound: choose it with "
+        "distribution.strategy ('none', 'mirrored' or 'multi_worker')."
     ),
 }
 
@@ -143,6 +148,10 @@ def explain(error: Exception, where: str = "") -> str:
         if hint := NOT_CONFIGURABLE.get(m.group(1).rsplit(".", 1)[-1]):
             return f"{message}\n  {hint}"
         message += _suggest(m.group(1), configurable_names())
+    elif m := re.search(r"Configurable '([\w.]+)' has denylisted kwarg '(\w+)'", message):
+        owner = m.group(1).rsplit(".", 1)[-1]
+        if hint := NOT_CONFIGURABLE.get(f"{owner}.{m.group(2)}"):
+            message += f"\n  {hint}"
     elif m := re.search(r"Ambiguous selector '([\w.]+)'", message):
         message += f"\n  Name one in full: {_full_names(message)}."
     elif m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message):

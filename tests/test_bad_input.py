@@ -186,3 +186,9 @@ def test_moving_average_binding_says_what_to_bind_instead(fail):
     assert "No configurable matching 'MovingAverage'" in message
     assert "Bind Trainer.loss_ma_short and Trainer.loss_ma_long" in message
     assert "Trainer.loss_ma_kind" in message
+
+
+def test_a_parameter_callers_always_pass_says_what_to_bind_instead():
+    # What gin says once `Trainer` denylists `strategy` (the command passes it).
+    error = ValueError("Configurable 'Trainer' has denylisted kwarg 'strategy'.")
+    assert "choose it with distribution.strategy" in config.explain(error, "--gin_param=x")
