@@ -5,20 +5,39 @@ into Keras's own compiled train function, so `steps_per_execution` > 1 works) co
 the same `Signals` as the lrresearch trainer, asks the controller for the LR, assigns
 it and applies the update; `PerBatchSummaries` sets up the summary writer so the same
 tags (`lr`, `loss/batch`, `loss/ma_short`, `loss/ma_long`, `grad/global_norm`,
-`controller/...`) appear in TensorBoard, at step = the optimizer's iteration count.
+`controller/...`, `guard/skipped`, `guard/lr_rejected`) appear in TensorBoard, at step =
+the batch index (see "Non-finite batches").
 
-Saving: every Keras saving path carries the controller's and the moving averages'
-state next to the weights and the optimizer (iterations, LR): `save_weights` /
+Non-finite batches: the trainer's `NonFiniteGuard` (`lrresearch/guard.py`) skips the
+update of a batch whose loss or gradient norm is NaN/Inf (no `optimizer.apply`, so the
+weights, the optimizer's slots and `optimizer.iterations` stay those of the last good
+batch, as Keras's own `LossScaleOptimizer` does) and multiplies every later LR by
+`nonfinite_lr_factor`. `optimizer.iterations` therefore counts applied updates, and the
+batch index (the controller's `step` and the summary step) is `optimizer.iterations +
+guard.skipped`: equal to the iteration count until a batch is skipped, and like the
+trainer's step it advances on every batch. After `max_consecutive_nonfinite` skipped
+batches in a row, `fit` stops (`stop_training`) with a `RuntimeWarning` that says where it
+began; the check reads one scalar after each compiled call (every `steps_per_execution`
+batches), never inside one. `fit`'s loss is Keras's: the running mean over every batch,
+skipped ones included, so an epoch with a NaN batch loss reports NaN (and Keras's
+`TerminateOnNaN` would stop there, before the guard's count).
+
+Saving: every Keras saving path carries the controller's, the moving averages' and the
+guard's state next to the weights and the optimizer (iterations, LR): `save_weights` /
 `load_weights` (`.weights.h5`), `model.save` / `keras.models.load_model` (`.keras`,
 which also records the controller's constructor arguments, so `load_model` rebuilds
-it), `ModelCheckpoint` in both modes, and `tf.train.Checkpoint(model=...)`. Training
-resumed from a `.weights.h5` or `.keras` save gives the LR sequence of the
-uninterrupted run.
+it and the guard's arguments), `ModelCheckpoint` in both modes, and
+`tf.train.Checkpoint(model=...)`. Training resumed from a `.weights.h5` or `.keras` save
+gives the LR sequence of the uninterrupted run. A file saved before the guard existed has
+no guard state; it loads with the guard reset (nothing was skipped by that code).
 
 Under a `tf.distribute` strategy (build and compile the model in `strategy.scope()`),
 the signals come from the all-reduced loss and gradients and the controller runs once
 per batch in the cross-replica context, so every replica applies the same LR and the
-summaries are written once. Keras 3's `fit` under a multi-replica strategy fails with
+summaries are written once. The guarded update runs there too, as Keras's
+`LossScaleOptimizer` does it (a `tf.cond` whose branch calls `optimizer.apply` in each
+replica), on the all-reduced loss and norm, so all replicas skip the same batches.
+Keras 3's `fit` under a multi-replica strategy fails with
 `steps_per_execution` > 1 even without lrresearch (keras-team/keras#19246), so
 `ControlledModel` asks for 1 there; `lrresearch train` has no such limit.
 """
@@ -35,10 +54,12 @@ import tensorflow as tf
 from lrresearch import summaries
 from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
+from lrresearch.guard import NonFiniteGuard
 from lrresearch.signals import MovingAverage, Signals
 from lrresearch.step import (
     all_reduce_sum,
     batch_signals,
+    dense_grads,
     first_replica,
     set_lr,
     write_batch_summaries,
@@ -61,6 +82,11 @@ class ControlledModel(keras.Model):
       loss_ma_short: window of the short loss moving average, in batches.
       loss_ma_long: window of the long loss moving average, in batches.
       loss_ma_kind: "window" or "ema", as the trainer's (see `MovingAverage`).
+      max_consecutive_nonfinite: a batch whose loss or gradient norm is NaN/Inf is
+        skipped (no update; logged in `guard/skipped`); after this many in a row `fit`
+        stops with a warning (0: stop at the first).
+      nonfinite_lr_factor: in (0, 1]; every skipped batch multiplies all later LRs by
+        this.
     """
 
     def __init__(
@@ -70,6 +96,8 @@ class ControlledModel(keras.Model):
         loss_ma_short: int = 10,
         loss_ma_long: int = 100,
         loss_ma_kind: str = "window",
+        max_consecutive_nonfinite: int = 10,
+        nonfinite_lr_factor: float = 0.5,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -77,6 +105,9 @@ class ControlledModel(keras.Model):
         self.controller = controller
         self.ma_short = MovingAverage(loss_ma_short, loss_ma_kind, name="loss_ma_short")
         self.ma_long = MovingAverage(loss_ma_long, loss_ma_kind, name="loss_ma_long")
+        self.guard = NonFiniteGuard(
+            max_consecutive_nonfinite, nonfinite_lr_factor, owner="ControlledModel"
+        )
         # Rules that watch the weights (HypergradientController) need them before the
         # first step; a model built at construction (Sequential with an Input,
         # functional) has them now, so its controller state exists for load_weights.
@@ -92,6 +123,8 @@ class ControlledModel(keras.Model):
             "loss_ma_short": self.ma_short.window,
             "loss_ma_long": self.ma_long.window,
             "loss_ma_kind": self.ma_short.kind,
+            "max_consecutive_nonfinite": self.guard.max_consecutive,
+            "nonfinite_lr_factor": self.guard.lr_factor,
         }
 
     @classmethod
@@ -104,31 +137,36 @@ class ControlledModel(keras.Model):
 
     def controller_state(self) -> dict[str, tf.Variable]:
         """The controller's and the moving averages' variables by attribute path
-        (`controller.losses`, `controller.parts.0.count`, `loss_ma_long.buffer`): the
-        state that `save_own_variables` writes. The order is sorted by attribute, so it
-        does not depend on the order in which the variables were created."""
-        state = {}
-        for prefix, module in (
+        (`controller.losses`, `controller.parts.0.count`, `loss_ma_long.buffer`): what
+        `save_own_variables` writes, with `guard_state()`. The order is sorted by
+        attribute, so it does not depend on the order in which the variables were
+        created."""
+        return _state(
             ("controller", self.controller),
             ("loss_ma_short", self.ma_short),
             ("loss_ma_long", self.ma_long),
-        ):
-            for path, variable in module._flatten(predicate=_is_variable, with_path=True):
-                state[".".join(map(str, (prefix, *path)))] = variable
-        return state
+        )
+
+    def guard_state(self) -> dict[str, tf.Variable]:
+        """The guard's variables (`guard.consecutive`, `guard.first_nonfinite_step`,
+        `guard.lr_scale`, `guard.skipped`), saved beside `controller_state()`."""
+        return _state(("guard", self.guard))
 
     # Keras's saving (`save_weights`, `model.save`, `ModelCheckpoint`) walks Keras
-    # objects only; the controller and the moving averages are `tf.Module`s, so their
-    # variables are stored here, under their attribute paths, beside the model's own.
+    # objects only; the controller, the moving averages and the guard are `tf.Module`s,
+    # so their variables are stored here, under their attribute paths, beside the
+    # model's own.
     def save_own_variables(self, store) -> None:
         super().save_own_variables(store)
-        for key, variable in self.controller_state().items():
+        for key, variable in {**self.controller_state(), **self.guard_state()}.items():
             store[key] = variable.numpy()
 
     def load_own_variables(self, store) -> None:
         keys = list(store.keys())
         # Keras's own entries are numbered "0", "1", ...; ours are attribute paths.
         saved = {k: np.asarray(store[k]) for k in keys if not k.isdigit()}
+        guard = self.guard_state()
+        saved_guard = {k: saved.pop(k) for k in guard if k in saved}
         state = self.controller_state()
         saved_shapes = {k: tuple(v.shape) for k, v in saved.items()}
         shapes = {k: tuple(v.shape) for k, v in state.items()}
@@ -136,9 +174,23 @@ class ControlledModel(keras.Model):
             raise ValueError(
                 _mismatch_message(type(self.controller).__name__, saved_shapes, shapes)
             )
+        # A file saved before the guard existed has none of its keys: that code never
+        # skipped a batch, so the guard starts afresh. Part of them is a damaged file.
+        if saved_guard and saved_guard.keys() != guard.keys():
+            raise ValueError(
+                f"ControlledModel: the saved guard state has {sorted(saved_guard)}, not "
+                f"{sorted(guard)}; the file is damaged. Pass `skip_mismatch=True` to "
+                f"`load_weights` to load the weights and start the controller and guard "
+                f"afresh."
+            )
         super().load_own_variables({k: store[k] for k in keys if k.isdigit()})
         for key, variable in state.items():
             variable.assign(saved[key])
+        if saved_guard:
+            for key, variable in guard.items():
+                variable.assign(saved_guard[key])
+        else:
+            self.guard.reset()
 
     def call(self, inputs, training=None):
         return self.inner(inputs, training=training)
@@ -159,6 +211,30 @@ class ControlledModel(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def make_train_function(self, force: bool = False):
+        """Keras's compiled train function, followed after every call (every
+        `steps_per_execution` batches) by the guard's stop check: one scalar read
+        between calls, where Keras's own loop looks at `stop_training`. Here, not in a
+        callback, so every `fit` (and `train_on_batch`) has it."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=True)
+        compiled = self.train_function
+
+        def train_function(iterator):
+            logs = compiled(iterator)
+            self._stop_if_diverged()
+            return logs
+
+        self.train_function = train_function
+        return train_function
+
+    def _stop_if_diverged(self) -> None:
+        message = self.guard.stop_message(None, "the optimizer's global_clipnorm")
+        if message:
+            self.stop_training = True
+            warnings.warn(f"ControlledModel: {message}", RuntimeWarning, stacklevel=3)
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
@@ -171,26 +247,27 @@ class ControlledModel(keras.Model):
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
-        grads = tape.gradient(loss, variables)
+        grads = dense_grads(tape.gradient(loss, variables), variables)
         context = tf.distribute.get_replica_context()
-        if context is None or context.num_replicas_in_sync == 1:
+        if not tf.distribute.has_strategy():
             batch_loss = loss
-            signals, lr, out = self._control(None, loss, grads)
-            grads = signals.grads
+            signals, lr, out, extra = self._control_and_apply(None, loss, grads, grads)
         else:
-            _check_steps_per_execution(self.steps_per_execution)
+            if context.num_replicas_in_sync > 1:
+                _check_steps_per_execution(self.steps_per_execution)
             # Keras divides each replica's loss by the replica count, so an all-reduce
-            # (SUM) gives the global-batch loss and gradients. The signals, controller
-            # and LR assignment run once, in the cross-replica context, so every replica
-            # applies the same LR; Keras's `apply` all-reduces the local gradients again
-            # for the update (the price of using Keras's own update: a second
-            # all-reduce). Summaries are written from the replicas, where TensorBoard
-            # records replica 0's only (from merge_call they would capture the
-            # replica's recording condition across graphs).
+            # (SUM) gives the global-batch loss and gradients. The signals, controller,
+            # LR assignment and guard run once, in the cross-replica context, so every
+            # replica applies the same LR and skips the same batches; Keras's `apply`
+            # all-reduces the local gradients again for the update (the price of using
+            # Keras's own update: a second all-reduce). Summaries are written from the
+            # replicas, where TensorBoard records replica 0's only (from merge_call they
+            # would capture the replica's recording condition across graphs).
             batch_loss, batch_grads = all_reduce_sum(loss, grads, variables)
-            signals, lr, out = context.merge_call(self._control, args=(batch_loss, batch_grads))
-        self.optimizer.apply(list(grads), variables)
-        write_batch_summaries(signals, lr, out)
+            signals, lr, out, extra = context.merge_call(
+                self._control_and_apply, args=(batch_loss, batch_grads, grads)
+            )
+        write_batch_summaries(signals, lr, out, extra)
         self._track_loss(x, batch_loss)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
@@ -206,30 +283,48 @@ class ControlledModel(keras.Model):
             if metric.name == "loss":
                 metric.update_state(batch_loss, sample_weight=batch_size)
 
-    def _control(
+    def _control_and_apply(
         self,
         strategy: tf.distribute.Strategy | None,
         loss: tf.Tensor,
-        grads: list[tf.Tensor | None],
-    ) -> tuple[Signals, tf.Tensor, ControllerOutput]:
-        """Signals, controller and LR for one batch. `strategy`: the cross-replica call
-        of `merge_call`, whose values are per replica and all equal; then the returned
-        signals carry no gradients."""
+        grads: list[tf.Tensor],
+        local_grads: list[tf.Tensor],
+    ) -> tuple[Signals, tf.Tensor, ControllerOutput, dict[str, tf.Tensor]]:
+        """Signals, controller, LR and the guarded update for one batch; returns the
+        signals, the LR, the controller's output and the guard's summaries.
+
+        `strategy`: the cross-replica call of `merge_call`, whose values are per replica
+        (`loss`, `grads` all-reduced, hence equal; `local_grads` each replica's own);
+        then the returned signals carry no gradients. A `tf.cond` with a branch that
+        calls `merge_call` (Keras's `apply` does) must be built here, in the
+        cross-replica context, not in a replica's; its branch applies in each replica.
+        """
         if strategy is not None:
             loss, grads = first_replica(strategy, (loss, list(grads)))
+        variables = self.trainable_variables
+        lr_variable = self.optimizer.learning_rate
+        # The batch index: iterations counts applied updates, skipped batches add on.
+        step = tf.cast(self.optimizer.iterations, tf.int64) + self.guard.skipped
         signals = batch_signals(
-            self.optimizer.iterations,
-            loss,
-            grads,
-            self.trainable_variables,
-            self.ma_short,
-            self.ma_long,
-            self.optimizer.learning_rate,
+            step, loss, grads, variables, self.ma_short, self.ma_long, lr_variable
         )
-        lr, _, out = set_lr(self.controller, signals, self.optimizer.learning_rate)
+        lr, accepted, out = set_lr(self.controller, signals, lr_variable, self.guard.lr_scale)
+
+        def apply_update() -> None:
+            if strategy is None:
+                self.optimizer.apply(list(signals.grads), variables)
+            else:
+                strategy.extended.call_for_each_replica(
+                    lambda g: self.optimizer.apply(list(g), self.trainable_variables),
+                    args=(list(local_grads),),
+                )
+
+        self.guard.apply_if_finite(signals.step, loss, signals.global_norm, apply_update)
+        extra = {"guard/lr_rejected": 1.0 - tf.cast(accepted, tf.float32)}
+        extra.update(self.guard.summaries())
         if strategy is not None:
             signals = signals._replace(grads=())
-        return signals, lr, out
+        return signals, lr, out, extra
 
 
 def _check_steps_per_execution(steps: int) -> None:
@@ -245,6 +340,15 @@ def _check_steps_per_execution(steps: int) -> None:
 
 def _is_variable(value: object) -> bool:
     return isinstance(value, tf.Variable)
+
+
+def _state(*modules: tuple[str, tf.Module]) -> dict[str, tf.Variable]:
+    """The variables of each `(prefix, module)` by attribute path, sorted by attribute."""
+    state = {}
+    for prefix, module in modules:
+        for path, variable in module._flatten(predicate=_is_variable, with_path=True):
+            state[".".join(map(str, (prefix, *path)))] = variable
+    return state
 
 
 def _mismatch_message(

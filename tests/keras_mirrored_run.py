@@ -32,7 +32,9 @@ x = np.concatenate([b[0].numpy() for b in batches])
 y = np.concatenate([b[1].numpy() for b in batches])
 
 
-def fit(strategy: tf.distribute.Strategy, name: str, steps_per_execution: int) -> ControlledModel:
+def fit(
+    strategy: tf.distribute.Strategy, name: str, steps_per_execution: int, x=x, y=y
+) -> ControlledModel:
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = ControlledModel(
@@ -62,26 +64,53 @@ try:
     error = None
 except ValueError as e:
     error = str(e)
+# One NaN pixel in batch 3, in the slice replica 0 takes: the all-reduced norm is NaN on
+# both replicas, so both skip the batch.
+poisoned = x[: 10 * 64].copy()
+poisoned[3 * 64 + 5, 3, 3, 0] = np.nan
+nan_single = fit(tf.distribute.get_strategy(), "nan_single", 1, poisoned, y[: 10 * 64])
+nan_mirrored = fit(strategy, "nan_mirrored", 1, poisoned, y[: 10 * 64])
 
 
 def copies(variable) -> list[np.ndarray]:
     return [c.numpy() for c in strategy.experimental_local_results(variable.value)]
 
 
-pairs = zip(single.trainable_variables, mirrored.trainable_variables, strict=True)
-weights = [copies(v) for v in mirrored.trainable_variables]
+def max_diff(a: ControlledModel, b: ControlledModel) -> float:
+    pairs = zip(a.trainable_variables, b.trainable_variables, strict=True)
+    return max(float(np.max(np.abs(u.numpy() - v.numpy()))) for u, v in pairs)
+
+
+def copy_diff(model: ControlledModel) -> float:
+    weights = [copies(v) for v in model.trainable_variables]
+    return max(float(np.max(np.abs(c - w[0]))) for w in weights for c in w[1:])
+
+
+def guard(model: ControlledModel) -> dict[str, list[float]]:
+    return {
+        k: [float(c) for c in strategy.experimental_local_results(v)]
+        for k, v in model.guard_state().items()
+    }
+
+
 print(
     json.dumps(
         {
             "replicas": strategy.num_replicas_in_sync,
-            "weight_max_diff": max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in pairs),
+            "weight_max_diff": max_diff(single, mirrored),
             "lr_copies": [float(v) for v in copies(mirrored.optimizer.learning_rate)],
-            "weight_copy_max_diff": max(
-                float(np.max(np.abs(c - w[0]))) for w in weights for c in w[1:]
-            ),
+            "weight_copy_max_diff": copy_diff(mirrored),
             "iterations": int(mirrored.optimizer.iterations.numpy()),
             "epoch_loss": {"single": single.epoch_loss, "mirrored": mirrored.epoch_loss},
             "steps_per_execution_error": error,
+            "nan": {
+                "weight_max_diff": max_diff(nan_single, nan_mirrored),
+                "weight_copy_max_diff": copy_diff(nan_mirrored),
+                "finite": all(np.isfinite(v.numpy()).all() for v in nan_mirrored.weights),
+                "guard": guard(nan_mirrored),
+                "single_skipped": int(nan_single.guard.skipped.numpy()),
+                "iterations": int(nan_mirrored.optimizer.iterations.numpy()),
+            },
         }
     )
 )

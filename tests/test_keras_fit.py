@@ -110,6 +110,7 @@ def test_controller_state_is_saved_with_the_model(tmp_path):
     names = [n for n, _ in tf.train.list_variables(path)]
     assert any("controller/losses" in n for n in names), names
     assert any("ma_long/buffer" in n for n in names), names
+    assert any("guard/skipped" in n for n in names), names
 
 
 def test_fit_logs_the_epoch_mean_of_the_batch_losses_and_compiled_metrics(tmp_path):
@@ -424,7 +425,7 @@ def test_fit_under_mirrored_strategy_matches_one_device(tmp_path):
     """`tests/keras_mirrored_run.py` (a fresh process: the CPU is split into 2 logical
     devices before TensorFlow starts) fits the same batches on one device and under
     MirroredStrategy: same LR, loss and gradient norm at every batch, same weights, one
-    LR on both replicas, summaries written once."""
+    LR on both replicas, summaries written once; and a batch with a NaN skipped alike."""
     steps = 60
     proc = subprocess.run(
         [sys.executable, "tests/keras_mirrored_run.py", str(tmp_path), str(steps)],
@@ -453,3 +454,167 @@ def test_fit_under_mirrored_strategy_matches_one_device(tmp_path):
     assert report["weight_copy_max_diff"] == 0.0
     assert "steps_per_execution=1" in report["steps_per_execution_error"]
     assert "keras-team/keras#19246" in report["steps_per_execution_error"]
+    # A NaN in one replica's slice: both replicas skip that batch, as one device does.
+    nan = report["nan"]
+    assert nan["finite"] and nan["weight_copy_max_diff"] == 0.0
+    assert nan["weight_max_diff"] < 1e-5 and nan["single_skipped"] == 1
+    assert nan["guard"]["guard.skipped"] == [1.0, 1.0] and nan["iterations"] == 9
+    assert nan["guard"]["guard.first_nonfinite_step"] == [3.0, 3.0]
+    np.testing.assert_array_equal(
+        Events(tmp_path / "nan_mirrored").scalar("guard/skipped"), np.arange(10) >= 3
+    )
+
+
+# Non-finite batches: the guard shared with the trainer.
+def poisoned_batches(batches: int, bad: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """`batches` batches of 32 digits (stacked), one NaN pixel in each batch of `bad`."""
+    x, y = digit_batches(batches)
+    x, y = x[:, :32].copy(), y[:, :32]
+    for batch in bad:
+        x[batch, 5, 3, 3, 0] = np.nan
+    return x, y
+
+
+class WeightsAfterEachBatch(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.weights: list[list[np.ndarray]] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.weights.append([v.numpy() for v in self.model.trainable_variables])
+
+
+def test_fit_on_a_batch_with_a_nan_keeps_finite_weights(tmp_path):
+    """The NaN batch's update is skipped (the weights do not move), later LRs are cut by
+    `nonfinite_lr_factor`, `guard/skipped` and `guard/lr_rejected` are logged every batch
+    at the batch index, which advances on the skipped batch while
+    `optimizer.iterations` (updates applied) does not, and `fit`'s loss is Keras's: the
+    mean over every batch, the skipped one included."""
+    x, y = poisoned_batches(12, bad=[4])
+    wrapped = ControlledModel(
+        mlp((8, 8, 1), 10, hidden=(16,)), c.ConstantController(0.1), nonfinite_lr_factor=0.25
+    )
+    wrapped.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    summaries, weights = PerBatchSummaries(str(tmp_path)), WeightsAfterEachBatch()
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    history = wrapped.fit(ds, epochs=1, verbose=0, callbacks=[summaries, weights])
+    summaries.close()
+    events = Events(tmp_path)
+    loss, norm = events.scalar("loss/batch"), events.scalar("grad/global_norm")
+    # The gradient is NaN; the loss may be too (relu(NaN) is 0 on some CPUs).
+    assert not np.isfinite(norm[4]) and np.all(np.isfinite(np.delete(norm, 4)))
+    assert all(np.isfinite(w).all() for w in weights.weights[-1])
+    for before, after in zip(weights.weights[3], weights.weights[4], strict=True):
+        np.testing.assert_array_equal(before, after)  # no update at the NaN batch
+    skipped = (np.arange(12) >= 4).astype(np.float32)
+    np.testing.assert_array_equal(events.scalar("guard/skipped"), skipped)
+    np.testing.assert_array_equal(events.scalar("guard/lr_rejected"), np.zeros(12))
+    np.testing.assert_allclose(events.scalar("lr"), 0.1 * 0.25 ** np.r_[0, 0, 0, 0, 0, [1] * 7])
+    assert int(wrapped.optimizer.iterations) == 11
+    guard = {k: v.numpy() for k, v in wrapped.guard_state().items()}
+    assert guard == {
+        "guard.consecutive": 0,
+        "guard.first_nonfinite_step": 4,
+        "guard.lr_scale": 0.25,
+        "guard.skipped": 1,
+    }
+    np.testing.assert_allclose(history.history["loss"], [loss.mean()], rtol=1e-6)
+
+
+def test_fit_stops_after_max_consecutive_nonfinite_batches():
+    x, y = poisoned_batches(10, bad=list(range(2, 10)))
+    wrapped = ControlledModel(
+        mlp((8, 8, 1), 10, hidden=(16,)), c.ConstantController(0.1), max_consecutive_nonfinite=3
+    )
+    wrapped.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=2,
+    )
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    with pytest.warns(RuntimeWarning) as record:
+        history = wrapped.fit(ds, epochs=3, verbose=0)
+    (message,) = [str(w.message) for w in record if "ControlledModel:" in str(w.message)]
+    assert message.startswith(
+        "ControlledModel: the loss or gradient norm became NaN/Inf at step 2; 4 batches in "
+        "a row were NaN/Inf and skipped (4 in all), so the run stopped. The model keeps "
+        "the weights of the last good batch."
+    ), message  # checked after each call of 2 batches: 4 in a row at the check
+    assert "global_clipnorm" in message
+    assert history.epoch == [0] and wrapped.stop_training
+    assert int(wrapped.optimizer.iterations) == 2
+    assert all(np.isfinite(v.numpy()).all() for v in wrapped.trainable_variables)
+
+
+def guarded_model(**guard_args) -> ControlledModel:
+    keras.utils.set_random_seed(0)
+    wrapped = ControlledModel(
+        mlp((8, 8, 1), 10, hidden=(8,)), c.LossTrendController(window=4, max_lr=0.5), **guard_args
+    )
+    wrapped.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return built(wrapped)
+
+
+def test_guard_state_round_trips_through_weights_h5_and_keras(tmp_path):
+    saver = guarded_model(max_consecutive_nonfinite=4, nonfinite_lr_factor=0.25)
+    assert saver.get_config()["max_consecutive_nonfinite"] == 4
+    assert saver.get_config()["nonfinite_lr_factor"] == 0.25
+    x, y = poisoned_batches(6, bad=[2, 3])
+    saver.fit(tf.data.Dataset.from_tensor_slices((x, y)), verbose=0)
+    saved = {k: v.numpy() for k, v in saver.guard_state().items()}
+    assert saved["guard.skipped"] == 2 and saved["guard.first_nonfinite_step"] == 2
+    saver.save_weights(tmp_path / "m.weights.h5")
+    saver.save(tmp_path / "m.keras")
+
+    from_weights = guarded_model(max_consecutive_nonfinite=4, nonfinite_lr_factor=0.25)
+    from_weights.load_weights(tmp_path / "m.weights.h5")
+    from_keras = keras.models.load_model(tmp_path / "m.keras")
+    assert (from_keras.guard.max_consecutive, from_keras.guard.lr_factor) == (4, 0.25)
+    for loaded in (from_weights, from_keras):
+        assert {k: v.numpy() for k, v in loaded.guard_state().items()} == saved
+        assert int(loaded.optimizer.iterations) == 4
+
+
+def test_a_weights_file_from_before_the_guard_loads_with_a_fresh_guard(tmp_path):
+    """Files saved before the guard existed are these files without the `guard.*`
+    entries (checked against one written by that code); they load, and the guard starts
+    afresh, as that code never skipped a batch. A file with part of them is damaged."""
+    import h5py
+
+    old, damaged = tmp_path / "old.weights.h5", tmp_path / "damaged.weights.h5"
+    saver = guarded_model()
+    saver.guard.skipped.assign(3)
+    for path, removed in ((old, saver.guard_state()), (damaged, ["guard.lr_scale"])):
+        saver.save_weights(path)
+        with h5py.File(path, "r+") as f:
+            for key in removed:
+                del f[f"vars/{key}"]
+
+    loader = guarded_model()
+    loader.guard.skipped.assign(5)
+    loader.guard.lr_scale.assign(0.5)
+    loader.load_weights(old)
+    assert {k: float(v.numpy()) for k, v in loader.guard_state().items()} == {
+        "guard.consecutive": 0,
+        "guard.first_nonfinite_step": -1,
+        "guard.lr_scale": 1.0,
+        "guard.skipped": 0,
+    }
+    for a, b in zip(loader.weights, saver.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(ValueError, match=r"saved guard state .* damaged.*skip_mismatch=True"):
+        guarded_model().load_weights(damaged)
+
+
+def test_bad_guard_arguments_name_the_controlled_model():
+    model = keras.Sequential([keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match=r"^ControlledModel\.nonfinite_lr_factor must be in"):
+        ControlledModel(model, c.ConstantController(0.1), nonfinite_lr_factor=2.0)
+    with pytest.raises(ValueError, match=r"^ControlledModel\.max_consecutive_nonfinite must"):
+        ControlledModel(model, c.ConstantController(0.1), max_consecutive_nonfinite=-1)
