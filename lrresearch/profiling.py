@@ -34,7 +34,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import config, summaries
+from lrresearch import config, distribute, summaries
 from lrresearch.controllers import ConstantController, Controller
 from lrresearch.trainer import Trainer, make_run_dir
 
@@ -328,7 +328,7 @@ def profile(
 
     def build(name: str) -> Trainer:
         controller = ConstantController() if name == BASELINE else make_controller(name)
-        trainer = Trainer(controller=controller)
+        trainer = Trainer(controller=controller, strategy=distribute.get_strategy())
         trainer.build()
         return trainer
 

@@ -45,6 +45,8 @@ DESCRIPTIONS = {
     "grad/global_norm": "Global L2 norm of all gradients of this batch, before clipping.",
     "guard/lr_rejected": "1 if the controller's LR was NaN/Inf/negative and the previous "
     "LR was kept.",
+    "guard/skipped": "Batches skipped so far because their loss or gradient norm was "
+    "NaN/Inf (no update applied).",
     "eval/loss": "Mean loss over the held-out split.",
     "eval/accuracy": "Accuracy over the held-out split.",
 }

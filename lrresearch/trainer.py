@@ -27,6 +27,7 @@ from lrresearch.data import Dataset, digits
 from lrresearch.guard import NonFiniteGuard
 from lrresearch.inputs import make_inputs
 from lrresearch.models import mlp
+from lrresearch.optimizers import make_optimizer
 from lrresearch.run import (  # noqa: F401
     DiskFullError,
     NonFiniteLossError,
@@ -44,39 +45,6 @@ from lrresearch.step import (
     set_lr,
     write_batch_summaries,
 )
-
-OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
-    "sgd": lambda lr: keras.optimizers.SGD(learning_rate=lr),
-    "momentum": lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=0.9),
-    "nesterov": lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True),
-    "adam": lambda lr: keras.optimizers.Adam(learning_rate=lr),
-    "adamw": lambda lr: keras.optimizers.AdamW(learning_rate=lr),
-}
-
-
-def make_optimizer(
-    optimizer: str | Callable[..., keras.optimizers.Optimizer], initial_lr: float
-) -> keras.optimizers.Optimizer:
-    """Builds the optimizer from a short name or a class/factory taking `learning_rate`.
-
-    The optimizer's LR must be a plain variable (not a Keras schedule): the controller
-    assigns it every batch.
-    """
-    if isinstance(optimizer, str):
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"Trainer.optimizer: unknown optimizer {optimizer!r}; use one of "
-                f"{sorted(OPTIMIZERS)} or a class such as @keras.optimizers.Adam"
-            )
-        return OPTIMIZERS[optimizer](initial_lr)
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        raise ValueError(
-            "Trainer.optimizer: pass the class or a short name, not an instance "
-            "(write `@keras.optimizers.Adam`, without the parentheses)"
-        )
-    if not callable(optimizer):
-        raise ValueError(f"Trainer.optimizer: expected a name or a class, got {optimizer!r}")
-    return optimizer(learning_rate=initial_lr)
 
 
 def _variable_names(variables: list[tf.Variable], model_name: str) -> list[str]:
@@ -110,8 +78,8 @@ def _validate(arguments: dict[str, Any]) -> None:
         raise ValueError(f"Trainer.seed must be an int, got {seed!r}")
     for name in ("histogram_every", "eval_every", "checkpoint_every"):
         _check_cadence(name, arguments[name])
-    for name in ("grad_norm_every", "log_every", "max_consecutive_nonfinite"):
-        _check_cadence(name, arguments[name], allow_none=name != "max_consecutive_nonfinite")
+    for name in ("grad_norm_every", "log_every"):
+        _check_cadence(name, arguments[name], allow_none=True)
     clip_norm = arguments["clip_norm"]
     if clip_norm is not None and not (
         isinstance(clip_norm, (int, float))
@@ -120,9 +88,6 @@ def _validate(arguments: dict[str, Any]) -> None:
         and clip_norm > 0
     ):
         raise ValueError(f"Trainer.clip_norm must be a number > 0 or None, got {clip_norm!r}")
-    factor = arguments["nonfinite_lr_factor"]
-    if not (isinstance(factor, (int, float)) and 0 < factor <= 1):
-        raise ValueError(f"Trainer.nonfinite_lr_factor must be in (0, 1], got {factor!r}")
     controller = arguments["controller"]
     if controller is not None and not isinstance(controller, Controller):
         raise ValueError(
@@ -131,7 +96,8 @@ def _validate(arguments: dict[str, Any]) -> None:
         )
 
 
-@gin.configurable
+# `strategy` is passed by every caller (`distribution.strategy` picks it), never bound.
+@gin.configurable(denylist=["strategy"])
 class Trainer:
     """Trains a Keras model with a per-batch LR controller, logging every batch.
 
@@ -220,7 +186,7 @@ class Trainer:
         self.ma_short = MovingAverage(loss_ma_short, loss_ma_kind, name="loss_ma_short")
         self.ma_long = MovingAverage(loss_ma_long, loss_ma_kind, name="loss_ma_long")
         self.deterministic = bool(deterministic)
-        self.guard = NonFiniteGuard(max_consecutive_nonfinite, nonfinite_lr_factor)
+        self.guard = NonFiniteGuard(max_consecutive_nonfinite, nonfinite_lr_factor, owner="Trainer")
         self.strategy = strategy
         self.distribution = distribute.describe(strategy)
         self.built = False

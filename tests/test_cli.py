@@ -380,7 +380,9 @@ def test_retracing_filter_drops_only_the_per_trainer_loop_warning(caplog):
         return types.SimpleNamespace(
             every_step_groups=frozenset(),
             loops={},
-            sampler=types.SimpleNamespace(next=lambda: (tf.ones([2]), tf.ones([2]))),
+            inputs=types.SimpleNamespace(
+                train=types.SimpleNamespace(next=lambda: (tf.ones([2]), tf.ones([2])))
+            ),
             train_step=lambda x, y, periodic=frozenset(): tf.reduce_sum(x * y),
         )
 
