@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # Before TensorFlow loads: its C++ start-up chatter hides the run's own output.
 from lrresearch import quiet
@@ -45,16 +46,8 @@ def _add_output_flags(
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from lrresearch import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="lrresearch",
-        description="Per-batch learning-rate control for TensorFlow, seen in TensorBoard.",
-    )
-    parser.add_argument("--version", action="version", version=f"lrresearch {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
+def _train_parser(commands: Any) -> None:
+    """`lrresearch train`: one run."""
     train = commands.add_parser(
         "train",
         help="train one run (the built-in default with no --gin_file)",
@@ -65,10 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume",
         action="store_true",
-        help="continue <logdir>/<run_name> from its latest checkpoint (or "
-        "start it if it does not exist); needs --run_name",
+        help="continue <logdir>/<run_name> from its newest intact checkpoint (a run "
+        "that does not exist, or has no checkpoint yet, is started); needs --run_name",
     )
 
+
+def _profile_parser(commands: Any) -> None:
+    """`lrresearch profile`: per-batch overhead of each controller."""
     prof = commands.add_parser(
         "profile",
         help="per-batch overhead of each controller vs a constant-LR baseline, with traces",
@@ -103,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="batches in each profiler trace (default 40; keep it under ~100)",
     )
 
+
+def _lr_find_parser(commands: Any) -> None:
+    """`lrresearch lr-find`: the LR range test."""
     find = commands.add_parser(
         "lr-find",
         help="LR range test: ramp the LR per batch on a throwaway model, suggest an LR",
@@ -143,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_flags(find, "--run_name", "lr-find-<YYYYmmdd-HHMMSS>")
 
+
+def _sweep_parser(commands: Any) -> None:
+    """`lrresearch sweep`: the cross product of gin bindings."""
     sweep = commands.add_parser(
         "sweep",
         help="run the cross product of gin bindings, one run directory per point",
@@ -163,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_flags(sweep, "--sweep_name", "sweep-<YYYYmmdd-HHMMSS>")
 
+
+def _compare_parser(commands: Any) -> None:
+    """`lrresearch compare`: tables and plots of runs."""
     comp = commands.add_parser(
         "compare",
         help="table and plots comparing runs or sweeps (read with TensorBoard's loader)",
@@ -184,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare runs with truncated or damaged event files up to the damage "
         "(marked 'damaged'); without it they are an error (exit 2)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lrresearch import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lrresearch",
+        description="Per-batch learning-rate control for TensorFlow, seen in TensorBoard.",
+    )
+    parser.add_argument("--version", action="version", version=f"lrresearch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    for add in (_train_parser, _profile_parser, _lr_find_parser, _sweep_parser, _compare_parser):
+        add(commands)
     return parser
 
 
@@ -217,7 +236,7 @@ def _parse_config(args: argparse.Namespace) -> int | None:
 
 
 def train(args: argparse.Namespace) -> int:
-    from lrresearch import config
+    from lrresearch import config, distribute
     from lrresearch.data import DataError
     from lrresearch.trainer import (
         DiskFullError,
@@ -230,7 +249,7 @@ def train(args: argparse.Namespace) -> int:
     if (failed := _parse_config(args)) is not None:
         return failed
     try:
-        trainer = Trainer()
+        trainer = Trainer(strategy=distribute.get_strategy())
         if args.resume and not args.run_name:
             return _fail("--resume needs --run_name (the run to continue)")
         result = trainer.fit(

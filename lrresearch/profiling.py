@@ -294,6 +294,43 @@ def plot(rows: list[OverheadRow], path: str) -> None:
     plt.close(fig)
 
 
+def _build(name: str) -> Trainer:
+    """A built trainer of the gin configuration with controller `name` (the baseline:
+    `ConstantController`)."""
+    controller = ConstantController() if name == BASELINE else make_controller(name)
+    trainer = Trainer(controller=controller, strategy=distribute.get_strategy())
+    trainer.build()
+    return trainer
+
+
+def _time_variants(
+    names: Sequence[str],
+    out_dir: str,
+    rounds: int,
+    block_batches: int,
+    warmup_batches: int,
+    progress: Callable[[str], None],
+) -> tuple[list[Variant], dict[str, list[float]], int]:
+    """Builds, warms up and times the baseline and every controller in interleaved
+    blocks; returns the variants, their ratios to the baseline and batches per block."""
+    timing_dir = os.path.join(out_dir, ".timing")
+    variants = [Variant(BASELINE, _build(BASELINE), None)]
+    for name in ["ConstantController"] + [n for n in names if n != "ConstantController"]:
+        writer = summaries.create_writer(os.path.join(timing_dir, name))
+        variants.append(Variant(name, _build(name), writer))
+    steps_per_call = variants[0].trainer.steps_per_loop
+    calls = max(1, block_batches // steps_per_call)
+    for variant in variants:
+        progress(f"warming up {variant.name} (traces the step)")
+        variant.run(max(2, warmup_batches // steps_per_call), steps_per_call)
+    ratios = measure(variants, rounds, calls, steps_per_call, progress)
+    for variant in variants:
+        if variant.writer:
+            variant.writer.close()
+    shutil.rmtree(timing_dir, ignore_errors=True)
+    return variants, ratios, calls * steps_per_call
+
+
 def profile(
     controllers: Sequence[str] | None = None,
     logdir: str = "runs",
@@ -325,40 +362,17 @@ def profile(
     progress(f"profile directory: {out_dir}")
     with open(os.path.join(out_dir, "config.gin"), "w") as f:
         f.write(gin.config_str())
-
-    def build(name: str) -> Trainer:
-        controller = ConstantController() if name == BASELINE else make_controller(name)
-        trainer = Trainer(controller=controller, strategy=distribute.get_strategy())
-        trainer.build()
-        return trainer
-
-    timing_dir = os.path.join(out_dir, ".timing")
-    variants = [Variant(BASELINE, build(BASELINE), None)]
-    for name in ["ConstantController"] + [n for n in names if n != "ConstantController"]:
-        writer = summaries.create_writer(os.path.join(timing_dir, name))
-        variants.append(Variant(name, build(name), writer))
-    steps_per_call = variants[0].trainer.steps_per_loop
-    calls = max(1, block_batches // steps_per_call)
-    for variant in variants:
-        progress(f"warming up {variant.name} (traces the step)")
-        variant.run(max(2, warmup_batches // steps_per_call), steps_per_call)
-    ratios = measure(variants, rounds, calls, steps_per_call, progress)
-    for variant in variants:
-        if variant.writer:
-            variant.writer.close()
-    shutil.rmtree(timing_dir, ignore_errors=True)
-
-    device = device_description()
+    variants, ratios, batches_per_block = _time_variants(
+        names, out_dir, rounds, block_batches, warmup_batches, progress
+    )
     rng = np.random.default_rng(seed)
-    batches_per_block = calls * steps_per_call
     base_us = 1e6 * statistics.median(variants[0].block_seconds) / batches_per_block
     rows = []
     for variant in variants:
         progress(f"tracing {variant.name} ({trace_batches} batches)")
         with_summaries = variant.writer is not None
-        paths = trace(
-            build(variant.name), os.path.join(out_dir, variant.name), trace_batches, with_summaries
-        )
+        folder = os.path.join(out_dir, variant.name)
+        paths = trace(_build(variant.name), folder, trace_batches, with_summaries)
         if variant.name == BASELINE:
             continue
         scopes = scope_times_us(paths, trace_batches) if paths else {}
@@ -374,8 +388,8 @@ def profile(
                 ratio_high=high,
                 controller_us=scopes.get("controller", float("nan")),
                 summaries_us=scopes.get("summaries", float("nan")),
-                steps_per_loop=steps_per_call,
-                device=device,
+                steps_per_loop=variants[0].trainer.steps_per_loop,
+                device=device_description(),
             )
         )
     write_reports(rows, out_dir)

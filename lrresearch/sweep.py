@@ -21,6 +21,7 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import gin
 
@@ -176,6 +177,14 @@ def _run_point(
     return trainer, stop.requested
 
 
+def _point(index: int, names: Sequence[str], combo: Sequence[Any]) -> Point:
+    """Point `index` of the cross product, named `NNN-<param=value>-...`."""
+    label = "-".join(
+        f"{n.rsplit('.', 1)[-1]}={_short(v)}" for n, v in zip(names, combo, strict=True)
+    )
+    return Point(index, dict(zip(names, combo, strict=True)), f"{index:03d}-{label}")
+
+
 def run_sweep(
     gin_files: Sequence[str],
     gin_params: Sequence[str],
@@ -197,17 +206,7 @@ def run_sweep(
     combos = list(itertools.product(*(values for _, values in axes)))
     sweep_dir = make_run_dir(logdir, sweep_name, "sweep")
     progress(f"sweep directory: {sweep_dir} ({len(combos)} runs)")
-    points = [
-        Point(
-            i,
-            dict(zip(names, combo, strict=True)),
-            f"{i:03d}-"
-            + "-".join(
-                f"{n.rsplit('.', 1)[-1]}={_short(v)}" for n, v in zip(names, combo, strict=True)
-            ),
-        )
-        for i, combo in enumerate(combos)
-    ]
+    points = [_point(i, names, combo) for i, combo in enumerate(combos)]
     _write_manifest(sweep_dir, gin_files, gin_params, sweeps, points)
     hparam_values: dict[str, list] = {}
     start = time.perf_counter()
