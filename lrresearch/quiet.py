@@ -34,7 +34,9 @@ def startup_noise_removed(text: str) -> str:
     CUDA driver, as TF has just said, "failed call to cuInit ... (303)" is no news
     either; any other ERROR or FATAL line, or cuInit failing with a driver, is kept.
     """
-    no_driver = "Could not find cuda drivers on your machine" in text
+    no_driver = "Could not find cuda drivers on your machine" in text or (
+        "failed call to cuInit" in text and _no_cuda_driver()
+    )
     kept = []
     for line in text.splitlines(keepends=True):
         if line.startswith("WARNING: All log messages before absl::InitializeLog()"):
@@ -45,6 +47,14 @@ def startup_noise_removed(text: str) -> str:
                 continue
         kept.append(line)
     return "".join(kept)
+
+
+def _no_cuda_driver() -> bool:
+    """True if the CUDA driver library (libcuda) is not installed: TF said so when it
+    loaded, but that may have been before our capture (TF imported earlier)."""
+    import ctypes.util
+
+    return ctypes.util.find_library("cuda") is None
 
 
 @contextlib.contextmanager

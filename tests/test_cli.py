@@ -338,7 +338,7 @@ def test_experiment_run_starts_without_error_lines(tmp_path):
     assert len(result.stdout.splitlines()) == 1 and result.stdout.startswith("done: 20 steps")
 
 
-def test_startup_filter_drops_noise_and_keeps_real_errors():
+def test_startup_filter_drops_noise_and_keeps_real_errors(monkeypatch):
     noise = [
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
         "I0000 00:00:1795982483.095363    3560 port.cc:153] oneDNN custom operations are on.",
@@ -354,8 +354,12 @@ def test_startup_filter_drops_noise_and_keeps_real_errors():
     assert quiet.startup_noise_removed("\n".join([*noise, *news]) + "\n") == (
         "\n".join(news) + "\n"
     )
-    # With a driver installed (TF did not say there is none), a failing cuInit is news.
+    # With a driver installed, a failing cuInit is news; without one (TF said so before
+    # the capture began, when TF was imported earlier), it is not.
+    monkeypatch.setattr(quiet, "_no_cuda_driver", lambda: False)
     assert quiet.startup_noise_removed(noise[3] + "\n") == noise[3] + "\n"
+    monkeypatch.setattr(quiet, "_no_cuda_driver", lambda: True)
+    assert quiet.startup_noise_removed(noise[3] + "\n") == ""
 
 
 @pytest.mark.parametrize("user_level", [None, "0"])
