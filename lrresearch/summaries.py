@@ -4,24 +4,14 @@
 `scope/` prefixed to its tag. Everything here goes through `tf.summary.write` with the
 plugin's metadata, which keeps the tag exactly as given.
 
-Tag schema (step = global batch index, starting at 0):
-
-| tag                         | kind      | every                                  |
-|-----------------------------|-----------|----------------------------------------|
-| `lr`                        | scalar    | batch: the LR applied to that batch    |
-| `loss/batch`                | scalar    | batch: mean loss of the batch          |
-| `loss/ma_short`, `ma_long`  | scalar    | batch                                  |
-| `grad/global_norm`          | scalar    | batch, before clipping                 |
-| `controller/<name>`         | scalar    | batch                                  |
-| `grad/norm/<variable>`      | scalar    | `grad_norm_every` batches              |
-| `grad/<variable>`           | histogram | `histogram_every` batches              |
-| `weights/<variable>`        | histogram | `histogram_every` batches              |
-| `eval/loss`, `eval/accuracy`| scalar    | `eval_every` batches                   |
-| `config`                    | text      | once, step 0: the operative gin config |
+`TAGS` below is the one definition of every tag lrresearch writes (step = global batch
+index, starting at 0); the tag reference in `docs/` is generated from it
+(`python tools/write_docs.py`), and TensorBoard shows each description on hover.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -33,23 +23,60 @@ SCALAR_METADATA = scalar_metadata.create_summary_metadata(display_name="", descr
 HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(display_name="", description="")
 HISTOGRAM_BUCKETS = 30
 
+
+@dataclasses.dataclass(frozen=True)
+class Tag:
+    """One tag (or family of tags, `<...>` standing for a name) lrresearch writes.
+
+    Attributes:
+      name: the tag, e.g. `lr` or `grad/norm/<variable>`.
+      kind: `scalar`, `histogram` or `text`.
+      every: when it is written, e.g. `batch` or `histogram_every batches`.
+      description: what it holds (shown by TensorBoard on hover, for fixed names).
+    """
+
+    name: str
+    kind: str
+    every: str
+    description: str
+
+
+TAGS: tuple[Tag, ...] = (
+    Tag("lr", "scalar", "batch", "Learning rate applied to this batch (after the guard)."),
+    Tag("loss/batch", "scalar", "batch", "Mean loss of this batch (not a running epoch mean)."),
+    Tag("loss/ma_short", "scalar", "batch",
+        "Short moving average of loss/batch (Trainer.loss_ma_short batches)."),
+    Tag("loss/ma_long", "scalar", "batch",
+        "Long moving average of loss/batch (Trainer.loss_ma_long batches)."),
+    Tag("grad/global_norm", "scalar", "batch",
+        "Global L2 norm of all gradients of this batch, before clipping."),
+    Tag("controller/<name>", "scalar", "batch",
+        "The controller's own signals (a trend, a factor, a phase); composed controllers "
+        "log their parts (base, factor, ...)."),
+    Tag("guard/lr_rejected", "scalar", "batch",
+        "1 if the controller's LR was NaN/Inf/negative and the previous LR was kept."),
+    Tag("guard/skipped", "scalar", "batch",
+        "Batches skipped so far because their loss or gradient norm was NaN/Inf (no update "
+        "applied)."),
+    Tag("grad/norm/<variable>", "scalar", "grad_norm_every batches",
+        "L2 norm of one variable's gradient."),
+    Tag("grad/<variable>", "histogram", "histogram_every batches",
+        "Histogram of one variable's gradient."),
+    Tag("weights/<variable>", "histogram", "histogram_every batches",
+        "Histogram of one variable's values."),
+    Tag("eval/loss", "scalar", "eval_every batches and at the end",
+        "Mean loss over the held-out split (every element)."),
+    Tag("eval/<metric>", "scalar", "eval_every batches and at the end",
+        "Each of Trainer.metrics over the held-out split (eval/accuracy by default)."),
+    Tag("config", "text", "once, at step 0", "The operative gin config of the run."),
+)  # fmt: skip
+
 # Tags written for every batch, in the order they are written.
 BATCH_TAGS = ("lr", "loss/batch", "loss/ma_short", "loss/ma_long", "grad/global_norm")
 
-# Shown by TensorBoard when hovering over a chart.
-DESCRIPTIONS = {
-    "lr": "Learning rate applied to this batch (after the guard).",
-    "loss/batch": "Mean loss of this batch (not a running epoch mean).",
-    "loss/ma_short": "Short moving average of loss/batch (Trainer.loss_ma_short batches).",
-    "loss/ma_long": "Long moving average of loss/batch (Trainer.loss_ma_long batches).",
-    "grad/global_norm": "Global L2 norm of all gradients of this batch, before clipping.",
-    "guard/lr_rejected": "1 if the controller's LR was NaN/Inf/negative and the previous "
-    "LR was kept.",
-    "guard/skipped": "Batches skipped so far because their loss or gradient norm was "
-    "NaN/Inf (no update applied).",
-    "eval/loss": "Mean loss over the held-out split.",
-    "eval/accuracy": "Accuracy over the held-out split.",
-}
+# Shown by TensorBoard when hovering over a chart (tags with a fixed name).
+DESCRIPTIONS = {tag.name: tag.description for tag in TAGS if "<" not in tag.name}
+DESCRIPTIONS["eval/accuracy"] = "Accuracy over the held-out split."
 _SCALAR_METADATA_BY_TAG = {
     tag: scalar_metadata.create_summary_metadata(display_name="", description=text)
     for tag, text in DESCRIPTIONS.items()
