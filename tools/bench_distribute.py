@@ -25,6 +25,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE = re.compile(r"done: \d+ steps in [\d.]+ s \(([\d,]+) steps/s")
 
 
+from measured_page import run_and_write  # noqa: E402
+
+INTRO = (
+    "The default `lrresearch train` under each `distribution.strategy`, each "
+    "configuration a fresh process, interleaved; the trainer's steps/s after the first "
+    "call. On one 2-core CPU the replicas share the cores: a correctness check, not a "
+    "speed-up."
+)
+
+
 def configurations(cpus: int, workers: int) -> dict[str, list[str]]:
     train = [sys.executable, "-m", "lrresearch", "train", "--quiet"]
     return {
@@ -94,4 +104,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_and_write(main, "docs/benchmarks/distribute.md", "tf.distribute cost", INTRO))

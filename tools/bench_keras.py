@@ -62,6 +62,15 @@ SEED_CONTROLLERS: dict[str, Callable[[], Controller]] = {
 }
 
 
+from measured_page import run_and_write  # noqa: E402
+
+INTRO = (
+    "Our trainer and `ControlledModel` against Keras `model.fit` with a hand-written per- "
+    "batch LR callback and TensorBoard (interleaved rounds in one process; ratios against "
+    "our bare constant-LR step)."
+)
+
+
 def make_data(features: int, classes: int, examples: int) -> Dataset:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(examples, features)).astype(np.float32)
@@ -318,4 +327,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_write(main, "docs/benchmarks/keras_fit.md", "Against Keras fit", INTRO)

@@ -67,6 +67,15 @@ CASES = [
 ]
 
 
+from measured_page import run_and_write  # noqa: E402
+
+INTRO = (
+    "`HypergradientController` with our optimizers against the authors' `SGDHD` and "
+    "`AdamHD` (github.com/gbaydin/hypergradient-descent, a checkout passed with "
+    "`--reference_dir`), same data and initial weights. Needs torch in a scratch venv."
+)
+
+
 def problem(steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Minibatches (steps, BATCH, FEATURES + 1) with a ones column, labels, W0."""
     rng = np.random.default_rng(seed)
@@ -181,4 +190,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        run_and_write(
+            main,
+            "docs/parity/hypergradient.md",
+            "Hypergradient descent against the authors' code",
+            INTRO,
+        )
+    )

@@ -37,6 +37,15 @@ CASES = [
 ]
 
 
+from measured_page import run_and_write  # noqa: E402
+
+INTRO = (
+    "`WarmupCosineController` against optax's `warmup_cosine_decay_schedule` computed in "
+    "float64, every batch up to and past `decay_steps`. Needs optax and jax in a scratch "
+    "venv."
+)
+
+
 def ours(case: tuple, steps: np.ndarray) -> np.ndarray:
     base_lr, warmup_steps, decay_steps, init_lr, end_lr = case
     controller = WarmupCosineController(base_lr, warmup_steps, decay_steps, init_lr, end_lr)
@@ -91,4 +100,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_and_write(main, "docs/parity/optax.md", "optax schedule parity", INTRO))

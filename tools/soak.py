@@ -21,10 +21,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import gin
 import numpy as np
+from measured_page import run_and_write
 from tensorboard.backend.event_processing import event_accumulator as ea
 
 from lrresearch import config, summaries
 from lrresearch.trainer import Trainer
+
+INTRO = (
+    "A long run with the default per-batch summaries: resident memory must stay flat and "
+    "every `lr` step must be in the event files once."
+)
 
 
 def rss_mib() -> float:
@@ -83,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_write(main, "docs/benchmarks/soak.md", "Soak", INTRO)
