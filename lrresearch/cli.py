@@ -105,10 +105,11 @@ def _lr_find_parser(commands: Any) -> None:
     find = commands.add_parser(
         "lr-find",
         help="LR range test: ramp the LR per batch on a throwaway model, suggest an LR",
-        description="Ramp the LR exponentially from --start_lr to --end_lr over "
-        "--num_steps batches on a fresh copy of the gin-configured model, stop when the "
-        "smoothed loss diverges, print the steepest-descent and min/10 suggestions, and "
-        "write lr_find.png and the summaries to a new run directory.",
+        description="Ramp the LR (exponentially, or linearly with --mode=linear) from "
+        "--start_lr to --end_lr over --num_steps batches on a fresh copy of the "
+        "gin-configured model, stop when the smoothed loss diverges, print four suggestions "
+        "(steepest descent, min/10, and fastai's valley and slide), and write lr_find.png "
+        "and the summaries to a new run directory.",
     )
     _add_gin_flags(find)
     find.add_argument("--start_lr", type=float, default=1e-6)
@@ -124,10 +125,18 @@ def _lr_find_parser(commands: Any) -> None:
         help="stop once the smoothed loss exceeds this times its minimum",
     )
     find.add_argument(
+        "--mode",
+        choices=("exponential", "linear"),
+        default="exponential",
+        help="the ramp from --start_lr to --end_lr (default exponential; linear as "
+        "PyTorch Lightning's lr_find(mode='linear'))",
+    )
+    find.add_argument(
         "--suggestion",
-        choices=("steepest", "min10"),
+        choices=("steepest", "min10", "valley", "slide"),
         default="steepest",
-        help="which suggestion goes into the printed binding",
+        help="which suggestion goes into the printed binding (default steepest; valley "
+        "and slide are fastai's, valley its default); all four are printed and plotted",
     )
     find.add_argument(
         "--binding",
@@ -327,29 +336,23 @@ def lr_find(args: argparse.Namespace) -> int:
             logdir=args.logdir,
             run_name=args.run_name,
             progress=say,
+            mode=args.mode,
         )
     except (RunDirExistsError, DataError, OSError, finder.NoDescentError) as e:
         return _fail(str(e))
     except ValueError as e:
         return _fail(config.explain_call_error(e, args.gin_file, args.gin_param))
-    which = "steepest" if args.suggestion == "steepest" else "min10"
-    binding = result.binding(args.binding, which)
+    binding = result.binding(args.binding, args.suggestion)
     stop = (
         f"stopped at divergence after {len(result.lrs)} batches"
         if result.stopped_early
         else f"ran all {len(result.lrs)} batches"
     )
-    print(
-        f"lr-find: {stop}; suggestions: steepest {result.steepest_lr:.3g}, "
-        f"min/10 {result.min_over_10_lr:.3g}"
-    )
+    print(f"lr-find: {stop}; suggestions: {result.summary()}")
     print(binding)
     if args.write_gin:
         with open(args.write_gin, "x") as f:
-            f.write(
-                f"# lr-find ({result.run_dir}): steepest {result.steepest_lr:.3g}, "
-                f"min/10 {result.min_over_10_lr:.3g}\n{binding}\n"
-            )
+            f.write(f"# lr-find ({result.run_dir}): {result.summary()}\n{binding}\n")
     print(f"plot: {os.path.join(result.run_dir, 'lr_find.png')}", flush=True)
     return 0
 

@@ -1,5 +1,15 @@
-"""LR range test: ramp the LR exponentially per batch on a throwaway model and read a
-good LR off the loss curve (Smith, 2017; the fastai / PyTorch-Lightning "LR finder")."""
+"""LR range test: ramp the LR per batch (exponentially or linearly) on a throwaway model
+and read a good LR off the loss curve (Smith, 2017; the fastai / PyTorch-Lightning "LR
+finder"). The ramp, smoothing and divergence test run in-graph (`LRRangeController`);
+the suggestions (`steepest`, `min10`, and fastai's `valley` and `slide`) are numpy on the
+recorded curve. `lrresearch.keras_lr_find` runs the same test inside a user's Keras `fit`.
+
+References:
+  Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017.
+  fastai `fastai/callback/schedule.py`: `LRFinder`, `valley`, `slide`, `minimum`,
+    `steep`, `Learner.lr_find` (fastai 2.8).
+  PyTorch Lightning `lightning/pytorch/tuner/lr_finder.py`: `mode="exponential"|"linear"`.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +28,20 @@ from lrresearch.controllers.base import Controller, ControllerOutput, check_int,
 from lrresearch.signals import Signals
 from lrresearch.trainer import Trainer, make_run_dir
 
+MODES = ("exponential", "linear")
+
 
 class LRRangeController(Controller):
-    """`lr_t = start_lr * (end_lr / start_lr) ** (t / (num_steps - 1))`, and the state
-    the range test needs, all in-graph: the bias-corrected EMA of the loss
-    (`smoothing`), its minimum, and a `diverged` flag raised once the smoothed loss
-    exceeds `diverge_factor` times that minimum (or the loss is NaN/Inf). The LRs and
-    smoothed losses are kept in buffers, read by Python once per compiled call."""
+    """The range test's ramp, and the state it needs, all in-graph.
+
+    `mode="exponential"`: `lr_t = start_lr * (end_lr / start_lr) ** (t / (num_steps - 1))`;
+    `mode="linear"`: `lr_t = start_lr + (end_lr - start_lr) * t / (num_steps - 1)`
+    (Lightning's two modes; both reach `end_lr` at the last batch). Beside it: the
+    bias-corrected EMA of the loss (`smoothing`), its minimum, and a `diverged` flag
+    raised once the smoothed loss exceeds `diverge_factor` times that minimum (or the
+    loss is NaN/Inf). The LRs, batch losses and smoothed losses are kept in buffers,
+    read by Python once per compiled call.
+    """
 
     standalone = False
 
@@ -35,6 +52,7 @@ class LRRangeController(Controller):
         num_steps: int,
         smoothing: float = 0.98,
         diverge_factor: float = 4.0,
+        mode: str = "exponential",
         name: str | None = None,
     ):
         super().__init__(name=name)
@@ -44,21 +62,30 @@ class LRRangeController(Controller):
             raise ValueError(f"lr_find: start_lr ({start_lr}) must be < end_lr ({end_lr})")
         if not 0 <= smoothing < 1:
             raise ValueError(f"lr_find: smoothing must be in [0, 1), got {smoothing!r}")
+        if mode not in MODES:
+            raise ValueError(f"lr_find: mode must be one of {MODES}, got {mode!r}")
         self.start_lr, self.end_lr, self.num_steps = float(start_lr), float(end_lr), num_steps
         self.smoothing, self.diverge_factor = float(smoothing), float(diverge_factor)
+        self.mode = mode
         self.initial_lr = self.start_lr
         self.ema = tf.Variable(0.0, trainable=False, name="ema")
         self.best = tf.Variable(float("inf"), trainable=False, name="best")
         self.diverged = tf.Variable(False, trainable=False, name="diverged")
         self.lrs = tf.Variable(tf.zeros([num_steps]), trainable=False, name="lrs")
-        self.smoothed = tf.Variable(
-            tf.fill([num_steps], float("nan")), trainable=False, name="smoothed"
-        )
+        nans = tf.fill([num_steps], float("nan"))
+        self.losses = tf.Variable(nans, trainable=False, name="losses")
+        self.smoothed = tf.Variable(nans, trainable=False, name="smoothed")
+
+    def ramp(self, t: tf.Tensor) -> tf.Tensor:
+        """The LR of batch `t` (float32)."""
+        progress = tf.cast(t, tf.float32) / (self.num_steps - 1)
+        if self.mode == "linear":
+            return self.start_lr + progress * (self.end_lr - self.start_lr)
+        return self.start_lr * tf.exp(progress * math.log(self.end_lr / self.start_lr))
 
     def compute(self, signals: Signals) -> ControllerOutput:
         t = tf.minimum(tf.cast(signals.step, tf.int64), self.num_steps - 1)
-        progress = tf.cast(t, tf.float32) / (self.num_steps - 1)
-        lr = self.start_lr * tf.exp(progress * math.log(self.end_lr / self.start_lr))
+        lr = self.ramp(t)
         loss = tf.cast(signals.loss, tf.float32)
         ema = self.smoothing * self.ema + (1.0 - self.smoothing) * loss
         smoothed = ema / (1.0 - tf.pow(self.smoothing, tf.cast(t, tf.float32) + 1.0))
@@ -67,24 +94,49 @@ class LRRangeController(Controller):
         self.diverged.assign(self.diverged | ~finite | (smoothed > self.diverge_factor * self.best))
         self.best.assign(tf.where(finite, tf.minimum(self.best, smoothed), self.best))
         self.lrs.scatter_nd_update([[t]], [lr])
+        self.losses.scatter_nd_update([[t]], [loss])
         self.smoothed.scatter_nd_update([[t]], [smoothed])
         return ControllerOutput(lr, {"smoothed_loss": smoothed})
 
 
+SUGGESTIONS = ("steepest", "min10", "valley", "slide")
+
+
 @dataclasses.dataclass
 class LRFindResult:
-    """The range test's curve and suggestions (LRs in the optimizer's units)."""
+    """The range test's curve and suggestions (LRs in the optimizer's units; NaN when
+    the curve has no descent to suggest from). `run_dir` is None for a Keras range
+    test, which writes nothing; `batch_losses` are the raw per-batch losses."""
 
-    run_dir: str
+    run_dir: str | None
     lrs: np.ndarray
     smoothed_losses: np.ndarray
     stopped_early: bool
     steepest_lr: float
     min_over_10_lr: float
+    valley_lr: float = float("nan")
+    slide_lr: float = float("nan")
+    batch_losses: np.ndarray | None = None
+
+    def suggestion(self, which: str = "steepest") -> float:
+        """The LR of suggestion `which`, one of `SUGGESTIONS`."""
+        values = self.suggestions()
+        if which not in values:
+            raise ValueError(f"lr_find: suggestion must be one of {SUGGESTIONS}, got {which!r}")
+        return values[which]
+
+    def suggestions(self) -> dict[str, float]:
+        """All four, by name, in `SUGGESTIONS` order."""
+        lrs = (self.steepest_lr, self.min_over_10_lr, self.valley_lr, self.slide_lr)
+        return dict(zip(SUGGESTIONS, lrs, strict=True))
+
+    def summary(self) -> str:
+        """ "steepest 0.0123, min/10 0.0456, valley ..., slide ..." (3 significant digits)."""
+        names = {"min10": "min/10"}
+        return ", ".join(f"{names.get(k, k)} {v:.3g}" for k, v in self.suggestions().items())
 
     def binding(self, name: str, which: str = "steepest") -> str:
-        value = self.steepest_lr if which == "steepest" else self.min_over_10_lr
-        return f"{name} = {value:.3g}"
+        return f"{name} = {self.suggestion(which):.3g}"
 
 
 def suggest(lrs: np.ndarray, smoothed: np.ndarray, skip_start: float = 0.1) -> tuple[float, float]:
@@ -93,7 +145,9 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray, skip_start: float = 0.1) -> t
     steepest: the LR where the smoothed loss falls fastest per unit of log(lr), looking
     only between the first `skip_start` of the points (the warm-up noise) and the
     smoothed loss's minimum (past it the loss is diverging and its wiggles are not
-    descent). min/10: a tenth of the LR at the smoothed loss's minimum.
+    descent). min/10: a tenth of the LR at the smoothed loss's minimum. Both differ
+    from fastai's `steep` and `minimum`, which look at the whole trimmed window (see
+    `fastai_window`); `tools/check_fastai_suggestions.py` prints both.
     """
     keep = np.isfinite(smoothed)
     lrs, smoothed = lrs[keep], smoothed[keep]
@@ -108,6 +162,95 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray, skip_start: float = 0.1) -> t
     return steepest, float(lrs[lowest] / 10.0)
 
 
+def valley(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """fastai's `valley` (its default suggestion): about halfway down the longest valley.
+
+    `length[i]`: the length of the longest strictly decreasing subsequence of `losses`
+    ending at point `i` (not necessarily contiguous). The valley ends at the first point
+    with the largest length, `end`, and starts at `start = end - length[end]` (one point
+    before the subsequence could begin, as fastai's loop has it; `start = end = 0` when
+    nothing decreases). The suggestion is the LR at
+    `start + int(length / 3) + int(length / 6)` with `length = end - start`: about
+    halfway down, not two thirds. fastai's O(n^2) double loop, with the inner loop in
+    numpy. Expects the trimmed, finite window (`fastai_window`).
+
+    References:
+      fastai `fastai/callback/schedule.py`, `valley` (fastai 2.8).
+    """
+    losses = np.asarray(losses)
+    length = np.ones(len(losses), dtype=np.int64)
+    for i in range(1, len(losses)):
+        longer = losses[:i] > losses[i]
+        if longer.any():
+            length[i] = length[:i][longer].max() + 1
+    end = int(np.argmax(length))  # the first maximum, as fastai's strict `<` keeps it
+    start = end - int(length[end]) if length[end] > 1 else 0
+    sections = (end - start) / 3
+    return float(lrs[start + int(sections) + int(sections / 2)])
+
+
+def slide(
+    lrs: np.ndarray,
+    losses: np.ndarray,
+    lr_diff: int = 15,
+    thresh: float = 0.005,
+    adjust_value: float = 1.0,
+) -> float:
+    """fastai's `slide`: slide an interval `lr_diff` points wide from the end of the
+    curve towards its start while the loss's slopes (per point, `np.gradient`) at its
+    two ends differ by more than `thresh` (absolute loss units); suggest the LR at the
+    interval's left end where they first agree, times `adjust_value`. `thresh` is in
+    the loss's own units, so the result depends on the loss's scale.
+
+    References:
+      fastai `fastai/callback/schedule.py`, `slide` (fastai 2.8).
+    """
+    losses = np.asarray(losses)
+    if len(losses) < lr_diff + 1:
+        raise ValueError(
+            f"lr_find: slide needs more than lr_diff={lr_diff} points, got {len(losses)}"
+        )
+    grad = np.gradient(losses)
+    right, left = -1, -1 - lr_diff
+    local_min_lr = lrs[left]
+    while left >= -len(losses) and abs(grad[right] - grad[left]) > thresh:
+        local_min_lr = lrs[left]
+        right, left = right - 1, left - 1
+    return float(local_min_lr) * adjust_value
+
+
+def fastai_window(
+    lrs: np.ndarray, smoothed: np.ndarray, num_steps: int, diverge_factor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The part of the curve fastai's `Learner.lr_find` suggests from: the curve up to
+    and including the batch where it diverged (fastai stops there; our compiled blocks
+    may run a few batches past it), without its first `num_steps // 10` and last 5
+    points, cut before its first NaN."""
+    diverged = divergence_index(smoothed, diverge_factor)
+    end = len(smoothed) if diverged is None else diverged + 1
+    lrs, smoothed = lrs[:end][num_steps // 10 : -5], smoothed[:end][num_steps // 10 : -5]
+    nans = np.flatnonzero(np.isnan(smoothed))
+    cut = len(smoothed) if len(nans) == 0 else int(nans[0])
+    return lrs[:cut], smoothed[:cut]
+
+
+def suggest_all(
+    lrs: np.ndarray, smoothed: np.ndarray, num_steps: int, diverge_factor: float
+) -> dict[str, float]:
+    """All four suggestions by name (`SUGGESTIONS`): ours on the whole curve, fastai's
+    on `fastai_window`, as `Learner.lr_find` calls them (NaN where the window is too
+    short for one)."""
+    steepest, min10 = suggest(lrs, smoothed)
+    window_lrs, window_loss = fastai_window(lrs, smoothed, num_steps, diverge_factor)
+    nan = float("nan")
+    return {
+        "steepest": steepest,
+        "min10": min10,
+        "valley": valley(window_lrs, window_loss) if len(window_loss) else nan,
+        "slide": slide(window_lrs, window_loss) if len(window_loss) > 15 else nan,
+    }
+
+
 # A curve "descends" if its smoothed minimum lies this fraction of the starting level
 # below it, at least this many batches into the ramp. Measured (smoothing 0.98): a flat
 # ramp (lr 1e-9..1e-7, imbalanced_loss_trend.gin) dips 1.0% by noise; a short real
@@ -119,7 +262,12 @@ MIN_BATCHES_TO_MINIMUM = 5
 
 
 class NoDescentError(Exception):
-    """The range test's loss never descended: no LR can be read off the curve."""
+    """The range test's loss never descended: no LR can be read off the curve.
+    `result` holds the curve, with NaN suggestions."""
+
+    def __init__(self, message: str, result: LRFindResult | None = None):
+        super().__init__(message)
+        self.result = result
 
 
 def starting_level(smoothed: np.ndarray, skip_start: float = 0.1) -> float:
@@ -145,20 +293,29 @@ def divergence_index(smoothed: np.ndarray, diverge_factor: float) -> int | None:
     return None
 
 
-def check_descent(lrs: np.ndarray, smoothed: np.ndarray, diverge_factor: float) -> str | None:
+def check_descent(
+    lrs: np.ndarray,
+    smoothed: np.ndarray,
+    diverge_factor: float,
+    spell: Callable[[str], str] = "--{}".format,
+) -> str | None:
     """Why no LR can be suggested from this curve (one paragraph with the fix), or None
     if the smoothed loss fell at least `MIN_DESCENT` below its starting level, with its
-    minimum at least `MIN_BATCHES_TO_MINIMUM` batches into the ramp."""
+    minimum at least `MIN_BATCHES_TO_MINIMUM` batches into the ramp. `spell` writes an
+    argument's name as the caller passes it (the CLI's flags by default)."""
+    start_lr, end_lr, num_steps, factor = map(
+        spell, ("start_lr", "end_lr", "num_steps", "diverge_factor")
+    )
     diverged = divergence_index(smoothed, diverge_factor)
     curve = smoothed[: len(smoothed) if diverged is None else diverged]
-    flags = "`--start_lr`, `--end_lr`, `--num_steps`, `--diverge_factor`"
+    flags = f"`{start_lr}`, `{end_lr}`, `{num_steps}`, `{factor}`"
     if diverged is None and len(curve) < MIN_BATCHES_TO_MINIMUM:
-        return f"{len(curve)} batches are too few to see a descent: raise --num_steps."
+        return f"{len(curve)} batches are too few to see a descent: raise {num_steps}."
     if len(curve) < MIN_BATCHES_TO_MINIMUM:
         return (
             f"the loss diverged at batch {diverged} of the ramp (lr {lrs[diverged]:.3g}), "
             f"before any descent: the LR was already too high at the start. Change: a "
-            f"lower --start_lr (e.g. {lrs[0] / 1000:.3g}); see {flags}."
+            f"lower {start_lr} (e.g. {lrs[0] / 1000:.3g}); see {flags}."
         )
     start, lowest = starting_level(curve), int(np.argmin(curve))
     descent = (start - curve[lowest]) / max(abs(start), 1e-12)
@@ -173,13 +330,13 @@ def check_descent(lrs: np.ndarray, smoothed: np.ndarray, diverge_factor: float) 
         return (
             f"the smoothed loss did not descend before it diverged at batch {diverged} "
             f"(lr {lrs[diverged]:.3g}): {where}. The LR was too high from the start of the "
-            f"ramp. Change: a lower --start_lr (e.g. {lrs[0] / 1000:.3g}); a higher "
-            f"--diverge_factor if the loss is only noisy; see {flags}."
+            f"ramp. Change: a lower {start_lr} (e.g. {lrs[0] / 1000:.3g}); a higher "
+            f"{factor} if the loss is only noisy; see {flags}."
         )
     return (
         f"the smoothed loss stayed flat over the whole ramp (lr {lrs[0]:.3g} to "
-        f"{lrs[-1]:.3g}, {len(lrs)} batches): {where}. Change: a higher --end_lr (the "
-        f"LRs tried were too low to train) or more --num_steps; see {flags}."
+        f"{lrs[-1]:.3g}, {len(lrs)} batches): {where}. Change: a higher {end_lr} (the "
+        f"LRs tried were too low to train) or more {num_steps}; see {flags}."
     )
 
 
@@ -225,13 +382,15 @@ def plot(result: LRFindResult, path: str) -> None:
             label=f"{len(off)} off the chart (up to "
             + (f"{losses.max():.3g})" if keep.all() else "NaN/Inf)"),
         )
-    for value, label, color in (
-        (result.steepest_lr, "steepest", "#dd8452"),
-        (result.min_over_10_lr, "min / 10", "#55a868"),
+    for value, label, color, style in (
+        (result.steepest_lr, "steepest", "#dd8452", "--"),
+        (result.min_over_10_lr, "min / 10", "#55a868", "--"),
+        (result.valley_lr, "valley (fastai)", "#8172b3", "-."),
+        (result.slide_lr, "slide (fastai)", "#937860", ":"),
     ):
         if np.isfinite(value):
-            ax.axvline(value, color=color, linestyle="--", label=f"{label}: {value:.3g}")
-    ax.legend()
+            ax.axvline(value, color=color, linestyle=style, label=f"{label}: {value:.3g}")
+    ax.legend(fontsize="small")
     ax.set_ylim(bottom, top)
     notes = [
         *(["stopped at divergence"] if result.stopped_early else []),
@@ -244,6 +403,47 @@ def plot(result: LRFindResult, path: str) -> None:
     plt.close(fig)
 
 
+def finish(
+    controller: LRRangeController,
+    batches: int,
+    run_dir: str | None = None,
+    spell: Callable[[str], str] = "--{}".format,
+) -> LRFindResult:
+    """The result of a range test that ran `batches` batches under `controller`: the
+    curve read from its buffers (one host read), the four suggestions, the plot
+    (`<run_dir>/lr_find.png`, when there is a run directory). Raises `NoDescentError`
+    (with the curve) when the curve has no descent; `spell` names the arguments in its
+    message."""
+    lrs = controller.lrs.numpy()[:batches]
+    smoothed = controller.smoothed.numpy()[:batches]
+    losses = controller.losses.numpy()[:batches]
+    stopped = bool(controller.diverged.numpy())
+    png = None if run_dir is None else os.path.join(run_dir, "lr_find.png")
+    problem = check_descent(lrs, smoothed, controller.diverge_factor, spell)
+    if problem is not None:
+        nan = float("nan")
+        result = LRFindResult(run_dir, lrs, smoothed, stopped, nan, nan, batch_losses=losses)
+        if png:
+            plot(result, png)
+        where = f"\nplot: {png}" if png else ""
+        raise NoDescentError(f"lr-find: no LR to suggest: {problem}{where}", result)
+    found = suggest_all(lrs, smoothed, controller.num_steps, controller.diverge_factor)
+    result = LRFindResult(
+        run_dir,
+        lrs,
+        smoothed,
+        stopped,
+        found["steepest"],
+        found["min10"],
+        found["valley"],
+        found["slide"],
+        batch_losses=losses,
+    )
+    if png:
+        plot(result, png)
+    return result
+
+
 def lr_find(
     start_lr: float = 1e-6,
     end_lr: float = 10.0,
@@ -253,12 +453,14 @@ def lr_find(
     logdir: str = "runs",
     run_name: str | None = None,
     progress: Callable[[str], None] = print,
+    mode: str = "exponential",
 ) -> LRFindResult:
     """Runs the range test on a fresh model built from the current gin config (model,
     data, optimizer, batch size; the configured controller is ignored) and writes
     `lr_find.png`, `config.gin` and the summaries (`lr`, `loss/batch`,
-    `controller/smoothed_loss`) into a new run directory."""
-    controller = LRRangeController(start_lr, end_lr, num_steps, smoothing, diverge_factor)
+    `controller/smoothed_loss`) into a new run directory. `mode`: the ramp,
+    "exponential" or "linear" (`LRRangeController`)."""
+    controller = LRRangeController(start_lr, end_lr, num_steps, smoothing, diverge_factor, mode)
     trainer = Trainer(
         controller=controller,
         steps=num_steps,
@@ -287,15 +489,4 @@ def lr_find(
                 f"  ETA {eta:.0f}s (or sooner, at divergence)"
             )
     writer.close()
-    lrs, smoothed = controller.lrs.numpy()[:done], controller.smoothed.numpy()[:done]
-    stopped = bool(controller.diverged.numpy())
-    png = os.path.join(run_dir, "lr_find.png")
-    problem = check_descent(lrs, smoothed, diverge_factor)
-    if problem is not None:
-        nan = float("nan")
-        plot(LRFindResult(run_dir, lrs, smoothed, stopped, nan, nan), png)
-        raise NoDescentError(f"lr-find: no LR to suggest: {problem}\nplot: {png}")
-    steepest, min10 = suggest(lrs, smoothed)
-    result = LRFindResult(run_dir, lrs, smoothed, stopped, steepest, min10)
-    plot(result, png)
-    return result
+    return finish(controller, done, run_dir)

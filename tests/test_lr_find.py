@@ -12,7 +12,16 @@ import pytest
 from conftest import Events
 
 from lrresearch import cli
-from lrresearch.lr_find import LRRangeController, check_descent, suggest, y_range
+from lrresearch.lr_find import (
+    LRRangeController,
+    check_descent,
+    fastai_window,
+    slide,
+    suggest,
+    suggest_all,
+    valley,
+    y_range,
+)
 from lrresearch.signals import make_signals
 
 
@@ -52,6 +61,49 @@ def test_suggestions_on_a_known_curve():
     assert steepest == pytest.approx(1e-2, rel=0.06)
     assert min10 == pytest.approx(lrs[np.argmin(smoothed)] / 10)
     assert steepest < lrs[np.argmin(smoothed)]
+
+
+def test_linear_mode_ramps_the_lr_linearly_to_end_lr():
+    ctrl = LRRangeController(1e-3, 2.0, 50, mode="linear")
+    lrs = [float(ctrl.compute(make_signals(t, 1.0)).lr) for t in range(50)]
+    np.testing.assert_allclose(lrs, 1e-3 + (2.0 - 1e-3) * np.arange(50) / 49, rtol=1e-6)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        LRRangeController(1e-3, 2.0, 50, mode="cosine")
+
+
+def test_valley_is_about_halfway_down_the_longest_decreasing_run():
+    lrs = 10.0 ** np.arange(9)
+    # Longest strictly decreasing subsequence: 5, 4, 3, 2, 1, 0.5 (indices 1..6), which
+    # fastai counts from start = end - length = 6 - 6 = 0: sections 2, index 0 + 2 + 1.
+    assert valley(lrs, np.array([3, 5, 4, 3, 2, 1, 0.5, 2, 8])) == lrs[3]
+    # Nothing decreases: start = end = 0.
+    assert valley(lrs, np.arange(9.0)) == lrs[0]
+
+
+def test_slide_stops_where_the_slopes_lr_diff_apart_agree():
+    lrs = 10.0 ** np.arange(9)
+    # np.gradient: [-1, -1, -1, -1, -0.5, 0.5, 1.5, 3, 4]. Pairs (right, right - 3) from
+    # the end differ by 3.5, 3.5, 2.5, 1.5, then 0.5 <= 0.6 (indices 4 and 1): the
+    # last pair that differed had its left end at index 2.
+    losses = np.array([5, 4, 3, 2, 1, 1, 2, 4, 8.0])
+    assert slide(lrs, losses, lr_diff=3, thresh=0.6) == lrs[2]
+    assert slide(lrs, losses, lr_diff=3, thresh=0.6, adjust_value=0.5) == lrs[2] / 2
+    with pytest.raises(ValueError, match="more than lr_diff=15"):
+        slide(lrs, losses)
+
+
+def test_fastai_suggestions_read_the_trimmed_curve_up_to_divergence():
+    lrs = np.geomspace(1e-5, 10, 300)
+    x = np.log10(lrs)
+    smoothed = 2.0 - np.tanh((x + 2) * 2.0) + np.where(x > 0, 5 * x**2, 0.0)
+    window_lrs, window_loss = fastai_window(lrs, smoothed, 300, 4.0)
+    first, diverged = 30, int(np.argmax(smoothed > 4 * np.minimum.accumulate(smoothed)))
+    np.testing.assert_array_equal(window_lrs, lrs[first : diverged + 1 - 5])
+    found = suggest_all(lrs, smoothed, 300, 4.0)
+    assert list(found) == ["steepest", "min10", "valley", "slide"]
+    assert found["valley"] == valley(window_lrs, window_loss)
+    # The valley lies on the descent, below the minimum (lr ~0.99).
+    assert 1e-3 < found["valley"] < 0.5 and np.isfinite(found["slide"])
 
 
 def test_lr_find_command_writes_plot_summaries_and_binding(tmp_path, capsys):
@@ -161,3 +213,26 @@ def test_lr_find_refuses_to_suggest_when_the_loss_diverges_at_once(tmp_path, cap
     assert "lr-find: no LR to suggest" in captured.err and "--start_lr" in captured.err
     assert len(captured.err.splitlines()) <= 3
     assert (tmp_path / "hot" / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lr_find_linear_mode_prints_all_four_and_binds_the_chosen_one(tmp_path, capsys):
+    argv = [
+        "lr-find",
+        "--num_steps=40",
+        "--start_lr=1e-3",
+        "--end_lr=20",
+        "--mode=linear",
+        "--suggestion=valley",
+        "--gin_param=mlp.hidden = (16,)",
+        f"--logdir={tmp_path}",
+        "--run_name=linear",
+        "--quiet",
+    ]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    lr = Events(tmp_path / "linear").scalar("lr")
+    np.testing.assert_allclose(lr, 1e-3 + (20 - 1e-3) * np.arange(len(lr)) / 39, rtol=1e-5)
+    summary = next(line for line in out.splitlines() if line.startswith("lr-find:"))
+    values = dict(part.rsplit(" ", 1) for part in summary.split("suggestions: ")[1].split(", "))
+    assert list(values) == ["steepest", "min/10", "valley", "slide"]
+    assert f"ConstantController.lr = {values['valley']}" in out.splitlines()
