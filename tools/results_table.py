@@ -14,7 +14,7 @@ far less sensitive to the initial LR than plain SGD. Both are run from initial L
 spread over two orders of magnitude; the table gives the final eval loss per initial
 LR and the spread (max - min of the per-LR means).
 
-Run: `python tools/results_table.py` (about 10 minutes on 2 CPU cores); it prints the
+Run: `python tools/results_table.py` (about 3 minutes on 2 CPU cores); it prints the
 tables and writes them to `docs/results.md` (with the date, machine and versions).
 `--quick` (one seed, a few controllers) only prints.
 """
