@@ -200,6 +200,13 @@ class ControlledModel(keras.Model):
         cannot be exact with it refuses here, before any batch) and its warnings about
         its own arguments."""
         super().compile(*args, **kwargs)
+        if self.controller.optimizer_hyperparameters:
+            # Keras saves the optimizer's config, where a per-batch variable does not fit.
+            raise ValueError(
+                f"ControlledModel: the controller sets the optimizer's "
+                f"{sorted(self.controller.optimizer_hyperparameters)} every batch, which "
+                f"only `lrresearch train` supports so far; set cycle_momentum=False"
+            )
         self.controller.check_optimizer(self.optimizer)
         for message in self.controller.run_warnings(None):
             warnings.warn(message, stacklevel=2)

@@ -4,12 +4,17 @@ signals, the controller with its guard, and the per-batch summaries. TF ops only
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
 from lrresearch import summaries
 from lrresearch.controllers import Controller, ControllerOutput
+from lrresearch.controllers.base import momentum_attribute
 from lrresearch.signals import MovingAverage, Signals, global_norm
+
+if TYPE_CHECKING:
+    import keras
 
 
 def batch_signals(
@@ -65,21 +70,106 @@ def first_replica(strategy: tf.distribute.Strategy, values):
     return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], values)
 
 
+class _TraceTimeNonzero:
+    """Stands in for a float hyperparameter that Keras branches on when it traces
+    (`if self.momentum != 0` in `SGD`, `if self.momentum` in `MomentumSGD`): those
+    branches see a non-zero momentum, the arithmetic reads `variable` (see the tensor
+    conversion registered below), so the value can change every batch in-graph."""
+
+    def __init__(self, variable: tf.Variable):
+        self.variable = variable
+
+    @property
+    def dtype(self) -> tf.DType:
+        return self.variable.dtype
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    def __ne__(self, other: object) -> bool:
+        return other is not self
+
+    __hash__ = object.__hash__
+
+    def __float__(self) -> float:  # host-side readers, such as `get_config`
+        return float(self.variable.numpy())
+
+
+tf.register_tensor_conversion_function(
+    _TraceTimeNonzero,
+    lambda value, dtype=None, name=None, as_ref=False: tf.cast(
+        value.variable.read_value(), dtype or value.variable.dtype
+    ),
+)
+
+
+class OptimizerHyperparameters(tf.Module):
+    """The optimizer's momentum and weight decay as variables its controller sets every
+    batch (only those in `Controller.optimizer_hyperparameters`; none by default).
+
+    Keras's optimizers read `momentum` / `beta_1` / `weight_decay` when the update is
+    traced, as Python floats baked into the graph. Here the one the controller sets is
+    replaced by a float32 `tf.Variable` before the first trace: `beta_1` and
+    `weight_decay` by the variable (Keras only computes with them), SGD's `momentum`
+    by a `_TraceTimeNonzero` around it (Keras branches on it in Python). Not saved in
+    checkpoints: the controller sets every value before the batch uses it.
+
+    Attributes:
+      variables_by_name: `{"momentum": variable, ...}`, logged as `optimizer/<name>`.
+    """
+
+    def __init__(self, optimizer: keras.optimizers.Optimizer, names: frozenset[str]):
+        super().__init__(name="optimizer_hyperparameters")
+        self.variables_by_name: dict[str, tf.Variable] = {}
+        for name in sorted(names):
+            attribute = momentum_attribute(optimizer) if name == "momentum" else name
+            value = getattr(optimizer, attribute, None) if attribute else None
+            if name not in ("momentum", "weight_decay") or value is None:
+                raise ValueError(
+                    f"Trainer.controller sets the optimizer's {name}, which "
+                    f"{type(optimizer).__name__} does not have (or has as None); pick an "
+                    f"optimizer with it, or a controller that leaves it"
+                )
+            variable = tf.Variable(float(value), trainable=False, dtype=tf.float32, name=name)
+            self.variables_by_name[name] = variable
+            stand_in = _TraceTimeNonzero(variable) if attribute == "momentum" else variable
+            # Set untracked, so the optimizer's checkpoint keeps its layout.
+            object.__setattr__(optimizer, attribute, stand_in)
+
+    def assign(self, out: ControllerOutput) -> None:
+        """Assigns this batch's values from the controller's output; a NaN/Inf value is
+        not applied (the previous one is kept), as for the LR."""
+        for name, variable in self.variables_by_name.items():
+            value = tf.cast(getattr(out, name), tf.float32)
+            variable.assign(tf.where(tf.math.is_finite(value), value, variable))
+
+    def summaries(self) -> dict[str, tf.Tensor]:
+        """`{"optimizer/<name>": value}` for the batch summaries."""
+        return {f"optimizer/{n}": v.read_value() for n, v in self.variables_by_name.items()}
+
+
 def set_lr(
     controller: Controller,
     signals: Signals,
     lr_variable: tf.Variable,
     scale: tf.Tensor | float = 1.0,
+    hyperparameters: OptimizerHyperparameters | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor, ControllerOutput]:
     """Runs the controller (name scope `lr_controller`) and assigns `lr * scale` to the
-    optimizer's LR variable. Guard: a NaN/Inf or negative LR is never applied; the
-    previous LR is kept. Returns (applied LR, accepted flag, controller output)."""
+    optimizer's LR variable, and its momentum / weight decay to `hyperparameters`.
+    Guard: a NaN/Inf or negative LR is never applied; the previous LR is kept. Returns
+    (applied LR, accepted flag, controller output)."""
     with tf.name_scope("lr_controller"):
         out = controller.compute(signals)
         proposed = tf.cast(out.lr, tf.float32)
         accepted = tf.logical_and(tf.math.is_finite(proposed), proposed >= 0.0)
         lr = tf.where(accepted, proposed * scale, signals.lr)
         lr_variable.assign(tf.cast(lr, lr_variable.dtype))
+        if hyperparameters is not None:
+            hyperparameters.assign(out)
     return lr, accepted, out
 
 

@@ -39,6 +39,7 @@ from lrresearch.run import (  # noqa: F401
 from lrresearch.rundir import RunDirExistsError, make_run_dir  # noqa: F401
 from lrresearch.signals import MovingAverage
 from lrresearch.step import (
+    OptimizerHyperparameters,
     all_reduce_sum,
     batch_signals,
     first_replica,
@@ -51,6 +52,14 @@ def _variable_names(variables: list[tf.Variable], model_name: str) -> list[str]:
     """Tag-friendly variable paths: `dense/kernel` rather than `mlp/dense/kernel`."""
     prefix = model_name + "/"
     return [v.path[len(prefix) :] if v.path.startswith(prefix) else v.path for v in variables]
+
+
+def update_ratio(before: tf.Tensor, after: tf.Tensor) -> tf.Tensor:
+    """`||after - before|| / ||before||` in float32: the size of the update a batch
+    applied to one variable relative to the variable (0 for a skipped batch, and when
+    `before` is all zeros, as a bias at initialization)."""
+    before, after = tf.cast(before, tf.float32), tf.cast(after, tf.float32)
+    return tf.math.divide_no_nan(tf.norm(after - before), tf.norm(before))
 
 
 def _check_cadence(name: str, value: int | None, allow_none: bool = False) -> None:
@@ -219,6 +228,10 @@ class Trainer:
             self.optimizer = make_optimizer(self.optimizer_spec, self.controller.initial_lr)
             self.optimizer.build(self.variables)
         self.controller.check_optimizer(self.optimizer)
+        # Momentum / weight decay as variables, only if the controller sets them.
+        self.hyperparameters = OptimizerHyperparameters(
+            self.optimizer, self.controller.optimizer_hyperparameters
+        )
         self.variable_names = _variable_names(self.variables, self.model.name)
         self.controller.build(self.variables)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -271,17 +284,23 @@ class Trainer:
             step, loss, grads, self.variables, self.ma_short, self.ma_long, lr_variable
         )
         grads, norm = list(signals.grads), signals.global_norm
-        lr, accepted, out = set_lr(self.controller, signals, lr_variable, self.guard.lr_scale)
+        lr, accepted, out = set_lr(
+            self.controller, signals, lr_variable, self.guard.lr_scale, self.hyperparameters
+        )
         if self.clip_norm is not None:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
+        groups = periodic | self.every_step_groups
+        # `update/ratio/` needs the weights before the update: copied on this batch only.
+        before = [tf.identity(v.value) for v in self.variables] if "grad_norms" in groups else []
         # A NaN/Inf batch is skipped: no update, later LRs scaled down.
         self.guard.apply_if_finite(
             step, loss, norm, lambda: self.optimizer.apply(grads, self.variables)
         )
         extra = {"guard/lr_rejected": 1.0 - tf.cast(accepted, tf.float32)}
+        extra.update(self.hyperparameters.summaries())
         write_batch_summaries(signals, lr, out, {**extra, **self.guard.summaries()})
         with tf.name_scope("summaries"):
-            self._periodic_summaries(step, grads, periodic | self.every_step_groups)
+            self._periodic_summaries(step, grads, groups, before)
         self.step.assign_add(1)
         return loss
 
@@ -316,11 +335,19 @@ class Trainer:
         return all_reduce_sum(loss, grads, self.variables)
 
     def _periodic_summaries(
-        self, step: tf.Tensor, grads: list[tf.Tensor], groups: frozenset[str]
+        self,
+        step: tf.Tensor,
+        grads: list[tf.Tensor],
+        groups: frozenset[str],
+        before: list[tf.Tensor],
     ) -> None:
+        """The periodic groups due on this batch; `before` holds the weights before its
+        update when "grad_norms" is due (for `update/ratio/`)."""
         if "grad_norms" in groups:
             for name, g in zip(self.variable_names, grads, strict=True):
                 summaries.scalar(f"grad/norm/{name}", tf.norm(tf.cast(g, tf.float32)), step)
+            for name, v, w in zip(self.variable_names, self.variables, before, strict=True):
+                summaries.scalar(f"update/ratio/{name}", update_ratio(w, v.value), step)
         if "histograms" in groups:
             for name, g, v in zip(self.variable_names, grads, self.variables, strict=True):
                 summaries.histogram(f"grad/{name}", g, step)

@@ -162,3 +162,124 @@ def test_cosine_restarts_matches_pytorch_bookkeeping(t0, t_mult, eta_min):
 def test_bad_arguments_name_the_parameter(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+# -- cyclic momentum (cycle_momentum=True) ------------------------------------------
+
+
+def one_cycle_momentum_reference(
+    total, pct_start=0.3, strategy="cos", three_phase=False, low=0.85, high=0.95, steps=None
+):
+    """OneCycleLR.get_lr's momentum, written out from its `_schedule_phases`: down from
+    `high` to `low` while the LR rises, back up while it falls (three-phase: held)."""
+    if three_phase:
+        phases = [
+            (pct_start * total - 1, high, low),
+            (2 * pct_start * total - 2, low, high),
+            (total - 1, high, high),
+        ]
+    else:
+        phases = [(pct_start * total - 1, high, low), (total - 1, low, high)]
+    out = []
+    for t in range(steps or total):
+        t = min(t, total - 1)  # ours holds the final value; PyTorch raises past it
+        start_step = 0.0
+        for i, (end_step, start, end) in enumerate(phases):
+            if t <= end_step or i == len(phases) - 1:
+                pct = (t - start_step) / (end_step - start_step)
+                if strategy == "cos":
+                    out.append(end + (start - end) / 2 * (math.cos(math.pi * pct) + 1))
+                else:
+                    out.append((end - start) * pct + start)
+                break
+            start_step = end_step
+    return np.array(out)
+
+
+def cyclic_momentum_reference(low, high, up, down, mode, gamma, steps):
+    """CyclicLR.get_lr's momentum: `max_momentum - base_height * scale_fn(...)`, with
+    `scale_fn(cycle)` for the triangular modes and `scale_fn(last_epoch)` for exp_range."""
+    total = up + down
+    ratio = up / total
+    out = []
+    for t in range(steps):
+        cycle = math.floor(1 + t / total)
+        x = 1.0 + t / total - cycle
+        scale_factor = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
+        scale_fn = {"triangular": 1.0, "triangular2": 1 / 2.0 ** (cycle - 1)}.get(mode)
+        if mode == "exp_range":
+            scale_fn = gamma**t
+        out.append(high - (high - low) * scale_factor * scale_fn)
+    return np.array(out)
+
+
+def our_momenta(controller, steps: int) -> np.ndarray:
+    compute = tf.function(lambda t: controller.compute(make_signals(t, 1.0, 1.0)).momentum)
+    momenta = np.array([float(compute(tf.constant(t, tf.int64))) for t in range(steps)])
+    assert compute.experimental_get_tracing_count() == 1
+    return momenta
+
+
+FLOAT32_ROUNDING = 2.0**-24
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(total=600),
+        dict(total=497, pct_start=0.25, strategy="linear", low=0.8, high=0.9),
+        dict(total=500, pct_start=0.4, three_phase=True),
+        dict(total=333, strategy="linear", three_phase=True, low=0.5, high=0.99),
+    ],
+)
+def test_one_cycle_momentum_matches_pytorch_rule(kwargs):
+    ctrl = OneCycleController(
+        total_steps=kwargs["total"],
+        pct_start=kwargs.get("pct_start", 0.3),
+        anneal_strategy=kwargs.get("strategy", "cos"),
+        three_phase=kwargs.get("three_phase", False),
+        cycle_momentum=True,
+        base_momentum=kwargs.get("low", 0.85),
+        max_momentum=kwargs.get("high", 0.95),
+    )
+    steps = kwargs["total"] + 20
+    expected = one_cycle_momentum_reference(**kwargs, steps=steps)
+    np.testing.assert_allclose(our_momenta(ctrl, steps), expected, rtol=FLOAT32_ROUNDING)
+    assert expected[0] == pytest.approx(kwargs.get("high", 0.95))
+    assert expected.min() == pytest.approx(kwargs.get("low", 0.85), abs=1e-3)
+    assert ctrl.optimizer_hyperparameters == {"momentum"}
+
+
+@pytest.mark.parametrize(
+    "mode,up,down,gamma",
+    [("triangular", 100, None, 1.0), ("triangular2", 60, 140, 1.0), ("exp_range", 50, 75, 0.995)],
+)
+def test_cyclic_momentum_matches_pytorch_rule_over_several_cycles(mode, up, down, gamma):
+    ctrl = CyclicController(
+        step_size_up=up, step_size_down=down, mode=mode, gamma=gamma, cycle_momentum=True
+    )
+    steps = 4 * (up + (down or up)) + 7
+    expected = cyclic_momentum_reference(0.8, 0.9, up, down or up, mode, gamma, steps)
+    np.testing.assert_allclose(our_momenta(ctrl, steps), expected, rtol=FLOAT32_ROUNDING)
+
+
+def test_momentum_is_not_cycled_by_default():
+    """PyTorch's default is cycle_momentum=True; ours is False, so configurations
+    written before it keep their results."""
+    for ctrl in (OneCycleController(), CyclicController()):
+        assert ctrl.compute(make_signals(0, 1.0, 1.0)).momentum is None
+        assert ctrl.optimizer_hyperparameters == frozenset()
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: OneCycleController(cycle_momentum=1), "OneCycleController.cycle_momentum"),
+        (lambda: OneCycleController(base_momentum=-0.1), "OneCycleController.base_momentum"),
+        (lambda: OneCycleController(max_momentum=1.0), "OneCycleController.max_momentum"),
+        (lambda: CyclicController(max_momentum=float("nan")), "CyclicController.max_momentum"),
+    ],
+)
+def test_bad_momentum_arguments_name_the_parameter(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -134,8 +134,9 @@ def test_tags_are_exact_without_scope_prefixes(seed_run, name):
         assert (
             tag in BATCH_TAGS
             or tag in {"guard/lr_rejected", "guard/skipped", "config", "eval/loss", "eval/accuracy"}
-            or tag.startswith(("controller/", "grad/", "weights/"))
+            or tag.startswith(("controller/", "grad/", "weights/", "update/ratio/"))
         ), tag
+        # The seed strategies leave the optimizer's momentum alone: no `optimizer/` tags.
     controller_tags = {t for t in run.events.tags if t.startswith("controller/")}
     assert controller_tags
     for tag in controller_tags:
@@ -144,7 +145,11 @@ def test_tags_are_exact_without_scope_prefixes(seed_run, name):
         )
     # One `grad/`, `weights/` histogram and `grad/norm/` scalar per trainable variable,
     # named by the variable's path.
-    for prefix, plugin in (("grad/norm/", "scalars"), ("weights/", "histograms")):
+    for prefix, plugin in (
+        ("grad/norm/", "scalars"),
+        ("update/ratio/", "scalars"),
+        ("weights/", "histograms"),
+    ):
         names = {t[len(prefix) :] for t in run.events.tags if t.startswith(prefix)}
         assert len(names) == len(variables), (prefix, names)
         for v in variables:

@@ -24,10 +24,18 @@ class ControllerOutput(NamedTuple):
       lr: float32 scalar, the LR to apply to this batch.
       diagnostics: float32 scalars logged as `controller/<name>` every batch, so a reader
         sees *why* the LR moved (e.g. the loss trend, the schedule and the factor).
+
+      momentum: float32 scalar or None: the optimizer's momentum for this batch (SGD's
+        `momentum`, Adam's `beta_1`), for a controller whose `optimizer_hyperparameters`
+        holds "momentum" (`OneCycleController(cycle_momentum=True)`); None leaves it.
+      weight_decay: float32 scalar or None: the optimizer's (Keras, decoupled)
+        `weight_decay` for this batch, likewise under "weight_decay".
     """
 
     lr: tf.Tensor
     diagnostics: Mapping[str, tf.Tensor]
+    momentum: tf.Tensor | None = None
+    weight_decay: tf.Tensor | None = None
 
 
 class Controller(tf.Module):
@@ -51,6 +59,11 @@ class Controller(tf.Module):
     """
 
     initial_lr: float
+    # The optimizer hyperparameters besides the LR that `compute` sets every batch
+    # ("momentum", "weight_decay": the fields of `ControllerOutput` it fills). Known in
+    # Python before tracing: the trainer turns only these into variables, and logs
+    # them as `optimizer/<name>` (a constant one would only clutter TensorBoard).
+    optimizer_hyperparameters: frozenset[str] = frozenset()
     # False for wrappers that need other controllers and for factors that are not LRs;
     # `lrresearch profile` compares the standalone ones by default.
     standalone: bool = True
@@ -188,6 +201,39 @@ def _from_config(value: Any) -> Any:
     if isinstance(value, list):
         return [_from_config(v) for v in value]
     return value
+
+
+def momentum_attribute(optimizer: keras.optimizers.Optimizer) -> str | None:
+    """The optimizer's attribute that holds its momentum, or None if it has none.
+
+    `beta_1` for Adam and its kin (as PyTorch's schedulers cycle Adam's first beta);
+    `momentum` for Keras's `SGD` and our `MomentumSGD` when it is > 0 (with 0 they
+    build no velocity to cycle); None otherwise.
+    """
+    if isinstance(getattr(optimizer, "beta_1", None), (int, float)):
+        return "beta_1"
+    from keras.optimizers import SGD
+
+    from lrresearch.optimizers import MomentumSGD
+
+    momentum = getattr(optimizer, "momentum", None)
+    if isinstance(optimizer, (SGD, MomentumSGD)) and isinstance(momentum, float) and momentum > 0:
+        return "momentum"
+    return None
+
+
+def check_cycle_momentum(owner: str, optimizer: keras.optimizers.Optimizer) -> None:
+    """Raises ValueError naming `owner.cycle_momentum` unless `optimizer` has a
+    momentum to cycle (PyTorch's schedulers raise "optimizer must support momentum or
+    beta1 with `cycle_momentum` option enabled")."""
+    if momentum_attribute(optimizer) is None:
+        raise ValueError(
+            f"{owner}.cycle_momentum = True needs an optimizer with a momentum to cycle "
+            f"(SGD or MomentumSGD with momentum > 0, or one with beta_1 such as Adam), "
+            f"got {type(optimizer).__name__}"
+            f"{' with momentum 0' if hasattr(optimizer, 'momentum') else ''}; set "
+            f"Trainer.optimizer = 'momentum' (or 'adam'), or {owner}.cycle_momentum = False"
+        )
 
 
 def check_positive(owner: str, **values: float) -> None:

@@ -46,6 +46,11 @@ class _Composite(Controller):
     def _children(self) -> list[Controller]:
         raise NotImplementedError
 
+    @property
+    def optimizer_hyperparameters(self) -> frozenset[str]:
+        """What the parts set besides the LR; a composite passes their values on."""
+        return frozenset().union(*(part.optimizer_hyperparameters for part in self._children()))
+
     def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
         for part in self._children():
             part.check_optimizer(optimizer)
@@ -101,6 +106,11 @@ class Product(_Composite):
         super().__init__(name=name)
         _check_controller("Product", "base", base)
         _check_controller("Product", "factor", factor)
+        if factor.optimizer_hyperparameters:
+            raise ValueError(
+                f"Product.factor must set the LR factor only, got {type(factor).__name__} "
+                f"which also sets {sorted(factor.optimizer_hyperparameters)}; make it the base"
+            )
         self.base, self.factor = base, factor
         self.initial_lr = base.initial_lr * factor.initial_lr
 
@@ -113,9 +123,9 @@ class Product(_Composite):
 
     def compute(self, signals: Signals) -> ControllerOutput:
         base, factor = self.base.compute(signals), self.factor.compute(signals)
-        return ControllerOutput(
-            base.lr * factor.lr,
-            {
+        return base._replace(
+            lr=base.lr * factor.lr,
+            diagnostics={
                 "base": base.lr,
                 "factor": factor.lr,
                 **_nested("base", base.diagnostics),
@@ -160,6 +170,13 @@ class Chain(_Composite):
             check_int("Chain", "boundaries", b, 1)
         if sorted(set(boundaries)) != boundaries:
             raise ValueError(f"Chain.boundaries must be strictly increasing, got {boundaries}")
+        sets = [c.optimizer_hyperparameters for c in controllers]
+        if any(s != sets[0] for s in sets):
+            raise ValueError(
+                f"Chain.controllers must all set the same optimizer hyperparameters besides "
+                f"the LR (a part that does not would leave the last value in place), got "
+                f"{[sorted(s) for s in sets]}; set cycle_momentum alike on every part"
+            )
         self.parts, self.boundaries = controllers, boundaries
         self.initial_lr = controllers[0].initial_lr
 
@@ -190,15 +207,20 @@ class Chain(_Composite):
         lr = tf.constant(0.0)
         active = tf.constant(0.0)
         diagnostics: dict[str, tf.Tensor] = {}
+        # The other optimizer hyperparameters, from the active part as the LR.
+        others = {name: tf.constant(0.0) for name in self.optimizer_hyperparameters}
         for i, (part, start) in enumerate(zip(self.parts, starts, strict=True)):
             local = signals._replace(step=tf.maximum(step - start, 0))
             out = part.compute(local)
             here = step >= start
             lr = tf.where(here, tf.cast(out.lr, tf.float32), lr)
+            for name in others:
+                value = tf.cast(getattr(out, name), tf.float32)
+                others[name] = tf.where(here, value, others[name])
             active = tf.where(here, float(i), active)
             diagnostics[f"part{i}"] = out.lr
             diagnostics.update(_nested(f"part{i}", out.diagnostics))
-        return ControllerOutput(lr, {"part": active, **diagnostics})
+        return ControllerOutput(lr, {"part": active, **diagnostics})._replace(**others)
 
 
 class _Wrapper(_Composite):
@@ -284,9 +306,10 @@ class Warmup(_Wrapper):
         else:
             factor = tf.exp(math.log(self.start_factor) * (1.0 - progress))
         lr = tf.cast(tf.cast(out.lr, tf.float64) * factor, tf.float32)
-        return ControllerOutput(
-            lr,
-            {
+        # `_replace` passes the base's other optimizer hyperparameters on.
+        return out._replace(
+            lr=lr,
+            diagnostics={
                 "base": out.lr,
                 "factor": tf.cast(factor, tf.float32),
                 **_nested("base", out.diagnostics),
@@ -325,9 +348,10 @@ class Clamp(_Wrapper):
     def compute(self, signals: Signals) -> ControllerOutput:
         out = self.base.compute(signals)
         lr = tf.clip_by_value(tf.cast(out.lr, tf.float32), self.min_lr, self.max_lr)
-        return ControllerOutput(
-            lr,
-            {
+        # `_replace` passes the base's other optimizer hyperparameters on.
+        return out._replace(
+            lr=lr,
+            diagnostics={
                 "base": out.lr,
                 "clamped": tf.cast(tf.not_equal(lr, out.lr), tf.float32),
                 **_nested("base", out.diagnostics),
@@ -370,9 +394,10 @@ class MaxChange(_Wrapper):
         )
         # A zero previous LR would pin the LR at zero forever: let it start.
         lr = tf.where(previous > 0, lr, proposed)
-        return ControllerOutput(
-            lr,
-            {
+        # `_replace` passes the base's other optimizer hyperparameters on.
+        return out._replace(
+            lr=lr,
+            diagnostics={
                 "base": out.lr,
                 "limited": tf.cast(tf.not_equal(lr, proposed), tf.float32),
                 **_nested("base", out.diagnostics),

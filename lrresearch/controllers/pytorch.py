@@ -15,6 +15,7 @@ import tensorflow as tf
 from lrresearch.controllers.base import (
     Controller,
     ControllerOutput,
+    check_cycle_momentum,
     check_int,
     check_number,
     check_positive,
@@ -24,6 +25,15 @@ from lrresearch.signals import Signals
 
 def _step64(signals: Signals) -> tf.Tensor:
     return tf.cast(signals.step, tf.float64)
+
+
+def _check_momenta(owner: str, cycle_momentum: object, **momenta: float) -> None:
+    if not isinstance(cycle_momentum, bool):
+        raise ValueError(f"{owner}.cycle_momentum must be True or False, got {cycle_momentum!r}")
+    for name, value in momenta.items():
+        check_number(owner, name, value)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{owner}.{name} must be in [0, 1), got {value!r}")
 
 
 @gin.configurable
@@ -36,9 +46,14 @@ class OneCycleController(Controller):
     ends at step `pct_start * total_steps - 1` (and `2 * pct_start * total_steps - 2`
     for the second of three), exactly as PyTorch computes it.
 
-    Differences from PyTorch: momentum is not cycled (use a momentum schedule of your
-    own if you need it); after `total_steps` batches the LR stays at its final value
-    where PyTorch raises.
+    With `cycle_momentum`, the optimizer's momentum (SGD's `momentum`, Adam's `beta_1`,
+    logged as `optimizer/momentum`) moves the other way over the same phases and with
+    the same anneal: from `max_momentum` down to `base_momentum` while the LR rises,
+    back up to `max_momentum` while it falls (three-phase: down, up, then held).
+
+    Differences from PyTorch: `cycle_momentum` defaults to False (PyTorch: True), so
+    existing configurations keep their results; after `total_steps` batches the LR
+    (and momentum) stay at their final values where PyTorch raises.
 
     Args:
       max_lr: peak LR.
@@ -48,6 +63,21 @@ class OneCycleController(Controller):
       div_factor: initial LR = max_lr / div_factor.
       final_div_factor: minimum LR = initial LR / final_div_factor.
       three_phase: use PyTorch's three-phase variant.
+      cycle_momentum: also set the optimizer's momentum every batch (needs one with
+        momentum: SGD or MomentumSGD with momentum > 0, or Adam's kin).
+      base_momentum: momentum at the LR's peak, in [0, 1).
+      max_momentum: momentum at the LR's ends, in [0, 1).
+
+    Examples:
+      `OneCycleController(max_lr=0.1, total_steps=2000, cycle_momentum=True)` with
+      `Trainer.optimizer = 'momentum'` is PyTorch's `OneCycleLR(optimizer, max_lr=0.1,
+      total_steps=2000)` on `SGD(momentum=0.9)`, momentum included.
+
+    References:
+      PyTorch, `torch.optim.lr_scheduler.OneCycleLR`
+      (https://pytorch.org/docs/stable/generated/torch.optim.lr_scheduler.OneCycleLR.html).
+      Smith, Topin. "Super-Convergence: Very Fast Training of Neural Networks Using
+      Large Learning Rates." arXiv:1708.07120 (2017).
     """
 
     def __init__(
@@ -59,6 +89,9 @@ class OneCycleController(Controller):
         div_factor: float = 25.0,
         final_div_factor: float = 1e4,
         three_phase: bool = False,
+        cycle_momentum: bool = False,
+        base_momentum: float = 0.85,
+        max_momentum: float = 0.95,
         name: str | None = None,
     ):
         super().__init__(name=name)
@@ -74,20 +107,36 @@ class OneCycleController(Controller):
             raise ValueError(
                 f"{owner}.anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}"
             )
+        _check_momenta(
+            owner, cycle_momentum, base_momentum=base_momentum, max_momentum=max_momentum
+        )
         self.max_lr, self.total_steps = float(max_lr), total_steps
         self.anneal_strategy, self.three_phase = anneal_strategy, bool(three_phase)
+        self.cycle_momentum = cycle_momentum
+        if cycle_momentum:
+            self.optimizer_hyperparameters = frozenset({"momentum"})
         initial = max_lr / div_factor
         minimum = initial / final_div_factor
+        low, high = float(base_momentum), float(max_momentum)
         up_end = float(pct_start * total_steps) - 1
+        # (end step, start LR, end LR, start momentum, end momentum), as PyTorch's phases.
         if three_phase:
             self.phases = [
-                (up_end, initial, max_lr),
-                (float(2 * pct_start * total_steps) - 2, max_lr, initial),
-                (total_steps - 1.0, initial, minimum),
+                (up_end, initial, max_lr, high, low),
+                (float(2 * pct_start * total_steps) - 2, max_lr, initial, low, high),
+                (total_steps - 1.0, initial, minimum, high, high),
             ]
         else:
-            self.phases = [(up_end, initial, max_lr), (total_steps - 1.0, max_lr, minimum)]
+            self.phases = [
+                (up_end, initial, max_lr, high, low),
+                (total_steps - 1.0, max_lr, minimum, low, high),
+            ]
         self.initial_lr = float(initial)
+
+    def check_optimizer(self, optimizer) -> None:
+        """Refuses an optimizer without momentum when `cycle_momentum` is set."""
+        if self.cycle_momentum:
+            check_cycle_momentum("OneCycleController", optimizer)
 
     def _anneal(self, start: float, end: float, pct: tf.Tensor) -> tf.Tensor:
         if self.anneal_strategy == "cos":
@@ -96,20 +145,24 @@ class OneCycleController(Controller):
 
     def compute(self, signals: Signals) -> ControllerOutput:
         t = tf.minimum(_step64(signals), self.total_steps - 1.0)
-        lr = tf.constant(0.0, tf.float64)
+        lr = momentum = tf.constant(0.0, tf.float64)
         phase_index = tf.constant(0.0, tf.float64)
         chosen = tf.constant(False)
         start_step = 0.0
-        for i, (end_step, start, end) in enumerate(self.phases):
+        for i, (end_step, start, end, start_momentum, end_momentum) in enumerate(self.phases):
             last = i == len(self.phases) - 1
             here = tf.logical_and(~chosen, t <= end_step) if not last else ~chosen
             pct = (t - start_step) / (end_step - start_step)
             lr = tf.where(here, self._anneal(start, end, pct), lr)
+            if self.cycle_momentum:
+                momentum = tf.where(here, self._anneal(start_momentum, end_momentum, pct), momentum)
             phase_index = tf.where(here, tf.constant(float(i), tf.float64), phase_index)
             chosen = tf.logical_or(chosen, here)
             start_step = end_step
         return ControllerOutput(
-            tf.cast(lr, tf.float32), {"phase": tf.cast(phase_index, tf.float32)}
+            tf.cast(lr, tf.float32),
+            {"phase": tf.cast(phase_index, tf.float32)},
+            momentum=tf.cast(momentum, tf.float32) if self.cycle_momentum else None,
         )
 
 
@@ -123,8 +176,13 @@ class CyclicController(Controller):
     `base_lr + (max_lr - base_lr) * scale * f`, with `f = 1` (triangular),
     `1 / 2**(cycle - 1)` (triangular2) or `gamma**t` (exp_range).
 
-    Differences from PyTorch: momentum is not cycled; `base_lr` is an argument here
-    (PyTorch takes it from the optimizer's param groups).
+    With `cycle_momentum`, the optimizer's momentum (SGD's `momentum`, Adam's `beta_1`,
+    logged as `optimizer/momentum`) moves inversely to the LR:
+    `max_momentum - (max_momentum - base_momentum) * scale * f`.
+
+    Differences from PyTorch: `cycle_momentum` defaults to False (PyTorch: True), so
+    existing configurations keep their results; `base_lr` is an argument here (PyTorch
+    takes it from the optimizer's param groups).
 
     Args:
       base_lr: LR at the bottom of each cycle.
@@ -133,6 +191,20 @@ class CyclicController(Controller):
       step_size_down: batches of the falling half (default: `step_size_up`).
       mode: "triangular", "triangular2" or "exp_range".
       gamma: decay per batch for "exp_range".
+      cycle_momentum: also set the optimizer's momentum every batch (needs one with
+        momentum: SGD or MomentumSGD with momentum > 0, or Adam's kin).
+      base_momentum: momentum at the LR's peak, in [0, 1).
+      max_momentum: momentum at `base_lr`, in [0, 1).
+
+    Examples:
+      `CyclicController(base_lr=0.01, max_lr=0.1, step_size_up=250, cycle_momentum=True)`
+      with `Trainer.optimizer = 'momentum'` is PyTorch's `CyclicLR(optimizer, 0.01, 0.1,
+      step_size_up=250)` on `SGD(momentum=0.9)`, momentum included.
+
+    References:
+      PyTorch, `torch.optim.lr_scheduler.CyclicLR`
+      (https://pytorch.org/docs/stable/generated/torch.optim.lr_scheduler.CyclicLR.html).
+      Smith. "Cyclical Learning Rates for Training Neural Networks." WACV 2017.
     """
 
     def __init__(
@@ -143,6 +215,9 @@ class CyclicController(Controller):
         step_size_down: int | None = None,
         mode: str = "triangular",
         gamma: float = 1.0,
+        cycle_momentum: bool = False,
+        base_momentum: float = 0.8,
+        max_momentum: float = 0.9,
         name: str | None = None,
     ):
         super().__init__(name=name)
@@ -161,10 +236,22 @@ class CyclicController(Controller):
             mode,
             float(gamma),
         )
+        _check_momenta(
+            owner, cycle_momentum, base_momentum=base_momentum, max_momentum=max_momentum
+        )
+        self.cycle_momentum = cycle_momentum
+        self.base_momentum, self.max_momentum = float(base_momentum), float(max_momentum)
+        if cycle_momentum:
+            self.optimizer_hyperparameters = frozenset({"momentum"})
         down = step_size_up if step_size_down is None else step_size_down
         self.total_size = float(step_size_up + down)
         self.step_ratio = step_size_up / self.total_size
         self.initial_lr = self.base_lr
+
+    def check_optimizer(self, optimizer) -> None:
+        """Refuses an optimizer without momentum when `cycle_momentum` is set."""
+        if self.cycle_momentum:
+            check_cycle_momentum("CyclicController", optimizer)
 
     def compute(self, signals: Signals) -> ControllerOutput:
         t = _step64(signals)
@@ -180,9 +267,14 @@ class CyclicController(Controller):
         else:
             factor = tf.pow(tf.constant(self.gamma, tf.float64), t)
         lr = self.base_lr + (self.max_lr - self.base_lr) * scale * factor
+        momentum = None
+        if self.cycle_momentum:
+            height = (self.max_momentum - self.base_momentum) * scale * factor
+            momentum = tf.cast(self.max_momentum - height, tf.float32)
         return ControllerOutput(
             tf.cast(lr, tf.float32),
             {"cycle": tf.cast(cycle, tf.float32), "scale": tf.cast(scale, tf.float32)},
+            momentum=momentum,
         )
 
 
