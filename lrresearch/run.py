@@ -75,6 +75,8 @@ class TrainResult:
         return self.evals.get("accuracy", float("nan"))
 
     def summary_line(self) -> str:
+        from lrresearch.board import view_command
+
         if self.steps <= self.began:
             return (
                 f"done: nothing to train: {self.run_dir} is complete at step {self.steps} "
@@ -85,7 +87,7 @@ class TrainResult:
             f"done: {self.steps} steps in {self.seconds:.1f} s ({self.steps_per_second:,.0f} "
             f"steps/s after a {self.first_call_seconds:.1f} s first call that traced the "
             f"step); loss/batch {self.final_loss:.4f}, lr {self.final_lr:.3g}{evals} "
-            f"-> {self.run_dir}"
+            f"-> {self.run_dir}; view: {view_command(self.run_dir)}"
         )
 
 

@@ -69,15 +69,6 @@ TAGS: tuple[Tag, ...] = (
     Tag("eval/<metric>", "scalar", "eval_every batches and at the end",
         "Each of Trainer.metrics over the held-out split (eval/accuracy by default)."),
     Tag("config", "text", "once, at step 0", "The operative gin config of the run."),
-    Tag("update/ratio/<variable>", "scalar", "grad_norm_every batches",
-        "||w_after - w_before|| / ||w_before||: the size of the update this batch applied to "
-        "one variable relative to its weights (0 for a skipped batch or all-zero weights)."),
-    Tag("optimizer/momentum", "scalar", "batch, when the controller sets it",
-        "The optimizer's momentum for this batch (SGD's momentum, Adam's beta_1), logged "
-        "only when the controller cycles it (cycle_momentum = True)."),
-    Tag("optimizer/weight_decay", "scalar", "batch, when the controller sets it",
-        "The optimizer's weight decay for this batch, logged only when the controller "
-        "sets it."),
 )  # fmt: skip
 
 # Tags written for every batch, in the order they are written.
@@ -179,27 +170,34 @@ HPARAM_METRICS = ("eval/accuracy", "eval/loss", "loss/ma_long")
 
 
 def custom_scalars_layout() -> bytes:
-    """The Custom Scalars layout: LR with the loss moving averages, the gradient norm,
-    and `lr` of every run overlaid (TensorBoard merges identical layouts of runs)."""
+    """The Custom Scalars layout: the LR first, in a chart of its own, then the loss
+    moving averages, the gradient norm and the eval results.
+
+    Each chart shows the matching tag of every selected run (TensorBoard merges the
+    identical layouts of the runs). The LR has a chart of its own because on the
+    losses' axis its movement looked flat; the layout proto has no log-axis option
+    (`MultilineChartContent` holds only tag regexes), so a log axis is the chart's
+    "Toggle y-axis log scale" button. In the Scalars tab, by contrast, tags are grouped
+    by their prefix before `/` and the groups sorted by name, so the `lr` group comes
+    last and starts collapsed (only the first groups open).
+    """
     from tensorboard.plugins.custom_scalar import layout_pb2
 
-    chart = layout_pb2.Chart
-    multiline = layout_pb2.MultilineChartContent
+    def chart(title: str, *tags: str) -> layout_pb2.Chart:
+        return layout_pb2.Chart(
+            title=title, multiline=layout_pb2.MultilineChartContent(tag=list(tags))
+        )
+
     layout = layout_pb2.Layout(
         category=[
             layout_pb2.Category(
                 title="lrresearch",
                 chart=[
-                    chart(
-                        title="LR and loss moving averages",
-                        multiline=multiline(tag=[r"^lr$", r"^loss/ma_short$", r"^loss/ma_long$"]),
-                    ),
-                    chart(title="Gradient norm", multiline=multiline(tag=[r"^grad/global_norm$"])),
-                    chart(title="LR, all runs", multiline=multiline(tag=[r"^lr$"])),
-                    chart(
-                        title="Eval accuracy, all runs",
-                        multiline=multiline(tag=[r"^eval/accuracy$"]),
-                    ),
+                    chart("LR", r"^lr$"),
+                    chart("Loss moving averages", r"^loss/ma_short$", r"^loss/ma_long$"),
+                    chart("Gradient norm", r"^grad/global_norm$"),
+                    chart("Eval loss", r"^eval/loss$"),
+                    chart("Eval accuracy", r"^eval/accuracy$"),
                 ],
             ),
         ]
