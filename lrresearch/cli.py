@@ -12,6 +12,79 @@ from typing import Any
 # Before TensorFlow loads: its C++ start-up chatter hides the run's own output.
 from lrresearch import quiet
 
+# Each command's `--help` ends with these (argparse epilogs, printed as written).
+# tests/test_cli.py parses every line that starts with `lrresearch`, gin bindings included.
+EXAMPLES = {
+    "train": """\
+examples:
+  lrresearch train                                   # the built-in default (gin/base.gin)
+  lrresearch train --gin_file=gin/strategies/loss_trend.gin --gin_param='Trainer.steps = 500'
+  lrresearch train --gin_file=gin/experiments/digits_cnn_cyclical.gin --run_name=cnn
+  lrresearch train --gin_file=gin/experiments/digits_cnn_cyclical.gin --run_name=cnn --resume
+  lrresearch list controllers                        # what Trainer.controller can be""",
+    "profile": """\
+examples:
+  lrresearch profile                                 # every built-in controller
+  lrresearch profile --controllers=GradNormController,LossTrendController --rounds=5""",
+    "lr-find": """\
+examples:
+  lrresearch lr-find
+  lrresearch lr-find --gin_file=gin/strategies/constant.gin --num_steps=300
+  lrresearch lr-find --binding=WarmupCosineController.base_lr --write_gin=lr.gin""",
+    "sweep": """\
+examples:
+  lrresearch sweep --sweep='Trainer.seed=[0, 1, 2]'
+  lrresearch sweep --gin_file=gin/strategies/loss_trend.gin \\
+      --sweep='LossTrendController.window=[50, 100, 200]' --sweep='Trainer.seed=[0, 1]'
+  lrresearch sweep --gin_file=gin/strategies/loss_trend.gin --sweep_random=8 --seed=1 \\
+      --sample='LossTrendController.max_lr=loguniform(1e-3, 1)' \\
+      --sample='Trainer.batch_size=choice([32, 64, 128])'
+  lrresearch sweep --sweep_random=4 --sample='Trainer.batch_size=choice([32, 64, 128])' \\
+      --sweep='Trainer.controller=[@GradNormController(), @ConstantController()]'
+
+distributions for --sample (gin syntax; each binding has its own seeded generator):
+  uniform(low, high)         a float in [low, high)
+  loguniform(low, high)      a float, each decade equally likely (0 < low)
+  intuniform(low, high)      an int in [low, high], both included
+  logintuniform(low, high)   an int in [low, high], log-uniform (1 <= low)
+  choice([v1, v2, ...])      one of the gin values (numbers, strings, @Name(), tuples)
+With --sweep as well, every grid combination runs at the same drawn points.""",
+    "compare": """\
+examples:
+  lrresearch compare runs/sweep-20250101-120000      # every run of a sweep
+  lrresearch compare runs/GradNormController-20250101-120000 \\
+      runs/LossTrendController-20250101-120500 --out=comparison --target_accuracy=0.9""",
+    "list": """\
+examples:
+  lrresearch list                                    # everything, grouped
+  lrresearch list controllers
+  lrresearch list wrappers optimizers""",
+}
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Examples printed as written (a text of several lines is kept as it is; a
+    one-line description is wrapped); every flag's help ends with its default (unless
+    it says it already, the flag is required, or it is a switch: off unless given)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.required
+            or action.nargs == 0
+            or action.default is argparse.SUPPRESS
+            or "default" in text
+        ):
+            return text
+        shown = "none" if action.default == [] else "%(default)s"
+        return f"{text} (default: {shown})".strip()
+
 
 def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -44,6 +117,27 @@ def _add_output_flags(
         help=f"directory name (default: {default_name}); an existing one is never overwritten",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _list_parser(commands: Any) -> None:
+    """`lrresearch list`: what a gin file can name."""
+    from lrresearch import listing
+
+    lister = commands.add_parser(
+        "list",
+        help="list controllers, wrappers, optimizers, datasets, models, losses and metrics "
+        "with their gin names",
+        description="Print what a gin file can name, grouped: each entry's gin spelling "
+        "with its arguments' defaults, and the first sentence of its docstring.",
+    )
+    lister.add_argument(
+        "what",
+        nargs="*",
+        choices=(*listing.GROUPS, "all"),
+        default="all",
+        metavar="GROUP",
+        help=f"any of {', '.join(listing.GROUPS)} or all (default: all)",
+    )
 
 
 def _train_parser(commands: Any) -> None:
@@ -86,17 +180,13 @@ def _profile_parser(commands: Any) -> None:
         "profile-<YYYYmmdd-HHMMSS>",
         "parent of the profile directory (default: runs)",
     )
-    prof.add_argument(
-        "--rounds", type=int, default=15, help="interleaved timing rounds (default 15)"
-    )
-    prof.add_argument(
-        "--block_batches", type=int, default=400, help="batches per timed block (default 400)"
-    )
+    prof.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    prof.add_argument("--block_batches", type=int, default=400, help="batches per timed block")
     prof.add_argument(
         "--trace_batches",
         type=int,
         default=40,
-        help="batches in each profiler trace (default 40; keep it under ~100)",
+        help="batches in each profiler trace; keep it under ~100",
     )
 
 
@@ -156,11 +246,14 @@ def _sweep_parser(commands: Any) -> None:
     """`lrresearch sweep`: the cross product of gin bindings."""
     sweep = commands.add_parser(
         "sweep",
-        help="run the cross product of gin bindings, one run directory per point",
-        description="Run every combination of the --sweep values, one after another, "
-        "each as `lrresearch train` would, into one sweep directory; a failed run is "
-        "reported at the end and does not stop the others. The sweep directory carries "
-        "the HParams experiment, so TensorBoard's HParams tab lists every run.",
+        help="run a grid (--sweep) and/or random points (--sweep_random, --sample) of gin "
+        "bindings, one run directory per point",
+        description="Run every combination of the --sweep values (and, with "
+        "--sweep_random=N, each at N points drawn from the --sample distributions), one "
+        "after another, each as `lrresearch train` would, into one sweep directory; a "
+        "failed run is reported at the end and does not stop the others. The sweep "
+        "directory carries sweep.json (every point's bindings and drawn values) and the "
+        "HParams experiment, so TensorBoard's HParams tab lists every run.",
     )
     _add_gin_flags(sweep)
     sweep.add_argument(
@@ -171,6 +264,27 @@ def _sweep_parser(commands: Any) -> None:
         help="e.g. 'Trainer.seed=[0, 1, 2]' or "
         "'Trainer.controller=[@GradNormController(), @LossTrendController()]';"
         " repeat for a cross product",
+    )
+    sweep.add_argument(
+        "--sweep_random",
+        type=int,
+        default=0,
+        metavar="N",
+        help="draw N random points from the --sample distributions (0: grid only)",
+    )
+    sweep.add_argument(
+        "--sample",
+        action="append",
+        default=[],
+        metavar="BINDING=DIST(...)",
+        help="e.g. 'LossTrendController.max_lr=loguniform(1e-3, 1)' or "
+        "'Trainer.batch_size=choice([32, 64, 128])'; repeatable; needs --sweep_random",
+    )
+    sweep.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the --sample draws (not of training: sweep Trainer.seed for that)",
     )
     _add_output_flags(sweep, "--sweep_name", "sweep-<YYYYmmdd-HHMMSS>")
 
@@ -185,47 +299,35 @@ def _compare_parser(commands: Any) -> None:
         "LR, number of LR changes larger than --change_pct, time per step; and PNG plots "
         "of LR, smoothed loss and gradient norm against step for all runs.",
     )
-    comp.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR")
+    comp.add_argument(
+        "paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="runs, or sweeps of runs"
+    )
     comp.add_argument(
         "--out", default=None, help="folder for compare.md/.csv/.png (default: the first path)"
     )
-    comp.add_argument("--target_accuracy", type=float, default=0.95)
-    comp.add_argument("--target_loss", type=float, default=0.2)
-    comp.add_argument("--change_pct", type=float, default=10.0)
+    comp.add_argument(
+        "--target_accuracy",
+        type=float,
+        default=0.95,
+        help="'steps to target' counts batches until eval/accuracy reaches this",
+    )
+    comp.add_argument(
+        "--target_loss",
+        type=float,
+        default=0.2,
+        help="'steps to target' counts batches until eval/loss falls to this",
+    )
+    comp.add_argument(
+        "--change_pct",
+        type=float,
+        default=10.0,
+        help="an LR change larger than this percentage counts as a change",
+    )
     comp.add_argument(
         "--allow_damaged",
         action="store_true",
         help="compare runs with truncated or damaged event files up to the damage "
         "(marked 'damaged'); without it they are an error (exit 2)",
-    )
-
-
-def _board_parser(commands: Any) -> None:
-    """`lrresearch board`: TensorBoard serving every batch."""
-    board = commands.add_parser(
-        "board",
-        help="start TensorBoard on run directories, serving every batch of every run",
-        description="Start TensorBoard on LOGDIR (default: runs) with --samples_per_plugin "
-        "raised so that every scalar point of every run is served (TensorBoard keeps only "
-        "1,000 per tag by default, so longer runs lose batches, spikes included). Prints "
-        "the URL and the plain `tensorboard` command; Ctrl-C stops it.",
-        epilog="""examples:
-  lrresearch board                                   # every run under runs/
-  lrresearch board runs/sweep-20261129-104344        # one sweep (or one run)
-  lrresearch board runs other_runs --port 6007       # several directories""",
-    )
-    board.add_argument(
-        "logdirs",
-        nargs="*",
-        default=["runs"],
-        metavar="LOGDIR",
-        help="directories holding runs (default: runs)",
-    )
-    board.add_argument("--port", type=int, default=6006, help="(default: 6006)")
-    board.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on; 0.0.0.0 serves other machines too (default: 127.0.0.1)",
     )
 
 
@@ -245,10 +347,22 @@ def build_parser() -> argparse.ArgumentParser:
         _lr_find_parser,
         _sweep_parser,
         _compare_parser,
-        _board_parser,
     ):
         add(commands)
+    _list_parser(commands)
+    for name, command in commands.choices.items():
+        _explorable(command, EXAMPLES.get(name))
     return parser
+
+
+def _explorable(command: argparse.ArgumentParser, examples: str | None) -> None:
+    """A command's `--help` for a newcomer: its examples block, and every flag's
+    default (a flag with no help of its own gets its default as its help)."""
+    command.formatter_class = HelpFormatter
+    command.epilog = command.epilog or examples
+    for action in command._actions:  # argparse has no public list of a parser's flags
+        if action.option_strings and action.help is None:
+            action.help = "(default: %(default)s)"
 
 
 # gin appends "In call to configurable 'X' (<function X at 0x...>)" to errors raised
@@ -407,6 +521,9 @@ def sweep(args: argparse.Namespace) -> int:
             logdir=args.logdir,
             sweep_name=args.sweep_name,
             progress=say,
+            samples=args.sample,
+            random_points=args.sweep_random,
+            seed=args.seed,
         )
     except config.ConfigError as e:
         return _fail(str(e))
@@ -451,15 +568,12 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def board(args: argparse.Namespace) -> int:
-    from lrresearch import board as boards
+def list_command(args: argparse.Namespace) -> int:
+    from lrresearch import listing
 
-    if not 0 <= args.port <= 65535:
-        return _fail(f"--port must be in 0..65535, got {args.port}")
-    try:
-        return boards.serve(args.logdirs, port=args.port, host=args.host)
-    except ValueError as e:
-        return _fail(str(e))
+    groups = [args.what] if isinstance(args.what, str) else args.what
+    print(listing.render(listing.GROUPS if "all" in groups else groups))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -470,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lr-find": lr_find,
         "sweep": sweep,
         "compare": compare,
-        "board": board,
+        "list": list_command,
     }[args.command]
     with quiet.tensorflow_start():
         import tensorflow as tf

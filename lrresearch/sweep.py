@@ -5,6 +5,14 @@
 `name = value` after the `--gin_file`s and `--gin_param`s, so anything a gin file can
 say, a sweep can vary (including scoped and `@reference()` values).
 
+`--sweep_random=N --seed=S --sample='LossTrendController.max_lr=loguniform(1e-3, 1)'`
+draws N points from distributions (`sampling`). With `--sweep`s as well, every grid
+combination runs at the same N drawn points (a paired comparison: the grid's values
+differ only in what the grid varies); draw `i` of every combination runs before draw
+`i + 1`. Each drawn value is bound as gin source, recorded in `sweep.json` (`sampled`)
+and in the HParams experiment under its binding name, as an interval for the numeric
+distributions and the values drawn for `choice`.
+
 Ctrl-C (or SIGTERM) stops a sweep after the run it lands in: that run stops after its
 current compiled call and saves its checkpoint, as `lrresearch train` does; the sweep
 directory still gets `sweep.json` (every point, with its status) and the HParams
@@ -24,46 +32,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import gin
+import tensorflow as tf
 
-from lrresearch import config, distribute, summaries
+from lrresearch import config, distribute, sampling, summaries
+from lrresearch.sampling import split_values
 from lrresearch.trainer import Trainer, TrainingInterrupted, TrainResult, make_run_dir
-
-
-def split_values(text: str, flag: str = "--sweep") -> list[str]:
-    """Splits a gin list literal `[a, b(c, d), 'e,f']` into its elements' source.
-
-    `flag` names the argument in errors (the whole `--sweep='name=[...]'`)."""
-    text = text.strip()
-    if not (text.startswith("[") and text.endswith("]")):
-        raise config.ConfigError(
-            f"{flag}: the values must be a list in brackets, got {text!r}; "
-            "e.g. --sweep='Trainer.seed=[0, 1, 2]'"
-        )
-    items, depth, quote, current = [], 0, "", ""
-    for char in text[1:-1]:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == "," and depth == 0:
-            items.append(current.strip())
-            current = ""
-            continue
-        current += char
-    if current.strip():
-        items.append(current.strip())
-    if not all(items):
-        raise config.ConfigError(f"{flag}: the list {text!r} has an empty value")
-    if not items:
-        raise config.ConfigError(
-            f"{flag}: the list of values is empty; give one or more, "
-            "e.g. --sweep='Trainer.seed=[0, 1, 2]'"
-        )
-    return items
 
 
 def parse_sweep(spec: str) -> tuple[str, list[str]]:
@@ -84,17 +57,23 @@ def _short(value: str) -> str:
 
 @dataclasses.dataclass
 class Point:
-    """One run of a sweep: its bindings, run name and outcome.
+    """One run of a sweep: its bindings (gin source), run name and outcome.
 
-    `status` is "not run", "ok", "failed" or "interrupted"."""
+    `sampled` holds the values drawn for `--sample`s (numbers, or the gin source of a
+    `choice`). `status` is "not run", "ok", "failed" or "interrupted"."""
 
     index: int
     bindings: dict[str, str]
     run_name: str
+    sampled: dict[str, Any] = dataclasses.field(default_factory=dict)
     result: TrainResult | None = None
     error: str = ""
     status: str = "not run"
     stopped_at: int | None = None  # the interrupted run's checkpoint step
+
+    def hparams(self) -> dict[str, bool | int | float | str]:
+        """Every swept binding under its gin name, for the HParams dashboard."""
+        return {name: sampling.literal(source) for name, source in self.bindings.items()}
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -110,33 +89,101 @@ class SweepInterrupted(KeyboardInterrupt):
         return str(self.args[0])
 
 
-def _check(gin_files: Sequence[str], gin_params: Sequence[str], sweeps: Sequence[str]) -> list:
+def _check(
+    gin_files: Sequence[str],
+    gin_params: Sequence[str],
+    sweeps: Sequence[str],
+    samples: Sequence[sampling.Sample] = (),
+    drawn: Sequence[list] = (),
+) -> list:
     """The sweep's axes, each `(name, values)`, checked before anything is written:
-    the files and params parse, and so does every value (named by its `--sweep`)."""
+    the files and params parse, and so does every grid value and every drawn value
+    (named by its `--sweep` or `--sample`)."""
     axes = [parse_sweep(spec) for spec in sweeps]
-    if not axes:
-        raise config.ConfigError("give at least one --sweep, e.g. --sweep='Trainer.seed=[0, 1]'")
-    names = [name for name, _ in axes]
+    if not axes and not samples:
+        raise config.ConfigError(
+            "give at least one --sweep, e.g. --sweep='Trainer.seed=[0, 1]', or "
+            "--sweep_random=N with a --sample"
+        )
+    names = [name for name, _ in axes] + [sample.name for sample in samples]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
-        raise config.ConfigError(f"--sweep: {', '.join(twice)} is swept twice; sweep it once")
+        raise config.ConfigError(
+            f"--sweep/--sample: {', '.join(twice)} is swept twice; sweep it once"
+        )
     try:
         config.parse(list(gin_files), list(gin_params))
         for spec, (name, values) in zip(sweeps, axes, strict=True):
             for value in values:
                 config.parse_binding(f"{name} = {value}", f"--sweep={spec!r}, value {value!r}")
+        for sample, values in zip(samples, drawn, strict=True):
+            for value in dict.fromkeys(map(sample.distribution.gin, values)):
+                config.parse_binding(f"{sample.name} = {value}", f"{sample.flag}, value {value}")
     finally:
         gin.clear_config()
     return axes
 
 
-def _write_manifest(sweep_dir: str, gin_files, gin_params, sweeps, points: list[Point]) -> None:
-    """`sweep.json`: the flags and every point with its status (rewritten atomically)."""
+def parse_samples(
+    samples: Sequence[str], random_points: int, seed: int
+) -> tuple[list[sampling.Sample], list[list]]:
+    """The `--sample`s and their `random_points` draws each; a ConfigError names the
+    flag when they do not fit together."""
+    if random_points < 0:
+        raise config.ConfigError(f"--sweep_random must be >= 0, got {random_points}")
+    if seed < 0:
+        raise config.ConfigError(f"--seed must be >= 0, got {seed}")
+    if samples and not random_points:
+        raise config.ConfigError(
+            f"--sample={samples[0]!r} needs --sweep_random=N, the number of points to draw"
+        )
+    if random_points and not samples:
+        raise config.ConfigError(
+            f"--sweep_random={random_points} needs one or more --sample, {sampling.EXAMPLE}"
+        )
+    parsed = [sampling.parse_sample(spec) for spec in samples]
+    return parsed, [sampling.sample_values(s, seed, random_points) for s in parsed]
+
+
+def _label(name: str, source: str, value: Any = None) -> str:
+    shown = f"{value:.3g}" if isinstance(value, float) else _short(source)
+    return f"{name.rsplit('.', 1)[-1]}={shown}"
+
+
+def plan(
+    axes: Sequence[tuple[str, list[str]]],
+    samples: Sequence[sampling.Sample] = (),
+    drawn: Sequence[list] = (),
+) -> list[Point]:
+    """The points: every grid combination, at each of the drawn points (draw-major),
+    named `NNN-<param=value>-...` (floats drawn with 3 significant digits)."""
+    grid = list(itertools.product(*(values for _, values in axes)))
+    draws = range(len(drawn[0])) if samples else [None]
+    points = []
+    for draw in draws:
+        for combo in grid:
+            bindings = {name: value for (name, _), value in zip(axes, combo, strict=True)}
+            labels = [_label(name, value) for name, value in bindings.items()]
+            sampled = {}
+            for sample, values in zip(samples, drawn, strict=True):
+                value = values[draw]
+                bindings[sample.name] = sample.distribution.gin(value)
+                sampled[sample.name] = value
+                labels.append(_label(sample.name, bindings[sample.name], value))
+            index = len(points)
+            points.append(Point(index, bindings, f"{index:03d}-{'-'.join(labels)}", sampled))
+    return points
+
+
+def _write_manifest(sweep_dir: str, flags: dict[str, Any], points: list[Point]) -> None:
+    """`sweep.json`: the flags and every point with its bindings, drawn values and
+    status (rewritten atomically)."""
     manifest = {
-        "gin_files": list(gin_files),
-        "gin_params": list(gin_params),
-        "sweeps": list(sweeps),
-        "points": [{"run": p.run_name, "bindings": p.bindings, "status": p.status} for p in points],
+        **flags,
+        "points": [
+            {"run": p.run_name, "bindings": p.bindings, "sampled": p.sampled, "status": p.status}
+            for p in points
+        ],
     }
     path = os.path.join(sweep_dir, "sweep.json")
     with open(path + ".tmp", "w") as f:
@@ -155,6 +202,10 @@ def _run_point(
             list(gin_files), [*gin_params, *(f"{n} = {v}" for n, v in point.bindings.items())]
         )
         trainer = Trainer(strategy=distribute.get_strategy())
+        # The run's HParams also name what the sweep varied (mlp.hidden, say, is not
+        # among the trainer's own): one dict for the run's header and the experiment.
+        own = trainer.hparams
+        trainer.hparams = lambda: {**own(), **point.hparams()}
         trainer.build()
         if stop.requested:  # Ctrl-C while this point was being set up: do not start it
             return trainer, True
@@ -177,14 +228,6 @@ def _run_point(
     return trainer, stop.requested
 
 
-def _point(index: int, names: Sequence[str], combo: Sequence[Any]) -> Point:
-    """Point `index` of the cross product, named `NNN-<param=value>-...`."""
-    label = "-".join(
-        f"{n.rsplit('.', 1)[-1]}={_short(v)}" for n, v in zip(names, combo, strict=True)
-    )
-    return Point(index, dict(zip(names, combo, strict=True)), f"{index:03d}-{label}")
-
-
 def run_sweep(
     gin_files: Sequence[str],
     gin_params: Sequence[str],
@@ -192,22 +235,28 @@ def run_sweep(
     logdir: str = "runs",
     sweep_name: str | None = None,
     progress: Callable[[str], None] = print,
+    samples: Sequence[str] = (),
+    random_points: int = 0,
+    seed: int = 0,
 ) -> tuple[str, list[Point]]:
-    """Runs every point of the cross product; a failed point is recorded and the sweep
-    goes on. Returns the sweep directory and the points.
+    """Runs every point of the cross product of the `sweeps` and, with `samples`, at
+    each of `random_points` draws (seeded by `seed`); a failed point is recorded and
+    the sweep goes on. Returns the sweep directory and the points.
 
     Raises:
-      config.ConfigError: a file, param or `--sweep` value does not parse (nothing is
-        written).
+      config.ConfigError: a file, param, `--sweep` value or `--sample` does not parse
+        (nothing is written).
       SweepInterrupted: Ctrl-C or SIGTERM; the runs so far are recorded.
     """
-    axes = _check(gin_files, gin_params, sweeps)
-    names = [name for name, _ in axes]
-    combos = list(itertools.product(*(values for _, values in axes)))
+    parsed, drawn = parse_samples(samples, random_points, seed)
+    axes = _check(gin_files, gin_params, sweeps, parsed, drawn)
+    points = plan(axes, parsed, drawn)
     sweep_dir = make_run_dir(logdir, sweep_name, "sweep")
-    progress(f"sweep directory: {sweep_dir} ({len(combos)} runs)")
-    points = [_point(i, names, combo) for i, combo in enumerate(combos)]
-    _write_manifest(sweep_dir, gin_files, gin_params, sweeps, points)
+    progress(f"sweep directory: {sweep_dir} ({len(points)} runs)")
+    flags = {"gin_files": list(gin_files), "gin_params": list(gin_params), "sweeps": list(sweeps)}
+    if parsed:
+        flags.update(samples=list(samples), sweep_random=random_points, seed=seed)
+    _write_manifest(sweep_dir, flags, points)
     hparam_values: dict[str, list] = {}
     start = time.perf_counter()
     interrupted = False
@@ -229,8 +278,8 @@ def run_sweep(
                 progress(f"  FAILED: {point.error}")
             if interrupted:
                 break
-    _finish(sweep_dir, hparam_values)
-    _write_manifest(sweep_dir, gin_files, gin_params, sweeps, points)
+    _finish(sweep_dir, hparam_values, {s.name: s.distribution for s in parsed})
+    _write_manifest(sweep_dir, flags, points)
     if interrupted:
         raise SweepInterrupted(
             interrupted_message(sweep_dir, points, gin_files, gin_params), sweep_dir, points
@@ -238,11 +287,34 @@ def run_sweep(
     return sweep_dir, points
 
 
-def _finish(sweep_dir: str, hparam_values: dict[str, list]) -> None:
-    """The HParams experiment of the runs started, in the sweep root."""
+def _finish(
+    sweep_dir: str, hparam_values: dict[str, list], drawn_from: dict[str, sampling.Distribution]
+) -> None:
+    """The HParams experiment of the runs started, in the sweep root: a binding drawn
+    from a numeric distribution as its interval, everything else as the values seen
+    (as `summaries.write_experiment_config`, which knows no intervals)."""
+    from tensorboard.plugins.hparams import api as hp
+
+    params = []
+    for name, values in hparam_values.items():
+        values = list(dict.fromkeys(values))
+        dist = drawn_from.get(name)
+        scalars = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if dist is not None and dist.kind != "choice":
+            if dist.is_int:
+                domain = hp.IntInterval(int(dist.low), int(dist.high))
+            else:
+                domain = hp.RealInterval(float(dist.low), float(dist.high))
+            params.append(hp.HParam(name, domain))
+        elif values and (all(isinstance(v, str) for v in values) or len(scalars) == len(values)):
+            params.append(hp.HParam(name, hp.Discrete(values)))
+        else:
+            params.append(hp.HParam(name))
     writer = summaries.create_writer(sweep_dir)
     with writer.as_default():
-        summaries.write_experiment_config(hparam_values)
+        metrics = [hp.Metric(tag, display_name=tag) for tag in summaries.HPARAM_METRICS]
+        hp.hparams_config(hparams=params, metrics=metrics)
+        tf.summary.experimental.write_raw_pb(summaries.custom_scalars_layout(), step=0)
     writer.close()
 
 

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, Events, default_ctrl_c
 
-from lrresearch import cli
+from lrresearch import cli, sweep
 from lrresearch.sweep import parse_sweep, split_values
 
 
@@ -80,17 +80,70 @@ def test_sweep_rejects_a_bad_binding_before_running_anything(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def hparams_experiment(sweep_dir) -> dict[str, list]:
-    """The HParams experiment of a sweep root: `{hparam: [discrete values]}`."""
+def hparams_experiment(sweep_dir, intervals: bool = False) -> dict[str, list | tuple]:
+    """The HParams experiment of a sweep root: `{hparam: [discrete values]}`, or with
+    `intervals`, `(min, max)` for an hparam with an interval domain."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     events = Events(sweep_dir)
     content = events.acc.SummaryMetadata("_hparams_/experiment").plugin_data.content
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
-    return {
-        info.name: [v.number_value or v.string_value for v in info.domain_discrete.values]
-        for info in experiment.hparam_infos
-    }
+    found: dict[str, list | tuple] = {}
+    for info in experiment.hparam_infos:
+        if intervals and info.HasField("domain_interval"):
+            found[info.name] = (info.domain_interval.min_value, info.domain_interval.max_value)
+        else:
+            found[info.name] = [
+                v.number_value or v.string_value for v in info.domain_discrete.values
+            ]
+    return found
+
+
+def test_random_sweep_records_every_drawn_value_in_sweep_json_and_hparams(tmp_path, capsys):
+    argv = [
+        *("sweep", f"--logdir={tmp_path}", "--sweep_name=r", "--quiet"),
+        *("--gin_param=Trainer.steps = 10", "--gin_param=Trainer.steps_per_loop = 10"),
+        *("--gin_param=Trainer.eval_every = 0", "--gin_param=mlp.hidden = (8,)"),
+        "--gin_param=Trainer.controller = @ConstantController()",
+        *("--sweep_random=2", "--seed=7"),
+        "--sample=ConstantController.lr=loguniform(1e-3, 1)",
+        "--sample=Trainer.batch_size=choice([16, 32])",
+    ]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    manifest = json.loads((tmp_path / "r" / "sweep.json").read_text())
+    assert (manifest["sweep_random"], manifest["seed"]) == (2, 7)
+    sampled = [p["sampled"] for p in manifest["points"]]
+    lrs = [s["ConstantController.lr"] for s in sampled]
+    assert len(set(lrs)) == 2 and all(1e-3 <= lr <= 1 for lr in lrs)
+    # The same flags draw the same points (drawing is cheap; training them is not).
+    _, again = sweep.parse_samples(manifest["samples"], 2, 7)
+    assert again == [lrs, [s["Trainer.batch_size"] for s in sampled]]
+    for index, (point, drawn) in enumerate(zip(manifest["points"], sampled, strict=True)):
+        assert float(point["bindings"]["ConstantController.lr"]) == drawn["ConstantController.lr"]
+        lr, batch_size = drawn["ConstantController.lr"], drawn["Trainer.batch_size"]
+        assert point["run"] == f"{index:03d}-lr={lr:.3g}-batch_size={batch_size}"
+        # The run trained at the drawn LR and batch size, and its HParams say so.
+        run = Events(tmp_path / "r" / point["run"])
+        assert run.scalar("lr")[0] == pytest.approx(drawn["ConstantController.lr"], rel=1e-6)
+        session = hparams_session(run)
+        assert session["ConstantController.lr"] == drawn["ConstantController.lr"]
+        assert session["Trainer.batch_size"] == int(drawn["Trainer.batch_size"])
+    # The experiment: the continuous draw as its interval, the choice as values drawn.
+    experiment = hparams_experiment(tmp_path / "r", intervals=True)
+    assert experiment["ConstantController.lr"] == (1e-3, 1.0)
+    assert sorted(experiment["Trainer.batch_size"]) == sorted(
+        {int(s["Trainer.batch_size"]) for s in sampled}
+    )
+
+
+def hparams_session(events: Events) -> dict:
+    """A run's own HParams values (the session start info TensorBoard reads)."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {k: v.number_value if v.HasField("number_value") else v.string_value
+            for k, v in info.hparams.items()}  # fmt: skip
 
 
 def test_ctrl_c_stops_a_sweep_after_the_current_run_and_says_how_to_continue(tmp_path, capsys):

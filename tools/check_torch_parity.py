@@ -2,7 +2,8 @@
 
 Needs `torch` (not a dependency of lrresearch: `pip install torch`). For each
 configuration, the LR of batch `t` is PyTorch's `optimizer.param_groups[0]["lr"]` after
-`t` calls of `scheduler.step()`, and ours is `controller.compute(signals at step t)`.
+`t` calls of `scheduler.step()`, and ours is `controller.compute(signals at step t)`;
+with `cycle_momentum`, likewise the momentum (SGD's `momentum`, Adam's `betas[0]`).
 Prints the largest relative difference per configuration and exits 1 above 1e-6.
 
 Run: `python tools/check_torch_parity.py`
@@ -163,6 +164,78 @@ CASES = [
 ]
 
 
+def torch_momenta(make_scheduler, steps: int, adam: bool) -> np.ndarray:
+    """The optimizer's momentum (SGD's `momentum`, Adam's `betas[0]`) at each batch."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    if adam:
+        optimizer = torch.optim.Adam([param], lr=1e-3)
+    else:
+        optimizer = torch.optim.SGD([param], lr=1e-3, momentum=0.9)
+    scheduler = make_scheduler(optimizer)
+    momenta = []
+    for _ in range(steps):
+        group = optimizer.param_groups[0]
+        momenta.append(group["betas"][0] if adam else group["momentum"])
+        optimizer.step()
+        scheduler.step()
+    return np.array(momenta)
+
+
+def our_momenta(controller, steps: int) -> np.ndarray:
+    compute = tf.function(lambda t: controller.compute(make_signals(t, 1.0, 1.0)).momentum)
+    return np.array([float(compute(tf.constant(t, tf.int64))) for t in range(steps)])
+
+
+# cycle_momentum=True (PyTorch's default; ours is opt-in): (name, steps, Adam?, torch, ours).
+MOMENTUM_CASES = [
+    (
+        "OneCycle cos, SGD momentum",
+        1000,
+        False,
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=1000),
+        lambda: OneCycleController(max_lr=0.1, total_steps=1000, cycle_momentum=True),
+    ),
+    (
+        "OneCycle linear 3-phase, Adam beta1",
+        997,
+        True,
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o, max_lr=0.3, total_steps=997, pct_start=0.25, anneal_strategy="linear",
+            three_phase=True, base_momentum=0.8, max_momentum=0.9,
+        ),
+        lambda: OneCycleController(
+            max_lr=0.3, total_steps=997, pct_start=0.25, anneal_strategy="linear",
+            three_phase=True, cycle_momentum=True, base_momentum=0.8, max_momentum=0.9,
+        ),
+    ),
+    (
+        "Cyclic triangular2 asym, SGD",
+        1500,
+        False,
+        lambda o: torch.optim.lr_scheduler.CyclicLR(
+            o, base_lr=1e-3, max_lr=6e-3, step_size_up=150, step_size_down=250,
+            mode="triangular2",
+        ),
+        lambda: CyclicController(
+            base_lr=1e-3, max_lr=6e-3, step_size_up=150, step_size_down=250,
+            mode="triangular2", cycle_momentum=True,
+        ),
+    ),
+    (
+        "Cyclic exp_range, Adam beta1",
+        1500,
+        True,
+        lambda o: torch.optim.lr_scheduler.CyclicLR(
+            o, base_lr=1e-3, max_lr=6e-3, step_size_up=100, mode="exp_range", gamma=0.999,
+        ),
+        lambda: CyclicController(
+            base_lr=1e-3, max_lr=6e-3, step_size_up=100, mode="exp_range", gamma=0.999,
+            cycle_momentum=True,
+        ),
+    ),
+]  # fmt: skip
+
+
 def main() -> int:
     print(f"torch {torch.__version__}, tensorflow {tf.__version__}")
     worst = 0.0
@@ -172,6 +245,12 @@ def main() -> int:
         rel = float(np.max(np.abs(got - expected) / np.abs(expected)))
         worst = max(worst, rel)
         print(f"{name:32s} {steps:5d} steps  max relative difference {rel:.2e}")
+    for name, steps, adam, make_torch, make_ours in MOMENTUM_CASES:
+        expected = torch_momenta(make_torch, steps, adam)
+        got = our_momenta(make_ours(), steps)
+        rel = float(np.max(np.abs(got - expected) / np.abs(expected)))
+        worst = max(worst, rel)
+        print(f"{name:36s} {steps:5d} steps  momentum: max relative difference {rel:.2e}")
     print("OK" if worst <= TOLERANCE else f"FAILED: {worst:.2e} > {TOLERANCE}")
     return 0 if worst <= TOLERANCE else 1
 

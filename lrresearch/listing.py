@@ -1,0 +1,172 @@
+"""`lrresearch list`: what a gin file can name, with its gin spelling, its arguments'
+defaults and a one-line rule.
+
+Nothing here is written by hand: entries are found in the modules that define them
+(`lrresearch.controllers.__all__`, the gin configurables of `data`, `models` and
+`optimizers`, `external_configurables.REGISTERED`, `optimizers.OPTIMIZERS`), the
+defaults come from signatures and the rule is the first sentence of the docstring
+(the same helpers as the generated reference, `docgen`). Groups print in `GROUPS`
+order, entries alphabetically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import textwrap
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+GROUPS = ("controllers", "wrappers", "optimizers", "datasets", "models", "losses", "metrics")
+
+# How each group is bound, printed under its title.
+HOW = {
+    "controllers": "Trainer.controller = @Name()",
+    "wrappers": "Trainer.controller = @Name(), with the controllers it takes bound to it",
+    "optimizers": "Trainer.optimizer = 'short name' or @Name (the class, no parentheses)",
+    "datasets": "Trainer.dataset = @name",
+    "models": "Trainer.model = @name (called with input_shape and num_classes)",
+    "losses": "Trainer.loss = @keras.losses.Name() (or a Keras loss name, or your function)",
+    "metrics": "Trainer.metrics = [@keras.metrics.Name(), ...] (or Keras metric names)",
+}
+# Arguments the caller passes itself (a model gets its input shape and classes from the
+# data): not bindings, so not listed.
+PASSED_BY_CALLER = {"name"}
+PASSED_TO_MODELS = {"input_shape", "num_classes", "name"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One listed name: how a gin file writes it, its defaults, its one-line rule."""
+
+    gin: str
+    defaults: str
+    rule: str
+
+
+def _rule(obj: Any) -> str:
+    from lrresearch import docgen
+
+    return docgen._first_sentence(inspect.getdoc(obj))
+
+
+def _defaults(obj: Callable[..., Any], passed: set[str]) -> str:
+    from lrresearch import docgen
+
+    try:
+        defaults = docgen._defaults(obj)
+    except (TypeError, ValueError):  # no signature to read
+        return ""
+    return ", ".join(f"{k}={v}" for k, v in defaults.items() if k not in passed)
+
+
+def _entry(gin_name: str, obj: Any, passed: set[str] | None = PASSED_BY_CALLER) -> Entry:
+    """`passed=None`: show no defaults."""
+    return Entry(gin_name, _defaults(obj, passed) if passed is not None else "", _rule(obj))
+
+
+def _configurables(module: str) -> dict[str, Any]:
+    """`{short name: object}` of the gin configurables defined in `module`."""
+    from lrresearch import config
+
+    prefix = f"{module}."
+    return {
+        selector[len(prefix) :]: obj
+        for selector, obj in config.configurables().items()
+        if selector.startswith(prefix) and "." not in selector[len(prefix) :]
+    }
+
+
+def _controllers(standalone: bool) -> list[Entry]:
+    from lrresearch import controllers
+
+    entries = []
+    for name in controllers.__all__:
+        obj = getattr(controllers, name)
+        if (
+            inspect.isclass(obj)
+            and issubclass(obj, controllers.Controller)
+            and obj is not controllers.Controller
+            and obj.standalone == standalone
+        ):
+            entries.append(_entry(name, obj))
+    return entries
+
+
+def _short_optimizer(name: str, factory: Callable[..., Any]) -> Entry:
+    """A `Trainer.optimizer` short name: what it builds, read from its factory's source."""
+    try:
+        source = inspect.getsource(factory)
+    except (OSError, TypeError):
+        source = ""
+    match = re.search(r"lambda \w+:\s*(.+?),?\s*$", source.strip())
+    builds = match.group(1) if match else _rule(factory)
+    return Entry(repr(name), "", f"{builds}, with the controller's LR")
+
+
+def _optimizers() -> list[Entry]:
+    from lrresearch import optimizers
+
+    entries = [_short_optimizer(n, f) for n, f in optimizers.OPTIMIZERS.items()]
+    entries += [_entry(n, obj) for n, obj in _configurables("lrresearch.optimizers").items()]
+    return entries + _keras("keras.optimizers")
+
+
+def _keras(module: str) -> list[Entry]:
+    """The Keras classes registered with gin under `module` (`keras.losses`, ...); their
+    long signatures are Keras's to document, so only the rule is shown."""
+    import gin
+
+    from lrresearch import external_configurables
+
+    return [
+        _entry(selector, gin.get_configurable(selector), passed=None)
+        for selector in external_configurables.REGISTERED
+        if selector.rsplit(".", 1)[0] == module
+    ]
+
+
+def entries(group: str) -> list[Entry]:
+    """The entries of one of `GROUPS`, sorted by gin name."""
+    import lrresearch.controllers
+    import lrresearch.data
+    import lrresearch.external_configurables
+    import lrresearch.models
+    import lrresearch.optimizers  # noqa: F401  (config.configurables scans what is imported)
+
+    found = {
+        "controllers": lambda: _controllers(standalone=True),
+        "wrappers": lambda: _controllers(standalone=False),
+        "optimizers": _optimizers,
+        "datasets": lambda: [_entry(n, o) for n, o in _configurables("lrresearch.data").items()],
+        "models": lambda: [
+            _entry(n, o, PASSED_TO_MODELS) for n, o in _configurables("lrresearch.models").items()
+        ],
+        "losses": lambda: _keras("keras.losses"),
+        "metrics": lambda: _keras("keras.metrics"),
+    }[group]()
+    if group == "optimizers":  # short names first, then classes
+        return sorted(found, key=lambda e: (not e.gin.startswith("'"), e.gin))
+    return sorted(found, key=lambda e: e.gin)
+
+
+def _format(entry: Entry, width: int) -> list[str]:
+    head = f"{entry.gin}({entry.defaults})" if entry.defaults else entry.gin
+    head_lines = textwrap.wrap(head, width, initial_indent="  ", subsequent_indent="      ")
+    rule = textwrap.wrap(entry.rule, width, initial_indent="      ", subsequent_indent="      ")
+    return [*head_lines, *rule]
+
+
+def render(groups: Iterable[str] = GROUPS, width: int = 88) -> str:
+    """The text `lrresearch list` prints: each group's title and how it is bound, then
+    its entries, each with its defaults and, indented below, its one-line rule."""
+    lines: list[str] = []
+    for group in groups:
+        found = entries(group)
+        lines += [f"{group} ({len(found)}): {HOW[group]}", *_lines(found, width), ""]
+    return "\n".join(lines).rstrip()
+
+
+def _lines(found: Sequence[Entry], width: int) -> list[str]:
+    return [line for entry in found for line in _format(entry, width)]
