@@ -331,6 +331,35 @@ def _compare_parser(commands: Any) -> None:
     )
 
 
+def _board_parser(commands: Any) -> None:
+    """`lrresearch board`: TensorBoard serving every batch."""
+    board = commands.add_parser(
+        "board",
+        help="start TensorBoard on run directories, serving every batch of every run",
+        description="Start TensorBoard on LOGDIR (default: runs) with --samples_per_plugin "
+        "raised so that every scalar point of every run is served (TensorBoard keeps only "
+        "1,000 per tag by default, so longer runs lose batches, spikes included). Prints "
+        "the URL and the plain `tensorboard` command; Ctrl-C stops it.",
+        epilog="""examples:
+  lrresearch board                                   # every run under runs/
+  lrresearch board runs/sweep-20261129-104344        # one sweep (or one run)
+  lrresearch board runs other_runs --port 6007       # several directories""",
+    )
+    board.add_argument(
+        "logdirs",
+        nargs="*",
+        default=["runs"],
+        metavar="LOGDIR",
+        help="directories holding runs (default: runs)",
+    )
+    board.add_argument("--port", type=int, default=6006, help="(default: 6006)")
+    board.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 serves other machines too (default: 127.0.0.1)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lrresearch import __version__
 
@@ -347,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         _lr_find_parser,
         _sweep_parser,
         _compare_parser,
+        _board_parser,
     ):
         add(commands)
     _list_parser(commands)
@@ -576,6 +606,17 @@ def list_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def board(args: argparse.Namespace) -> int:
+    from lrresearch import board as boards
+
+    if not 0 <= args.port <= 65535:
+        return _fail(f"--port must be in 0..65535, got {args.port}")
+    try:
+        return boards.serve(args.logdirs, port=args.port, host=args.host)
+    except ValueError as e:
+        return _fail(str(e))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {
@@ -584,6 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lr-find": lr_find,
         "sweep": sweep,
         "compare": compare,
+        "board": board,
         "list": list_command,
     }[args.command]
     with quiet.tensorflow_start():
