@@ -39,6 +39,17 @@ class PolyakController(Controller):
       f_star: a lower bound of the per-batch loss (0 for cross-entropy).
       max_lr: upper bound `gamma_b`.
 
+    Examples:
+      Trainer.controller = @PolyakController()
+      PolyakController.max_lr = 1.0
+      PolyakController.f_star = 0.0                 # a lower bound of the loss
+
+      >>> from lrresearch.controllers import PolyakController
+      >>> from lrresearch.signals import make_signals
+      >>> c = PolyakController(c=0.5, max_lr=1.0)
+      >>> round(float(c.compute(make_signals(0, loss=0.5, global_norm=2.0)).lr), 4)
+      0.25
+
     References:
       Loizou, Vaswani, Laradji, Lacoste-Julien. "Stochastic Polyak Step-size for SGD:
       An Adaptive Learning Rate for Fast Convergence." AISTATS 2021.
@@ -104,6 +115,16 @@ class PlateauController(Controller):
       cooldown: batches after a cut during which bad batches are not counted.
       min_lr: floor.
       threshold: relative improvement that counts.
+
+    Examples:
+      Trainer.controller = @PlateauController()
+      PlateauController.initial_lr = 0.1
+      PlateauController.patience = 150              # batches
+      PlateauController.cooldown = 50               # batches
+
+    References:
+      PyTorch, `torch.optim.lr_scheduler.ReduceLROnPlateau`
+      (https://pytorch.org/docs/stable/generated/torch.optim.lr_scheduler.ReduceLROnPlateau.html).
     """
 
     def __init__(
@@ -220,6 +241,12 @@ class HypergradientController(Controller):
         Adam on its problems).
       min_lr: lower bound (>= 0).
       max_lr: upper bound.
+
+    Examples:
+      Trainer.controller = @HypergradientController()
+      Trainer.optimizer = 'sgd'                     # or @MomentumSGD, 'adam'
+      HypergradientController.initial_lr = 0.01
+      HypergradientController.hyper_lr = 1e-4
 
     References:
       Baydin, Cornish, Martinez Rubio, Schmidt, Wood. "Online Learning Rate Adaptation

@@ -70,6 +70,12 @@ class LossNudgeFactor(Controller):
     Args:
       below_loss: loss threshold.
       factor: multiplier applied below it.
+
+    Examples:
+      Trainer.controller = @Product()
+      Product.base = @CosineCycleController()
+      Product.factor = @LossNudgeFactor()
+      LossNudgeFactor.below_loss = 0.5
     """
 
     standalone = False
@@ -93,6 +99,11 @@ class Product(_Composite):
     Args:
       base: usually a schedule (the LR before feedback).
       factor: usually a feedback multiplier such as `LossNudgeFactor`.
+
+    Examples:
+      Trainer.controller = @Product()
+      Product.base = @CosineRestartsController()
+      Product.factor = @LossNudgeFactor()
     """
 
     standalone = False
@@ -145,6 +156,15 @@ class Chain(_Composite):
     Args:
       controllers: the parts, in order.
       boundaries: `len(controllers) - 1` increasing steps (batches).
+
+    Examples:
+      Trainer.controller = @Chain()
+      Chain.controllers = [@ConstantController(), @PlateauController()]
+      Chain.boundaries = [300]                      # batches
+
+    References:
+      optax, `optax.schedules.join_schedules`
+      (https://optax.readthedocs.io/en/latest/api/optimizer_schedules.html).
     """
 
     standalone = False
@@ -249,6 +269,17 @@ class Warmup(_Wrapper):
       warmup_steps: ramp length in batches (>= 1).
       start_factor: factor at batch 0.
       shape: "linear" or "exponential".
+
+    Examples:
+      Trainer.controller = @Warmup()
+      Warmup.controller = @PolyakController()
+      Warmup.warmup_steps = 200                     # batches
+
+    References:
+      PyTorch, `torch.optim.lr_scheduler.LinearLR`
+      (https://pytorch.org/docs/stable/generated/torch.optim.lr_scheduler.LinearLR.html).
+      Goyal et al. "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour."
+      arXiv:1706.02677 (2017).
     """
 
     standalone = False
@@ -325,6 +356,12 @@ class Clamp(_Wrapper):
       controller: the controller being bounded.
       min_lr: lower bound (>= 0).
       max_lr: upper bound (>= min_lr).
+
+    Examples:
+      Trainer.controller = @Clamp()
+      Clamp.controller = @PolyakController()
+      Clamp.min_lr = 0.01
+      Clamp.max_lr = 0.5
     """
 
     standalone = False
@@ -369,6 +406,11 @@ class MaxChange(_Wrapper):
     Args:
       controller: the controller being smoothed.
       max_change_ratio: largest relative change per batch (> 0), e.g. 0.05 = 5%.
+
+    Examples:
+      Trainer.controller = @MaxChange()
+      MaxChange.controller = @PolyakController()
+      MaxChange.max_change_ratio = 0.05             # at most 5% per batch
     """
 
     standalone = False

@@ -69,6 +69,10 @@ class OneCycleController(Controller):
       max_momentum: momentum at the LR's ends, in [0, 1).
 
     Examples:
+      Trainer.controller = @OneCycleController()
+      OneCycleController.max_lr = 0.1
+      OneCycleController.total_steps = 2000         # batches, about Trainer.steps
+
       `OneCycleController(max_lr=0.1, total_steps=2000, cycle_momentum=True)` with
       `Trainer.optimizer = 'momentum'` is PyTorch's `OneCycleLR(optimizer, max_lr=0.1,
       total_steps=2000)` on `SGD(momentum=0.9)`, momentum included.
@@ -168,7 +172,7 @@ class OneCycleController(Controller):
 
 @gin.configurable
 class CyclicController(Controller):
-    """`torch.optim.lr_scheduler.CyclicLR`'s LR sequence (Smith, 2017).
+    """`torch.optim.lr_scheduler.CyclicLR`'s LR sequence.
 
     With `total = step_size_up + step_size_down`, `cycle = floor(1 + t / total)` and
     `x = 1 + t / total - cycle`, the scale is `x / r` while `x <= r` (rising) and
@@ -197,6 +201,11 @@ class CyclicController(Controller):
       max_momentum: momentum at `base_lr`, in [0, 1).
 
     Examples:
+      Trainer.controller = @CyclicController()
+      CyclicController.base_lr = 0.01
+      CyclicController.max_lr = 0.1
+      CyclicController.step_size_up = 250           # batches
+
       `CyclicController(base_lr=0.01, max_lr=0.1, step_size_up=250, cycle_momentum=True)`
       with `Trainer.optimizer = 'momentum'` is PyTorch's `CyclicLR(optimizer, 0.01, 0.1,
       step_size_up=250)` on `SGD(momentum=0.9)`, momentum included.
@@ -280,8 +289,8 @@ class CyclicController(Controller):
 
 @gin.configurable
 class CosineRestartsController(Controller):
-    """`torch.optim.lr_scheduler.CosineAnnealingWarmRestarts`'s LR sequence (SGDR,
-    Loshchilov & Hutter, ICLR 2017), stepped once per batch.
+    """`torch.optim.lr_scheduler.CosineAnnealingWarmRestarts`'s LR sequence (SGDR),
+    stepped once per batch.
 
     Cycle `n` lasts `T_0 * T_mult**n` batches; within it, with `T_cur` batches done,
     `lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2`.
@@ -295,6 +304,17 @@ class CosineRestartsController(Controller):
       T_0: first cycle length in batches.
       T_mult: growth factor of the cycle length (int >= 1).
       eta_min: LR at the end of each cycle.
+
+    Examples:
+      Trainer.controller = @CosineRestartsController()
+      CosineRestartsController.T_0 = 500            # batches
+      CosineRestartsController.T_mult = 2
+
+    References:
+      PyTorch, `torch.optim.lr_scheduler.CosineAnnealingWarmRestarts`
+      (https://pytorch.org/docs/stable/generated/torch.optim.lr_scheduler.CosineAnnealingWarmRestarts.html).
+      Loshchilov, Hutter. "SGDR: Stochastic Gradient Descent with Warm Restarts."
+      ICLR 2017.
     """
 
     def __init__(

@@ -23,6 +23,15 @@ class ConstantController(Controller):
 
     Args:
       lr: the learning rate (> 0).
+
+    Examples:
+      Trainer.controller = @ConstantController()
+      ConstantController.lr = 0.05
+
+      >>> from lrresearch.controllers import ConstantController
+      >>> from lrresearch.signals import make_signals
+      >>> round(float(ConstantController(lr=0.05).compute(make_signals(0, 2.3)).lr), 6)
+      0.05
     """
 
     def __init__(self, lr: float = 0.01, name: str | None = None):
@@ -54,6 +63,24 @@ class WarmupCosineController(Controller):
       decay_steps: total schedule length in batches, warmup included (> warmup_steps).
       init_lr: LR of batch 0 (>= 0).
       end_lr: final LR (>= 0).
+
+    Examples:
+      Trainer.controller = @WarmupCosineController()
+      WarmupCosineController.base_lr = 0.1
+      WarmupCosineController.warmup_steps = 100     # batches
+      WarmupCosineController.decay_steps = 2000     # batches, about Trainer.steps
+
+      >>> from lrresearch.controllers import WarmupCosineController
+      >>> from lrresearch.signals import make_signals
+      >>> c = WarmupCosineController(base_lr=0.1, warmup_steps=100, decay_steps=2000)
+      >>> [round(float(c.compute(make_signals(t, 1.0)).lr), 4) for t in (0, 50, 100, 2000)]
+      [0.0, 0.05, 0.1, 0.0]
+
+    References:
+      optax, `optax.schedules.warmup_cosine_decay_schedule`
+      (https://optax.readthedocs.io/en/latest/api/optimizer_schedules.html).
+      Loshchilov, Hutter. "SGDR: Stochastic Gradient Descent with Warm Restarts."
+      ICLR 2017.
     """
 
     def __init__(

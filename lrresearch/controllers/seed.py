@@ -40,6 +40,17 @@ class GradNormController(Controller):
       low_norm_lr: LR used in the flat region.
       slope: LR decrease per unit of gradient norm.
       min_lr: floor of the sloped branch.
+
+    Examples:
+      Trainer.controller = @GradNormController()
+      GradNormController.base_lr = 0.1
+      GradNormController.slope = 0.005
+
+      >>> from lrresearch.controllers import GradNormController
+      >>> from lrresearch.signals import make_signals
+      >>> c = GradNormController()
+      >>> [round(float(c.compute(make_signals(0, 1.0, norm)).lr), 4) for norm in (0, 2, 100)]
+      [0.11, 0.09, 0.01]
     """
 
     def __init__(
@@ -99,6 +110,11 @@ class LossTrendController(Controller):
     CPU cores, ~0.02 ms at 100, ~0.1 ms at 1e4, ~0.4 ms at 1e5 (about the whole step of
     the default MLP), ~3.5 ms at 1e6; a window of 1e9 needs > 24 GB. Windows above
     `MAX_WINDOW` (1e5) are refused.
+
+    Examples:
+      Trainer.controller = @LossTrendController()
+      LossTrendController.max_lr = 0.1              # required
+      LossTrendController.window = 100              # batches
     """
 
     MAX_WINDOW = 100_000
@@ -204,6 +220,11 @@ class CosineCycleController(Controller):
       min_lr: bottom of the cycle (> 0).
       max_lr: top of the cycle (>= min_lr).
       cycle_length: cycle length in batches (>= 1).
+
+    Examples:
+      Trainer.controller = @CosineCycleController()
+      CosineCycleController.max_lr = 0.05
+      CosineCycleController.cycle_length = 500      # batches
     """
 
     def __init__(
@@ -248,6 +269,11 @@ class CyclicalController(Product):
       cycle_length: cycle length in batches (>= 1).
       nudge_below_loss: batch-loss threshold of the nudge.
       nudge_factor: multiplier applied below the threshold.
+
+    Examples:
+      Trainer.controller = @CyclicalController()
+      CyclicalController.cycle_length = 500         # batches
+      CyclicalController.nudge_below_loss = 0.5
     """
 
     def __init__(
