@@ -178,8 +178,9 @@ def custom_scalars_layout() -> bytes:
     losses' axis its movement looked flat; the layout proto has no log-axis option
     (`MultilineChartContent` holds only tag regexes), so a log axis is the chart's
     "Toggle y-axis log scale" button. In the Scalars tab, by contrast, tags are grouped
-    by their prefix before `/` and the groups sorted by name, so the `lr` group comes
-    last and starts collapsed (only the first groups open).
+    by their prefix before `/`, the groups sorted by name and only the first two open,
+    so `lr` sits collapsed below `controller`, `eval`, `grad`, `guard` and `loss`
+    (TensorBoard 2.21, seen in headless Chromium).
     """
     from tensorboard.plugins.custom_scalar import layout_pb2
 

@@ -99,7 +99,7 @@ def test_ctrl_c_stops_tensorboard_and_its_data_server(served):
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
-    assert f"http://127.0.0.1:{port}/" in out
+    assert f"http://127.0.0.1:{port}/#custom_scalars&_smoothingWeight=0" in out
     assert f"--samples_per_plugin=scalars={board.SCALARS_BOUND}" in out
     assert "cuInit" not in err and "oneDNN" not in err, err
     with pytest.raises(ProcessLookupError):
