@@ -48,7 +48,7 @@ def _args(docstring: str) -> dict[str, str]:
     return args
 
 
-def _defaults(obj: Callable[..., Any]) -> dict[str, str]:
+def defaults(obj: Callable[..., Any]) -> dict[str, str]:
     """`{argument: repr(default)}` of a class's constructor or a function."""
     target = obj.__init__ if inspect.isclass(obj) else obj
     out = {}
@@ -126,17 +126,19 @@ def controllers_page() -> str:
         "",
     ]
     lines += _table(
-        [[f"[`{n}`](#{n.lower()})", _first_sentence(getattr(controllers, n).__doc__)]
+        [[f"[`{n}`](#{n.lower()})", first_sentence(getattr(controllers, n).__doc__)]
          for n in names],
         ["gin name", "in one line"],
     )  # fmt: skip
     for name in names:
         cls = getattr(controllers, name)
         lines += ["", f"## {name}", "", _summary(cls.__doc__), ""]
-        args, defaults = _args(cls.__doc__), _defaults(cls)
-        rows = [[f"`{a}`", f"`{d}`", args.get(a, "")] for a, d in defaults.items()]
+        args, values = _args(cls.__doc__), defaults(cls)
+        rows = [[f"`{a}`", f"`{d}`", args.get(a, "")] for a, d in values.items()]
         if rows:
             lines += [*_table(rows, ["argument", "default", "meaning"]), ""]
+        if examples := _section(cls.__doc__, "Examples"):
+            lines += ["Examples:", "", "```", examples, "```", ""]
         if references := _section(cls.__doc__, "References"):
             lines += ["References: " + " ".join(references.split()), ""]
         if name in files:
@@ -144,7 +146,7 @@ def controllers_page() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _first_sentence(docstring: str | None) -> str:
+def first_sentence(docstring: str | None) -> str:
     summary = _summary(docstring or "")
     match = re.match(r"(.+?\.)(\s|$)", summary)
     return match.group(1) if match else summary
@@ -165,10 +167,10 @@ def bindings_page() -> str:
     rows = []
     for owner, obj, skip in (("Trainer", Trainer, {"strategy"}),
                              ("distribution", distribute.distribution, set())):  # fmt: skip
-        args, defaults = _args(obj.__doc__), _defaults(obj)
+        args, values = _args(obj.__doc__), defaults(obj)
         rows += [
             [f"`{owner}.{a}`", f"`{d}`", args.get(a, "")]
-            for a, d in defaults.items()
+            for a, d in values.items()
             if a not in skip
         ]
     lines += _table(rows, ["binding", "default", "meaning"])

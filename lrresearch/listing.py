@@ -48,14 +48,14 @@ class Entry:
 def _rule(obj: Any) -> str:
     from lrresearch import docgen
 
-    return docgen._first_sentence(inspect.getdoc(obj))
+    return docgen.first_sentence(inspect.getdoc(obj))
 
 
 def _defaults(obj: Callable[..., Any], passed: set[str]) -> str:
     from lrresearch import docgen
 
     try:
-        defaults = docgen._defaults(obj)
+        defaults = docgen.defaults(obj)
     except (TypeError, ValueError):  # no signature to read
         return ""
     return ", ".join(f"{k}={v}" for k, v in defaults.items() if k not in passed)

@@ -69,6 +69,15 @@ TAGS: tuple[Tag, ...] = (
     Tag("eval/<metric>", "scalar", "eval_every batches and at the end",
         "Each of Trainer.metrics over the held-out split (eval/accuracy by default)."),
     Tag("config", "text", "once, at step 0", "The operative gin config of the run."),
+    Tag("update/ratio/<variable>", "scalar", "grad_norm_every batches",
+        "||w_after - w_before|| / ||w_before||: the size of the update this batch applied to "
+        "one variable relative to its weights (0 for a skipped batch or all-zero weights)."),
+    Tag("optimizer/momentum", "scalar", "batch, when the controller sets it",
+        "The optimizer's momentum for this batch (SGD's momentum, Adam's beta_1), logged "
+        "only when the controller cycles it (cycle_momentum = True)."),
+    Tag("optimizer/weight_decay", "scalar", "batch, when the controller sets it",
+        "The optimizer's weight decay for this batch, logged only when the controller "
+        "sets it."),
 )  # fmt: skip
 
 # Tags written for every batch, in the order they are written.

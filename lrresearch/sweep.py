@@ -204,8 +204,7 @@ def _run_point(
         trainer = Trainer(strategy=distribute.get_strategy())
         # The run's HParams also name what the sweep varied (mlp.hidden, say, is not
         # among the trainer's own): one dict for the run's header and the experiment.
-        own = trainer.hparams
-        trainer.hparams = lambda: {**own(), **point.hparams()}
+        trainer.extra_hparams = point.hparams()
         trainer.build()
         if stop.requested:  # Ctrl-C while this point was being set up: do not start it
             return trainer, True

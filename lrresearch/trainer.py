@@ -198,6 +198,8 @@ class Trainer:
         self.guard = NonFiniteGuard(max_consecutive_nonfinite, nonfinite_lr_factor, owner="Trainer")
         self.strategy = strategy
         self.distribution = distribute.describe(strategy)
+        # More HParams for the run's header (a sweep adds the bindings it varies).
+        self.extra_hparams: dict[str, bool | int | float | str] = {}
         self.built = False
 
     def build(self) -> None:
@@ -467,7 +469,7 @@ class Trainer:
         for key, value in sorted(vars(self.controller).items()):
             if not key.startswith("_") and isinstance(value, (bool, int, float, str)):
                 values[f"controller.{key}"] = value
-        return values
+        return {**values, **self.extra_hparams}
 
     def current_lr(self) -> float:
         """The LR applied to the latest batch (a host read: call between loops only)."""
