@@ -39,9 +39,13 @@ def served(long_run):
     """`lrresearch board LOGDIR --port P` running; yields (port, process)."""
     logdir, _ = long_run
     port = free_port()
+    # As from a user's shell: a TF_CPP_MIN_LOG_LEVEL set by `quiet` in this process
+    # (another test imported lrresearch.cli) would read as the user's and unfilter.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     process = subprocess.Popen(
         [sys.executable, "-m", "lrresearch", "board", str(logdir), "--port", str(port)],
         cwd=REPO,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
