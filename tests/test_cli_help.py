@@ -88,7 +88,7 @@ def test_list_names_every_exported_controller_with_its_one_line_rule():
     flat = " ".join(text.split())
     for name in exported_controllers():
         assert re.search(rf"^  {name}\(", text, re.MULTILINE), name
-        rule = docgen._first_sentence(getattr(controllers, name).__doc__)
+        rule = docgen.first_sentence(getattr(controllers, name).__doc__)
         assert rule and " ".join(rule.split()) in flat, name
 
 
