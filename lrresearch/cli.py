@@ -487,7 +487,7 @@ def profile(args: argparse.Namespace) -> int:
     print(profiling.format_table(rows))
     print(
         f"wrote overhead.csv, overhead.md, overhead.png and one Profile run per "
-        f"controller to {out_dir}; view with: tensorboard --logdir {out_dir}",
+        f"controller to {out_dir}; view with: lrresearch board {out_dir}",
         flush=True,
     )
     return 0
@@ -572,7 +572,7 @@ def sweep(args: argparse.Namespace) -> int:
     failed = [p for p in points if not p.result]
     print(
         f"sweep: {len(points) - len(failed)}/{len(points)} runs ok -> {sweep_dir}; "
-        f"tensorboard --logdir {sweep_dir}",
+        f"lrresearch board {sweep_dir}",
         flush=True,
     )
     return 1 if failed else 0
