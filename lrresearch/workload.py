@@ -32,24 +32,39 @@ def build_model(
     input_shape: Sequence[int],
     num_classes: int | None,
 ) -> keras.Model:
-    """Calls `model_fn` with the arguments it accepts among `input_shape` and
-    `num_classes` and checks that it returned a `keras.Model`."""
+    """Calls `model_fn` with the arguments it takes and checks that it returned a
+    `keras.Model`.
+
+    A function with parameters named `input_shape` and/or `num_classes` gets those by
+    name. Otherwise its required positional parameters get, in order, the input shape
+    and the class count (the convention `(input_shape, num_classes)` of earlier
+    versions, whatever the names); a function with none is called with no argument.
+    """
     name = getattr(model_fn, "__name__", type(model_fn).__name__)
     known = {"input_shape": tuple(input_shape), "num_classes": num_classes}
     try:
         parameters = inspect.signature(model_fn).parameters
     except (TypeError, ValueError):
         parameters = {}
-    takes_all = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-    kwargs = {k: v for k, v in known.items() if (k in parameters or takes_all) and v is not None}
-    if "num_classes" in parameters and num_classes is None:
-        missing = parameters["num_classes"].default is inspect.Parameter.empty
-        if missing:
-            raise ValueError(
-                f"Trainer.model: {name}() takes num_classes, which a tf.data input does not "
-                f"give; bind it in gin ({name}.num_classes = ...)"
-            )
-    model = model_fn(**kwargs)
+    required = [
+        p.name
+        for p in parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if known.keys() & parameters.keys():
+        needed = [k for k in known if k in parameters]
+        arguments = (), {k: known[k] for k in needed if known[k] is not None}
+        missing = "num_classes" in required and num_classes is None
+    else:
+        positional = [known["input_shape"], num_classes][: len(required)]
+        arguments = tuple(positional), {}
+        missing = len(required) >= 2 and num_classes is None
+    if missing:
+        raise ValueError(
+            f"Trainer.model: {name}() takes the class count, which a tf.data input does "
+            f"not give; bind it in gin ({name}.num_classes = ...) or give it a default"
+        )
+    model = model_fn(*arguments[0], **arguments[1])
     if not isinstance(model, keras.Model):
         raise ValueError(
             f"Trainer.model must return a keras.Model, but {name}() returned "

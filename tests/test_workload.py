@@ -201,7 +201,12 @@ def test_model_factory_gets_only_the_arguments_it_takes():
         return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
 
     assert workload.build_model(no_arguments, (3,), 2).output_shape == (None, 2)
-    with pytest.raises(ValueError, match=r"takes num_classes, which a tf.data input"):
+
+    def positional(shape, classes):  # the earlier convention, other names
+        return keras.Sequential([keras.Input(shape), keras.layers.Dense(classes)])
+
+    assert workload.build_model(positional, (3,), 4).output_shape == (None, 4)
+    with pytest.raises(ValueError, match=r"takes the class count, which a tf.data input"):
         workload.build_model(lambda input_shape, num_classes: None, (3,), None)
     with pytest.raises(ValueError, match=r"must return a keras.Model"):
         workload.build_model(lambda: "model", (3,), None)
