@@ -40,19 +40,21 @@ def one_cycle_reference(
         ]
     else:
         phases = [(pct_start * total - 1, initial, max_lr), (total - 1, max_lr, minimum)]
-    out = []
-    for t in range(total):
-        start_step = 0.0
-        for i, (end_step, start, end) in enumerate(phases):
-            if t <= end_step or i == len(phases) - 1:
-                pct = (t - start_step) / (end_step - start_step)
-                if strategy == "cos":
-                    out.append(end + (start - end) / 2 * (math.cos(math.pi * pct) + 1))
-                else:
-                    out.append((end - start) * pct + start)
-                break
-            start_step = end_step
-    return np.array(out)
+    return np.array([_one_cycle_value(phases, t, strategy) for t in range(total)])
+
+
+def _one_cycle_value(phases, t, strategy):
+    """OneCycleLR's value at step `t`: the phase holding `t`, annealed from its start to
+    its end value (cosine or linear), as `OneCycleLR.get_lr` computes it."""
+    start_step = 0.0
+    for i, (end_step, start, end) in enumerate(phases):
+        if t <= end_step or i == len(phases) - 1:
+            pct = (t - start_step) / (end_step - start_step)
+            if strategy == "cos":
+                return end + (start - end) / 2 * (math.cos(math.pi * pct) + 1)
+            return (end - start) * pct + start
+        start_step = end_step
+    raise AssertionError(t)
 
 
 def cyclic_reference(base, top, up, down, mode, gamma, steps):
@@ -180,20 +182,9 @@ def one_cycle_momentum_reference(
         ]
     else:
         phases = [(pct_start * total - 1, high, low), (total - 1, low, high)]
-    out = []
-    for t in range(steps or total):
-        t = min(t, total - 1)  # ours holds the final value; PyTorch raises past it
-        start_step = 0.0
-        for i, (end_step, start, end) in enumerate(phases):
-            if t <= end_step or i == len(phases) - 1:
-                pct = (t - start_step) / (end_step - start_step)
-                if strategy == "cos":
-                    out.append(end + (start - end) / 2 * (math.cos(math.pi * pct) + 1))
-                else:
-                    out.append((end - start) * pct + start)
-                break
-            start_step = end_step
-    return np.array(out)
+    # Ours holds the final value past `total`; PyTorch raises there.
+    steps = range(steps or total)
+    return np.array([_one_cycle_value(phases, min(t, total - 1), strategy) for t in steps])
 
 
 def cyclic_momentum_reference(low, high, up, down, mode, gamma, steps):
