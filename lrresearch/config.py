@@ -361,7 +361,8 @@ def _register_configurables() -> None:
     import lrresearch.models
     import lrresearch.optimizers
     import lrresearch.signals
-    import lrresearch.trainer  # noqa: F401
+    import lrresearch.trainer
+    import lrresearch.workloads  # noqa: F401  (stdlib_bytes, byte_transformer, BitsPerByte)
 
 
 def _missing_file(path: str) -> ConfigError:

@@ -1,0 +1,139 @@
+"""The built-in standard-library byte LM workload (`lrresearch.workloads.stdlib_lm`):
+a deterministic corpus, next-byte windows, a causal transformer, bits per byte, and a
+short run of its experiment gin file through `lrresearch train`."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+from conftest import REPO, read_events
+
+from lrresearch import cli
+from lrresearch.workloads import stdlib_lm
+
+
+def test_corpus_is_the_fixed_file_list_read_twice_the_same():
+    folder = stdlib_lm.stdlib_dir()
+    assert list(stdlib_lm.STDLIB_FILES) == sorted(stdlib_lm.STDLIB_FILES)
+    for name in stdlib_lm.STDLIB_FILES:
+        assert os.path.isfile(os.path.join(folder, name)), name
+    first = stdlib_lm.stdlib_corpus()
+    stdlib_lm.stdlib_corpus.cache_clear()
+    again = stdlib_lm.stdlib_corpus()
+    assert first == again
+    expected = b""
+    for name in stdlib_lm.STDLIB_FILES:
+        with open(os.path.join(folder, name), "rb") as f:
+            expected += f.read()
+    assert first == expected
+    info = stdlib_lm.corpus_info()
+    assert info["bytes"] == len(first) > 500_000
+    assert info["files"] == len(stdlib_lm.STDLIB_FILES)
+
+
+def test_windows_are_next_byte_pairs_of_the_right_split():
+    corpus = np.frombuffer(stdlib_lm.stdlib_corpus(), np.uint8)
+    split = int(len(corpus) * 0.9)
+    train, evaluation = stdlib_lm.stdlib_bytes(context=16, eval_fraction=0.1, seed=3)
+    for ds in (train, evaluation):
+        assert ds.element_spec[0].shape == (16,) and ds.element_spec[0].dtype == tf.int32
+        assert ds.element_spec[1].shape == (16,)
+    train_text = corpus[:split].tobytes()
+    for x, y in train.take(20):
+        x, y = x.numpy(), y.numpy()
+        np.testing.assert_array_equal(x[1:], y[:-1])
+        assert bytes(np.append(x, y[-1]).astype(np.uint8)) in train_text
+    # The same seed gives the same windows; eval windows tile the held-out bytes.
+    again, _ = stdlib_lm.stdlib_bytes(context=16, eval_fraction=0.1, seed=3)
+    for (a, _), (b, _) in zip(train.take(5), again.take(5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    held_out = corpus[split:].astype(np.int32)
+    windows = list(evaluation.as_numpy_iterator())
+    assert len(windows) == (len(held_out) - 1) // 16
+    for i in (0, 1, len(windows) - 1):
+        x, y = windows[i]
+        np.testing.assert_array_equal(x, held_out[16 * i : 16 * i + 16])
+        np.testing.assert_array_equal(y, held_out[16 * i + 1 : 16 * i + 17])
+
+
+def test_attention_is_causal_and_shapes_are_right():
+    keras.utils.set_random_seed(0)
+    model = stdlib_lm.byte_transformer((24,), layers=2, width=32, heads=4, context=24)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(2, 24)).astype(np.int32)
+    logits = model(x).numpy()
+    assert logits.shape == (2, 24, 256)
+    changed = x.copy()
+    changed[:, 10] = (changed[:, 10] + 1) % 256
+    logits2 = model(changed).numpy()
+    np.testing.assert_allclose(logits2[:, :10], logits[:, :10], rtol=0, atol=1e-5)
+    assert np.abs(logits2[:, 10:] - logits[:, 10:]).max() > 1e-4
+
+
+def test_bits_per_byte_is_cross_entropy_over_ln2():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 5, 256)).astype(np.float32)
+    y = rng.integers(0, 256, size=(3, 5))
+    log_probs = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
+    nats = -np.take_along_axis(log_probs, y[..., None], -1).mean()
+    metric = stdlib_lm.BitsPerByte()
+    assert metric.name == "bits_per_byte"
+    metric.update_state(y[:2], logits[:2])
+    metric.update_state(y[2:], logits[2:])
+    np.testing.assert_allclose(float(metric.result()), nats / math.log(2), rtol=1e-5)
+
+
+def test_bits_per_byte_is_about_8_at_initialization():
+    keras.utils.set_random_seed(0)
+    model = stdlib_lm.byte_transformer((32,), layers=1, width=32, heads=2, context=32)
+    _, evaluation = stdlib_lm.stdlib_bytes(context=32)
+    metric = stdlib_lm.BitsPerByte()
+    for x, y in evaluation.take(64).batch(64):
+        metric.update_state(y, model(x))
+    assert 7.5 < float(metric.result()) < 9.0
+
+
+def test_experiment_gin_trains_and_logs_bits_per_byte(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    params = [
+        "Trainer.steps = 60",
+        "Trainer.steps_per_loop = 30",
+        "Trainer.eval_every = 30",
+        "Trainer.checkpoint_every = 60",
+        "Trainer.histogram_every = 0",
+        "Trainer.batch_size = 16",
+        "stdlib_bytes.context = 32",
+        "stdlib_bytes.eval_windows = 64",
+        "byte_transformer.context = 32",
+        "byte_transformer.width = 64",
+        "byte_transformer.layers = 1",
+        "WarmupCosineController.base_lr = 1e-2",
+        "WarmupCosineController.warmup_steps = 10",
+        "WarmupCosineController.decay_steps = 60",
+    ]
+    argv = [
+        "train",
+        "--gin_file=gin/experiments/stdlib_transformer.gin",
+        f"--logdir={tmp_path}",
+        "--run_name=lm",
+        "--quiet",
+    ] + [f"--gin_param={p}" for p in params]
+    gin.clear_config()
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        gin.clear_config()
+    events = read_events(tmp_path / "lm")
+    loss = events.scalar("loss/batch")
+    assert len(loss) == 60
+    assert loss[-10:].mean() < loss[:5].mean() - 1.0
+    bpb = events.values("eval/bits_per_byte").astype(np.float64)
+    eval_loss = events.values("eval/loss").astype(np.float64)
+    assert len(bpb) == len(eval_loss) >= 2
+    np.testing.assert_allclose(bpb, eval_loss / math.log(2), rtol=1e-4)
+    assert bpb[-1] < bpb[0] < 8.5
