@@ -68,3 +68,77 @@ def cnn(
         keras.layers.Dense(num_classes, name="logits"),
     ]
     return keras.Sequential(layers, name="cnn")
+
+
+def _as_sequence(x: keras.KerasTensor, input_shape: Sequence[int]) -> keras.KerasTensor:
+    """`[batch, length]` signals as `[batch, length, 1]`; `[batch, length, channels]` as is."""
+    if len(input_shape) == 1:
+        return keras.layers.Reshape((int(input_shape[0]), 1), name="to_sequence")(x)
+    if len(input_shape) == 2:
+        return x
+    raise ValueError(
+        f"mnist1d_cnn needs 1-D signals [length] or [length, channels], got input shape "
+        f"{tuple(input_shape)}"
+    )
+
+
+@gin.configurable
+def mnist1d_cnn(
+    input_shape: Sequence[int],
+    num_classes: int,
+    channels: int = 25,
+    batch_norm: bool = True,
+) -> keras.Model:
+    """The MNIST-1D paper's CNN (`ConvBase` in greydanus/mnist1d, notebooks/models.py),
+    with BatchNorm after each convolution.
+
+    `ConvBase` is three `Conv1d` layers and a linear classifier: `Conv1d(1, 25, 5,
+    stride=2, padding=1)`, then twice `Conv1d(25, 25, 3, stride=2, padding=1)`, each
+    followed by ReLU, then `Linear(125, 10)` on the flattened features. Here each
+    convolution is `ZeroPadding1D(1)` + `Conv1D(channels, k, strides=2)` (PyTorch's
+    symmetric `padding=1`), so a length-40 signal becomes 19, 10, then 5 positions:
+    `5 * 25 = 125` features into the logits, as there. `batch_norm=True` (the default)
+    inserts `BatchNormalization` between each convolution and its ReLU (the paper's
+    model has none; `batch_norm=False` is `ConvBase` exactly, up to Keras's default
+    Glorot-uniform initialization where PyTorch uses Kaiming-uniform).
+
+    Input `[length]` (as `@mnist1d` gives) or `[length, channels]`; outputs logits.
+    Layers are named `conv1d`, `batch_norm`, `relu` (numbered `_1`, `_2`), `logits`.
+    """
+    inputs = keras.Input(tuple(input_shape))
+    h = _as_sequence(inputs, input_shape)
+    for i, kernel_size in enumerate((5, 3, 3)):
+        h = keras.layers.ZeroPadding1D(1, name=_numbered("pad", i))(h)
+        h = keras.layers.Conv1D(
+            int(channels),
+            kernel_size,
+            strides=2,
+            use_bias=not batch_norm,  # BatchNorm's own offset makes a bias redundant
+            name=_numbered("conv1d", i),
+        )(h)
+        if batch_norm:
+            h = keras.layers.BatchNormalization(name=_numbered("batch_norm", i))(h)
+        h = keras.layers.ReLU(name=_numbered("relu", i))(h)
+    h = keras.layers.Flatten(name="flatten")(h)
+    outputs = keras.layers.Dense(num_classes, name="logits")(h)
+    return keras.Model(inputs, outputs, name="mnist1d_cnn")
+
+
+@gin.configurable
+def mnist1d_mlp(
+    input_shape: Sequence[int],
+    num_classes: int,
+    hidden: int = 100,
+) -> keras.Model:
+    """The MNIST-1D paper's MLP (`MLPBase` in greydanus/mnist1d, notebooks/models.py,
+    default `hidden_size=100`): `h = relu(W1 x)`, then a residual hidden layer
+    `h = h + relu(W2 h)`, then logits `W3 h`.
+
+    Layers are named `dense`, `dense_1`, `add`, `logits`."""
+    inputs = keras.Input(tuple(input_shape))
+    x = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
+    h = keras.layers.Dense(int(hidden), activation="relu", name="dense")(x)
+    r = keras.layers.Dense(int(hidden), activation="relu", name="dense_1")(h)
+    h = keras.layers.Add(name="add")([h, r])
+    outputs = keras.layers.Dense(num_classes, name="logits")(h)
+    return keras.Model(inputs, outputs, name="mnist1d_mlp")
