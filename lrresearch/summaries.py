@@ -257,3 +257,11 @@ def mark_restart(writer: tf.summary.SummaryWriter, step: int) -> None:
         session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
     )
     tf.raw_ops.ImportEvent(writer=writer._resource, event=event.SerializeToString())
+
+
+def update_ratio(before: tf.Tensor, after: tf.Tensor) -> tf.Tensor:
+    """`||after - before|| / ||before||` in float32: the size of the update a batch
+    applied to one variable relative to the variable (0 for a skipped batch, and when
+    `before` is all zeros, as a bias at initialization)."""
+    before, after = tf.cast(before, tf.float32), tf.cast(after, tf.float32)
+    return tf.math.divide_no_nan(tf.norm(after - before), tf.norm(before))

@@ -12,7 +12,6 @@ workload (model, loss, metrics) is `lrresearch.workload`, the input
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,13 +20,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import distribute, run, summaries, workload
+from lrresearch import distribute, precision, run, summaries, workload
 from lrresearch.controllers import Controller, GradNormController
 from lrresearch.data import Dataset, digits
 from lrresearch.guard import NonFiniteGuard
 from lrresearch.inputs import make_inputs
 from lrresearch.models import mlp
 from lrresearch.optimizers import make_optimizer
+from lrresearch.precision import LossScale
 from lrresearch.run import (  # noqa: F401
     DiskFullError,
     NonFiniteLossError,
@@ -46,63 +46,8 @@ from lrresearch.step import (
     set_lr,
     write_batch_summaries,
 )
-
-
-def _variable_names(variables: list[tf.Variable], model_name: str) -> list[str]:
-    """Tag-friendly variable paths: `dense/kernel` rather than `mlp/dense/kernel`."""
-    prefix = model_name + "/"
-    return [v.path[len(prefix) :] if v.path.startswith(prefix) else v.path for v in variables]
-
-
-def update_ratio(before: tf.Tensor, after: tf.Tensor) -> tf.Tensor:
-    """`||after - before|| / ||before||` in float32: the size of the update a batch
-    applied to one variable relative to the variable (0 for a skipped batch, and when
-    `before` is all zeros, as a bias at initialization)."""
-    before, after = tf.cast(before, tf.float32), tf.cast(after, tf.float32)
-    return tf.math.divide_no_nan(tf.norm(after - before), tf.norm(before))
-
-
-def _check_cadence(name: str, value: int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"Trainer.{name} must be an int >= 0 (0 = off), got {value!r}")
-
-
-def _validate(arguments: dict[str, Any]) -> None:
-    """Checks `Trainer`'s arguments; errors name `Trainer.<argument>` and the value."""
-    for name, minimum in (
-        ("steps", 1),
-        ("batch_size", 1),
-        ("steps_per_loop", 1),
-        ("keep_checkpoints", 1),
-        ("loss_ma_short", 1),
-        ("loss_ma_long", 1),
-    ):
-        value = arguments[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"Trainer.{name} must be an int >= {minimum}, got {value!r}")
-    seed = arguments["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"Trainer.seed must be an int, got {seed!r}")
-    for name in ("histogram_every", "eval_every", "checkpoint_every"):
-        _check_cadence(name, arguments[name])
-    for name in ("grad_norm_every", "log_every"):
-        _check_cadence(name, arguments[name], allow_none=True)
-    clip_norm = arguments["clip_norm"]
-    if clip_norm is not None and not (
-        isinstance(clip_norm, (int, float))
-        and not isinstance(clip_norm, bool)
-        and math.isfinite(clip_norm)
-        and clip_norm > 0
-    ):
-        raise ValueError(f"Trainer.clip_norm must be a number > 0 or None, got {clip_norm!r}")
-    controller = arguments["controller"]
-    if controller is not None and not isinstance(controller, Controller):
-        raise ValueError(
-            f"Trainer.controller must be a Controller instance such as "
-            f"@GradNormController() (note the parentheses), got {controller!r}"
-        )
+from lrresearch.trainer_checks import validate as _validate
+from lrresearch.trainer_checks import variable_names as _variable_names
 
 
 # `strategy` is passed by every caller (`distribution.strategy` picks it), never bound.
@@ -125,8 +70,9 @@ class Trainer:
         1 = every batch; default: same as `histogram_every`).
       eval_every: batches between evaluations (0 = only at the end).
       dataset: a function returning the input (see `lrresearch.inputs`): in-memory
-        arrays (`@digits`, `@synthetic`, `@npz_file`), a `tf.data.Dataset` of
-        unbatched `(x, y)` examples, or a pair `(train, eval)` of them.
+        arrays (`@digits`, `@synthetic`, `@npz_file`, `@mnist1d`), a
+        `tf.data.Dataset` of unbatched `(x, y)` examples, or a pair `(train, eval)` of
+        them (`@stdlib_bytes`).
       model: a function returning a `keras.Model`, called with the arguments it takes
         among `input_shape` and `num_classes` (`@mlp`, `@cnn`, or your own).
       loss: a Keras loss (name, class or instance) or a function `(y_true, y_pred) ->
@@ -142,6 +88,9 @@ class Trainer:
       checkpoint_every: batches between checkpoints (0 = only at the end).
       keep_checkpoints: how many checkpoints to keep.
       log_every: batches between progress lines (default: about 10 lines per run).
+      mixed_precision: "off" (None), "mixed_bfloat16", or "mixed_float16" (with dynamic
+        loss scaling); see `lrresearch.precision`. The controllers always see the
+        unscaled float32 loss and gradient norm.
       deterministic: enable TF's op determinism (`enable_op_determinism`), so a run
         resumed from a checkpoint reproduces an uninterrupted one exactly.
       max_consecutive_nonfinite: a batch whose loss or gradient norm is NaN/Inf is
@@ -174,6 +123,7 @@ class Trainer:
         checkpoint_every: int = 500,
         keep_checkpoints: int = 3,
         log_every: int | None = None,
+        mixed_precision: str | None = None,
         deterministic: bool = False,
         max_consecutive_nonfinite: int = 10,
         nonfinite_lr_factor: float = 0.5,
@@ -195,6 +145,8 @@ class Trainer:
         self.ma_short = MovingAverage(loss_ma_short, loss_ma_kind, name="loss_ma_short")
         self.ma_long = MovingAverage(loss_ma_long, loss_ma_kind, name="loss_ma_long")
         self.deterministic = bool(deterministic)
+        self.mixed_precision = precision.check_policy(mixed_precision)
+        self.loss_scale = LossScale() if self.mixed_precision == "mixed_float16" else None
         self.guard = NonFiniteGuard(max_consecutive_nonfinite, nonfinite_lr_factor, owner="Trainer")
         self.strategy = strategy
         self.distribution = distribute.describe(strategy)
@@ -223,9 +175,10 @@ class Trainer:
         self.data: Dataset | None = self.inputs.arrays  # in-memory arrays, if that
         self.eval_dataset = self.inputs.eval
         with self.strategy.scope() if self.strategy else contextlib.nullcontext():
-            self.model = workload.build_model(
-                self.model_fn, self.inputs.input_shape, self.inputs.num_classes
-            )
+            with precision.policy(self.mixed_precision):
+                self.model = workload.build_model(
+                    self.model_fn, self.inputs.input_shape, self.inputs.num_classes
+                )
             self.variables = list(self.model.trainable_variables)
             self.optimizer = make_optimizer(self.optimizer_spec, self.controller.initial_lr)
             self.optimizer.build(self.variables)
@@ -256,6 +209,7 @@ class Trainer:
             step=self.step,
             **self.inputs.train.checkpoint_items(),
             **self.guard.checkpoint_items(),
+            **({"loss_scale": self.loss_scale} if self.loss_scale else {}),
         )
         self.built = True
 
@@ -281,6 +235,8 @@ class Trainer:
             # gradients are identical on every replica, so replica 0's copy is the one.
             per_replica = self.strategy.run(self._loss_and_grads, (x, y))
             loss, grads = first_replica(self.strategy, per_replica)
+        if self.loss_scale is not None:  # every signal is the unscaled value
+            grads = [None if g is None else g / self.loss_scale.scale for g in grads]
         lr_variable = self.optimizer.learning_rate
         signals = batch_signals(
             step, loss, grads, self.variables, self.ma_short, self.ma_long, lr_variable
@@ -295,8 +251,11 @@ class Trainer:
         # `update/ratio/` needs the weights before the update: copied on this batch only.
         before = [tf.identity(v.value) for v in self.variables] if "grad_norms" in groups else []
         # A NaN/Inf batch is skipped: no update, later LRs scaled down.
-        self.guard.apply_if_finite(
-            step, loss, norm, lambda: self.optimizer.apply(grads, self.variables)
+        precision.apply_guarded(
+            self.guard,
+            self.loss_scale,
+            (step, loss, norm),
+            lambda: self.optimizer.apply(grads, self.variables),
         )
         extra = {"guard/lr_rejected": 1.0 - tf.cast(accepted, tf.float32)}
         extra.update(self.hyperparameters.summaries())
@@ -324,6 +283,8 @@ class Trainer:
             y = tf.nest.map_structure(lambda t: t[start : start + per_replica], y)
         with tf.GradientTape() as tape:
             y_pred = self.model(x, training=True)
+            if y_pred.dtype.is_floating:  # the loss in float32 under mixed precision
+                y_pred = tf.cast(y_pred, tf.float32)
             # The mean over every element, spelled out: Keras's `Loss` objects divide
             # by the replica count under a strategy, which is done below.
             loss = workload.mean_loss(self.loss_fn, y, y_pred)
@@ -331,7 +292,8 @@ class Trainer:
                 loss += tf.add_n([tf.cast(v, tf.float32) for v in self.model.losses])
             if replicas > 1:
                 loss /= replicas
-        grads = tape.gradient(loss, self.variables)
+            scaled = loss if self.loss_scale is None else loss * self.loss_scale.scale
+        grads = tape.gradient(scaled, self.variables)
         if self.strategy is None:
             return loss, grads
         return all_reduce_sum(loss, grads, self.variables)
@@ -349,7 +311,7 @@ class Trainer:
             for name, g in zip(self.variable_names, grads, strict=True):
                 summaries.scalar(f"grad/norm/{name}", tf.norm(tf.cast(g, tf.float32)), step)
             for name, v, w in zip(self.variable_names, self.variables, before, strict=True):
-                summaries.scalar(f"update/ratio/{name}", update_ratio(w, v.value), step)
+                summaries.scalar(f"update/ratio/{name}", summaries.update_ratio(w, v.value), step)
         if "histograms" in groups:
             for name, g, v in zip(self.variable_names, grads, self.variables, strict=True):
                 summaries.histogram(f"grad/{name}", g, step)

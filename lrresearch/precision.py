@@ -1,0 +1,99 @@
+"""Mixed precision for the trainer: the model's dtype policy and dynamic loss scaling.
+
+`Trainer.mixed_precision` is "off", "mixed_bfloat16" or "mixed_float16". The model is
+built under that Keras dtype policy (float32 variables, low-precision compute); the
+loss is always computed in float32 from float32 predictions. Under "mixed_float16" the
+loss is scaled before the gradients are taken (float16 gradients underflow otherwise)
+and the gradients are unscaled right after, so every signal a controller sees, and
+`grad/global_norm`, is the unscaled value. A batch whose scaled gradients overflow
+(finite loss, non-finite gradients) is the loss scale's business, not a bad batch: its
+update is skipped, the scale halves, and the non-finite guard does not count it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+POLICIES = ("off", "mixed_bfloat16", "mixed_float16")
+
+
+def check_policy(value: str | None) -> str:
+    """The policy name (None means "off"); a clear error for anything else."""
+    name = "off" if value is None else value
+    if name not in POLICIES:
+        raise ValueError(
+            f"Trainer.mixed_precision must be one of {', '.join(repr(p) for p in POLICIES)}, "
+            f"got {value!r}"
+        )
+    return name
+
+
+@contextlib.contextmanager
+def policy(name: str) -> Iterator[None]:
+    """Builds layers under the Keras dtype policy `name` ("off": float32), then puts
+    the global policy back, so later models in the process (a sweep) are unaffected."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32" if name == "off" else name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+class LossScale(tf.Module):
+    """Dynamic loss scaling, as Keras's `LossScaleOptimizer` does it: the scale starts at
+    `initial_scale`, halves at every batch whose scaled gradients overflow, and doubles
+    after `growth_steps` batches in a row that did not.
+
+    Args:
+      initial_scale: the first scale (Keras's default, 2**15).
+      growth_steps: finite batches in a row before the scale doubles (Keras: 2000).
+    """
+
+    def __init__(self, initial_scale: float = 2.0**15, growth_steps: int = 2000):
+        super().__init__(name="loss_scale")
+        self.growth_steps = growth_steps
+        self.scale = tf.Variable(float(initial_scale), trainable=False, name="scale")
+        self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
+
+    def update(self, overflow: tf.Tensor) -> None:
+        """After a batch: halve on overflow, else count and double after `growth_steps`."""
+        good = tf.where(overflow, tf.constant(0, tf.int64), self.good_steps + 1)
+        grow = good >= self.growth_steps
+        factor = tf.where(overflow, 0.5, tf.where(grow, 2.0, 1.0))
+        self.scale.assign(self.scale * factor)
+        self.good_steps.assign(tf.where(grow, tf.constant(0, tf.int64), good))
+
+
+def apply_guarded(
+    guard: Any,
+    loss_scale: LossScale | None,
+    batch: tuple[tf.Tensor, tf.Tensor, tf.Tensor],
+    apply: Callable[[], Any],
+) -> None:
+    """The update of one batch `(step, loss, global_norm)` through the non-finite guard
+    (`guard.NonFiniteGuard`). Under loss scaling, a batch whose scaled gradients
+    overflowed (finite loss, non-finite norm) is the loss scale's: no update, the scale
+    halves, and the guard does not count it."""
+    step, loss, norm = batch
+    if loss_scale is None:
+        guard.apply_if_finite(step, loss, norm, apply)
+        return
+    overflow = tf.logical_and(tf.math.is_finite(loss), ~tf.math.is_finite(norm))
+
+    def unless_overflow() -> tf.Tensor:
+        def applied() -> tf.Tensor:
+            apply()
+            return tf.constant(True)
+
+        return tf.cond(overflow, lambda: tf.constant(False), applied)
+
+    guard.apply_if_finite(
+        step, loss, tf.where(overflow, tf.zeros_like(norm), norm), unless_overflow
+    )
+    loss_scale.update(overflow)

@@ -1,0 +1,63 @@
+"""Checks of the `Trainer`'s arguments, and the tag-friendly names of its variables.
+
+Errors name `Trainer.<argument>` and the value, in the format `config.py` finds the
+gin binding from.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import tensorflow as tf
+
+from lrresearch.controllers import Controller
+
+
+def variable_names(variables: list[tf.Variable], model_name: str) -> list[str]:
+    """Tag-friendly variable paths: `dense/kernel` rather than `mlp/dense/kernel`."""
+    prefix = model_name + "/"
+    return [v.path[len(prefix) :] if v.path.startswith(prefix) else v.path for v in variables]
+
+
+def check_cadence(name: str, value: int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"Trainer.{name} must be an int >= 0 (0 = off), got {value!r}")
+
+
+def validate(arguments: dict[str, Any]) -> None:
+    """Checks `Trainer`'s arguments; errors name `Trainer.<argument>` and the value."""
+    for name, minimum in (
+        ("steps", 1),
+        ("batch_size", 1),
+        ("steps_per_loop", 1),
+        ("keep_checkpoints", 1),
+        ("loss_ma_short", 1),
+        ("loss_ma_long", 1),
+    ):
+        value = arguments[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"Trainer.{name} must be an int >= {minimum}, got {value!r}")
+    seed = arguments["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"Trainer.seed must be an int, got {seed!r}")
+    for name in ("histogram_every", "eval_every", "checkpoint_every"):
+        check_cadence(name, arguments[name])
+    for name in ("grad_norm_every", "log_every"):
+        check_cadence(name, arguments[name], allow_none=True)
+    clip_norm = arguments["clip_norm"]
+    if clip_norm is not None and not (
+        isinstance(clip_norm, (int, float))
+        and not isinstance(clip_norm, bool)
+        and math.isfinite(clip_norm)
+        and clip_norm > 0
+    ):
+        raise ValueError(f"Trainer.clip_norm must be a number > 0 or None, got {clip_norm!r}")
+    controller = arguments["controller"]
+    if controller is not None and not isinstance(controller, Controller):
+        raise ValueError(
+            f"Trainer.controller must be a Controller instance such as "
+            f"@GradNormController() (note the parentheses), got {controller!r}"
+        )
