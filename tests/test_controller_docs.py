@@ -7,7 +7,6 @@ from __future__ import annotations
 import doctest
 import inspect
 import re
-import time
 
 import gin
 import pytest
@@ -64,7 +63,7 @@ def test_the_gin_example_parses_and_builds_the_controller(name):
 
 def test_the_python_examples_run():
     finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(verbose=False)
-    start, ran = time.perf_counter(), 0
+    ran = 0
     for name in EXPORTED:
         cls = getattr(controllers, name)
         for test in finder.find(cls, name, globs={}):  # each example imports what it uses
@@ -73,4 +72,3 @@ def test_the_python_examples_run():
                 runner.run(test)
     assert ran >= 10, ran
     assert runner.failures == 0, "a >>> example in a controller docstring failed (see above)"
-    assert time.perf_counter() - start < 10
