@@ -27,6 +27,11 @@ from lrresearch.rundir import (
 )
 
 
+def print_nothing(*args: object) -> None:
+    """A `say` that prints nothing (for the workers that do not own the run)."""
+    del args
+
+
 def _unrestored_values_filter(record: logging.LogRecord) -> bool:
     """Drops TF's "being deleted with unrestored values" report (and its per-value
     lines), which a restore that raised prints when it is garbage-collected: the
@@ -45,7 +50,8 @@ def resume(
     the run starts (again) from step 0. The chief also repairs the run directory:
     interrupted saves and damaged checkpoints are set aside, and the event files
     lose what the interrupted process logged after the checkpoint."""
-    say = say if chief else (lambda *a: None)
+    if not chief:
+        say = print_nothing
     saved_path = os.path.join(run_dir, "config.gin")
     saved = read_text(saved_path)
     others = set(os.listdir(run_dir)) - {LOCK_FILE, "checkpoints"}

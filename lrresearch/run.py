@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import gin
 import tensorflow as tf
 
 from lrresearch import distribute, resume, summaries
@@ -91,10 +92,6 @@ class TrainResult:
         )
 
 
-def _silent(*args: object) -> None:
-    del args
-
-
 def fit(
     trainer: Any,
     logdir: str = "runs",
@@ -107,11 +104,9 @@ def fit(
 
     See `Trainer.fit` (which calls this) for what is written and raised.
     """
-    import gin
-
     trainer.build()
     prefix = type(trainer.controller).__name__.removesuffix("Controller") or "run"
-    say = _silent if quiet else (lambda *a: print(*a, flush=True))
+    say = resume.print_nothing if quiet else (lambda *a: print(*a, flush=True))
     config = (operative_config or gin.operative_config_str)()
     # Under MultiWorkerMirroredStrategy every worker runs this; only the chief owns the
     # run directory. The others write no summaries, and save their identical

@@ -35,6 +35,7 @@ import gin
 import tensorflow as tf
 
 from lrresearch import config, distribute, sampling, summaries
+from lrresearch.rundir import write_atomically
 from lrresearch.sampling import split_values
 from lrresearch.trainer import Trainer, TrainingInterrupted, TrainResult, make_run_dir
 
@@ -185,10 +186,7 @@ def _write_manifest(sweep_dir: str, flags: dict[str, Any], points: list[Point]) 
             for p in points
         ],
     }
-    path = os.path.join(sweep_dir, "sweep.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_atomically(os.path.join(sweep_dir, "sweep.json"), json.dumps(manifest, indent=2))
 
 
 def _run_point(
