@@ -7,7 +7,8 @@ loss is scaled before the gradients are taken (float16 gradients underflow other
 and the gradients are unscaled right after, so every signal a controller sees, and
 `grad/global_norm`, is the unscaled value. A batch whose scaled gradients overflow
 (finite loss, non-finite gradients) is the loss scale's business, not a bad batch: its
-update is skipped, the scale halves, and the non-finite guard does not count it.
+update is skipped, the scale halves, and the non-finite guard does not count it. Both
+are logged every batch, as `precision/loss_scale` and `precision/overflow`.
 """
 
 from __future__ import annotations
@@ -75,16 +76,24 @@ def apply_guarded(
     loss_scale: LossScale | None,
     batch: tuple[tf.Tensor, tf.Tensor, tf.Tensor],
     apply: Callable[[], Any],
-) -> None:
+) -> dict[str, tf.Tensor]:
     """The update of one batch `(step, loss, global_norm)` through the non-finite guard
     (`guard.NonFiniteGuard`). Under loss scaling, a batch whose scaled gradients
     overflowed (finite loss, non-finite norm) is the loss scale's: no update, the scale
-    halves, and the guard does not count it."""
+    halves, and the guard does not count it.
+
+    Returns the batch's `precision/` summaries: `{}` without loss scaling, else
+    `precision/loss_scale` (the scale this batch's loss was multiplied by, float32) and
+    `precision/overflow` (1.0 if its scaled gradients overflowed, else 0.0).
+    """
     step, loss, norm = batch
     if loss_scale is None:
         guard.apply_if_finite(step, loss, norm, apply)
-        return
+        return {}
     overflow = tf.logical_and(tf.math.is_finite(loss), ~tf.math.is_finite(norm))
+    # Read before `update`: the scale the loss was multiplied by (ordered by the
+    # automatic control dependencies on the variable).
+    used = loss_scale.scale.read_value()
 
     def unless_overflow() -> tf.Tensor:
         def applied() -> tf.Tensor:
@@ -97,3 +106,4 @@ def apply_guarded(
         step, loss, tf.where(overflow, tf.zeros_like(norm), norm), unless_overflow
     )
     loss_scale.update(overflow)
+    return {"precision/loss_scale": used, "precision/overflow": tf.cast(overflow, tf.float32)}

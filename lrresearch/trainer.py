@@ -251,13 +251,13 @@ class Trainer:
         # `update/ratio/` needs the weights before the update: copied on this batch only.
         before = [tf.identity(v.value) for v in self.variables] if "grad_norms" in groups else []
         # A NaN/Inf batch is skipped: no update, later LRs scaled down.
-        precision.apply_guarded(
+        scaling = precision.apply_guarded(
             self.guard,
             self.loss_scale,
             (step, loss, norm),
             lambda: self.optimizer.apply(grads, self.variables),
         )
-        extra = {"guard/lr_rejected": 1.0 - tf.cast(accepted, tf.float32)}
+        extra = {"guard/lr_rejected": 1.0 - tf.cast(accepted, tf.float32), **scaling}
         extra.update(self.hyperparameters.summaries())
         write_batch_summaries(signals, lr, out, {**extra, **self.guard.summaries()})
         with tf.name_scope("summaries"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import Events
 
-from lrresearch import config
+from lrresearch import config, summaries
 from lrresearch.trainer import Trainer
 
 PARAMS = [
@@ -52,12 +52,20 @@ def test_controllers_see_the_unscaled_loss_and_gradient_norm(runs, policy, rtol)
         assert np.all(low.scalar("grad/global_norm") < 100)
 
 
-def test_float16_overflow_is_handled_by_the_loss_scale_not_the_guard(tmp_path):
+@pytest.fixture(scope="module")
+def overflow_run(tmp_path_factory):
+    """A float16 run whose first batches overflow: the scale starts at 2**40, far above
+    float16's 65504, and halves until the scaled gradients fit."""
     t = trainer("mixed_float16")
     t.build()
-    t.loss_scale.scale.assign(2.0**40)  # far above float16's 65504: the first batches overflow
-    t.fit(logdir=str(tmp_path), run_name="overflow", quiet=True)
-    events = Events(tmp_path / "overflow")
+    t.loss_scale.scale.assign(2.0**40)
+    logdir = tmp_path_factory.mktemp("overflow")
+    t.fit(logdir=str(logdir), run_name="overflow", quiet=True)
+    return t, Events(logdir / "overflow")
+
+
+def test_float16_overflow_is_handled_by_the_loss_scale_not_the_guard(overflow_run):
+    t, events = overflow_run
     skipped, norm = events.scalar("guard/skipped"), events.scalar("grad/global_norm")
     overflowed = int((~np.isfinite(norm)).sum())
     assert overflowed >= 1 and np.all(~np.isfinite(norm[:overflowed]))  # the first ones
@@ -67,6 +75,28 @@ def test_float16_overflow_is_handled_by_the_loss_scale_not_the_guard(tmp_path):
     assert np.all(np.isfinite(events.scalar("loss/batch")))
     assert all(np.isfinite(v.numpy()).all() for v in t.model.trainable_variables)
     assert t.train_loop.experimental_get_tracing_count() == 1
+
+
+def test_loss_scale_is_logged_every_batch_and_halves_after_each_overflow(overflow_run):
+    t, events = overflow_run
+    scale = events.scalar("precision/loss_scale").astype(np.float64)  # one per step 0..29
+    overflow = events.scalar("precision/overflow")
+    assert len(scale) == len(overflow) == 30
+    overflowed = int((~np.isfinite(events.scalar("grad/global_norm"))).sum())
+    np.testing.assert_array_equal(overflow, np.arange(30) < overflowed)
+    # The scale each batch used: 2**40 at step 0, halved after every overflowed batch.
+    want = 2.0 ** (40 - np.minimum(np.arange(30), overflowed))
+    np.testing.assert_array_equal(scale, want)
+    assert scale[-1] == float(t.loss_scale.scale.numpy())
+    for tag in ("precision/loss_scale", "precision/overflow"):  # TensorBoard's hover text
+        assert events.acc.SummaryMetadata(tag).summary_description == summaries.DESCRIPTIONS[tag]
+
+
+def test_precision_tags_only_with_float16_loss_scaling(runs):
+    assert np.all(runs["mixed_float16"][1].scalar("precision/loss_scale") == 2.0**15)
+    assert np.all(runs["mixed_float16"][1].scalar("precision/overflow") == 0)
+    for policy in ("off", "mixed_bfloat16"):
+        assert not {t for t in runs[policy][1].tags if t.startswith("precision/")}
 
 
 def test_an_unknown_policy_is_refused_with_the_choices():
