@@ -16,6 +16,12 @@ iterator. The iterator's position is checkpointed with the run (`tf.train.Checkp
 saves a `tf.data` iterator, shuffle buffers included), so `--resume` continues with
 the very next batch. A pipeline whose state TensorFlow cannot save (`from_generator`,
 `py_function`) is refused with the reason, before training.
+
+What identifies the data beyond its gin bindings (a corpus read from this machine, a
+file's version) can be recorded with every run: give the dataset function an `info`
+attribute, a function of no arguments returning `{name: bool | int | float | str}`
+(`stdlib_bytes.info = corpus_info`). The run's HParams then hold each value as
+`dataset.<name>`, so two runs' data can be compared in the HParams dashboard.
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ class Inputs:
       num_classes: the class count for in-memory class-labelled data, else None.
       name: for HParams and messages.
       arrays: the in-memory data, if that is the input.
+      info: what the dataset function's `info()` says identifies the data (see above).
     """
 
     train: ArrayInput | PipelineInput
@@ -95,13 +102,14 @@ class Inputs:
     num_classes: int | None
     name: str
     arrays: Dataset | None = None
+    info: dict[str, bool | int | float | str] = dataclasses.field(default_factory=dict)
 
 
 def make_inputs(spec: DatasetSpec, batch_size: int, seed: int) -> Inputs:
     """Builds the training input and the eval data for `Trainer.dataset`."""
     data = spec() if callable(spec) and not isinstance(spec, tf.data.Dataset) else spec
     if isinstance(data, Dataset):
-        return _array_inputs(data, batch_size, seed)
+        return dataclasses.replace(_array_inputs(data, batch_size, seed), info=data_info(spec))
     train, evaluation = data, None
     if isinstance(data, (tuple, list)) and len(data) == 2:
         train, evaluation = data
@@ -122,7 +130,19 @@ def make_inputs(spec: DatasetSpec, batch_size: int, seed: int) -> Inputs:
     if evaluation is not None:
         _example_spec(evaluation, name)
         eval_batches = evaluation.batch(batch_size).with_options(_options())
-    return Inputs(PipelineInput(iterator, name), eval_batches, spec_x, None, name)
+    return Inputs(
+        PipelineInput(iterator, name), eval_batches, spec_x, None, name, info=data_info(spec)
+    )
+
+
+def data_info(spec: DatasetSpec) -> dict[str, bool | int | float | str]:
+    """`spec.info()` if the dataset function has one (values other than bool, int,
+    float or str as their `str`, as HParams take), else `{}`."""
+    info = getattr(spec, "info", None)
+    if not callable(info):
+        return {}
+    scalar = (bool, int, float, str)
+    return {str(k): v if isinstance(v, scalar) else str(v) for k, v in dict(info()).items()}
 
 
 def _array_inputs(data: Dataset, batch_size: int, seed: int) -> Inputs:

@@ -411,7 +411,7 @@ class Trainer:
     def hparams(self) -> dict[str, bool | int | float | str]:
         """The run's hyperparameters for TensorBoard's HParams dashboard: the controller
         and its numeric/string settings, optimizer, batch size, seed, steps, model and
-        data."""
+        data (with `dataset.<name>` for what the dataset's `info()` reports)."""
         optimizer = self.optimizer_spec
         values: dict[str, bool | int | float | str] = {
             "controller": type(self.controller).__name__,
@@ -427,6 +427,7 @@ class Trainer:
             "loss": self.loss_name,
             "distribution": self.distribution,
             "replicas": 1 if self.strategy is None else self.strategy.num_replicas_in_sync,
+            **{f"dataset.{key}": value for key, value in self.inputs.info.items()},
         }
         for key, value in sorted(vars(self.controller).items()):
             if not key.startswith("_") and isinstance(value, (bool, int, float, str)):

@@ -22,6 +22,7 @@ from tensorboard.backend.event_processing import event_accumulator as ea
 REPO = pathlib.Path(__file__).resolve().parent.parent
 GIN_DIR = REPO / "gin"
 
+
 def default_ctrl_c() -> None:
     """`preexec_fn` for a child that must take Ctrl-C: a shell starts background jobs
     (a CI script's, say) with SIGINT ignored, and Python keeps an ignored SIGINT
@@ -62,6 +63,14 @@ class Events:
         steps = self.steps(tag)
         np.testing.assert_array_equal(steps, np.arange(len(steps)), err_msg=tag)
         return self.values(tag).astype(np.float32)
+
+    def hparams(self) -> dict[str, Any]:
+        """The run's own HParams values, as TensorBoard's hparams plugin reads them."""
+        from tensorboard.plugins.hparams import plugin_data_pb2
+
+        content = self.acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+        info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        return {k: getattr(v, v.WhichOneof("kind")) for k, v in info.hparams.items()}
 
     def text(self, tag: str) -> list[str]:
         return [

@@ -137,3 +137,9 @@ def test_experiment_gin_trains_and_logs_bits_per_byte(tmp_path, monkeypatch):
     assert len(bpb) == len(eval_loss) >= 2
     np.testing.assert_allclose(bpb, eval_loss / math.log(2), rtol=1e-4)
     assert bpb[-1] < bpb[0] < 8.5
+    # The corpus this run read is recorded with it, to compare with another run's.
+    hparams = events.hparams()
+    info = stdlib_lm.corpus_info()
+    for key in ("python", "sha256", "bytes", "files"):
+        assert hparams[f"dataset.{key}"] == info[key], key
+    assert len(hparams["dataset.sha256"]) == 64 and hparams["dataset"] == "stdlib_bytes"

@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 from conftest import BATCH_TAGS, Events
 
-from lrresearch import config, workload
+from lrresearch import config, data, workload
+from lrresearch.inputs import make_inputs
 from lrresearch.trainer import Trainer
 
 USER_MODULE = textwrap.dedent(
@@ -219,6 +220,21 @@ def test_metrics_are_named_as_written_and_unknown_ones_refused():
     assert workload.make_metrics(None, default_loss=False) == []
     with pytest.raises(ValueError, match="unknown Keras metric 'nope'"):
         workload.make_metrics(["nope"], default_loss=False)
+
+
+def test_a_dataset_functions_info_is_the_inputs_info_with_scalar_values():
+    def arrays():
+        return data.synthetic(num_examples=200)
+
+    def pipeline():
+        x = np.zeros((64, 3), np.float32)
+        return tf.data.Dataset.from_tensor_slices((x, x[:, :1]))
+
+    arrays.info = lambda: {"source": "test", "version": 2}
+    pipeline.info = lambda: {"files": ("a", "b"), "exact": True}
+    assert make_inputs(arrays, 16, 0).info == {"source": "test", "version": 2}
+    assert make_inputs(pipeline, 16, 0).info == {"files": "('a', 'b')", "exact": True}
+    assert make_inputs(lambda: data.synthetic(num_examples=200), 16, 0).info == {}
 
 
 def test_tf_data_loop_is_traced_once_with_no_python_op(tmp_path):

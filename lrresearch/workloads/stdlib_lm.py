@@ -8,7 +8,8 @@ the bytes (default 10%, the end of `typing.py`, `uuid.py` and `weakref.py`) is h
 out for eval. The data are therefore the same on every machine with the same CPython
 release; patch releases of one minor version change a few of these files slightly, and
 a distribution may patch its stdlib, so `corpus_info()` records the Python version,
-the byte count and a SHA-256 of the corpus (about 0.97 MB on CPython 3.11.7).
+the byte count and a SHA-256 of the corpus (about 0.97 MB on CPython 3.11.7), and
+every run on it keeps them in its HParams (`dataset.sha256`, ...).
 
 - `stdlib_bytes` returns `(train, eval)` tf.data pipelines of unbatched next-byte
   examples `(tokens[:-1], tokens[1:])`, int32 `[context]`: training windows start at
@@ -110,7 +111,11 @@ def stdlib_corpus() -> bytes:
 
 
 def corpus_info() -> dict[str, str | int]:
-    """What identifies the corpus: Python version, byte count and SHA-256."""
+    """What identifies the corpus: Python version, file count, byte count and SHA-256.
+
+    A run of `stdlib_bytes` records these in its HParams as `dataset.python`,
+    `dataset.files`, `dataset.bytes` and `dataset.sha256` (`stdlib_bytes.info`), so two
+    runs' data can be confirmed identical."""
     corpus = stdlib_corpus()
     return {
         "python": platform.python_version(),
@@ -176,6 +181,11 @@ def stdlib_bytes(
     if eval_windows is not None:
         evaluation = evaluation.take(int(eval_windows))
     return train, evaluation
+
+
+# The corpus depends on the Python it is read from, which the gin bindings do not say:
+# the trainer records this in the run's HParams (`lrresearch.inputs.data_info`).
+stdlib_bytes.info = corpus_info
 
 
 @keras.saving.register_keras_serializable(package="lrresearch")
