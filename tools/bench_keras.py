@@ -80,15 +80,19 @@ def make_data(features: int, classes: int, examples: int) -> Dataset:
 
 
 class Block:
-    """A variant that can run `n` more batches and report how long they took."""
+    """A variant that can run `n` more batches and report how long they took (and the
+    loss its run function returned, if any: `last_loss`)."""
 
-    def __init__(self, name: str, run: Callable[[int], None]):
+    def __init__(self, name: str, run: Callable[[int], float | None]):
         self.name, self.run_fn, self.seconds_per_batch = name, run, []
+        self.last_loss = float("nan")
 
     def run(self, batches: int) -> None:
         start = time.perf_counter()
-        self.run_fn(batches)
+        loss = self.run_fn(batches)
         self.seconds_per_batch.append((time.perf_counter() - start) / batches)
+        if loss is not None:
+            self.last_loss = loss
 
 
 def keras_dataset(data: Dataset, batch: int) -> tf.data.Dataset:
@@ -106,6 +110,50 @@ def keras_dataset(data: Dataset, batch: int) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
+class PerBatchLR(keras.callbacks.Callback):
+    """The usual hand-written per-batch LR: Python computes and assigns the LR before
+    each batch and logs it (and the loss Keras reports) after, with `tf.summary`."""
+
+    def __init__(self, writer: tf.summary.SummaryWriter, base_lr: float = 0.01):
+        super().__init__()
+        self.writer, self.base_lr, self.step = writer, base_lr, 0
+
+    def on_train_batch_begin(self, batch_index: int, logs: dict | None = None) -> None:
+        self.lr = self.base_lr * (1.0 + 0.5 * np.cos(self.step / 100.0))
+        self.model.optimizer.learning_rate.assign(self.lr)
+
+    def on_train_batch_end(self, batch_index: int, logs: dict | None = None) -> None:
+        with self.writer.as_default(step=self.step):
+            tf.summary.scalar("lr", self.lr)
+            tf.summary.scalar("loss", float((logs or {}).get("loss", 0.0)))
+        self.step += 1
+
+
+def per_batch_lr_callbacks(logdir: str, base_lr: float = 0.01) -> list[keras.callbacks.Callback]:
+    """`PerBatchLR` (LR around `base_lr`, logged under `logdir/lr`) and
+    `keras.callbacks.TensorBoard(logdir, update_freq=1)`: per-batch LR as most users
+    write it today."""
+    writer = tf.summary.create_file_writer(os.path.join(logdir, "lr"))
+    return [PerBatchLR(writer, base_lr), keras.callbacks.TensorBoard(logdir, update_freq=1)]
+
+
+def fit_block(
+    model: keras.Model,
+    ds: tf.data.Dataset,
+    callbacks: list[keras.callbacks.Callback],
+    name: str,
+) -> Block:
+    """A block is one `model.fit` call of `batches` steps (one epoch) on `ds`."""
+
+    def run(batches: int) -> float:
+        history = model.fit(
+            ds, epochs=1, steps_per_epoch=batches, verbose=0, callbacks=callbacks, shuffle=False
+        )
+        return float(history.history.get("loss", [np.nan])[-1])
+
+    return Block(name, run)
+
+
 def keras_block(
     data: Dataset, hidden: tuple[int, ...], batch: int, logdir: str | None, name: str
 ) -> Block:
@@ -115,33 +163,8 @@ def keras_block(
         optimizer=keras.optimizers.SGD(learning_rate=0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    ds = keras_dataset(data, batch)
-    callbacks: list[keras.callbacks.Callback] = []
-    if logdir:
-        writer = tf.summary.create_file_writer(os.path.join(logdir, "lr"))
-
-        class PerBatchLR(keras.callbacks.Callback):
-            """The usual hand-written per-batch LR: Python computes and assigns the LR
-            before each batch and logs it (and the loss Keras reports) after."""
-
-            step = 0
-
-            def on_train_batch_begin(self, batch_index: int, logs: dict | None = None) -> None:
-                self.lr = 0.01 * (1.0 + 0.5 * np.cos(self.step / 100.0))
-                self.model.optimizer.learning_rate.assign(self.lr)
-
-            def on_train_batch_end(self, batch_index: int, logs: dict | None = None) -> None:
-                with writer.as_default(step=self.step):
-                    tf.summary.scalar("lr", self.lr)
-                    tf.summary.scalar("loss", float((logs or {}).get("loss", 0.0)))
-                self.step += 1
-
-        callbacks = [PerBatchLR(), keras.callbacks.TensorBoard(logdir, update_freq=1)]
-
-    def run(batches: int) -> None:
-        model.fit(ds, epochs=1, steps_per_epoch=batches, verbose=0, callbacks=callbacks)
-
-    return Block(name, run)
+    callbacks = per_batch_lr_callbacks(logdir) if logdir else []
+    return fit_block(model, keras_dataset(data, batch), callbacks, name)
 
 
 def keras_controlled_block(
@@ -163,13 +186,7 @@ def keras_controlled_block(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         steps_per_execution=steps_per_execution,
     )
-    ds = keras_dataset(data, batch)
-    callbacks = [PerBatchSummaries(logdir)]
-
-    def run(batches: int) -> None:
-        model.fit(ds, epochs=1, steps_per_epoch=batches, verbose=0, callbacks=callbacks)
-
-    return Block(name, run)
+    return fit_block(model, keras_dataset(data, batch), [PerBatchSummaries(logdir)], name)
 
 
 def ours_block(
@@ -192,12 +209,19 @@ def ours_block(
         steps_per_loop=steps_per_loop,
     )
     trainer.build()
+    return trainer_block(trainer, logdir, name)
+
+
+def trainer_block(trainer: Trainer, logdir: str | None, name: str) -> Block:
+    """A block is `trainer.run_steps(batches)` (at most `trainer.steps_per_loop` batches
+    per compiled call), writing the default summaries to `logdir` (None: no writer, so
+    no summaries), then one host read of the last loss."""
     writer = summaries.create_writer(logdir) if logdir else None
 
-    def run(batches: int) -> None:
+    def run(batches: int) -> float:
         with writer.as_default() if writer else contextlib.nullcontext():
             loss = trainer.run_steps(batches)
-        loss.numpy()
+        return float(loss.numpy())
 
     return Block(name, run)
 
