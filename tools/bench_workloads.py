@@ -1,6 +1,7 @@
-"""Steps per second of per-batch LR control on two realistic workloads: the lrresearch
-trainer (bare, and each seed controller in its default configuration) against Keras
-`model.fit` with and without a hand-written per-batch LR callback.
+"""Steps per second of per-batch LR control on two workloads, ours against Keras fit.
+
+The lrresearch trainer (bare, and each seed controller in its default configuration)
+against Keras `model.fit` with and without a hand-written per-batch LR callback.
 
 Workloads (Adam, float32, one CPU/GPU device):
   mnist1d-cnn       `mnist1d_cnn` (BatchNorm, 25 channels) on `@mnist1d` (4,000 training
