@@ -143,9 +143,24 @@ class MovingAverage(tf.Module):
         return self.ema / (1.0 - tf.pow(self.beta, n))
 
 
-def global_norm(grads: Sequence[tf.Tensor | None]) -> tf.Tensor:
-    """Global L2 norm of `grads` (float32 scalar); `None` entries count as zero."""
-    present = [tf.cast(g, tf.float32) for g in grads if g is not None]
+def global_norm(grads: Sequence[tf.Tensor | tf.IndexedSlices | None]) -> tf.Tensor:
+    """Global L2 norm of `grads` (float32 scalar); `None` entries count as zero.
+
+    A `tf.IndexedSlices` gradient (an embedding lookup's) holds one row per lookup, so
+    a row looked up twice appears twice; its rows are summed per index first, as the
+    update applies them. `tf.linalg.global_norm` squares the rows one by one: on the
+    byte transformer (`workloads/stdlib_lm.py`) its norm read 10-30% low.
+    """
+    present = [_rows_summed(tf.cast(g, tf.float32)) for g in grads if g is not None]
     if not present:
         return tf.constant(0.0)
     return tf.linalg.global_norm(present)
+
+
+def _rows_summed(grad: tf.Tensor | tf.IndexedSlices) -> tf.Tensor:
+    """A dense gradient as it is; an `IndexedSlices` one as its rows summed per index
+    (`[unique indices, ...]`, the same norm as the dense gradient, without building it)."""
+    if not isinstance(grad, tf.IndexedSlices):
+        return grad
+    unique, position = tf.unique(grad.indices)
+    return tf.math.unsorted_segment_sum(grad.values, position, tf.size(unique))

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from lrresearch import MovingAverage, make_signals
+from lrresearch.signals import global_norm
 
 
 def moving_average_reference(values, window, kind):
@@ -117,3 +118,17 @@ def test_make_signals_defaults():
     explicit = make_signals(0, 1.0, 2.0, grads=grads, loss_ma_short=0.5, loss_ma_long=0.75)
     assert float(explicit.global_norm) == 2.0  # an explicit norm wins over the grads
     assert (float(explicit.loss_ma_short), float(explicit.loss_ma_long)) == (0.5, 0.75)
+
+
+def test_global_norm_sums_an_embedding_gradients_repeated_rows_first():
+    table = tf.Variable(tf.random.stateless_normal([6, 3], seed=[1, 2]))
+    with tf.GradientTape() as tape:
+        rows = tf.gather(table, [0, 2, 2, 5, 2])  # row 2 looked up three times
+        loss = tf.reduce_sum(tf.square(rows) * tf.constant([[1.0], [2.0], [3.0], [4.0], [5.0]]))
+    sparse = tape.gradient(loss, table)
+    assert isinstance(sparse, tf.IndexedSlices) and sparse.values.shape[0] == 5
+    dense = tf.convert_to_tensor(sparse)
+    want = np.linalg.norm(np.concatenate([dense.numpy().ravel(), [3.0, 4.0]]))
+    got = tf.function(global_norm)([sparse, None, tf.constant([3.0, 4.0])])
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
+    assert abs(float(tf.linalg.global_norm([sparse, tf.constant([3.0, 4.0])])) - want) > 1e-2
