@@ -15,6 +15,7 @@ import tensorflow as tf
 from conftest import REPO, read_events
 
 from lrresearch import cli
+from lrresearch.trainer_checks import variable_names
 from lrresearch.workloads import stdlib_lm
 
 
@@ -110,7 +111,7 @@ EXPERIMENT = [
     "Trainer.log_every = 30",
     "Trainer.eval_every = 30",
     "Trainer.checkpoint_every = 60",
-    "Trainer.histogram_every = 0",
+    "Trainer.histogram_every = 30",  # and grad/norm/, update/ratio/: steps 0 and 30
     "Trainer.batch_size = 16",
     "stdlib_bytes.context = 32",
     "stdlib_bytes.eval_windows = 64",
@@ -182,8 +183,10 @@ def final_checkpoint(run_dir) -> dict[str, np.ndarray]:
 
 def test_transformer_resumed_halfway_equals_an_uninterrupted_run(experiment):
     logdir, full = experiment
-    train_experiment(logdir, "cut", "--gin_param=Trainer.steps = 30")
-    cut = train_experiment(logdir, "cut", "--resume")
+    # Without the histograms (~4 s of tracing per run); they must not change training.
+    off = "--gin_param=Trainer.histogram_every = 0"
+    train_experiment(logdir, "cut", "--gin_param=Trainer.steps = 30", off)
+    cut = train_experiment(logdir, "cut", "--resume", off)
     for tag in ("lr", "loss/batch", "grad/global_norm", "loss/ma_long"):
         # `scalar` checks one point per step 0..59: nothing duplicated by the resume.
         np.testing.assert_array_equal(cut.scalar(tag), full.scalar(tag), tag)
@@ -195,3 +198,24 @@ def test_transformer_resumed_halfway_equals_an_uninterrupted_run(experiment):
     for name, value in want.items():
         np.testing.assert_array_equal(got[name], value, name)
     assert len(np.unique(full.scalar("lr"))) > 50  # the LR moved every batch
+
+
+def test_transformer_histograms_and_norms_are_named_by_layer(experiment):
+    _, events = experiment
+    model = stdlib_lm.byte_transformer((32,), layers=1, width=64, heads=4, context=32)
+    names = set(variable_names(model.trainable_variables, model.name))
+    assert {"byte_embedding/embeddings", "block0_attention/query/kernel", "logits/bias"} < names
+    want = {f"{kind}/{name}" for kind in ("grad", "weights") for name in names}
+    assert events.tags_of("histograms") == want
+    for tag in want:
+        assert list(events.steps(tag)) == [0, 30], tag
+        assert np.all(np.isfinite(events.values(tag))), tag
+    # The embedding's gradient (IndexedSlices, a row per token) in full: 256 x 64 values.
+    assert events.values("grad/byte_embedding/embeddings")[0][:, 2].sum() == 256 * 64
+    # grad/global_norm is the norm of the per-variable norms (repeated rows summed).
+    norms = np.array([events.values(f"grad/norm/{name}") for name in sorted(names)])
+    np.testing.assert_allclose(
+        np.sqrt((norms.astype(np.float64) ** 2).sum(0)),
+        events.scalar("grad/global_norm")[[0, 30]],
+        rtol=1e-5,
+    )
