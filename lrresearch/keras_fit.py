@@ -5,8 +5,9 @@ into Keras's own compiled train function, so `steps_per_execution` > 1 works) co
 the same `Signals` as the lrresearch trainer, asks the controller for the LR, assigns
 it and applies the update; `PerBatchSummaries` sets up the summary writer so the same
 tags (`lr`, `loss/batch`, `loss/ma_short`, `loss/ma_long`, `grad/global_norm`,
-`controller/...`, `guard/skipped`, `guard/lr_rejected`) appear in TensorBoard, at step =
-the batch index (see "Non-finite batches").
+`controller/...`, `guard/skipped`, `guard/lr_rejected`, and `precision/loss_scale`,
+`precision/overflow` under float16 loss scaling) appear in TensorBoard, at step = the
+batch index (see "Non-finite batches").
 
 Non-finite batches: the trainer's `NonFiniteGuard` (`lrresearch/guard.py`) skips the
 update of a batch whose loss or gradient norm is NaN/Inf (no `optimizer.apply`, so the
@@ -21,6 +22,15 @@ began; the check reads one scalar after each compiled call (every `steps_per_exe
 batches), never inside one. `fit`'s loss is Keras's: the running mean over every batch,
 skipped ones included, so an epoch with a NaN batch loss reports NaN (and Keras's
 `TerminateOnNaN` would stop there, before the guard's count).
+
+Mixed precision, as the trainer's (`lrresearch.precision`): under the "mixed_float16"
+policy Keras's `compile` wraps the optimizer in a `LossScaleOptimizer`; `compile` here
+unwraps it (`model.optimizer` is the optimizer it wrapped) into a `CountingLossScale` at
+its scale and growth steps, saved with the controller's state. The loss is scaled
+before the gradients are taken and the gradients unscaled right after, so the signals
+and `grad/global_norm` are the unscaled values; a batch whose scaled gradients overflow
+is skipped by the loss scale (which halves), not counted by the guard, and counts in the
+batch index (`+ loss_scale.overflows`). "mixed_bfloat16" needs no loss scaling.
 
 Saving: every Keras saving path carries the controller's, the moving averages' and the
 guard's state next to the weights and the optimizer (iterations, LR): `save_weights` /
@@ -51,7 +61,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import summaries
+from lrresearch import precision, summaries
 from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.guard import NonFiniteGuard
@@ -100,6 +110,9 @@ class ControlledModel(keras.Model):
         nonfinite_lr_factor: float = 0.5,
         **kwargs,
     ):
+        # The wrapped model's dtype policy (Keras's `compile` scales the loss under
+        # "mixed_float16"), not the global one at the time of wrapping.
+        kwargs.setdefault("dtype", model.dtype_policy)
         super().__init__(**kwargs)
         self.inner = model
         self.controller = controller
@@ -108,6 +121,8 @@ class ControlledModel(keras.Model):
         self.guard = NonFiniteGuard(
             max_consecutive_nonfinite, nonfinite_lr_factor, owner="ControlledModel"
         )
+        # Float16 dynamic loss scaling, set by `compile` from Keras's LossScaleOptimizer.
+        self.loss_scale: precision.CountingLossScale | None = None
         # Rules that watch the weights (HypergradientController) need them before the
         # first step; a model built at construction (Sequential with an Input,
         # functional) has them now, so its controller state exists for load_weights.
@@ -152,13 +167,19 @@ class ControlledModel(keras.Model):
         `guard.lr_scale`, `guard.skipped`), saved beside `controller_state()`."""
         return _state(("guard", self.guard))
 
+    def loss_scale_state(self) -> dict[str, tf.Variable]:
+        """The loss scale's variables (`loss_scale.good_steps`, `loss_scale.overflows`,
+        `loss_scale.scale`) under float16 loss scaling, else none."""
+        return {} if self.loss_scale is None else _state(("loss_scale", self.loss_scale))
+
     # Keras's saving (`save_weights`, `model.save`, `ModelCheckpoint`) walks Keras
     # objects only; the controller, the moving averages and the guard are `tf.Module`s,
     # so their variables are stored here, under their attribute paths, beside the
     # model's own.
     def save_own_variables(self, store) -> None:
         super().save_own_variables(store)
-        for key, variable in {**self.controller_state(), **self.guard_state()}.items():
+        state = {**self.controller_state(), **self.guard_state(), **self.loss_scale_state()}
+        for key, variable in state.items():
             store[key] = variable.numpy()
 
     def load_own_variables(self, store) -> None:
@@ -167,6 +188,9 @@ class ControlledModel(keras.Model):
         saved = {k: np.asarray(store[k]) for k in keys if not k.isdigit()}
         guard = self.guard_state()
         saved_guard = {k: saved.pop(k) for k in guard if k in saved}
+        # A float32 model ignores a float16 model's loss scale; a float16 model keeps its
+        # fresh one if the file has none (a float32 model's, or older than loss scaling).
+        saved_scale = {k: saved.pop(k) for k in list(saved) if k.startswith("loss_scale.")}
         state = self.controller_state()
         saved_shapes = {k: tuple(v.shape) for k, v in saved.items()}
         shapes = {k: tuple(v.shape) for k, v in state.items()}
@@ -191,6 +215,9 @@ class ControlledModel(keras.Model):
                 variable.assign(saved_guard[key])
         else:
             self.guard.reset()
+        for key, variable in self.loss_scale_state().items():
+            if key in saved_scale:
+                variable.assign(saved_scale[key])
 
     def call(self, inputs, training=None):
         return self.inner(inputs, training=training)
@@ -200,6 +227,12 @@ class ControlledModel(keras.Model):
         cannot be exact with it refuses here, before any batch) and its warnings about
         its own arguments."""
         super().compile(*args, **kwargs)
+        overflows = 0 if self.loss_scale is None else self.loss_scale.overflows.numpy()
+        self.optimizer, self.loss_scale = precision.unwrap_loss_scale_optimizer(
+            self.optimizer, "ControlledModel"
+        )
+        if self.loss_scale is not None:  # a recompile keeps the batch index
+            self.loss_scale.overflows.assign(overflows)
         if self.controller.optimizer_hyperparameters:
             # Keras saves the optimizer's config, where a per-batch variable does not fit.
             raise ValueError(
@@ -254,7 +287,10 @@ class ControlledModel(keras.Model):
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
-        grads = dense_grads(tape.gradient(loss, variables), variables)
+            scaled = loss if self.loss_scale is None else loss * self.loss_scale.scale
+        grads = dense_grads(tape.gradient(scaled, variables), variables)
+        if self.loss_scale is not None:  # every signal, and the update, unscaled
+            grads = precision.unscale(grads, self.loss_scale)
         context = tf.distribute.get_replica_context()
         if not tf.distribute.has_strategy():
             batch_loss = loss
@@ -312,6 +348,8 @@ class ControlledModel(keras.Model):
         lr_variable = self.optimizer.learning_rate
         # The batch index: iterations counts applied updates, skipped batches add on.
         step = tf.cast(self.optimizer.iterations, tf.int64) + self.guard.skipped
+        if self.loss_scale is not None:
+            step += self.loss_scale.overflows
         signals = batch_signals(
             step, loss, grads, variables, self.ma_short, self.ma_long, lr_variable
         )
@@ -326,8 +364,11 @@ class ControlledModel(keras.Model):
                     args=(list(local_grads),),
                 )
 
-        self.guard.apply_if_finite(signals.step, loss, signals.global_norm, apply_update)
-        extra = {"guard/lr_rejected": 1.0 - tf.cast(accepted, tf.float32)}
+        # Under loss scaling an overflowed batch is the loss scale's, not the guard's.
+        scaling = precision.apply_guarded(
+            self.guard, self.loss_scale, (signals.step, loss, signals.global_norm), apply_update
+        )
+        extra = {"guard/lr_rejected": 1.0 - tf.cast(accepted, tf.float32), **scaling}
         extra.update(self.guard.summaries())
         if strategy is not None:
             signals = signals._replace(grads=())

@@ -103,6 +103,8 @@ def lr_find(
             callbacks=[_StopAtDivergence(controller)],
         )
         batches = int(optimizer.iterations.numpy()) + int(wrapped.guard.skipped.numpy())
+        if wrapped.loss_scale is not None:  # float16 batches whose gradients overflowed
+            batches += int(wrapped.loss_scale.overflows.numpy())
     finally:
         for variable, value in zip((*model.variables, *optimizer.variables), saved, strict=True):
             variable.assign(value)

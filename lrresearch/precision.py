@@ -9,6 +9,10 @@ and the gradients are unscaled right after, so every signal a controller sees, a
 (finite loss, non-finite gradients) is the loss scale's business, not a bad batch: its
 update is skipped, the scale halves, and the non-finite guard does not count it. Both
 are logged every batch, as `precision/loss_scale` and `precision/overflow`.
+
+`ControlledModel` (Keras `fit`) does the same with `CountingLossScale` in place of the
+`keras.optimizers.LossScaleOptimizer` that Keras's `compile` wraps around the optimizer
+under the "mixed_float16" policy (`unwrap_loss_scale_optimizer`).
 """
 
 from __future__ import annotations
@@ -69,6 +73,65 @@ class LossScale(tf.Module):
         factor = tf.where(overflow, 0.5, tf.where(grow, 2.0, 1.0))
         self.scale.assign(self.scale * factor)
         self.good_steps.assign(tf.where(grow, tf.constant(0, tf.int64), good))
+
+
+class CountingLossScale(LossScale):
+    """`LossScale` that also counts the batches whose scaled gradients overflowed, for a
+    host whose batch index is derived from the optimizer's iteration count
+    (`ControlledModel`: `iterations + guard.skipped + overflows`). A class of its own so
+    the trainer's checkpoints, which `--resume` matches variable for variable, keep
+    their layout.
+
+    Variables: `scale` and `good_steps` as `LossScale`'s; `overflows`, int64, the
+    batches whose update the loss scale skipped so far.
+    """
+
+    def __init__(self, initial_scale: float = 2.0**15, growth_steps: int = 2000):
+        super().__init__(initial_scale, growth_steps)
+        self.overflows = tf.Variable(0, dtype=tf.int64, trainable=False, name="overflows")
+
+    def update(self, overflow: tf.Tensor) -> None:
+        """`LossScale.update`, and one more in `overflows` on overflow."""
+        super().update(overflow)
+        self.overflows.assign_add(tf.cast(overflow, tf.int64))
+
+
+def unwrap_loss_scale_optimizer(
+    optimizer: keras.optimizers.Optimizer, owner: str
+) -> tuple[keras.optimizers.Optimizer, CountingLossScale | None]:
+    """Keras's `LossScaleOptimizer` split into the optimizer it wraps and a
+    `CountingLossScale` at its current scale (its `initial_scale` until built) and its
+    `dynamic_growth_steps`; any other optimizer is returned as it is, with None.
+
+    Raises:
+      ValueError: an optimizer with a static `loss_scale_factor`, which `owner` (the
+        host, named in the message) does not apply.
+    """
+    if getattr(optimizer, "loss_scale_factor", None) is not None:
+        raise ValueError(
+            f"{owner}: the optimizer's loss_scale_factor must be None, got "
+            f"{optimizer.loss_scale_factor!r}: {owner} does not scale the loss by it, so "
+            f"every update would be divided by it. For float16 loss scaling use the "
+            f"'mixed_float16' dtype policy (compile then scales the loss dynamically)."
+        )
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer, None
+    scale = optimizer.dynamic_scale.numpy() if optimizer.built else optimizer.initial_scale
+    loss_scale = CountingLossScale(float(scale), int(optimizer.dynamic_growth_steps))
+    return optimizer.inner_optimizer, loss_scale
+
+
+def unscale(grads: list[tf.Tensor], loss_scale: LossScale) -> list[tf.Tensor]:
+    """The gradients of the scaled loss divided by the scale (`IndexedSlices` stay
+    sparse; an overflowed Inf stays Inf)."""
+    scale = loss_scale.scale
+
+    def one(grad: tf.Tensor | tf.IndexedSlices) -> tf.Tensor | tf.IndexedSlices:
+        if isinstance(grad, tf.IndexedSlices):
+            return tf.IndexedSlices(grad.values / scale, grad.indices, grad.dense_shape)
+        return grad / scale
+
+    return [one(g) for g in grads]
 
 
 def apply_guarded(

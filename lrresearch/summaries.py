@@ -78,13 +78,15 @@ TAGS: tuple[Tag, ...] = (
     Tag("optimizer/weight_decay", "scalar", "batch, when the controller sets it",
         "The optimizer's weight decay for this batch, logged only when the controller "
         "sets it."),
-    Tag("precision/loss_scale", "scalar", "batch, under Trainer.mixed_precision = "
-        "'mixed_float16'",
+    Tag("precision/loss_scale", "scalar", "batch, under float16 loss "
+        "scaling (Trainer.mixed_precision = 'mixed_float16', or ControlledModel under "
+        "Keras's 'mixed_float16' policy)",
         "The dynamic loss scale this batch's loss was multiplied by before its gradients "
         "were taken: it halves after a batch that overflowed and doubles after a long run "
         "that did not (lrresearch.precision.LossScale)."),
-    Tag("precision/overflow", "scalar", "batch, under Trainer.mixed_precision = "
-        "'mixed_float16'",
+    Tag("precision/overflow", "scalar", "batch, under float16 loss "
+        "scaling (Trainer.mixed_precision = 'mixed_float16', or ControlledModel under "
+        "Keras's 'mixed_float16' policy)",
         "1 if this batch's scaled float16 gradients overflowed (its update skipped, the "
         "loss scale halved for the next batch, not counted by guard/skipped), else 0."),
 )  # fmt: skip

@@ -19,6 +19,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lrresearch import precision  # noqa: E402
 from lrresearch.controllers import LossTrendController  # noqa: E402
 from lrresearch.data import BatchSampler, digits  # noqa: E402
 from lrresearch.keras_fit import ControlledModel, PerBatchSummaries  # noqa: E402
@@ -33,10 +34,16 @@ y = np.concatenate([b[1].numpy() for b in batches])
 
 
 def fit(
-    strategy: tf.distribute.Strategy, name: str, steps_per_execution: int, x=x, y=y
+    strategy: tf.distribute.Strategy,
+    name: str,
+    steps_per_execution: int,
+    x=x,
+    y=y,
+    policy: str = "off",
+    loss_scale: float | None = None,
 ) -> ControlledModel:
     keras.utils.set_random_seed(0)
-    with strategy.scope():
+    with strategy.scope(), precision.policy(policy):
         model = ControlledModel(
             mlp(data.input_shape, data.num_classes, hidden=(32,)),
             LossTrendController(window=8, max_lr=0.3),
@@ -46,6 +53,8 @@ def fit(
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             steps_per_execution=steps_per_execution,
         )
+        if loss_scale is not None:
+            model.loss_scale.scale.assign(loss_scale)
     callback = PerBatchSummaries(os.path.join(logdir, name))
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
     try:
@@ -70,6 +79,10 @@ poisoned = x[: 10 * 64].copy()
 poisoned[3 * 64 + 5, 3, 3, 0] = np.nan
 nan_single = fit(tf.distribute.get_strategy(), "nan_single", 1, poisoned, y[: 10 * 64])
 nan_mirrored = fit(strategy, "nan_mirrored", 1, poisoned, y[: 10 * 64])
+# Float16 loss scaling on both replicas: 10 batches at Keras's scale, to compare with
+# the float32 run; 25 from a scale of 2**40, whose first ~20 batches overflow.
+float16 = fit(strategy, "float16_mirrored", 1, x[:640], y[:640], "mixed_float16")
+overflow = fit(strategy, "overflow_mirrored", 1, x[:1600], y[:1600], "mixed_float16", 2.0**40)
 
 
 def copies(variable) -> list[np.ndarray]:
@@ -89,7 +102,7 @@ def copy_diff(model: ControlledModel) -> float:
 def guard(model: ControlledModel) -> dict[str, list[float]]:
     return {
         k: [float(c) for c in strategy.experimental_local_results(v)]
-        for k, v in model.guard_state().items()
+        for k, v in {**model.guard_state(), **model.loss_scale_state()}.items()
     }
 
 
@@ -110,6 +123,16 @@ print(
                 "guard": guard(nan_mirrored),
                 "single_skipped": int(nan_single.guard.skipped.numpy()),
                 "iterations": int(nan_mirrored.optimizer.iterations.numpy()),
+            },
+            "float16": {
+                "optimizer": type(float16.optimizer).__name__,
+                "weight_copy_max_diff": copy_diff(float16),
+            },
+            "overflow": {
+                "weight_copy_max_diff": copy_diff(overflow),
+                "finite": all(np.isfinite(v.numpy()).all() for v in overflow.weights),
+                "state": guard(overflow),
+                "iterations": int(overflow.optimizer.iterations.numpy()),
             },
         }
     )

@@ -463,6 +463,21 @@ def test_fit_under_mirrored_strategy_matches_one_device(tmp_path):
     np.testing.assert_array_equal(
         Events(tmp_path / "nan_mirrored").scalar("guard/skipped"), np.arange(10) >= 3
     )
+    # Float16 loss scaling: the signals are the unscaled ones, as in float32 on one device.
+    float16 = Events(tmp_path / "float16_mirrored")
+    for tag in ("lr", "loss/batch", "grad/global_norm"):
+        np.testing.assert_allclose(float16.scalar(tag)[:5], single.scalar(tag)[:5], rtol=5e-3)
+    assert np.all(float16.scalar("precision/loss_scale") == 2.0**15)
+    assert report["float16"] == {"optimizer": "SGD", "weight_copy_max_diff": 0.0}
+    # Overflowed batches: skipped by the loss scale on both replicas, not by the guard,
+    # and counted in the batch index.
+    overflow, state = Events(tmp_path / "overflow_mirrored"), report["overflow"]["state"]
+    overflowed = int(overflow.scalar("precision/overflow").sum())
+    assert overflow.scalar("precision/overflow")[:20].all() and overflowed < 25
+    assert state["loss_scale.overflows"] == [overflowed] * 2
+    assert state["loss_scale.scale"] == [2.0 ** (40 - overflowed)] * 2
+    assert state["guard.skipped"] == [0, 0] and report["overflow"]["iterations"] == 25 - overflowed
+    assert report["overflow"]["finite"] and report["overflow"]["weight_copy_max_diff"] == 0.0
 
 
 # Non-finite batches: the guard shared with the trainer.
