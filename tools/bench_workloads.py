@@ -29,7 +29,7 @@ Targets for each seed controller: overhead (1 - x ours-bare) <= 2%, x keras-fit 
 x keras-fit+callback >= 1.2.
 
 Run from the repository root on a quiet machine:
-  python tools/bench_workloads.py            # ~10 min on 2 CPU cores; writes
+  python tools/bench_workloads.py            # ~8 min on 2 CPU cores; writes
                                              # docs/benchmarks/workloads.md
   python tools/bench_workloads.py --quick    # smoke run, ~2 min (mostly tracing), no
                                              # page
@@ -119,8 +119,8 @@ WORKLOADS = (
     Workload(
         name="mnist1d-cnn (BatchNorm, 25 channels), @mnist1d, Adam, batch 100",
         batch=100,
-        block=200,
-        rounds=20,
+        block=1000,  # ~1.4 s: 200-batch blocks gave per-round ratios 0.84..1.26
+        rounds=15,
         trainer_args=lambda: {"dataset": mnist1d, "model": CNN_MODEL},
         keras_model=cnn_keras_model,
         keras_data=lambda batch: keras_dataset(mnist1d(), batch),
