@@ -9,6 +9,7 @@ import os
 import random
 
 import gin
+import keras
 import mnist1d.data
 import numpy as np
 import pytest
@@ -96,6 +97,28 @@ def test_mnist1d_models_match_the_papers_sizes_and_give_logits():
     mlp = models.mnist1d_mlp((40,), 10)
     assert tuple(mlp(x).shape) == (8, 10)
     assert mlp.count_params() == 15210  # MLPBase(40, 10, hidden_size=100)
+
+
+@pytest.mark.parametrize("factory", [models.mnist1d_cnn, models.mnist1d_mlp])
+def test_torch_init_draws_weights_and_biases_as_pytorch_does(factory):
+    """PyTorch's nn.Linear / nn.Conv1d: kernel and bias uniform in +-1/sqrt(fan_in),
+    fan_in = kernel_size * in_channels (variance bound**2 / 3)."""
+    keras.utils.set_random_seed(0)
+    model = factory(
+        (40,), 10, **({"batch_norm": False} if factory is models.mnist1d_cnn else {}), init="torch"
+    )
+    for layer in model.layers:
+        if not hasattr(layer, "kernel"):
+            continue
+        kernel, bias = (np.asarray(v) for v in (layer.kernel, layer.bias))
+        bound = 1 / np.sqrt(np.prod(kernel.shape[:-1]))
+        assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound, layer.name
+        assert abs(kernel.std() - bound / np.sqrt(3)) < 0.1 * bound / np.sqrt(3), layer.name
+        assert np.any(bias != 0), layer.name
+    default = factory((40,), 10)
+    assert not np.any(np.asarray(default.get_layer("logits").bias))  # Keras: zero biases
+    with pytest.raises(ValueError, match=r"\.init must be one of 'keras', 'torch', got 'he'"):
+        factory((40,), 10, init="he")
 
 
 def test_mnist1d_cnn_experiment_trains_through_the_cli(cache, tmp_path, monkeypatch):

@@ -3,8 +3,9 @@ answered; written to `docs/results-workloads.md`.
 
 1. MNIST-1D against the paper (Greydanus & Kobak): the paper's CNN (`ConvBase`, no
    BatchNorm), our default CNN with BatchNorm, and the paper's MLP (hidden 100, and 256
-   as in the repository's `get_model_args`), all with the paper's Adam at a constant
-   1e-2, batches of 100, 6,000 batches; final test accuracy.
+   as in the repository's `get_model_args`), with Keras's and PyTorch's default
+   initialization, all with the paper's Adam at a constant 1e-2, batches of 100, 6,000
+   batches; final test accuracy.
 2. Every kind of rule on the byte-level transformer (`gin/experiments/
    stdlib_transformer.gin`) and the MNIST-1D CNN (`gin/experiments/mnist1d_cnn.gin`):
    warmup-cosine tuned over a small grid of peak LRs (seed 0, then 3 seeds at the best
@@ -248,11 +249,18 @@ PAPER = {"CNN": "94", "MLP": "68"}  # test accuracy, %; README and abstract of t
 def anchor_specs() -> dict[str, tuple[str, ...]]:
     """MNIST-1D models at the paper's settings (the file's Adam at a constant 1e-2)."""
     mlp = "Trainer.model = @mnist1d_mlp"
+    no_bn, torch = "mnist1d_cnn.batch_norm = False", "mnist1d_cnn.init = 'torch'"
     return {
-        "paper's CNN (ConvBase, no BatchNorm)": ("mnist1d_cnn.batch_norm = False",),
-        "CNN with BatchNorm (our default)": ("mnist1d_cnn.batch_norm = True",),
-        "paper's MLP (MLPBase, hidden 100)": (mlp, "mnist1d_mlp.hidden = 100"),
-        "MLP, hidden 256 (get_model_args)": (mlp, "mnist1d_mlp.hidden = 256"),
+        "paper's CNN (ConvBase, no BatchNorm), Keras's init": (no_bn,),
+        "paper's CNN, PyTorch's init (as the paper)": (no_bn, torch),
+        "CNN with BatchNorm (our default), Keras's init": ("mnist1d_cnn.batch_norm = True",),
+        "paper's MLP (MLPBase, hidden 100), Keras's init": (mlp, "mnist1d_mlp.hidden = 100"),
+        "paper's MLP, PyTorch's init (as the paper)": (
+            mlp,
+            "mnist1d_mlp.hidden = 100",
+            "mnist1d_mlp.init = 'torch'",
+        ),
+        "MLP, hidden 256 (get_model_args), Keras's init": (mlp, "mnist1d_mlp.hidden = 256"),
     }
 
 
