@@ -23,7 +23,11 @@ examples:
     "profile": """\
 examples:
   lrresearch profile                                 # every built-in controller
-  lrresearch profile --controllers=GradNormController,LossTrendController --rounds=5""",
+  lrresearch profile --controllers=GradNormController,LossTrendController --rounds=5
+  lrresearch profile --controllers=PolyakController,@MaxChange() \\
+      --gin_param='MaxChange.controller = @PolyakController()'
+  lrresearch profile --controllers=GradNormController,@config \\
+      --gin_file=gin/experiments/cosine_restarts_times_nudge.gin   # the file's Product""",
     "lr-find": """\
 examples:
   lrresearch lr-find
@@ -170,7 +174,10 @@ def _profile_parser(commands: Any) -> None:
         "--controllers",
         default=None,
         metavar="A,B,...",
-        help="controller configurables to compare (default: every built-in)",
+        help="controllers to compare, comma-separated: built-in names, or gin references "
+        "such as @MaxChange() or @smooth/MaxChange() built with the --gin_file/--gin_param "
+        "bindings, or @config for the gin config's Trainer.controller; each row is labelled "
+        "as written (default: every built-in standalone controller)",
     )
     _add_output_flags(
         prof,

@@ -25,6 +25,7 @@ import glob
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import time
@@ -34,19 +35,20 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import config, distribute, summaries
+from lrresearch import config, distribute, gin_references, summaries
 from lrresearch.controllers import ConstantController, Controller
 from lrresearch.trainer import Trainer, make_run_dir
 
 CONTROLLER_SCOPE = "lr_controller/"
 SUMMARY_SCOPE = "summaries/"
 BASELINE = "baseline"
+FLAG = "--controllers"
 
 
 def builtin_controllers() -> list[str]:
     """Names of every registered standalone `Controller` configurable, sorted (wrappers
-    such as `Product` and factors such as `LossNudgeFactor` need parts: name a
-    composed controller in a gin file's `Trainer.controller` and profile that)."""
+    such as `Product` and factors such as `LossNudgeFactor` need parts: profile a
+    composed controller as a gin reference, `@Product()`, with its bindings)."""
     names = set()
     for selector, fn in config.configurables().items():
         if isinstance(fn, type) and issubclass(fn, Controller) and fn.standalone:
@@ -55,14 +57,20 @@ def builtin_controllers() -> list[str]:
 
 
 def make_controller(name: str) -> Controller:
-    """Builds the controller configurable `name` with its gin bindings.
+    """Builds the controller `name` with its gin bindings: a standalone configurable's
+    name (`GradNormController`) or a gin reference (`@MaxChange()`, `@smooth/MaxChange()`,
+    see `lrresearch.gin_references`).
 
     `LossTrendController.max_lr` is required in training; for profiling, where only
-    the cost matters, an unbound one defaults to 1.0.
+    the cost matters, an unbound one given by name defaults to 1.0.
     """
+    if gin_references.is_reference(name):
+        return gin_references.build(name, Controller, FLAG)
     if name not in builtin_controllers():
         raise ValueError(
-            f"--controllers: unknown controller {name!r}; known: {', '.join(builtin_controllers())}"
+            f"{FLAG}: unknown controller {name!r}; known: {', '.join(builtin_controllers())}"
+            "\n  A composed controller is a gin reference with its bindings, e.g. "
+            f"{FLAG}=@MaxChange() --gin_param='MaxChange.controller = @PolyakController()'"
         )
     cls = gin.get_configurable(name)
     if name == "LossTrendController":
@@ -71,6 +79,24 @@ def make_controller(name: str) -> Controller:
         except ValueError:
             return cls(max_lr=1.0)
     return cls()
+
+
+def folder_name(label: str) -> str:
+    """A row's folder in the profile directory: its label with what a path cannot
+    hold dropped (`@smooth/MaxChange()` -> `smooth.MaxChange`)."""
+    return re.sub(r"[^\w.-]+", "_", label.replace("/", ".")).strip("_.") or "controller"
+
+
+def folder_names(labels: Sequence[str]) -> list[str]:
+    """`folder_name` of each label, numbered from `-2` where two would be one folder
+    (`ConstantController` and `@ConstantController()`)."""
+    folders: list[str] = []
+    for label in labels:
+        folder, n = folder_name(label), 2
+        while folder in folders:
+            folder, n = f"{folder_name(label)}-{n}", n + 1
+        folders.append(folder)
+    return folders
 
 
 def device_description() -> str:
@@ -99,6 +125,7 @@ class Variant:
     trainer: Trainer
     writer: tf.summary.SummaryWriter | None
     block_seconds: list[float] = dataclasses.field(default_factory=list)
+    folder: str = BASELINE  # its folder in the profile directory (`folder_names`)
 
     def run(self, calls: int, steps_per_call: int) -> float:
         """Runs `calls` compiled calls; returns seconds, synced by one host read."""
@@ -315,9 +342,10 @@ def _time_variants(
     blocks; returns the variants, their ratios to the baseline and batches per block."""
     timing_dir = os.path.join(out_dir, ".timing")
     variants = [Variant(BASELINE, _build(BASELINE), None)]
-    for name in ["ConstantController"] + [n for n in names if n != "ConstantController"]:
-        writer = summaries.create_writer(os.path.join(timing_dir, name))
-        variants.append(Variant(name, _build(name), writer))
+    labels = ["ConstantController"] + [n for n in names if n != "ConstantController"]
+    for name, folder in zip(labels, folder_names([BASELINE, *labels])[1:], strict=True):
+        writer = summaries.create_writer(os.path.join(timing_dir, folder))
+        variants.append(Variant(name, _build(name), writer, folder=folder))
     steps_per_call = variants[0].trainer.steps_per_loop
     calls = max(1, block_batches // steps_per_call)
     for variant in variants:
@@ -350,12 +378,18 @@ def profile(
     (`ConstantController` included, so the summaries' own cost shows) writes the
     default per-batch summaries.
 
+    `controllers` are standalone configurables' names or gin references built with the
+    current bindings (`@MaxChange()`, `@smooth/MaxChange()`; `@config` is the reference
+    bound to `Trainer.controller`); each row is labelled as the controller was written
+    (`@config` as its reference). Default: every built-in standalone controller.
+
     Writes into `<logdir>/<run_name or profile-<time>>/`: `overhead.csv`, `overhead.md`,
     `overhead.png`, `config.gin`, and per variant a folder with its profiler trace and
     the summaries of the traced batches (`tensorboard --logdir` on the folder lists one
     Profile run per variant). Returns the folder and the table rows.
     """
-    names = list(controllers) if controllers else builtin_controllers()
+    given = [gin_references.expand_config(c, FLAG) for c in controllers or []]
+    names = list(dict.fromkeys(given)) or builtin_controllers()
     for name in names:
         make_controller(name)  # fail fast on a bad name or binding
     out_dir = make_run_dir(logdir, run_name, "profile")
@@ -371,7 +405,7 @@ def profile(
     for variant in variants:
         progress(f"tracing {variant.name} ({trace_batches} batches)")
         with_summaries = variant.writer is not None
-        folder = os.path.join(out_dir, variant.name)
+        folder = os.path.join(out_dir, variant.folder)
         paths = trace(_build(variant.name), folder, trace_batches, with_summaries)
         if variant.name == BASELINE:
             continue

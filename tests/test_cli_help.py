@@ -12,7 +12,7 @@ import gin
 import pytest
 from conftest import REPO
 
-from lrresearch import cli, config, docgen, listing, sweep
+from lrresearch import cli, config, docgen, gin_references, listing, profiling, sweep
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:
@@ -63,7 +63,8 @@ def test_every_commands_examples_parse_and_their_gin_bindings_are_valid(name, mo
                 sweep._check(gin_files, gin_params, args.sweep, samples, drawn)
             if name == "profile" and args.controllers:
                 for controller in args.controllers.split(","):
-                    gin.get_configurable(controller)
+                    reference = gin_references.expand_config(controller, "--controllers")
+                    profiling.make_controller(reference)
             if name == "list":
                 what = [args.what] if isinstance(args.what, str) else args.what
                 assert set(what) <= {*listing.GROUPS, "all"}

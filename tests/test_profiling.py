@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrresearch import cli, config, profiling
-from lrresearch.controllers import LossTrendController
+from lrresearch import cli, config, gin_references, profiling
+from lrresearch.controllers import LossTrendController, MaxChange, PolyakController
 from lrresearch.trainer import Trainer
 
 SMALL = [
@@ -26,13 +26,28 @@ SMALL = [
 ]
 
 
+COMPOSED = [
+    *SMALL,
+    "Trainer.controller = @MaxChange()",
+    "MaxChange.controller = @PolyakController()",
+    "smooth/MaxChange.max_change_ratio = 0.01",
+]
+
+
 @pytest.fixture(scope="module")
 def profile_run(tmp_path_factory):
-    """One small real profile of two controllers (plus the constant-LR rows)."""
-    config.parse([], [*SMALL, "LossTrendController.max_lr = 0.5"])
+    """One small real profile of two built-in controllers, the gin config's controller
+    and a scoped one (plus the constant-LR rows)."""
+    config.parse([], [*COMPOSED, "LossTrendController.max_lr = 0.5"])
     try:
         out_dir, rows = profiling.profile(
-            ["GradNormController", "LossTrendController"],
+            [
+                "GradNormController",
+                "LossTrendController",
+                "@config",
+                "@smooth/MaxChange()",
+                "@MaxChange()",
+            ],
             logdir=str(tmp_path_factory.mktemp("profile")),
             rounds=3,
             block_batches=20,
@@ -47,10 +62,14 @@ def profile_run(tmp_path_factory):
 
 def test_profile_reports_every_controller_against_the_bare_baseline(profile_run):
     _, rows = profile_run
+    # Gin references are labelled as written; `@config` by the reference bound to
+    # Trainer.controller, so the same `@MaxChange()` named again is not timed twice.
     assert [r.controller for r in rows] == [
         "ConstantController",
         "GradNormController",
         "LossTrendController",
+        "@MaxChange()",
+        "@smooth/MaxChange()",
     ]
     for r in rows:
         assert r.summaries
@@ -82,13 +101,31 @@ def test_profile_writes_csv_markdown_and_png(profile_run):
 
 def test_profile_writes_one_trace_per_variant(profile_run):
     out_dir, rows = profile_run
-    for name in ["baseline"] + [r.controller for r in rows]:
+    for name in ["baseline"] + [profiling.folder_name(r.controller) for r in rows]:
         traces = glob.glob(os.path.join(out_dir, name, "plugins", "profile", "*", "*.xplane.pb"))
         assert len(traces) == 1, name
     # The summaries of the traced batches sit beside each controller's trace; the bare
     # baseline has none.
     assert glob.glob(os.path.join(out_dir, "GradNormController", "events.out.tfevents.*"))
     assert not glob.glob(os.path.join(out_dir, "baseline", "events.out.tfevents.*"))
+
+
+def test_profile_names_a_references_folder_without_at_parentheses_or_slash(profile_run):
+    out_dir, _ = profile_run
+    for folder in ("MaxChange", "smooth.MaxChange"):
+        assert glob.glob(os.path.join(out_dir, folder, "plugins", "profile", "*", "*.xplane.pb"))
+    with open(os.path.join(out_dir, "overhead.md")) as f:
+        assert "| @smooth/MaxChange() |" in f.read()
+
+
+def test_folder_names_drop_what_a_path_cannot_hold_and_never_collide():
+    labels = ["baseline", "ConstantController", "@ConstantController()", "@smooth/MaxChange()"]
+    assert profiling.folder_names(labels) == [
+        "baseline",
+        "ConstantController",
+        "ConstantController-2",
+        "smooth.MaxChange",
+    ]
 
 
 def test_profile_attributes_controller_and_summary_ops(profile_run):
@@ -159,4 +196,42 @@ def test_profile_rejects_an_unknown_controller(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "GradNormControler" in err and "GradNormController" in err
+    assert os.listdir(tmp_path) == []  # nothing written for a bad request
+
+
+def test_a_gin_reference_builds_the_controller_with_its_scoped_bindings():
+    config.parse([], COMPOSED)
+    try:
+        plain = profiling.make_controller("@MaxChange()")
+        scoped = profiling.make_controller("@smooth/MaxChange()")
+        configured = profiling.make_controller(
+            gin_references.expand_config("@config", profiling.FLAG)
+        )
+    finally:
+        gin.clear_config()
+    assert isinstance(plain, MaxChange) and isinstance(plain.base, PolyakController)
+    assert (plain.ratio, scoped.ratio, configured.ratio) == (0.05, 0.01, 0.05)
+
+
+@pytest.mark.parametrize(
+    "controllers, params, expected",
+    [
+        ("@MaxChang()", [], ["No configurable matching", "Did you mean 'MaxChange'"]),
+        ("@MaxChange()", [], ["MaxChange.controller is not set", "= @GradNormController()'"]),
+        ("@mlp()", [], ["mlp is not a Controller", "lrresearch list controllers"]),
+        ("@MaxChange", [], ["@Name() or @scope/Name()"]),
+        ("@config", ["Trainer.controller = None"], ["binds Trainer.controller to None"]),
+        ("Product", [], ["unknown controller 'Product'", "--controllers=@MaxChange()"]),
+    ],
+)
+def test_profile_rejects_a_reference_that_does_not_resolve_before_training(
+    controllers, params, expected, tmp_path, capsys
+):
+    argv = ["profile", f"--controllers=GradNormController,{controllers}", f"--logdir={tmp_path}"]
+    code = cli.main(argv + [f"--gin_param={p}" for p in params])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--controllers" in err and controllers in err
+    assert all(part in err for part in expected), err
+    assert len(err.strip().splitlines()) <= 4
     assert os.listdir(tmp_path) == []  # nothing written for a bad request
