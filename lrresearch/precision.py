@@ -121,12 +121,14 @@ def unwrap_loss_scale_optimizer(
     return optimizer.inner_optimizer, loss_scale
 
 
-def unscale(grads: list[tf.Tensor], loss_scale: LossScale) -> list[tf.Tensor]:
+def unscale(grads: list[tf.Tensor | None], loss_scale: LossScale) -> list[tf.Tensor | None]:
     """The gradients of the scaled loss divided by the scale (`IndexedSlices` stay
-    sparse; an overflowed Inf stays Inf)."""
+    sparse; an overflowed Inf stays Inf; `None` stays `None`)."""
     scale = loss_scale.scale
 
-    def one(grad: tf.Tensor | tf.IndexedSlices) -> tf.Tensor | tf.IndexedSlices:
+    def one(grad: tf.Tensor | tf.IndexedSlices | None) -> tf.Tensor | tf.IndexedSlices | None:
+        if grad is None:
+            return None
         if isinstance(grad, tf.IndexedSlices):
             return tf.IndexedSlices(grad.values / scale, grad.indices, grad.dense_shape)
         return grad / scale

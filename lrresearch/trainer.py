@@ -236,7 +236,7 @@ class Trainer:
             per_replica = self.strategy.run(self._loss_and_grads, (x, y))
             loss, grads = first_replica(self.strategy, per_replica)
         if self.loss_scale is not None:  # every signal is the unscaled value
-            grads = [None if g is None else g / self.loss_scale.scale for g in grads]
+            grads = precision.unscale(grads, self.loss_scale)
         lr_variable = self.optimizer.learning_rate
         signals = batch_signals(
             step, loss, grads, self.variables, self.ma_short, self.ma_long, lr_variable

@@ -154,16 +154,6 @@ def assert_same_series(single: Events, other: Events) -> None:
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-7, err_msg=tag)
 
 
-def run_hparams(events: Events) -> dict:
-    """The run's HParams record as TensorBoard's hparams plugin reads it."""
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    metadata = events.acc.SummaryMetadata("_hparams_/session_start_info")
-    data = plugin_data_pb2.HParamsPluginData.FromString(metadata.plugin_data.content)
-    values = data.session_start_info.hparams
-    return {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in values.items()}
-
-
 def test_mirrored_matches_single_device(runs):
     _, single, _ = runs
     report = mirrored_report(runs)
@@ -204,9 +194,9 @@ def test_mirrored_writes_each_summary_once(runs):
         runs[1].events.scalar("grad/norm/dense/kernel"),
         rtol=2e-5,
     )
-    hparams = run_hparams(events)
+    hparams = events.hparams()
     assert (hparams["distribution"], hparams["replicas"]) == ("mirrored", 2)
-    assert run_hparams(runs[1].events)["replicas"] == 1
+    assert runs[1].events.hparams()["replicas"] == 1
 
 
 def test_batch_not_divisible_by_replicas_is_a_clear_error(runs):
@@ -245,7 +235,7 @@ def test_multi_worker_chief_writes_the_run(runs):
     assert (run_dir / "config.gin").read_text().count("multi_worker") == 1
     chief = Events(run_dir)
     assert_same_series(single.events, chief)
-    hparams = run_hparams(chief)
+    hparams = chief.hparams()
     assert (hparams["distribution"], hparams["replicas"]) == ("multi_worker", 2)
     np.testing.assert_array_equal(chief.steps("grad/dense/kernel"), [0, 20, 40])
     index = (run_dir / "checkpoints" / "checkpoint").read_text()

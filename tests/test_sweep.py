@@ -125,7 +125,7 @@ def test_random_sweep_records_every_drawn_value_in_sweep_json_and_hparams(tmp_pa
         # The run trained at the drawn LR and batch size, and its HParams say so.
         run = Events(tmp_path / "r" / point["run"])
         assert run.scalar("lr")[0] == pytest.approx(drawn["ConstantController.lr"], rel=1e-6)
-        session = hparams_session(run)
+        session = run.hparams()
         assert session["ConstantController.lr"] == drawn["ConstantController.lr"]
         assert session["Trainer.batch_size"] == int(drawn["Trainer.batch_size"])
     # The experiment: the continuous draw as its interval, the choice as values drawn.
@@ -134,16 +134,6 @@ def test_random_sweep_records_every_drawn_value_in_sweep_json_and_hparams(tmp_pa
     assert sorted(experiment["Trainer.batch_size"]) == sorted(
         {int(s["Trainer.batch_size"]) for s in sampled}
     )
-
-
-def hparams_session(events: Events) -> dict:
-    """A run's own HParams values (the session start info TensorBoard reads)."""
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    content = events.acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
-    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
-    return {k: v.number_value if v.HasField("number_value") else v.string_value
-            for k, v in info.hparams.items()}  # fmt: skip
 
 
 def test_ctrl_c_stops_a_sweep_after_the_current_run_and_says_how_to_continue(tmp_path, capsys):

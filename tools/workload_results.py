@@ -156,15 +156,15 @@ def _schedule(steps: int, peak: float) -> tuple[str, ...]:
     )
 
 
-def rules(w: Workload, peak: float) -> dict[str, tuple[str, ...]]:
+def rules(steps: int, peak: float) -> dict[str, tuple[str, ...]]:
     """The strategies compared on a workload, given the tuned warmup-cosine peak.
 
     The `gin/strategies` files are written for SGD at LR ~0.1 over 2,000 batches. For
     Adam every LR-valued number of a seed rule (LRs, bounds, `GradNorm.slope`) is
     multiplied by `s = peak / 0.1`, and every batch count by `steps / 2000`."""
-    s, b = peak / 0.1, w.steps / 2000
+    s, b = peak / 0.1, steps / 2000
     return {
-        f"warmup-cosine (peak {peak:g})": _schedule(w.steps, peak),
+        f"warmup-cosine (peak {peak:g})": _schedule(steps, peak),
         "GradNorm (seed)": (
             "Trainer.controller = @GradNormController()",
             f"GradNormController.base_lr = {0.1 * s:.6g}",
@@ -188,7 +188,7 @@ def rules(w: Workload, peak: float) -> dict[str, tuple[str, ...]]:
         "OneCycle": (
             "Trainer.controller = @OneCycleController()",
             f"OneCycleController.max_lr = {peak}",
-            f"OneCycleController.total_steps = {w.steps}",
+            f"OneCycleController.total_steps = {steps}",
         ),
         "Adam-HD (hypergradient)": (
             "Trainer.controller = @HypergradientController()",
@@ -287,14 +287,9 @@ def question_specs(steps: int) -> dict[str, tuple[str, ...]]:
             "MaxChange.max_change_ratio = 0.05",
             *factor,
         ),
-        "GradNorm seed rule (scaled to 1e-2)": rules_for_peak(steps, 1e-2)["GradNorm (seed)"],
+        "GradNorm seed rule (scaled to 1e-2)": rules(steps, 1e-2)["GradNorm (seed)"],
         "warmup-cosine, peak 1e-2": _schedule(steps, 1e-2),
     }
-
-
-def rules_for_peak(steps: int, peak: float) -> dict[str, tuple[str, ...]]:
-    """`rules` for a workload of `steps` batches (the part that depends on steps)."""
-    return rules(Workload("", "", (), steps, "", (), True), peak)
 
 
 def best_peak(w: Workload, runner: Runner) -> float:
@@ -332,7 +327,7 @@ def rules_section(w: Workload, runner: Runner, seeds: Sequence[int], peak: float
     )
     emit(f"| rule | final {w.metric} | loss spikes per run, mean (range) | s per run |")
     emit("|---|---:|---:|---:|")
-    for label, params in rules_for_peak(w.steps, peak).items():
+    for label, params in rules(w.steps, peak).items():
         outcomes = runner.run(_jobs(w, params, seeds))
         emit(
             f"| {label} | {_mean_std([o.metric for o in outcomes])} | "
@@ -402,7 +397,7 @@ def main() -> None:
             [
                 j
                 for key, w in ws.items()
-                for p in rules_for_peak(w.steps, peaks[key]).values()
+                for p in rules(w.steps, peaks[key]).values()
                 for j in _jobs(w, p, seeds)
             ]
         )
