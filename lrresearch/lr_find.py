@@ -356,7 +356,7 @@ def lr_find(
     writer = summaries.create_writer(run_dir)
     done, block = 0, max(1, min(trainer.steps_per_loop, 10))
     start = time.perf_counter()
-    with writer.as_default():
+    with trainer.logging_to(writer):
         while done < num_steps and not bool(controller.diverged.numpy()):
             n = min(block, num_steps - done)
             trainer.run_steps(n)

@@ -130,7 +130,8 @@ class Variant:
     def run(self, calls: int, steps_per_call: int) -> float:
         """Runs `calls` compiled calls; returns seconds, synced by one host read."""
         start = time.perf_counter()
-        with self.writer.as_default() if self.writer else contextlib.nullcontext():
+        # The writes are waited for at the end: a block pays for its own summaries.
+        with self.trainer.logging_to(self.writer) if self.writer else contextlib.nullcontext():
             loss = self.trainer.run_steps(calls * steps_per_call, steps_per_call)
         loss.numpy()  # waits for the device (a GPU runs asynchronously)
         return time.perf_counter() - start
@@ -232,7 +233,7 @@ def trace(trainer: Trainer, logdir: str, batches: int, with_summaries: bool) -> 
     `Trace` step marker, so the Profile tab's steps are batches.
     """
     writer = summaries.create_writer(logdir) if with_summaries else None
-    with writer.as_default() if writer else contextlib.nullcontext():
+    with trainer.logging_to(writer) if writer else contextlib.nullcontext():
         trainer.run_steps(1).numpy()  # traces the step, outside the profile
         tf.profiler.experimental.start(logdir)
         try:

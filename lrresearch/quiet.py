@@ -80,7 +80,7 @@ def tensorflow_start() -> Iterator[None]:
 
 
 class DropLoopRetracingWarning(logging.Filter):
-    """Drops TF's "N out of the last M calls to <function Trainer.loop_for.<locals>.loop>
+    """Drops TF's "N out of the last M calls to <function build.<locals>.loop>
     triggered tf.function retracing": every Trainer (one per controller in `profile`,
     one per point in `sweep`) has its own loops, each traced once, but TF counts traces
     per Python code object, so the sixth trainer's first call looks like a retrace."""
@@ -89,7 +89,7 @@ class DropLoopRetracingWarning(logging.Filter):
         message = record.getMessage()
         return not (
             "triggered tf.function retracing" in message
-            and "Trainer.loop_for.<locals>.loop at" in message
+            and "build.<locals>.loop at" in message
         )
 
 

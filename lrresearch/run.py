@@ -24,6 +24,7 @@ import gin
 import tensorflow as tf
 
 from lrresearch import distribute, resume, summaries
+from lrresearch.batch_log import BlockWriter
 from lrresearch.rundir import (
     RunDirExistsError,
     RunLock,
@@ -173,6 +174,8 @@ class _Loop:
         self.first_done, self.first_seconds = 0, float("nan")
         self.save = self._saver()
         self.writer = summaries.create_writer(run_dir) if chief else tf.summary.create_noop_writer()
+        # The per-batch blocks, written on a thread while the next call trains (chief).
+        self.log = BlockWriter(self.writer) if chief else None
         self.actions = [self._evaluate, self._checkpoint, self._guard, self._report]
 
     def _saver(self) -> Callable[[int], None]:
@@ -195,6 +198,7 @@ class _Loop:
         t = self.trainer
         # A compiled loop captures the default summary writer when it is traced: each
         # run (each writer) needs fresh traces, or a second fit() writes to a closed one.
+        t.log_to = self.log
         t.reset_loops()
         self.start = time.perf_counter()
         t.next_step = self.done
@@ -216,14 +220,20 @@ class _Loop:
                     last = self.done == t.steps
                     for action in self.actions:
                         action(last)
+            self._flush()
             self.save(self.done)
             finished = True
         except KeyboardInterrupt:
             self._interrupted()
         finally:
+            t.log_to = None
             # When something already failed (a full disk, say), a failing flush must not
-            # hide it; after a clean finish, a failing flush is the error.
-            with contextlib.nullcontext() if finished else contextlib.suppress(tf.errors.OpError):
+            # hide it; after a clean finish, a failing flush is the error. Either way the
+            # pending block is written first.
+            failing = (tf.errors.OpError, OSError)
+            with contextlib.nullcontext() if finished else contextlib.suppress(*failing):
+                if self.log is not None:
+                    self.log.close()
                 self.writer.flush()
                 self.writer.close()
         return TrainResult(
@@ -260,6 +270,8 @@ class _Loop:
             return
         began = time.perf_counter()
         self.evals = {name: float(value) for name, value in t.evaluate().items()}
+        if self.log is not None:  # the event file stays in step order
+            self.log.wait()
         for name, value in self.evals.items():
             summaries.scalar(f"eval/{name}", value, self.done - 1)
         self.side_seconds += time.perf_counter() - began
@@ -271,7 +283,7 @@ class _Loop:
         began = time.perf_counter()
         # Everything logged up to a checkpoint is on disk before it; what a killed
         # process logs after its last checkpoint is cut on resume.
-        self.writer.flush()
+        self._flush()
         self.save(self.done)
         self.side_seconds += time.perf_counter() - began
 
@@ -281,7 +293,7 @@ class _Loop:
         del last
         message = self.trainer.guard.stop_message(self.run_dir)
         if message:
-            self.writer.flush()
+            self._flush()
             self.save(self.done)
             raise NonFiniteLossError(message)
 
@@ -324,13 +336,20 @@ class _Loop:
         # `StopRequested` comes between compiled calls, where the step variable matches
         # the weights (a second Ctrl-C, a plain KeyboardInterrupt, may come anywhere).
         at = int(self.trainer.step.numpy())
-        self.writer.flush()
+        self._flush()
         self.save(at)
         raise TrainingInterrupted(
             f"interrupted at step {at}: checkpoint saved and summaries flushed in "
             f"{self.run_dir}; continue with --resume --run_name "
             f"{os.path.basename(self.run_dir)}"
         ) from None
+
+    def _flush(self) -> None:
+        """Writes the pending block of per-batch summaries and flushes the writer: the
+        summaries of every batch trained so far are on disk when this returns."""
+        if self.log is not None:
+            self.log.wait()
+        self.writer.flush()
 
     def _rate(self) -> float:
         """Training steps per second after the first call (which includes tracing), or

@@ -127,7 +127,7 @@ class MovingAverage(tf.Module):
         n = tf.cast(count, tf.float32)
         if self.kind == "window":
             slot = tf.math.floormod(count - 1, self.window)
-            old = self.buffer[slot]
+            old = tf.gather(self.buffer, slot)  # not buffer[slot]: XLA would recompile per slot
             update_slot(self.buffer, slot, tf.where(finite, value, old))
             return tf.reduce_sum(self.buffer) / tf.minimum(n, float(self.window))
         ema = tf.where(finite, self.beta * self.ema + (1.0 - self.beta) * value, self.ema)

@@ -173,15 +173,16 @@ def set_lr(
     return lr, accepted, out
 
 
-def write_batch_summaries(
+def batch_row(
     signals: Signals,
     lr: tf.Tensor,
     out: ControllerOutput,
     extra: Mapping[str, tf.Tensor] | None = None,
-) -> None:
-    """The every-batch scalars (name scope `summaries`, exact tags): `lr`, the loss and
-    its moving averages, the global norm, `controller/<name>`, then `extra`."""
-    step = signals.step
+) -> dict[str, tf.Tensor]:
+    """The every-batch scalars as a row `{tag: float32 scalar}` (name scope
+    `summaries`, exact tags, in this order): `lr`, the loss and its moving averages,
+    the global norm, `controller/<name>`, then `extra`. The compiled loop stacks the
+    rows into a block (`lrresearch.batch_log`); no summary op runs per batch."""
     with tf.name_scope("summaries"):
         values = (
             lr,
@@ -190,9 +191,21 @@ def write_batch_summaries(
             signals.loss_ma_long,
             signals.global_norm,
         )
-        for tag, value in zip(summaries.BATCH_TAGS, values, strict=True):
-            summaries.scalar(tag, value, step)
-        for name, value in out.diagnostics.items():
-            summaries.scalar(f"controller/{name}", value, step)
-        for tag, value in (extra or {}).items():
-            summaries.scalar(tag, value, step)
+        row = dict(zip(summaries.BATCH_TAGS, values, strict=True))
+        row.update({f"controller/{name}": v for name, v in out.diagnostics.items()})
+        row.update(extra or {})
+        return {tag: tf.cast(value, tf.float32) for tag, value in row.items()}
+
+
+def write_batch_summaries(
+    signals: Signals,
+    lr: tf.Tensor,
+    out: ControllerOutput,
+    extra: Mapping[str, tf.Tensor] | None = None,
+) -> None:
+    """Writes `batch_row` with summary ops at the batch's step (name scope
+    `summaries`), for code that writes as it goes."""
+    row = batch_row(signals, lr, out, extra)
+    with tf.name_scope("summaries"):
+        for tag, value in row.items():
+            summaries.scalar(tag, value, signals.step)

@@ -138,23 +138,26 @@ def histogram_buckets(values: tf.Tensor, bucket_count: int = HISTOGRAM_BUCKETS) 
     Same buckets as `tensorboard.plugins.histogram.summary_v2` (equal-width over
     `[min, max]`, last bucket closed; a single value puts every count in the last
     bucket with left = right = value; empty input gives zeros), with the same float64
-    bucket index `floor((x - min) / width)`, but counted with `tf.math.bincount` instead
-    of a float64 one-hot of `[N, buckets]`: about 15x cheaper for a 1M-element tensor on
-    CPU. Non-finite values are left out.
+    bucket index `floor((x - min) / width)`, but counted with a segment sum instead of a
+    float64 one-hot of `[N, buckets]` (about 15x cheaper for a 1M-element tensor on
+    CPU). Non-finite values are left out. Static shapes: compiles under XLA.
     """
-    flat = tf.reshape(tf.cast(values, tf.float32), [-1])
-    flat = tf.cast(tf.boolean_mask(flat, tf.math.is_finite(flat)), tf.float64)
-    n = tf.size(flat)
-    lo = tf.where(n > 0, tf.reduce_min(flat), 0.0)
-    hi = tf.where(n > 0, tf.reduce_max(flat), 0.0)
+    flat = tf.cast(tf.reshape(tf.cast(values, tf.float32), [-1]), tf.float64)
+    # Static shapes only (no boolean_mask), so this also compiles under XLA: a
+    # non-finite value is counted with weight 0.
+    finite = tf.math.is_finite(flat)
+    weights = tf.cast(finite, tf.float64)
+    n = tf.reduce_sum(tf.cast(finite, tf.int32))
+    inf = tf.constant(float("inf"), tf.float64)
+    lo = tf.where(n > 0, tf.reduce_min(tf.where(finite, flat, inf)), 0.0)
+    hi = tf.where(n > 0, tf.reduce_max(tf.where(finite, flat, -inf)), 0.0)
     single = tf.equal(lo, hi)
     # TensorBoard's index, in float64: counting in float32 (tf.histogram_fixed_width)
     # moves a value that sits on a bucket edge into the neighbouring bucket.
     width = tf.where(single, tf.ones_like(hi), (hi - lo) / bucket_count)
-    index = tf.minimum(tf.cast(tf.floor((flat - lo) / width), tf.int32), bucket_count - 1)
-    counts = tf.math.bincount(
-        index, minlength=bucket_count, maxlength=bucket_count, dtype=tf.float64
-    )
+    position = tf.floor((tf.where(finite, flat, lo) - lo) / width)
+    index = tf.minimum(tf.cast(position, tf.int32), bucket_count - 1)
+    counts = tf.math.unsorted_segment_sum(weights, index, bucket_count)
     last = tf.one_hot(bucket_count - 1, bucket_count, dtype=tf.float64)
     counts = tf.where(single, tf.cast(n, tf.float64) * last, counts)
     edges = tf.linspace(lo, hi, bucket_count + 1)
@@ -172,6 +175,14 @@ def histogram(tag: str, values: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
     """
     return tf.summary.write(
         tag, lambda: histogram_buckets(values), step=step, metadata=HISTOGRAM_METADATA
+    )
+
+
+def histogram_from_buckets(tag: str, buckets: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """Writes histogram buckets (`histogram_buckets`'s `[buckets, 3]` rows, computed in
+    the compiled loop) under exactly `tag`."""
+    return tf.summary.write(
+        tag, tf.cast(buckets, tf.float64), step=step, metadata=HISTOGRAM_METADATA
     )
 
 

@@ -20,7 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import distribute, precision, run, summaries, workload
+from lrresearch import compiled_loop, distribute, precision, run, summaries, workload
+from lrresearch.batch_log import BlockWriter
 from lrresearch.controllers import Controller, GradNormController
 from lrresearch.data import Dataset, digits
 from lrresearch.guard import NonFiniteGuard
@@ -42,9 +43,9 @@ from lrresearch.step import (
     OptimizerHyperparameters,
     all_reduce_sum,
     batch_signals,
+    batch_row,
     first_replica,
     set_lr,
-    write_batch_summaries,
 )
 from lrresearch.trainer_checks import validate as _validate
 from lrresearch.trainer_checks import variable_names as _variable_names
@@ -65,6 +66,10 @@ class Trainer:
         dropped, so every batch has the same shape and the step is traced once.
       seed: seeds weights, shuffling and synthetic data.
       steps_per_loop: batches per compiled call; the LR still changes every batch.
+      jit_compile: compile the training loop with XLA: the whole `steps_per_loop`
+        loop with in-memory data, each batch's step with `tf.data` input (whose
+        iterator XLA cannot compile); see `lrresearch.compiled_loop`. Not with a
+        `tf.distribute` strategy.
       histogram_every: batches between `grad/` and `weights/` histograms (0 = off).
       grad_norm_every: batches between per-variable `grad/norm/` scalars (0 = off,
         1 = every batch; default: same as `histogram_every`).
@@ -109,6 +114,7 @@ class Trainer:
         batch_size: int = 64,
         seed: int = 0,
         steps_per_loop: int = 100,
+        jit_compile: bool = False,
         histogram_every: int = 100,
         grad_norm_every: int | None = None,
         eval_every: int = 500,
@@ -134,6 +140,7 @@ class Trainer:
             controller = GradNormController()
         self.steps, self.controller, self.optimizer_spec = steps, controller, optimizer
         self.batch_size, self.seed, self.steps_per_loop = batch_size, seed, steps_per_loop
+        self.jit_compile = jit_compile
         self.histogram_every = histogram_every
         self.grad_norm_every = histogram_every if grad_norm_every is None else grad_norm_every
         self.eval_every, self.dataset_spec, self.model_fn = eval_every, dataset, model
@@ -152,6 +159,7 @@ class Trainer:
         self.distribution = distribute.describe(strategy)
         # More HParams for the run's header (a sweep adds the bindings it varies).
         self.extra_hparams: dict[str, bool | int | float | str] = {}
+        self.log_to: BlockWriter | None = None  # where run_steps logs (logging_to)
         self.built = False
 
     def build(self) -> None:
@@ -220,12 +228,19 @@ class Trainer:
 
     # -- compiled code ----------------------------------------------------------------
     def train_step(
-        self, x: tf.Tensor, y: tf.Tensor, periodic: frozenset[str] = frozenset()
-    ) -> tf.Tensor:
-        """One batch: returns its mean loss. Pure TF; called inside a compiled loop.
+        self,
+        x: tf.Tensor,
+        y: tf.Tensor,
+        periodic: frozenset[str] = frozenset(),
+        log: bool = False,
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+        """One batch: returns `(mean loss, row, first)`. Pure TF; called inside a
+        compiled loop, where no summary op runs (`lrresearch.batch_log`).
 
-        `periodic` names the periodic summary groups ("grad_norms", "histograms") this
-        batch writes; the Python loop decides, so no batch carries a `tf.cond` for them.
+        With `log`, `row` holds this batch's every-batch values (`{tag: value}`:
+        the scalars, plus the groups due every batch) and `first` the `periodic` groups
+        ("grad_norms", "histograms") the Python loop says are due on this batch, so no
+        batch carries a `tf.cond` for them. Without `log` both are empty.
         """
         step = self.step.read_value()
         if self.strategy is None:
@@ -247,7 +262,7 @@ class Trainer:
         )
         if self.clip_norm is not None:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
-        groups = periodic | self.every_step_groups
+        groups = (periodic | self.every_step_groups) if log else frozenset()
         # `update/ratio/` needs the weights before the update: copied on this batch only.
         before = [tf.identity(v.value) for v in self.variables] if "grad_norms" in groups else []
         # A NaN/Inf batch is skipped: no update, later LRs scaled down.
@@ -257,13 +272,17 @@ class Trainer:
             (step, loss, norm),
             lambda: self.optimizer.apply(grads, self.variables),
         )
-        extra = {"guard/lr_rejected": 1.0 - tf.cast(accepted, tf.float32), **scaling}
-        extra.update(self.hyperparameters.summaries())
-        write_batch_summaries(signals, lr, out, {**extra, **self.guard.summaries()})
-        with tf.name_scope("summaries"):
-            self._periodic_summaries(step, grads, groups, before)
+        row: dict[str, tf.Tensor] = {}
+        first: dict[str, tf.Tensor] = {}
+        if log:
+            extra = {"guard/lr_rejected": 1.0 - tf.cast(accepted, tf.float32), **scaling}
+            extra.update(self.hyperparameters.summaries())
+            row = batch_row(signals, lr, out, {**extra, **self.guard.summaries()})
+            with tf.name_scope("summaries"):
+                row.update(self._periodic_values(grads, self.every_step_groups, before))
+                first = self._periodic_values(grads, periodic, before)
         self.step.assign_add(1)
-        return loss
+        return loss, row, first
 
     def _loss_and_grads(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
         """The global batch's mean loss and its gradients.
@@ -298,54 +317,51 @@ class Trainer:
             return loss, grads
         return all_reduce_sum(loss, grads, self.variables)
 
-    def _periodic_summaries(
-        self,
-        step: tf.Tensor,
-        grads: list[tf.Tensor],
-        groups: frozenset[str],
-        before: list[tf.Tensor],
-    ) -> None:
-        """The periodic groups due on this batch; `before` holds the weights before its
-        update when "grad_norms" is due (for `update/ratio/`)."""
+    def _periodic_values(
+        self, grads: list[tf.Tensor], groups: frozenset[str], before: list[tf.Tensor]
+    ) -> dict[str, tf.Tensor]:
+        """`{tag: value}` of the periodic `groups` ("grad_norms": scalars,
+        "histograms": `summaries.histogram_buckets`); `before` holds the weights before
+        this batch's update when "grad_norms" is among them (for `update/ratio/`)."""
+        values: dict[str, tf.Tensor] = {}
         if "grad_norms" in groups:
             for name, g in zip(self.variable_names, grads, strict=True):
-                summaries.scalar(f"grad/norm/{name}", tf.norm(tf.cast(g, tf.float32)), step)
+                values[f"grad/norm/{name}"] = tf.norm(tf.cast(g, tf.float32))
             for name, v, w in zip(self.variable_names, self.variables, before, strict=True):
-                summaries.scalar(f"update/ratio/{name}", summaries.update_ratio(w, v.value), step)
+                values[f"update/ratio/{name}"] = summaries.update_ratio(w, v.value)
         if "histograms" in groups:
             for name, g, v in zip(self.variable_names, grads, self.variables, strict=True):
-                summaries.histogram(f"grad/{name}", g, step)
-                summaries.histogram(f"weights/{name}", v.value, step)
+                values[f"grad/{name}"] = summaries.histogram_buckets(g)
+                values[f"weights/{name}"] = summaries.histogram_buckets(v.value)
+        return values
 
-    def loop_for(self, periodic: frozenset[str]) -> Any:
-        """The compiled loop whose first batch writes the `periodic` summary groups.
+    def loop_for(self, periodic: frozenset[str], capacity: int | None = None) -> Any:
+        """The compiled loop whose first batch computes the `periodic` summary groups.
 
-        `loop(num_steps)` trains `num_steps` (int64 scalar tensor, >= 1) batches and
-        returns the last batch's loss. One `tf.function` per group set (at most four),
-        each traced once. Periodic summaries are not a `tf.cond` in every batch: a
-        dozen conds (lowered to Switch/Merge inside the loop) cost ~85 us per batch
-        on CPU even when nothing was written.
+        `loop(num_steps)` trains `num_steps` (int64 scalar tensor, 1 <= num_steps <=
+        `capacity`, default `steps_per_loop`) batches. Without a summary writer
+        (`self.log_to` None) it returns the last batch's loss; with one, `(loss,
+        steps [n], scalars [capacity, k], histograms or None, first)`, the block
+        `lrresearch.batch_log` writes. One `tf.function` per (group set, capacity,
+        writer or not), each traced once. Periodic groups are not a `tf.cond` in every
+        batch: a dozen conds (lowered to Switch/Merge inside the loop) cost ~85 us per
+        batch on CPU even when nothing was written.
         """
         periodic = periodic - self.every_step_groups
-        if periodic not in self.loops:
-
-            def loop(num_steps: tf.Tensor) -> tf.Tensor:
-                x, y = self.inputs.train.next()
-                loss = self.train_step(x, y, periodic)
-                for _ in tf.range(num_steps - 1):
-                    x, y = self.inputs.train.next()
-                    loss = self.train_step(x, y)
-                return loss
-
-            self.loops[periodic] = tf.function(loop)
-        return self.loops[periodic]
+        capacity = capacity or self.steps_per_loop
+        key = (periodic, capacity, self.log_to is not None)
+        if key not in self.loops:
+            self.loops[key] = compiled_loop.build(self, periodic, capacity, key[2])
+        return self.loops[key]
 
     def run_steps(self, num_steps: int, max_per_call: int | None = None) -> tf.Tensor:
         """Trains `num_steps` batches from the current step (Python loop, no host read).
 
         Calls compiled loops of at most `max_per_call` batches (default
-        `steps_per_loop`), split so every periodic summary lands on its cadence.
-        Returns the last batch's loss (a tensor: reading it waits for the device).
+        `steps_per_loop`), split so every periodic summary lands on its cadence. With
+        a summary writer (`log_to`), each call's block goes to it, written while the
+        next call runs. Returns the last batch's loss (a tensor: reading it waits for
+        the device).
         """
         limit = max_per_call or self.steps_per_loop
         loss = tf.constant(float("nan"))
@@ -355,15 +371,36 @@ class Trainer:
             due = frozenset(g for g, every in self.periodic.items() if step % every == 0)
             upcoming = [(step // every + 1) * every for every in self.periodic.values()]
             n = min([limit, num_steps - done] + [u - step for u in upcoming])
-            loss = self.loop_for(due)(tf.constant(n, tf.int64))
+            loop = self.loop_for(due, limit)
+            if loop.prepare is not None:
+                loop.prepare()
+            result = loop(tf.constant(n, tf.int64))
+            if self.log_to is None:
+                loss = result
+            else:
+                loss = result[0]
+                self.log_to.submit(compiled_loop.block(loop, result, n))
             done += n
             self.next_step += n
         return loss
 
+    @contextlib.contextmanager
+    def logging_to(self, writer: tf.summary.SummaryWriter, background: bool = True):
+        """Within the context, `run_steps` logs every batch to `writer` (a
+        `batch_log.BlockWriter` on a background thread; with `background=False`,
+        each block is written before `run_steps` returns). On exit every block is
+        written (not flushed: the writer's own cadence, or `writer.flush()`)."""
+        log = BlockWriter(writer, background)
+        previous, self.log_to = self.log_to, log
+        try:
+            yield log
+        finally:
+            self.log_to = previous
+            log.close()
+
     def reset_loops(self) -> None:
-        """Drops the compiled loops: a loop captures the default summary writer when it
-        is traced, so each run (each writer) traces its own."""
-        self.loops: dict[frozenset[str], Any] = {}
+        """Drops the compiled loops (a run traces its own)."""
+        self.loops: dict[tuple, Any] = {}
         self.train_loop = self.loop_for(frozenset())
 
     def _evaluate(self) -> dict[str, tf.Tensor]:
@@ -422,6 +459,7 @@ class Trainer:
             "seed": self.seed,
             "steps": self.steps,
             "steps_per_loop": self.steps_per_loop,
+            "jit_compile": self.jit_compile,
             "model": self.model.name,
             "dataset": self.inputs.name,
             "loss": self.loss_name,

@@ -55,6 +55,16 @@ def validate(arguments: dict[str, Any]) -> None:
         and clip_norm > 0
     ):
         raise ValueError(f"Trainer.clip_norm must be a number > 0 or None, got {clip_norm!r}")
+    jit = arguments["jit_compile"]
+    if not isinstance(jit, bool):
+        raise ValueError(f"Trainer.jit_compile must be True or False, got {jit!r}")
+    if jit and arguments["strategy"] is not None:
+        raise ValueError(
+            "Trainer.jit_compile = True is not supported with a tf.distribute strategy "
+            f"(distribution.strategy = {type(arguments['strategy']).__name__}): XLA "
+            "cannot compile the strategy's cross-replica step here; set "
+            "Trainer.jit_compile = False, or train on one device"
+        )
     controller = arguments["controller"]
     if controller is not None and not isinstance(controller, Controller):
         raise ValueError(

@@ -379,16 +379,16 @@ def test_startup_filter_only_applies_without_the_users_own_log_level(
 def test_retracing_filter_drops_only_the_per_trainer_loop_warning(caplog):
     import tensorflow as tf
 
-    from lrresearch.trainer import Trainer
+    from lrresearch import compiled_loop
 
-    def fake_trainer():  # just what Trainer.loop_for reads
+    def fake_trainer():  # just what compiled_loop.build reads
         return types.SimpleNamespace(
-            every_step_groups=frozenset(),
-            loops={},
+            jit_compile=False,
+            step=tf.Variable(0, dtype=tf.int64),
             inputs=types.SimpleNamespace(
                 train=types.SimpleNamespace(next=lambda: (tf.ones([2]), tf.ones([2])))
             ),
-            train_step=lambda x, y, periodic=frozenset(): tf.reduce_sum(x * y),
+            train_step=lambda x, y, periodic, log: (tf.reduce_sum(x * y), {}, {}),
         )
 
     def make_other():
@@ -399,9 +399,10 @@ def test_retracing_filter_drops_only_the_per_trainer_loop_warning(caplog):
     try:
         with caplog.at_level(logging.WARNING, logger="tensorflow"):
             for _ in range(8):  # as `profile` does: a Trainer per controller
-                Trainer.loop_for(fake_trainer(), frozenset())(tf.constant(2, tf.int64))
+                loop = compiled_loop.build(fake_trainer(), frozenset(), 2, log=False)
+                loop(tf.constant(2, tf.int64))
                 make_other()(tf.constant(1))
     finally:
         tf.get_logger().removeFilter(dropper)
     warnings = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
-    assert warnings and all("loop_for" not in w for w in warnings), warnings
+    assert warnings and all("build.<locals>.loop" not in w for w in warnings), warnings

@@ -197,7 +197,7 @@ def run_blocks(trainer, logdir, blocks, poison_block=None):
     trainer.build()
     writer = tf.summary.create_file_writer(str(logdir))
     weights = []
-    with writer.as_default():
+    with trainer.logging_to(writer):
         for block in range(blocks):
             trainer.poison.assign(block == poison_block)
             before = [v.numpy() for v in trainer.variables]

@@ -3,7 +3,10 @@
 Each case runs a fresh controller over `STEPS` batches of synthetic signals inside ONE
 `tf.function` (an AutoGraph `tf.range` loop, i.e. a `tf.while_loop`, as the trainer's
 multi-step loop), once with `jit_compile=True` and once without, and compares the LR,
-momentum / weight-decay and diagnostics sequences. As in the trainer, `Signals.lr` is
+momentum / weight-decay and diagnostics sequences. Under XLA it also checks the loop
+compiles once: its HLO after the run (the controller's variables changed) is the HLO
+before it, so no variable's value is a compile-time constant (reading `var[i]` with a
+tensor `i` makes it one, and XLA then recompiles the loop on every call). As in the trainer, `Signals.lr` is
 the previously applied LR, and a non-finite LR is rejected (the previous one is kept).
 
 Tolerance, float32 (unit roundoff 6e-8): XLA fuses and reorders float32 arithmetic
@@ -196,19 +199,35 @@ def run(factory: Factory, jit: bool, data: dict[str, np.ndarray]) -> dict[str, n
         stacked = tf.stack([tf.cast(values[k], tf.float32) for k in names] or [0.0])
         return lr, applied, stacked
 
+    step_variable = tf.Variable(0, dtype=tf.int64)  # the trainer's step is a variable
+
     @tf.function(jit_compile=jit, autograph=True)
     def loop(columns: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
         lrs = tf.TensorArray(tf.float32, size=steps)
         extras = tf.TensorArray(tf.float32, size=steps)
-        previous = tf.constant(controller.initial_lr, tf.float32)
-        for i in tf.range(steps):
+
+        def batch(i, previous, lrs, extras):
             row = {k: v[i] for k, v in columns.items()}
-            lr, previous, stacked = one_step(tf.cast(i, tf.int64), previous, row)
-            lrs = lrs.write(i, lr)
-            extras = extras.write(i, stacked)
+            step = step_variable.read_value()
+            lr, previous, stacked = one_step(step, previous, row)
+            step_variable.assign_add(1)
+            return previous, lrs.write(i, lr), extras.write(i, stacked)
+
+        # As in the trainer's loop, the first batch is outside the while loop.
+        previous = tf.constant(controller.initial_lr, tf.float32)
+        previous, lrs, extras = batch(0, previous, lrs, extras)
+        for i in tf.range(1, steps):
+            previous, lrs, extras = batch(i, previous, lrs, extras)
         return lrs.stack(), extras.stack()
 
-    lrs, extras = loop({k: tf.constant(v) for k, v in data.items()})
+    columns = {k: tf.constant(v) for k, v in data.items()}
+    ir_before = loop.experimental_get_compiler_ir(columns)(stage="hlo") if jit else None
+    lrs, extras = loop(columns)
+    if jit:  # no variable's value is baked into the program (`var[i]` would be)
+        assert loop.experimental_get_compiler_ir(columns)(stage="hlo") == ir_before, (
+            "XLA would compile this loop again for the controller's new state: index "
+            "variables with tf.gather, not var[i] or tf.slice"
+        )
     result = {"lr": lrs.numpy()}
     result.update({k: extras.numpy()[:, j] for j, k in enumerate(names)})
     return result
@@ -258,8 +277,8 @@ def test_the_harness_really_compiles_with_xla() -> None:
 
 @pytest.mark.parametrize("kind", ["window", "ema"])
 def test_loss_moving_average_compiles_with_xla(kind: str) -> None:
-    """The trainer's `MovingAverage` (which feeds `Signals.loss_ma_*`) also compiles
-    and matches, NaN/Inf batches included."""
+    """The trainer's `MovingAverage` (which feeds `Signals.loss_ma_*`) also compiles,
+    once, and matches, NaN/Inf batches included."""
     losses = tf.constant(synthetic_signals(STEPS)["loss"])
 
     def averages(jit: bool) -> np.ndarray:
@@ -268,10 +287,18 @@ def test_loss_moving_average_compiles_with_xla(kind: str) -> None:
         @tf.function(jit_compile=jit)
         def loop(values: tf.Tensor) -> tf.Tensor:
             out = tf.TensorArray(tf.float32, size=STEPS)
-            for i in tf.range(STEPS):
+            # As in the trainer's loop, the first batch is outside the while loop.
+            out = out.write(0, average.update(values[0]))
+            for i in tf.range(1, STEPS):
                 out = out.write(i, average.update(values[i]))
             return out.stack()
 
-        return loop(losses).numpy()
+        if not jit:
+            return loop(losses).numpy()
+        ir_before = loop.experimental_get_compiler_ir(losses)(stage="hlo")
+        result = loop(losses).numpy()
+        # Compiled once: the average's state is not baked into the program.
+        assert loop.experimental_get_compiler_ir(losses)(stage="hlo") == ir_before
+        return result
 
     np.testing.assert_allclose(averages(True), averages(False), rtol=LR_RTOL)

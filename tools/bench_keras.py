@@ -219,7 +219,7 @@ def trainer_block(trainer: Trainer, logdir: str | None, name: str) -> Block:
     writer = summaries.create_writer(logdir) if logdir else None
 
     def run(batches: int) -> float:
-        with writer.as_default() if writer else contextlib.nullcontext():
+        with trainer.logging_to(writer) if writer else contextlib.nullcontext():
             loss = trainer.run_steps(batches)
         return float(loss.numpy())
 

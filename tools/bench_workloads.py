@@ -33,7 +33,7 @@ Run from the repository root on a quiet machine:
                                              # docs/benchmarks/workloads.md
   python tools/bench_workloads.py --quick    # smoke run, ~2 min (mostly tracing), no
                                              # page
-TensorFlow's "N out of the last M calls to <function Trainer.loop_for.<locals>.loop>
+TensorFlow's "N out of the last M calls to <function build.<locals>.loop>
 triggered tf.function retracing" counts the loops of all our trainers together (each
 traces its own); the script checks that no loop is traced during the timed rounds.
 """

@@ -58,7 +58,7 @@ def main() -> None:
         run_dir = os.path.join(logdir, "soak")
         writer = summaries.create_writer(run_dir)
         start = time.perf_counter()
-        with writer.as_default():  # the per-batch path of `fit`, without eval
+        with trainer.logging_to(writer):  # the per-batch path of `fit`, without eval
             for _ in range(args.blocks):
                 trainer.run_steps(per_block).numpy()
                 samples.append(rss_mib())

@@ -185,7 +185,7 @@ class LossTrendController(Controller):
         finite = tf.math.is_finite(loss)
         count = self.count + tf.cast(finite, tf.int64)
         slot = tf.math.floormod(count - 1, self.window)
-        update_slot(self.losses, slot, tf.where(finite, loss, self.losses[slot]))
+        update_slot(self.losses, slot, tf.where(finite, loss, tf.gather(self.losses, slot)))
         self.count.assign(count)
         # Age of each slot (0 = this batch). Masks rather than tf.roll: Roll on a
         # 100-element vector cost ~0.3 ms per call on CPU, more than the whole step.
