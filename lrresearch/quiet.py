@@ -88,8 +88,7 @@ class DropLoopRetracingWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not (
-            "triggered tf.function retracing" in message
-            and "build.<locals>.loop at" in message
+            "triggered tf.function retracing" in message and "build.<locals>.loop at" in message
         )
 
 

@@ -42,8 +42,8 @@ from lrresearch.signals import MovingAverage
 from lrresearch.step import (
     OptimizerHyperparameters,
     all_reduce_sum,
-    batch_signals,
     batch_row,
+    batch_signals,
     first_replica,
     set_lr,
 )

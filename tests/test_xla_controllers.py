@@ -6,8 +6,9 @@ multi-step loop), once with `jit_compile=True` and once without, and compares th
 momentum / weight-decay and diagnostics sequences. Under XLA it also checks the loop
 compiles once: its HLO after the run (the controller's variables changed) is the HLO
 before it, so no variable's value is a compile-time constant (reading `var[i]` with a
-tensor `i` makes it one, and XLA then recompiles the loop on every call). As in the trainer, `Signals.lr` is
-the previously applied LR, and a non-finite LR is rejected (the previous one is kept).
+tensor `i` makes it one, and XLA then recompiles the loop on every call). As in the
+trainer, `Signals.lr` is the previously applied LR, and a non-finite LR is rejected (the
+previous one is kept), the step is a variable and the first batch runs before the loop.
 
 Tolerance, float32 (unit roundoff 6e-8): XLA fuses and reorders float32 arithmetic
 (`a * b + c` may become an FMA, reductions may be reassociated), so bitwise equality
