@@ -21,7 +21,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from lrresearch import batch_log
+from lrresearch import batch_log, summaries
 from lrresearch.inputs import ArrayInput
 from lrresearch.xla_sampler import AheadSampler
 
@@ -78,3 +78,28 @@ def block(loop: Any, result: tuple, count: int) -> batch_log.Block:
     _, steps, scalars, histograms, first = result
     scalar_tags, histogram_tags = loop.layout["tags"]
     return batch_log.Block(count, steps, scalar_tags, scalars, histogram_tags, histograms, first)
+
+
+def periodic_values(
+    names: list[str],
+    variables: list[tf.Variable],
+    grads: list[tf.Tensor],
+    groups: frozenset[str],
+    before: list[tf.Tensor],
+) -> dict[str, tf.Tensor]:
+    """`{tag: value}` of the periodic `groups` of one batch: "grad_norms" (scalars
+    `grad/norm/<name>`, `update/ratio/<name>`) and "histograms" (`grad/<name>`,
+    `weights/<name>` as `summaries.histogram_buckets`). `names` are the variables' tag
+    names; `before` holds the weights before this batch's update when "grad_norms" is
+    among the groups."""
+    values: dict[str, tf.Tensor] = {}
+    if "grad_norms" in groups:
+        for name, g in zip(names, grads, strict=True):
+            values[f"grad/norm/{name}"] = tf.norm(tf.cast(g, tf.float32))
+        for name, v, w in zip(names, variables, before, strict=True):
+            values[f"update/ratio/{name}"] = summaries.update_ratio(w, v.value)
+    if "histograms" in groups:
+        for name, g, v in zip(names, grads, variables, strict=True):
+            values[f"grad/{name}"] = summaries.histogram_buckets(g)
+            values[f"weights/{name}"] = summaries.histogram_buckets(v.value)
+    return values

@@ -42,6 +42,7 @@ from lrresearch.trainer import Trainer, make_run_dir
 CONTROLLER_SCOPE = "lr_controller/"
 SUMMARY_SCOPE = "summaries/"
 BASELINE = "baseline"
+XLA_LABEL = "ConstantController, XLA"
 FLAG = "--controllers"
 
 
@@ -126,6 +127,8 @@ class Variant:
     writer: tf.summary.SummaryWriter | None
     block_seconds: list[float] = dataclasses.field(default_factory=list)
     folder: str = BASELINE  # its folder in the profile directory (`folder_names`)
+    controller: str = BASELINE  # what `_build` builds
+    jit: bool | None = False  # Trainer.jit_compile (None: as gin binds it)
 
     def run(self, calls: int, steps_per_call: int) -> float:
         """Runs `calls` compiled calls; returns seconds, synced by one host read."""
@@ -152,6 +155,7 @@ class OverheadRow:
     summaries_us: float
     steps_per_loop: int
     device: str
+    xla: bool = False
 
 
 def scope_times_us(xplane_paths: Sequence[str], batches: int) -> dict[str, float]:
@@ -266,22 +270,25 @@ def write_reports(rows: list[OverheadRow], out_dir: str) -> str:
 def format_table(rows: list[OverheadRow]) -> str:
     """The overhead table as markdown (one row per controller)."""
     head = (
-        "| controller | summaries | us/batch | baseline us/batch | ratio | 95% CI of ratio "
-        "| controller ops us/batch | summary ops us/batch |\n"
-        "|---|---|---:|---:|---:|---|---:|---:|"
+        "| controller | summaries | XLA | us/batch | baseline us/batch | ratio "
+        "| 95% CI of ratio | controller ops us/batch | summary ops us/batch |\n"
+        "|---|---|---|---:|---:|---:|---|---:|---:|"
     )
     lines = [head]
     for r in rows:
         lines.append(
-            f"| {r.controller} | {'yes' if r.summaries else 'no'} | {r.step_us:.1f} | "
+            f"| {r.controller} | {'yes' if r.summaries else 'no'} | "
+            f"{'yes' if r.xla else 'no'} | {r.step_us:.1f} | "
             f"{r.baseline_step_us:.1f} | {r.ratio:.3f} | [{r.ratio_low:.3f}, "
             f"{r.ratio_high:.3f}] | {r.controller_us:.1f} | {r.summaries_us:.1f} |"
         )
     if rows:
         lines.append(
             f"\nDevice: {rows[0].device}; {rows[0].steps_per_loop} batches per compiled call; "
-            "baseline: ConstantController without summaries. ratio = median over rounds of "
-            "(block time / mean of the two baseline blocks around it)."
+            "baseline: ConstantController without summaries, without XLA. ratio = median over "
+            "rounds of (block time / mean of the two baseline blocks around it). Summaries "
+            "are the buffered per-batch log (`lrresearch.batch_log`): a block's time includes "
+            "waiting for its last block to be written."
         )
     return "\n".join(lines)
 
@@ -294,7 +301,10 @@ def plot(rows: list[OverheadRow], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [r.controller + ("" if r.summaries else " (no summaries)") for r in rows]
+    labels = [
+        r.controller + (" (XLA)" if r.xla else "") + ("" if r.summaries else " (no summaries)")
+        for r in rows
+    ]
     ratios = np.array([r.ratio for r in rows])
     lows, highs = np.array([r.ratio_low for r in rows]), np.array([r.ratio_high for r in rows])
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.6))
@@ -322,11 +332,12 @@ def plot(rows: list[OverheadRow], path: str) -> None:
     plt.close(fig)
 
 
-def _build(name: str) -> Trainer:
+def _build(name: str, jit: bool | None = False) -> Trainer:
     """A built trainer of the gin configuration with controller `name` (the baseline:
-    `ConstantController`)."""
+    `ConstantController`) and `Trainer.jit_compile = jit` (None: as gin binds it)."""
     controller = ConstantController() if name == BASELINE else make_controller(name)
-    trainer = Trainer(controller=controller, strategy=distribute.get_strategy())
+    jit_compile = {} if jit is None else {"jit_compile": jit}
+    trainer = Trainer(controller=controller, strategy=distribute.get_strategy(), **jit_compile)
     trainer.build()
     return trainer
 
@@ -344,9 +355,17 @@ def _time_variants(
     timing_dir = os.path.join(out_dir, ".timing")
     variants = [Variant(BASELINE, _build(BASELINE), None)]
     labels = ["ConstantController"] + [n for n in names if n != "ConstantController"]
-    for name, folder in zip(labels, folder_names([BASELINE, *labels])[1:], strict=True):
-        writer = summaries.create_writer(os.path.join(timing_dir, folder))
-        variants.append(Variant(name, _build(name), writer, folder=folder))
+    # (row label, controller, jit, with summaries): the controllers as gin configures
+    # them, then the constant LR compiled with XLA, bare and with summaries.
+    specs = [(name, name, None, True) for name in labels]
+    if distribute.get_strategy() is None:  # XLA is refused under a strategy
+        specs += [(f"{XLA_LABEL}, no summaries", "ConstantController", True, False)]
+        specs += [(XLA_LABEL, "ConstantController", True, True)]
+    folders = folder_names([BASELINE, *(label for label, *_ in specs)])[1:]
+    for (label, name, jit, logs), folder in zip(specs, folders, strict=True):
+        writer = summaries.create_writer(os.path.join(timing_dir, folder)) if logs else None
+        trainer = _build(name, jit)
+        variants.append(Variant(label, trainer, writer, folder=folder, controller=name, jit=jit))
     steps_per_call = variants[0].trainer.steps_per_loop
     calls = max(1, block_batches // steps_per_call)
     for variant in variants:
@@ -375,9 +394,11 @@ def profile(
 
     Each variant is a `Trainer` built from the current gin bindings (model, data,
     optimizer, `steps_per_loop`, summary cadences), with the controller replaced. The
-    baseline is `ConstantController` run without a summary writer; every controller
-    (`ConstantController` included, so the summaries' own cost shows) writes the
-    default per-batch summaries.
+    baseline is `ConstantController` run without a summary writer and without XLA;
+    every controller (`ConstantController` included, so the summaries' own cost shows)
+    writes the default per-batch summaries. Two more rows time `ConstantController`
+    compiled with XLA (`Trainer.jit_compile`), without and with summaries (not under a
+    `tf.distribute` strategy, where XLA is refused).
 
     `controllers` are standalone configurables' names or gin references built with the
     current bindings (`@MaxChange()`, `@smooth/MaxChange()`; `@config` is the reference
@@ -407,14 +428,16 @@ def profile(
         progress(f"tracing {variant.name} ({trace_batches} batches)")
         with_summaries = variant.writer is not None
         folder = os.path.join(out_dir, variant.folder)
-        paths = trace(_build(variant.name), folder, trace_batches, with_summaries)
+        paths = trace(
+            _build(variant.controller, variant.jit), folder, trace_batches, with_summaries
+        )
         if variant.name == BASELINE:
             continue
         scopes = scope_times_us(paths, trace_batches) if paths else {}
         low, high = bootstrap_median_interval(ratios[variant.name], rng)
         rows.append(
             OverheadRow(
-                controller=variant.name,
+                controller=variant.controller if variant.jit else variant.name,
                 summaries=with_summaries,
                 step_us=1e6 * statistics.median(variant.block_seconds) / batches_per_block,
                 baseline_step_us=base_us,
@@ -425,6 +448,7 @@ def profile(
                 summaries_us=scopes.get("summaries", float("nan")),
                 steps_per_loop=variants[0].trainer.steps_per_loop,
                 device=device_description(),
+                xla=variant.trainer.jit_compile,
             )
         )
     write_reports(rows, out_dir)

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import compiled_loop, distribute, precision, run, summaries, workload
+from lrresearch import compiled_loop, distribute, precision, run, workload
 from lrresearch.batch_log import BlockWriter
 from lrresearch.controllers import Controller, GradNormController
 from lrresearch.data import Dataset, digits
@@ -204,7 +204,9 @@ class Trainer:
         self.every_step_groups = frozenset(g for g, every in cadences.items() if every == 1)
         self.periodic = {g: every for g, every in cadences.items() if every > 1}
         self.reset_loops()
-        self.evaluate = tf.function(self._evaluate)
+        self.evaluate = tf.function(
+            lambda: workload.evaluate(self.model, self.loss_fn, self.metrics, self.eval_dataset)
+        )
         self.next_step = 0  # Python mirror of `self.step`, so the loop never reads it
         # Root names as in checkpoints written before these parts had modules of their
         # own, so those checkpoints keep restoring.
@@ -279,8 +281,10 @@ class Trainer:
             extra.update(self.hyperparameters.summaries())
             row = batch_row(signals, lr, out, {**extra, **self.guard.summaries()})
             with tf.name_scope("summaries"):
-                row.update(self._periodic_values(grads, self.every_step_groups, before))
-                first = self._periodic_values(grads, periodic, before)
+                names, variables = self.variable_names, self.variables
+                values = compiled_loop.periodic_values
+                row.update(values(names, variables, grads, self.every_step_groups, before))
+                first = values(names, variables, grads, periodic, before)
         self.step.assign_add(1)
         return loss, row, first
 
@@ -316,24 +320,6 @@ class Trainer:
         if self.strategy is None:
             return loss, grads
         return all_reduce_sum(loss, grads, self.variables)
-
-    def _periodic_values(
-        self, grads: list[tf.Tensor], groups: frozenset[str], before: list[tf.Tensor]
-    ) -> dict[str, tf.Tensor]:
-        """`{tag: value}` of the periodic `groups` ("grad_norms": scalars,
-        "histograms": `summaries.histogram_buckets`); `before` holds the weights before
-        this batch's update when "grad_norms" is among them (for `update/ratio/`)."""
-        values: dict[str, tf.Tensor] = {}
-        if "grad_norms" in groups:
-            for name, g in zip(self.variable_names, grads, strict=True):
-                values[f"grad/norm/{name}"] = tf.norm(tf.cast(g, tf.float32))
-            for name, v, w in zip(self.variable_names, self.variables, before, strict=True):
-                values[f"update/ratio/{name}"] = summaries.update_ratio(w, v.value)
-        if "histograms" in groups:
-            for name, g, v in zip(self.variable_names, grads, self.variables, strict=True):
-                values[f"grad/{name}"] = summaries.histogram_buckets(g)
-                values[f"weights/{name}"] = summaries.histogram_buckets(v.value)
-        return values
 
     def loop_for(self, periodic: frozenset[str], capacity: int | None = None) -> Any:
         """The compiled loop whose first batch computes the `periodic` summary groups.
@@ -402,24 +388,6 @@ class Trainer:
         """Drops the compiled loops (a run traces its own)."""
         self.loops: dict[tuple, Any] = {}
         self.train_loop = self.loop_for(frozenset())
-
-    def _evaluate(self) -> dict[str, tf.Tensor]:
-        """`{"loss": mean loss over every element of the eval data, "<metric>": ...}`."""
-        for metric in self.metrics:
-            metric.reset_state()
-        total = tf.constant(0.0, tf.float64)
-        count = tf.constant(0.0, tf.float64)
-        for x, y in self.eval_dataset:
-            y_pred = self.model(x, training=False)
-            per_example = tf.cast(self.loss_fn(y, y_pred), tf.float64)
-            total += tf.reduce_sum(per_example)
-            count += tf.cast(tf.size(per_example), tf.float64)
-            for metric in self.metrics:
-                metric.update_state(y, y_pred)
-        results = {"loss": tf.cast(total / count, tf.float32)}
-        for metric in self.metrics:
-            results[metric.name] = tf.cast(metric.result(), tf.float32)
-        return results
 
     def fit(
         self,

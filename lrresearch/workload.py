@@ -152,3 +152,25 @@ def _metric(spec: MetricSpec) -> keras.metrics.Metric:
     if callable(spec):
         return keras.metrics.MeanMetricWrapper(spec, name=getattr(spec, "__name__", "metric"))
     raise ValueError(f"Trainer.metrics: expected Keras metrics, got {spec!r}")
+
+
+def evaluate(
+    model: keras.Model, loss_fn: LossFn, metrics: Sequence[Any], data: tf.data.Dataset
+) -> dict[str, tf.Tensor]:
+    """`{"loss": mean loss over every element of `data`, "<metric>": ...}` (traced
+    code: the trainer compiles it once)."""
+    for metric in metrics:
+        metric.reset_state()
+    total = tf.constant(0.0, tf.float64)
+    count = tf.constant(0.0, tf.float64)
+    for x, y in data:
+        y_pred = model(x, training=False)
+        per_example = tf.cast(loss_fn(y, y_pred), tf.float64)
+        total += tf.reduce_sum(per_example)
+        count += tf.cast(tf.size(per_example), tf.float64)
+        for metric in metrics:
+            metric.update_state(y, y_pred)
+    results = {"loss": tf.cast(total / count, tf.float32)}
+    for metric in metrics:
+        results[metric.name] = tf.cast(metric.result(), tf.float32)
+    return results

@@ -28,7 +28,8 @@ def small_trainer(**kwargs) -> Trainer:
         gin.clear_config()
 
 
-def test_nan_batches_are_skipped_and_later_lrs_cut(tmp_path):
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_nan_batches_are_skipped_and_later_lrs_cut(tmp_path, jit_compile):
     data = digits()
     x = data.x_train[:320].copy()
     x[7, 0, 0, 0] = np.nan  # one poisoned example: one NaN batch per epoch
@@ -41,6 +42,7 @@ def test_nan_batches_are_skipped_and_later_lrs_cut(tmp_path):
         dataset=poisoned,
         nonfinite_lr_factor=0.9,
         max_consecutive_nonfinite=3,
+        jit_compile=jit_compile,  # the guard and the in-graph sampler under XLA too
     )
     with gin.unlock_config():
         result = trainer.fit(logdir=str(tmp_path), run_name="nan", quiet=True)
