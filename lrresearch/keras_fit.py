@@ -3,11 +3,23 @@
 `ControlledModel(model, controller)` wraps any Keras model: its `train_step` (traced
 into Keras's own compiled train function, so `steps_per_execution` > 1 works) computes
 the same `Signals` as the lrresearch trainer, asks the controller for the LR, assigns
-it and applies the update; `PerBatchSummaries` sets up the summary writer so the same
-tags (`lr`, `loss/batch`, `loss/ma_short`, `loss/ma_long`, `grad/global_norm`,
-`controller/...`, `guard/skipped`, `guard/lr_rejected`, and `precision/loss_scale`,
-`precision/overflow` under float16 loss scaling) appear in TensorBoard, at step = the
-batch index (see "Non-finite batches").
+it and applies the update; with the `PerBatchSummaries` callback the same tags (`lr`,
+`loss/batch`, `loss/ma_short`, `loss/ma_long`, `grad/global_norm`, `controller/...`,
+`guard/skipped`, `guard/lr_rejected`, and `precision/loss_scale`, `precision/overflow`
+under float16 loss scaling) appear in TensorBoard, at step = the batch index (see
+"Non-finite batches").
+
+Per-batch logging runs no summary op inside the compiled train function, as in the
+trainer (`lrresearch.batch_log`): each batch's row (`step.batch_row`) and step go into
+a ring buffer of `steps_per_execution` rows on the device (variables created when the
+train function is traced, never saved nor in `model.weights`), and after each compiled
+call `PerBatchSummaries` gathers the new rows, in order, into one block that a
+`BlockWriter` writes on a background thread. Rows are buffered when the train function
+is traced during a `fit` with `PerBatchSummaries`; Keras keeps that function, so the
+batches of a later `fit` without the callback are buffered too and written by the
+callback's next `fit`, at most `steps_per_execution` of them (it warns about the rest).
+A step traced without the callback (`train_on_batch` traces its own) writes summary
+ops into the default summary writer if the caller set one, as before, else nothing.
 
 Non-finite batches: the trainer's `NonFiniteGuard` (`lrresearch/guard.py`) skips the
 update of a batch whose loss or gradient norm is NaN/Inf (no `optimizer.apply`, so the
@@ -44,7 +56,9 @@ no guard state; it loads with the guard reset (nothing was skipped by that code)
 Under a `tf.distribute` strategy (build and compile the model in `strategy.scope()`),
 the signals come from the all-reduced loss and gradients and the controller runs once
 per batch in the cross-replica context, so every replica applies the same LR and the
-summaries are written once. The guarded update runs there too, as Keras's
+summaries are written once, by summary ops in the step (no buffering: Keras 3's `fit`
+needs `steps_per_execution=1` there, see below, so there is no block to buffer; a
+1-replica strategy writes the same way). The guarded update runs there too, as Keras's
 `LossScaleOptimizer` does it (a `tf.cond` whose branch calls `optimizer.apply` in each
 replica), on the all-reduced loss and norm, so all replicas skip the same batches.
 Keras 3's `fit` under a multi-replica strategy fails with
@@ -62,12 +76,14 @@ import numpy as np
 import tensorflow as tf
 
 from lrresearch import precision, summaries
+from lrresearch.batch_log import Block, BlockWriter
 from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.guard import NonFiniteGuard
 from lrresearch.signals import MovingAverage, Signals
 from lrresearch.step import (
     all_reduce_sum,
+    batch_row,
     batch_signals,
     dense_grads,
     first_replica,
@@ -260,6 +276,8 @@ class ControlledModel(keras.Model):
             return self.train_function
         super().make_train_function(force=True)
         compiled = self.train_function
+        # Keras's own (its tf.function inside), for code that inspects the traced graph.
+        object.__setattr__(self, "_compiled_train_function", compiled)
 
         def train_function(iterator):
             logs = compiled(iterator)
@@ -310,9 +328,31 @@ class ControlledModel(keras.Model):
             signals, lr, out, extra = context.merge_call(
                 self._control_and_apply, args=(batch_loss, batch_grads, grads)
             )
-        write_batch_summaries(signals, lr, out, extra)
+        if not tf.distribute.has_strategy() and getattr(self, "_buffer_batch_rows", False):
+            self._log_row(batch_row(signals, lr, out, extra), signals.step)
+        else:
+            # Under a strategy, or a summary writer set by the caller (no
+            # PerBatchSummaries to drain a buffer): summary ops in the step, as before.
+            write_batch_summaries(signals, lr, out, extra)
         self._track_loss(x, batch_loss)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _log_row(self, row: dict[str, tf.Tensor], step: tf.Tensor) -> None:
+        """Writes this batch's row and step into the ring buffer `_log_ring` (created at
+        trace time, `steps_per_execution` rows) at row `count mod capacity`, and counts
+        it; `PerBatchSummaries` drains the ring after each compiled call."""
+        tags, capacity = tuple(row), int(self.steps_per_execution)
+        ring = getattr(self, "_log_ring", None)
+        if ring is None or (ring.tags, ring.capacity) != (tags, capacity):
+            with tf.init_scope():  # outside the traced function, as the controller's
+                ring = _LogRing(tags, capacity)
+            # Untracked (not a Keras or checkpoint dependency): never saved.
+            object.__setattr__(self, "_log_ring", ring)
+        with tf.name_scope("summaries"):
+            index = tf.reshape(tf.math.floormod(ring.count.read_value(), capacity), [1, 1])
+            ring.rows.scatter_nd_update(index, tf.stack([row[t] for t in tags])[tf.newaxis])
+            ring.steps.scatter_nd_update(index, tf.reshape(tf.cast(step, tf.int64), [1]))
+            ring.count.assign_add(1)
 
     def _track_loss(self, x, batch_loss: tf.Tensor) -> None:
         """Adds this batch's loss (the global-batch mean, `loss/batch`) to Keras's loss
@@ -415,33 +455,104 @@ def _mismatch_message(
     )
 
 
+class _LogRing:
+    """The device-side ring buffer of a `ControlledModel`'s batch rows: `rows` float32
+    `[capacity, k]` (columns in `tags` order), `steps` int64 `[capacity]`, `count` the
+    rows written so far (int64), and `written` (Python) the rows already drained.
+    A plain object (no `tf.Module`), so no saving path sees its variables."""
+
+    def __init__(self, tags: tuple[str, ...], capacity: int):
+        self.tags, self.capacity, self.written = tags, capacity, 0
+
+        def variable(value: tf.Tensor, name: str) -> tf.Variable:
+            # Created (in `init_scope`) while Keras's train function is first traced; not
+            # lifted, so `tf.function` does not trace that function a second time.
+            return tf.Variable(
+                value, trainable=False, name=name, experimental_enable_variable_lifting=False
+            )
+
+        self.rows = variable(tf.zeros([capacity, len(tags)], tf.float32), "log_rows")
+        self.steps = variable(tf.zeros([capacity], tf.int64), "log_steps")
+        self.count = variable(tf.constant(0, tf.int64), "log_count")
+
+
 class PerBatchSummaries(keras.callbacks.Callback):
-    """Provides the summary writer at `logdir` that the compiled train function writes
-    into (this callback does nothing per batch).
+    """Writes the per-batch summaries of a `ControlledModel`'s `fit` to `logdir`.
+
+    Without a strategy the compiled step buffers its rows on the device (see the
+    module docstring); this callback drains them after every compiled call (one
+    `steps_per_execution` block) into a `BlockWriter`, and at the end of `fit`. Under a
+    strategy it only provides the default writer that the step's summary ops write to.
 
     The writer stays open across `fit` calls: Keras keeps its traced train function
-    between calls, and that function holds the writer it was traced with. Call
-    `close()` when done (it is flushed at the end of every `fit`).
+    between calls, and (under a strategy) that function holds the writer it was traced
+    with. Call `close()` when done (it is flushed at the end of every `fit`).
     """
 
     def __init__(self, logdir: str):
         super().__init__()
         self.logdir = logdir
         self.writer: tf.summary.SummaryWriter | None = None
+        self._blocks: BlockWriter | None = None
+        self._warned = False
 
     def on_train_begin(self, logs=None):
         if self.writer is None:
             self.writer = summaries.create_writer(self.logdir)
+            self._blocks = BlockWriter(self.writer)
+        # Read when the train function is traced: buffer the rows for this callback.
+        object.__setattr__(self.model, "_buffer_batch_rows", True)
         # A context, not `set_as_default`: the default writer must not outlive `fit`.
         self._default = self.writer.as_default()
         self._default.__enter__()
 
+    def on_train_batch_end(self, batch, logs=None):
+        self._drain()
+
     def on_train_end(self, logs=None):
         if self.writer is not None:
+            object.__setattr__(self.model, "_buffer_batch_rows", False)
             self._default.__exit__(None, None, None)
-            self.writer.flush()
+            self._drain()
+            self._blocks.flush()
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            try:
+                self._blocks.close()
+            finally:
+                self.writer.close()
+                self.writer = self._blocks = None
+
+    def _drain(self) -> None:
+        """Submits the rows written since the last drain, oldest first, as one block
+        (one small gather: the block's one host transfer, made by the writer)."""
+        ring = getattr(self.model, "_log_ring", None)
+        if ring is None or self._blocks is None:
+            return
+        count = int(ring.count.numpy())
+        new = count - ring.written
+        if new <= 0:
+            return
+        if new > ring.capacity:
+            lost = new - ring.capacity
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"PerBatchSummaries: the summaries of {lost} batches were lost: "
+                    f"{new} batches ran since the last write but the model buffers "
+                    f"only the last {ring.capacity} (its steps_per_execution): batches "
+                    f"trained by a fit without this callback are written at the next fit "
+                    f"with it, up to that many.",
+                    stacklevel=2,
+                )
+            new = ring.capacity
+        indices = tf.constant(np.arange(count - new, count) % ring.capacity, tf.int64)
+        block = Block(
+            count=new,
+            steps=tf.gather(ring.steps, indices),
+            scalar_tags=ring.tags,
+            scalars=tf.gather(ring.rows, indices),
+        )
+        ring.written = count
+        self._blocks.submit(block)
