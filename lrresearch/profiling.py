@@ -433,7 +433,9 @@ def profile(
         )
         if variant.name == BASELINE:
             continue
-        scopes = scope_times_us(paths, trace_batches) if paths else {}
+        # Under XLA the trace holds the compiled cluster, not the ops of each scope.
+        xla = variant.trainer.jit_compile
+        scopes = scope_times_us(paths, trace_batches) if paths and not xla else {}
         low, high = bootstrap_median_interval(ratios[variant.name], rng)
         rows.append(
             OverheadRow(
@@ -448,7 +450,7 @@ def profile(
                 summaries_us=scopes.get("summaries", float("nan")),
                 steps_per_loop=variants[0].trainer.steps_per_loop,
                 device=device_description(),
-                xla=variant.trainer.jit_compile,
+                xla=xla,
             )
         )
     write_reports(rows, out_dir)

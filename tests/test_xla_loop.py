@@ -51,7 +51,7 @@ def test_xla_run_logs_the_same_batches_and_values(runs):
     for tag in sorted(plain.tags_of("scalars")):
         np.testing.assert_array_equal(xla.steps(tag), plain.steps(tag), err_msg=tag)
         np.testing.assert_allclose(
-            xla.scalar(tag), plain.scalar(tag), rtol=1e-4, atol=1e-6, err_msg=tag
+            xla.values(tag), plain.values(tag), rtol=1e-4, atol=1e-6, err_msg=tag
         )
     assert len(np.unique(plain.scalar("lr"))) > 3  # the rule moved the LR
     np.testing.assert_array_equal(plain.steps("lr"), np.arange(60))

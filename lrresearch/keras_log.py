@@ -1,0 +1,120 @@
+"""The per-batch log of `ControlledModel` in Keras `fit`: the device-side ring of batch
+rows the compiled train step fills (`LogRing`), and the callback that drains it into a
+`batch_log.BlockWriter` after every compiled call (`PerBatchSummaries`). See the
+`lrresearch.keras_fit` docstring for when rows are buffered; both names are also
+importable from there.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lrresearch import summaries
+from lrresearch.batch_log import Block, BlockWriter
+
+
+class LogRing:
+    """The device-side ring buffer of a `ControlledModel`'s batch rows: `rows` float32
+    `[capacity, k]` (columns in `tags` order), `steps` int64 `[capacity]`, `count` the
+    rows written so far (int64), and `written` (Python) the rows already drained.
+    A plain object (no `tf.Module`), so no saving path sees its variables."""
+
+    def __init__(self, tags: tuple[str, ...], capacity: int):
+        self.tags, self.capacity, self.written = tags, capacity, 0
+
+        def variable(value: tf.Tensor, name: str) -> tf.Variable:
+            # Created (in `init_scope`) while Keras's train function is first traced; not
+            # lifted, so `tf.function` does not trace that function a second time.
+            return tf.Variable(
+                value, trainable=False, name=name, experimental_enable_variable_lifting=False
+            )
+
+        self.rows = variable(tf.zeros([capacity, len(tags)], tf.float32), "log_rows")
+        self.steps = variable(tf.zeros([capacity], tf.int64), "log_steps")
+        self.count = variable(tf.constant(0, tf.int64), "log_count")
+
+
+class PerBatchSummaries(keras.callbacks.Callback):
+    """Writes the per-batch summaries of a `ControlledModel`'s `fit` to `logdir`.
+
+    Without a strategy the compiled step buffers its rows on the device (see the
+    module docstring); this callback drains them after every compiled call (one
+    `steps_per_execution` block) into a `BlockWriter`, and at the end of `fit`. Under a
+    strategy it only provides the default writer that the step's summary ops write to.
+
+    The writer stays open across `fit` calls: Keras keeps its traced train function
+    between calls, and (under a strategy) that function holds the writer it was traced
+    with. Call `close()` when done (it is flushed at the end of every `fit`).
+    """
+
+    def __init__(self, logdir: str):
+        super().__init__()
+        self.logdir = logdir
+        self.writer: tf.summary.SummaryWriter | None = None
+        self._blocks: BlockWriter | None = None
+        self._warned = False
+
+    def on_train_begin(self, logs=None):
+        if self.writer is None:
+            self.writer = summaries.create_writer(self.logdir)
+            self._blocks = BlockWriter(self.writer)
+        # Read when the train function is traced: buffer the rows for this callback.
+        object.__setattr__(self.model, "_buffer_batch_rows", True)
+        # A context, not `set_as_default`: the default writer must not outlive `fit`.
+        self._default = self.writer.as_default()
+        self._default.__enter__()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._drain()
+
+    def on_train_end(self, logs=None):
+        if self.writer is not None:
+            object.__setattr__(self.model, "_buffer_batch_rows", False)
+            self._default.__exit__(None, None, None)
+            self._drain()
+            self._blocks.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            try:
+                self._blocks.close()
+            finally:
+                self.writer.close()
+                self.writer = self._blocks = None
+
+    def _drain(self) -> None:
+        """Submits the rows written since the last drain, oldest first, as one block
+        (one small gather: the block's one host transfer, made by the writer)."""
+        ring = getattr(self.model, "_log_ring", None)
+        if ring is None or self._blocks is None:
+            return
+        count = int(ring.count.numpy())
+        new = count - ring.written
+        if new <= 0:
+            return
+        if new > ring.capacity:
+            lost = new - ring.capacity
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"PerBatchSummaries: the summaries of {lost} batches were lost: "
+                    f"{new} batches ran since the last write but the model buffers "
+                    f"only the last {ring.capacity} (its steps_per_execution): batches "
+                    f"trained by a fit without this callback are written at the next fit "
+                    f"with it, up to that many.",
+                    stacklevel=2,
+                )
+            new = ring.capacity
+        indices = tf.constant(np.arange(count - new, count) % ring.capacity, tf.int64)
+        block = Block(
+            count=new,
+            steps=tf.gather(ring.steps, indices),
+            scalar_tags=ring.tags,
+            scalars=tf.gather(ring.rows, indices),
+        )
+        ring.written = count
+        self._blocks.submit(block)
