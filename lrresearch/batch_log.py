@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import weakref
 from collections.abc import Mapping
 
 import tensorflow as tf
@@ -28,6 +29,8 @@ import tensorflow as tf
 from lrresearch import summaries
 
 Row = Mapping[str, tf.Tensor]
+# The compiled writer functions of each summary writer, by block layout.
+_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def split_row(row: Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -136,7 +139,9 @@ class BlockWriter:
             else None
         )
         self._pending: concurrent.futures.Future | None = None
-        self._functions: dict[tuple, tf.types.experimental.GenericFunction] = {}
+        # Shared by every BlockWriter of this writer: each layout is traced once per
+        # writer, not once per BlockWriter (`Trainer.logging_to` makes one per context).
+        self._functions = _FUNCTIONS.setdefault(writer, {})
 
     def submit(self, block: Block) -> None:
         self.wait()
@@ -177,11 +182,13 @@ class BlockWriter:
 
     def _compile(self, block: Block):
         """One compiled writer per block layout: a `tf.range` loop over the rows."""
-        writer, scalar_tags, histogram_tags = self.writer, block.scalar_tags, block.histogram_tags
+        # A weak reference: the cache, keyed weakly by the writer, must not keep it alive.
+        writer_ref = weakref.ref(self.writer)
+        scalar_tags, histogram_tags = block.scalar_tags, block.histogram_tags
 
         def write(count, steps, scalars, histograms, first):
             # The `summaries` scope: profiles attribute these ops to logging.
-            with writer.as_default(), tf.name_scope("summaries"):
+            with writer_ref().as_default(), tf.name_scope("summaries"):
                 for i in tf.range(count):
                     step = steps[i]
                     for j, tag in enumerate(scalar_tags):
