@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import tensorflow as tf
+from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
@@ -122,13 +123,18 @@ def scalar(
     `value` may be a callable: it is then evaluated only when the summary is recorded
     (inside `tf.summary.record_if`), so an off-cadence scalar costs nothing.
     """
-    metadata = _SCALAR_METADATA_BY_TAG.get(tag, SCALAR_METADATA)
+    metadata = scalar_metadata(tag)
     if callable(value):
         fn = value
         return tf.summary.write(
             tag, lambda: tf.cast(fn(), tf.float32), step=step, metadata=metadata
         )
     return tf.summary.write(tag, tf.cast(value, tf.float32), step=step, metadata=metadata)
+
+
+def scalar_metadata(tag: str) -> summary_pb2.SummaryMetadata:
+    """The scalar plugin's metadata for `tag`, with its description if it has one."""
+    return _SCALAR_METADATA_BY_TAG.get(tag, SCALAR_METADATA)
 
 
 def histogram_buckets(values: tf.Tensor, bucket_count: int = HISTOGRAM_BUCKETS) -> tf.Tensor:
@@ -138,9 +144,11 @@ def histogram_buckets(values: tf.Tensor, bucket_count: int = HISTOGRAM_BUCKETS) 
     Same buckets as `tensorboard.plugins.histogram.summary_v2` (equal-width over
     `[min, max]`, last bucket closed; a single value puts every count in the last
     bucket with left = right = value; empty input gives zeros), with the same float64
-    bucket index `floor((x - min) / width)`, but counted with a segment sum instead of a
-    float64 one-hot of `[N, buckets]` (about 15x cheaper for a 1M-element tensor on
-    CPU). Non-finite values are left out. Static shapes: compiles under XLA.
+    bucket index `floor((x - min) / width)`, but counted with a bincount (weights:
+    non-finite values count 0, so the shapes stay static and it compiles under XLA)
+    instead of a float64 one-hot of `[N, buckets]`: about 15x cheaper for a 1M-element
+    tensor on CPU, as is bincount against `unsorted_segment_sum` (1.9 against 24 ms for
+    2M elements here). Non-finite values are left out.
     """
     flat = tf.cast(tf.reshape(tf.cast(values, tf.float32), [-1]), tf.float64)
     # Static shapes only (no boolean_mask), so this also compiles under XLA: a
@@ -157,7 +165,10 @@ def histogram_buckets(values: tf.Tensor, bucket_count: int = HISTOGRAM_BUCKETS) 
     width = tf.where(single, tf.ones_like(hi), (hi - lo) / bucket_count)
     position = tf.floor((tf.where(finite, flat, lo) - lo) / width)
     index = tf.minimum(tf.cast(position, tf.int32), bucket_count - 1)
-    counts = tf.math.unsorted_segment_sum(weights, index, bucket_count)
+    # `tf.math.bincount` would size its output from max(index): not static under XLA.
+    counts = tf.raw_ops.DenseBincount(
+        input=index, size=tf.constant(bucket_count, tf.int32), weights=weights
+    )
     last = tf.one_hot(bucket_count - 1, bucket_count, dtype=tf.float64)
     counts = tf.where(single, tf.cast(n, tf.float64) * last, counts)
     edges = tf.linspace(lo, hi, bucket_count + 1)
@@ -175,14 +186,6 @@ def histogram(tag: str, values: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
     """
     return tf.summary.write(
         tag, lambda: histogram_buckets(values), step=step, metadata=HISTOGRAM_METADATA
-    )
-
-
-def histogram_from_buckets(tag: str, buckets: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
-    """Writes histogram buckets (`histogram_buckets`'s `[buckets, 3]` rows, computed in
-    the compiled loop) under exactly `tag`."""
-    return tf.summary.write(
-        tag, tf.cast(buckets, tf.float64), step=step, metadata=HISTOGRAM_METADATA
     )
 
 

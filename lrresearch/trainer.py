@@ -12,6 +12,7 @@ workload (model, loss, metrics) is `lrresearch.workload`, the input
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -360,12 +361,13 @@ class Trainer:
             loop = self.loop_for(due, limit)
             if loop.prepare is not None:
                 loop.prepare()
+            started = time.time()
             result = loop(tf.constant(n, tf.int64))
             if self.log_to is None:
                 loss = result
             else:
                 loss = result[0]
-                self.log_to.submit(compiled_loop.block(loop, result, n))
+                self.log_to.submit(compiled_loop.block(loop, result, n), started)
             done += n
             self.next_step += n
         return loss

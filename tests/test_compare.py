@@ -11,6 +11,7 @@ import gin
 import numpy as np
 import pytest
 from conftest import Events
+from tensorboard.compat.proto import event_pb2
 
 from lrresearch import cli, config, event_files
 from lrresearch.compare import smooth
@@ -74,10 +75,11 @@ def test_compare_table_matches_the_events(two_runs, tmp_path, capsys):
     assert "never overwritten" in capsys.readouterr().err
 
 
-def damage(run: str, dest: pathlib.Path, kind: str) -> tuple[str, int, int]:
+def damage(run: str, dest: pathlib.Path, kind: str) -> tuple[str, int, int, int]:
     """Copies `run` to `dest` and damages its event file: cut inside the middle record
     or the last one, or one byte flipped in the middle record's data or length field.
-    Returns (event file, byte offset of the bad record, intact records before it)."""
+    Returns (event file, byte offset of the bad record, intact records before it, how
+    many `lr` values those intact records hold)."""
     shutil.copytree(run, dest)
     (path,) = event_files.event_files(str(dest))
     records, _ = event_files.read_records(path)
@@ -89,23 +91,28 @@ def damage(run: str, dest: pathlib.Path, kind: str) -> tuple[str, int, int]:
         content = bytearray(pathlib.Path(path).read_bytes())
         content[offset + (16 + len(data) // 2 if kind == "flip" else 2)] ^= 0x40
         pathlib.Path(path).write_bytes(bytes(content))
-    return path, offset, len(records) - 1 if kind == "last" else middle
+    intact = len(records) - 1 if kind == "last" else middle
+    events = (event_pb2.Event.FromString(data) for _, data in records[:intact])
+    lr_steps = sum(v.tag == "lr" for event in events for v in event.summary.value)
+    return path, offset, intact, lr_steps
 
 
 @pytest.mark.parametrize(
     ("kind", "says"),
     [
         ("middle", ["truncated at byte", "killed while writing", "--resume", "restore it"]),
-        ("last", ["truncated at byte", "killed while writing", "`lr` at 60 steps, the last 59"]),
-        ("flip", ["fails its checksum", "bytes changed", "`lr` at 30 steps, the last 29"]),
-        ("flip-length", ["fails its checksum", "`lr` at 30 steps, the last 29"]),
+        ("last", ["truncated at byte", "killed while writing", "`lr` at {n} steps, the last {m}"]),
+        ("flip", ["fails its checksum", "bytes changed", "`lr` at {n} steps, the last {m}"]),
+        ("flip-length", ["fails its checksum", "`lr` at {n} steps, the last {m}"]),
     ],
 )
 def test_compare_refuses_a_damaged_event_file_and_says_where(
     two_runs, tmp_path, capsys, kind, says
 ):
     _, runs = two_runs
-    path, offset, intact = damage(runs[0], tmp_path / "runs" / "damaged", kind)
+    path, offset, intact, lr_steps = damage(runs[0], tmp_path / "runs" / "damaged", kind)
+    assert 0 < lr_steps < 60 or kind == "last"
+    says = [s.format(n=lr_steps, m=lr_steps - 1) for s in says]
     shutil.copytree(runs[1], tmp_path / "runs" / "clean")
     assert cli.main(["compare", str(tmp_path / "runs"), f"--out={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err
@@ -129,7 +136,7 @@ def test_compare_refuses_a_damaged_event_file_and_says_where(
         rows = {r["run"]: r for r in csv.DictReader(f)}
     assert rows["clean"]["damaged"] == "" and int(rows["clean"]["steps"]) == 60
     assert str(offset) in rows["damaged"]["damaged"]
-    assert int(rows["damaged"]["steps"]) == (60 if kind == "last" else 30)
+    assert int(rows["damaged"]["steps"]) == lr_steps
     markdown = (out / "compare.md").read_text()
     assert "| damaged (damaged) |" in markdown and path in markdown
 

@@ -28,6 +28,7 @@ Run from the repository root on a quiet machine:
   python tools/bench_logging.py           # ~10 min on 2 CPU cores; writes
                                           # docs/benchmarks/logging.md
   python tools/bench_logging.py --quick   # smoke run, no page
+  python tools/bench_logging.py --only 1  # the default MLP only, no page
 """
 
 from __future__ import annotations
@@ -173,16 +174,24 @@ def bench(workload: Workload, batches: int, rounds: int, tmp: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny blocks, 2 rounds, no page")
+    parser.add_argument(
+        "--only", help="comma-separated workload numbers (1-4) to run; no page is written"
+    )
     args = parser.parse_args(argv)
+    chosen = [int(i) for i in args.only.split(",")] if args.only else range(1, len(PLAN) + 1)
     start = time.perf_counter()
     header = (
         f"device: {profiling.device_description()}; TF {tf.__version__}, Keras {keras.__version__}"
     )
     print(header + ("; --quick: smoke run, numbers meaningless" if args.quick else ""))
-    plan = [(w, max(2, w.block // 20), 2) if args.quick else (w, w.block, w.rounds) for w in PLAN]
+    plan = [
+        (w, max(2, w.block // 20), 2) if args.quick else (w, w.block, w.rounds)
+        for i, w in enumerate(PLAN, 1)
+        if i in chosen
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         sections = [bench(w, batches, rounds, tmp) for w, batches, rounds in plan]
-    if not args.quick:
+    if not (args.quick or args.only):
         intro = (
             "The buffered per-batch log and XLA against the bare loop, in interleaved "
             "rounds in one process; every variant and target is described in the "
