@@ -10,9 +10,9 @@ the block on its own thread while the next compiled call of the training loop ru
 (one call behind, as CLU's `AsyncWriter` and MaxText's double buffering do): one event
 per batch holding every tag's value, with the exact tags, steps, values and metadata
 of `lrresearch.summaries` (`lrresearch.event_encoding`), imported into the summary
-writer in one compiled call. Each row's wall time is spread evenly over its call. Everything that needs the summaries on disk (a
-checkpoint, an evaluation, the end of a run, a stop of any kind) calls
-`BlockWriter.wait()` or `flush()` first.
+writer in one compiled call. Each row's wall time is spread evenly over its call.
+Everything that needs the summaries on disk (a checkpoint, an evaluation, the end of a
+run, a stop of any kind) calls `BlockWriter.wait()` or `flush()` first.
 
 On a GPU the block is one device-to-host copy per compiled call, made by the writer
 thread, not one copy per batch inside the loop.

@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import read_events, train
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
-from conftest import read_events, train
 from lrresearch import run, summaries
 from lrresearch.batch_log import Block, BlockWriter
 
