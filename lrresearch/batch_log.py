@@ -9,8 +9,9 @@ summary op and no host transfer runs per batch. After the call, `BlockWriter` wr
 the block on its own thread while the next compiled call of the training loop runs
 (one call behind, as CLU's `AsyncWriter` and MaxText's double buffering do): one event
 per batch holding every tag's value, with the exact tags, steps, values and metadata
-of `lrresearch.summaries` (`lrresearch.event_encoding`), imported into the summary
-writer in one compiled call. Each row's wall time is spread evenly over its call.
+of `lrresearch.summaries` (a tag's metadata with its first value in the file, as TF 1's
+`FileWriter` did; `lrresearch.event_encoding`), imported into the summary writer in
+one compiled call. Each row's wall time is spread evenly over its call.
 Everything that needs the summaries on disk (a checkpoint, an evaluation, the end of a
 run, a stop of any kind) calls `BlockWriter.wait()` or `flush()` first.
 

@@ -70,7 +70,10 @@ class Trainer:
       jit_compile: compile the training loop with XLA: the whole `steps_per_loop`
         loop with in-memory data, each batch's step with `tf.data` input (whose
         iterator XLA cannot compile); see `lrresearch.compiled_loop`. Not with a
-        `tf.distribute` strategy.
+        `tf.distribute` strategy. Off by default, by measurement on CPU
+        (docs/benchmarks/logging.md): about 2x the steps/s on the small MLP, but
+        about 2 s more compiling on the first call, and half the speed on the
+        MNIST-1D CNN (XLA's CPU convolutions against oneDNN's).
       histogram_every: batches between `grad/` and `weights/` histograms (0 = off).
       grad_norm_every: batches between per-variable `grad/norm/` scalars (0 = off,
         1 = every batch; default: same as `histogram_every`).
