@@ -206,10 +206,14 @@ def test_resume_with_another_configuration_names_what_differs(full, capsys, bind
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmp_path, full):
+    """A tmpfs half the size of the full run's directory: the run fills it midway."""
+    logdir, _ = full
+    size = sum(p.stat().st_size for p in (logdir / "full").rglob("*") if p.is_file())
     mount = tmp_path / "disk"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+    option = f"size={max(size // 2 // 1024, 64)}k"
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", option, "tmpfs", str(mount)],
                           capture_output=True, text=True)  # fmt: skip
     if made.returncode:
         pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.strip()}")
