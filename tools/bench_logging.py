@@ -197,8 +197,9 @@ def main(argv: list[str] | None = None) -> None:
             "rounds in one process; every variant and target is described in the "
             "docstring of `tools/bench_logging.py`. x bare: median over rounds of bare's "
             "time per batch over the variant's (> 1 = faster). The log's cost before "
-            "buffering (summary ops in the loop): 1.14-1.25x the bare step on the default "
-            "MLP by `lrresearch profile --rounds 15` (issue 15), 1.8-2.9% on the CNN "
+            "buffering (summary ops in the loop): 0.80-0.88x bare on the default MLP "
+            "(each controller with summaries took 1.14-1.25x the bare step in `lrresearch "
+            "profile --rounds 15`, issue 15), 1.8-2.9% on the CNN "
             "([workloads](workloads.md), measured before this change)."
         )
         body = "\n\n".join([intro, header + ".", *sections])
