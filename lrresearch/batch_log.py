@@ -3,8 +3,8 @@ block per compiled call, written as ordinary summaries on a background thread.
 
 Inside the compiled loop each batch's logged values are a *row*, `{tag: value}` (a
 float32 scalar, or a histogram as `summaries.histogram_buckets` rows). The loop stacks
-the rows of its batches into a `Block` (`new_arrays`, `write_row`: one `TensorArray` per kind, a
-fixed capacity, so the shapes are static under XLA) and returns it with the loss; no
+the rows of its batches into a `Block` (`new_arrays`, `write_row`: one `TensorArray`
+per kind, a fixed capacity, so the shapes are static under XLA) and returns it with the loss; no
 summary op and no host transfer runs per batch. After the call, `BlockWriter` writes
 the block on its own thread while the next compiled call of the training loop runs
 (one call behind, as CLU's `AsyncWriter` and MaxText's double buffering do): one event
@@ -100,20 +100,16 @@ def write_row(
     """`arrays` with row `index` set to `row`, its values in the order of `tags` (the
     `split_row` of the call's first row: every row has the same tags)."""
     scalar_tags, histogram_tags = tags
-    with tf.name_scope("summaries"):
-        return _write_row(arrays, index, row, scalar_tags, histogram_tags)
-
-
-def _write_row(arrays, index, row, scalar_tags, histogram_tags):
     if set(row) != {*scalar_tags, *histogram_tags}:
         raise ValueError(
             f"a batch logged {sorted(row)}, the call's first batch "
             f"{sorted(scalar_tags + histogram_tags)}"
         )
-    values = [tf.stack([tf.cast(row[t], tf.float32) for t in scalar_tags])]
-    if histogram_tags:
-        values.append(tf.stack([tf.cast(row[t], tf.float64) for t in histogram_tags]))
-    return tuple(a.write(index, v) for a, v in zip(arrays, values, strict=True))
+    with tf.name_scope("summaries"):
+        values = [tf.stack([tf.cast(row[t], tf.float32) for t in scalar_tags])]
+        if histogram_tags:
+            values.append(tf.stack([tf.cast(row[t], tf.float64) for t in histogram_tags]))
+        return tuple(a.write(index, v) for a, v in zip(arrays, values, strict=True))
 
 
 def stack_arrays(arrays: tuple[tf.TensorArray, ...]) -> tuple[tf.Tensor, tf.Tensor | None]:
