@@ -141,11 +141,13 @@ def sgdhd_reference(x, y, w0, lr0, beta, momentum, nesterov):
     return np.array(lrs), np.array(weights)
 
 
-def controlled_regression(x, y, w0, controller, optimizer):
+def controlled_regression(x, y, w0, controller, optimizer, dtype=np.float32):
     """The trainer's per-batch path (batch_signals -> set_lr -> optimizer.apply) on the
-    same regression, compiled; returns (lrs, flat weights after each batch)."""
-    w = tf.Variable(w0.astype(np.float32), name="w")
-    b = tf.Variable(0.0, name="b")
+    same regression, compiled; returns (lrs, flat weights after each batch). `dtype`:
+    the weights' and data's."""
+    x, y = x.astype(dtype), y.astype(dtype)
+    w = tf.Variable(w0.astype(dtype), name="w")
+    b = tf.Variable(dtype(0.0), name="b")
     variables = [w, b]
     optimizer.build(variables)
     controller.build(variables)

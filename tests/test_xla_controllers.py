@@ -36,6 +36,9 @@ from lrresearch.signals import MovingAverage, Signals
 
 STEPS = 200
 LR_RTOL = 1e-6  # lr, momentum, weight_decay
+# DoG and DoWG read ||x - x_0|| off weights their own LRs moved, a float32 sum XLA
+# reduces in another order.
+LR_RTOL_BY_CASE = {"DoGController": 1e-5, "DoWGController": 1e-5}
 DIAG_RTOL = 1e-5  # diagnostics; atol = DIAG_RTOL * max |series|
 # Controllers that do not compile under XLA, with the exact XLA error. Empty: all do.
 NOT_XLA: dict[str, str] = {}
@@ -46,6 +49,10 @@ Factory = Callable[[], ctl.Controller]
 # chosen so each rule moves (cycles, cuts, restarts, clips) within `STEPS` batches.
 CASES: dict[str, Factory] = {
     "ConstantController": lambda: ctl.ConstantController(lr=0.01),
+    # c = 0.5: at c = 1 DoG's step reaches the edge of stability of this quadratic,
+    # where the iterates oscillate and amplify any rounding difference exponentially.
+    "DoGController": lambda: ctl.DoGController(reps_rel=1e-3, c=0.5),
+    "DoWGController": lambda: ctl.DoWGController(),
     "CosineCycleController": lambda: ctl.CosineCycleController(1e-3, 1e-2, 40),
     "CosineRestartsController": lambda: ctl.CosineRestartsController(
         base_lr=0.1, T_0=20, T_mult=2, eta_min=1e-3
@@ -171,7 +178,7 @@ def run(factory: Factory, jit: bool, data: dict[str, np.ndarray]) -> dict[str, n
     controller = factory()
     a, b, w0 = quadratic()
     w = tf.Variable(w0, name="w")
-    needs_grads = isinstance(controller, ctl.HypergradientController)
+    needs_grads = hasattr(controller, "watched")  # rules that read the weights
     if needs_grads:
         controller.build([w])
     steps = len(data["loss"])
@@ -252,7 +259,7 @@ def test_xla_gives_the_same_lr_sequence(case: str) -> None:
             finite = np.abs(expected[np.isfinite(expected)])
             rtol, atol = DIAG_RTOL, DIAG_RTOL * (finite.max() if finite.size else 0.0)
         else:
-            rtol, atol = LR_RTOL, 0.0
+            rtol, atol = LR_RTOL_BY_CASE.get(case, LR_RTOL), 0.0
         np.testing.assert_allclose(
             xla[key], expected, rtol=rtol, atol=atol, err_msg=f"{case}: {key}"
         )

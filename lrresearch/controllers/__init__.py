@@ -14,6 +14,7 @@ from lrresearch.controllers.compose import (
     Product,
     Warmup,
 )
+from lrresearch.controllers.parameter_free import DoGController, DoWGController
 from lrresearch.controllers.pytorch import (
     CosineRestartsController,
     CyclicController,
@@ -37,6 +38,8 @@ __all__ = [
     "CosineRestartsController",
     "CyclicController",
     "CyclicalController",
+    "DoGController",
+    "DoWGController",
     "GradNormController",
     "HypergradientController",
     "LossNudgeFactor",

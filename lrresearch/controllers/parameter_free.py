@@ -1,0 +1,202 @@
+"""Parameter-free step sizes from the distance travelled: DoG and DoWG.
+
+Both read the weights' distance from where training started, `||x_t - x_0||` (one
+global norm over every trainable variable), so they keep a copy of the initial weights
+`x_0` (`build(variables)`: as much memory again as the model's weights, checkpointed
+with the controller, so a resumed run measures from the same `x_0`). Each batch they
+return the step size of the paper for plain SGD, `x_{t+1} = x_t - lr_t g_t`: exact
+with `Trainer.optimizer = 'sgd'` (no momentum, no weight decay). With momentum or Adam
+the LR they return scales that optimizer's update instead, which is not the method of
+the papers (their update is the gradient itself).
+
+All state lives in `tf.Variable`s; everything is computed in-graph. A batch whose
+gradient norm is NaN/Inf adds nothing to the sums (the trainer's guard skips its
+update), so one bad batch does not poison the step size for the rest of the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gin
+import tensorflow as tf
+
+from lrresearch.controllers.base import Controller, ControllerOutput, check_positive
+from lrresearch.signals import Signals
+
+
+def _distance(watched: Sequence[tf.Variable], initial: Sequence[tf.Variable]) -> tf.Tensor:
+    """`||x - x_0||` over every variable (float32 scalar)."""
+    squares = [
+        tf.reduce_sum(tf.square(tf.cast(tf.convert_to_tensor(w) - x0, tf.float32)))
+        for w, x0 in zip(watched, initial, strict=True)
+    ]
+    return tf.sqrt(tf.add_n(squares))
+
+
+class _DistanceController(Controller):
+    """Keeps `x_0` and the watched variables (shared by DoG and DoWG)."""
+
+    def __init__(self, name: str | None = None):
+        super().__init__(name=name)
+        self.watched: list[tf.Variable] = []
+        self.initial: list[tf.Variable] = []
+        self.initial_norm = tf.Variable(0.0, trainable=False, name="initial_norm")
+
+    def build(self, variables: Sequence[tf.Variable]) -> None:
+        """Watches the model's trainable variables and copies them as `x_0` (called once
+        by the trainer, before the first batch, so `x_0` is the initial weights)."""
+        self.watched = list(variables)
+        self.initial = [
+            tf.Variable(tf.convert_to_tensor(v), trainable=False, name="x0") for v in variables
+        ]
+        squares = [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in self.initial]
+        self.initial_norm.assign(tf.sqrt(tf.add_n(squares)))
+
+    def _check_built(self, signals: Signals) -> None:
+        if not self.watched or len(self.watched) != len(signals.grads):
+            raise ValueError(
+                f"{type(self).__name__} needs the model's variables: the trainer calls "
+                "build(variables); in a custom loop call it yourself once, before training"
+            )
+
+
+@gin.configurable
+class DoGController(_DistanceController):
+    """DoG, Distance over Gradients: `lr_t = c * rbar_t / sqrt(G_t)`, where
+    `rbar_t = max(r_eps, max_{i<=t} ||x_i - x_0||)` and `G_t = eps + sum_{i<=t} ||g_i||^2`.
+
+    As the authors' `DoG` optimizer (the global version, every variable as one vector):
+    `r_eps = reps_rel * (1 + ||x_0||)`, so the first step is `reps_rel * (1 + ||x_0||) /
+    sqrt(||g_0||^2 + eps)`; with `init_eta` the first LR is `init_eta` instead and
+    `r_eps` is 0. The gradient is the loss's (`Signals.grads`, before clipping), as the
+    authors' with `weight_decay = 0`. The authors stress that DoG needs iterate averaging
+    for its best results (their polynomial averaging): without it the LR does not decay.
+
+    Logs `controller/distance` (`||x_t - x_0||`), `controller/rbar` and
+    `controller/grad_sq_sum` (`G_t`).
+
+    Args:
+      reps_rel: `r_eps` relative to `1 + ||x_0||` (1e-6; the authors suggest 1e-4 for a
+        model with batch normalization).
+      c: the paper's `c`, the authors' `lr` (1.0; they advise against changing it).
+      eps: added to the sum of squared gradient norms.
+      init_eta: if set, the first LR (and `r_eps = 0`).
+
+    Examples:
+      Trainer.controller = @DoGController()
+      Trainer.optimizer = 'sgd'                     # DoG's own update: plain SGD
+      DoGController.reps_rel = 1e-6
+
+    References:
+      Ivgi, Hinder, Carmon. "DoG is SGD's Best Friend: A Parameter-Free Dynamic Step
+      Size Schedule." ICML 2023; the authors' code, github.com/formll/dog
+      (`src/dog/dog.py`, class `DoG`); optax's `optax.contrib.dog`.
+    """
+
+    def __init__(
+        self,
+        reps_rel: float = 1e-6,
+        c: float = 1.0,
+        eps: float = 1e-8,
+        init_eta: float | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        owner = "DoGController"
+        check_positive(owner, c=c, eps=eps)
+        if init_eta is None:
+            check_positive(owner, reps_rel=reps_rel)
+        else:
+            check_positive(owner, init_eta=init_eta)
+        self.reps_rel = 0.0 if init_eta is not None else float(reps_rel)
+        self.c, self.eps = float(c), float(eps)
+        self.init_eta = None if init_eta is None else float(init_eta)
+        # The optimizer starts at the first step's LR only once x_0 is known; Signals.lr
+        # at step 0 is this placeholder, which DoG never reads.
+        self.initial_lr = self.init_eta or 0.0
+        self.rbar = tf.Variable(0.0, trainable=False, name="rbar")
+        self.grad_sq_sum = tf.Variable(self.eps, trainable=False, name="grad_sq_sum")
+        self.seen = tf.Variable(0, dtype=tf.int64, trainable=False, name="seen")
+
+    def build(self, variables: Sequence[tf.Variable]) -> None:
+        super().build(variables)
+        self.rbar.assign(self.reps_rel * (1.0 + self.initial_norm))
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        self._check_built(signals)
+        distance = _distance(self.watched, self.initial)
+        rbar = tf.maximum(self.rbar, distance)
+        norm = tf.cast(signals.global_norm, tf.float32)
+        finite = tf.math.is_finite(norm)
+        grad_sq_sum = self.grad_sq_sum + tf.where(finite, tf.square(norm), 0.0)
+        lr = self.c * rbar / tf.sqrt(grad_sq_sum)
+        if self.init_eta is not None:
+            lr = tf.where(self.seen == 0, tf.constant(self.init_eta, tf.float32), lr)
+        self.rbar.assign(rbar)
+        self.grad_sq_sum.assign(grad_sq_sum)
+        self.seen.assign_add(1)
+        diagnostics = {"distance": distance, "rbar": rbar, "grad_sq_sum": grad_sq_sum}
+        return ControllerOutput(lr, diagnostics)
+
+
+@gin.configurable
+class DoWGController(_DistanceController):
+    """DoWG, Distance over Weighted Gradients: `lr_t = rbar_t^2 / (sqrt(v_t) + eps)`,
+    where `rbar_t^2 = max(rbar_{t-1}^2, ||x_t - x_0||^2)` and `v_t = v_{t-1} + rbar_t^2
+    ||g_t||^2`.
+
+    As `optax.contrib.dowg`: `rbar_{-1}^2 = init_estim_sq_dist` (default `eps`), `v_{-1}
+    = 0`. The gradients are weighted by the squared distance, so early small steps
+    count less than in DoG; the paper shows it universal (adapting to smooth and
+    nonsmooth problems) without a log factor.
+
+    Logs `controller/distance` (`||x_t - x_0||`), `controller/rbar_sq` and
+    `controller/weighted_grad_sq_sum` (`v_t`).
+
+    Args:
+      init_estim_sq_dist: initial guess of the squared distance to the solution
+        (default: `eps`).
+      eps: added to the denominator (1e-4, as optax).
+
+    Examples:
+      Trainer.controller = @DoWGController()
+      Trainer.optimizer = 'sgd'                     # DoWG's own update: plain SGD
+
+    References:
+      Khaled, Mishchenko, Jin. "DoWG Unleashed: An Efficient Universal Parameter-Free
+      Gradient Descent Method." NeurIPS 2023; optax's `optax.contrib.dowg`
+      (`optax/contrib/_dog.py`).
+    """
+
+    def __init__(
+        self,
+        init_estim_sq_dist: float | None = None,
+        eps: float = 1e-4,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        owner = "DoWGController"
+        check_positive(owner, eps=eps)
+        if init_estim_sq_dist is not None:
+            check_positive(owner, init_estim_sq_dist=init_estim_sq_dist)
+        self.eps = float(eps)
+        self.init_estim_sq_dist = (
+            self.eps if init_estim_sq_dist is None else float(init_estim_sq_dist)
+        )
+        self.initial_lr = 0.0  # placeholder: DoWG never reads Signals.lr
+        self.rbar_sq = tf.Variable(self.init_estim_sq_dist, trainable=False, name="rbar_sq")
+        self.weighted_grad_sq_sum = tf.Variable(0.0, trainable=False, name="weighted_sum")
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        self._check_built(signals)
+        distance = _distance(self.watched, self.initial)
+        rbar_sq = tf.maximum(self.rbar_sq, tf.square(distance))
+        norm = tf.cast(signals.global_norm, tf.float32)
+        finite = tf.math.is_finite(norm)
+        weighted = self.weighted_grad_sq_sum + tf.where(finite, rbar_sq * tf.square(norm), 0.0)
+        lr = rbar_sq / (tf.sqrt(weighted) + self.eps)
+        self.rbar_sq.assign(rbar_sq)
+        self.weighted_grad_sq_sum.assign(weighted)
+        diagnostics = {"distance": distance, "rbar_sq": rbar_sq, "weighted_grad_sq_sum": weighted}
+        return ControllerOutput(lr, diagnostics)

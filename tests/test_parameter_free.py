@@ -1,0 +1,127 @@
+"""DoG and DoWG against numpy re-implementations of their reference code, on the
+trainer's per-batch path (`test_adaptive.controlled_regression`): the authors' `DoG`
+(formll/dog, `src/dog/dog.py`) and optax's `dowg` (`optax/contrib/_dog.py`), written
+out in float64 on the flat parameter vector `[w, b]` with plain SGD."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_adaptive import controlled_regression, regression_batches, regression_grad
+
+from lrresearch.controllers import DoGController, DoWGController
+from lrresearch.signals import Signals
+
+STEPS = 300
+
+
+def dog_reference(x, y, w0, reps_rel=1e-6, c=1.0, eps=1e-8, init_eta=None):
+    """DoG.step: on the first step rbar = reps_rel (1 + ||x_0||) (0 with init_eta) and
+    G = ||g||^2 + eps; then rbar = max(rbar, ||x - x_0||), G += ||g||^2; eta = c rbar /
+    sqrt(G) (init_eta on the first step if given); x -= eta g."""
+    params = np.concatenate([w0, [0.0]]).astype(np.float64)
+    x0 = params.copy()
+    rbar, total, lrs, weights = None, None, [], []
+    for t, (xb, yb) in enumerate(zip(x.astype(np.float64), y.astype(np.float64), strict=True)):
+        g = regression_grad(params[:-1], params[-1], xb, yb)
+        if t == 0:
+            rbar = 0.0 if init_eta else reps_rel * (1 + np.linalg.norm(x0))
+            total = g @ g + eps
+        else:
+            rbar = max(rbar, np.linalg.norm(params - x0))
+            total += g @ g
+        eta = init_eta if (t == 0 and init_eta) else c * rbar / np.sqrt(total)
+        params = params - eta * g
+        lrs.append(eta)
+        weights.append(params)
+    return np.array(lrs), np.array(weights)
+
+
+def dowg_reference(x, y, w0, init_estim_sq_dist=None, eps=1e-4):
+    """scale_by_dowg: rbar^2 = max(rbar^2, ||x - x_0||^2) (starting at
+    init_estim_sq_dist, default eps); v += rbar^2 ||g||^2; eta = rbar^2 / (sqrt(v) + eps)."""
+    params = np.concatenate([w0, [0.0]]).astype(np.float64)
+    x0 = params.copy()
+    rbar_sq, v, lrs, weights = (
+        (eps if init_estim_sq_dist is None else init_estim_sq_dist),
+        0.0,
+        [],
+        [],
+    )
+    for xb, yb in zip(x.astype(np.float64), y.astype(np.float64), strict=True):
+        g = regression_grad(params[:-1], params[-1], xb, yb)
+        rbar_sq = max(rbar_sq, np.sum((params - x0) ** 2))
+        v += rbar_sq * (g @ g)
+        eta = rbar_sq / (np.sqrt(v) + eps)
+        params = params - eta * g
+        lrs.append(eta)
+        weights.append(params)
+    return np.array(lrs), np.array(weights)
+
+
+CASES = {
+    "DoG": (DoGController, dog_reference, {}),
+    "DoG-reps_rel": (DoGController, dog_reference, {"reps_rel": 1e-3}),
+    "DoG-init_eta": (DoGController, dog_reference, {"init_eta": 0.05}),
+    "DoWG": (DoWGController, dowg_reference, {}),
+    "DoWG-init": (DoWGController, dowg_reference, {"init_estim_sq_dist": 1e-2}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_the_reference_over_many_steps(case):
+    make, reference, kwargs = CASES[case]
+    x, y = regression_batches(STEPS)
+    w0 = np.random.default_rng(3).normal(size=x.shape[-1])
+    want_lrs, want_weights = reference(x, y, w0, **kwargs)
+    # Float64 weights: DoG's first steps are ~1e-6 of the weights, a few float32 ulps,
+    # so in float32 ||x_t - x_0|| is quantized (1-5% off over the first steps, for the
+    # authors' float32 code as for ours); the controller's own arithmetic is float32.
+    got = controlled_regression(x, y, w0, make(**kwargs), keras.optimizers.SGD(), np.float64)
+    lrs, weights = got
+    np.testing.assert_allclose(lrs, want_lrs, rtol=1e-5)
+    np.testing.assert_allclose(weights, want_weights, rtol=1e-5, atol=2e-6)
+    if "init_eta" not in kwargs:
+        assert want_lrs[-1] > 10 * want_lrs[0]  # the step size grew from its tiny start
+
+
+def signals(norm: float, grads) -> Signals:
+    loss = tf.constant(1.0)
+    step = tf.constant(0, tf.int64)
+    return Signals(step, loss, tf.constant(norm), loss, loss, tf.constant(0.0), grads)
+
+
+@pytest.mark.parametrize("make", [DoGController, DoWGController])
+def test_a_nonfinite_gradient_norm_adds_nothing(make):
+    w = tf.Variable([3.0, 4.0])
+    controller = make()
+    controller.build([w])
+    grads = (tf.constant([1.0, 0.0]),)
+    first = controller.compute(signals(1.0, grads))
+    w.assign([3.5, 4.0])
+    sums = {k: v for k, v in first.diagnostics.items() if k != "distance"}
+    bad = controller.compute(signals(float("nan"), grads))
+    assert np.isfinite(bad.lr.numpy()) and bad.lr.numpy() > 0
+    total = "grad_sq_sum" if make is DoGController else "weighted_grad_sq_sum"
+    assert bad.diagnostics[total].numpy() == pytest.approx(sums[total].numpy())
+    assert bad.diagnostics["distance"].numpy() == pytest.approx(0.5)
+
+
+def test_unbuilt_controller_says_what_to_do():
+    with pytest.raises(ValueError, match="build"):
+        DoGController().compute(signals(1.0, (tf.constant([1.0]),)))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: DoGController(reps_rel=0.0), "reps_rel"),
+        (lambda: DoGController(init_eta=-1.0), "init_eta"),
+        (lambda: DoWGController(eps=0.0), "eps"),
+    ],
+)
+def test_bad_arguments_name_the_parameter(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
