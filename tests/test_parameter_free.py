@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import read_events
 from test_adaptive import controlled_regression, regression_batches, regression_grad
 
 from lrresearch.controllers import DoGController, DoWGController
@@ -125,3 +126,31 @@ def test_unbuilt_controller_says_what_to_do():
 def test_bad_arguments_name_the_parameter(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("name", ["DoGController", "DoWGController"])
+def test_a_resumed_run_continues_from_the_same_x0_and_sums(tmp_path, name):
+    """`x_0`, the running maximum and the sums are in the checkpoint: a run stopped at
+    batch 20 and resumed to 40 logs the uninterrupted run's LRs and distances."""
+    import gin
+
+    from lrresearch import config
+    from lrresearch.trainer import Trainer
+
+    def fit(steps, run_name, resume=False):
+        config.parse([], [f"Trainer.controller = @{name}()", f"Trainer.steps = {steps}",
+                          "Trainer.checkpoint_every = 20", "Trainer.steps_per_loop = 10",
+                          "Trainer.eval_every = 0", "Trainer.histogram_every = 0",
+                          "mlp.hidden = (16,)"])  # fmt: skip
+        try:
+            Trainer().fit(logdir=str(tmp_path), run_name=run_name, quiet=True, resume=resume)
+        finally:
+            gin.clear_config()
+        return read_events(tmp_path / run_name)
+
+    full = fit(40, "full")
+    fit(20, "cut")
+    resumed = fit(40, "cut", resume=True)
+    for tag in ("lr", "controller/distance", "loss/batch"):
+        np.testing.assert_allclose(resumed.scalar(tag), full.scalar(tag), rtol=1e-6, err_msg=tag)
+    assert resumed.scalar("controller/distance")[-1] > 0
