@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import read_events
 from test_adaptive import controlled_regression, regression_batches, regression_grad
 
-from lrresearch.controllers import DoGController, DoWGController
+from lrresearch.controllers import DAdaptSGDController, DoGController, DoWGController
 from lrresearch.signals import Signals
 
 STEPS = 300
@@ -62,12 +62,34 @@ def dowg_reference(x, y, w0, init_estim_sq_dist=None, eps=1e-4):
     return np.array(lrs), np.array(weights)
 
 
+def dadapt_reference(x, y, w0, c=1.0, d0=1e-6, growth_rate=None):
+    """DAdaptSGD.step with momentum 0: g0_norm = ||g_0||; dlr = d c / g0_norm;
+    numerator += dlr g . s; s += dlr g; d = max(d, min(2 numerator / ||s||, d growth));
+    x = x_0 - s."""
+    params = np.concatenate([w0, [0.0]]).astype(np.float64)
+    x0, s = params.copy(), np.zeros_like(params)
+    d, numerator, g0_norm, lrs, weights = d0, 0.0, None, [], []
+    for xb, yb in zip(x.astype(np.float64), y.astype(np.float64), strict=True):
+        g = regression_grad(params[:-1], params[-1], xb, yb)
+        g0_norm = np.linalg.norm(g) if g0_norm is None else g0_norm
+        dlr = d * c / g0_norm
+        numerator += dlr * (g @ s)
+        s = s + dlr * g
+        d = max(d, min(2 * numerator / np.linalg.norm(s), d * (growth_rate or np.inf)))
+        params = x0 - s
+        lrs.append(dlr)
+        weights.append(params)
+    return np.array(lrs), np.array(weights)
+
+
 CASES = {
     "DoG": (DoGController, dog_reference, {}),
     "DoG-reps_rel": (DoGController, dog_reference, {"reps_rel": 1e-3}),
     "DoG-init_eta": (DoGController, dog_reference, {"init_eta": 0.05}),
     "DoWG": (DoWGController, dowg_reference, {}),
     "DoWG-init": (DoWGController, dowg_reference, {"init_estim_sq_dist": 1e-2}),
+    "DAdaptSGD": (DAdaptSGDController, dadapt_reference, {}),
+    "DAdaptSGD-growth": (DAdaptSGDController, dadapt_reference, {"growth_rate": 1.02, "c": 0.5}),
 }
 
 
@@ -94,7 +116,7 @@ def signals(norm: float, grads) -> Signals:
     return Signals(step, loss, tf.constant(norm), loss, loss, tf.constant(0.0), grads)
 
 
-@pytest.mark.parametrize("make", [DoGController, DoWGController])
+@pytest.mark.parametrize("make", [DoGController, DoWGController, DAdaptSGDController])
 def test_a_nonfinite_gradient_norm_adds_nothing(make):
     w = tf.Variable([3.0, 4.0])
     controller = make()
@@ -102,12 +124,15 @@ def test_a_nonfinite_gradient_norm_adds_nothing(make):
     grads = (tf.constant([1.0, 0.0]),)
     first = controller.compute(signals(1.0, grads))
     w.assign([3.5, 4.0])
-    sums = {k: v for k, v in first.diagnostics.items() if k != "distance"}
+    sums = dict(first.diagnostics)
     bad = controller.compute(signals(float("nan"), grads))
     assert np.isfinite(bad.lr.numpy()) and bad.lr.numpy() > 0
-    total = "grad_sq_sum" if make is DoGController else "weighted_grad_sq_sum"
+    total = {DoGController: "grad_sq_sum", DoWGController: "weighted_grad_sq_sum"}.get(make, "d")
     assert bad.diagnostics[total].numpy() == pytest.approx(sums[total].numpy())
-    assert bad.diagnostics["distance"].numpy() == pytest.approx(0.5)
+    if make is not DAdaptSGDController:
+        assert bad.diagnostics["distance"].numpy() == pytest.approx(0.5)
+    else:
+        assert bad.diagnostics["s_norm"].numpy() == pytest.approx(sums["s_norm"].numpy())
 
 
 def test_unbuilt_controller_says_what_to_do():
@@ -128,7 +153,7 @@ def test_bad_arguments_name_the_parameter(make, message):
         make()
 
 
-@pytest.mark.parametrize("name", ["DoGController", "DoWGController"])
+@pytest.mark.parametrize("name", ["DoGController", "DoWGController", "DAdaptSGDController"])
 def test_a_resumed_run_continues_from_the_same_x0_and_sums(tmp_path, name):
     """`x_0`, the running maximum and the sums are in the checkpoint: a run stopped at
     batch 20 and resumed to 40 logs the uninterrupted run's LRs and distances."""
@@ -151,6 +176,7 @@ def test_a_resumed_run_continues_from_the_same_x0_and_sums(tmp_path, name):
     full = fit(40, "full")
     fit(20, "cut")
     resumed = fit(40, "cut", resume=True)
-    for tag in ("lr", "controller/distance", "loss/batch"):
+    state = "controller/s_norm" if name == "DAdaptSGDController" else "controller/distance"
+    for tag in ("lr", state, "loss/batch"):
         np.testing.assert_allclose(resumed.scalar(tag), full.scalar(tag), rtol=1e-6, err_msg=tag)
-    assert resumed.scalar("controller/distance")[-1] > 0
+    assert resumed.scalar(state)[-1] > 0

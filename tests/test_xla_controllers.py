@@ -38,7 +38,7 @@ STEPS = 200
 LR_RTOL = 1e-6  # lr, momentum, weight_decay
 # DoG and DoWG read ||x - x_0|| off weights their own LRs moved, a float32 sum XLA
 # reduces in another order.
-LR_RTOL_BY_CASE = {"DoGController": 1e-5, "DoWGController": 1e-5}
+LR_RTOL_BY_CASE = {"DoGController": 1e-5, "DoWGController": 1e-5, "DAdaptSGDController": 1e-5}
 DIAG_RTOL = 1e-5  # diagnostics; atol = DIAG_RTOL * max |series|
 # Controllers that do not compile under XLA, with the exact XLA error. Empty: all do.
 NOT_XLA: dict[str, str] = {}
@@ -53,6 +53,7 @@ CASES: dict[str, Factory] = {
     # where the iterates oscillate and amplify any rounding difference exponentially.
     "DoGController": lambda: ctl.DoGController(reps_rel=1e-3, c=0.5),
     "DoWGController": lambda: ctl.DoWGController(),
+    "DAdaptSGDController": lambda: ctl.DAdaptSGDController(d0=1e-3),
     "CosineCycleController": lambda: ctl.CosineCycleController(1e-3, 1e-2, 40),
     "CosineRestartsController": lambda: ctl.CosineRestartsController(
         base_lr=0.1, T_0=20, T_mult=2, eta_min=1e-3
@@ -178,7 +179,7 @@ def run(factory: Factory, jit: bool, data: dict[str, np.ndarray]) -> dict[str, n
     controller = factory()
     a, b, w0 = quadratic()
     w = tf.Variable(w0, name="w")
-    needs_grads = hasattr(controller, "watched")  # rules that read the weights
+    needs_grads = hasattr(controller, "watched") or hasattr(controller, "steps")  # weight state
     if needs_grads:
         controller.build([w])
     steps = len(data["loss"])

@@ -14,7 +14,11 @@ from lrresearch.controllers.compose import (
     Product,
     Warmup,
 )
-from lrresearch.controllers.parameter_free import DoGController, DoWGController
+from lrresearch.controllers.parameter_free import (
+    DAdaptSGDController,
+    DoGController,
+    DoWGController,
+)
 from lrresearch.controllers.pytorch import (
     CosineRestartsController,
     CyclicController,
@@ -38,6 +42,7 @@ __all__ = [
     "CosineRestartsController",
     "CyclicController",
     "CyclicalController",
+    "DAdaptSGDController",
     "DoGController",
     "DoWGController",
     "GradNormController",

@@ -1,4 +1,4 @@
-"""Parameter-free step sizes from the distance travelled: DoG and DoWG.
+"""Parameter-free step sizes from the distance travelled: DoG, DoWG, D-Adaptation SGD.
 
 Both read the weights' distance from where training started, `||x_t - x_0||` (one
 global norm over every trainable variable), so they keep a copy of the initial weights
@@ -199,4 +199,90 @@ class DoWGController(_DistanceController):
         self.rbar_sq.assign(rbar_sq)
         self.weighted_grad_sq_sum.assign(weighted)
         diagnostics = {"distance": distance, "rbar_sq": rbar_sq, "weighted_grad_sq_sum": weighted}
+        return ControllerOutput(lr, diagnostics)
+
+
+@gin.configurable
+class DAdaptSGDController(Controller):
+    """D-Adaptation for SGD, the momentum-free form: `lr_k = d_k * c / ||g_0||`, with
+    `d` a running lower bound of the distance to the solution.
+
+    As the authors' `DAdaptSGD(momentum=0)`: `s` accumulates the steps (`s += lr_k g_k`,
+    so the weights are `x_0 - s`), `numerator += lr_k g_k . s_{k-1}`, and after each step
+    `d = max(d, min(2 numerator / ||s||, d * growth_rate))`, starting from `d0`. The
+    gradient is the loss's (`Signals.grads`, the authors' with `weight_decay = 0`).
+    Exact with `Trainer.optimizer = 'sgd'`; the authors' momentum form averages the
+    iterates itself and is not a scalar LR. `s` is one more copy of the weights
+    (checkpointed).
+
+    Logs `controller/d`, `controller/d_hat` (`2 numerator / ||s||`) and
+    `controller/s_norm`.
+
+    Args:
+      c: the authors' `lr` (1.0), a multiplier of the adapted step.
+      d0: the initial `d` (1e-6).
+      growth_rate: the most `d` may grow in one step, a factor (None: no limit, the
+        authors' `inf`).
+
+    Examples:
+      Trainer.controller = @DAdaptSGDController()
+      Trainer.optimizer = 'sgd'                     # D-Adapt SGD's own update
+
+    References:
+      Defazio, Mishchenko. "Learning-Rate-Free Learning by D-Adaptation." ICML 2023;
+      the authors' code, github.com/facebookresearch/dadaptation
+      (`dadaptation/dadapt_sgd.py`, class `DAdaptSGD`).
+    """
+
+    def __init__(
+        self,
+        c: float = 1.0,
+        d0: float = 1e-6,
+        growth_rate: float | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        owner = "DAdaptSGDController"
+        check_positive(owner, c=c, d0=d0)
+        if growth_rate is not None:
+            check_positive(owner, growth_rate=growth_rate)
+        self.c, self.d0 = float(c), float(d0)
+        self.growth_rate = None if growth_rate is None else float(growth_rate)
+        self.initial_lr = 0.0  # placeholder: the first LR needs the first gradient
+        self.d = tf.Variable(self.d0, trainable=False, name="d")
+        self.numerator = tf.Variable(0.0, trainable=False, name="numerator")
+        self.g0_norm = tf.Variable(0.0, trainable=False, name="g0_norm")
+        self.steps: list[tf.Variable] = []
+
+    def build(self, variables: Sequence[tf.Variable]) -> None:
+        """Creates `s`, the sum of the steps, one zero copy per variable."""
+        self.steps = [
+            tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False, name="s") for v in variables
+        ]
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        if not self.steps or len(self.steps) != len(signals.grads):
+            raise ValueError(
+                "DAdaptSGDController needs the model's variables: the trainer calls "
+                "build(variables); in a custom loop call it yourself once, before training"
+            )
+        norm = tf.cast(signals.global_norm, tf.float32)
+        finite = tf.math.is_finite(norm)
+        g0_norm = tf.where(self.g0_norm > 0.0, self.g0_norm, tf.where(finite, norm, 0.0))
+        lr = self.d * self.c / g0_norm
+        use = finite & (g0_norm > 0.0)
+        step = tf.where(use, lr, 0.0)
+        grads = [tf.cast(g, tf.float32) for g in signals.grads]
+        delta = tf.add_n([tf.reduce_sum(g * s) for g, s in zip(grads, self.steps, strict=True)])
+        for g, s in zip(grads, self.steps, strict=True):
+            s.assign_add(tf.where(use, step * g, tf.zeros_like(g)))
+        s_norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(s)) for s in self.steps]))
+        numerator = self.numerator + tf.where(use, step * delta, 0.0)
+        d_hat = tf.math.divide_no_nan(2.0 * numerator, s_norm)
+        bound = d_hat if self.growth_rate is None else tf.minimum(d_hat, self.d * self.growth_rate)
+        d = tf.where(use, tf.maximum(self.d, bound), self.d)
+        self.g0_norm.assign(g0_norm)
+        self.numerator.assign(numerator)
+        self.d.assign(d)
+        diagnostics = {"d": d, "d_hat": d_hat, "s_norm": s_norm}
         return ControllerOutput(lr, diagnostics)

@@ -1,21 +1,25 @@
-"""Compares `DoGController` and `DoWGController` with their reference code.
+"""Compares `DoGController`, `DoWGController` and `DAdaptSGDController` with their
+reference code.
 
 References (not dependencies of lrresearch; install them in a scratch venv next to
 lrresearch): the authors' DoG, PyPI `dog-optimizer` (github.com/formll/dog, class
-`dog.DoG`, PyTorch), and optax's `optax.contrib.dowg` (JAX; DoWG's authors published no
-code of their own). Both sides train the same softmax regression in float64 (one
-weight matrix, the bias folded in as a column of ones) with plain SGD, on the same
-minibatches from the same initial weights. Ours runs the trainer's per-batch path
+`dog.DoG`, PyTorch); the authors' D-Adaptation, PyPI `dadaptation`
+(github.com/facebookresearch/dadaptation, class `DAdaptSGD` with momentum 0); and
+optax's `optax.contrib.dowg` (JAX; DoWG's authors published no code of their own).
+Both sides train the same softmax regression in float64 (one weight matrix, the bias
+folded in as a column of ones) with plain SGD, on the same minibatches from the same
+initial weights. Ours runs the trainer's per-batch path
 (`batch_signals` -> `set_lr` -> `optimizer.apply`, compiled) with float64 weights; the
 controllers' own arithmetic is float32. The step size of batch `t` is the one applied to
-it: `param_groups[0]["eta"][0]` after DoG's `step()`, and for DoWG the learning rate
-`scale_by_dowg` computes from its state.
+it: `param_groups[0]["eta"][0]` after DoG's `step()`, `d * lr / g0_norm` of
+`DAdaptSGD`'s group before its `step()`, and for DoWG the learning rate `scale_by_dowg`
+computes from its state.
 
 Prints, per method and setting, the largest relative difference of the step size and
 of the weights over the run, with the machine, versions, date and command.
 
 Run (in a venv with lrresearch, torch, dog-optimizer and optax):
-  python tools/check_dog_reference.py [--steps=500]
+  python tools/check_parameter_free_reference.py [--steps=500]
 Exits 1 if a row differs by more than 1e-5 (step size) or 1e-5 (weights).
 """
 
@@ -32,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from measured_page import run_and_write
 
-from lrresearch.controllers import DoGController, DoWGController
+from lrresearch.controllers import DAdaptSGDController, DoGController, DoWGController
 from lrresearch.signals import MovingAverage
 from lrresearch.step import batch_signals, set_lr
 
@@ -40,16 +44,20 @@ TOLERANCE = 1e-5
 CLASSES, FEATURES, BATCH = 4, 20, 32
 INTRO = (
     "`DoGController` against the authors' `DoG` (PyPI `dog-optimizer`, "
-    "github.com/formll/dog) and `DoWGController` against `optax.contrib.dowg`, same data "
-    "and initial weights, float64 weights on both sides, plain SGD. Needs torch, "
-    "dog-optimizer and optax in a scratch venv."
+    "github.com/formll/dog), `DAdaptSGDController` against the authors' `DAdaptSGD` "
+    "(PyPI `dadaptation`, momentum 0) and `DoWGController` against `optax.contrib.dowg`, "
+    "same data and initial weights, float64 weights on both sides, plain SGD. Needs "
+    "torch, dog-optimizer, dadaptation and optax in a scratch venv."
 )
 
-# name, ours, the reference's arguments.
+# "method, setting", ours, the reference's arguments.
 CASES = [
     ("DoG, reps_rel 1e-6", lambda: DoGController(), {"reps_rel": 1e-6}),
     ("DoG, reps_rel 1e-4", lambda: DoGController(reps_rel=1e-4), {"reps_rel": 1e-4}),
     ("DoG, init_eta 0.01", lambda: DoGController(init_eta=0.01), {"init_eta": 0.01}),
+    ("DAdaptSGD, defaults", lambda: DAdaptSGDController(), {}),
+    ("DAdaptSGD, growth 1.02", lambda: DAdaptSGDController(growth_rate=1.02),
+     {"growth_rate": 1.02}),
     ("DoWG, defaults", lambda: DoWGController(), {}),
     ("DoWG, init 1e-2", lambda: DoWGController(init_estim_sq_dist=1e-2),
      {"init_estim_sq_dist": 1e-2}),
@@ -81,6 +89,26 @@ def dog_run(kwargs, x, y, w0):
         loss.backward()
         optimizer.step()
         etas.append(float(optimizer.param_groups[0]["eta"][0]))
+        weights.append(w.detach().numpy().copy())
+    return np.array(etas), np.array(weights)
+
+
+def dadapt_run(kwargs, x, y, w0):
+    """The authors' DAdaptSGD (momentum 0); returns (step sizes, weights after each batch)."""
+    import torch
+    from dadaptation import DAdaptSGD
+
+    w = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    optimizer = DAdaptSGD([w], momentum=0.0, **kwargs)
+    etas, weights = [], []
+    for xb, yb in zip(x, y, strict=True):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(torch.tensor(xb) @ w, torch.tensor(yb))
+        loss.backward()
+        group = optimizer.param_groups[0]
+        d = group["d"]
+        optimizer.step()
+        etas.append(d * group["lr"] / group["g0_norm"])  # the step it just took
         weights.append(w.detach().numpy().copy())
     return np.array(etas), np.array(weights)
 
@@ -143,10 +171,11 @@ def main() -> int:
     args = parser.parse_args()
     sys.modules.setdefault("triton", None)  # see check_hypergradient_reference.py
     try:
+        import dadaptation
         import dog
         import torch
     except ImportError as e:
-        sys.exit(f"needs torch and dog-optimizer (not lrresearch dependencies): {e}")
+        sys.exit(f"needs torch, dog-optimizer, dadaptation (not lrresearch dependencies): {e}")
     try:
         import optax
     except ImportError:
@@ -155,7 +184,8 @@ def main() -> int:
 
     print(
         f"versions: torch {torch.__version__}, dog-optimizer {metadata.version('dog-optimizer')} "
-        f"({dog.__file__}), optax {optax.__version__ if optax else 'not installed'}, "
+        f"({dog.__file__}), dadaptation {metadata.version('dadaptation')} "
+        f"({dadaptation.__file__}), optax {optax.__version__ if optax else 'not installed'}, "
         f"numpy {np.__version__}"
     )
     print(
@@ -167,7 +197,8 @@ def main() -> int:
     print("|---|---|---|---|")
     failed = False
     for name, make, kwargs in CASES:
-        reference = dog_run if name.startswith("DoG,") else dowg_run
+        method = name.split(",")[0]  # "DoG", "DAdaptSGD" or "DoWG"
+        reference = {"DoG": dog_run, "DAdaptSGD": dadapt_run, "DoWG": dowg_run}[method]
         if reference is dowg_run and optax is None:
             print(f"| {name} | skipped: optax not installed | | |")
             continue
@@ -183,6 +214,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(
-        run_and_write(main, "docs/parity/dog.md", "DoG and DoWG against their references", INTRO)
-    )
+    title = "DoG, D-Adaptation SGD and DoWG against their references"
+    sys.exit(run_and_write(main, "docs/parity/parameter_free.md", title, INTRO))
