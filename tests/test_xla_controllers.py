@@ -54,6 +54,7 @@ CASES: dict[str, Factory] = {
     "DoGController": lambda: ctl.DoGController(reps_rel=1e-3, c=0.5),
     "DoWGController": lambda: ctl.DoWGController(),
     "DAdaptSGDController": lambda: ctl.DAdaptSGDController(d0=1e-3),
+    "WSDController": lambda: ctl.WSDController(0.1, 20, 100, 60, "cosine", "1-sqrt", 0.05),
     "CosineCycleController": lambda: ctl.CosineCycleController(1e-3, 1e-2, 40),
     "CosineRestartsController": lambda: ctl.CosineRestartsController(
         base_lr=0.1, T_0=20, T_mult=2, eta_min=1e-3

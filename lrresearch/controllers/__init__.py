@@ -24,7 +24,11 @@ from lrresearch.controllers.pytorch import (
     CyclicController,
     OneCycleController,
 )
-from lrresearch.controllers.schedules import ConstantController, WarmupCosineController
+from lrresearch.controllers.schedules import (
+    ConstantController,
+    WarmupCosineController,
+    WSDController,
+)
 from lrresearch.controllers.seed import (
     CosineCycleController,
     CyclicalController,
@@ -54,6 +58,7 @@ __all__ = [
     "PlateauController",
     "PolyakController",
     "Product",
+    "WSDController",
     "Warmup",
     "WarmupCosineController",
 ]

@@ -131,3 +131,129 @@ class WarmupCosineController(Controller):
         warming = t < self.warmup_steps
         lr = tf.where(warming, warm, decayed)
         return ControllerOutput(tf.cast(lr, tf.float32), {"warmup": tf.cast(warming, tf.float32)})
+
+
+WSD_SHAPES = ("linear", "cosine", "1-sqrt")
+
+
+@gin.configurable
+class WSDController(Controller):
+    """Warmup-stable-decay: a warmup to `peak_lr`, a long stable phase at it, then a
+    short cooldown, the same sequence as Hugging Face transformers'
+    `get_wsd_schedule(num_warmup_steps, num_decay_steps, num_stable_steps, warmup_type,
+    decay_type, min_lr_ratio, num_cycles)` times `peak_lr`.
+
+    For batch index `t` (0-based) the LR is `peak_lr` times:
+      * warmup, `t < warmup_steps`, with `p = t / warmup_steps`: `p` (linear),
+        `(1 - cos(pi p)) / 2` (cosine) or `1 - sqrt(1 - p)` (1-sqrt), mapped to
+        `[min_lr_ratio, 1]`;
+      * stable, for `stable_steps` batches: 1;
+      * decay, for `decay_steps` batches, with `p` its progress: `1 - p` (linear),
+        `(1 + cos(2 pi num_cycles p)) / 2` (cosine) or `1 - sqrt(p)` (1-sqrt, the
+        cooldown of Hägele et al.), mapped to `[min_lr_ratio, 1]`;
+      * after it: `min_lr_ratio`.
+
+    Args:
+      peak_lr: the LR of the stable phase (> 0).
+      warmup_steps: warmup length in batches (>= 0).
+      stable_steps: stable length in batches (>= 0).
+      decay_steps: cooldown length in batches (>= 1).
+      warmup_shape: "linear", "cosine" or "1-sqrt".
+      decay_shape: "linear", "cosine" or "1-sqrt".
+      min_lr_ratio: the floor, as a fraction of `peak_lr` (in [0, 1]).
+      num_cycles: the cosine cooldown's half-waves (0.5: one decay to the floor).
+
+    Examples:
+      Trainer.controller = @WSDController()
+      WSDController.peak_lr = 0.1
+      WSDController.warmup_steps = 100              # batches
+      WSDController.stable_steps = 1500
+      WSDController.decay_steps = 400               # about 20% of Trainer.steps
+      WSDController.decay_shape = '1-sqrt'
+
+      >>> from lrresearch.controllers import WSDController
+      >>> from lrresearch.signals import make_signals
+      >>> c = WSDController(peak_lr=0.1, warmup_steps=10, stable_steps=80, decay_steps=10,
+      ...                   decay_shape="linear")
+      >>> [round(float(c.compute(make_signals(t, 1.0)).lr), 4) for t in (0, 5, 50, 95, 100)]
+      [0.0, 0.05, 0.1, 0.05, 0.0]
+
+    References:
+      Hugging Face transformers, `transformers.get_wsd_schedule`
+      (`src/transformers/optimization.py`). Hu et al. "MiniCPM." 2024. Hägele et al.
+      "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations."
+      NeurIPS 2024 (the 1-sqrt cooldown).
+    """
+
+    def __init__(
+        self,
+        peak_lr: float = 0.1,
+        warmup_steps: int = 100,
+        stable_steps: int = 1500,
+        decay_steps: int = 400,
+        warmup_shape: str = "linear",
+        decay_shape: str = "cosine",
+        min_lr_ratio: float = 0.0,
+        num_cycles: float = 0.5,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        owner = "WSDController"
+        check_positive(owner, peak_lr=peak_lr, num_cycles=num_cycles)
+        check_int(owner, "warmup_steps", warmup_steps, 0)
+        check_int(owner, "stable_steps", stable_steps, 0)
+        check_int(owner, "decay_steps", decay_steps, 1)
+        for arg, shape in (("warmup_shape", warmup_shape), ("decay_shape", decay_shape)):
+            if shape not in WSD_SHAPES:
+                raise ValueError(f"{owner}.{arg} must be one of {WSD_SHAPES}, got {shape!r}")
+        check_number(owner, "min_lr_ratio", min_lr_ratio)
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"{owner}.min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
+        self.peak_lr, self.min_lr_ratio = float(peak_lr), float(min_lr_ratio)
+        self.warmup_steps, self.stable_steps, self.decay_steps = (
+            warmup_steps, stable_steps, decay_steps,
+        )  # fmt: skip
+        self.warmup_shape, self.decay_shape = warmup_shape, decay_shape
+        self.num_cycles = float(num_cycles)
+        first = self.min_lr_ratio if warmup_steps else 1.0
+        self.initial_lr = self.peak_lr * first
+
+    def run_warnings(self, steps: int | None) -> list[str]:
+        """Warns when the run ends before the cooldown starts (it never decays)."""
+        start = self.warmup_steps + self.stable_steps
+        if steps is None or start < steps:
+            return []
+        return [
+            f"WSDController's cooldown starts at batch {start} (warmup_steps + "
+            f"stable_steps), after the run's Trainer.steps = {steps}, so the LR never "
+            f"decays; lower WSDController.stable_steps"
+        ]
+
+    def compute(self, signals: Signals) -> ControllerOutput:
+        # float64, rounded to float32 once at the end (as WarmupCosineController).
+        t = tf.cast(signals.step, tf.float64)
+        floor = self.min_lr_ratio
+        p = t / max(1, self.warmup_steps)
+        if self.warmup_shape == "linear":
+            warm = p
+        elif self.warmup_shape == "cosine":
+            warm = 0.5 * (1.0 - tf.cos(math.pi * p))
+        else:
+            warm = 1.0 - tf.sqrt(tf.maximum(1.0 - p, 0.0))
+        warm = tf.maximum(warm * (1.0 - floor) + floor, 0.0)
+        start = self.warmup_steps + self.stable_steps
+        q = tf.clip_by_value((t - start) / self.decay_steps, 0.0, 1.0)
+        if self.decay_shape == "linear":
+            cool = 1.0 - q
+        elif self.decay_shape == "cosine":
+            cool = 0.5 * (1.0 + tf.cos(math.pi * self.num_cycles * 2.0 * q))
+        else:
+            cool = 1.0 - tf.sqrt(q)
+        cool = tf.maximum(cool * (1.0 - floor) + floor, 0.0)
+        warming, stable = t < self.warmup_steps, t < start
+        factor = tf.where(warming, warm, tf.where(stable, tf.ones_like(cool), cool))
+        factor = tf.where(t >= start + self.decay_steps, tf.constant(floor, tf.float64), factor)
+        lr = tf.cast(self.peak_lr * factor, tf.float32)
+        # 0 warmup, 1 stable, 2 cooldown (and after it).
+        phase = 2.0 - tf.cast(stable, tf.float32) - tf.cast(warming, tf.float32)
+        return ControllerOutput(lr, {"phase": phase})
