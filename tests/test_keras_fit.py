@@ -373,6 +373,9 @@ def every_controller() -> list[c.Controller]:
         c.CosineRestartsController(0.2, T_0=3, T_mult=2, eta_min=0.01),
         c.CyclicController(0.01, 0.2, step_size_up=2, step_size_down=3, mode="triangular2"),
         c.CyclicalController(0.02, 0.2, cycle_length=5, nudge_below_loss=2.5, nudge_factor=1.5),
+        c.DAdaptSGDController(c=0.9, d0=1e-3, growth_rate=1.5),
+        c.DoGController(reps_rel=1e-4, c=0.9),
+        c.DoWGController(init_estim_sq_dist=1e-2),
         c.GradNormController(base_lr=0.2, slope=0.1),
         c.HypergradientController(initial_lr=0.1, hyper_lr=0.01),
         c.LossNudgeFactor(below_loss=2.5, factor=2.0),
@@ -384,6 +387,7 @@ def every_controller() -> list[c.Controller]:
         c.Product(c.ConstantController(0.1), c.LossNudgeFactor(2.5, 3.0)),
         c.Warmup(c.ConstantController(0.2), warmup_steps=4, shape="exponential"),
         c.WarmupCosineController(0.2, warmup_steps=2, decay_steps=6),
+        c.WSDController(0.2, 2, 2, 3, "cosine", "1-sqrt", 0.1),
     ]
 
 
