@@ -385,3 +385,27 @@ def test_plateau_matches_reduce_lr_on_plateau(patience, cooldown):
 def test_bad_arguments_name_the_parameter(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def sps_plus_reference(losses, norms, c):
+    """The SPS authors' `Sps.step` (IssamLaradji/sps, sps/sps.py), adapt_flag
+    'constant', f* = 0, eta_max None: loss / (c ||g||^2), 0 for ||g|| < 1e-8 (their eps
+    of 1e-8 in the denominator is left out: ours has none)."""
+    return np.array(
+        [0.0 if n < 1e-8 else f / (c * n**2) for f, n in zip(losses, norms, strict=True)]
+    )
+
+
+def test_sps_plus_is_the_unbounded_rule():
+    rng = np.random.default_rng(0)
+    losses = rng.uniform(0.1, 2.0, size=200).astype(np.float32)
+    norms = rng.uniform(0.2, 3.0, size=200).astype(np.float32)
+    norms[[17, 90]] = 0.0  # a zero gradient: LR 0
+    controller = PolyakController(c=0.5, max_lr=None)
+    got = [
+        float(controller.compute(make_signals(t, float(loss), global_norm=float(norm))).lr)
+        for t, (loss, norm) in enumerate(zip(losses, norms, strict=True))
+    ]
+    want = sps_plus_reference(losses.astype(np.float64), norms.astype(np.float64), 0.5)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert max(got) > 1.0  # no bound

@@ -34,10 +34,14 @@ class PolyakController(Controller):
     `state_warnings` reports a streak of `ZERO_LR_STREAK` (50) batches or more: with
     `f_star` above the loss the whole run would otherwise train nothing and exit 0.
 
+    The floor at 0 makes the numerator `(loss - f_star)_+`, SPS+'s (Gower et al.
+    2022); `max_lr = None` drops the bound, which is SPS+ itself (a zero gradient then
+    gives LR 0, as the SPS authors' code does for `||g|| < 1e-8`).
+
     Args:
       c: the paper's `c` (0.5 is its theory-backed default for convex problems).
       f_star: a lower bound of the per-batch loss (0 for cross-entropy).
-      max_lr: upper bound `gamma_b`.
+      max_lr: upper bound `gamma_b`, or None (SPS+).
 
     Examples:
       Trainer.controller = @PolyakController()
@@ -56,13 +60,21 @@ class PolyakController(Controller):
     """
 
     def __init__(
-        self, c: float = 0.5, f_star: float = 0.0, max_lr: float = 1.0, name: str | None = None
+        self,
+        c: float = 0.5,
+        f_star: float = 0.0,
+        max_lr: float | None = 1.0,
+        name: str | None = None,
     ):
         super().__init__(name=name)
-        check_positive("PolyakController", c=c, max_lr=max_lr)
-        check_number("PolyakController", "f_star", f_star)
-        self.c, self.f_star, self.max_lr = float(c), float(f_star), float(max_lr)
-        self.initial_lr = self.max_lr
+        owner = "PolyakController"
+        check_positive(owner, c=c)
+        check_number(owner, "f_star", f_star)
+        if max_lr is not None:
+            check_positive(owner, max_lr=max_lr)
+        self.c, self.f_star = float(c), float(f_star)
+        self.max_lr = None if max_lr is None else float(max_lr)
+        self.initial_lr = self.max_lr if self.max_lr is not None else 0.0
         # Batches in a row (and in all) whose loss was <= f_star, so their LR was 0.
         self.zero_lr_streak = tf.Variable(0, dtype=tf.int64, trainable=False, name="zero_lr_streak")
         self.zero_lr_batches = tf.Variable(
@@ -91,8 +103,11 @@ class PolyakController(Controller):
         self.zero_lr_streak.assign((self.zero_lr_streak + at_floor) * at_floor)
         self.zero_lr_batches.assign_add(at_floor)
         polyak = tf.math.divide_no_nan(gap, self.c * sq_norm)
-        polyak = tf.where(sq_norm > 0, polyak, self.max_lr)
-        lr = tf.maximum(tf.minimum(polyak, self.max_lr), 0.0)
+        if self.max_lr is None:  # SPS+: no bound; a zero gradient moves nothing
+            lr = tf.maximum(polyak, 0.0)
+        else:
+            polyak = tf.where(sq_norm > 0, polyak, self.max_lr)
+            lr = tf.maximum(tf.minimum(polyak, self.max_lr), 0.0)
         lr = tf.where(tf.math.is_finite(gap), lr, gap)  # let the guard see a bad loss
         return ControllerOutput(lr, {"polyak": polyak, "gap": gap})
 
