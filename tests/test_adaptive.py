@@ -409,3 +409,31 @@ def test_sps_plus_is_the_unbounded_rule():
     want = sps_plus_reference(losses.astype(np.float64), norms.astype(np.float64), 0.5)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert max(got) > 1.0  # no bound
+
+
+def smoothed_sps_reference(losses, norms, c, gamma, batches, start):
+    """`Sps.step` with adapt_flag 'smooth_iter', f* = 0: min(gamma^(1/n) * previous,
+    loss / (c ||g||^2)), from init_step_size (no zero gradients here: see the docstring)."""
+    previous, lrs = start, []
+    for loss, norm in zip(losses, norms, strict=True):
+        previous = min(gamma ** (1.0 / batches) * previous, loss / (c * norm**2))
+        lrs.append(previous)
+    return np.array(lrs)
+
+
+def test_smoothed_sps_is_the_authors_smooth_iter():
+    rng = np.random.default_rng(1)
+    losses = rng.uniform(0.1, 2.0, size=300).astype(np.float32)
+    norms = rng.uniform(0.05, 3.0, size=300).astype(np.float32)
+    controller = PolyakController(c=0.5, max_lr=None, smoothing=2.0, smoothing_batches=20,
+                                  smoothing_start=0.5)  # fmt: skip
+    got = [
+        float(controller.compute(make_signals(t, float(loss), global_norm=float(norm))).lr)
+        for t, (loss, norm) in enumerate(zip(losses, norms, strict=True))
+    ]
+    want = smoothed_sps_reference(losses.astype(np.float64), norms.astype(np.float64),
+                                  0.5, 2.0, 20, 0.5)  # fmt: skip
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    ratios = np.array(got[1:]) / np.array(got[:-1])
+    assert ratios.max() <= 2.0 ** (1 / 20) * (1 + 1e-6)  # the cap on growth is reached
+    assert ratios.max() > 2.0 ** (1 / 20) * (1 - 1e-6)

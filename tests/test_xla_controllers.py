@@ -54,6 +54,9 @@ CASES: dict[str, Factory] = {
     "DoGController": lambda: ctl.DoGController(reps_rel=1e-3, c=0.5),
     "DoWGController": lambda: ctl.DoWGController(),
     "DAdaptSGDController": lambda: ctl.DAdaptSGDController(d0=1e-3),
+    "PolyakController-smoothed": lambda: ctl.PolyakController(
+        max_lr=None, smoothing=2.0, smoothing_batches=10
+    ),
     "WSDController": lambda: ctl.WSDController(0.1, 20, 100, 60, "cosine", "1-sqrt", 0.05),
     "CosineCycleController": lambda: ctl.CosineCycleController(1e-3, 1e-2, 40),
     "CosineRestartsController": lambda: ctl.CosineRestartsController(

@@ -38,10 +38,22 @@ class PolyakController(Controller):
     2022); `max_lr = None` drops the bound, which is SPS+ itself (a zero gradient then
     gives LR 0, as the SPS authors' code does for `||g|| < 1e-8`).
 
+    Smoothed SPS (`smoothing`, the authors' `adapt_flag='smooth_iter'`): the LR grows by
+    at most `smoothing ** (1 / smoothing_batches)` per batch, `lr_t = min(that *
+    lr_{t-1}, polyak_t)` (and `max_lr`, if set; the authors have no bound there), from
+    `lr_{-1} = smoothing_start` (their `init_step_size`). The authors use `smoothing =
+    2` over an epoch's batches. One difference: after a zero-gradient batch (LR 0) the
+    authors' rule stays at 0 for good (it grows from 0); here the next batch grows
+    from the LR before it.
+
     Args:
       c: the paper's `c` (0.5 is its theory-backed default for convex problems).
       f_star: a lower bound of the per-batch loss (0 for cross-entropy).
       max_lr: upper bound `gamma_b`, or None (SPS+).
+      smoothing: the smoothed step's growth `gamma` per `smoothing_batches`, or None.
+      smoothing_batches: batches over which the LR may grow by `smoothing` (the
+        authors' `n_batches_per_epoch`).
+      smoothing_start: the LR the smoothed step grows from (`init_step_size`, 1.0).
 
     Examples:
       Trainer.controller = @PolyakController()
@@ -64,6 +76,9 @@ class PolyakController(Controller):
         c: float = 0.5,
         f_star: float = 0.0,
         max_lr: float | None = 1.0,
+        smoothing: float | None = None,
+        smoothing_batches: int = 500,
+        smoothing_start: float = 1.0,
         name: str | None = None,
     ):
         super().__init__(name=name)
@@ -75,6 +90,13 @@ class PolyakController(Controller):
         self.c, self.f_star = float(c), float(f_star)
         self.max_lr = None if max_lr is None else float(max_lr)
         self.initial_lr = self.max_lr if self.max_lr is not None else 0.0
+        self.smoothing = None if smoothing is None else float(smoothing)
+        if smoothing is not None:
+            check_positive(owner, smoothing=smoothing, smoothing_start=smoothing_start)
+            check_int(owner, "smoothing_batches", smoothing_batches, 1)
+            self.growth = self.smoothing ** (1.0 / smoothing_batches)
+            # Only with smoothing: checkpoints of the plain rule keep their layout.
+            self.previous = tf.Variable(float(smoothing_start), trainable=False, name="previous")
         # Batches in a row (and in all) whose loss was <= f_star, so their LR was 0.
         self.zero_lr_streak = tf.Variable(0, dtype=tf.int64, trainable=False, name="zero_lr_streak")
         self.zero_lr_batches = tf.Variable(
@@ -108,7 +130,11 @@ class PolyakController(Controller):
         else:
             polyak = tf.where(sq_norm > 0, polyak, self.max_lr)
             lr = tf.maximum(tf.minimum(polyak, self.max_lr), 0.0)
-        lr = tf.where(tf.math.is_finite(gap), lr, gap)  # let the guard see a bad loss
+        finite = tf.math.is_finite(gap)
+        if self.smoothing is not None:
+            lr = tf.minimum(lr, self.growth * self.previous)
+            self.previous.assign(tf.where(finite & (lr > 0.0), lr, self.previous))
+        lr = tf.where(finite, lr, gap)  # let the guard see a bad loss
         return ControllerOutput(lr, {"polyak": polyak, "gap": gap})
 
 
