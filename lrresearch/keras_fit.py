@@ -79,7 +79,7 @@ from lrresearch import precision
 from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.guard import NonFiniteGuard
-from lrresearch.keras_log import LogRing, PerBatchSummaries  # noqa: F401 (public here)
+from lrresearch.keras_log import PerBatchSummaries, log_row  # noqa: F401 (public here)
 from lrresearch.signals import MovingAverage, Signals
 from lrresearch.step import (
     all_reduce_sum,
@@ -329,30 +329,13 @@ class ControlledModel(keras.Model):
                 self._control_and_apply, args=(batch_loss, batch_grads, grads)
             )
         if not tf.distribute.has_strategy() and getattr(self, "_buffer_batch_rows", False):
-            self._log_row(batch_row(signals, lr, out, extra), signals.step)
+            log_row(self, batch_row(signals, lr, out, extra), signals.step)
         else:
             # Under a strategy, or a summary writer set by the caller (no
             # PerBatchSummaries to drain a buffer): summary ops in the step, as before.
             write_batch_summaries(signals, lr, out, extra)
         self._track_loss(x, batch_loss)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def _log_row(self, row: dict[str, tf.Tensor], step: tf.Tensor) -> None:
-        """Writes this batch's row and step into the ring buffer `_log_ring` (created at
-        trace time, `steps_per_execution` rows) at row `count mod capacity`, and counts
-        it; `PerBatchSummaries` drains the ring after each compiled call."""
-        tags, capacity = tuple(row), int(self.steps_per_execution)
-        ring = getattr(self, "_log_ring", None)
-        if ring is None or (ring.tags, ring.capacity) != (tags, capacity):
-            with tf.init_scope():  # outside the traced function, as the controller's
-                ring = LogRing(tags, capacity)
-            # Untracked (not a Keras or checkpoint dependency): never saved.
-            object.__setattr__(self, "_log_ring", ring)
-        with tf.name_scope("summaries"):
-            index = tf.reshape(tf.math.floormod(ring.count.read_value(), capacity), [1, 1])
-            ring.rows.scatter_nd_update(index, tf.stack([row[t] for t in tags])[tf.newaxis])
-            ring.steps.scatter_nd_update(index, tf.reshape(tf.cast(step, tf.int64), [1]))
-            ring.count.assign_add(1)
 
     def _track_loss(self, x, batch_loss: tf.Tensor) -> None:
         """Adds this batch's loss (the global-batch mean, `loss/batch`) to Keras's loss

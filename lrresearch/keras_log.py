@@ -38,6 +38,24 @@ class LogRing:
         self.count = variable(tf.constant(0, tf.int64), "log_count")
 
 
+def log_row(model: keras.Model, row: dict[str, tf.Tensor], step: tf.Tensor) -> None:
+    """Writes one batch's row and step into `model._log_ring` (traced code; the ring is
+    created at trace time, `steps_per_execution` rows) at row `count mod capacity`, and
+    counts it; `PerBatchSummaries` drains the ring after each compiled call."""
+    tags, capacity = tuple(row), int(model.steps_per_execution)
+    ring = getattr(model, "_log_ring", None)
+    if ring is None or (ring.tags, ring.capacity) != (tags, capacity):
+        with tf.init_scope():  # outside the traced function, as the controller's
+            ring = LogRing(tags, capacity)
+        # Untracked (not a Keras or checkpoint dependency): never saved.
+        object.__setattr__(model, "_log_ring", ring)
+    with tf.name_scope("summaries"):
+        index = tf.reshape(tf.math.floormod(ring.count.read_value(), capacity), [1, 1])
+        ring.rows.scatter_nd_update(index, tf.stack([row[t] for t in tags])[tf.newaxis])
+        ring.steps.scatter_nd_update(index, tf.reshape(tf.cast(step, tf.int64), [1]))
+        ring.count.assign_add(1)
+
+
 class PerBatchSummaries(keras.callbacks.Callback):
     """Writes the per-batch summaries of a `ControlledModel`'s `fit` to `logdir`.
 

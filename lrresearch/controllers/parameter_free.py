@@ -25,6 +25,15 @@ from lrresearch.controllers.base import Controller, ControllerOutput, check_posi
 from lrresearch.signals import Signals
 
 
+def _require_built(owner: str, state: Sequence[tf.Variable], signals: Signals) -> None:
+    """Raises unless `build(variables)` made one state variable per gradient."""
+    if not state or len(state) != len(signals.grads):
+        raise ValueError(
+            f"{owner} needs the model's variables: the trainer calls build(variables); "
+            "in a custom loop call it yourself once, before training"
+        )
+
+
 def _distance(watched: Sequence[tf.Variable], initial: Sequence[tf.Variable]) -> tf.Tensor:
     """`||x - x_0||` over every variable (float32 scalar)."""
     squares = [
@@ -54,11 +63,7 @@ class _DistanceController(Controller):
         self.initial_norm.assign(tf.sqrt(tf.add_n(squares)))
 
     def _check_built(self, signals: Signals) -> None:
-        if not self.watched or len(self.watched) != len(signals.grads):
-            raise ValueError(
-                f"{type(self).__name__} needs the model's variables: the trainer calls "
-                "build(variables); in a custom loop call it yourself once, before training"
-            )
+        _require_built(type(self).__name__, self.watched, signals)
 
 
 @gin.configurable
@@ -261,11 +266,7 @@ class DAdaptSGDController(Controller):
         ]
 
     def compute(self, signals: Signals) -> ControllerOutput:
-        if not self.steps or len(self.steps) != len(signals.grads):
-            raise ValueError(
-                "DAdaptSGDController needs the model's variables: the trainer calls "
-                "build(variables); in a custom loop call it yourself once, before training"
-            )
+        _require_built("DAdaptSGDController", self.steps, signals)
         norm = tf.cast(signals.global_norm, tf.float32)
         finite = tf.math.is_finite(norm)
         g0_norm = tf.where(self.g0_norm > 0.0, self.g0_norm, tf.where(finite, norm, 0.0))
