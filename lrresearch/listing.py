@@ -66,15 +66,16 @@ def _entry(gin_name: str, obj: Any, passed: set[str] | None = PASSED_BY_CALLER) 
     return Entry(gin_name, _defaults(obj, passed) if passed is not None else "", _rule(obj))
 
 
-def _configurables(module: str) -> dict[str, Any]:
-    """`{short name: object}` of the gin configurables defined in `module`."""
+def _configurables(module: str, nested: bool = False) -> dict[str, Any]:
+    """`{short name: object}` of the gin configurables defined in `module` (and, with
+    `nested`, in its submodules)."""
     from lrresearch import config
 
     prefix = f"{module}."
     return {
-        selector[len(prefix) :]: obj
+        selector.rsplit(".", 1)[-1]: obj
         for selector, obj in config.configurables().items()
-        if selector.startswith(prefix) and "." not in selector[len(prefix) :]
+        if selector.startswith(prefix) and (nested or "." not in selector[len(prefix) :])
     }
 
 
@@ -109,7 +110,8 @@ def _optimizers() -> list[Entry]:
     from lrresearch import optimizers
 
     entries = [_short_optimizer(n, f) for n, f in optimizers.OPTIMIZERS.items()]
-    entries += [_entry(n, obj) for n, obj in _configurables("lrresearch.optimizers").items()]
+    ours = _configurables("lrresearch.optimizers", nested=True)
+    entries += [_entry(n, obj) for n, obj in ours.items()]
     return entries + _keras("keras.optimizers")
 
 

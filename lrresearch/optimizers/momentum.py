@@ -1,14 +1,13 @@
-"""Keras 3 optimizers whose update suits an LR that changes every batch.
+"""`MomentumSGD`: PyTorch's momentum SGD, an update that suits an LR changing every batch.
 
-`MomentumSGD` is PyTorch's momentum SGD. It differs from Keras's
-`keras.optimizers.SGD(momentum=...)` only when the LR changes between batches, which is
+It differs from Keras's `keras.optimizers.SGD(momentum=...)`
+only when the LR changes between batches, which is
 every batch under a controller. Registered with gin (`Trainer.optimizer = @MomentumSGD`)
 and with Keras's serialization (a compiled `ControlledModel` saves and loads it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import gin
@@ -119,38 +118,3 @@ class MomentumSGD(keras.optimizers.Optimizer):
             "nesterov": self.nesterov,
             "weight_decay": self.l2_weight_decay,
         }
-
-
-# The short names of `Trainer.optimizer`.
-OPTIMIZERS: dict[str, Callable[..., keras.optimizers.Optimizer]] = {
-    "sgd": lambda lr: keras.optimizers.SGD(learning_rate=lr),
-    "momentum": lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=0.9),
-    "nesterov": lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True),
-    "adam": lambda lr: keras.optimizers.Adam(learning_rate=lr),
-    "adamw": lambda lr: keras.optimizers.AdamW(learning_rate=lr),
-}
-
-
-def make_optimizer(
-    optimizer: str | Callable[..., keras.optimizers.Optimizer], initial_lr: float
-) -> keras.optimizers.Optimizer:
-    """Builds the optimizer from a short name or a class/factory taking `learning_rate`.
-
-    The optimizer's LR must be a plain variable (not a Keras schedule): the controller
-    assigns it every batch.
-    """
-    if isinstance(optimizer, str):
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"Trainer.optimizer: unknown optimizer {optimizer!r}; use one of "
-                f"{sorted(OPTIMIZERS)} or a class such as @keras.optimizers.Adam"
-            )
-        return OPTIMIZERS[optimizer](initial_lr)
-    if isinstance(optimizer, keras.optimizers.Optimizer):
-        raise ValueError(
-            "Trainer.optimizer: pass the class or a short name, not an instance "
-            "(write `@keras.optimizers.Adam`, without the parentheses)"
-        )
-    if not callable(optimizer):
-        raise ValueError(f"Trainer.optimizer: expected a name or a class, got {optimizer!r}")
-    return optimizer(learning_rate=initial_lr)
