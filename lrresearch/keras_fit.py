@@ -79,7 +79,9 @@ from lrresearch import precision
 from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.guard import NonFiniteGuard
+from lrresearch.keras_eval_weights import EvalWeightsMixin
 from lrresearch.keras_log import PerBatchSummaries, log_row  # noqa: F401 (public here)
+from lrresearch.optimizers import whole_step
 from lrresearch.signals import MovingAverage, Signals
 from lrresearch.step import (
     all_reduce_sum,
@@ -93,7 +95,7 @@ from lrresearch.step import (
 
 
 @keras.saving.register_keras_serializable(package="lrresearch")
-class ControlledModel(keras.Model):
+class ControlledModel(EvalWeightsMixin, keras.Model):
     """Wraps `model`; `fit` sets the LR every batch from `controller`, in-graph.
 
     Compile it with an optimizer whose `learning_rate` is a plain float (the controller
@@ -393,6 +395,7 @@ class ControlledModel(keras.Model):
         )
         extra = {"guard/lr_rejected": 1.0 - tf.cast(accepted, tf.float32), **scaling}
         extra.update(self.guard.summaries())
+        extra.update(whole_step.optimizer_summaries(self.optimizer))
         if strategy is not None:
             signals = signals._replace(grads=())
         return signals, lr, out, extra

@@ -185,11 +185,17 @@ class _Loop:
                 os.path.join(self.run_dir, "checkpoints"),
                 max_to_keep=self.trainer.keep_checkpoints,
             )
-            return lambda number: manager.save(checkpoint_number=number)
+
+            def save_chief(number: int) -> None:
+                with self.trainer.eval_weights():  # a checkpoint holds what to evaluate
+                    manager.save(checkpoint_number=number)
+
+            return save_chief
 
         def save(number: int) -> None:
             # Every worker takes part in a save; a non-chief's copy is not needed.
-            with tempfile.TemporaryDirectory(prefix=f"lrresearch-{self.worker}-") as folder:
+            prefix = f"lrresearch-{self.worker}-"
+            with tempfile.TemporaryDirectory(prefix=prefix) as folder, self.trainer.eval_weights():
                 tf.train.CheckpointManager(self.trainer.checkpoint, folder, 1).save(number)
 
         return save

@@ -79,6 +79,15 @@ TAGS: tuple[Tag, ...] = (
     Tag("optimizer/weight_decay", "scalar", "batch, when the controller sets it",
         "The optimizer's weight decay for this batch, logged only when the controller "
         "sets it."),
+    Tag("optimizer/effective_lr", "scalar", "batch, under an optimizer that sets its own "
+        "step size (Prodigy, DAdaptAdam, Mechanic, ScheduleFreeSGD, ScheduleFreeAdamW)",
+        "The step size the optimizer's update applied to this batch; lr is then the "
+        "multiplier the controller set (Prodigy and D-Adapt Adam: d * lr, bias-corrected; "
+        "Mechanic: its scale s times lr; Schedule-Free: lr after its warmup)."),
+    Tag("optimizer/<name>", "scalar", "batch, under an optimizer that sets its own step "
+        "size",
+        "The optimizer's own state after this batch's update (Prodigy's and D-Adapt Adam's "
+        "d, Mechanic's scale, Schedule-Free's average weight); its docstring says which."),
     Tag("precision/loss_scale", "scalar", "batch, under float16 loss "
         "scaling (Trainer.mixed_precision = 'mixed_float16', or ControlledModel under "
         "Keras's 'mixed_float16' policy)",

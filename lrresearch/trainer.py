@@ -28,7 +28,7 @@ from lrresearch.data import Dataset, digits
 from lrresearch.guard import NonFiniteGuard
 from lrresearch.inputs import make_inputs
 from lrresearch.models import mlp
-from lrresearch.optimizers import make_optimizer
+from lrresearch.optimizers import make_optimizer, whole_step
 from lrresearch.precision import LossScale
 from lrresearch.run import (  # noqa: F401
     DiskFullError,
@@ -48,6 +48,7 @@ from lrresearch.step import (
     first_replica,
     set_lr,
 )
+from lrresearch.trainer_checks import hparams as _hparams
 from lrresearch.trainer_checks import validate as _validate
 from lrresearch.trainer_checks import variable_names as _variable_names
 
@@ -208,9 +209,7 @@ class Trainer:
         self.every_step_groups = frozenset(g for g, every in cadences.items() if every == 1)
         self.periodic = {g: every for g, every in cadences.items() if every > 1}
         self.reset_loops()
-        self.evaluate = tf.function(
-            lambda: workload.evaluate(self.model, self.loss_fn, self.metrics, self.eval_dataset)
-        )
+        self.evaluate = tf.function(self._evaluate)
         self.next_step = 0  # Python mirror of `self.step`, so the loop never reads it
         # Root names as in checkpoints written before these parts had modules of their
         # own, so those checkpoints keep restoring.
@@ -227,8 +226,20 @@ class Trainer:
         )
         self.built = True
 
+    def _evaluate(self) -> dict[str, tf.Tensor]:
+        """Loss and metrics over the held-out split, on the evaluation weights."""
+        with self.eval_weights():
+            return workload.evaluate(self.model, self.loss_fn, self.metrics, self.eval_dataset)
+
+    def eval_weights(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which the model holds the weights to evaluate and save (Schedule-
+        Free's average; the trained weights for every other optimizer); checkpoints are
+        written inside it. Training continues from exactly the weights before it."""
+        return whole_step.eval_weights(self.optimizer, self.variables)
+
     def after_restore(self) -> None:
         """Called once a checkpoint has been restored into this trainer."""
+        whole_step.to_train_weights(self.optimizer, self.variables)
         self.inputs.train.after_restore()
         self.next_step = int(self.step.numpy())
 
@@ -283,6 +294,7 @@ class Trainer:
         if log:
             extra = {"guard/lr_rejected": 1.0 - tf.cast(accepted, tf.float32), **scaling}
             extra.update(self.hyperparameters.summaries())
+            extra.update(whole_step.optimizer_summaries(self.optimizer))
             row = batch_row(signals, lr, out, {**extra, **self.guard.summaries()})
             with tf.name_scope("summaries"):
                 names, variables = self.variable_names, self.variables
@@ -419,31 +431,9 @@ class Trainer:
         return run.fit(self, logdir, run_name, quiet, operative_config, resume)
 
     def hparams(self) -> dict[str, bool | int | float | str]:
-        """The run's hyperparameters for TensorBoard's HParams dashboard: the controller
-        and its numeric/string settings, optimizer, batch size, seed, steps, model and
-        data (with `dataset.<name>` for what the dataset's `info()` reports)."""
-        optimizer = self.optimizer_spec
-        values: dict[str, bool | int | float | str] = {
-            "controller": type(self.controller).__name__,
-            "optimizer": optimizer
-            if isinstance(optimizer, str)
-            else getattr(optimizer, "__name__", type(optimizer).__name__),
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "steps": self.steps,
-            "steps_per_loop": self.steps_per_loop,
-            "jit_compile": self.jit_compile,
-            "model": self.model.name,
-            "dataset": self.inputs.name,
-            "loss": self.loss_name,
-            "distribution": self.distribution,
-            "replicas": 1 if self.strategy is None else self.strategy.num_replicas_in_sync,
-            **{f"dataset.{key}": value for key, value in self.inputs.info.items()},
-        }
-        for key, value in sorted(vars(self.controller).items()):
-            if not key.startswith("_") and isinstance(value, (bool, int, float, str)):
-                values[f"controller.{key}"] = value
-        return {**values, **self.extra_hparams}
+        """The run's hyperparameters for TensorBoard's HParams dashboard
+        (`trainer_checks.hparams`)."""
+        return _hparams(self)
 
     def current_lr(self) -> float:
         """The LR applied to the latest batch (a host read: call between loops only)."""

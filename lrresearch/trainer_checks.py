@@ -1,4 +1,5 @@
-"""Checks of the `Trainer`'s arguments, and the tag-friendly names of its variables.
+"""Checks of the `Trainer`'s arguments, the tag-friendly names of its variables, and
+its hyperparameters for TensorBoard's HParams dashboard.
 
 Errors name `Trainer.<argument>` and the value, in the format `config.py` finds the
 gin binding from.
@@ -7,11 +8,14 @@ gin binding from.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
 from lrresearch.controllers import Controller
+
+if TYPE_CHECKING:
+    from lrresearch.trainer import Trainer
 
 
 def variable_names(variables: list[tf.Variable], model_name: str) -> list[str]:
@@ -71,3 +75,31 @@ def validate(arguments: dict[str, Any]) -> None:
             f"Trainer.controller must be a Controller instance such as "
             f"@GradNormController() (note the parentheses), got {controller!r}"
         )
+
+
+def hparams(trainer: Trainer) -> dict[str, bool | int | float | str]:
+    """The run's hyperparameters for TensorBoard's HParams dashboard: the controller
+    and its numeric/string settings, optimizer, batch size, seed, steps, model and
+    data (with `dataset.<name>` for what the dataset's `info()` reports)."""
+    optimizer = trainer.optimizer_spec
+    values: dict[str, bool | int | float | str] = {
+        "controller": type(trainer.controller).__name__,
+        "optimizer": optimizer
+        if isinstance(optimizer, str)
+        else getattr(optimizer, "__name__", type(optimizer).__name__),
+        "batch_size": trainer.batch_size,
+        "seed": trainer.seed,
+        "steps": trainer.steps,
+        "steps_per_loop": trainer.steps_per_loop,
+        "jit_compile": trainer.jit_compile,
+        "model": trainer.model.name,
+        "dataset": trainer.inputs.name,
+        "loss": trainer.loss_name,
+        "distribution": trainer.distribution,
+        "replicas": 1 if trainer.strategy is None else trainer.strategy.num_replicas_in_sync,
+        **{f"dataset.{key}": value for key, value in trainer.inputs.info.items()},
+    }
+    for key, value in sorted(vars(trainer.controller).items()):
+        if not key.startswith("_") and isinstance(value, (bool, int, float, str)):
+            values[f"controller.{key}"] = value
+    return {**values, **trainer.extra_hparams}

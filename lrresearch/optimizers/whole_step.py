@@ -17,11 +17,17 @@ gradient (dense; `None` as zeros), in the cross-replica context:
 `step_summaries()` gives the scalars the trainer and `ControlledModel` log for each
 batch after the update, as `optimizer/<name>` (see `lrresearch.summaries.TAGS`), e.g.
 `optimizer/effective_lr`, the step size the update applied.
+
+An optimizer whose weights to evaluate are not the ones it trains (Schedule-Free's
+average `x` against its `y`) also has `swap_to_eval(variables)` and
+`swap_to_train(variables)`; `eval_weights` puts the evaluation weights in place around
+evaluation, checkpoints and saving.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
@@ -70,3 +76,38 @@ def _dense(gradient: Any, variable: Any) -> tf.Tensor:
     if gradient is None:
         return tf.zeros(variable.shape, variable.dtype)
     return tf.convert_to_tensor(gradient)
+
+
+def optimizer_summaries(optimizer: keras.optimizers.Optimizer) -> dict[str, tf.Tensor]:
+    """The optimizer's own per-batch values (`WholeStepOptimizer.step_summaries`), `{}`
+    for any other optimizer."""
+    step_summaries = getattr(optimizer, "step_summaries", None)
+    return step_summaries() if step_summaries is not None else {}
+
+
+@contextlib.contextmanager
+def eval_weights(
+    optimizer: keras.optimizers.Optimizer, variables: Sequence[keras.Variable]
+) -> Iterator[None]:
+    """Inside the block, `variables` hold the weights to evaluate and save (Schedule-
+    Free's `x`); after it, the weights training continues from, bit for bit. Nothing
+    changes for an optimizer without `swap_to_eval`. Eager or traced."""
+    swap_to_eval = getattr(optimizer, "swap_to_eval", None)
+    if swap_to_eval is None:
+        yield
+        return
+    swap_to_eval(variables)
+    try:
+        yield
+    finally:
+        optimizer.swap_to_train(variables)
+
+
+def to_train_weights(
+    optimizer: keras.optimizers.Optimizer, variables: Sequence[keras.Variable]
+) -> None:
+    """Puts back the weights training continues from (after restoring a checkpoint saved
+    inside `eval_weights`); nothing for an optimizer without `swap_to_train`."""
+    swap_to_train = getattr(optimizer, "swap_to_train", None)
+    if swap_to_train is not None:
+        swap_to_train(variables)
