@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import gin
@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import compiled_loop, distribute, precision, run, workload
+from lrresearch import averaging, compiled_loop, distribute, precision, run, workload
 from lrresearch.batch_log import BlockWriter
 from lrresearch.controllers import Controller, GradNormController
 from lrresearch.data import Dataset, digits
@@ -68,13 +68,11 @@ class Trainer:
         dropped, so every batch has the same shape and the step is traced once.
       seed: seeds weights, shuffling and synthetic data.
       steps_per_loop: batches per compiled call; the LR still changes every batch.
-      jit_compile: compile the training loop with XLA: the whole `steps_per_loop`
-        loop with in-memory data, each batch's step with `tf.data` input (whose
-        iterator XLA cannot compile); see `lrresearch.compiled_loop`. Not with a
-        `tf.distribute` strategy. Off by default, by measurement on CPU
-        (docs/benchmarks/logging.md): about 2x the steps/s on the small MLP, but
-        about 2 s more compiling on the first call, and half the speed on the
-        MNIST-1D CNN (XLA's CPU convolutions against oneDNN's).
+      jit_compile: compile the training loop with XLA (`lrresearch.compiled_loop`): the
+        whole loop with in-memory data, each batch's step with `tf.data` input. Not
+        with a strategy. Off by default, by measurement on CPU (docs/benchmarks/
+        logging.md): ~2x the steps/s on the small MLP, but ~2 s more compiling on the
+        first call, and half the speed on the MNIST-1D CNN (XLA's CPU convolutions).
       histogram_every: batches between `grad/` and `weights/` histograms (0 = off).
       grad_norm_every: batches between per-variable `grad/norm/` scalars (0 = off,
         1 = every batch; default: same as `histogram_every`).
@@ -107,6 +105,9 @@ class Trainer:
         skipped (no update; logged in `guard/skipped`); after this many in a row the
         run stops with a checkpoint of the last good state (0: stop at the first).
       nonfinite_lr_factor: every skipped batch multiplies all later LRs by this.
+      polynomial_averaging: the gamma (>= 0; DoG's authors use 8) of a polynomial-decay
+        average of the weights (`lrresearch.averaging`) used by evaluation and
+        checkpoints; None (default) for none.
       strategy: the `tf.distribute` strategy (not a gin binding: the CLI passes the
         one `distribution.strategy` configures); None trains on one device.
     """
@@ -138,6 +139,7 @@ class Trainer:
         deterministic: bool = False,
         max_consecutive_nonfinite: int = 10,
         nonfinite_lr_factor: float = 0.5,
+        polynomial_averaging: float | None = None,
         strategy: tf.distribute.Strategy | None = None,
     ):
         _validate(locals())
@@ -145,7 +147,7 @@ class Trainer:
             controller = GradNormController()
         self.steps, self.controller, self.optimizer_spec = steps, controller, optimizer
         self.batch_size, self.seed, self.steps_per_loop = batch_size, seed, steps_per_loop
-        self.jit_compile = jit_compile
+        self.jit_compile, self.polynomial_averaging = jit_compile, polynomial_averaging
         self.histogram_every = histogram_every
         self.grad_norm_every = histogram_every if grad_norm_every is None else grad_norm_every
         self.eval_every, self.dataset_spec, self.model_fn = eval_every, dataset, model
@@ -195,6 +197,7 @@ class Trainer:
             self.variables = list(self.model.trainable_variables)
             self.optimizer = make_optimizer(self.optimizer_spec, self.controller.initial_lr)
             self.optimizer.build(self.variables)
+            self.averager = averaging.make(self.polynomial_averaging, self.model.variables)
         self.controller.check_optimizer(self.optimizer)
         # Momentum / weight decay as variables, only if the controller sets them.
         self.hyperparameters = OptimizerHyperparameters(
@@ -223,6 +226,7 @@ class Trainer:
             **self.inputs.train.checkpoint_items(),
             **self.guard.checkpoint_items(),
             **({"loss_scale": self.loss_scale} if self.loss_scale else {}),
+            **({"averaging": self.averager} if self.averager else {}),
         )
         self.built = True
 
@@ -231,14 +235,19 @@ class Trainer:
         with self.eval_weights():
             return workload.evaluate(self.model, self.loss_fn, self.metrics, self.eval_dataset)
 
-    def eval_weights(self) -> contextlib.AbstractContextManager[None]:
-        """A context in which the model holds the weights to evaluate and save (Schedule-
-        Free's average; the trained weights for every other optimizer); checkpoints are
-        written inside it. Training continues from exactly the weights before it."""
-        return whole_step.eval_weights(self.optimizer, self.variables)
+    @contextlib.contextmanager
+    def eval_weights(self) -> Iterator[None]:
+        """A context in which the model holds the weights to evaluate and save: the
+        polynomial average if on, Schedule-Free's x, else the trained weights; checkpoints
+        are written in it. Training goes on from exactly the weights before it."""
+        average = self.averager.eval_weights() if self.averager else contextlib.nullcontext()
+        with whole_step.eval_weights(self.optimizer, self.variables), average:
+            yield
 
     def after_restore(self) -> None:
         """Called once a checkpoint has been restored into this trainer."""
+        if self.averager:
+            self.averager.to_train_weights()
         whole_step.to_train_weights(self.optimizer, self.variables)
         self.inputs.train.after_restore()
         self.next_step = int(self.step.numpy())
@@ -289,6 +298,8 @@ class Trainer:
             (step, loss, norm),
             lambda: self.optimizer.apply(grads, self.variables),
         )
+        if self.averager:
+            self.averager.update()
         row: dict[str, tf.Tensor] = {}
         first: dict[str, tf.Tensor] = {}
         if log:
