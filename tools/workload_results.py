@@ -202,7 +202,37 @@ def rules(steps: int, peak: float) -> dict[str, tuple[str, ...]]:
             "PolyakController.c = 0.5",
             "PolyakController.max_lr = 1.0",
         ),
+        **parameter_free_rules(steps, peak),
     }
+
+
+def parameter_free_rules(steps: int, peak: float) -> dict[str, tuple[str, ...]]:
+    """The parameter-free methods (issue 16), untuned: each at its authors' defaults
+    (lr 1 for the D-Adaptation family), Mechanic and Schedule-Free at the tuned peak."""
+    constant = ("Trainer.controller = @ConstantController()",)
+    return {
+        "DoG (SGD, untuned)": (
+            "Trainer.optimizer = 'sgd'",
+            "Trainer.controller = @DoGController()",
+            "DoGController.reps_rel = 1e-4",  # the authors' advice with normalization layers
+        ),
+        "Prodigy (lr 1)": (
+            "Trainer.optimizer = @Prodigy", *constant, "ConstantController.lr = 1.0"),
+        "D-Adapt Adam (lr 1)": (
+            "Trainer.optimizer = @DAdaptAdam", *constant, "ConstantController.lr = 1.0"),
+        f"Mechanic on Adam (lr {peak:g})": (
+            "Trainer.optimizer = @Mechanic",
+            "Mechanic.base_optimizer = 'adam'",
+            *constant,
+            f"ConstantController.lr = {peak}",
+        ),
+        f"Schedule-Free AdamW (lr {peak:g}, 10% warmup)": (
+            "Trainer.optimizer = @ScheduleFreeAdamW",
+            f"ScheduleFreeAdamW.warmup_steps = {steps // 10}",
+            *constant,
+            f"ConstantController.lr = {peak}",
+        ),
+    }  # fmt: skip
 
 
 def workloads(quick: bool) -> dict[str, Workload]:
