@@ -86,10 +86,12 @@ def profile(args: argparse.Namespace) -> int:
     if (failed := _parse_config(args)) is not None:
         return failed
     controllers = [c.strip() for c in args.controllers.split(",")] if args.controllers else None
+    optimizers = [o.strip() for o in args.optimizers.split(",")] if args.optimizers else []
     say = (lambda message: None) if args.quiet else (lambda m: print(m, flush=True))
     try:
         out_dir, rows = profiling.profile(
             controllers,
+            optimizers,
             logdir=args.logdir,
             run_name=args.run_name,
             rounds=args.rounds,

@@ -179,6 +179,14 @@ def _profile_parser(commands: Any) -> None:
         "bindings, or @config for the gin config's Trainer.controller; each row is labelled "
         "as written (default: every built-in standalone controller)",
     )
+    prof.add_argument(
+        "--optimizers",
+        default=None,
+        metavar="A,B,...",
+        help="optimizers to add, comma-separated (e.g. Prodigy,DAdaptAdam,Mechanic,"
+        "ScheduleFreeAdamW): one row each, ConstantController with that optimizer in place "
+        "of the gin config's, with the state it adds",
+    )
     _add_output_flags(
         prof,
         "--run_name",

@@ -129,6 +129,7 @@ class Variant:
     folder: str = BASELINE  # its folder in the profile directory (`folder_names`)
     controller: str = BASELINE  # what `_build` builds
     jit: bool | None = False  # Trainer.jit_compile (None: as gin binds it)
+    optimizer: str | None = None  # an optimizer configurable's name (None: as gin binds)
 
     def run(self, calls: int, steps_per_call: int) -> float:
         """Runs `calls` compiled calls; returns seconds, synced by one host read."""
@@ -234,18 +235,43 @@ def trace(trainer: Trainer, logdir: str, batches: int, with_summaries: bool) -> 
     return sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))
 
 
-def _build(name: str, jit: bool | None = False) -> Trainer:
+def _build(name: str, jit: bool | None = False, optimizer: str | None = None) -> Trainer:
     """A built trainer of the gin configuration with controller `name` (the baseline:
-    `ConstantController`) and `Trainer.jit_compile = jit` (None: as gin binds it)."""
+    `ConstantController`), `Trainer.jit_compile = jit` (None: as gin binds it) and the
+    optimizer configurable `optimizer` (None: as gin binds it)."""
     controller = ConstantController() if name == BASELINE else make_controller(name)
-    jit_compile = {} if jit is None else {"jit_compile": jit}
-    trainer = Trainer(controller=controller, strategy=distribute.get_strategy(), **jit_compile)
+    kwargs: dict = {} if jit is None else {"jit_compile": jit}
+    if optimizer is not None:
+        kwargs["optimizer"] = make_optimizer_class(optimizer)
+    trainer = Trainer(controller=controller, strategy=distribute.get_strategy(), **kwargs)
     trainer.build()
     return trainer
 
 
+def make_optimizer_class(name: str) -> type:
+    """The optimizer configurable `name` (`Prodigy`, `keras.optimizers.Adam`, ...)."""
+    try:
+        return gin.get_configurable(name)
+    except ValueError:
+        raise ValueError(
+            f"--optimizers: unknown optimizer {name!r}; `lrresearch list optimizers` lists "
+            "them (e.g. Prodigy, DAdaptAdam, Mechanic, ScheduleFreeAdamW)"
+        ) from None
+
+
+def state_bytes(trainer: Trainer) -> int:
+    """Bytes of the state kept next to the model's weights: the optimizer's variables
+    (slots, a Mechanic's or Schedule-Free's copies), the controller's (DoG's `x_0`) and
+    an iterate average."""
+    modules = [trainer.optimizer.variables, trainer.controller.variables]
+    if trainer.averager is not None:
+        modules.append(trainer.averager.variables)
+    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for vs in modules for v in vs)
+
+
 def _time_variants(
     names: Sequence[str],
+    optimizers: Sequence[str],
     out_dir: str,
     rounds: int,
     block_batches: int,
@@ -259,15 +285,19 @@ def _time_variants(
     labels = ["ConstantController"] + [n for n in names if n != "ConstantController"]
     # (row label, controller, jit, with summaries): the controllers as gin configures
     # them, then the constant LR compiled with XLA, bare and with summaries.
-    specs = [(name, name, None, True) for name in labels]
+    specs = [(name, name, None, True, None) for name in labels]
+    constant = "ConstantController"
+    specs += [(f"{constant} + {o}", constant, None, True, o) for o in optimizers]
     if distribute.get_strategy() is None:  # XLA is refused under a strategy
-        specs += [(f"{XLA_LABEL}, no summaries", "ConstantController", True, False)]
-        specs += [(XLA_LABEL, "ConstantController", True, True)]
+        specs += [(f"{XLA_LABEL}, no summaries", constant, True, False, None)]
+        specs += [(XLA_LABEL, constant, True, True, None)]
     folders = folder_names([BASELINE, *(label for label, *_ in specs)])[1:]
-    for (label, name, jit, logs), folder in zip(specs, folders, strict=True):
+    for (label, name, jit, logs, opt), folder in zip(specs, folders, strict=True):
         writer = summaries.create_writer(os.path.join(timing_dir, folder)) if logs else None
-        trainer = _build(name, jit)
-        variants.append(Variant(label, trainer, writer, folder=folder, controller=name, jit=jit))
+        trainer = _build(name, jit, opt)
+        variants.append(
+            Variant(label, trainer, writer, folder=folder, controller=name, jit=jit, optimizer=opt)
+        )
     steps_per_call = variants[0].trainer.steps_per_loop
     calls = max(1, block_batches // steps_per_call)
     for variant in variants:
@@ -283,6 +313,7 @@ def _time_variants(
 
 def profile(
     controllers: Sequence[str] | None = None,
+    optimizers: Sequence[str] = (),
     logdir: str = "runs",
     run_name: str | None = None,
     rounds: int = 15,
@@ -302,6 +333,11 @@ def profile(
     compiled with XLA (`Trainer.jit_compile`), without and with summaries (not under a
     `tf.distribute` strategy, where XLA is refused).
 
+    `optimizers` (configurables' names: `Prodigy`, `ScheduleFreeAdamW`, ...) add one row
+    each: `ConstantController` with that optimizer in place of the gin config's. Every
+    row also reports the bytes of state it keeps beyond the baseline's (optimizer slots,
+    the controller's copies such as DoG's `x_0`).
+
     `controllers` are standalone configurables' names or gin references built with the
     current bindings (`@MaxChange()`, `@smooth/MaxChange()`; `@config` is the reference
     bound to `Trainer.controller`); each row is labelled as the controller was written
@@ -316,22 +352,28 @@ def profile(
     names = list(dict.fromkeys(given)) or builtin_controllers()
     for name in names:
         make_controller(name)  # fail fast on a bad name or binding
+    for name in optimizers:
+        make_optimizer_class(name)
     out_dir = make_run_dir(logdir, run_name, "profile")
     progress(f"profile directory: {out_dir}")
     with open(os.path.join(out_dir, "config.gin"), "w") as f:
         f.write(gin.config_str())
     variants, ratios, batches_per_block = _time_variants(
-        names, out_dir, rounds, block_batches, warmup_batches, progress
+        names, optimizers, out_dir, rounds, block_batches, warmup_batches, progress
     )
     rng = np.random.default_rng(seed)
     base_us = 1e6 * statistics.median(variants[0].block_seconds) / batches_per_block
+    base_bytes = state_bytes(variants[0].trainer)
     rows = []
     for variant in variants:
         progress(f"tracing {variant.name} ({trace_batches} batches)")
         with_summaries = variant.writer is not None
         folder = os.path.join(out_dir, variant.folder)
         paths = trace(
-            _build(variant.controller, variant.jit), folder, trace_batches, with_summaries
+            _build(variant.controller, variant.jit, variant.optimizer),
+            folder,
+            trace_batches,
+            with_summaries,
         )
         if variant.name == BASELINE:
             continue
@@ -342,6 +384,7 @@ def profile(
         rows.append(
             OverheadRow(
                 controller=variant.controller if variant.jit else variant.name,
+                extra_state_bytes=state_bytes(variant.trainer) - base_bytes,
                 summaries=with_summaries,
                 step_us=1e6 * statistics.median(variant.block_seconds) / batches_per_block,
                 baseline_step_us=base_us,

@@ -26,6 +26,7 @@ class OverheadRow:
     steps_per_loop: int
     device: str
     xla: bool = False
+    extra_state_bytes: int = 0  # optimizer and controller state beyond the baseline's
 
 
 def write_reports(rows: list[OverheadRow], out_dir: str) -> str:
@@ -47,8 +48,9 @@ def format_table(rows: list[OverheadRow]) -> str:
     """The overhead table as markdown (one row per controller)."""
     head = (
         "| controller | summaries | XLA | us/batch | baseline us/batch | ratio "
-        "| 95% CI of ratio | controller ops us/batch | summary ops us/batch |\n"
-        "|---|---|---|---:|---:|---:|---|---:|---:|"
+        "| 95% CI of ratio | controller ops us/batch | summary ops us/batch "
+        "| extra state, KiB |\n"
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
@@ -56,12 +58,15 @@ def format_table(rows: list[OverheadRow]) -> str:
             f"| {r.controller} | {'yes' if r.summaries else 'no'} | "
             f"{'yes' if r.xla else 'no'} | {r.step_us:.1f} | "
             f"{r.baseline_step_us:.1f} | {r.ratio:.3f} | [{r.ratio_low:.3f}, "
-            f"{r.ratio_high:.3f}] | {r.controller_us:.1f} | {r.summaries_us:.1f} |"
+            f"{r.ratio_high:.3f}] | {r.controller_us:.1f} | {r.summaries_us:.1f} | "
+            f"{r.extra_state_bytes / 1024:.1f} |"
         )
     if rows:
         lines.append(
             f"\nDevice: {rows[0].device}; {rows[0].steps_per_loop} batches per compiled call; "
-            "baseline: ConstantController without summaries, without XLA. ratio = median over "
+            "baseline: ConstantController without summaries, without XLA, with the gin config's "
+            "optimizer. extra state: bytes of optimizer and controller variables beyond the "
+            "baseline's (slots, DoG's x_0 copy, ...). ratio = median over "
             "rounds of (block time / mean of the two baseline blocks around it). Summaries "
             "are the buffered per-batch log (`lrresearch.batch_log`): a block's time includes "
             "waiting for its last block to be written."

@@ -44,10 +44,12 @@ def profile_run(tmp_path_factory):
             [
                 "GradNormController",
                 "LossTrendController",
+                "DoGController",
                 "@config",
                 "@smooth/MaxChange()",
                 "@MaxChange()",
             ],
+            optimizers=["MomentumSGD"],
             logdir=str(tmp_path_factory.mktemp("profile")),
             rounds=3,
             block_batches=20,
@@ -69,8 +71,10 @@ def test_profile_reports_every_controller_against_the_bare_baseline(profile_run)
         ("ConstantController", True, False),
         ("GradNormController", True, False),
         ("LossTrendController", True, False),
+        ("DoGController", True, False),
         ("@MaxChange()", True, False),
         ("@smooth/MaxChange()", True, False),
+        ("ConstantController + MomentumSGD", True, False),
         ("ConstantController", False, True),
         ("ConstantController", True, True),
     ]
@@ -80,6 +84,22 @@ def test_profile_reports_every_controller_against_the_bare_baseline(profile_run)
         assert r.step_us > 0
         assert 0 < r.ratio_low <= r.ratio <= r.ratio_high
         assert r.device.startswith(("CPU: ", "GPU: "))
+
+
+def test_profile_reports_the_state_each_row_adds(profile_run):
+    _, rows = profile_run
+    extra = {r.controller: r.extra_state_bytes for r in rows if not r.xla}
+    config.parse([], SMALL)
+    try:
+        trainer = Trainer()
+        trainer.build()
+    finally:
+        gin.clear_config()
+    weights = sum(int(np.prod(v.shape)) * 4 for v in trainer.variables)  # float32
+    # PyTorch momentum keeps one buffer per weight; DoG a copy of x_0 and a few scalars.
+    assert extra["ConstantController + MomentumSGD"] == weights
+    assert weights < extra["DoGController"] <= weights + 64
+    assert extra["ConstantController"] == extra["GradNormController"] == 0
 
 
 def test_profile_writes_csv_markdown_and_png(profile_run):
