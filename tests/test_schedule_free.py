@@ -172,6 +172,7 @@ def test_swaps_are_exact_idempotent_and_traceable(data):
 def test_eval_before_training_is_the_initial_weights():
     w = tf.Variable([1.5, -2.0], dtype=tf.float64)
     optimizer = ScheduleFreeSGD()
+    optimizer.swap_to_eval([w])  # not built yet (Keras evaluate before fit): a no-op
     optimizer.build([w])
     optimizer.swap_to_eval([w])
     np.testing.assert_array_equal(w.numpy(), [1.5, -2.0])
@@ -234,6 +235,7 @@ def test_get_config_round_trips(optimizer):
         (lambda: ScheduleFreeAdamW(beta_2=1.0), "ScheduleFreeAdamW.beta_2"),
         (lambda: ScheduleFreeAdamW(weight_decay=-0.1), "ScheduleFreeAdamW.weight_decay"),
         (lambda: ScheduleFreeAdamW(weight_lr_power=float("inf")), "weight_lr_power"),
+        (lambda: ScheduleFreeSGD(gradient_accumulation_steps=4), "gradient_accumulation"),
     ],
 )
 def test_bad_arguments_name_the_parameter(make_optimizer, message):

@@ -40,8 +40,13 @@ TOLERANCE = 1e-5
 INTRO = (
     "`ScheduleFreeSGD` and `ScheduleFreeAdamW` against the authors' `SGDScheduleFree` "
     "and `AdamWScheduleFree` (PyPI `schedulefree`, github.com/facebookresearch/"
-    "schedule_free), same data and initial weights, float64 weights on both sides, the "
-    "LR assigned before every batch. Needs torch and schedulefree in a scratch venv."
+    "schedule_free), same data and initial weights, float64 weights on both sides (the "
+    "last two rows float32), the LR assigned before every batch (float32-rounded for both, "
+    "as Keras's LR variable holds it). The weights `y` are compared after every batch in "
+    "train mode; `x` once, after the last batch, against the authors' `eval()`. Our "
+    "`swap_to_train` restores `y` from a stash, bit for bit; the authors' `train()` "
+    "interpolates back, which is not exact, so it is not compared. Needs torch and "
+    "schedulefree in a scratch venv."
 )
 
 
@@ -69,10 +74,13 @@ CASES = [
      {"beta_1": 0.5, "beta_2": 0.99, "epsilon": 1e-6, "weight_decay": 0.1},
      lambda t: 0.01),
     ("AdamW, LR per batch, warmup 30", "AdamW", {"warmup_steps": 30}, wavy(0.01)),
+    ("SGD, float32, LR per batch, warmup 30", "SGD", {"warmup_steps": 30}, wavy(1.0)),
+    ("AdamW, float32, LR per batch, warmup 30", "AdamW", {"warmup_steps": 30}, wavy(0.01)),
 ]  # fmt: skip
+# Rows whose name says float32 run both sides in float32 (weights and data).
 
 
-def reference_run(method, kwargs, lrs, x, y, w0):
+def reference_run(method, kwargs, lrs, x, y, w0, dtype):
     """The authors' optimizer; returns (weights y, scheduled LRs, weight sums, final x)."""
     import schedulefree
     import torch
@@ -86,7 +94,7 @@ def reference_run(method, kwargs, lrs, x, y, w0):
         make = schedulefree.AdamWScheduleFree
     else:
         make = schedulefree.SGDScheduleFree
-    w = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    w = torch.nn.Parameter(torch.tensor(w0.astype(dtype)))
     optimizer = make([w], lr=float(lrs[0]), **kwargs)
     optimizer.train()
     group = optimizer.param_groups[0]
@@ -94,7 +102,8 @@ def reference_run(method, kwargs, lrs, x, y, w0):
     for lr, xb, yb in zip(lrs, x, y, strict=True):
         group["lr"] = float(lr)
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(torch.tensor(xb) @ w, torch.tensor(yb))
+        logits = torch.tensor(xb.astype(dtype)) @ w
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(yb))
         loss.backward()
         optimizer.step()
         weights.append(w.detach().numpy().copy())
@@ -104,9 +113,9 @@ def reference_run(method, kwargs, lrs, x, y, w0):
     return np.array(weights), np.array(scheduled), np.array(sums), w.detach().numpy().copy()
 
 
-def our_run(method, kwargs, lrs, x, y, w0):
+def our_run(method, kwargs, lrs, x, y, w0, dtype):
     """Ours; returns (weights y, effective LRs, weight sums, x after `swap_to_eval`)."""
-    w = tf.Variable(w0, name="w")
+    w, x = tf.Variable(w0.astype(dtype), name="w"), x.astype(dtype)
     optimizer = {"SGD": ScheduleFreeSGD, "AdamW": ScheduleFreeAdamW}[method](
         learning_rate=float(lrs[0]), **kwargs
     )
@@ -159,7 +168,8 @@ def main() -> int:
     )
     x, y, w0 = problem(args.steps)
     print(
-        f"problem: softmax regression, {w0.shape[0]} x {w0.shape[1]} float64 weights, batch "
+        f"problem: softmax regression, {w0.shape[0]} x {w0.shape[1]} float64 weights (float32 "
+        f"where the row says so), batch "
         f"{x.shape[1]}, {args.steps} batches\n"
     )
     print("| setting | max rel y diff | max rel effective-LR diff | max rel weight_sum diff "
@@ -168,8 +178,9 @@ def main() -> int:
     failed = False
     for name, method, kwargs, lr_of in CASES:
         lrs = np.array([lr_of(t) for t in range(args.steps)], np.float32)
-        ref_y, ref_lr, ref_sums, ref_x = reference_run(method, kwargs, lrs, x, y, w0)
-        our_y, our_lr, our_sums, our_x = our_run(method, kwargs, lrs, x, y, w0)
+        dtype = np.float32 if "float32" in name else np.float64
+        ref_y, ref_lr, ref_sums, ref_x = reference_run(method, kwargs, lrs, x, y, w0, dtype)
+        our_y, our_lr, our_sums, our_x = our_run(method, kwargs, lrs, x, y, w0, dtype)
         diffs = (
             relative(our_y, ref_y),
             float(np.max(np.abs(our_lr - ref_lr) / np.abs(ref_lr))),

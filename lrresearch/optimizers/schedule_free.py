@@ -103,6 +103,13 @@ class _ScheduleFree(WholeStepOptimizer):
         # authors', added to the direction at `y`, so the base class never sees it.
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         owner = type(self).__name__
+        if kwargs.get("gradient_accumulation_steps"):
+            raise ValueError(
+                f"{owner}.gradient_accumulation_steps must be None, got "
+                f"{kwargs['gradient_accumulation_steps']!r}: Keras counts `iterations` per "
+                "micro-batch, which would shift the warmup, the average's weights and the "
+                "bias correction; use a bigger batch instead"
+            )
         if isinstance(learning_rate, (int, float)):
             _check_at_least_zero(owner, learning_rate=learning_rate)
         _check_at_least_zero(owner, weight_decay=weight_decay)
@@ -199,7 +206,11 @@ class _ScheduleFree(WholeStepOptimizer):
             self.assign(self.z[index], z - tf.cast(lr, dtype) * direction)
 
     def swap_to_eval(self, variables: Sequence[keras.Variable]) -> None:
-        """Variables to `x` (`y` kept in `stash`); a no-op in eval mode. TF ops."""
+        """Variables to `x` (`y` kept in `stash`); a no-op in eval mode, and before
+        `build` (the weights are then `x = y = z`, as the authors' `eval()` before a
+        step). TF ops."""
+        if not self.built:
+            return
 
         def to_x() -> None:
             weight = 1 - 1 / self._beta()
@@ -214,7 +225,10 @@ class _ScheduleFree(WholeStepOptimizer):
         tf.cond(tf.equal(self.eval_mode, 0), to_x, lambda: None)
 
     def swap_to_train(self, variables: Sequence[keras.Variable]) -> None:
-        """Variables back to `y` from `stash`, exactly; a no-op in train mode. TF ops."""
+        """Variables back to `y` from `stash`, exactly; a no-op in train mode and before
+        `build`. TF ops."""
+        if not self.built:
+            return
 
         def to_y() -> None:
             for variable in variables:
@@ -300,7 +314,9 @@ class ScheduleFreeSGD(_ScheduleFree):
         )
         self.momentum = float(momentum)
 
-    def _direction(self, grad, variable, index, step):
+    def _direction(
+        self, grad: tf.Tensor, variable: keras.Variable, index: int, step: tf.Tensor
+    ) -> tf.Tensor:
         if not self.decay_at_y:
             return grad
         return grad + self.decay_at_y * tf.convert_to_tensor(variable)
@@ -393,7 +409,9 @@ class ScheduleFreeAdamW(_ScheduleFree):
         super().build(variables)
         self.exp_avg_sq = self.add_optimizer_variables(variables, "exp_avg_sq")
 
-    def _direction(self, grad, variable, index, step):
+    def _direction(
+        self, grad: tf.Tensor, variable: keras.Variable, index: int, step: tf.Tensor
+    ) -> tf.Tensor:
         dtype = variable.dtype
         exp_avg_sq = self.exp_avg_sq[index]
         previous = tf.convert_to_tensor(exp_avg_sq)
