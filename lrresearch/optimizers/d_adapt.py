@@ -65,54 +65,59 @@ def _slot_prefix(variable: Any) -> str:
     return name.replace("/", "_")
 
 
+# The authors' ranges (or ours where they check none): argument -> (test, what it must be).
+_RANGES = {
+    "learning_rate": (lambda v: v >= 0, ">= 0 (0: the step changes nothing)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "beta_1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta_2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta_3": (lambda v: 0 <= v < 1, "in [0, 1) or None (sqrt(beta_2))"),
+    "epsilon": (lambda v: v > 0, "> 0"),
+    "d0": (lambda v: v > 0, "> 0"),
+    "d_coef": (lambda v: v > 0, "> 0"),
+    "growth_rate": (lambda v: v > 0, "> 0 or None (no limit)"),
+}
+
+
+def _check_arguments(owner: str, **values: Any) -> None:
+    """Raises ValueError naming `owner.arg` unless each number is in `_RANGES` (None is
+    allowed for `beta_3` and `growth_rate`, and inf for `growth_rate`) and every
+    other argument is a bool (`slice_p`: an int >= 1)."""
+    for arg, value in values.items():
+        if arg == "slice_p":
+            check_int(owner, arg, value, 1)
+        elif arg not in _RANGES:
+            if not isinstance(value, bool):
+                raise ValueError(f"{owner}.{arg} must be True or False, got {value!r}")
+        elif not (value is None and arg in ("beta_3", "growth_rate")):
+            if not (arg == "growth_rate" and value == math.inf):
+                check_number(owner, arg, value)
+            test, must = _RANGES[arg]
+            if not test(value):
+                raise ValueError(f"{owner}.{arg} must be {must}, got {value!r}")
+
+
 class _AdaptiveAdam(WholeStepOptimizer):
     """What `Prodigy` and `DAdaptAdam` share: arguments, the scalar state, Adam's second
     moment, the bias-corrected step size and the final weight update."""
 
-    def __init__(
-        self,
-        learning_rate: float,
-        beta_1: float,
-        beta_2: float,
-        epsilon: float,
-        weight_decay: float,
-        decouple: bool,
-        use_bias_correction: bool,
-        d0: float,
-        growth_rate: float | None,
-        name: str,
-        **kwargs: Any,
-    ):
+    def __init__(self, learning_rate: float, name: str, settings: dict[str, Any], **kwargs):
+        """`settings`: the authors' arguments by our names, checked and kept for
+        `get_config` (a `growth_rate` of inf as None)."""
         # Keras's own `weight_decay` is applied outside the update; the authors' decay
         # (coupled or decoupled, at the adapted step) is ours, so the base never sees it.
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        owner = type(self).__name__
-        values = {"learning_rate": learning_rate, "beta_1": beta_1, "beta_2": beta_2,
-                  "epsilon": epsilon, "weight_decay": weight_decay, "d0": d0}  # fmt: skip
-        for arg, value in values.items():
-            check_number(owner, arg, value)
-        for arg in ("beta_1", "beta_2"):
-            if not 0.0 <= values[arg] < 1.0:
-                raise ValueError(f"{owner}.{arg} must be in [0, 1), got {values[arg]!r}")
-        for arg in ("epsilon", "d0"):
-            if values[arg] <= 0:
-                raise ValueError(f"{owner}.{arg} must be > 0, got {values[arg]!r}")
-        for arg in ("learning_rate", "weight_decay"):
-            if values[arg] < 0:
-                raise ValueError(f"{owner}.{arg} must be >= 0, got {values[arg]!r}")
-        for arg, value in (("decouple", decouple), ("use_bias_correction", use_bias_correction)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{owner}.{arg} must be True or False, got {value!r}")
-        if growth_rate is not None and growth_rate != math.inf:
-            check_number(owner, "growth_rate", growth_rate)
-            if growth_rate <= 0:
-                raise ValueError(
-                    f"{owner}.growth_rate must be > 0 or None (no limit), got {growth_rate!r}"
-                )
-        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
-        self.decay_rate, self.decouple = float(weight_decay), decouple
-        self.use_bias_correction, self.d0 = use_bias_correction, float(d0)
-        self.growth_rate = None if growth_rate in (None, math.inf) else float(growth_rate)
+        _check_arguments(type(self).__name__, learning_rate=learning_rate, **settings)
+        if settings["growth_rate"] == math.inf:
+            settings["growth_rate"] = None
+        self._settings = dict(settings)
+        self.beta_1, self.beta_2 = float(settings["beta_1"]), float(settings["beta_2"])
+        self.epsilon, self.d0 = float(settings["epsilon"]), float(settings["d0"])
+        self.decay_rate, self.growth_rate = float(settings["weight_decay"]), settings["growth_rate"]
+        self.decouple, self.use_bias_correction = (
+            settings["decouple"],
+            settings["use_bias_correction"],
+        )
 
     def build(self, variables: list[keras.Variable]) -> None:
         """Creates the scalar state and Adam's second moment (per variable)."""
@@ -180,16 +185,9 @@ class _AdaptiveAdam(WholeStepOptimizer):
         self.assign(slot, value)
         return value
 
-    def _take_step(
-        self,
-        proceed: tf.Tensor,
-        variables: Sequence[keras.Variable],
-        directions: Sequence[tf.Tensor],
-        second_moments: Sequence[tf.Tensor],
-        scale: tf.Tensor,
-        eps: tf.Tensor,
-        dlr: tf.Tensor,
-    ) -> None:
+    def _take_step(self, proceed: tf.Tensor, variables: Sequence[keras.Variable],
+                   directions: Sequence[tf.Tensor], second_moments: Sequence[tf.Tensor],
+                   scale: tf.Tensor, eps: tf.Tensor, dlr: tf.Tensor) -> None:  # fmt: skip
         """If `proceed`: `w -= weight_decay dlr w` (decoupled decay), then
         `w += scale * direction / (sqrt(second_moment) + eps)` (the authors' `addcdiv_`)."""
         for var, direction, moment in zip(variables, directions, second_moments, strict=True):
@@ -219,17 +217,7 @@ class _AdaptiveAdam(WholeStepOptimizer):
                 for k, v in values.items()}  # fmt: skip
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "beta_1": self.beta_1,
-            "beta_2": self.beta_2,
-            "epsilon": self.epsilon,
-            "weight_decay": self.decay_rate,
-            "decouple": self.decouple,
-            "use_bias_correction": self.use_bias_correction,
-            "d0": self.d0,
-            "growth_rate": self.growth_rate,
-        }
+        return {**super().get_config(), **self._settings}
 
 
 @keras.saving.register_keras_serializable(package="lrresearch")
@@ -289,38 +277,18 @@ class Prodigy(_AdaptiveAdam):
       (`prodigyopt/prodigy.py`, class `Prodigy`, PyPI `prodigyopt` 1.1.2).
     """
 
-    def __init__(
-        self,
-        learning_rate: float = 1.0,
-        beta_1: float = 0.9,
-        beta_2: float = 0.999,
-        beta_3: float | None = None,
-        epsilon: float = 1e-8,
-        weight_decay: float = 0.0,
-        decouple: bool = True,
-        use_bias_correction: bool = False,
-        safeguard_warmup: bool = False,
-        d0: float = 1e-6,
-        d_coef: float = 1.0,
-        growth_rate: float | None = None,
-        slice_p: int = 1,
-        name: str = "Prodigy",
-        **kwargs: Any,
-    ):
-        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay, decouple,
-                         use_bias_correction, d0, growth_rate, name, **kwargs)  # fmt: skip
-        if beta_3 is not None:
-            check_number("Prodigy", "beta_3", beta_3)
-            if not 0.0 <= beta_3 < 1.0:
-                raise ValueError(f"Prodigy.beta_3 must be in [0, 1) or None, got {beta_3!r}")
-        check_number("Prodigy", "d_coef", d_coef)
-        if d_coef <= 0:
-            raise ValueError(f"Prodigy.d_coef must be > 0, got {d_coef!r}")
-        if not isinstance(safeguard_warmup, bool):
-            raise ValueError(
-                f"Prodigy.safeguard_warmup must be True or False, got {safeguard_warmup!r}"
-            )
-        check_int("Prodigy", "slice_p", slice_p, 1)
+    def __init__(self, learning_rate: float = 1.0, beta_1: float = 0.9, beta_2: float = 0.999,
+                 beta_3: float | None = None, epsilon: float = 1e-8, weight_decay: float = 0.0,
+                 decouple: bool = True, use_bias_correction: bool = False,
+                 safeguard_warmup: bool = False, d0: float = 1e-6, d_coef: float = 1.0,
+                 growth_rate: float | None = None, slice_p: int = 1, name: str = "Prodigy",
+                 **kwargs: Any):  # fmt: skip
+        settings = {"beta_1": beta_1, "beta_2": beta_2, "beta_3": beta_3, "epsilon": epsilon,
+                    "weight_decay": weight_decay, "decouple": decouple,
+                    "use_bias_correction": use_bias_correction,
+                    "safeguard_warmup": safeguard_warmup, "d0": d0, "d_coef": d_coef,
+                    "growth_rate": growth_rate, "slice_p": slice_p}  # fmt: skip
+        super().__init__(learning_rate, name, settings, **kwargs)
         self.beta_3 = None if beta_3 is None else float(beta_3)
         self.safeguard_warmup, self.d_coef, self.slice_p = safeguard_warmup, float(d_coef), slice_p
 
@@ -376,15 +344,6 @@ class Prodigy(_AdaptiveAdam):
                         new_d * self.epsilon, dlr)  # fmt: skip
         self._finish(proceed, new_d, d_hat, dlr)
 
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "beta_3": self.beta_3,
-            "safeguard_warmup": self.safeguard_warmup,
-            "d_coef": self.d_coef,
-            "slice_p": self.slice_p,
-        }
-
 
 @keras.saving.register_keras_serializable(package="lrresearch")
 @gin.configurable
@@ -437,22 +396,16 @@ class DAdaptAdam(_AdaptiveAdam):
       (`dadaptation/dadapt_adam.py`, class `DAdaptAdam`).
     """
 
-    def __init__(
-        self,
-        learning_rate: float = 1.0,
-        beta_1: float = 0.9,
-        beta_2: float = 0.999,
-        epsilon: float = 1e-8,
-        weight_decay: float = 0.0,
-        decouple: bool = False,
-        use_bias_correction: bool = False,
-        d0: float = 1e-6,
-        growth_rate: float | None = None,
-        name: str = "DAdaptAdam",
-        **kwargs: Any,
-    ):
-        super().__init__(learning_rate, beta_1, beta_2, epsilon, weight_decay, decouple,
-                         use_bias_correction, d0, growth_rate, name, **kwargs)  # fmt: skip
+    def __init__(self, learning_rate: float = 1.0, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, weight_decay: float = 0.0, decouple: bool = False,
+                 use_bias_correction: bool = False, d0: float = 1e-6,
+                 growth_rate: float | None = None, name: str = "DAdaptAdam",
+                 **kwargs: Any):  # fmt: skip
+        settings = {"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
+                    "weight_decay": weight_decay, "decouple": decouple,
+                    "use_bias_correction": use_bias_correction, "d0": d0,
+                    "growth_rate": growth_rate}  # fmt: skip
+        super().__init__(learning_rate, name, settings, **kwargs)
 
     def build(self, variables: list[keras.Variable]) -> None:
         """Adds the weighted numerator, `m` and `s`."""
@@ -490,7 +443,7 @@ class DAdaptAdam(_AdaptiveAdam):
         d_hat = numerator / ((1.0 - root) * tf.where(proceed, sk_l1, 1.0))
         new_d = _py_max(d, _py_min(d_hat, d * (self.growth_rate or math.inf)))
         self._update_slot(self.numerator_weighted, numerator, proceed)
-        one = tf.constant(-1.0, STATE_DTYPE)
-        self._take_step(proceed, variables, directions, second_moments, one,
+        minus_one = tf.constant(-1.0, STATE_DTYPE)
+        self._take_step(proceed, variables, directions, second_moments, minus_one,
                         tf.constant(self.epsilon, STATE_DTYPE), dlr)  # fmt: skip
         self._finish(proceed, new_d, d_hat, dlr)
