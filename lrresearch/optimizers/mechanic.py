@@ -53,10 +53,11 @@ class Mechanic(WholeStepOptimizer):
         Delta = Delta + u_t
         x_{t+1} = x_ref + max(sum_i s_i, 0) * Delta
 
-    `x_ref` is the weights the first batch starts from (copied at `build` and again at
-    the first update). Since `x_t = x_ref + S * Delta` (up to `eps`), the batch moves the
-    weights by `sum_i s_i` times the base's update plus a rescaling of the path so far:
-    the base's step is multiplied by the new `sum_i s_i`. `h` is the gradient's inner
+    `x_ref` is the weights the first batch starts from (copied at the first update, as
+    the reference creates its state at its first step). Since `x_t = x_ref + S * Delta`
+    (up to `eps`), the batch moves the weights by `sum_i s_i` times the base's update
+    plus a rescaling of the path so far: the base's step is multiplied by the new
+    `sum_i s_i`. `h` is the gradient's inner
     product with that path, in units of the base's steps; `s_decay` (the paper's
     lambda) pulls `s` down in proportion to the weights' norm.
 
@@ -155,8 +156,8 @@ class Mechanic(WholeStepOptimizer):
         self.base_optimizer = make_base_optimizer(base_optimizer, float(learning_rate))
 
     def build(self, variables: list[keras.Variable]) -> None:
-        """Builds the base optimizer on `variables`, copies them as `x_ref`, and creates
-        `Delta` (store_delta only) and the tuners' state."""
+        """Builds the base optimizer on `variables` and creates `x_ref`, `Delta`
+        (store_delta only) and the tuners' state."""
         if self.built:
             return
         super().build(variables)
@@ -165,11 +166,12 @@ class Mechanic(WholeStepOptimizer):
         dtype = "float64" if float64 else "float32"
         size = (len(self.betas),)
         self.s = self.add_variable(size, initializer="zeros", dtype=dtype, name="s")
+        # Initializers only, no assign: Keras's fit builds the optimizer while tracing its
+        # train function, and an assign there never ran (m stayed 0, so s stayed 0).
+        # 1e-6 in `dtype` (Keras's Constant initializer rounds it through float32).
         self.max_product = self.add_variable(
-            size, initializer="zeros", dtype=dtype, name="max_product"
+            size, initializer=_fill(1e-6), dtype=dtype, name="max_product"
         )
-        # 1e-6 in `dtype` (Keras's Constant initializer would round it through float32).
-        self.max_product.assign(tf.fill(size, tf.constant(1e-6, dtype)))
         self.sum_squared_products = self.add_variable(
             size, initializer="zeros", dtype=dtype, name="sum_squared_products"
         )
@@ -177,9 +179,7 @@ class Mechanic(WholeStepOptimizer):
         self.effective_lr = self.add_variable(
             (), initializer="zeros", dtype=dtype, name="effective_lr"
         )
-        self.x_ref = self.add_optimizer_variables(variables, "x_ref")
-        for reference, variable in zip(self.x_ref, variables, strict=True):
-            reference.assign(variable)
+        self.x_ref = self.add_optimizer_variables(variables, "x_ref")  # set at the first update
         self.deltas = self.add_optimizer_variables(variables, "delta") if self.store_delta else []
 
     def update_all(
@@ -293,6 +293,11 @@ class Mechanic(WholeStepOptimizer):
             "eps": self.eps,
             "store_delta": self.store_delta,
         }
+
+
+def _fill(value: float) -> Callable[..., tf.Tensor]:
+    """An initializer filling a variable with `value` in the variable's own dtype."""
+    return lambda shape, dtype=None: tf.fill(shape, tf.constant(value, dtype))
 
 
 def make_base_optimizer(spec: BaseSpec, learning_rate: float) -> keras.optimizers.Optimizer:
