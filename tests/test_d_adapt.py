@@ -139,10 +139,12 @@ def grad_fn(data):
 
 def run(optimizer, data, lrs, jit_compile=False):
     """Ours on the same batches; returns (flat weights, float64 effective_lr, d) per
-    batch and the step summaries of the last batch."""
+    batch and the step summaries of the last batch. Under XLA the first `apply` builds
+    the optimizer inside the compiled function, as Keras's `fit` does."""
     x, y, (w0, b0) = data
     w, b = tf.Variable(w0, name="w"), tf.Variable(b0[0], name="b")
-    optimizer.build([w, b])
+    if not jit_compile:
+        optimizer.build([w, b])
 
     @tf.function(jit_compile=jit_compile)
     def step(xb, yb, lr, scale):
@@ -150,7 +152,7 @@ def run(optimizer, data, lrs, jit_compile=False):
         with tf.GradientTape() as tape:
             loss = 0.5 * tf.reduce_mean(tf.square(tf.linalg.matvec(xb, w) + b - yb))
         optimizer.apply([g * scale for g in tape.gradient(loss, [w, b])], [w, b])
-        state = (tf.identity(optimizer.effective_lr), tf.identity(optimizer.d))
+        state = (tf.convert_to_tensor(optimizer.effective_lr), tf.convert_to_tensor(optimizer.d))
         return tf.concat([w, b[None]], 0), *state, optimizer.step_summaries()
 
     scales = [

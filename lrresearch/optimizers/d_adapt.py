@@ -140,20 +140,10 @@ class _AdaptiveAdam(WholeStepOptimizer):
 
         return self.add_variable(shape=(), initializer=initializer, dtype=STATE_DTYPE, name=name)
 
-    def _flat_slot(
-        self, variable: keras.Variable, name: str, slice_p: int, copy: bool = False
-    ) -> keras.Variable:
-        """A flat slot `[ceil(size / slice_p)]`: zeros, or with `copy` the variable's
-        current entries (the authors' `p0`, taken when the optimizer is built)."""
-        if copy:
-
-            def initializer(shape: Any, dtype: Any = None) -> tf.Tensor:
-                return tf.cast(_flat(variable, slice_p), dtype or variable.dtype)
-        else:
-            initializer = "zeros"
-        size = -(-math.prod(variable.shape) // slice_p)
+    def _flat_slot(self, variable: keras.Variable, name: str, slice_p: int) -> keras.Variable:
+        """A zero slot `[ceil(size / slice_p)]` in the variable's dtype."""
         return self.add_variable(
-            shape=(size,), initializer=initializer, dtype=variable.dtype,
+            shape=(-(-math.prod(variable.shape) // slice_p),), dtype=variable.dtype,
             name=f"{_slot_prefix(variable)}_{name}",
         )  # fmt: skip
 
@@ -241,11 +231,11 @@ class Prodigy(_AdaptiveAdam):
         w        = w - weight_decay dlr w            (if decouple)
         w        = w - dlr m / (sqrt(v) + d eps)     (beta_1 = 0: dlr d g / (...))
 
-    `x_0` is the weights when the optimizer is built (the trainer builds it before the
-    first batch). `x_0` and `s` are one more copy of the weights each, `1/slice_p` of it
-    with `slice_p > 1` (then `num` and `||s||_1` use every `slice_p`-th entry of each
-    variable, flattened, an approximation, as the authors'). Logs
-    `optimizer/effective_lr` (`dlr`), `optimizer/d` and `optimizer/d_hat`.
+    `x_0` is the weights at the first update (the authors copy it at their first
+    `step()`, even one that returns early). `x_0` and `s` are one more copy of the
+    weights each, `1/slice_p` of it with `slice_p > 1` (then `num` and `||s||_1` use
+    every `slice_p`-th entry of each variable, flattened, an approximation, as the
+    authors'). Logs `optimizer/effective_lr` (`dlr`), `optimizer/d` and `optimizer/d_hat`.
 
     Args:
       learning_rate: the authors' `lr`, a multiplier of the adapted step (1.0; the
@@ -301,7 +291,10 @@ class Prodigy(_AdaptiveAdam):
         self.d_numerator = self._scalar("d_numerator", 0.0)
         self.exp_avg = self.add_optimizer_variables(variables, "exp_avg") if self.beta_1 else []
         self.s = [self._flat_slot(v, "s", self.slice_p) for v in variables]
-        self.p0 = [self._flat_slot(v, "p0", self.slice_p, copy=True) for v in variables]
+        self.p0 = [self._flat_slot(v, "p0", self.slice_p) for v in variables]
+        # Calls of update_all: x_0 is copied at the first (a copy at build would need an
+        # initializer that reads the weights, which XLA cannot lift out of Keras's fit).
+        self.calls = self.add_variable(shape=(), initializer="zeros", dtype="int64", name="calls")
 
     def update_all(
         self, grads: Sequence[tf.Tensor], variables: Sequence[keras.Variable], learning_rate: Any
@@ -318,7 +311,9 @@ class Prodigy(_AdaptiveAdam):
         for i, (g, var) in enumerate(zip(grads, variables, strict=True)):
             dtype = var.dtype
             g_sliced = _flat(g, self.slice_p)
-            p0_minus_p = tf.convert_to_tensor(self.p0[i]) - _flat(var, self.slice_p)
+            p_sliced = _flat(var, self.slice_p)
+            p0 = self._update_slot(self.p0[i], p_sliced, tf.equal(self.calls, 0))
+            p0_minus_p = p0 - p_sliced
             delta += ratio * dlr * _sum64(g_sliced * p0_minus_p)
             if self.beta_1:
                 m = self.exp_avg[i] * self.beta_1 + tf.cast(d * (1.0 - self.beta_1), dtype) * g
@@ -343,6 +338,7 @@ class Prodigy(_AdaptiveAdam):
         self._take_step(proceed, variables, directions, second_moments, scale,
                         new_d * self.epsilon, dlr)  # fmt: skip
         self._finish(proceed, new_d, d_hat, dlr)
+        self.assign_add(self.calls, tf.constant(1, tf.int64))
 
 
 @keras.saving.register_keras_serializable(package="lrresearch")
