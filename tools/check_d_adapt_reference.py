@@ -5,10 +5,11 @@ lrresearch): PyPI `prodigyopt` (github.com/konstmish/prodigy, class `Prodigy`) a
 `dadaptation` (github.com/facebookresearch/dadaptation, class `DAdaptAdam`). Both sides
 train the same softmax regression (`check_parameter_free_reference.problem`, the
 weights as two variables, a 20 x 4 matrix and a bias of 4, so `d`'s sums run over more
-than one variable) in float64, on the same minibatches from the same initial weights,
-with the same LR per batch (rounded to float32, the dtype of Keras's LR variable). Ours
-runs `optimizer.apply` in a `tf.function`, assigning the LR variable before each batch
-as the trainer does.
+than one variable) in float64 (two settings also in float32), on the same minibatches
+from the same initial weights, with the same LR per batch (rounded to float32, the dtype
+of Keras's LR variable). Ours runs `optimizer.apply` in a `tf.function`, assigning the
+LR variable before each batch as the trainer does. For scale, each row also runs the
+reference against itself from initial weights one ulp larger.
 
 The step size of batch `t` is the `dlr` the reference applied to the weights: `d * lr`
 (times the bias correction) of the group before its `step()`, or 0 when that step
@@ -44,8 +45,8 @@ TOLERANCE = 1e-5
 INTRO = (
     "`Prodigy` against the authors' `prodigyopt.Prodigy` and `DAdaptAdam` against the "
     "authors' `dadaptation.DAdaptAdam`: same data, initial weights and per-batch LR, "
-    "float64 weights on both sides (two variables). Needs torch, prodigyopt and "
-    "dadaptation in a scratch venv."
+    "float64 weights on both sides (two variables; the last two rows float32). Needs "
+    "torch, prodigyopt and dadaptation in a scratch venv."
 )
 WD = 0.01
 
@@ -76,6 +77,12 @@ CASES = [
      {"weight_decay": WD, "growth_rate": 1.02, "betas": (0.9, 0.99)}, "constant", False),
     ("DAdaptAdam, warmup from 0 + cosine", (DAdaptAdam, {}), {}, "warmup", False),
     ("DAdaptAdam, zero first gradient", (DAdaptAdam, {}), {}, "constant", True),
+    # Float32 weights on both sides: our scalar state stays float64, as the authors'
+    # Python floats; the per-variable sums are float32 on both sides.
+    ("Prodigy, defaults, float32 weights", (Prodigy, {}), {}, "constant", False),
+    ("DAdaptAdam, decoupled wd, bias corr., float32 weights",
+     (DAdaptAdam, {"weight_decay": WD, "decouple": True, "use_bias_correction": True}),
+     {"weight_decay": WD, "decouple": True, "use_bias_correction": True}, "constant", False),
 ]  # fmt: skip
 
 
@@ -120,7 +127,7 @@ def reference_run(cls_name, kwargs, x, y, w0, lrs, loss_scale):
 
 
 def our_run(make, x, y, w0, lrs, loss_scale):
-    """Ours with float64 weights; returns (optimizer/effective_lr, weights after each)."""
+    """Ours, weights in w0's dtype; returns (float64 effective_lr, weights after each)."""
     cls, kwargs = make
     w, b = tf.Variable(w0[:-1], name="w"), tf.Variable(w0[-1], name="b")
     optimizer = cls(**kwargs)
@@ -130,7 +137,7 @@ def our_run(make, x, y, w0, lrs, loss_scale):
     def step(xb, yb, lr, scale):
         optimizer.learning_rate.assign(lr)
         with tf.GradientTape() as tape:
-            logits = xb[:, :-1] @ w + b  # float64 throughout, as the reference
+            logits = xb[:, :-1] @ w + b  # in the weights' dtype throughout, as the reference
             loss = scale * tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits)
             )
@@ -139,7 +146,7 @@ def our_run(make, x, y, w0, lrs, loss_scale):
         # The float64 variable: the logged tag is its float32 cast (6e-8 relative).
         return tf.identity(optimizer.effective_lr), weights
 
-    out = [step(*args) for args in zip(x, y, lrs, loss_scale.astype(np.float64), strict=True)]
+    out = [step(*args) for args in zip(x, y, lrs, loss_scale.astype(w0.dtype), strict=True)]
     return np.array([float(s) for s, _ in out]), np.array([v.numpy() for _, v in out])
 
 
@@ -173,18 +180,21 @@ def main() -> int:
         f"({prodigyopt.__file__}), dadaptation {metadata.version('dadaptation')} "
         f"({dadaptation.__file__}), numpy {np.__version__}"
     )
-    x, y, w0 = problem(args.steps)
+    x64, y, w64 = problem(args.steps)
     print(
-        f"problem: softmax regression, {x.shape[-1] - 1} x {w0.shape[1]} weights + a bias, "
-        f"float64, batch {x.shape[1]}, {args.steps} batches\n"
+        f"problem: softmax regression, {x64.shape[-1] - 1} x {w64.shape[1]} weights + a "
+        f"bias, float64 (float32 where the row says), batch {x64.shape[1]}, {args.steps} "
+        "batches\n"
     )
     print("| optimizer, setting | step size range (ours) | final step size | max rel "
           "step-size diff | max rel weight diff | ref. vs itself, w0 + 1 ulp |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     failed = False
     for name, make, kwargs, kind, zero_first in CASES:
+        dtype = np.float32 if "float32" in name else np.float64
+        x, w0 = x64.astype(dtype), w64.astype(dtype)
         lrs = schedule(kind, args.steps)
-        loss_scale = np.ones(args.steps)
+        loss_scale = np.ones(args.steps, dtype)
         loss_scale[0] = 0.0 if zero_first else 1.0
         ref_steps, ref_w = reference_run(name.split(",")[0], kwargs, x, y, w0, lrs, loss_scale)
         steps, weights = our_run(make, x, y, w0, lrs, loss_scale)
@@ -199,7 +209,7 @@ def main() -> int:
         "\nstep size: `optimizer/effective_lr` against the reference's `dlr` (0 on a step "
         "that returned before the update). weight diff: max over batches of "
         "max|w_ours - w_ref| / max|w_ref|. The last column runs the reference against "
-        "itself from initial weights one float64 ulp larger: how much this problem "
+        "itself from initial weights one ulp larger: how much this problem "
         "amplifies rounding under that setting (where d grows until Adam's steps "
         "oscillate, as DAdaptAdam's defaults here, 1e-16 grows to ~3e-7 in 500 steps). "
         "The logged `optimizer/effective_lr` is the float32 cast of the float64 state "
