@@ -107,17 +107,16 @@ class _AdaptiveAdam(WholeStepOptimizer):
         # Keras's own `weight_decay` is applied outside the update; the authors' decay
         # (coupled or decoupled, at the adapted step) is ours, so the base never sees it.
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        _check_arguments(type(self).__name__, learning_rate=learning_rate, **settings)
+        numbers = {"learning_rate": learning_rate} if isinstance(learning_rate, float | int) else {}
+        _check_arguments(type(self).__name__, **numbers, **settings)  # not a Keras schedule
         if settings["growth_rate"] == math.inf:
             settings["growth_rate"] = None
         self._settings = dict(settings)
         self.beta_1, self.beta_2 = float(settings["beta_1"]), float(settings["beta_2"])
         self.epsilon, self.d0 = float(settings["epsilon"]), float(settings["d0"])
         self.decay_rate, self.growth_rate = float(settings["weight_decay"]), settings["growth_rate"]
-        self.decouple, self.use_bias_correction = (
-            settings["decouple"],
-            settings["use_bias_correction"],
-        )
+        self.decouple = settings["decouple"]
+        self.use_bias_correction = settings["use_bias_correction"]
 
     def build(self, variables: list[keras.Variable]) -> None:
         """Creates the scalar state and Adam's second moment (per variable)."""
