@@ -266,7 +266,7 @@ def test_trainer_logs_the_effective_lr_and_d_every_batch(tmp_path):
     run_ = train(tmp_path, params={
         "Trainer.optimizer": "@Prodigy", "Trainer.controller": "@ConstantController()",
         "ConstantController.lr": 1.0, "Trainer.steps": 12, "Trainer.steps_per_loop": 12,
-        "Trainer.histogram_every": 0, "Trainer.eval_every": 12, "mlp.hidden": (8,)})  # fmt: skip
+        "Trainer.histogram_every": 0, "Trainer.eval_every": 0, "mlp.hidden": (8,)})  # fmt: skip
     effective_lr = run_.events.scalar("optimizer/effective_lr")
     d = run_.events.scalar("optimizer/d")
     assert len(effective_lr) == len(d) == 12
