@@ -83,7 +83,8 @@ TAGS: tuple[Tag, ...] = (
         "step size (Prodigy, DAdaptAdam, Mechanic, ScheduleFreeSGD, ScheduleFreeAdamW)",
         "The step size the optimizer's update applied to this batch; lr is then the "
         "multiplier the controller set (Prodigy and D-Adapt Adam: d * lr, bias-corrected; "
-        "Mechanic: its scale s times lr; Schedule-Free: lr after its warmup)."),
+        "Mechanic: its scale s times lr; Schedule-Free: lr after its warmup); 0 on a batch "
+        "where the method moves no weight (D-Adaptation's first all-zero gradient)."),
     Tag("optimizer/<name>", "scalar", "batch, under an optimizer that sets its own step "
         "size",
         "The optimizer's own state after this batch's update (Prodigy's and D-Adapt Adam's "
