@@ -9,7 +9,8 @@ runs with TensorBoard's Python loader (`EventAccumulator`, which purges no tenso
 events on a restart, so a point left twice shows up twice) and compares the per-batch
 series and the final checkpoint's weights. Also runs `lrresearch compare` on both.
 
-Run: `python tools/kill_soak.py [--steps 30000 --kills 5 --seed 0]`
+Run: `python tools/kill_soak.py [--steps 30000 --kills 5 --seed 0]`; `--gin_param`
+(repeatable) changes the configuration, e.g. `--gin_param='Trainer.optimizer = @Prodigy'`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
 
 TAGS = ("lr", "loss/batch", "grad/global_norm", "loss/ma_long")
+EXTRA_PARAMS: list[str] = []  # --gin_param, after the defaults below
 
 
 def command(logdir: str, name: str, steps: int, every: int, *extra: str) -> list[str]:
@@ -42,6 +44,7 @@ def command(logdir: str, name: str, steps: int, every: int, *extra: str) -> list
         "Trainer.controller = @LossTrendController()",
         "LossTrendController.window = 50",
         "LossTrendController.max_lr = 0.2",
+        *EXTRA_PARAMS,
     ]
     return [sys.executable, "-u", "-m", "lrresearch", "train", f"--logdir={logdir}",
             f"--run_name={name}", *(f"--gin_param={p}" for p in params), *extra]  # fmt: skip
@@ -98,7 +101,9 @@ def main() -> None:
     parser.add_argument(
         "--during_save", action="store_true", help="kill as a save is being written"
     )
+    parser.add_argument("--gin_param", action="append", default=[], help="a gin binding")
     args = parser.parse_args()
+    EXTRA_PARAMS.extend(args.gin_param)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as logdir:
         steps, every = args.steps, args.checkpoint_every
