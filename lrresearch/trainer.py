@@ -212,9 +212,7 @@ class Trainer:
         self.every_step_groups = frozenset(g for g, every in cadences.items() if every == 1)
         self.periodic = {g: every for g, every in cadences.items() if every > 1}
         self.reset_loops()
-        # A function per trainer (not the shared method): TF counts a method's traces
-        # across instances and warns of retracing in a process that builds many.
-        self.evaluate = tf.function(lambda: self._evaluate())
+        self.evaluate = tf.function(lambda: self._evaluate())  # per trainer: no retrace warning
         self.next_step = 0  # Python mirror of `self.step`, so the loop never reads it
         # Root names as in checkpoints written before these parts had modules of their
         # own, so those checkpoints keep restoring.
