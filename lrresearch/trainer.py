@@ -105,9 +105,8 @@ class Trainer:
         skipped (no update; logged in `guard/skipped`); after this many in a row the
         run stops with a checkpoint of the last good state (0: stop at the first).
       nonfinite_lr_factor: every skipped batch multiplies all later LRs by this.
-      polynomial_averaging: the gamma (>= 0; DoG's authors use 8) of a polynomial-decay
-        average of the weights (`lrresearch.averaging`) used by evaluation and
-        checkpoints; None (default) for none.
+      polynomial_averaging: gamma (>= 0; DoG's authors use 8) of a weight average that
+        evaluation and checkpoints use (`lrresearch.averaging`); None: none.
       strategy: the `tf.distribute` strategy (not a gin binding: the CLI passes the
         one `distribution.strategy` configures); None trains on one device.
     """
