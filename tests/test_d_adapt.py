@@ -13,7 +13,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import train
 from test_adaptive import regression_batches, regression_grad
 
 from lrresearch.optimizers import DAdaptAdam, Prodigy
@@ -260,15 +259,3 @@ def test_infinite_growth_rate_means_no_limit():
 def test_bad_arguments_name_the_parameter(make_optimizer, message):
     with pytest.raises(ValueError, match=message):
         make_optimizer()
-
-
-def test_trainer_logs_the_effective_lr_and_d_every_batch(tmp_path):
-    run_ = train(tmp_path, params={
-        "Trainer.optimizer": "@Prodigy", "Trainer.controller": "@ConstantController()",
-        "ConstantController.lr": 1.0, "Trainer.steps": 12, "Trainer.steps_per_loop": 12,
-        "Trainer.histogram_every": 0, "Trainer.eval_every": 0, "mlp.hidden": (8,)})  # fmt: skip
-    effective_lr = run_.events.scalar("optimizer/effective_lr")
-    d = run_.events.scalar("optimizer/d")
-    assert len(effective_lr) == len(d) == 12
-    assert effective_lr[0] == np.float32(1e-6) and d[-1] > 1e-6
-    np.testing.assert_allclose(effective_lr[1:], d[:-1], rtol=1e-6)  # dlr = d lr, lr 1

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import functools
 
-import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import train
 from test_adaptive import regression_batches, regression_grad
 
 from lrresearch.optimizers import Mechanic, WholeStepOptimizer
@@ -225,27 +223,3 @@ def test_get_config_round_trips():
 def test_bad_arguments_name_the_parameter(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Mechanic(**kwargs)
-
-
-def test_trainer_logs_the_effective_lr_and_scale_every_batch(tmp_path):
-    """`Trainer.optimizer = @Mechanic` with `Mechanic.base_optimizer = @keras.optimizers.Adam`
-    logs `optimizer/effective_lr` = scale * lr for every batch."""
-    params = {
-        "Trainer.optimizer": "@Mechanic",
-        "Mechanic.base_optimizer": "@keras.optimizers.Adam",
-        "Trainer.controller": "@ConstantController()",
-        "ConstantController.lr": 1.0,
-        "Trainer.steps": 20,
-        "Trainer.steps_per_loop": 10,
-        "Trainer.eval_every": 0,
-        "Trainer.histogram_every": 0,
-        "mlp.hidden": (8,),
-    }
-    try:
-        events = train(tmp_path, params=params).events
-    finally:
-        gin.clear_config()
-    effective_lr = events.scalar("optimizer/effective_lr")
-    scale = events.scalar("optimizer/scale")
-    assert len(effective_lr) == 20 and np.all(np.diff(scale[:5]) != 0)
-    np.testing.assert_allclose(effective_lr, scale * events.scalar("lr"), rtol=1e-6)

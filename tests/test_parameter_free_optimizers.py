@@ -36,7 +36,7 @@ from lrresearch.trainer import Trainer
 LRS = {
     "Prodigy": (Prodigy, 1.0),
     "DAdaptAdam": (DAdaptAdam, 1.0),
-    "Mechanic": (Mechanic, 0.05),
+    "Mechanic": (functools.partial(Mechanic, base_optimizer=keras.optimizers.Adam), 0.05),
     "ScheduleFreeSGD": (functools.partial(ScheduleFreeSGD, warmup_steps=5), 0.5),
     "ScheduleFreeAdamW": (functools.partial(ScheduleFreeAdamW, warmup_steps=5), 0.01),
 }
@@ -86,11 +86,19 @@ def test_effective_step_is_logged_every_batch(logged):
     # The optimizer's own value, not the controller's LR.
     assert not np.allclose(effective, events.scalar("lr")), name
     assert {t for t in events.tags if t.startswith("optimizer/")} - {"optimizer/effective_lr"}
-    if name == "Mechanic":  # its scale starts at s_init = 1e-8 and grows
+    lr = events.scalar("lr")
+    if name == "Mechanic":  # the base's update times s; s starts at s_init = 1e-8, grows
         scale = events.scalar("optimizer/scale")
         assert scale[-1] > 100 * scale[0] > 0
-    else:
-        assert events.scalar("loss/batch")[-5:].mean() < events.scalar("loss/batch")[:5].mean()
+        np.testing.assert_allclose(effective, np.maximum(scale, 0) * lr, rtol=1e-6)
+        return
+    assert events.scalar("loss/batch")[-5:].mean() < events.scalar("loss/batch")[:5].mean()
+    if name.startswith("ScheduleFree"):  # the optimizer's own warmup over 5 batches
+        np.testing.assert_allclose(effective, lr * np.minimum(1, np.arange(1, STEPS + 1) / 5))
+    else:  # the step applied is d0 * lr, then the d of the batch before (lr 1)
+        d = events.scalar("optimizer/d")
+        assert effective[0] == np.float32(1e-6) and d[-1] > 1e-6
+        np.testing.assert_allclose(effective[1:], d[:-1], rtol=1e-6)
 
 
 def test_xla_gives_the_same_weights_and_compiles_once(logged):

@@ -43,7 +43,6 @@ def profile_run(tmp_path_factory):
         out_dir, rows = profiling.profile(
             [
                 "GradNormController",
-                "LossTrendController",
                 "DoGController",
                 "@config",
                 "@smooth/MaxChange()",
@@ -70,7 +69,6 @@ def test_profile_reports_every_controller_against_the_bare_baseline(profile_run)
     assert [(r.controller, r.summaries, r.xla) for r in rows] == [
         ("ConstantController", True, False),
         ("GradNormController", True, False),
-        ("LossTrendController", True, False),
         ("DoGController", True, False),
         ("@MaxChange()", True, False),
         ("@smooth/MaxChange()", True, False),
@@ -157,7 +155,7 @@ def test_profile_attributes_controller_and_summary_ops(profile_run):
     _, rows = profile_run
     by_name = {r.controller: r for r in rows if not r.xla}
     # Every controller's LR passes through the guard and assign (lr_controller scope);
-    # the loss-trend rule does real work there, the constant LR almost none.
+    # DoG does real work there (distances and sums), the constant LR almost none.
     for r in rows:
         if r.xla:  # one compiled cluster in the trace: no scopes to attribute
             assert np.isnan(r.controller_us) and np.isnan(r.summaries_us), r
@@ -165,7 +163,7 @@ def test_profile_attributes_controller_and_summary_ops(profile_run):
         assert r.controller_us > 0, r
         assert r.summaries_us > 0, r
     assert (
-        by_name["LossTrendController"].controller_us > by_name["ConstantController"].controller_us
+        by_name["DoGController"].controller_us > by_name["ConstantController"].controller_us
     )
 
 

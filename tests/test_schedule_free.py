@@ -6,20 +6,13 @@ eval/train swap, checkpoints, XLA and a short Trainer run."""
 
 from __future__ import annotations
 
-import functools
-
-import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import read_events
 from test_adaptive import regression_batches, regression_grad
 
-from lrresearch.controllers import ConstantController
-from lrresearch.models import mlp
 from lrresearch.optimizers import ScheduleFreeAdamW, ScheduleFreeSGD
-from lrresearch.trainer import Trainer
 
 STEPS = 80
 ZERO_GRAD_STEPS = (0, 7)  # the first batch, and one later
@@ -241,20 +234,3 @@ def test_get_config_round_trips(optimizer):
 def test_bad_arguments_name_the_parameter(make_optimizer, message):
     with pytest.raises(ValueError, match=message):
         make_optimizer()
-
-
-def test_trainer_logs_the_effective_lr_and_average_weight_every_batch(tmp_path):
-    gin.clear_config()
-    trainer = Trainer(
-        steps=12, controller=ConstantController(lr=0.5),
-        optimizer=functools.partial(ScheduleFreeSGD, warmup_steps=4),
-        steps_per_loop=12, histogram_every=0, eval_every=12, checkpoint_every=12,
-        model=functools.partial(mlp, hidden=(8,)),
-    )  # fmt: skip
-    trainer.fit(logdir=str(tmp_path), run_name="sf", quiet=True)
-    events = read_events(tmp_path / "sf")
-    np.testing.assert_allclose(
-        events.scalar("optimizer/effective_lr"), 0.5 * np.minimum(1, np.arange(1, 13) / 4)
-    )
-    weights = events.scalar("optimizer/average_weight")
-    assert weights[0] == 1.0 and len(weights) == 12
