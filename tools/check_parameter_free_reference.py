@@ -2,10 +2,14 @@
 reference code.
 
 References (not dependencies of lrresearch; install them in a scratch venv next to
-lrresearch): the authors' DoG, PyPI `dog-optimizer` (github.com/formll/dog, class
-`dog.DoG`, PyTorch); the authors' D-Adaptation, PyPI `dadaptation`
-(github.com/facebookresearch/dadaptation, class `DAdaptSGD` with momentum 0); and
-optax's `optax.contrib.dowg` (JAX; DoWG's authors published no code of their own).
+lrresearch, jax and optax in a venv of their own): the authors' DoG, PyPI
+`dog-optimizer` (github.com/formll/dog, class `dog.DoG`, PyTorch); the authors'
+D-Adaptation, PyPI `dadaptation` (github.com/facebookresearch/dadaptation, class
+`DAdaptSGD` with momentum 0); and optax's `optax.contrib.dowg` (JAX; DoWG's authors
+published no code of their own). The DoWG reference runs in a subprocess with the
+other venv's Python (`--optax_python`); the minibatches, initial weights and its
+arguments go to it, and its step sizes and weights come back, through a temporary
+.npz file (float64).
 Both sides train the same softmax regression in float64 (one weight matrix, the bias
 folded in as a column of ones) with plain SGD, on the same minibatches from the same
 initial weights. Ours runs the trainer's per-batch path
@@ -13,21 +17,29 @@ initial weights. Ours runs the trainer's per-batch path
 controllers' own arithmetic is float32. The step size of batch `t` is the one applied to
 it: `param_groups[0]["eta"][0]` after DoG's `step()`, `d * lr / g0_norm` of
 `DAdaptSGD`'s group before its `step()`, and for DoWG the learning rate `scale_by_dowg`
-computes from its state.
+computes from its state (`estim_sq_dist / (sqrt(weighted_sq_norm_grads) + eps)`, after
+its `update`; the side checks that `optax.contrib.dowg`'s update is minus that times
+the gradient).
 
 Prints, per method and setting, the largest relative difference of the step size and
 of the weights over the run, with the machine, versions, date and command.
 
-Run (in a venv with lrresearch, torch, dog-optimizer and optax):
-  python tools/check_parameter_free_reference.py [--steps=500]
+Run (in a venv with lrresearch, torch, dog-optimizer and dadaptation; optax in its own):
+  python3.11 -m venv /tmp/optaxvenv && /tmp/optaxvenv/bin/pip install jax optax numpy
+  python tools/check_parameter_free_reference.py [--steps=500] \
+      [--optax_python=/tmp/optaxvenv/bin/python]
+`--optax_python` defaults to `$OPTAX_PYTHON`; without either the DoWG rows are skipped.
 Exits 1 if a row differs by more than 1e-5 (step size) or 1e-5 (weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -45,9 +57,11 @@ CLASSES, FEATURES, BATCH = 4, 20, 32
 INTRO = (
     "`DoGController` against the authors' `DoG` (PyPI `dog-optimizer`, "
     "github.com/formll/dog), `DAdaptSGDController` against the authors' `DAdaptSGD` "
-    "(PyPI `dadaptation`, momentum 0) and `DoWGController` against `optax.contrib.dowg`, "
-    "same data and initial weights, float64 weights on both sides, plain SGD. Needs "
-    "torch, dog-optimizer, dadaptation and optax in a scratch venv."
+    "(PyPI `dadaptation`, momentum 0) and `DoWGController` against `optax.contrib.dowg` "
+    "(JAX, float64, run in a subprocess by the Python of another venv, "
+    "`--optax_python`), same data and initial weights, float64 weights on both sides, "
+    "plain SGD. Needs torch, dog-optimizer and dadaptation in a scratch venv, jax and "
+    "optax in another."
 )
 
 # "method, setting", ours, the reference's arguments.
@@ -113,30 +127,72 @@ def dadapt_run(kwargs, x, y, w0):
     return np.array(etas), np.array(weights)
 
 
-def dowg_run(kwargs, x, y, w0):
-    """optax.contrib.dowg in float64; returns (step sizes, weights after each batch)."""
-    import jax
+# The DoWG reference, run by the optax venv's Python: argv = in.npz (x, y, w0), the
+# arguments of optax.contrib.dowg as JSON, out.npz (etas, weights).
+OPTAX_SIDE = r"""
+import json, sys
 
-    jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
-    import optax
+import jax
 
-    transform = optax.contrib.scale_by_dowg(**kwargs)
-    eps = 1e-4
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import optax
 
-    def loss_fn(w, xb, yb):
-        return optax.softmax_cross_entropy_with_integer_labels(xb @ w, yb).mean()
+data = np.load(sys.argv[1])
+kwargs = json.loads(sys.argv[2])
+eps = kwargs.get("eps", 1e-4)  # scale_by_dowg's default
+# The optimizer itself: chain(identity, scale_by_dowg, scale_by_learning_rate(1.0)).
+optimizer = optax.contrib.dowg(**kwargs)
 
-    w = jnp.asarray(w0)
-    state = transform.init(w)
-    etas, weights = [], []
-    for xb, yb in zip(x, y, strict=True):
-        grad = jax.grad(loss_fn)(w, jnp.asarray(xb), jnp.asarray(yb))
-        updates, state = transform.update(grad, state, w)
-        etas.append(float(state.estim_sq_dist / (jnp.sqrt(state.weighted_sq_norm_grads) + eps)))
-        w = w - updates  # optax.dowg scales by -1 (learning rate 1) after this transform
-        weights.append(np.asarray(w))
-    return np.array(etas), np.array(weights)
+
+def loss_fn(w, xb, yb):
+    return optax.losses.softmax_cross_entropy_with_integer_labels(xb @ w, yb).mean()
+
+
+@jax.jit
+def step(w, state, xb, yb):
+    grad = jax.grad(loss_fn)(w, xb, yb)
+    updates, state = optimizer.update(grad, state, w)
+    # The learning rate scale_by_dowg's update_fn just computed, from its new state.
+    lr = optax.tree.get(state, "estim_sq_dist") / (
+        jax.numpy.sqrt(optax.tree.get(state, "weighted_sq_norm_grads")) + eps
+    )
+    return optax.apply_updates(w, updates), state, lr, grad, updates
+
+
+w = jax.numpy.asarray(data["w0"])
+assert w.dtype == np.float64, w.dtype
+state = optimizer.init(w)
+etas, weights = [], []
+for xb, yb in zip(data["x"], data["y"], strict=True):
+    w, state, lr, grad, updates = step(w, state, xb, yb)
+    np.testing.assert_allclose(np.asarray(updates), -float(lr) * np.asarray(grad), rtol=1e-12)
+    etas.append(float(lr))
+    weights.append(np.asarray(w, dtype=np.float64))
+np.savez(sys.argv[3], etas=np.array(etas), weights=np.array(weights))
+"""
+
+OPTAX_VERSIONS = (
+    "import jax, numpy, optax; print(f'optax {optax.__version__} ({optax.__file__}), "
+    "jax {jax.__version__}, numpy {numpy.__version__}')"
+)
+
+
+def dowg_run(kwargs, x, y, w0, optax_python):
+    """optax.contrib.dowg in float64 (a subprocess in `optax_python`); returns (step
+    sizes, weights after each batch)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, outputs = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
+        side = os.path.join(tmp, "optax_side.py")
+        np.savez(inputs, x=x.astype(np.float64), y=y, w0=w0.astype(np.float64))
+        with open(side, "w") as f:
+            f.write(OPTAX_SIDE)
+        command = [optax_python, side, inputs, json.dumps(kwargs), outputs]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.exit(f"the optax side failed ({optax_python}):\n{done.stderr}")
+        with np.load(outputs) as out:
+            return out["etas"], out["weights"]
 
 
 def our_run(make_controller, x, y, w0):
@@ -168,6 +224,11 @@ def our_run(make_controller, x, y, w0):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument(
+        "--optax_python",
+        default=os.environ.get("OPTAX_PYTHON"),
+        help="a Python with jax and optax for the DoWG rows ($OPTAX_PYTHON; none: skipped)",
+    )
     args = parser.parse_args()
     sys.modules.setdefault("triton", None)  # see check_hypergradient_reference.py
     try:
@@ -176,17 +237,19 @@ def main() -> int:
         import torch
     except ImportError as e:
         sys.exit(f"needs torch, dog-optimizer, dadaptation (not lrresearch dependencies): {e}")
-    try:
-        import optax
-    except ImportError:
-        optax = None  # the DoWG rows are skipped
+    optax = "optax not installed (no --optax_python)"  # the DoWG rows are skipped
+    if args.optax_python:
+        command = [args.optax_python, "-c", OPTAX_VERSIONS]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.exit(f"--optax_python={args.optax_python} cannot import optax:\n{done.stderr}")
+        optax = f"{done.stdout.strip()} in {args.optax_python}"
     import importlib.metadata as metadata
 
     print(
         f"versions: torch {torch.__version__}, dog-optimizer {metadata.version('dog-optimizer')} "
         f"({dog.__file__}), dadaptation {metadata.version('dadaptation')} "
-        f"({dadaptation.__file__}), optax {optax.__version__ if optax else 'not installed'}, "
-        f"numpy {np.__version__}"
+        f"({dadaptation.__file__}), numpy {np.__version__}; {optax}"
     )
     print(
         f"problem: softmax regression, {FEATURES}+1 x {CLASSES} float64 weights, batch "
@@ -198,11 +261,13 @@ def main() -> int:
     failed = False
     for name, make, kwargs in CASES:
         method = name.split(",")[0]  # "DoG", "DAdaptSGD" or "DoWG"
-        reference = {"DoG": dog_run, "DAdaptSGD": dadapt_run, "DoWG": dowg_run}[method]
-        if reference is dowg_run and optax is None:
+        if method == "DoWG" and not args.optax_python:
             print(f"| {name} | skipped: optax not installed | | |")
             continue
-        ref_etas, ref_w = reference(kwargs, x, y, w0)
+        if method == "DoWG":
+            ref_etas, ref_w = dowg_run(kwargs, x, y, w0, args.optax_python)
+        else:
+            ref_etas, ref_w = {"DoG": dog_run, "DAdaptSGD": dadapt_run}[method](kwargs, x, y, w0)
         etas, weights = our_run(make, x, y, w0)
         eta_diff = float(np.max(np.abs(etas - ref_etas) / np.abs(ref_etas)))
         scale = np.max(np.abs(ref_w), axis=(1, 2))
