@@ -32,6 +32,14 @@ OPTIMIZERS = (
     "ScheduleFreeAdamW"
 )
 
+PARAMETER_FREE_CONTROLLERS = "ConstantController,DoGController,DoWGController,DAdaptSGDController"
+CNN_INTRO = (
+    "The same on the MNIST-1D CNN (`gin/experiments/mnist1d_cnn.gin`: batches of 100, "
+    "Adam, histograms off), for the parameter-free methods only: the baseline here is "
+    "Adam, so `extra state` is beyond Adam's, and the model has 5,285 trainable float32 "
+    "weights (20.6 KiB)."
+)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,9 +48,16 @@ def main() -> int:
     from lrresearch import cli
 
     with tempfile.TemporaryDirectory() as logdir:
-        return cli.main(
+        code = cli.main(
             ["profile", f"--rounds={args.rounds}", f"--optimizers={OPTIMIZERS}",
              f"--logdir={logdir}", "--quiet"]
+        )  # fmt: skip
+        print(f"\n{CNN_INTRO}\n", flush=True)
+        return code or cli.main(
+            ["profile", "--gin_file=gin/experiments/mnist1d_cnn.gin",
+             "--gin_param=Trainer.histogram_every = 0", f"--rounds={args.rounds}",
+             "--block_batches=200", f"--controllers={PARAMETER_FREE_CONTROLLERS}",
+             f"--optimizers={OPTIMIZERS}", f"--logdir={logdir}", "--quiet"]
         )  # fmt: skip
 
 
