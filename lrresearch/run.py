@@ -258,7 +258,8 @@ class _Loop:
         t = self.trainer
         if self.chief and self.began is None:
             summaries.text("config", summaries.config_markdown(self.config or "(defaults)"))
-            summaries.write_run_header(t.hparams(), os.path.basename(self.run_dir))
+            own_step = hasattr(t.optimizer, "step_summaries")  # logs optimizer/effective_lr
+            summaries.write_run_header(t.hparams(), os.path.basename(self.run_dir), own_step)
         elif self.chief:
             summaries.mark_restart(self.writer, self.began)
         self._warn(t.controller.run_warnings(t.steps))

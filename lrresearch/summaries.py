@@ -215,9 +215,11 @@ def config_markdown(config: str) -> str:
 HPARAM_METRICS = ("eval/accuracy", "eval/loss", "loss/ma_long")
 
 
-def custom_scalars_layout() -> bytes:
-    """The Custom Scalars layout: the LR first, in a chart of its own, then the loss
-    moving averages, the gradient norm and the eval results.
+def custom_scalars_layout(optimizer_step: bool = False) -> bytes:
+    """The Custom Scalars layout: the LR first, in a chart of its own, then (with
+    `optimizer_step`, for an optimizer that sets its own step size) the step it applied,
+    `optimizer/effective_lr`, then the loss moving averages, the gradient norm and the
+    eval results.
 
     Each chart shows the matching tag of every selected run (TensorBoard merges the
     identical layouts of the runs). The LR has a chart of its own because on the
@@ -235,12 +237,15 @@ def custom_scalars_layout() -> bytes:
             title=title, multiline=layout_pb2.MultilineChartContent(tag=list(tags))
         )
 
+    charts = [chart("LR", r"^lr$")]
+    if optimizer_step:
+        charts.append(chart("Step the optimizer applied", r"^optimizer/effective_lr$"))
     layout = layout_pb2.Layout(
         category=[
             layout_pb2.Category(
                 title="lrresearch",
                 chart=[
-                    chart("LR", r"^lr$"),
+                    *charts,
                     chart("Loss moving averages", r"^loss/ma_short$", r"^loss/ma_long$"),
                     chart("Gradient norm", r"^grad/global_norm$"),
                     chart("Eval loss", r"^eval/loss$"),
@@ -254,13 +259,16 @@ def custom_scalars_layout() -> bytes:
     return custom_scalar_summary.pb(layout).SerializeToString()
 
 
-def write_run_header(hparams: dict[str, bool | int | float | str], trial_id: str) -> None:
+def write_run_header(
+    hparams: dict[str, bool | int | float | str], trial_id: str, optimizer_step: bool = False
+) -> None:
     """Writes, at step 0 of the default writer, the run's hyperparameters (HParams
-    dashboard) and the Custom Scalars layout."""
+    dashboard) and the Custom Scalars layout (`custom_scalars_layout(optimizer_step)`;
+    TensorBoard merges the layouts of the runs it shows)."""
     from tensorboard.plugins.hparams import api as hp
 
     hp.hparams(hparams, trial_id=trial_id)
-    tf.summary.experimental.write_raw_pb(custom_scalars_layout(), step=0)
+    tf.summary.experimental.write_raw_pb(custom_scalars_layout(optimizer_step), step=0)
 
 
 def write_experiment_config(hparams: dict[str, list]) -> None:

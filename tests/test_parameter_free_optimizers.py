@@ -101,6 +101,26 @@ def test_effective_step_is_logged_every_batch(logged):
         np.testing.assert_allclose(effective[1:], d[:-1], rtol=1e-6)
 
 
+def layout_charts(run_dir: str) -> list[str]:
+    """The chart titles of the Custom Scalars layout a run wrote, read back with
+    TensorBoard's loader."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    acc = ea.EventAccumulator(run_dir, size_guidance={ea.TENSORS: 0})
+    acc.Reload()
+    raw = tf.make_ndarray(acc.Tensors("custom_scalars__config__")[0].tensor_proto).item()
+    return [c.title for cat in layout_pb2.Layout.FromString(raw).category for c in cat.chart]
+
+
+def test_custom_scalars_put_the_applied_step_next_to_the_lr(logged, seed_run):
+    *_, result = logged
+    charts = layout_charts(result.run_dir)
+    assert charts[:2] == ["LR", "Step the optimizer applied"]
+    # A run whose optimizer has no step of its own gets no empty chart.
+    assert "Step the optimizer applied" not in layout_charts(seed_run("grad_norm").run_dir)
+
+
 def test_xla_gives_the_same_weights_and_compiles_once(logged):
     name, plain, _, _ = logged
     xla = make_trainer(name, jit_compile=True)
