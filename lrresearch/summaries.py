@@ -216,10 +216,10 @@ HPARAM_METRICS = ("eval/accuracy", "eval/loss", "loss/ma_long")
 
 
 def custom_scalars_layout(optimizer_step: bool = False) -> bytes:
-    """The Custom Scalars layout: the LR first, in a chart of its own, then (with
-    `optimizer_step`, for an optimizer that sets its own step size) the step it applied,
-    `optimizer/effective_lr`, then the loss moving averages, the gradient norm and the
-    eval results.
+    """The Custom Scalars layout: the LR first, in a chart of its own, then the loss
+    moving averages, the gradient norm and the eval results; with `optimizer_step` (an
+    optimizer that sets its own step size), a category `optimizer` below them with the
+    step it applied, `optimizer/effective_lr`.
 
     Each chart shows the matching tag of every selected run (TensorBoard merges the
     identical layouts of the runs). The LR has a chart of its own because on the
@@ -237,21 +237,24 @@ def custom_scalars_layout(optimizer_step: bool = False) -> bytes:
             title=title, multiline=layout_pb2.MultilineChartContent(tag=list(tags))
         )
 
-    charts = [chart("LR", r"^lr$")]
-    if optimizer_step:
-        charts.append(chart("Step the optimizer applied", r"^optimizer/effective_lr$"))
+    # The optimizer's step is a category of its own: TensorBoard merges the runs'
+    # layouts in run-name order and appends a chart new to a category at its end, so
+    # only a category keeps one place whichever runs are shown together.
+    step = [chart("Step the optimizer applied", r"^optimizer/effective_lr$")]
+    optimizer = [layout_pb2.Category(title="optimizer", chart=step)] if optimizer_step else []
     layout = layout_pb2.Layout(
         category=[
             layout_pb2.Category(
                 title="lrresearch",
                 chart=[
-                    *charts,
+                    chart("LR", r"^lr$"),
                     chart("Loss moving averages", r"^loss/ma_short$", r"^loss/ma_long$"),
                     chart("Gradient norm", r"^grad/global_norm$"),
                     chart("Eval loss", r"^eval/loss$"),
                     chart("Eval accuracy", r"^eval/accuracy$"),
                 ],
             ),
+            *optimizer,
         ]
     )
     from tensorboard.plugins.custom_scalar import summary as custom_scalar_summary
