@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from lrresearch import config, distribute, gin_references, summaries
 from lrresearch.controllers import ConstantController, Controller
+from lrresearch.optimizers import OPTIMIZERS
 from lrresearch.profiling_report import OverheadRow, format_table, write_reports  # noqa: F401
 from lrresearch.trainer import Trainer, make_run_dir
 
@@ -248,14 +249,17 @@ def _build(name: str, jit: bool | None = False, optimizer: str | None = None) ->
     return trainer
 
 
-def make_optimizer_class(name: str) -> type:
-    """The optimizer configurable `name` (`Prodigy`, `keras.optimizers.Adam`, ...)."""
+def make_optimizer_class(name: str) -> str | type:
+    """What `Trainer.optimizer` takes for `name`: one of its short names (`adam`) as
+    is, else the optimizer configurable (`Prodigy`, `keras.optimizers.Adam`, ...)."""
+    if name in OPTIMIZERS:
+        return name
     try:
         return gin.get_configurable(name)
     except ValueError:
         raise ValueError(
             f"--optimizers: unknown optimizer {name!r}; `lrresearch list optimizers` lists "
-            "them (e.g. Prodigy, DAdaptAdam, Mechanic, ScheduleFreeAdamW)"
+            "them (e.g. adam, Prodigy, DAdaptAdam, Mechanic, ScheduleFreeAdamW)"
         ) from None
 
 

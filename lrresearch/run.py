@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from lrresearch import distribute, resume, summaries
 from lrresearch.batch_log import BlockWriter
+from lrresearch.optimizers import whole_step
 from lrresearch.rundir import (
     RunDirExistsError,
     RunLock,
@@ -258,7 +259,7 @@ class _Loop:
         t = self.trainer
         if self.chief and self.began is None:
             summaries.text("config", summaries.config_markdown(self.config or "(defaults)"))
-            own_step = hasattr(t.optimizer, "step_summaries")  # logs optimizer/effective_lr
+            own_step = whole_step.has_own_step(t.optimizer)  # logs optimizer/effective_lr
             summaries.write_run_header(t.hparams(), os.path.basename(self.run_dir), own_step)
         elif self.chief:
             summaries.mark_restart(self.writer, self.began)

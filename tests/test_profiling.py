@@ -261,3 +261,10 @@ def test_profile_rejects_a_reference_that_does_not_resolve_before_training(
     assert all(part in err for part in expected), err
     assert len(err.strip().splitlines()) <= 4
     assert os.listdir(tmp_path) == []  # nothing written for a bad request
+
+
+def test_optimizers_are_short_names_or_configurables():
+    assert profiling.make_optimizer_class("adam") == "adam"  # Trainer.optimizer's own name
+    assert profiling.make_optimizer_class("Prodigy").__name__ == "Prodigy"
+    with pytest.raises(ValueError, match="--optimizers: unknown optimizer 'Prodigi'"):
+        profiling.make_optimizer_class("Prodigi")

@@ -19,7 +19,7 @@ import gin
 import keras
 import tensorflow as tf
 
-from lrresearch.controllers.base import check_number
+from lrresearch.controllers.base import check_nonnegative, check_number, check_positive
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 BaseSpec = str | Callable[..., keras.optimizers.Optimizer] | dict[str, Any]
@@ -132,13 +132,8 @@ class Mechanic(WholeStepOptimizer):
                 "optimizer's (e.g. base_optimizer='adamw') or Mechanic.s_decay"
             )
         super().__init__(learning_rate=learning_rate, weight_decay=None, name=name, **kwargs)
-        for arg, value in (("s_decay", s_decay), ("s_init", s_init), ("eps", eps)):
-            check_number("Mechanic", arg, value)
-        if s_decay < 0:
-            raise ValueError(f"Mechanic.s_decay must be >= 0, got {s_decay!r}")
-        for arg, value in (("s_init", s_init), ("eps", eps)):
-            if value <= 0:
-                raise ValueError(f"Mechanic.{arg} must be > 0, got {value!r}")
+        check_nonnegative("Mechanic", s_decay=s_decay)
+        check_positive("Mechanic", s_init=s_init, eps=eps)
         if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or not betas:
             raise ValueError(
                 f"Mechanic.betas must be a non-empty list of numbers in [0, 1], got {betas!r}"

@@ -24,27 +24,13 @@ import gin
 import keras
 import tensorflow as tf
 
-from lrresearch.controllers.base import check_int, check_number
+from lrresearch.controllers.base import (
+    check_int,
+    check_interval,
+    check_nonnegative,
+    check_number,
+)
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
-
-
-def _check_interval(owner: str, name: str, value: object, interval: str, fix: str) -> None:
-    """Raises ValueError naming `owner.name` unless `value` lies in `interval`, written
-    as in maths: "(0, 1)", "(0, 1]", "[0, 1)"."""
-    check_number(owner, name, value)
-    low, high = (float(bound) for bound in interval[1:-1].split(","))
-    above = low <= value if interval[0] == "[" else low < value
-    below = value <= high if interval[-1] == "]" else value < high
-    if not (above and below):
-        raise ValueError(f"{owner}.{name} must be in {interval}, got {value!r}; {fix}")
-
-
-def _check_at_least_zero(owner: str, **values: object) -> None:
-    """Raises ValueError naming `owner.arg` unless every value is a finite number >= 0."""
-    for name, value in values.items():
-        check_number(owner, name, value)
-        if value < 0:
-            raise ValueError(f"{owner}.{name} must be >= 0, got {value!r}")
 
 
 class _ScheduleFree(WholeStepOptimizer):
@@ -111,8 +97,8 @@ class _ScheduleFree(WholeStepOptimizer):
                 "bias correction; use a bigger batch instead"
             )
         if isinstance(learning_rate, (int, float)):
-            _check_at_least_zero(owner, learning_rate=learning_rate)
-        _check_at_least_zero(owner, weight_decay=weight_decay)
+            check_nonnegative(owner, learning_rate=learning_rate)
+        check_nonnegative(owner, weight_decay=weight_decay)
         check_int(owner, "warmup_steps", warmup_steps, 0)
         check_number(owner, "r", r)
         check_number(owner, "weight_lr_power", weight_lr_power)
@@ -306,7 +292,7 @@ class ScheduleFreeSGD(_ScheduleFree):
     ):
         super().__init__(learning_rate, weight_decay, warmup_steps, r, weight_lr_power,
                          name, **kwargs)  # fmt: skip
-        _check_interval(
+        check_interval(
             "ScheduleFreeSGD",
             "momentum",
             momentum,
@@ -387,21 +373,21 @@ class ScheduleFreeAdamW(_ScheduleFree):
         super().__init__(learning_rate, weight_decay, warmup_steps, r, weight_lr_power,
                          name, **kwargs)  # fmt: skip
         owner = "ScheduleFreeAdamW"
-        _check_interval(
+        check_interval(
             owner,
             "beta_1",
             beta_1,
             "(0, 1]",
             "x = y + (1 - 1/beta_1) (z - y) divides by it (0.9 by default)",
         )
-        _check_interval(
+        check_interval(
             owner,
             "beta_2",
             beta_2,
             "[0, 1)",
             "the bias correction 1 - beta_2 ** (k + 1) must not be 0 (0.999)",
         )
-        _check_at_least_zero(owner, epsilon=epsilon)
+        check_nonnegative(owner, epsilon=epsilon)
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
 
     def build(self, variables: list[keras.Variable]) -> None:

@@ -78,11 +78,15 @@ def _dense(gradient: Any, variable: Any) -> tf.Tensor:
     return tf.convert_to_tensor(gradient)
 
 
+def has_own_step(optimizer: keras.optimizers.Optimizer) -> bool:
+    """Whether the optimizer sets its own step size and logs it (`step_summaries`)."""
+    return callable(getattr(optimizer, "step_summaries", None))
+
+
 def optimizer_summaries(optimizer: keras.optimizers.Optimizer) -> dict[str, tf.Tensor]:
     """The optimizer's own per-batch values (`WholeStepOptimizer.step_summaries`), `{}`
     for any other optimizer."""
-    step_summaries = getattr(optimizer, "step_summaries", None)
-    return step_summaries() if step_summaries is not None else {}
+    return optimizer.step_summaries() if has_own_step(optimizer) else {}
 
 
 @contextlib.contextmanager
