@@ -35,6 +35,8 @@ STOP_SECONDS = 5.0
 # The start of absl's C++ log lines (`I0000 00:00:...`), as `quiet` reads them.
 _ABSL_LINE = re.compile(r"^[IWEF]\d{4} ")
 _STEPS_BINDING = re.compile(r"^Trainer\.steps\s*=\s*(\d+)\s*$", re.M)
+# A URI (`gs://bucket/runs`), never a `name:DIR` pair (TensorBoard's own pattern).
+_URI = re.compile(r"[a-zA-Z][0-9a-zA-Z.]*://.*")
 
 
 def longest_run(logdirs: Sequence[str]) -> int:
@@ -84,12 +86,56 @@ def _logdir_flags(logdirs: Sequence[str]) -> list[str]:
     return ["--logdir_spec", ",".join(specs)]
 
 
-def tensorboard_command(logdirs: Sequence[str], port: int, host: str) -> list[str]:
+def parse_logdir_spec(spec: str) -> list[tuple[str | None, str]]:
+    """TensorBoard's `--logdir_spec` (`name:DIR,name2:DIR2`; a bare `DIR` or an
+    absolute `/a:b` path has no name) as `(name, DIR)` pairs, as TensorBoard reads it
+    (`data_ingester._parse_event_files_spec`). Raises `ValueError` on an empty entry."""
+    pairs: list[tuple[str | None, str]] = []
+    for entry in spec.split(","):
+        named = ":" in entry and not _URI.match(entry) and not entry.startswith("/")
+        name, _, path = entry.partition(":") if named else (None, "", entry)
+        if not path or name == "":
+            missing = "directory" if path == "" else "name before its ':'"
+            raise ValueError(
+                f"--logdir_spec must be NAME:DIR[,NAME:DIR...] (TensorBoard's syntax), got "
+                f"{spec!r}: entry {entry!r} has no {missing}"
+            )
+        pairs.append((name, path))
+    return pairs
+
+
+def resolve_logdirs(
+    positional: Sequence[str], flags: Sequence[str], spec: str | None
+) -> tuple[list[str], str | None]:
+    """The directories to serve, from `lrresearch board`'s LOGDIR arguments, its
+    `--logdir` flags and its `--logdir_spec` (TensorBoard's spellings), and the spec to
+    pass on (None: named here). No directory at all means `runs`. Raises `ValueError`
+    naming the flags when they disagree."""
+    if spec is not None:
+        if positional or flags:
+            given = " ".join([*positional, *(f"--logdir {d}" for d in flags)])
+            raise ValueError(
+                "--logdir_spec names every directory itself; give it alone, or give the "
+                f"directories as LOGDIR / --logdir instead (got --logdir_spec and {given})"
+            )
+        return [path for _, path in parse_logdir_spec(spec)], spec
+    if positional and flags and list(positional) != list(flags):
+        raise ValueError(
+            "give the directories as LOGDIR arguments or with --logdir, not both: got "
+            f"LOGDIR {' '.join(positional)} and --logdir {' '.join(flags)}"
+        )
+    return list(positional or flags or ["runs"]), None
+
+
+def tensorboard_command(
+    logdirs: Sequence[str], port: int, host: str, logdir_spec: str | None = None
+) -> list[str]:
     """The `tensorboard` command line `lrresearch board` runs (without the Python
-    interpreter in front)."""
+    interpreter in front); `logdir_spec`, if given, is passed on as it is (its
+    directories are `logdirs`)."""
     return [
         "tensorboard",
-        *_logdir_flags(logdirs),
+        *(["--logdir_spec", logdir_spec] if logdir_spec else _logdir_flags(logdirs)),
         "--port",
         str(port),
         "--host",
@@ -155,6 +201,7 @@ def serve(
     port: int = 6006,
     host: str = "127.0.0.1",
     say: Callable[[str], None] | None = None,
+    logdir_spec: str | None = None,
 ) -> int:
     """Runs TensorBoard on `logdirs` until it exits or Ctrl-C (or SIGTERM) stops it.
 
@@ -164,37 +211,42 @@ def serve(
     if it failed (a port in use, say; its own message is on stderr).
     """
     say = say or (lambda message: print(message, flush=True))
-    command = tensorboard_command(logdirs, port, host)
-    missing = [d for d in logdirs if not os.path.isdir(d)]
+    command = tensorboard_command(logdirs, port, host, logdir_spec)
+    missing = [d for d in logdirs if not _URI.match(d) and not os.path.isdir(d)]
     if missing:
         say(f"note: {', '.join(missing)} does not exist yet; runs appear as they are written")
     say(f"TensorBoard at {url(host, port)} (Ctrl-C to stop), every batch served:")
     say("  " + shlex.join(command))
     # Smoothing 0 through the URL: TensorBoard's default 0.6 hides single-batch moves.
     say(f"the LR first, unsmoothed: {url(host, port)}#custom_scalars&_smoothingWeight=0")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", *command[1:]],
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group (process_group= needs 3.11)
-    )
-    forwarder = threading.Thread(
-        target=_forward_stderr, args=(process.stderr, sys.stderr), daemon=True
-    )
-    forwarder.start()
     previous = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM raises KeyboardInterrupt here, so it stops TensorBoard as Ctrl-C does.
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    process = forwarder = None
     try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", *command[1:]],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group (process_group= needs 3.11)
+        )
+        forwarder = threading.Thread(
+            target=_forward_stderr, args=(process.stderr, sys.stderr), daemon=True
+        )
+        forwarder.start()
         code = process.wait()
         _stop(process)  # a data server left behind
     except KeyboardInterrupt:
-        _stop(process)
+        # Also while TensorBoard starts: stopped at once, one line (`cli.main`), no
+        # traceback.
+        if process is not None:
+            _stop(process)
         return 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        forwarder.join(timeout=STOP_SECONDS)
+        if forwarder is not None:
+            forwarder.join(timeout=STOP_SECONDS)
     return 0 if code == 0 else 2

@@ -231,13 +231,57 @@ def board(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         return _fail(f"--port must be in 0..65535, got {args.port}")
     try:
-        return boards.serve(args.logdirs, port=args.port, host=args.host)
+        logdirs, spec = boards.resolve_logdirs(args.logdirs, args.logdir_flags, args.logdir_spec)
+        code = boards.serve(logdirs, port=args.port, host=args.host, logdir_spec=spec)
     except ValueError as e:
         return _fail(str(e))
+    if code == 130:
+        print(
+            "lrresearch: board: interrupted (Ctrl-C or SIGTERM); TensorBoard stopped",
+            file=sys.stderr,
+        )
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    started = []
+    try:
+        return _run(args, started)
+    except KeyboardInterrupt:
+        # Ctrl-C while TensorFlow loads (seconds): one line, not its import traceback.
+        if started:
+            return _fail(f"{args.command}: interrupted (Ctrl-C)", code=130)
+        return _fail(
+            f"interrupted (Ctrl-C) before `lrresearch {args.command}` started; nothing was "
+            "started or written",
+            code=130,
+        )
+
+
+# The flag that names a command's output directory, checked before any work.
+_NAME_FLAGS = {
+    "train": "run_name",
+    "profile": "run_name",
+    "lr-find": "run_name",
+    "sweep": "sweep_name",
+}
+
+
+def _check_name(args: argparse.Namespace) -> int | None:
+    """Exit code 2 and one line if the output directory's name is not a plain one."""
+    from lrresearch.rundir import check_run_name
+
+    if (flag := _NAME_FLAGS.get(args.command)) is not None:
+        try:
+            check_run_name(getattr(args, flag), f"--{flag}")
+        except ValueError as e:
+            return _fail(str(e))
+    return None
+
+
+def _run(args: argparse.Namespace, started: list[bool]) -> int:
+    """Loads TensorFlow quietly, then runs the command (`started` gets an entry)."""
     command = {
         "train": train,
         "profile": profile,
@@ -247,13 +291,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "board": board,
         "list": list_command,
     }[args.command]
+    if args.command == "board":
+        # TensorBoard runs in a process of its own: not loading TensorFlow here starts
+        # it seconds sooner.
+        started.append(True)
+        return command(args)
     with quiet.tensorflow_start():
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # where cuInit runs
+    if (failed := _check_name(args)) is not None:
+        return failed
     retracing = quiet.DropLoopRetracingWarning()
     tf.get_logger().addFilter(retracing)
     try:
+        started.append(True)
         with quiet.plain_warnings():
             return command(args)
     except RuntimeError as e:

@@ -356,14 +356,32 @@ def _board_parser(commands: Any) -> None:
         epilog="""examples:
   lrresearch board                                   # every run under runs/
   lrresearch board runs/sweep-20261129-104344        # one sweep (or one run)
-  lrresearch board runs other_runs --port 6007       # several directories""",
+  lrresearch board runs other_runs --port 6007       # several directories
+  lrresearch board --logdir runs                     # TensorBoard's spelling
+  lrresearch board --logdir_spec a:runs/sweep-a,b:runs/sweep-b   # named: a/<run>, b/<run>""",
     )
     board.add_argument(
         "logdirs",
         nargs="*",
-        default=["runs"],
+        default=[],
         metavar="LOGDIR",
         help="directories holding runs (default: runs)",
+    )
+    board.add_argument(
+        "--logdir",
+        action="append",
+        default=[],
+        dest="logdir_flags",
+        metavar="DIR",
+        help="a directory holding runs, as TensorBoard's --logdir; repeatable; the same "
+        "as LOGDIR (default: runs)",
+    )
+    board.add_argument(
+        "--logdir_spec",
+        default=None,
+        metavar="NAME:DIR,...",
+        help="TensorBoard's named directories (runs show as NAME/<run>); instead of "
+        "LOGDIR and --logdir (default: none)",
     )
     board.add_argument("--port", type=int, default=6006, help="(default: 6006)")
     board.add_argument(

@@ -15,7 +15,8 @@ import dataclasses
 import glob
 import os
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator as ea
@@ -162,7 +163,11 @@ def _has_scalar(run: str, tag: str) -> bool:
     return tag in acc.Tags()["tensors"]
 
 
-def load(run: str) -> dict[str, Series]:
+def load(run: str, duplicates: dict[str, np.ndarray] | None = None) -> dict[str, Series]:
+    """Every scalar series of `run`, one point per step, in step order. A step logged
+    more than once (a restart that did not trim the event files, as `--resume` does)
+    keeps the value written last, the restarted run's; `duplicates` (if given) gets,
+    per such tag, the steps that were logged more than once."""
     import tensorflow as tf
 
     acc = ea.EventAccumulator(run, size_guidance={ea.TENSORS: 0})
@@ -172,12 +177,33 @@ def load(run: str) -> dict[str, Series]:
         if acc.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
             continue
         events = acc.Tensors(tag)
+        steps = np.array([e.step for e in events], dtype=np.int64)
+        # The last event of each step: unique over the reversed order, then step order.
+        _, last = np.unique(steps[::-1], return_index=True)
+        keep = len(steps) - 1 - last
+        if len(keep) < len(steps) and duplicates is not None:
+            counts = np.bincount(np.searchsorted(steps[keep], steps), minlength=len(keep))
+            duplicates[tag] = steps[keep][counts > 1]
         out[tag] = Series(
-            np.array([e.step for e in events]),
-            np.array([float(tf.make_ndarray(e.tensor_proto)) for e in events]),
-            np.array([e.wall_time for e in events]),
+            steps[keep],
+            np.array([float(tf.make_ndarray(events[i].tensor_proto)) for i in keep]),
+            np.array([events[i].wall_time for i in keep]),
         )
     return out
+
+
+def duplicate_warning(run: str, duplicates: dict[str, np.ndarray]) -> str:
+    """One line: the run, the tag (`lr` first) and steps logged more than once, the
+    value used, and the fix."""
+    tag = "lr" if "lr" in duplicates else sorted(duplicates)[0]
+    steps = duplicates[tag]
+    others = f" (and {len(duplicates) - 1} other tags alike)" if len(duplicates) > 1 else ""
+    return (
+        f"warning: {run}: `{tag}` has {len(steps)} steps logged more than once (steps "
+        f"{steps[0]}..{steps[-1]}){others}: a run restarted without trimming its event "
+        "files; compared with the value logged last at each step (trim with "
+        "lrresearch.event_files.drop_steps_from, as --resume does)"
+    )
 
 
 def smooth(values: np.ndarray, beta: float = 0.98) -> np.ndarray:
@@ -268,11 +294,57 @@ def table(
     return "\n".join(lines)
 
 
-def plot(runs: Sequence[str], data: Sequence[dict[str, Series]], path: str) -> None:
+def labels(runs: Sequence[str]) -> list[str]:
+    """Each run's shortest unique path suffix: its folder name where that is unique,
+    else with as many parent folders as tell it apart (`sweepA/000-seed=0` and
+    `sweepB/000-seed=0`)."""
+    parts = [os.path.normpath(os.path.abspath(run)).split(os.sep) for run in runs]
+    depth = [1] * len(runs)
+    while True:
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
+        clashing = [i for i, n in enumerate(names) if names.count(n) > 1]
+        deeper = [i for i in clashing if depth[i] < len(parts[i])]
+        if not deeper:
+            return names
+        for i in deeper:
+            depth[i] += 1
+
+
+def line_styles(runs: Sequence[str]) -> list[tuple[tuple[float, ...], str]]:
+    """A (colour, line style) per run: every colour distinct (tab10 up to 10 runs,
+    tab20 up to 20, then evenly spaced hues of `turbo`), in run order so a group's
+    runs (those of one parent folder, a sweep) sit together, and one line style per
+    group."""
+    import matplotlib
+
+    count = len(runs)
+    if count <= 10:
+        colours = [matplotlib.colormaps["tab10"](i) for i in range(count)]
+    elif count <= 20:
+        colours = [matplotlib.colormaps["tab20"](i) for i in range(count)]
+    else:
+        colours = list(matplotlib.colormaps["turbo"](np.linspace(0.03, 0.97, count)))
+    groups: dict[str, int] = {}
+    styles = ("-", "--", ":", "-.")
+    out = []
+    for run, colour in zip(runs, colours, strict=True):
+        parent = os.path.dirname(os.path.normpath(os.path.abspath(run)))
+        group = groups.setdefault(parent, len(groups))
+        out.append((tuple(float(c) for c in colour), styles[group % len(styles)]))
+    return out
+
+
+def plot(
+    runs: Sequence[str], data: Sequence[dict[str, Series]], path: str
+) -> list[tuple[str, tuple[float, ...], str]]:
+    """Writes the three panels to `path`; returns each run's (label, colour, line
+    style) as drawn in the LR panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    names, styles = labels(runs), line_styles(runs)
 
     fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
     panels = [
@@ -281,14 +353,16 @@ def plot(runs: Sequence[str], data: Sequence[dict[str, Series]], path: str) -> N
         ("grad/global_norm", "global gradient norm (log)", True, False),
     ]
     for ax, (tag, label, log, smoothed) in zip(axes, panels, strict=True):
-        for run, series in zip(runs, data, strict=True):
+        for name, (colour, style), series in zip(names, styles, data, strict=True):
             if tag not in series:
                 continue
             s = series[tag]
             ax.plot(
                 s.steps,
                 smooth(s.values) if smoothed else s.values,
-                label=os.path.basename(os.path.normpath(run)),
+                label=name,
+                color=colour,
+                linestyle=style,
                 linewidth=1.2,
             )
         ax.set_ylabel(label)
@@ -300,7 +374,9 @@ def plot(runs: Sequence[str], data: Sequence[dict[str, Series]], path: str) -> N
     axes[0].set_title("lrresearch runs compared")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    drawn = [(line.get_label(), line.get_color(), line.get_linestyle()) for line in axes[0].lines]
     plt.close(fig)
+    return drawn
 
 
 def compare(
@@ -310,13 +386,19 @@ def compare(
     target_loss: float = 0.2,
     change_pct: float = 10.0,
     allow_damaged: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[str, list[RunSummary]]:
     """Writes `compare.md`, `compare.csv` and `compare.png` into `out_dir` (created if
     needed; existing files of those names are an error). Returns the markdown.
 
     Raises `DamagedRunError` if an event file is truncated or fails a checksum, unless
     `allow_damaged`: then the runs are compared up to the damage, marked in the table
-    and the csv's `damaged` column, and the damage is listed below the table."""
+    and the csv's `damaged` column, and the damage is listed below the table.
+
+    Rows and legend entries are named by each run's shortest unique path (`labels`). A
+    run with steps logged more than once is compared with the last value of each step
+    and `warn`ed about (one line; default: stderr), also below the table."""
+    warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
     for path in paths:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"compare: no such directory {path!r}")
@@ -331,14 +413,21 @@ def compare(
             raise FileExistsError(
                 f"compare: {name!r} exists and is never overwritten; pass another --out"
             )
-    data = [load(run) for run in runs]
+    repeated: list[dict[str, np.ndarray]] = [{} for _ in runs]
+    data = [load(run, seen) for run, seen in zip(runs, repeated, strict=True)]
     rows = [
         summarize(r, d, target_accuracy, target_loss, change_pct)
         for r, d in zip(runs, data, strict=True)
     ]
-    for row, run in zip(rows, runs, strict=True):
+    for row, run, name in zip(rows, runs, labels(runs), strict=True):
+        row.run = name
         row.damaged = "; ".join(d.short() for d in damaged if d.run == os.path.normpath(run))
     markdown = table(rows, target_accuracy, target_loss, change_pct)
+    warnings = [duplicate_warning(r, seen) for r, seen in zip(runs, repeated, strict=True) if seen]
+    for line in warnings:
+        warn(line)
+    if warnings:
+        markdown += "\n\n" + "\n".join(f"- {line}" for line in warnings)
     if damaged:
         markdown += "\n\nDamaged event files (compared up to the damage):\n\n" + "\n".join(
             f"- {d.describe()}" for d in damaged

@@ -140,6 +140,7 @@ def fit(
         say(
             f"run directory: {run_dir}"
             + (f" (resumed at step {began})" if began is not None else "")
+            + _replicas(trainer.strategy)
             + (f" ({worker}: no summaries; checkpoints written and deleted)" if not chief else "")
         )
         return _Loop(trainer, run_dir, began, config, say, chief, worker).run()
@@ -150,6 +151,14 @@ def fit(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _replicas(strategy: tf.distribute.Strategy | None) -> str:
+    """` (mirrored, 2 replicas)` for the run header under a strategy, else ``."""
+    if strategy is None:
+        return ""
+    count = strategy.num_replicas_in_sync
+    return f" ({distribute.describe(strategy)}, {count} replica{'s' * (count != 1)})"
 
 
 class _Loop:

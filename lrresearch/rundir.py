@@ -21,6 +21,7 @@ import glob
 import os
 import re
 import shutil
+import unicodedata
 
 import tensorflow as tf
 
@@ -46,12 +47,16 @@ class ResumeError(ValueError):
     """A run that cannot be resumed as asked; the message says why and what to do."""
 
 
-def make_run_dir(logdir: str, run_name: str | None, default_prefix: str) -> str:
+def make_run_dir(
+    logdir: str, run_name: str | None, default_prefix: str, name_flag: str = "--run_name"
+) -> str:
     """Creates and returns `<logdir>/<run_name>`; never reuses an existing directory.
 
     With no `run_name` the name is `<default_prefix>-<YYYYmmdd-HHMMSS>`, suffixed `-1`,
-    `-2`, ... if that exists already. An explicit `run_name` that exists is an error.
+    `-2`, ... if that exists already. An explicit `run_name` that exists is an error;
+    one that is not a plain directory name too (`check_run_name`, naming `name_flag`).
     """
+    check_run_name(run_name, name_flag)
     try:
         os.makedirs(logdir, exist_ok=True)
     except OSError as e:
@@ -81,10 +86,28 @@ def make_run_dir(logdir: str, run_name: str | None, default_prefix: str) -> str:
     raise RunDirExistsError(f"could not find a free run directory name next to {base!r}")
 
 
+def check_run_name(run_name: str | None, flag: str = "--run_name") -> None:
+    """Raises `ValueError` unless `run_name` (given as `flag`) is None or one plain
+    directory name: not empty, `.` or `..`, no path separator, no newline or other
+    control character (a name that breaks the one-line messages and shell commands
+    that name the run)."""
+    if run_name is None:
+        return
+    separators = [s for s in (os.sep, os.altsep) if s]
+    if (
+        run_name in ("", ".", "..")
+        or any(s in run_name for s in separators)
+        or any(unicodedata.category(c) == "Cc" for c in run_name)
+    ):
+        raise ValueError(
+            f"`{flag}` must be one plain directory name (no {' or '.join(separators)}, "
+            f"no newline or other control character, not . or ..), got {run_name!r}"
+        )
+
+
 def run_path(logdir: str, run_name: str) -> str:
     """`<logdir>/<run_name>`, refusing names that are not one plain directory name."""
-    if not run_name or os.sep in run_name or run_name in (".", ".."):
-        raise ValueError(f"run_name must be a plain directory name, got {run_name!r}")
+    check_run_name(run_name)
     return os.path.join(logdir, run_name)
 
 

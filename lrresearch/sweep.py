@@ -248,7 +248,7 @@ def run_sweep(
     parsed, drawn = parse_samples(samples, random_points, seed)
     axes = _check(gin_files, gin_params, sweeps, parsed, drawn)
     points = plan(axes, parsed, drawn)
-    sweep_dir = make_run_dir(logdir, sweep_name, "sweep")
+    sweep_dir = make_run_dir(logdir, sweep_name, "sweep", "--sweep_name")
     progress(f"sweep directory: {sweep_dir} ({len(points)} runs)")
     flags = {"gin_files": list(gin_files), "gin_params": list(gin_params), "sweeps": list(sweeps)}
     if parsed:

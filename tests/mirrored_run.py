@@ -21,7 +21,8 @@ strategy = distribute.get_strategy()  # before anything else runs TensorFlow ops
 from lrresearch.trainer import Trainer  # noqa: E402
 
 trainer = Trainer(strategy=strategy)
-result = trainer.fit(logdir=sys.argv[1], run_name=sys.argv[2], quiet=True)
+# Not quiet: the run header names the strategy and its replicas (the JSON comes last).
+result = trainer.fit(logdir=sys.argv[1], run_name=sys.argv[2])
 
 
 def copies(variable) -> list[np.ndarray]:

@@ -13,10 +13,11 @@ import sys
 import time
 
 import pytest
+import tensorflow as tf
 from conftest import REPO, default_ctrl_c, train
 from test_tensorboard_server import free_port, get
 
-from lrresearch import board
+from lrresearch import board, cli
 
 STEPS = 1500  # > 1,000: TensorBoard's default would serve 1,000 of them
 
@@ -34,16 +35,13 @@ def long_run(tmp_path_factory):
     return logdir, train(logdir, params=params, run_name="long")
 
 
-@pytest.fixture(scope="module")
-def served(long_run):
-    """`lrresearch board LOGDIR --port P` running; yields (port, process)."""
-    logdir, _ = long_run
-    port = free_port()
+def start_board(*flags: str) -> subprocess.Popen:
+    """`lrresearch board FLAGS...` in a subprocess that takes Ctrl-C, as from a shell."""
     # As from a user's shell: a TF_CPP_MIN_LOG_LEVEL set by `quiet` in this process
     # (another test imported lrresearch.cli) would read as the user's and unfilter.
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lrresearch", "board", str(logdir), "--port", str(port)],
+    return subprocess.Popen(
+        [sys.executable, "-m", "lrresearch", "board", *flags],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -52,31 +50,56 @@ def served(long_run):
         start_new_session=True,
         preexec_fn=default_ctrl_c,
     )
+
+
+@contextlib.contextmanager
+def serving(run: str, *flags: str):
+    """`lrresearch board FLAGS... --port P` running until it serves `run`'s `lr`;
+    yields (port, process), SIGKILLed after."""
+    port = free_port()
+    process = start_board(*flags, "--port", str(port))
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                if "lr" in get(port, "/data/plugin/scalars/tags").get("long", {}):
+                if "lr" in get(port, "/data/plugin/scalars/tags").get(run, {}):
                     break
             except OSError:
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
-                pytest.fail("lrresearch board did not serve the run within 90 s")
+                pytest.fail(f"lrresearch board {flags} did not serve {run} within 90 s")
             time.sleep(0.3)
         yield port, process
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
+        # Ctrl-C, as a user stops it: a SIGKILL would reach `lrresearch board` only,
+        # not TensorBoard in its session of its own.
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
 
 
-def lr_steps(port: int, deadline_seconds: float = 30) -> list[int]:
+@pytest.fixture(scope="module")
+def served(long_run):
+    """`lrresearch board --logdir LOGDIR --port P` (TensorBoard's spelling) running;
+    yields (port, process)."""
+    logdir, _ = long_run
+    with serving("long", "--logdir", str(logdir)) as served:
+        yield served
+
+
+def lr_steps(
+    port: int, deadline_seconds: float = 30, run: str = "long", count: int = STEPS
+) -> list[int]:
     """The steps of the served `lr` points, once TensorBoard has loaded all of them
     (the data server loads a file in passes; bounded wait)."""
     deadline = time.monotonic() + deadline_seconds
     while True:
-        steps = [p[1] for p in get(port, "/data/plugin/scalars/scalars?run=long&tag=lr")]
-        if len(steps) >= STEPS or time.monotonic() > deadline:
+        steps = [p[1] for p in get(port, f"/data/plugin/scalars/scalars?run={run}&tag=lr")]
+        if len(steps) >= count or time.monotonic() > deadline:
             return steps
         time.sleep(0.3)
 
@@ -136,3 +159,44 @@ def test_several_logdirs_become_one_named_logdir_spec(tmp_path):
     assert spec == f"runs:{runs},runs_2:{other}"
     with pytest.raises(ValueError, match="comma"):
         board.tensorboard_command(["a,b", "c"], 6006, "127.0.0.1")
+
+
+def test_board_takes_tensorboards_logdir_spec(tmp_path):
+    logdir = tmp_path / "runs"
+    with tf.summary.create_file_writer(str(logdir / "tiny")).as_default():
+        for step in range(3):
+            tf.summary.scalar("lr", 0.1, step=step)
+    tf.summary.flush()
+    with serving("named/tiny", "--logdir_spec", f"named:{logdir}") as (port, process):
+        assert lr_steps(port, run="named/tiny", count=3) == [0, 1, 2]
+        process.send_signal(signal.SIGINT)  # stops TensorBoard, in a session of its own
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert f"--logdir_spec named:{logdir} " in out
+
+
+def test_board_directories_from_logdir_and_logdir_spec_must_not_conflict(capsys):
+    assert board.resolve_logdirs([], [], None) == (["runs"], None)
+    assert board.resolve_logdirs(["a", "b"], [], None) == (["a", "b"], None)
+    assert board.resolve_logdirs([], ["a"], None) == (["a"], None)
+    assert board.resolve_logdirs(["a"], ["a"], None) == (["a"], None)
+    assert board.resolve_logdirs([], [], "x:a,/b") == (["a", "/b"], "x:a,/b")
+    for argv, says in [
+        (["a", "--logdir", "b"], "LOGDIR a and --logdir b"),
+        (["--logdir", "a", "--logdir_spec", "x:b"], "give it alone"),
+        (["--logdir_spec", "x:a,y:"], "entry 'y:' has no directory"),
+        (["--logdir_spec", ":a"], "entry ':a' has no name"),
+    ]:
+        assert cli.main(["board", *argv]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_ctrl_c_while_board_starts_exits_130_with_one_line():
+    process = start_board("--logdir", "no-such-dir-yet", "--port", str(free_port()))
+    time.sleep(1.0)  # TensorFlow's import alone takes longer
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "interrupted (Ctrl-C" in err

@@ -406,3 +406,22 @@ def test_retracing_filter_drops_only_the_per_trainer_loop_warning(caplog):
         tf.get_logger().removeFilter(dropper)
     warnings = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
     assert warnings and all("build.<locals>.loop" not in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "name"),
+    [
+        ("train", "--run_name", "two\nlines"),
+        ("train", "--run_name", "tab\there"),
+        ("lr-find", "--run_name", "a/b"),
+        ("sweep", "--sweep_name", ".."),
+    ],
+)
+def test_a_run_name_that_is_not_one_plain_directory_name_exits_2(
+    capsys, tmp_path, command, flag, name
+):
+    assert cli.main([command, f"--logdir={tmp_path}", flag, name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lrresearch: error: `{flag}` must be one plain directory name")
+    assert repr(name) in err and len(err.splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []

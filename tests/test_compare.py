@@ -10,10 +10,11 @@ import shutil
 import gin
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import Events
 from tensorboard.compat.proto import event_pb2
 
-from lrresearch import cli, config, event_files
+from lrresearch import cli, compare, config, event_files
 from lrresearch.compare import smooth
 from lrresearch.trainer import Trainer
 
@@ -151,3 +152,49 @@ def test_smooth_is_a_bias_corrected_ema():
     out = smooth(values, beta=0.5)
     assert out[0] == 1.0 and out[1] == 1.0
     assert out[2] == pytest.approx((0.25 * 1.0 + 0.5 * 3.0) / 0.75)
+
+
+def write_lr_run(run_dir: pathlib.Path, points: list[tuple[int, float]]) -> None:
+    """An event file of `lr` points (step, value), written in this order (a run
+    restarted without trimming writes a step again, in a second file)."""
+    writer = tf.summary.create_file_writer(str(run_dir))
+    with writer.as_default():
+        for step, value in points:
+            tf.summary.scalar("lr", value, step=step)
+    writer.close()
+
+
+def test_runs_of_two_sweeps_get_unique_labels_and_distinct_colours(tmp_path):
+    for sweep in ("sweepA", "sweepB"):
+        for seed in range(6):
+            write_lr_run(tmp_path / sweep / f"00{seed}-seed={seed}", [(0, 0.1), (1, 0.2)])
+    runs = compare.find_runs([str(tmp_path / "sweepA"), str(tmp_path / "sweepB")])
+    names = compare.labels(runs)
+    assert names[0] == "sweepA/000-seed=0" and names[6] == "sweepB/000-seed=0"
+    assert len(set(names)) == 12
+    assert compare.labels(["x/a", "y/b"]) == ["a", "b"]  # unique folder names stay short
+    drawn = compare.plot(runs, [compare.load(r) for r in runs], str(tmp_path / "p.png"))
+    assert [label for label, _, _ in drawn] == names
+    assert len({colour for _, colour, _ in drawn}) == 12  # no colour repeats after 10
+    styles = [style for _, _, style in drawn]
+    assert len(set(styles[:6])) == len(set(styles[6:])) == 1 and styles[0] != styles[6]
+    markdown, rows = compare.compare(
+        [str(tmp_path / "sweepA"), str(tmp_path / "sweepB")], str(tmp_path / "out")
+    )
+    assert [r.run for r in rows] == names and "| sweepB/005-seed=5 |" in markdown
+
+
+def test_compare_warns_about_steps_logged_twice_and_uses_the_last_value(tmp_path, capsys):
+    run = tmp_path / "runs" / "restarted"
+    write_lr_run(run, [(s, 0.1) for s in range(8)])  # killed after step 7...
+    write_lr_run(run, [(s, 0.2) for s in range(5, 10)])  # ...restarted at step 5
+    assert cli.main(["compare", str(tmp_path / "runs"), f"--out={tmp_path / 'out'}"]) == 0
+    captured = capsys.readouterr()
+    (line,) = [w for w in captured.err.splitlines() if "warning" in w]
+    assert str(run) in line and "`lr` has 3 steps logged more than once (steps 5..7)" in line
+    assert "value logged last" in line
+    with open(tmp_path / "out" / "compare.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert int(row["steps"]) == 10
+    assert float(row["mean_lr"]) == pytest.approx((5 * 0.1 + 5 * 0.2) / 10)
+    assert line in (tmp_path / "out" / "compare.md").read_text()

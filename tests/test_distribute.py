@@ -158,6 +158,8 @@ def test_mirrored_matches_single_device(runs):
     _, single, _ = runs
     report = mirrored_report(runs)
     assert report["replicas"] == 2
+    header = f"run directory: {runs[0] / 'mirrored'} (mirrored, 2 replicas)"
+    assert header in runs[2]["mirrored"].stdout.splitlines()
     assert len(report["devices"]) == 2 and all("CPU" in d for d in report["devices"])
     mirrored = Events(report["run_dir"])
     assert_same_series(single.events, mirrored)
@@ -227,6 +229,9 @@ def test_multi_worker_chief_writes_the_run(runs):
     # The non-chief saved its checkpoints to temporary folders (its TMPDIR here), now
     # deleted, and wrote nothing in the logdir.
     assert "[worker-1] run directory:" in proc.stdout and "no summaries" in proc.stdout
+    assert f"[worker-0] run directory: {logdir / 'mw' / 'mw'} (multi_worker, 2 replicas)" in (
+        proc.stdout
+    )
     assert list((logdir / "worker_tmp").iterdir()) == []
     run_dir = logdir / "mw" / "mw"
     assert sorted(os.listdir(logdir / "mw")) == ["mw"]

@@ -6,11 +6,15 @@ update rules (iterative where PyTorch is iterative), over at least 3 cycles.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO
 
 from lrresearch.controllers import (
     CosineRestartsController,
@@ -274,3 +278,19 @@ def test_momentum_is_not_cycled_by_default():
 def test_bad_momentum_arguments_name_the_parameter(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_torch_parity_tool_without_torch_says_how_to_point_it_at_torch():
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here")
+    done = subprocess.run(
+        [sys.executable, "tools/check_torch_parity.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "ModuleNotFoundError" not in done.stderr
+    assert "PYTHONPATH=/tmp/refpkgs" in done.stderr and len(done.stderr.splitlines()) == 1

@@ -6,15 +6,25 @@ configuration, the LR of batch `t` is PyTorch's `optimizer.param_groups[0]["lr"]
 with `cycle_momentum`, likewise the momentum (SGD's `momentum`, Adam's `betas[0]`).
 Prints the largest relative difference per configuration and exits 1 above 1e-6.
 
-Run: `python tools/check_torch_parity.py`
+Run: `python tools/check_torch_parity.py`, with torch found on `PYTHONPATH` (e.g.
+`pip install --target /tmp/refpkgs torch`, then `PYTHONPATH=/tmp/refpkgs:.`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Checked before TensorFlow loads (seconds): said at once, in one line.
+if importlib.util.find_spec("torch") is None:
+    sys.exit(
+        "tools/check_torch_parity.py needs torch, not an lrresearch dependency, and this "
+        f"Python ({sys.executable}) finds none: install it beside, never into, "
+        "lrresearch's venv and point PYTHONPATH at it, e.g. `pip install --target "
+        "/tmp/refpkgs torch` then `PYTHONPATH=/tmp/refpkgs:. python tools/check_torch_parity.py`"
+    )
 
 import numpy as np
 import tensorflow as tf
