@@ -12,8 +12,9 @@ import warnings
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorboard.compat.proto import event_pb2
 
-from lrresearch import summaries
+from lrresearch import event_files, summaries
 from lrresearch.batch_log import Block, BlockWriter
 
 
@@ -56,6 +57,29 @@ def log_row(model: keras.Model, row: dict[str, tf.Tensor], step: tf.Tensor) -> N
         ring.count.assign_add(1)
 
 
+def next_step(model: keras.Model) -> int:
+    """The batch index (summary step) of `model`'s next batch: its optimizer's
+    iterations, plus the batches its guard skipped and, under float16 loss scaling, the
+    overflows (`ControlledModel`'s step). Reads a few scalars from the device."""
+    step = int(model.optimizer.iterations.numpy())
+    if (guard := getattr(model, "guard", None)) is not None:
+        step += int(guard.skipped.numpy())
+    if (loss_scale := getattr(model, "loss_scale", None)) is not None:
+        step += int(loss_scale.overflows.numpy())
+    return step
+
+
+def last_logged_step(logdir: str) -> int | None:
+    """The largest step of an event in `logdir`'s event files (None if none). Steps
+    grow through a file, so each file's last intact record is read."""
+    steps = []
+    for path in event_files.event_files(logdir):
+        records, _ = event_files.read_records(path)
+        if len(records) > 1:  # the first record is the file version
+            steps.append(event_pb2.Event.FromString(records[-1][1]).step)
+    return max(steps, default=None)
+
+
 class PerBatchSummaries(keras.callbacks.Callback):
     """Writes the per-batch summaries of a `ControlledModel`'s `fit` to `logdir`.
 
@@ -67,17 +91,33 @@ class PerBatchSummaries(keras.callbacks.Callback):
     The writer stays open across `fit` calls: Keras keeps its traced train function
     between calls, and (under a strategy) that function holds the writer it was traced
     with. Call `close()` when done (it is flushed at the end of every `fit`).
+
+    Resuming: a model restored from a save (`.keras`, `.weights.h5`,
+    `BackupAndRestore`) goes on from the batch after the save, while `logdir` may
+    hold the batches the interrupted process trained after it; those steps would be
+    logged twice (TensorBoard's loaders keep both). With `resume=True` the first `fit`
+    drops from `logdir`'s event files every event at the model's next batch index or
+    later, as `lrresearch train --resume` does (`event_files.drop_steps_from`), and
+    says how many; without it, such events are an error (`ValueError`) before any
+    batch is trained. The check reads the model's step once per callback, never per
+    batch.
+
+    Args:
+      logdir: the run's directory (event files).
+      resume: drop the events the interrupted process logged after the save.
     """
 
-    def __init__(self, logdir: str):
+    def __init__(self, logdir: str, resume: bool = False):
         super().__init__()
         self.logdir = logdir
+        self.resume = resume
         self.writer: tf.summary.SummaryWriter | None = None
         self._blocks: BlockWriter | None = None
         self._warned = False
 
     def on_train_begin(self, logs=None):
         if self.writer is None:
+            self._claim_steps()
             self.writer = summaries.create_writer(self.logdir)
             self._blocks = BlockWriter(self.writer)
         # Read when the train function is traced: buffer the rows for this callback.
@@ -95,6 +135,31 @@ class PerBatchSummaries(keras.callbacks.Callback):
             self._default.__exit__(None, None, None)
             self._drain()
             self._blocks.flush()
+
+    def _claim_steps(self) -> None:
+        """Drops (with `resume`) or refuses the events of `logdir` at or after the
+        model's next batch index."""
+        start = next_step(self.model)
+        if self.resume:
+            trimmed = event_files.drop_steps_from(self.logdir, start)
+            if trimmed.dropped_events or trimmed.damage:
+                print(
+                    f"PerBatchSummaries: resume at step {start}: dropped "
+                    f"{trimmed.dropped_events} events the interrupted run logged from step "
+                    f"{start} on in {self.logdir}",
+                    flush=True,
+                )
+            return
+        last = last_logged_step(self.logdir)
+        if last is not None and last >= start:
+            raise ValueError(
+                f"PerBatchSummaries: {self.logdir!r} already holds summaries up to step "
+                f"{last}, and this model's next batch is step {start} (restored from a "
+                f"save?), so steps {start}..{last} would be logged twice. Pass "
+                f"PerBatchSummaries({self.logdir!r}, resume=True) to drop what was logged "
+                f"from step {start} on (as `lrresearch train --resume` does), or log to "
+                "a new directory."
+            )
 
     def close(self) -> None:
         if self.writer is not None:

@@ -293,6 +293,28 @@ def test_training_resumed_from_a_keras_save_gives_the_uninterrupted_lrs(tmp_path
             )
 
 
+def test_the_guides_keras_resume_recipe_logs_each_step_once(tmp_path):
+    """Saved after 8 batches, the run logged 12 (as a process killed after batch 11
+    leaves it); the model restored from the `.keras` file goes on from step 8."""
+    data, wrapped = small_controlled_model()
+    x, y = data.x_train[: 32 * 12], data.y_train[: 32 * 12]
+    saved, first = tmp_path / "model.keras", PerBatchSummaries(str(tmp_path))
+    checkpoint = keras.callbacks.ModelCheckpoint(saved, save_freq=8)
+    fit = {"batch_size": 32, "verbose": 0, "shuffle": False}
+    wrapped.fit(x, y, callbacks=[first, checkpoint], **fit)
+    first.close()
+    logged = Events(tmp_path).scalar("lr")
+
+    model = keras.models.load_model(saved)
+    with pytest.raises(ValueError, match=r"up to step 11.*next batch is step 8.*resume=True"):
+        model.fit(x[:32], y[:32], callbacks=[PerBatchSummaries(str(tmp_path))], **fit)
+    assert len(Events(tmp_path).steps("lr")) == 12  # refused before any batch
+    again = PerBatchSummaries(str(tmp_path), resume=True)
+    model.fit(x[32 * 8 :], y[32 * 8 :], callbacks=[again], **fit)
+    again.close()
+    np.testing.assert_allclose(Events(tmp_path).scalar("lr"), logged, rtol=1e-6)  # once each
+
+
 def built(wrapped: ControlledModel) -> ControlledModel:
     wrapped.build((None, 8, 8, 1))
     wrapped.optimizer.build(wrapped.trainable_variables)
