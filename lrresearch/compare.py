@@ -200,9 +200,10 @@ def duplicate_warning(run: str, duplicates: dict[str, np.ndarray]) -> str:
     others = f" (and {len(duplicates) - 1} other tags alike)" if len(duplicates) > 1 else ""
     return (
         f"warning: {run}: `{tag}` has {len(steps)} steps logged more than once (steps "
-        f"{steps[0]}..{steps[-1]}){others}: a run restarted without trimming its event "
-        "files; compared with the value logged last at each step (trim with "
-        "lrresearch.event_files.drop_steps_from, as --resume does)"
+        f"{steps[0]}..{steps[-1]}){others}: a run restarted from a save without trimming "
+        "its event files; compared with the value logged last at each step (restart with "
+        "`lrresearch train --resume`, or Keras's PerBatchSummaries(logdir, resume=True), "
+        "which trim them)"
     )
 
 
