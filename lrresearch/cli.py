@@ -245,7 +245,7 @@ def board(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    started = []
+    started: list[bool] = []
     try:
         return _run(args, started)
     except KeyboardInterrupt:
