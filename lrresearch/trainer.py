@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import averaging, compiled_loop, distribute, precision, run, workload
+from lrresearch import averaging, compiled_loop, distribute, precision, random_state, run, workload
 from lrresearch.batch_log import BlockWriter
 from lrresearch.controllers import Controller, GradNormController
 from lrresearch.data import Dataset, digits
@@ -226,6 +226,7 @@ class Trainer:
             **self.guard.checkpoint_items(),
             **({"loss_scale": self.loss_scale} if self.loss_scale else {}),
             **({"averaging": self.averager} if self.averager else {}),
+            **random_state.checkpoint_items(self.model, self.loss_fn, self.metrics),
         )
         self.built = True
 

@@ -1,0 +1,120 @@
+"""The random streams a training step draws from, saved so a resumed run draws the same.
+
+Keras 3's random layers (Dropout, SpatialDropout, GaussianNoise, GaussianDropout,
+AlphaDropout, the random augmentation layers) and `keras.random.*(seed=generator)`
+draw from a `keras.random.SeedGenerator`, whose state (`[seed, counter]`, a variable)
+is in `model.variables` but is not a `tf.train.Checkpoint` dependency, nor in Keras's
+`.weights.h5` / `.keras` files (measured with Keras 3.15): a resumed run without it
+draws another mask from the first batch on. A `tf.random.Generator` held by the model,
+the loss or a metric is a checkpoint dependency only where a Keras layer holds it.
+
+`find_states(*roots)` walks the objects a step uses (Keras layers, losses, metrics,
+`tf.Module`s and their attributes, lists and dicts) and returns the state variable of
+every `SeedGenerator` and `tf.random.Generator` found, in the walk's order (the same for
+the same code, whatever was built before in the process). The trainer checkpoints them
+as one entry, `random_state` (`checkpoint_items`); `ControlledModel` saves them in its
+Keras files (`lrresearch.keras_random_state`). `restore` reads a checkpoint written
+before that entry existed, saying that the random streams restart from the seed.
+
+Not saved (they have no state a checkpoint can hold): TF's stateful ops such as
+`tf.random.uniform` and `keras.random.*` without a `seed` (Keras's global generator).
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+# The trainer's checkpoint entry (a root name: never rename, old runs hold it).
+ENTRY = "random_state"
+
+_TERMINAL = (tf.Variable, keras.Variable, tf.Tensor, str, bytes, int, float, type(None))
+# Objects whose attributes may hold a generator: Keras layers, losses, metrics and TF's
+# trackables (`tf.Module`, `AutoTrackable`); variables and tensors are `_TERMINAL`.
+_WALKED = (
+    keras.Operation,
+    keras.losses.Loss,
+    keras.metrics.Metric,
+    tf.__internal__.tracking.Trackable,
+)
+
+
+def find_states(*roots: Any) -> list[tf.Variable]:
+    """The state variables of every `keras.random.SeedGenerator` and
+    `tf.random.Generator` reachable from `roots` (depth first, attributes in the order
+    they were set), each once. A bound method is its object; a plain function (a loss
+    given as a function) is not entered."""
+    states: list[Any] = []
+    seen: set[int] = set()
+    pending = list(reversed(roots))
+    while pending:
+        obj = pending.pop()
+        if id(obj) in seen or isinstance(obj, _TERMINAL):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (keras.random.SeedGenerator, tf.random.Generator)):
+            states.append(obj.state)
+            continue
+        if isinstance(obj, types.MethodType):  # a Keras loss's `call`, say
+            children = [obj.__self__]
+        elif isinstance(obj, dict):
+            children = list(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            children = list(obj)
+        elif isinstance(obj, _WALKED):
+            children = list(vars(obj).values())
+        else:
+            continue
+        pending.extend(reversed(children))
+    return states
+
+
+class RandomState(tf.Module):
+    """The random-stream state variables as one checkpoint entry, in `find_states`'s
+    order: `seed_states[i]` is a `SeedGenerator`'s `[seed, counter]` (2 integers) or a
+    `tf.random.Generator`'s state."""
+
+    def __init__(self, states: list[tf.Variable]):
+        super().__init__(name=ENTRY)
+        self.seed_states = list(states)
+
+
+def checkpoint_items(*roots: Any) -> dict[str, RandomState]:
+    """`{ENTRY: RandomState}` for `tf.train.Checkpoint(..., **items)`, or nothing when
+    `roots` hold no generator (so the checkpoint of a model without randomness is the
+    one earlier versions wrote)."""
+    states = find_states(*roots)
+    return {ENTRY: RandomState(states)} if states else {}
+
+
+def holds_entry(path: str) -> bool:
+    """Whether the checkpoint at `path` (a prefix such as `.../ckpt-3`) has the entry."""
+    names = (name for name, _ in tf.train.list_variables(path))
+    return any(name.startswith(ENTRY + "/") for name in names)
+
+
+def restore(
+    checkpoint: tf.train.Checkpoint, path: str
+) -> tuple[tf.train.CheckpointLoadStatus, str | None]:
+    """`checkpoint.restore(path)` and `None`; a checkpoint written before the random
+    state was saved restores everything else, with a warning line to print once it
+    proved to fit."""
+    if not hasattr(checkpoint, ENTRY) or holds_entry(path):
+        return checkpoint.restore(path), None
+    children = tf.train.TrackableView(checkpoint).children(checkpoint)
+    others = tf.train.Checkpoint(
+        **{k: v for k, v in children.items() if k not in (ENTRY, "save_counter")}
+    )
+    status = others.restore(path)
+    checkpoint.save_counter.assign(others.save_counter)  # restored by `restore` itself
+    count = len(getattr(checkpoint, ENTRY).seed_states)
+    return status, (
+        f"warning: resume: {os.path.basename(path)} was written before lrresearch saved "
+        f"random streams: the model's {count} random generator(s) (Dropout, noise, "
+        "augmentation, ...) restart from the seed, so the batches from here on draw other "
+        "random numbers than an uninterrupted run would"
+    )

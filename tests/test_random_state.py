@@ -1,0 +1,201 @@
+"""Random layers resume exactly: a trainer restored from a checkpoint draws the random
+numbers the uninterrupted one draws (`lrresearch.random_state`), for every Keras random
+layer, `keras.random` with a `SeedGenerator` and `tf.random.Generator`, with and
+without XLA; a checkpoint without that state restores with a warning."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import gin
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lrresearch import random_state
+from lrresearch.controllers import GradNormController
+from lrresearch.trainer import Trainer
+
+STEPS, CUT = 12, 5  # batches in all, and where the run is checkpointed and restored
+
+
+class NoisyScale(keras.layers.Layer):
+    """A user layer: `keras.random.normal` with a `SeedGenerator` created in `build`."""
+
+    def build(self, input_shape):
+        self.generator = keras.random.SeedGenerator(7)
+
+    def call(self, x, training=False):
+        if not training:
+            return x
+        return x * (1.0 + 0.1 * keras.random.normal(keras.ops.shape(x), seed=self.generator))
+
+
+class GeneratorNoise(keras.layers.Layer):
+    """A user layer holding a `tf.random.Generator`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.tf_generator = tf.random.Generator.from_seed(11)
+
+    def call(self, x, training=False):
+        return x + 0.1 * self.tf_generator.normal(tf.shape(x)) if training else x
+
+
+class NoisyLoss(keras.losses.Loss):
+    """A loss holding a `tf.random.Generator` (outside the model, so not checkpointed
+    with it): cross-entropy on randomly jittered logits."""
+
+    def __init__(self):
+        super().__init__(name="noisy_ce")
+        self.generator = tf.random.Generator.from_seed(5)
+
+    def call(self, y_true, y_pred):
+        y_pred = y_pred + 0.5 * self.generator.normal(tf.shape(y_pred))
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+
+
+LAYERS = {
+    "augmentation": lambda: [
+        keras.layers.RandomFlip(),
+        keras.layers.RandomContrast(0.3),
+        keras.layers.RandomBrightness(0.2, value_range=(0, 1)),
+    ],
+    # Their image transform has no XLA kernel (TF's ImageProjectiveTransformV3).
+    "geometric_augmentation": lambda: [
+        keras.layers.RandomTranslation(0.2, 0.2),
+        keras.layers.RandomRotation(0.1),
+        keras.layers.RandomZoom(0.2),
+    ],
+    "spatial_dropout": lambda: [keras.layers.SpatialDropout2D(0.3)],
+    "gaussian_noise": lambda: [keras.layers.GaussianNoise(0.3)],
+    "gaussian_dropout": lambda: [keras.layers.GaussianDropout(0.3)],
+    "alpha_dropout": lambda: [keras.layers.AlphaDropout(0.3)],
+    "dropout": lambda: [keras.layers.Dropout(0.3)],
+    "keras_random": lambda: [NoisyScale()],
+    "tf_random_generator": lambda: [GeneratorNoise()],
+}
+
+
+def random_model(input_shape, num_classes, kinds=tuple(LAYERS)):
+    """A small CNN on 8x8x1 digits with the random layers of `kinds` (image layers
+    before the convolution, the rest after the dense layer), and BatchNorm."""
+    image_kinds = ("augmentation", "geometric_augmentation", "spatial_dropout")
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for kind in (k for k in kinds if k in image_kinds):
+        for layer in LAYERS[kind]():
+            x = layer(x)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.BatchNormalization()(keras.layers.Dense(16, activation="relu")(x))
+    for kind in (k for k in kinds if k not in image_kinds):
+        for layer in LAYERS[kind]():
+            x = layer(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+
+def make_trainer(kinds, jit_compile=False, loss=None) -> Trainer:
+    gin.clear_config()
+    trainer = Trainer(
+        steps=STEPS,
+        controller=GradNormController(base_lr=0.1, slope=0.02),
+        batch_size=32,
+        steps_per_loop=4,
+        histogram_every=0,
+        eval_every=0,
+        jit_compile=jit_compile,
+        loss=loss,
+        deterministic=True,
+        model=functools.partial(random_model, kinds=kinds),
+    )
+    trainer.build()
+    return trainer
+
+
+def lrs_and_weights(trainer: Trainer, steps: int) -> tuple[list[float], list[np.ndarray]]:
+    """Trains `steps` batches one call each; the LR after each, and the final weights."""
+    lrs = []
+    for _ in range(steps):
+        trainer.run_steps(1)
+        lrs.append(trainer.current_lr())
+    return lrs, [v.numpy() for v in trainer.model.variables]
+
+
+def assert_resumes_exactly(kinds, tmp_path, jit_compile=False) -> None:
+    """Trains STEPS batches, checkpointing after CUT; a fresh trainer restored from that
+    checkpoint trains the rest to the same LRs and weights, bit for bit. Each trainer
+    has its own `NoisyLoss`: its generator is part of the trainer's state."""
+    straight = make_trainer(kinds, jit_compile, NoisyLoss())
+    straight.run_steps(CUT)
+    path = straight.checkpoint.save(str(tmp_path / "ckpt"))
+    later_lrs, weights = lrs_and_weights(straight, STEPS - CUT)
+    resumed = make_trainer(kinds, jit_compile, NoisyLoss())
+    status, warning = random_state.restore(resumed.checkpoint, path)
+    status.assert_consumed()
+    resumed.after_restore()
+    assert warning is None
+    resumed_lrs, resumed_weights = lrs_and_weights(resumed, STEPS - CUT)
+    np.testing.assert_array_equal(resumed_lrs, later_lrs)
+    assert len(set(later_lrs)) > 1  # the LR followed the (random) gradients
+    for a, b in zip(weights, resumed_weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_each_random_layer_has_its_state_found(kind):
+    model = random_model((8, 8, 1), 10, (kind,))
+    # Keras's own list of a layer's seed generators; the tf.random.Generator by name.
+    expected = [
+        generator.state
+        for layer in model.layers
+        for generator in [*layer._seed_generators, *[getattr(layer, "tf_generator", None)]]
+        if generator is not None
+    ]
+    assert len(expected) == len(LAYERS[kind]())  # one generator per random layer
+    assert [id(s) for s in random_state.find_states(model)] == [id(s) for s in expected]
+
+
+def test_every_random_layer_and_a_loss_generator_resume_exactly(tmp_path):
+    # One model holds them all: a generator left out of the checkpoint changes the rest.
+    assert_resumes_exactly(tuple(LAYERS), tmp_path)
+
+
+def test_random_layers_resume_exactly_under_xla(tmp_path):
+    # Small: XLA compiles for ~10 s per trainer here; the state update is the same.
+    assert_resumes_exactly(("dropout", "keras_random", "tf_random_generator"), tmp_path, True)
+
+
+def test_the_loss_generator_is_in_the_checkpoint():
+    loss = NoisyLoss()
+    trainer = make_trainer(("dropout",), loss=loss)
+    states = getattr(trainer.checkpoint, random_state.ENTRY).seed_states
+    assert [id(s) for s in states] == [
+        id(trainer.model.layers[-2].seed_generator.state),
+        id(loss.generator.state),
+    ]
+
+
+def test_a_model_without_randomness_checkpoints_as_before():
+    trainer = make_trainer(())
+    assert not hasattr(trainer.checkpoint, random_state.ENTRY)
+
+
+def test_an_old_checkpoint_without_random_state_restores_with_a_warning(tmp_path):
+    old = make_trainer(("dropout",))
+    old.run_steps(CUT)
+    # A checkpoint as earlier versions wrote it: every entry but the random state.
+    children = tf.train.TrackableView(old.checkpoint).children(old.checkpoint)
+    entries = {k: v for k, v in children.items() if k != random_state.ENTRY}
+    path = tf.train.Checkpoint(**entries).save(str(tmp_path / "old"))
+    resumed = make_trainer(("dropout",))
+    status, warning = random_state.restore(resumed.checkpoint, path)
+    status.assert_consumed()
+    resumed.after_restore()
+    assert resumed.next_step == CUT
+    assert warning.startswith(f"warning: resume: {os.path.basename(path)} was written before")
+    assert "1 random generator(s)" in warning and "restart from the seed" in warning
+    for a, b in zip(resumed.model.trainable_variables, old.model.trainable_variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
