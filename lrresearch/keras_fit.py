@@ -75,7 +75,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import precision
+from lrresearch import precision, random_state
 from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.guard import NonFiniteGuard
@@ -141,6 +141,8 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
         )
         # Float16 dynamic loss scaling, set by `compile` from Keras's LossScaleOptimizer.
         self.loss_scale: precision.CountingLossScale | None = None
+        # For `tf.train.Checkpoint(model=...)`; Keras's files get them in save_own_variables.
+        self.random_state = random_state.RandomState(random_state.find_states(model))
         # Rules that watch the weights (HypergradientController) need them before the
         # first step; a model built at construction (Sequential with an Input,
         # functional) has them now, so its controller state exists for load_weights.
@@ -199,11 +201,13 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
         state = {**self.controller_state(), **self.guard_state(), **self.loss_scale_state()}
         for key, variable in state.items():
             store[key] = variable.numpy()
+        random_state.save_to_store(random_state.find_states(self.inner), store)
 
     def load_own_variables(self, store) -> None:
         keys = list(store.keys())
         # Keras's own entries are numbered "0", "1", ...; ours are attribute paths.
         saved = {k: np.asarray(store[k]) for k in keys if not k.isdigit()}
+        saved_random = random_state.pop_from(saved)
         guard = self.guard_state()
         saved_guard = {k: saved.pop(k) for k in guard if k in saved}
         # A float32 model ignores a float16 model's loss scale; a float16 model keeps its
@@ -226,6 +230,8 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
                 f"afresh."
             )
         super().load_own_variables({k: store[k] for k in keys if k.isdigit()})
+        states = random_state.find_states(self.inner)
+        random_state.load_from_store(states, saved_random, "ControlledModel")
         for key, variable in state.items():
             variable.assign(saved[key])
         if saved_guard:

@@ -12,9 +12,11 @@ the loss or a metric is a checkpoint dependency only where a Keras layer holds i
 `tf.Module`s and their attributes, lists and dicts) and returns the state variable of
 every `SeedGenerator` and `tf.random.Generator` found, in the walk's order (the same for
 the same code, whatever was built before in the process). The trainer checkpoints them
-as one entry, `random_state` (`checkpoint_items`); `ControlledModel` saves them in its
-Keras files (`lrresearch.keras_random_state`). `restore` reads a checkpoint written
-before that entry existed, saying that the random streams restart from the seed.
+as one entry, `random_state` (`checkpoint_items`); `ControlledModel` holds the same
+entry (for `tf.train.Checkpoint(model=...)`) and writes them into its Keras files
+(`.keras`, `.weights.h5`, hence `BackupAndRestore`) as `random_state.<i>`
+(`save_to_store`, `load_from_store`). A checkpoint or file written before this
+restores with a warning that the random streams restart.
 
 Not saved (they have no state a checkpoint can hold): TF's stateful ops such as
 `tf.random.uniform` and `keras.random.*` without a `seed` (Keras's global generator).
@@ -24,9 +26,11 @@ from __future__ import annotations
 
 import os
 import types
+import warnings
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 # The trainer's checkpoint entry (a root name: never rename, old runs hold it).
@@ -118,3 +122,42 @@ def restore(
         "augmentation, ...) restart from the seed, so the batches from here on draw other "
         "random numbers than an uninterrupted run would"
     )
+
+
+KEY_PREFIX = ENTRY + "."  # keys in a Keras weights store: `random_state.0`, ...
+
+
+def save_to_store(states: list[tf.Variable], store: Any) -> None:
+    """Writes `states` into a Keras weights store (`save_own_variables`'s `store`)."""
+    for i, state in enumerate(states):
+        store[f"{KEY_PREFIX}{i}"] = state.numpy()
+
+
+def pop_from(saved: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Removes and returns the random-state entries of `saved` (a store's entries)."""
+    return {k: saved.pop(k) for k in list(saved) if k.startswith(KEY_PREFIX)}
+
+
+def load_from_store(states: list[tf.Variable], saved: dict[str, np.ndarray], owner: str) -> None:
+    """Assigns `pop_from`'s entries to `states`. A file saved before random streams
+    were (no entry) warns that they restart; a file of a model with other random
+    layers (another count or shape) is a `ValueError`."""
+    if not saved and states:
+        warnings.warn(
+            f"{owner}: the file was saved before lrresearch saved random streams: the "
+            f"model's {len(states)} random generator(s) (Dropout, noise, augmentation, "
+            "...) start new streams, so training on draws other random numbers than the "
+            "run that saved it would",
+            stacklevel=3,
+        )
+        return
+    shapes = [tuple(np.shape(saved.get(f"{KEY_PREFIX}{i}"))) for i in range(len(saved))]
+    if len(saved) != len(states) or shapes != [tuple(s.shape) for s in states]:
+        raise ValueError(
+            f"{owner}: the file holds {len(saved)} random generator state(s) of shapes "
+            f"{shapes}, this model {len(states)} of shapes {[tuple(s.shape) for s in states]}"
+            ": load it into the model that saved it, or pass `skip_mismatch=True` to "
+            "`load_weights` to load the rest and start new random streams"
+        )
+    for i, state in enumerate(states):
+        state.assign(saved[f"{KEY_PREFIX}{i}"])
