@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import subprocess
+import sys
 
 import gin
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO, Events
 
 from lrresearch import random_state
 from lrresearch.controllers import GradNormController
@@ -199,3 +203,72 @@ def test_an_old_checkpoint_without_random_state_restores_with_a_warning(tmp_path
     assert "1 random generator(s)" in warning and "restart from the seed" in warning
     for a, b in zip(resumed.model.trainable_variables, old.model.trainable_variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+# A user's package (tests/user_pkg) with issue 22's model: tf.data text input,
+# BatchNorm, Dropout, one logit per example.
+USER_RUN = """import user_pkg.workload
+Trainer.model = @dropout_logit
+Trainer.dataset = @digit_strings
+Trainer.loss = @logit_cross_entropy
+Trainer.controller = @GradNormController()
+GradNormController.slope = 0.05
+Trainer.steps = 300
+Trainer.batch_size = 32
+Trainer.checkpoint_every = 100
+Trainer.steps_per_loop = 10
+Trainer.log_every = 10
+Trainer.eval_every = 0
+Trainer.histogram_every = 0
+Trainer.deterministic = True
+"""
+
+
+def start(gin_file, logdir, run_name, *extra) -> subprocess.Popen:
+    command = [sys.executable, "-u", "-m", "lrresearch", "train", f"--gin_file={gin_file}",
+               f"--logdir={logdir}", f"--run_name={run_name}", *extra]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def final_state(run_dir) -> dict[str, np.ndarray]:
+    """The model's and the random streams' values in the run's newest checkpoint."""
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(f"{run_dir}/checkpoints"))
+    names = [
+        n for n in reader.get_variable_to_shape_map() if n.startswith(("model/", "random_state/"))
+    ]
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def test_a_user_dropout_model_killed_and_resumed_through_the_cli_equals_an_uninterrupted_run(
+    tmp_path,
+):
+    gin_file = tmp_path / "user.gin"
+    gin_file.write_text(USER_RUN)
+    full = start(gin_file, tmp_path, "full")  # alongside the killed run: 2 cores
+    cut = start(gin_file, tmp_path, "cut")
+    killed_at = None
+    for line in cut.stdout:
+        if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= 150:
+            cut.send_signal(signal.SIGKILL)
+            killed_at = int(line.split()[1].split("/")[0])
+            break
+    cut.communicate(timeout=60)
+    assert cut.returncode == -signal.SIGKILL and killed_at is not None and killed_at < 300
+    out, err = full.communicate(timeout=300)
+    assert full.returncode == 0, err[-3000:]
+    resumed = start(gin_file, tmp_path, "cut", "--resume")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "resumed at step 100)" in out and "warning" not in out + err
+    whole, again = Events(tmp_path / "full"), Events(tmp_path / "cut")
+    for tag in ("lr", "loss/batch", "grad/global_norm"):
+        np.testing.assert_array_equal(again.scalar(tag), whole.scalar(tag), err_msg=tag)
+    assert len(np.unique(whole.scalar("lr")[100:])) > 100  # the LR follows the masks
+    expected, got = final_state(tmp_path / "full"), final_state(tmp_path / "cut")
+    assert any(n.startswith("random_state/") for n in expected)
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
