@@ -44,8 +44,10 @@ and `grad/global_norm` are the unscaled values; a batch whose scaled gradients o
 is skipped by the loss scale (which halves), not counted by the guard, and counts in the
 batch index (`+ loss_scale.overflows`). "mixed_bfloat16" needs no loss scaling.
 
-Saving: every Keras saving path carries the controller's, the moving averages' and the
-guard's state next to the weights and the optimizer (iterations, LR): `save_weights` /
+Saving: every Keras saving path carries the controller's, the moving averages', the
+guard's state and the random streams (`lrresearch.random_state`: Dropout's and other
+random layers' generators, which Keras does not save) next to the weights and the
+optimizer (iterations, LR): `save_weights` /
 `load_weights` (`.weights.h5`), `model.save` / `keras.models.load_model` (`.keras`,
 which also records the controller's constructor arguments, so `load_model` rebuilds
 it and the guard's arguments), `ModelCheckpoint` in both modes, and

@@ -434,10 +434,9 @@ class Trainer:
         flushing summaries) if the loss stays NaN/Inf, and `DiskFullError` if the disk
         fills up (the run stays resumable). With `resume`, continues
         `<logdir>/<run_name>` from its newest intact checkpoint (model, optimizer,
-        controller, moving averages, step, input position), first cutting from its
-        event files what the interrupted process logged after that checkpoint; a run
-        with no checkpoint starts again from step 0, and one that does not exist is
-        started.
+        controller, moving averages, step, input position, random streams), first
+        cutting from its event files what the interrupted process logged after it; a
+        run with no checkpoint starts again from step 0, one that does not exist starts.
         """
         return run.fit(self, logdir, run_name, quiet, operative_config, resume)
 
