@@ -37,6 +37,8 @@ import tensorflow as tf
 ENTRY = "random_state"
 
 _TERMINAL = (tf.Variable, keras.Variable, tf.Tensor, str, bytes, int, float, type(None))
+# Trackable, but what they capture is the model's own state, found through the model.
+_FUNCTIONS = (tf.types.experimental.PolymorphicFunction, tf.types.experimental.ConcreteFunction)
 # Objects whose attributes may hold a generator: Keras layers, losses, metrics and TF's
 # trackables (`tf.Module`, `AutoTrackable`); variables and tensors are `_TERMINAL`.
 _WALKED = (
@@ -57,7 +59,7 @@ def find_states(*roots: Any) -> list[tf.Variable]:
     pending = list(reversed(roots))
     while pending:
         obj = pending.pop()
-        if id(obj) in seen or isinstance(obj, _TERMINAL):
+        if id(obj) in seen or isinstance(obj, (*_TERMINAL, *_FUNCTIONS)):
             continue
         seen.add(id(obj))
         if isinstance(obj, (keras.random.SeedGenerator, tf.random.Generator)):
@@ -67,10 +69,10 @@ def find_states(*roots: Any) -> list[tf.Variable]:
             children = [obj.__self__]
         elif isinstance(obj, dict):
             children = list(obj.values())
-        elif isinstance(obj, (list, tuple, set, frozenset)):
+        elif isinstance(obj, (list, tuple)):  # not sets: their order changes per process
             children = list(obj)
         elif isinstance(obj, _WALKED):
-            children = list(vars(obj).values())
+            children = list(getattr(obj, "__dict__", {}).values())
         else:
             continue
         pending.extend(reversed(children))

@@ -102,3 +102,15 @@ class _WithoutRandomState(dict):
     def __setitem__(self, key, value):
         if not key.startswith("random_state."):
             self.store[key] = value
+
+
+def test_a_tf_train_checkpoint_of_the_model_holds_the_random_streams(tmp_path):
+    model = dropout_model()
+    for _ in range(3):  # three draws of the Dropout mask
+        model(np.zeros((2, 8, 8, 1), np.float32), training=True)
+    path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    fresh = dropout_model()
+    tf.train.Checkpoint(model=fresh).read(path).assert_existing_objects_matched()
+    [state] = fresh.random_state.seed_states
+    assert state.numpy()[1] == 3
+    np.testing.assert_array_equal(state.numpy(), model.random_state.seed_states[0].numpy())

@@ -22,7 +22,7 @@ from lrresearch import random_state
 from lrresearch.controllers import GradNormController
 from lrresearch.trainer import Trainer
 
-STEPS, CUT = 12, 5  # batches in all, and where the run is checkpointed and restored
+STEPS, CUT = 8, 3  # batches in all, and where the run is checkpointed and restored
 
 
 class NoisyScale(keras.layers.Layer):
