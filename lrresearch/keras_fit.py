@@ -143,7 +143,7 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
         )
         # Float16 dynamic loss scaling, set by `compile` from Keras's LossScaleOptimizer.
         self.loss_scale: precision.CountingLossScale | None = None
-        # For `tf.train.Checkpoint(model=...)`; Keras's files get them in save_own_variables.
+        # For `tf.train.Checkpoint(model=...)`: the generators that exist now.
         self.random_state = random_state.RandomState(random_state.find_states(model))
         # Rules that watch the weights (HypergradientController) need them before the
         # first step; a model built at construction (Sequential with an Input,
@@ -231,9 +231,9 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
                 f"`load_weights` to load the weights and start the controller and guard "
                 f"afresh."
             )
-        super().load_own_variables({k: store[k] for k in keys if k.isdigit()})
-        states = random_state.find_states(self.inner)
+        states = random_state.find_states(self.inner)  # checked before the rest loads
         random_state.load_from_store(states, saved_random, "ControlledModel")
+        super().load_own_variables({k: store[k] for k in keys if k.isdigit()})
         for key, variable in state.items():
             variable.assign(saved[key])
         if saved_guard:

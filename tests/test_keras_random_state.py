@@ -16,11 +16,13 @@ from lrresearch.keras_fit import ControlledModel
 BATCHES, SAVE_AT = 5, 3  # batches per epoch (of 32); one save, after SAVE_AT batches
 
 
-def dropout_model() -> ControlledModel:
+def dropout_model(dropouts: int = 1) -> ControlledModel:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(inputs))
-    outputs = keras.layers.Dense(10)(keras.layers.Dropout(0.5)(x))
+    for _ in range(dropouts):
+        x = keras.layers.Dropout(0.5)(x)
+    outputs = keras.layers.Dense(10)(x)
     wrapped = ControlledModel(keras.Model(inputs, outputs), GradNormController(slope=0.05))
     wrapped.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.1),
@@ -114,3 +116,9 @@ def test_a_tf_train_checkpoint_of_the_model_holds_the_random_streams(tmp_path):
     [state] = fresh.random_state.seed_states
     assert state.numpy()[1] == 3
     np.testing.assert_array_equal(state.numpy(), model.random_state.seed_states[0].numpy())
+
+
+def test_a_file_with_other_random_layers_is_refused_naming_the_fix(tmp_path):
+    dropout_model().save_weights(tmp_path / "one.weights.h5")
+    with pytest.raises(ValueError, match=r"holds 1 random generator state\(s\).* this model 2"):
+        dropout_model(dropouts=2).load_weights(tmp_path / "one.weights.h5")
