@@ -98,9 +98,14 @@ def checkpoint_items(*roots: Any) -> dict[str, RandomState]:
 
 
 def holds_entry(path: str) -> bool:
-    """Whether the checkpoint at `path` (a prefix such as `.../ckpt-3`) has the entry."""
-    names = (name for name, _ in tf.train.list_variables(path))
-    return any(name.startswith(ENTRY + "/") for name in names)
+    """Whether the checkpoint at `path` (a prefix such as `.../ckpt-3`) has the entry
+    among its roots. (Not from its variables' names: a generator that the model holds
+    too is saved once, under the model's path.)"""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    return any(child.local_name == ENTRY for child in graph.nodes[0].children)
 
 
 def restore(
