@@ -144,6 +144,8 @@ def assert_resumes_exactly(kinds, tmp_path, jit_compile=False) -> None:
     resumed_lrs, resumed_weights = lrs_and_weights(resumed, STEPS - CUT)
     np.testing.assert_array_equal(resumed_lrs, later_lrs)
     assert len(set(later_lrs)) > 1  # the LR followed the (random) gradients
+    # In-graph: the restored state is read by the one loop, traced once.
+    assert [loop.experimental_get_tracing_count() for loop in resumed.loops.values()] == [1]
     for a, b in zip(weights, resumed_weights, strict=True):
         np.testing.assert_array_equal(a, b)
 
