@@ -44,8 +44,10 @@ and `grad/global_norm` are the unscaled values; a batch whose scaled gradients o
 is skipped by the loss scale (which halves), not counted by the guard, and counts in the
 batch index (`+ loss_scale.overflows`). "mixed_bfloat16" needs no loss scaling.
 
-Saving: every Keras saving path carries the controller's, the moving averages' and the
-guard's state next to the weights and the optimizer (iterations, LR): `save_weights` /
+Saving: every Keras saving path carries the controller's, the moving averages', the
+guard's state and the random streams (`lrresearch.random_state`: Dropout's and other
+random layers' generators, which Keras does not save) next to the weights and the
+optimizer (iterations, LR): `save_weights` /
 `load_weights` (`.weights.h5`), `model.save` / `keras.models.load_model` (`.keras`,
 which also records the controller's constructor arguments, so `load_model` rebuilds
 it and the guard's arguments), `ModelCheckpoint` in both modes, and
@@ -75,7 +77,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import precision
+from lrresearch import precision, random_state
 from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.guard import NonFiniteGuard
@@ -141,6 +143,8 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
         )
         # Float16 dynamic loss scaling, set by `compile` from Keras's LossScaleOptimizer.
         self.loss_scale: precision.CountingLossScale | None = None
+        # For `tf.train.Checkpoint(model=...)`: the generators that exist now.
+        self.random_state = random_state.RandomState(random_state.find_states(model))
         # Rules that watch the weights (HypergradientController) need them before the
         # first step; a model built at construction (Sequential with an Input,
         # functional) has them now, so its controller state exists for load_weights.
@@ -199,11 +203,13 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
         state = {**self.controller_state(), **self.guard_state(), **self.loss_scale_state()}
         for key, variable in state.items():
             store[key] = variable.numpy()
+        random_state.save_to_store(random_state.find_states(self.inner), store)
 
     def load_own_variables(self, store) -> None:
         keys = list(store.keys())
         # Keras's own entries are numbered "0", "1", ...; ours are attribute paths.
         saved = {k: np.asarray(store[k]) for k in keys if not k.isdigit()}
+        saved_random = random_state.pop_from(saved)
         guard = self.guard_state()
         saved_guard = {k: saved.pop(k) for k in guard if k in saved}
         # A float32 model ignores a float16 model's loss scale; a float16 model keeps its
@@ -225,6 +231,8 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
                 f"`load_weights` to load the weights and start the controller and guard "
                 f"afresh."
             )
+        states = random_state.find_states(self.inner)  # checked before the rest loads
+        random_state.load_from_store(states, saved_random, "ControlledModel")
         super().load_own_variables({k: store[k] for k in keys if k.isdigit()})
         for key, variable in state.items():
             variable.assign(saved[key])

@@ -17,7 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from lrresearch import event_files
+from lrresearch import event_files, random_state
 from lrresearch.rundir import (
     LOCK_FILE,
     ResumeError,
@@ -65,7 +65,7 @@ def resume(
     for note in recovery.notes:
         say(f"resume: {note}")
     if recovery.path is not None:
-        _restore(trainer, recovery.path, run_dir, saved, config)
+        _restore(trainer, recovery.path, run_dir, saved, config, say)
     step = recovery.step
     if chief:
         trimmed = event_files.drop_steps_from(run_dir, step)
@@ -92,12 +92,15 @@ def resume(
     return step
 
 
-def _restore(trainer: Any, path: str, run_dir: str, saved: str | None, config: str) -> None:
+def _restore(
+    trainer: Any, path: str, run_dir: str, saved: str | None, config: str, say: Callable
+) -> None:
     """Restores the checkpoint at `path`; a checkpoint that does not fit this
-    configuration is a `ResumeError` naming the bindings that differ."""
+    configuration is a `ResumeError` naming the bindings that differ. One written before
+    random streams were saved restores with a warning (`random_state.restore`)."""
     status = None
     try:
-        status = trainer.checkpoint.restore(path)
+        status, warning = random_state.restore(trainer.checkpoint, path)
         # Every saved value must find its variable and the reverse: a checkpoint of
         # another controller (whose variables this one lacks) does not fit either.
         status.assert_consumed()
@@ -125,4 +128,6 @@ def _restore(trainer: Any, path: str, run_dir: str, saved: str | None, config: s
                 "lrresearch, or of your model or controller); resume it with that code"
             )
         ) from None
+    if warning is not None:
+        say(warning)
     trainer.after_restore()

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import averaging, compiled_loop, distribute, precision, run, workload
+from lrresearch import averaging, compiled_loop, distribute, precision, random_state, run, workload
 from lrresearch.batch_log import BlockWriter
 from lrresearch.controllers import Controller, GradNormController
 from lrresearch.data import Dataset, digits
@@ -226,6 +226,7 @@ class Trainer:
             **self.guard.checkpoint_items(),
             **({"loss_scale": self.loss_scale} if self.loss_scale else {}),
             **({"averaging": self.averager} if self.averager else {}),
+            **random_state.checkpoint_items(self.model, self.loss_fn, self.metrics),
         )
         self.built = True
 
@@ -433,10 +434,9 @@ class Trainer:
         flushing summaries) if the loss stays NaN/Inf, and `DiskFullError` if the disk
         fills up (the run stays resumable). With `resume`, continues
         `<logdir>/<run_name>` from its newest intact checkpoint (model, optimizer,
-        controller, moving averages, step, input position), first cutting from its
-        event files what the interrupted process logged after that checkpoint; a run
-        with no checkpoint starts again from step 0, and one that does not exist is
-        started.
+        controller, moving averages, step, input position, random streams), first
+        cutting from its event files what the interrupted process logged after it; a
+        run with no checkpoint starts again from step 0, one that does not exist starts.
         """
         return run.fit(self, logdir, run_name, quiet, operative_config, resume)
 

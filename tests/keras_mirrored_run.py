@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lrresearch import precision  # noqa: E402
-from lrresearch.controllers import LossTrendController  # noqa: E402
+from lrresearch.controllers import GradNormController, LossTrendController  # noqa: E402
 from lrresearch.data import BatchSampler, digits  # noqa: E402
 from lrresearch.keras_fit import ControlledModel, PerBatchSummaries  # noqa: E402
 from lrresearch.models import mlp  # noqa: E402
@@ -106,10 +106,67 @@ def guard(model: ControlledModel) -> dict[str, list[float]]:
     }
 
 
+def dropout_resume() -> dict[str, float]:
+    """A Dropout model under the strategy: 5 batches straight, and from a `.weights.h5`
+    and a `.keras` file saved after 3 (`random_state` in ControlledModel's files)."""
+
+    def make() -> ControlledModel:
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            inputs = keras.Input(data.input_shape)
+            hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(inputs))
+            outputs = keras.layers.Dense(10)(keras.layers.Dropout(0.5)(hidden))
+            model = ControlledModel(keras.Model(inputs, outputs), GradNormController(slope=0.05))
+            model.compile(
+                optimizer=keras.optimizers.SGD(learning_rate=0.1),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                steps_per_execution=1,
+            )
+            model.build((None, *data.input_shape))
+            model.optimizer.build(model.trainable_variables)
+        return model
+
+    def batches(start: int, stop: int) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices(
+            (x[start * 64 : stop * 64], y[start * 64 : stop * 64])
+        ).batch(64)
+
+    # One PerBatchSummaries per model, open across its fits (under a strategy the
+    # traced step holds the writer it was traced with).
+    callbacks: dict[int, PerBatchSummaries] = {}
+
+    def fit_logged(model: ControlledModel, start: int, stop: int, name: str) -> None:
+        if id(model) not in callbacks:
+            callbacks[id(model)] = PerBatchSummaries(os.path.join(logdir, "dropout_resume", name))
+        model.fit(batches(start, stop), verbose=0, callbacks=[callbacks[id(model)]])
+
+    folder = os.path.join(logdir, "dropout_resume")
+    whole = make()
+    fit_logged(whole, 0, 3, "whole")
+    whole.save_weights(os.path.join(folder, "at.weights.h5"))
+    whole.save(os.path.join(folder, "at.keras"))
+    fit_logged(whole, 3, 5, "whole")
+    from_weights = make()
+    from_weights.load_weights(os.path.join(folder, "at.weights.h5"))
+    with strategy.scope():
+        from_keras = keras.models.load_model(os.path.join(folder, "at.keras"))
+    report = {}
+    for name, model in (("weights.h5", from_weights), ("keras", from_keras)):
+        fit_logged(model, 3, 5, name)
+        report[name] = max_diff(whole, model) + abs(
+            float(whole.optimizer.learning_rate.numpy())
+            - float(model.optimizer.learning_rate.numpy())
+        )
+    for callback in callbacks.values():
+        callback.close()
+    return report
+
+
 print(
     json.dumps(
         {
             "replicas": strategy.num_replicas_in_sync,
+            "dropout_resume": dropout_resume(),
             "weight_max_diff": max_diff(single, mirrored),
             "lr_copies": [float(v) for v in copies(mirrored.optimizer.learning_rate)],
             "weight_copy_max_diff": copy_diff(mirrored),

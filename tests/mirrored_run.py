@@ -10,10 +10,13 @@ import json
 import os
 import sys
 
+import gin
+import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import config, distribute
+from lrresearch import config, distribute, random_state
+from lrresearch.controllers import GradNormController
 
 config.parse([], sys.argv[3:])
 strategy = distribute.get_strategy()  # before anything else runs TensorFlow ops
@@ -44,6 +47,48 @@ def op_types(fn) -> set[str]:
 
 
 ops = set().union(*(op_types(fn) for fn in trainer.loops.values()))
+
+
+def dropout_mlp(input_shape, num_classes):
+    inputs = keras.Input(input_shape)
+    hidden = keras.layers.Dense(16, activation="relu")(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(keras.layers.Dropout(0.3)(hidden)))
+
+
+def random_resume() -> dict:
+    """A Dropout model under the strategy: 10 batches straight, and a fresh trainer
+    restored from the checkpoint after 4 training the other 6 (`random_state`)."""
+
+    def make() -> Trainer:
+        new = Trainer(
+            steps=10, controller=GradNormController(slope=0.05), batch_size=32,
+            steps_per_loop=2, histogram_every=0, eval_every=0, model=dropout_mlp,
+            deterministic=True,
+            strategy=strategy,
+        )  # fmt: skip
+        new.build()
+        return new
+
+    straight = make()
+    straight.run_steps(4)
+    path = straight.checkpoint.save(os.path.join(sys.argv[1], "random_resume", "ckpt"))
+    straight.run_steps(6)
+    resumed = make()
+    status, warning = random_state.restore(resumed.checkpoint, path)
+    status.assert_consumed()
+    resumed.after_restore()
+    resumed.run_steps(6)
+    pairs = zip(straight.variables, resumed.variables, strict=True)
+    states = getattr(resumed.checkpoint, random_state.ENTRY).seed_states
+    return {
+        "warning": warning,
+        "lrs": [straight.current_lr(), resumed.current_lr()],
+        "weight_max_diff": max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in pairs),
+        "state_copies": [[c.tolist() for c in copies(s)] for s in states],
+    }
+
+
+gin.clear_config()
 print(
     json.dumps(
         {
@@ -60,6 +105,7 @@ print(
                 fn.experimental_get_tracing_count() for fn in trainer.loops.values()
             ],
             "python_ops": sorted(ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}),
+            "random_resume": random_resume(),
         }
     )
 )

@@ -183,6 +183,15 @@ def test_mirrored_replicas_agree_on_lr_and_weights(runs):
     assert report["python_ops"] == []
 
 
+def test_mirrored_dropout_resumes_exactly(runs):
+    report = mirrored_report(runs)["random_resume"]
+    assert report["warning"] is None
+    assert report["lrs"][0] == report["lrs"][1] and report["weight_max_diff"] == 0.0
+    # One Dropout stream, [seed, batches drawn], the same on both replicas.
+    [(first, second)] = report["state_copies"]
+    assert first == second and first[1] == 10
+
+
 def test_mirrored_writes_each_summary_once(runs):
     report = mirrored_report(runs)
     files = glob.glob(os.path.join(report["run_dir"], "events.out.tfevents.*"))

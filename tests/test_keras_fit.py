@@ -478,6 +478,8 @@ def test_fit_under_mirrored_strategy_matches_one_device(tmp_path):
     assert report["lr_copies"][0] == report["lr_copies"][1]
     assert report["lr_copies"][0] == pytest.approx(float(single.scalar("lr")[-1]), rel=1e-6)
     assert report["weight_copy_max_diff"] == 0.0
+    # A Dropout model resumed from a .weights.h5 or .keras file: same weights and LR.
+    assert report["dropout_resume"] == {"weights.h5": 0.0, "keras": 0.0}
     assert "steps_per_execution=1" in report["steps_per_execution_error"]
     assert "keras-team/keras#19246" in report["steps_per_execution_error"]
     # A NaN in one replica's slice: both replicas skip that batch, as one device does.

@@ -39,3 +39,35 @@ def experiment(model=gin.REQUIRED, loss=gin.REQUIRED, data=gin.REQUIRED) -> floa
     x, y = data
     net = model(input_shape=x.shape[1:])
     return float(keras.ops.mean(loss(y, net(x))))
+
+
+@gin.configurable
+def dropout_logit(input_shape: tuple[int, ...], width: int = 16, rate: float = 0.3):
+    """One logit per example through BatchNorm and Dropout (issue 22's resumed model)."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.BatchNormalization()(keras.layers.Dense(width)(inputs))
+    x = keras.layers.Dropout(rate)(keras.layers.ReLU()(x))
+    return keras.Model(inputs, keras.layers.Dense(1)(x), name="dropout_logit")
+
+
+@gin.configurable
+def digit_strings(examples: int = 512, length: int = 8, seed: int = 0):
+    """A `tf.data` text pipeline of unbatched `(x, y)`: strings of `length` random
+    digits, parsed in `map` to floats in [0, 1]; y = 1.0 if their sum is odd, shape [1]."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    texts = ["".join(map(str, rng.integers(0, 10, length))) for _ in range(examples)]
+
+    def parse(text):
+        digits = tf.strings.unicode_decode(text, "UTF-8") - ord("0")
+        x = tf.cast(tf.reshape(digits, [length]), tf.float32) / 9.0
+        return x, tf.cast(tf.reshape(tf.reduce_sum(digits) % 2, [1]), tf.float32)
+
+    return tf.data.Dataset.from_tensor_slices(texts).map(parse)
+
+
+@gin.configurable
+def logit_cross_entropy(y_true, y_pred):
+    """Per-example binary cross-entropy from one logit."""
+    return keras.losses.binary_crossentropy(y_true, y_pred, from_logits=True)
