@@ -24,7 +24,12 @@ from lrresearch.rundir import (
     binding_differences,
     read_text,
     recover_checkpoint,
+    write_atomically,
 )
+from lrresearch.trainer_checks import with_default_controller
+
+# The first line of each resume's entry in the history atop a rewritten config.gin.
+HISTORY_HEADER = "# Resumed at step "
 
 
 def print_nothing(*args: object) -> None:
@@ -54,6 +59,8 @@ def resume(
         say = print_nothing
     saved_path = os.path.join(run_dir, "config.gin")
     saved = read_text(saved_path)
+    if saved is not None:  # written before config.gin named the default controller
+        saved = with_default_controller(saved)
     others = set(os.listdir(run_dir)) - {LOCK_FILE, "checkpoints"}
     if saved is None and others:
         raise ResumeError(
@@ -88,8 +95,38 @@ def resume(
         say(
             "warning: resuming with bindings that differ from the run's config.gin:\n  "
             + "\n  ".join(differences)
+            + "\n  (config.gin now records them; its first lines keep what changed)"
         )
+        _warn_stretched(trainer, differences, step, say)
+        if chief:
+            write_atomically(saved_path, _with_history(config, saved or "", step, differences))
     return step
+
+
+def _with_history(config: str, saved: str, step: int, differences: list[str]) -> str:
+    """`config` below the history of the run's resumes with other bindings: the old
+    `config.gin`'s history, then this resume's differences (run -> now)."""
+    lines = saved.splitlines()
+    old = lines[: next((i for i, line in enumerate(lines) if not line.startswith("#")), 0)]
+    history = [line for line in old if line.startswith((HISTORY_HEADER, "#   "))]
+    entry = [f"{HISTORY_HEADER}{step} with bindings that differ (before -> after):"]
+    entry += [f"#   {line}" for line in differences]
+    return "\n".join([*history, *entry, "", config])
+
+
+def _warn_stretched(trainer: Any, differences: list[str], step: int, say: Callable) -> None:
+    """A schedule whose length is the run's follows a changed `Trainer.steps`: its LR
+    sequence from `step` on is the new length's, not the one the run began with."""
+    followers = getattr(trainer, "run_length_bindings", [])
+    changed = [d for d in differences if d.startswith("Trainer.steps:")]
+    if followers and changed:
+        old = changed[0].split(": ", 1)[1].split(" -> ")[0]
+        say(
+            f"warning: {', '.join(followers)} = None follows the run's length "
+            f"({changed[0]}): from step {step} on the schedule is the new length's, so the "
+            f"LR jumps at the resume; to keep the old schedule, resume with "
+            + " ".join(f"--gin_param='{b} = {old}'" for b in followers)
+        )
 
 
 def _restore(trainer: Any, path: str, run_dir: str, saved: str | None, config: str) -> None:

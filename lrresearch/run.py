@@ -35,6 +35,7 @@ from lrresearch.rundir import (
     run_path,
     write_atomically,
 )
+from lrresearch.trainer_checks import with_default_controller
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -109,7 +110,7 @@ def fit(
     trainer.build()
     prefix = type(trainer.controller).__name__.removesuffix("Controller") or "run"
     say = resume.print_nothing if quiet else (lambda *a: print(*a, flush=True))
-    config = (operative_config or gin.operative_config_str)()
+    config = with_default_controller((operative_config or gin.operative_config_str)())
     # Under MultiWorkerMirroredStrategy every worker runs this; only the chief owns the
     # run directory. The others write no summaries, and save their identical
     # checkpoints (TF asks every worker to take part in a save) to a temporary folder.
