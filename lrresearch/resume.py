@@ -18,6 +18,7 @@ from typing import Any
 import tensorflow as tf
 
 from lrresearch import event_files
+from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.rundir import (
     LOCK_FILE,
     ResumeError,
@@ -117,16 +118,22 @@ def _with_history(config: str, saved: str, step: int, differences: list[str]) ->
 def _warn_stretched(trainer: Any, differences: list[str], step: int, say: Callable) -> None:
     """A schedule whose length is the run's follows a changed `Trainer.steps`: its LR
     sequence from `step` on is the new length's, not the one the run began with."""
-    followers = getattr(trainer, "run_length_bindings", [])
+    followers = getattr(trainer, "run_length_bindings", {})
     changed = [d for d in differences if d.startswith("Trainer.steps:")]
-    if followers and changed:
-        old = changed[0].split(": ", 1)[1].split(" -> ")[0]
-        say(
-            f"warning: {', '.join(followers)} = None follows the run's length "
-            f"({changed[0]}): from step {step} on the schedule is the new length's, so the "
-            f"LR jumps at the resume; to keep the old schedule, resume with "
-            + " ".join(f"--gin_param='{b} = {old}'" for b in followers)
-        )
+    if not (followers and changed):
+        return
+    old_steps = changed[0].split(": ", 1)[1].split(" -> ")[0]
+    try:  # the lengths the run began with: a fresh copy of the controller, resolved
+        old = deserialize_controller(serialize_controller(trainer.controller))
+        keep = old.set_run_length(int(old_steps))
+    except (TypeError, ValueError, NotImplementedError):
+        keep = {}
+    say(
+        f"warning: {', '.join(followers)} = None follows the run's length ({changed[0]}): "
+        f"from step {step} on the schedule is the new length's, so the LR jumps at the "
+        "resume; to keep the old schedule, resume with "
+        + (" ".join(f"--gin_param='{b} = {v}'" for b, v in keep.items()) or "its lengths bound")
+    )
 
 
 def _restore(trainer: Any, path: str, run_dir: str, saved: str | None, config: str) -> None:

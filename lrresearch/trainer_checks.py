@@ -82,9 +82,10 @@ def validate(arguments: dict[str, Any]) -> None:
         )
 
 
-def run_controller(controller: Controller | None, steps: int) -> tuple[Controller, list[str]]:
+def run_controller(controller: Controller | None, steps: int) -> tuple[Controller, dict[str, int]]:
     """The run's controller (`DEFAULT_CONTROLLER()` for None) with its schedule lengths
-    set to the run's `steps`, and the bindings that took it (`Controller.set_run_length`)."""
+    set to the run's `steps`, and the bindings that took it, with their lengths
+    (`Controller.set_run_length`)."""
     controller = DEFAULT_CONTROLLER() if controller is None else controller
     return controller, controller.set_run_length(steps)
 

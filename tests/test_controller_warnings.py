@@ -218,7 +218,7 @@ def test_a_schedule_length_left_at_none_is_the_run_length(make, binding, length)
     with pytest.raises(ValueError, match=rf"^{binding} must be a number of batches when the run"):
         controller(make_signals(0, 1.0))  # alone, or under Keras fit: no run length
     chained = Chain([ConstantController(0.1), controller], [500])
-    assert chained.set_run_length(3000) == [binding]
+    assert list(chained.set_run_length(3000)) == [binding]
     assert getattr(controller, length) == (2500 if length != "stable_steps" else 2000)
     assert chained.run_warnings(3000) == []
     with pytest.raises(ValueError, match=rf"^{binding} must be a number of batches"):
@@ -243,7 +243,7 @@ def test_warmup_cosine_gin_decays_over_trainer_steps_and_follows_them_on_resume(
         )
         try:
             trainer = Trainer()
-            assert trainer.run_length_bindings == ["WarmupCosineController.decay_steps"]
+            assert trainer.run_length_bindings == {"WarmupCosineController.decay_steps": steps}
             assert trainer.controller.decay_steps == steps
             trainer.fit(logdir=str(tmp_path), run_name="cosine", resume=resume)
         finally:
@@ -265,3 +265,19 @@ def test_warmup_cosine_gin_decays_over_trainer_steps_and_follows_them_on_resume(
         "# Resumed at step 8 with bindings that differ (before -> after):\n"
         "#   Trainer.steps: 8 -> 12\n"
     )
+
+
+def test_the_resume_warning_suggests_the_lengths_the_run_began_with():
+    """WSD's stable_steps follows the run as its rest, not as Trainer.steps itself."""
+    from types import SimpleNamespace
+
+    from lrresearch import resume
+
+    trainer = SimpleNamespace(controller=Chain([ConstantController(0.1), WSDController()], [500]))
+    trainer.run_length_bindings = trainer.controller.set_run_length(3000)
+    said = []
+    resume._warn_stretched(trainer, ["Trainer.steps: 2000 -> 3000"], 1000, said.append)
+    (warning,) = said
+    assert warning.startswith("warning: WSDController.stable_steps = None follows the run's")
+    assert warning.endswith("resume with --gin_param='WSDController.stable_steps = 1000'")
+    assert trainer.controller.parts[1].stable_steps == 2000  # the copy left it alone

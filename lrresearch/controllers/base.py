@@ -104,16 +104,16 @@ class Controller(tf.Module):
         Composites forward it to their parts."""
         del optimizer
 
-    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> list[str]:
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
         """Host-side, before training: a schedule length argument left at None (its
         default, "the run's length") takes `steps` (the trainer passes `Trainer.steps`;
         `ControlledModel` None, unknown, which makes such an argument an error naming
-        the binding). Returns the bindings that took the run's length, e.g.
-        `["WarmupCosineController.decay_steps"]`. `span` names what `steps` is, for
-        warnings: "Trainer.steps", or a `Chain` part's own span. A no-op by default;
-        composites forward it to their parts."""
+        the binding). Returns the bindings that took the run's length, with the length
+        they took, e.g. `{"WarmupCosineController.decay_steps": 3000}`. `span` names
+        what `steps` is, for warnings: "Trainer.steps", or a `Chain` part's own span. A
+        no-op by default; composites forward it to their parts."""
         del steps, span
-        return []
+        return {}
 
     def run_warnings(self, steps: int | None) -> list[str]:
         """Host-side, once before training: settings that leave the rule inert for a run

@@ -149,12 +149,12 @@ class OneCycleController(Controller):
                 (total_steps - 1.0, max_lr, minimum, low, high),
             ]
 
-    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> list[str]:
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
         """`total_steps = None` becomes `steps` (at least 2)."""
         owner, argument = "OneCycleController", self.total_steps_argument
         self._set_phases(run_length(owner, "total_steps", argument, steps, 2))
         self.run_span = (steps, span)
-        return [] if argument is not None else [f"{owner}.total_steps"]
+        return {} if argument is not None else {f"{owner}.total_steps": self.total_steps}
 
     def run_warnings(self, steps: int | None) -> list[str]:
         """Warns when the schedule ends before the run or is cut by it."""

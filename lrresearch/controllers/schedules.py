@@ -110,12 +110,12 @@ class WarmupCosineController(Controller):
         self.decay_steps, self.run_span = decay_steps, (None, "Trainer.steps")
         self.initial_lr = self.init_lr if warmup_steps else self.base_lr
 
-    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> list[str]:
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
         """`decay_steps = None` becomes `steps` (at least `warmup_steps + 1`)."""
         owner, argument = "WarmupCosineController", self.decay_steps_argument
         self.decay_steps = run_length(owner, "decay_steps", argument, steps, self.warmup_steps + 1)
         self.run_span = (steps, span)
-        return [] if self.decay_steps_argument is not None else [f"{owner}.decay_steps"]
+        return {} if argument is not None else {f"{owner}.decay_steps": self.decay_steps}
 
     def run_warnings(self, steps: int | None) -> list[str]:
         """Warns when the run ends inside the warmup (the LR only ever rises), and when
@@ -255,10 +255,11 @@ class WSDController(Controller):
         owner, argument = "WSDController", self.stable_steps_argument
         return run_length(owner, "stable_steps", argument, None if rest is None else rest, 0)
 
-    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> list[str]:
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
         """`stable_steps = None` becomes the rest of the run (the cooldown ends with it)."""
         self.stable_steps, self.run_span = self._stable(steps), (steps, span)
-        return [] if self.stable_steps_argument is not None else ["WSDController.stable_steps"]
+        followed = self.stable_steps_argument is None
+        return {"WSDController.stable_steps": self.stable_steps} if followed else {}
 
     def run_warnings(self, steps: int | None) -> list[str]:
         """Warns when the run ends before the cooldown starts (it never decays), and
