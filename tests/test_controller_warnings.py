@@ -195,7 +195,7 @@ def warmup_cosine_lrs(steps, base_lr, warmup, decay_steps):
 def test_a_schedule_that_ends_before_the_run_or_is_cut_by_it_warns(controller, binding):
     (ends,) = controller().run_warnings(steps=3000)
     assert ends.startswith(f"{binding}") and "ends before Trainer.steps = 3000" in ends
-    assert "the last 1,000 batches train at" in ends and "unbound" in ends
+    assert "the last 1,000 batches train at" in ends and "= None (the r" in ends
     (cut,) = controller().run_warnings(steps=1800)
     assert "is cut by Trainer.steps = 1800: the run stops 200 batches before" in cut
     assert controller().run_warnings(steps=2000) == []

@@ -309,7 +309,7 @@ def length_warning(
     e.g. "Trainer.steps"): it ends before the run (the rest trains at `end`) or the run
     cuts it (its last batch at `last_lr`); none when they match. `binding` is the
     length's gin binding (or what sums to it), `fix` what to do about it."""
-    fix = fix or f"leave {binding} unbound (None: the run's length) or set it to {span}"
+    fix = fix or f"bind {binding} = None (the run's length) or set it to {span}"
     if length < steps:
         return [
             f"{binding} = {length} ends before {span} = {steps}: the last "

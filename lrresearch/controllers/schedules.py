@@ -270,17 +270,19 @@ class WSDController(Controller):
         stable = self._stable(span)
         start = self.warmup_steps + stable
         if start >= span:
+            fix = "lower WSDController.warmup_steps"
+            if self.stable_steps_argument is not None:
+                fix = "lower WSDController.stable_steps (or bind it to None: the rest of the run)"
             return [
                 f"WSDController's cooldown starts at batch {start} (warmup_steps + "
                 f"stable_steps), after the run's {name} = {span}, so the LR never "
-                f"decays; lower WSDController.stable_steps (or leave it unbound: None, "
-                f"the rest of the run)"
+                f"decays; {fix}"
             ]
         end = f"the floor, min_lr_ratio * peak_lr = {self.min_lr_ratio * self.peak_lr:g}"
         copy = _length_copy(self, stable_steps=stable)
         last = float(copy(make_signals(span - 1, 0.0)))
         binding = "WSDController.warmup_steps + stable_steps + decay_steps"
-        fix = "leave WSDController.stable_steps unbound (None: the rest of the run)"
+        fix = "bind WSDController.stable_steps = None (the rest of the run)"
         return length_warning(binding, start + self.decay_steps, span, name, end, last, fix)
 
     def compute(self, signals: Signals) -> ControllerOutput:
