@@ -14,6 +14,7 @@ from lrresearch import config
 from lrresearch.controllers import (
     Chain,
     ConstantController,
+    CosineRestartsController,
     CyclicalController,
     GradNormController,
     LossTrendController,
@@ -281,3 +282,20 @@ def test_the_resume_warning_suggests_the_lengths_the_run_began_with():
     assert warning.startswith("warning: WSDController.stable_steps = None follows the run's")
     assert warning.endswith("resume with --gin_param='WSDController.stable_steps = 1000'")
     assert trainer.controller.parts[1].stable_steps == 2000  # the copy left it alone
+
+
+def test_cosine_restarts_warns_when_the_run_cuts_a_cycle():
+    sgdr = CosineRestartsController(base_lr=0.1, T_0=250, T_mult=2)  # ends 250, 750, 1750
+    (warning,) = sgdr.run_warnings(2000)
+    last = 0.05 * (1 + np.cos(np.pi * 249 / 2000))  # batch 1999, 249 into cycle 3
+    assert warning == (
+        "CosineRestartsController's cycle 3 (batches 1750 to 3749) is cut by Trainer.steps "
+        f"= 2000: the run stops at LR {last:.3g}, not at eta_min = 0; end the run at a "
+        "cycle's end (Trainer.steps = 1750 or 3750) or change T_0 or T_mult"
+    )
+    assert sgdr.run_warnings(1750) == sgdr.run_warnings(3750) == sgdr.run_warnings(None) == []
+    assert CosineRestartsController(T_0=500).run_warnings(2000) == []  # T_mult = 1
+    assert "(batches 2000 to 2499)" in CosineRestartsController(T_0=500).run_warnings(2100)[0]
+    chained = Chain([ConstantController(0.1), CosineRestartsController(T_0=500)], [100])
+    chained.set_run_length(1100)  # the part's own span: 1,000 batches, two whole cycles
+    assert chained.run_warnings(1100) == []

@@ -371,7 +371,35 @@ class CosineRestartsController(Controller):
             T_mult,
             float(eta_min),
         )
-        self.initial_lr = self.base_lr
+        self.initial_lr, self.run_span = self.base_lr, (None, "Trainer.steps")
+
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
+        """Records the run's length (a `Chain` part's own span) for `run_warnings`."""
+        self.run_span = (steps, span)
+        return {}
+
+    def run_warnings(self, steps: int | None) -> list[str]:
+        """Warns when the run ends inside a cycle: SGDR anneals to `eta_min` at each
+        cycle's end, and a cut cycle leaves the last batch at a higher LR."""
+        steps, name = self.run_span if self.run_span[0] is not None else (steps, "Trainer.steps")
+        if steps is None:
+            return []
+        if self.T_mult == 1:
+            start, length, n = (steps - 1) // self.T_0 * self.T_0, self.T_0, (steps - 1) // self.T_0
+        else:
+            start, length, n = 0, self.T_0, 0
+            while start + length < steps:  # cycles grow: at most ~log2(steps) of them
+                start, length, n = start + length, length * self.T_mult, n + 1
+        if start + length == steps:
+            return []
+        last = float(self(make_signals(steps - 1, 0.0)))
+        ends = " or ".join(str(end) for end in (start, start + length) if end > 0)
+        return [
+            f"CosineRestartsController's cycle {n} (batches {start} to {start + length - 1}) "
+            f"is cut by {name} = {steps}: the run stops at LR {last:.3g}, not at "
+            f"eta_min = {self.eta_min:g}; end the run at a cycle's end ({name} = "
+            f"{ends}) or change T_0 or T_mult"
+        ]
 
     def _cycle_start(self, n: tf.Tensor) -> tf.Tensor:
         """First step of cycle `n` (int64): T_0 * (T_mult**n - 1) / (T_mult - 1)."""
