@@ -159,7 +159,7 @@ def test_a_run_whose_optimizer_sets_its_step_is_named_and_shown_by_that_step(tmp
     (`optimizer/effective_lr`), labelled `step`."""
     from conftest import GIN_DIR
 
-    bindings = ["Trainer.steps = 8", "Trainer.steps_per_loop = 4", "Trainer.log_every = 4"]
+    bindings = ["Trainer.steps = 4", "Trainer.steps_per_loop = 4", "Trainer.log_every = 4"]
     bindings += ["Trainer.eval_every = 0", "Trainer.histogram_every = 0", "mlp.hidden = (8,)"]
     config.parse([str(GIN_DIR / "strategies" / "prodigy.gin")], bindings)
     try:
@@ -171,7 +171,7 @@ def test_a_run_whose_optimizer_sets_its_step_is_named_and_shown_by_that_step(tmp
     events = Events(result.run_dir)
     step = events.scalar("optimizer/effective_lr")
     out = capsys.readouterr().out
-    assert f"step 8/8  loss {result.final_loss:.4f}  step size {step[-1]:.4g} (lr " in out
+    assert f"step 4/4  loss {result.final_loss:.4f}  step size {step[-1]:.4g} (lr " in out
     summary = f"step size {step[-1]:.3g} (lr {events.scalar('lr')[-1]:.3g})"
     assert summary in result.summary_line()
     assert cli.main(["compare", str(tmp_path / "runs"), f"--out={tmp_path / 'out'}"]) == 0
