@@ -150,7 +150,12 @@ def _train_parser(commands: Any) -> None:
         description="Train one run and log every batch to TensorBoard.",
     )
     _add_gin_flags(train)
-    _add_output_flags(train, "--run_name", "<controller>-<YYYYmmdd-HHMMSS>")
+    _add_output_flags(
+        train,
+        "--run_name",
+        "<controller>-<YYYYmmdd-HHMMSS>, after the optimizer's name when it sets its own "
+        "step: Prodigy-WarmupCosine-...",
+    )
     train.add_argument(
         "--resume",
         action="store_true",

@@ -233,6 +233,19 @@ class RunSummary:
     ms_per_step: float
     # Empty, or where the run's event files stop being readable (`FileDamage.short`).
     damaged: str = ""
+    # The tag of the LR columns: `lr`, or `optimizer/effective_lr` (`LR_TAGS`).
+    lr_tag: str = "lr"
+
+
+# The LR a run applied: the step an optimizer with its own step size logs (its `lr` is
+# a multiplier of it), else the `lr` tag.
+LR_TAGS = ("optimizer/effective_lr", "lr")
+
+
+def applied_lr(series: dict[str, Series]) -> tuple[str, Series]:
+    """The tag and series of the LR the run applied (`LR_TAGS`' first present)."""
+    tag = next(t for t in LR_TAGS if t in series)
+    return tag, series[tag]
 
 
 def summarize(
@@ -242,7 +255,7 @@ def summarize(
     target_loss: float,
     change_pct: float,
 ) -> RunSummary:
-    lr = series["lr"]
+    lr_tag, lr = applied_lr(series)
     acc = series.get("eval/accuracy")
     loss = series.get("eval/loss")
 
@@ -269,6 +282,7 @@ def summarize(
         # Wall time between the first and last `lr` events: includes eval and
         # checkpoints, so an upper bound of the step time.
         ms_per_step=float(1000 * duration / max(len(lr.steps) - 1, 1)),
+        lr_tag=lr_tag,
     )
 
 
@@ -289,9 +303,16 @@ def table(
     )
     lines = [head, "|---|" + "---:|" * 10]
     for r in rows:
-        run, *values, damaged = dataclasses.astuple(r)
-        cells = [f"{run} (damaged)" if damaged else run, *map(fmt, values)]
+        run, *values = dataclasses.astuple(r)[:11]
+        cells = [f"{run} (damaged)" if r.damaged else run, *map(fmt, values)]
+        if r.lr_tag != "lr":
+            cells[8] = f"step {cells[8]}"
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r.lr_tag != "lr" for r in rows):
+        lines.append(
+            "\n`step`: the step size the optimizer applied (`optimizer/effective_lr`); "
+            "its `lr` only multiplies it"
+        )
     return "\n".join(lines)
 
 
@@ -357,11 +378,12 @@ def plot(
         for name, (colour, style), series in zip(names, styles, data, strict=True):
             if tag not in series:
                 continue
-            s = series[tag]
+            own = tag == "lr" and applied_lr(series)[0] != "lr"
+            s = applied_lr(series)[1] if tag == "lr" else series[tag]
             ax.plot(
                 s.steps,
                 smooth(s.values) if smoothed else s.values,
-                label=name,
+                label=name + (" (step size)" if own else ""),
                 color=colour,
                 linestyle=style,
                 linewidth=1.2,

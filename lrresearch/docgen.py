@@ -53,8 +53,10 @@ def defaults(obj: Callable[..., Any]) -> dict[str, str]:
     target = obj.__init__ if inspect.isclass(obj) else obj
     out = {}
     for name, parameter in inspect.signature(target).parameters.items():
-        if name in ("self", "name") or parameter.kind in (parameter.VAR_POSITIONAL,
-                                                           parameter.VAR_KEYWORD):  # fmt: skip
+        # A `name=None` is an object's own (tf.Module, Keras); `tabular.name` is data.
+        own_name = name == "name" and parameter.default is None
+        if name == "self" or own_name or parameter.kind in (parameter.VAR_POSITIONAL,
+                                                            parameter.VAR_KEYWORD):  # fmt: skip
             continue
         default = parameter.default
         out[name] = "required" if default is inspect.Parameter.empty else _value(default)

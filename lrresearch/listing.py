@@ -2,8 +2,9 @@
 defaults and a one-line rule.
 
 Nothing here is written by hand: entries are found in the modules that define them
-(`lrresearch.controllers.__all__`, the gin configurables of `data`, `models` and
-`optimizers`, `external_configurables.REGISTERED`, `optimizers.OPTIMIZERS`), the
+(`lrresearch.controllers.__all__`, the gin configurables of `optimizers` and of
+`BUILTIN_MODULES`, sorted by what the trainer does with them (`role`),
+`external_configurables.REGISTERED`, `optimizers.OPTIMIZERS`), the
 defaults come from signatures and the rule is the first sentence of the docstring
 (the same helpers as the generated reference, `docgen`). Groups print in `GROUPS`
 order, entries alphabetically.
@@ -34,6 +35,9 @@ HOW = {
 # data): not bindings, so not listed.
 PASSED_BY_CALLER = {"name"}
 PASSED_TO_MODELS = {"input_shape", "num_classes", "name"}
+# The modules whose gin configurables are built-in datasets, models and metrics (the
+# workloads' included: `stdlib_bytes`, `byte_transformer`, `tabular`, ...).
+BUILTIN_MODULES = ("lrresearch.data", "lrresearch.models", "lrresearch.workloads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +81,24 @@ def _configurables(module: str, nested: bool = False) -> dict[str, Any]:
         for selector, obj in config.configurables().items()
         if selector.startswith(prefix) and (nested or "." not in selector[len(prefix) :])
     }
+
+
+def role(obj: Any) -> str:
+    """The group of a built-in configurable: "models" (called with `input_shape`),
+    "metrics" (a Keras metric class), "datasets" (any other function)."""
+    import keras
+
+    if inspect.isclass(obj):
+        return "metrics" if issubclass(obj, keras.metrics.Metric) else ""
+    return "models" if "input_shape" in inspect.signature(obj).parameters else "datasets"
+
+
+def _builtins(group: str) -> list[Entry]:
+    """The configurables of `BUILTIN_MODULES` in `group`."""
+    # A dataset's `name` is a binding (`tabular.name = 'wine'`), a model's or metric's not.
+    passed = {"models": PASSED_TO_MODELS, "datasets": set()}.get(group, PASSED_BY_CALLER)
+    found = {n: o for m in BUILTIN_MODULES for n, o in _configurables(m, nested=True).items()}
+    return [_entry(n, o, passed) for n, o in found.items() if role(o) == group]
 
 
 def _controllers(standalone: bool) -> list[Entry]:
@@ -135,18 +157,17 @@ def entries(group: str) -> list[Entry]:
     import lrresearch.data
     import lrresearch.external_configurables
     import lrresearch.models
-    import lrresearch.optimizers  # noqa: F401  (config.configurables scans what is imported)
+    import lrresearch.optimizers
+    import lrresearch.workloads  # noqa: F401  (config.configurables scans what is imported)
 
     found = {
         "controllers": lambda: _controllers(standalone=True),
         "wrappers": lambda: _controllers(standalone=False),
         "optimizers": _optimizers,
-        "datasets": lambda: [_entry(n, o) for n, o in _configurables("lrresearch.data").items()],
-        "models": lambda: [
-            _entry(n, o, PASSED_TO_MODELS) for n, o in _configurables("lrresearch.models").items()
-        ],
+        "datasets": lambda: _builtins("datasets"),
+        "models": lambda: _builtins("models"),
         "losses": lambda: _keras("keras.losses"),
-        "metrics": lambda: _keras("keras.metrics"),
+        "metrics": lambda: _keras("keras.metrics") + _builtins("metrics"),
     }[group]()
     if group == "optimizers":  # short names first, then classes
         return sorted(found, key=lambda e: (not e.gin.startswith("'"), e.gin))

@@ -18,13 +18,19 @@ from typing import Any
 import tensorflow as tf
 
 from lrresearch import event_files, random_state
+from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.rundir import (
     LOCK_FILE,
     ResumeError,
     binding_differences,
     read_text,
     recover_checkpoint,
+    write_atomically,
 )
+from lrresearch.trainer_checks import with_default_controller
+
+# The first line of each resume's entry in the history atop a rewritten config.gin.
+HISTORY_HEADER = "# Resumed at step "
 
 
 def print_nothing(*args: object) -> None:
@@ -54,6 +60,8 @@ def resume(
         say = print_nothing
     saved_path = os.path.join(run_dir, "config.gin")
     saved = read_text(saved_path)
+    if saved is not None:  # written before config.gin named the default controller
+        saved = with_default_controller(saved)
     others = set(os.listdir(run_dir)) - {LOCK_FILE, "checkpoints"}
     if saved is None and others:
         raise ResumeError(
@@ -88,8 +96,44 @@ def resume(
         say(
             "warning: resuming with bindings that differ from the run's config.gin:\n  "
             + "\n  ".join(differences)
+            + "\n  (config.gin now records them; its first lines keep what changed)"
         )
+        _warn_stretched(trainer, differences, step, say)
+        if chief:
+            write_atomically(saved_path, _with_history(config, saved or "", step, differences))
     return step
+
+
+def _with_history(config: str, saved: str, step: int, differences: list[str]) -> str:
+    """`config` below the history of the run's resumes with other bindings: the old
+    `config.gin`'s history, then this resume's differences (run -> now)."""
+    lines = saved.splitlines()
+    old = lines[: next((i for i, line in enumerate(lines) if not line.startswith("#")), 0)]
+    history = [line for line in old if line.startswith((HISTORY_HEADER, "#   "))]
+    entry = [f"{HISTORY_HEADER}{step} with bindings that differ (before -> after):"]
+    entry += [f"#   {line}" for line in differences]
+    return "\n".join([*history, *entry, "", config])
+
+
+def _warn_stretched(trainer: Any, differences: list[str], step: int, say: Callable) -> None:
+    """A schedule whose length is the run's follows a changed `Trainer.steps`: its LR
+    sequence from `step` on is the new length's, not the one the run began with."""
+    followers = getattr(trainer, "run_length_bindings", {})
+    changed = [d for d in differences if d.startswith("Trainer.steps:")]
+    if not (followers and changed):
+        return
+    old_steps = changed[0].split(": ", 1)[1].split(" -> ")[0]
+    try:  # the lengths the run began with: a fresh copy of the controller, resolved
+        old = deserialize_controller(serialize_controller(trainer.controller))
+        keep = old.set_run_length(int(old_steps))
+    except (TypeError, ValueError, NotImplementedError):
+        keep = {}
+    say(
+        f"warning: {', '.join(followers)} = None follows the run's length ({changed[0]}): "
+        f"from step {step} on the schedule is the new length's, so the LR jumps at the "
+        "resume; to keep the old schedule, resume with "
+        + (" ".join(f"--gin_param='{b} = {v}'" for b, v in keep.items()) or "its lengths bound")
+    )
 
 
 def _restore(

@@ -35,6 +35,7 @@ from lrresearch.rundir import (
     run_path,
     write_atomically,
 )
+from lrresearch.trainer_checks import with_default_controller
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -68,6 +69,9 @@ class TrainResult:
     evals: dict[str, float] = dataclasses.field(default_factory=dict)
     first_call_seconds: float = float("nan")
     began: int = 0
+    # The step the optimizer applied (`optimizer/effective_lr`) when it sets its own
+    # step size (Prodigy, D-Adaptation, ...): `final_lr` is then a multiplier of it.
+    final_step_size: float | None = None
 
     @property
     def eval_loss(self) -> float:
@@ -89,7 +93,8 @@ class TrainResult:
         return (
             f"done: {self.steps} steps in {self.seconds:.1f} s ({self.steps_per_second:,.0f} "
             f"steps/s after a {self.first_call_seconds:.1f} s first call that traced the "
-            f"step); loss/batch {self.final_loss:.4f}, lr {self.final_lr:.3g}{evals} "
+            f"step); loss/batch {self.final_loss:.4f}, "
+            f"{lr_text(self.final_lr, self.final_step_size, '.3g')}{evals} "
             f"-> {self.run_dir}; view: {view_command(self.run_dir)}"
         )
 
@@ -107,9 +112,9 @@ def fit(
     See `Trainer.fit` (which calls this) for what is written and raised.
     """
     trainer.build()
-    prefix = type(trainer.controller).__name__.removesuffix("Controller") or "run"
+    prefix = run_prefix(trainer.controller, trainer.optimizer)
     say = resume.print_nothing if quiet else (lambda *a: print(*a, flush=True))
-    config = (operative_config or gin.operative_config_str)()
+    config = with_default_controller((operative_config or gin.operative_config_str)())
     # Under MultiWorkerMirroredStrategy every worker runs this; only the chief owns the
     # run directory. The others write no summaries, and save their identical
     # checkpoints (TF asks every worker to take part in a save) to a temporary folder.
@@ -159,6 +164,30 @@ def _replicas(strategy: tf.distribute.Strategy | None) -> str:
         return ""
     count = strategy.num_replicas_in_sync
     return f" ({distribute.describe(strategy)}, {count} replica{'s' * (count != 1)})"
+
+
+def run_prefix(controller: Any, optimizer: Any) -> str:
+    """A run's default name before its time stamp: the controller's class without
+    "Controller" (`WarmupCosine`), after the optimizer's class when the optimizer sets
+    its own step size (`Prodigy-WarmupCosine`), whose LR only multiplies that step."""
+    prefix = type(controller).__name__.removesuffix("Controller") or "run"
+    if whole_step.has_own_step(optimizer):
+        return f"{type(optimizer).__name__}-{prefix}"
+    return prefix
+
+
+def step_size(optimizer: Any) -> float | None:
+    """The step the optimizer applied to the latest batch (`optimizer/effective_lr`), for
+    one that sets its own step size; None for any other (a host read: between calls)."""
+    value = whole_step.optimizer_summaries(optimizer).get("optimizer/effective_lr")
+    return None if value is None else float(value)
+
+
+def lr_text(lr: float, own_step: float | None, spec: str = ".4g") -> str:
+    """`lr 0.1`, or `step size 0.0123 (lr 1)` when the optimizer sets its own step."""
+    if own_step is None:
+        return f"lr {lr:{spec}}"
+    return f"step size {own_step:{spec}} (lr {lr:{spec}})"
 
 
 class _Loop:
@@ -262,6 +291,7 @@ class _Loop:
             self.evals,
             self.first_seconds,
             self.began or 0,
+            step_size(t.optimizer),
         )
 
     def _header(self) -> None:
@@ -336,7 +366,7 @@ class _Loop:
         label = "acc" if key == "accuracy" else key
         self.say(
             f"step {self.done:>{len(str(t.steps))}}/{t.steps}  "
-            f"loss {float(self.loss):.4f}  lr {t.current_lr():.4g}  "
+            f"loss {float(self.loss):.4f}  {lr_text(t.current_lr(), step_size(t.optimizer))}  "
             f"eval/{label} {evaluation}  {rate:,.0f} steps/s  "
             f"ETA {(t.steps - self.done) / rate:.0f}s"
         )

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from lrresearch import averaging, compiled_loop, distribute, precision, random_state, run, workload
 from lrresearch.batch_log import BlockWriter
-from lrresearch.controllers import Controller, GradNormController
+from lrresearch.controllers import Controller
 from lrresearch.data import Dataset, digits
 from lrresearch.guard import NonFiniteGuard
 from lrresearch.inputs import make_inputs
@@ -49,6 +49,7 @@ from lrresearch.step import (
     set_lr,
 )
 from lrresearch.trainer_checks import hparams as _hparams
+from lrresearch.trainer_checks import run_controller as _run_controller
 from lrresearch.trainer_checks import validate as _validate
 from lrresearch.trainer_checks import variable_names as _variable_names
 
@@ -142,8 +143,7 @@ class Trainer:
         strategy: tf.distribute.Strategy | None = None,
     ):
         _validate(locals())
-        if controller is None:
-            controller = GradNormController()
+        controller, self.run_length_bindings = _run_controller(controller, steps)
         self.steps, self.controller, self.optimizer_spec = steps, controller, optimizer
         self.batch_size, self.seed, self.steps_per_loop = batch_size, seed, steps_per_loop
         self.jit_compile, self.polynomial_averaging = jit_compile, polynomial_averaging

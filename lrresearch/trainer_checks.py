@@ -8,11 +8,16 @@ gin binding from.
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
-from lrresearch.controllers import Controller
+from lrresearch.controllers import Controller, GradNormController
+
+# The controller of a run whose `Trainer.controller` is None (the built-in default).
+DEFAULT_CONTROLLER = GradNormController
+_NONE_CONTROLLER = re.compile(r"^Trainer\.controller = None$", re.MULTILINE)
 
 if TYPE_CHECKING:
     from lrresearch.trainer import Trainer
@@ -75,6 +80,21 @@ def validate(arguments: dict[str, Any]) -> None:
             f"Trainer.controller must be a Controller instance such as "
             f"@GradNormController() (note the parentheses), got {controller!r}"
         )
+
+
+def run_controller(controller: Controller | None, steps: int) -> tuple[Controller, dict[str, int]]:
+    """The run's controller (`DEFAULT_CONTROLLER()` for None) with its schedule lengths
+    set to the run's `steps`, and the bindings that took it, with their lengths
+    (`Controller.set_run_length`)."""
+    controller = DEFAULT_CONTROLLER() if controller is None else controller
+    return controller, controller.set_run_length(steps)
+
+
+def with_default_controller(config: str) -> str:
+    """`config` (an operative config) with `Trainer.controller = None` spelled as the
+    controller the trainer used for it, `@GradNormController()`: what `config.gin`
+    records, and how an older run's `config.gin` is read when it is resumed."""
+    return _NONE_CONTROLLER.sub(f"Trainer.controller = @{DEFAULT_CONTROLLER.__name__}()", config)
 
 
 def hparams(trainer: Trainer) -> dict[str, bool | int | float | str]:

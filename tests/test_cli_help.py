@@ -109,3 +109,22 @@ def test_list_prints_groups_in_a_stable_order_with_their_gin_spelling(capsys):
     assert "'momentum'" in whole and "keras.optimizers.SGD(learning_rate=lr, momentum=0.9)" in whole
     assert "  digits(eval_fraction=0.2, seed=0)" in whole
     assert "  mlp(hidden=(128,), activation='relu')" in whole  # input_shape is passed, not bound
+
+
+def test_list_shows_every_builtin_dataset_model_and_metric_of_the_registry():
+    text = listing.render()
+    flat = " ".join(text.split())
+    found = {
+        selector: obj
+        for selector, obj in config.configurables().items()
+        if selector.startswith(listing.BUILTIN_MODULES)
+    }
+    names = {selector.rsplit(".", 1)[-1] for selector in found}
+    assert {"stdlib_bytes", "tabular", "byte_transformer", "BitsPerByte", "digits"} <= names
+    for selector, obj in found.items():
+        name = selector.rsplit(".", 1)[-1]
+        group = listing.role(obj)
+        assert name in [e.gin for e in listing.entries(group)], selector
+        assert re.search(rf"^  {name}(\(|$)", text, re.MULTILINE), selector
+        assert " ".join(docgen.first_sentence(obj.__doc__).split()) in flat, selector
+    assert "  tabular(name='iris', eval_fraction=0.0, seed=0)" in text  # a dataset's name

@@ -198,3 +198,33 @@ def test_compare_warns_about_steps_logged_twice_and_uses_the_last_value(tmp_path
     assert int(row["steps"]) == 10
     assert float(row["mean_lr"]) == pytest.approx((5 * 0.1 + 5 * 0.2) / 10)
     assert line in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_a_run_whose_optimizer_sets_its_step_is_named_and_shown_by_that_step(tmp_path, capsys):
+    """Prodigy's `lr` multiplies its own step: the run is named `Prodigy-WarmupCosine-
+    <time>`, and the progress lines and compare's LR column show the step applied
+    (`optimizer/effective_lr`), labelled `step`."""
+    from conftest import GIN_DIR
+
+    bindings = ["Trainer.steps = 4", "Trainer.steps_per_loop = 4", "Trainer.log_every = 4"]
+    bindings += ["Trainer.eval_every = 0", "Trainer.histogram_every = 0", "mlp.hidden = (8,)"]
+    config.parse([str(GIN_DIR / "strategies" / "prodigy.gin")], bindings)
+    try:
+        result = Trainer().fit(logdir=str(tmp_path / "runs"))
+    finally:
+        gin.clear_config()
+    name = os.path.basename(result.run_dir)
+    assert name.startswith("Prodigy-WarmupCosine-"), name
+    events = Events(result.run_dir)
+    step = events.scalar("optimizer/effective_lr")
+    out = capsys.readouterr().out
+    assert f"step 4/4  loss {result.final_loss:.4f}  step size {step[-1]:.4g} (lr " in out
+    summary = f"step size {step[-1]:.3g} (lr {events.scalar('lr')[-1]:.3g})"
+    assert summary in result.summary_line()
+    assert cli.main(["compare", str(tmp_path / "runs"), f"--out={tmp_path / 'out'}"]) == 0
+    with open(tmp_path / "out" / "compare.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert row["lr_tag"] == "optimizer/effective_lr"
+    assert float(row["mean_lr"]) == pytest.approx(step.mean(), rel=1e-5)
+    table = (tmp_path / "out" / "compare.md").read_text()
+    assert f"| step {float(row['mean_lr']):.4g} |" in table and "`step`: the step size" in table

@@ -8,19 +8,24 @@ import gin
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import GIN_DIR, read_events
 
 from lrresearch import config
 from lrresearch.controllers import (
     Chain,
     ConstantController,
+    CosineRestartsController,
     CyclicalController,
     GradNormController,
     LossTrendController,
+    MaxChange,
+    OneCycleController,
     PlateauController,
     PolyakController,
     Product,
     Warmup,
     WarmupCosineController,
+    WSDController,
 )
 from lrresearch.controllers.compose import LossNudgeFactor
 from lrresearch.signals import make_signals
@@ -76,7 +81,7 @@ def test_schedules_warn_when_the_warmup_outlasts_the_run():
     cosine = WarmupCosineController(base_lr=0.1, warmup_steps=100, decay_steps=2000)
     (warning,) = cosine.run_warnings(steps=100)
     assert warning.startswith("WarmupCosineController.warmup_steps = 100 is not over in")
-    assert cosine.run_warnings(steps=101) == []
+    assert cosine.run_warnings(steps=2000) == []
     warm = Warmup(ConstantController(0.1), warmup_steps=50, start_factor=0.0)
     (warning,) = warm.run_warnings(steps=26)
     assert "Warmup.warmup_steps = 50" in warning and "gets 0.5 of it" in warning
@@ -169,3 +174,128 @@ def test_polyak_counters_are_checkpointed(polyak_runs, tmp_path):
     tf.train.Checkpoint(controller=fresh).restore(path).assert_existing_objects_matched()
     assert int(fresh.zero_lr_streak.numpy()) == 60
     assert fresh.state_warnings() == controller.state_warnings()
+
+
+def warmup_cosine_lrs(steps, base_lr, warmup, decay_steps):
+    """optax's warmup_cosine_decay_schedule (init_lr = end_lr = 0) in numpy float64."""
+    t = np.arange(steps, dtype=np.float64)
+    span = decay_steps - warmup
+    cosine = 0.5 * base_lr * (1 + np.cos(np.pi * np.clip(t - warmup, 0, span) / span))
+    return np.where(t < warmup, base_lr * t / warmup, cosine).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("controller", "binding"),
+    [
+        (lambda: WarmupCosineController(0.1, 10, 2000), "WarmupCosineController.decay_steps"),
+        (lambda: OneCycleController(0.1, 2000), "OneCycleController.total_steps"),
+        (lambda: WSDController(0.1, 100, 1500, 400), "WSDController.warmup_steps + stable"),
+        (lambda: MaxChange(Warmup(OneCycleController(0.1, 2000)), 0.1), "OneCycleController"),
+    ],
+)
+def test_a_schedule_that_ends_before_the_run_or_is_cut_by_it_warns(controller, binding):
+    (ends,) = controller().run_warnings(steps=3000)
+    assert ends.startswith(f"{binding}") and "ends before Trainer.steps = 3000" in ends
+    assert "the last 1,000 batches train at" in ends and "= None (the r" in ends
+    (cut,) = controller().run_warnings(steps=1800)
+    assert "is cut by Trainer.steps = 1800: the run stops 200 batches before" in cut
+    assert controller().run_warnings(steps=2000) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "binding", "length"),
+    [
+        (
+            lambda: WarmupCosineController(0.1, 10),
+            "WarmupCosineController.decay_steps",
+            "decay_steps",
+        ),
+        (lambda: OneCycleController(0.1), "OneCycleController.total_steps", "total_steps"),
+        (lambda: WSDController(0.1, 100), "WSDController.stable_steps", "stable_steps"),
+    ],
+)
+def test_a_schedule_length_left_at_none_is_the_run_length(make, binding, length):
+    controller = make()
+    with pytest.raises(ValueError, match=rf"^{binding} must be a number of batches when the run"):
+        controller(make_signals(0, 1.0))  # alone, or under Keras fit: no run length
+    chained = Chain([ConstantController(0.1), controller], [500])
+    assert list(chained.set_run_length(3000)) == [binding]
+    assert getattr(controller, length) == (2500 if length != "stable_steps" else 2000)
+    assert chained.run_warnings(3000) == []
+    with pytest.raises(ValueError, match=rf"^{binding} must be a number of batches"):
+        make().set_run_length(None)
+
+
+def test_warmup_cosine_gin_decays_over_trainer_steps_and_follows_them_on_resume(tmp_path, capsys):
+    """The shipped warmup_cosine.gin: its LR sequence is optax's with decay_steps =
+    Trainer.steps; a resume that raises Trainer.steps stretches the schedule (the LR
+    jumps, with a warning naming the binding) and config.gin records the new length."""
+    base = [
+        "Trainer.steps_per_loop = 4",
+        "Trainer.checkpoint_every = 4",
+        "Trainer.histogram_every = 0",
+        "Trainer.eval_every = 0",
+        "mlp.hidden = (8,)",
+        "WarmupCosineController.warmup_steps = 3",
+    ]
+    for steps, resume in ((8, False), (12, True)):
+        config.parse(
+            [str(GIN_DIR / "strategies" / "warmup_cosine.gin")], [*base, f"Trainer.steps = {steps}"]
+        )
+        try:
+            trainer = Trainer()
+            assert trainer.run_length_bindings == {"WarmupCosineController.decay_steps": steps}
+            assert trainer.controller.decay_steps == steps
+            trainer.fit(logdir=str(tmp_path), run_name="cosine", resume=resume)
+        finally:
+            gin.clear_config()
+        out = capsys.readouterr()
+        assert "warning: WarmupCosineController" not in out.err  # no run_warnings
+    lr = read_events(tmp_path / "cosine").scalar("lr")
+    np.testing.assert_allclose(lr[:8], warmup_cosine_lrs(8, 0.1, 3, 8), rtol=2**-23)
+    np.testing.assert_allclose(lr[8:], warmup_cosine_lrs(12, 0.1, 3, 12)[8:], rtol=2**-23)
+    assert "Trainer.steps: 8 -> 12" in out.out
+    assert (
+        "warning: WarmupCosineController.decay_steps = None follows the run's length "
+        "(Trainer.steps: 8 -> 12): from step 8 on" in out.out
+    )
+    assert "--gin_param='WarmupCosineController.decay_steps = 8'" in out.out
+    saved = (tmp_path / "cosine" / "config.gin").read_text()
+    assert "\nTrainer.steps = 12\n" in saved and "Trainer.steps = 8\n" not in saved
+    assert saved.startswith(
+        "# Resumed at step 8 with bindings that differ (before -> after):\n"
+        "#   Trainer.steps: 8 -> 12\n"
+    )
+
+
+def test_the_resume_warning_suggests_the_lengths_the_run_began_with():
+    """WSD's stable_steps follows the run as its rest, not as Trainer.steps itself."""
+    from types import SimpleNamespace
+
+    from lrresearch import resume
+
+    trainer = SimpleNamespace(controller=Chain([ConstantController(0.1), WSDController()], [500]))
+    trainer.run_length_bindings = trainer.controller.set_run_length(3000)
+    said = []
+    resume._warn_stretched(trainer, ["Trainer.steps: 2000 -> 3000"], 1000, said.append)
+    (warning,) = said
+    assert warning.startswith("warning: WSDController.stable_steps = None follows the run's")
+    assert warning.endswith("resume with --gin_param='WSDController.stable_steps = 1000'")
+    assert trainer.controller.parts[1].stable_steps == 2000  # the copy left it alone
+
+
+def test_cosine_restarts_warns_when_the_run_cuts_a_cycle():
+    sgdr = CosineRestartsController(base_lr=0.1, T_0=250, T_mult=2)  # ends 250, 750, 1750
+    (warning,) = sgdr.run_warnings(2000)
+    last = 0.05 * (1 + np.cos(np.pi * 249 / 2000))  # batch 1999, 249 into cycle 3
+    assert warning == (
+        "CosineRestartsController's cycle 3 (batches 1750 to 3749) is cut by Trainer.steps "
+        f"= 2000: the run stops at LR {last:.3g}, not at eta_min = 0; end the run at a "
+        "cycle's end (Trainer.steps = 1750 or 3750) or change T_0 or T_mult"
+    )
+    assert sgdr.run_warnings(1750) == sgdr.run_warnings(3750) == sgdr.run_warnings(None) == []
+    assert CosineRestartsController(T_0=500).run_warnings(2000) == []  # T_mult = 1
+    assert "(batches 2000 to 2499)" in CosineRestartsController(T_0=500).run_warnings(2100)[0]
+    chained = Chain([ConstantController(0.1), CosineRestartsController(T_0=500)], [100])
+    chained.set_run_length(1100)  # the part's own span: 1,000 batches, two whole cycles
+    assert chained.run_warnings(1100) == []

@@ -103,7 +103,7 @@ def test_warmup_cosine_matches_closed_form(kwargs):
         )
     )
     steps = steps[steps >= 0]
-    lrs, diagnostics = drive(WarmupCosineController(**kwargs), np.ones(len(steps)), steps=steps)
+    lrs, diagnostics = drive(WarmupCosineController(**params), np.ones(len(steps)), steps=steps)
     expected = warmup_cosine_reference(steps, **params)
     # atol: the cosine tail towards end_lr = 0 is a difference of nearly equal float32s.
     np.testing.assert_allclose(lrs, expected, rtol=RTOL, atol=1e-7 * params["base_lr"])

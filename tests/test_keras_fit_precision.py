@@ -164,7 +164,7 @@ def test_the_loss_scale_is_saved_with_the_weights_and_the_model(overflow_run, tm
         assert {k: v.numpy() for k, v in loaded.loss_scale_state().items()} == saved
         assert type(loaded.optimizer) is keras.optimizers.SGD
     # A float32 model loads the same weights and has no loss scale to restore.
-    float32 = built(controlled("off", c.WarmupCosineController(warmup_steps=100)))
+    float32 = built(controlled("off", c.WarmupCosineController(warmup_steps=100, decay_steps=200)))
     float32.load_weights(tmp_path / "run.weights.h5")
     assert float32.loss_scale is None
 

@@ -149,7 +149,7 @@ def test_composites_pass_the_momentum_on_or_refuse_to_mix():
     for wrapped in (
         Warmup(ctrl, warmup_steps=5),
         Product(ctrl, LossNudgeFactor()),
-        Chain([OneCycleController(cycle_momentum=True), ctrl], [5]),
+        Chain([OneCycleController(total_steps=5, cycle_momentum=True), ctrl], [5]),
     ):
         assert wrapped.optimizer_hyperparameters == {"momentum"}
         out = wrapped.compute(make_signals(10 if not isinstance(wrapped, Chain) else 15, 1.0, 1.0))

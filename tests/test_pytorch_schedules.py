@@ -261,7 +261,7 @@ def test_cyclic_momentum_matches_pytorch_rule_over_several_cycles(mode, up, down
 def test_momentum_is_not_cycled_by_default():
     """PyTorch's default is cycle_momentum=True; ours is False, so configurations
     written before it keep their results."""
-    for ctrl in (OneCycleController(), CyclicController()):
+    for ctrl in (OneCycleController(total_steps=100), CyclicController()):
         assert ctrl.compute(make_signals(0, 1.0, 1.0)).momentum is None
         assert ctrl.optimizer_hyperparameters == frozenset()
 

@@ -145,3 +145,35 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, signum):
     resumed = train(tmp_path, "int", "--resume", f"--gin_param=Trainer.steps = {at + 50}")
     assert resumed.returncode == 0, resumed.stderr
     assert len(Events(tmp_path / "int").scalar("lr")) == at + 50
+
+
+def test_default_run_config_names_its_controller_and_an_old_none_still_resumes(tmp_path, capsys):
+    """config.gin records the controller a `Trainer.controller = None` run used; a run
+    written before that (config.gin says None) resumes without a false difference, and
+    config.gin is rewritten with the raised Trainer.steps."""
+    import gin
+
+    from lrresearch import config
+    from lrresearch.trainer import Trainer
+
+    base = ["Trainer.steps_per_loop = 4", "Trainer.eval_every = 0", "mlp.hidden = (8,)"]
+    base += ["Trainer.checkpoint_every = 4", "Trainer.histogram_every = 0"]
+    saved = tmp_path / "default" / "config.gin"
+    for steps, resume in ((4, False), (6, True)):
+        config.parse([], [*base, f"Trainer.steps = {steps}"])
+        try:
+            Trainer().fit(logdir=str(tmp_path), run_name="default", resume=resume)
+        finally:
+            gin.clear_config()
+        if not resume:
+            text = saved.read_text()
+            assert "Trainer.controller = @GradNormController()\n" in text
+            assert "GradNormController.base_lr = 0.1\n" in text
+            saved.write_text(text.replace("@GradNormController()", "None"))  # an older run
+    out = capsys.readouterr().out
+    assert "resumed at step 4" in out
+    assert "differ from the run's config.gin:\n  Trainer.steps: 4 -> 6\n  (config.gin" in out
+    text = saved.read_text()
+    assert "Trainer.controller = @GradNormController()\n" in text
+    assert "Trainer.steps = 6\n" in text and "Trainer.steps = 4\n" not in text
+    assert text.startswith("# Resumed at step 4 with bindings that differ (before -> after):\n")

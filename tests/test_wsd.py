@@ -56,7 +56,9 @@ def test_matches_transformers_wsd(warmup_type, decay_type):
 
 def test_warns_when_the_cooldown_starts_after_the_run():
     assert WSDController(warmup_steps=100, stable_steps=900).run_warnings(1000)
-    assert not WSDController(warmup_steps=100, stable_steps=800).run_warnings(1000)
+    assert not WSDController(warmup_steps=100, stable_steps=500).run_warnings(1000)
+    (cut,) = WSDController(warmup_steps=100, stable_steps=800).run_warnings(1000)
+    assert "is cut by Trainer.steps = 1000" in cut  # the cooldown ends at 1300
 
 
 @pytest.mark.parametrize(

@@ -104,6 +104,17 @@ class Controller(tf.Module):
         Composites forward it to their parts."""
         del optimizer
 
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
+        """Host-side, before training: a schedule length argument left at None (its
+        default, "the run's length") takes `steps` (the trainer passes `Trainer.steps`;
+        `ControlledModel` None, unknown, which makes such an argument an error naming
+        the binding). Returns the bindings that took the run's length, with the length
+        they took, e.g. `{"WarmupCosineController.decay_steps": 3000}`. `span` names
+        what `steps` is, for warnings: "Trainer.steps", or a `Chain` part's own span. A
+        no-op by default; composites forward it to their parts."""
+        del steps, span
+        return {}
+
     def run_warnings(self, steps: int | None) -> list[str]:
         """Host-side, once before training: settings that leave the rule inert for a run
         of `steps` batches (None when unknown, as under Keras `fit`), one sentence each
@@ -273,3 +284,41 @@ def check_int(owner: str, name: str, value: object, minimum: int) -> None:
     """Raises ValueError naming `owner.name` unless `value` is an int >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{owner}.{name} must be an int >= {minimum}, got {value!r}")
+
+
+def run_length(owner: str, name: str, value: int | None, steps: int | None, minimum: int) -> int:
+    """A schedule's length in batches: `value`, or when it is None (the default, "the
+    run's length") the run's `steps`, at least `minimum`. Raises ValueError naming
+    `owner.name` when both are None (under Keras `fit`, or a controller used alone)."""
+    if value is not None:
+        return value
+    if steps is None:
+        raise ValueError(
+            f"{owner}.{name} must be a number of batches when the run's length is unknown "
+            f"(Keras fit, or the controller used without a Trainer), got None; bind "
+            f"{owner}.{name} = <batches> (under fit: epochs * steps_per_epoch), or call "
+            f"set_run_length(steps) first"
+        )
+    return max(steps, minimum)
+
+
+def length_warning(
+    binding: str, length: int, steps: int, span: str, end: str, last_lr: float, fix: str = ""
+) -> list[str]:
+    """The warning for a schedule of `length` batches in a run of `steps` (named `span`,
+    e.g. "Trainer.steps"): it ends before the run (the rest trains at `end`) or the run
+    cuts it (its last batch at `last_lr`); none when they match. `binding` is the
+    length's gin binding (or what sums to it), `fix` what to do about it."""
+    fix = fix or f"bind {binding} = None (the run's length) or set it to {span}"
+    if length < steps:
+        return [
+            f"{binding} = {length} ends before {span} = {steps}: the last "
+            f"{steps - length:,} batches train at {end}; {fix}"
+        ]
+    if length > steps:
+        return [
+            f"{binding} = {length} is cut by {span} = {steps}: the run stops "
+            f"{length - steps:,} batches before the schedule's end, at LR {last_lr:.3g} "
+            f"instead of {end}; {fix}"
+        ]
+    return []

@@ -55,6 +55,10 @@ class _Composite(Controller):
         for part in self._children():
             part.check_optimizer(optimizer)
 
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
+        lengths = [part.set_run_length(steps, span) for part in self._children()]
+        return {binding: n for each in lengths for binding, n in each.items()}
+
     def run_warnings(self, steps: int | None) -> list[str]:
         return [w for part in self._children() for w in part.run_warnings(steps)]
 
@@ -206,6 +210,16 @@ class Chain(_Composite):
 
     def _children(self) -> list[Controller]:
         return list(self.parts)
+
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
+        """Part `i` runs its own span (it sees the step from its start): to the next
+        boundary, the last part to `steps`."""
+        ends = [*self.boundaries, None if steps is None else max(steps, self.boundaries[-1] + 1)]
+        starts = [0, *self.boundaries]
+        spans = [None if b is None else b - a for a, b in zip(starts, ends, strict=True)]
+        parts = zip(self.parts, spans, strict=True)
+        named = [(p, n, f"Chain.controllers[{i}]'s span") for i, (p, n) in enumerate(parts)]
+        return {k: v for part, n, name in named for k, v in part.set_run_length(n, name).items()}
 
     def run_warnings(self, steps: int | None) -> list[str]:
         """The parts' warnings (each sees the whole run: every part is called every

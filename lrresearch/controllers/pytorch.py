@@ -19,8 +19,10 @@ from lrresearch.controllers.base import (
     check_int,
     check_number,
     check_positive,
+    length_warning,
+    run_length,
 )
-from lrresearch.signals import Signals
+from lrresearch.signals import Signals, make_signals
 
 
 def _step64(signals: Signals) -> tf.Tensor:
@@ -57,7 +59,8 @@ class OneCycleController(Controller):
 
     Args:
       max_lr: peak LR.
-      total_steps: schedule length in batches.
+      total_steps: schedule length in batches (>= 2); None (the default): the run's
+        length, `Trainer.steps` (required under Keras `fit`, where it is unknown).
       pct_start: fraction of the schedule spent increasing.
       anneal_strategy: "cos" or "linear".
       div_factor: initial LR = max_lr / div_factor.
@@ -70,8 +73,7 @@ class OneCycleController(Controller):
 
     Examples:
       Trainer.controller = @OneCycleController()
-      OneCycleController.max_lr = 0.1
-      OneCycleController.total_steps = 2000         # batches, about Trainer.steps
+      OneCycleController.max_lr = 0.1               # over Trainer.steps batches
 
       `OneCycleController(max_lr=0.1, total_steps=2000, cycle_momentum=True)` with
       `Trainer.optimizer = 'momentum'` is PyTorch's `OneCycleLR(optimizer, max_lr=0.1,
@@ -87,7 +89,7 @@ class OneCycleController(Controller):
     def __init__(
         self,
         max_lr: float = 0.1,
-        total_steps: int = 2000,
+        total_steps: int | None = None,
         pct_start: float = 0.3,
         anneal_strategy: str = "cos",
         div_factor: float = 25.0,
@@ -103,7 +105,8 @@ class OneCycleController(Controller):
         check_positive(
             owner, max_lr=max_lr, div_factor=div_factor, final_div_factor=final_div_factor
         )
-        check_int(owner, "total_steps", total_steps, 2)
+        if total_steps is not None:
+            check_int(owner, "total_steps", total_steps, 2)
         check_number(owner, "pct_start", pct_start)
         if not 0 < pct_start < 1:
             raise ValueError(f"{owner}.pct_start must be in (0, 1), got {pct_start!r}")
@@ -114,17 +117,27 @@ class OneCycleController(Controller):
         _check_momenta(
             owner, cycle_momentum, base_momentum=base_momentum, max_momentum=max_momentum
         )
-        self.max_lr, self.total_steps = float(max_lr), total_steps
+        self.max_lr, self.total_steps_argument = float(max_lr), total_steps
+        self.pct_start, self.run_span = float(pct_start), (None, "Trainer.steps")
+        self.initial_lr = float(max_lr / div_factor)
+        self.final_lr = self.initial_lr / final_div_factor
+        self.momenta = (float(base_momentum), float(max_momentum))
         self.anneal_strategy, self.three_phase = anneal_strategy, bool(three_phase)
         self.cycle_momentum = cycle_momentum
         if cycle_momentum:
             self.optimizer_hyperparameters = frozenset({"momentum"})
-        initial = max_lr / div_factor
-        minimum = initial / final_div_factor
-        low, high = float(base_momentum), float(max_momentum)
+        self.total_steps, self.phases = None, None
+        if total_steps is not None:
+            self._set_phases(total_steps)
+
+    def _set_phases(self, total_steps: int) -> None:
+        """PyTorch's phases for a schedule of `total_steps` batches."""
+        initial, minimum, max_lr = self.initial_lr, self.final_lr, self.max_lr
+        (low, high), pct_start = self.momenta, self.pct_start
+        self.total_steps = total_steps
         up_end = float(pct_start * total_steps) - 1
         # (end step, start LR, end LR, start momentum, end momentum), as PyTorch's phases.
-        if three_phase:
+        if self.three_phase:
             self.phases = [
                 (up_end, initial, max_lr, high, low),
                 (float(2 * pct_start * total_steps) - 2, max_lr, initial, low, high),
@@ -135,7 +148,24 @@ class OneCycleController(Controller):
                 (up_end, initial, max_lr, high, low),
                 (total_steps - 1.0, max_lr, minimum, low, high),
             ]
-        self.initial_lr = float(initial)
+
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
+        """`total_steps = None` becomes `steps` (at least 2)."""
+        owner, argument = "OneCycleController", self.total_steps_argument
+        self._set_phases(run_length(owner, "total_steps", argument, steps, 2))
+        self.run_span = (steps, span)
+        return {} if argument is not None else {f"{owner}.total_steps": self.total_steps}
+
+    def run_warnings(self, steps: int | None) -> list[str]:
+        """Warns when the schedule ends before the run or is cut by it."""
+        span, name = self.run_span if self.run_span[0] is not None else (steps, "Trainer.steps")
+        if span is None or self.total_steps_argument is None:
+            return []
+        copy = OneCycleController.from_config(self.get_config())
+        last = float(copy(make_signals(span - 1, 0.0)))
+        end = f"max_lr / div_factor / final_div_factor = {self.final_lr:.3g}"
+        binding = "OneCycleController.total_steps"
+        return length_warning(binding, self.total_steps_argument, span, name, end, last)
 
     def check_optimizer(self, optimizer) -> None:
         """Refuses an optimizer without momentum when `cycle_momentum` is set."""
@@ -148,6 +178,8 @@ class OneCycleController(Controller):
         return (end - start) * pct + start
 
     def compute(self, signals: Signals) -> ControllerOutput:
+        if self.total_steps is None:
+            run_length("OneCycleController", "total_steps", None, None, 2)  # raises
         t = tf.minimum(_step64(signals), self.total_steps - 1.0)
         lr = momentum = tf.constant(0.0, tf.float64)
         phase_index = tf.constant(0.0, tf.float64)
@@ -339,7 +371,35 @@ class CosineRestartsController(Controller):
             T_mult,
             float(eta_min),
         )
-        self.initial_lr = self.base_lr
+        self.initial_lr, self.run_span = self.base_lr, (None, "Trainer.steps")
+
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
+        """Records the run's length (a `Chain` part's own span) for `run_warnings`."""
+        self.run_span = (steps, span)
+        return {}
+
+    def run_warnings(self, steps: int | None) -> list[str]:
+        """Warns when the run ends inside a cycle: SGDR anneals to `eta_min` at each
+        cycle's end, and a cut cycle leaves the last batch at a higher LR."""
+        steps, name = self.run_span if self.run_span[0] is not None else (steps, "Trainer.steps")
+        if steps is None:
+            return []
+        if self.T_mult == 1:
+            start, length, n = (steps - 1) // self.T_0 * self.T_0, self.T_0, (steps - 1) // self.T_0
+        else:
+            start, length, n = 0, self.T_0, 0
+            while start + length < steps:  # cycles grow: at most ~log2(steps) of them
+                start, length, n = start + length, length * self.T_mult, n + 1
+        if start + length == steps:
+            return []
+        last = float(self(make_signals(steps - 1, 0.0)))
+        ends = " or ".join(str(end) for end in (start, start + length) if end > 0)
+        return [
+            f"CosineRestartsController's cycle {n} (batches {start} to {start + length - 1}) "
+            f"is cut by {name} = {steps}: the run stops at LR {last:.3g}, not at "
+            f"eta_min = {self.eta_min:g}; end the run at a cycle's end ({name} = "
+            f"{ends}) or change T_0 or T_mult"
+        ]
 
     def _cycle_start(self, n: tf.Tensor) -> tf.Tensor:
         """First step of cycle `n` (int64): T_0 * (T_mult**n - 1) / (T_mult - 1)."""

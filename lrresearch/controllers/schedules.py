@@ -13,8 +13,10 @@ from lrresearch.controllers.base import (
     check_int,
     check_number,
     check_positive,
+    length_warning,
+    run_length,
 )
-from lrresearch.signals import Signals
+from lrresearch.signals import Signals, make_signals
 
 
 @gin.configurable
@@ -60,15 +62,16 @@ class WarmupCosineController(Controller):
     Args:
       base_lr: the peak LR, reached at the end of warmup (> 0).
       warmup_steps: warmup length in batches (>= 0).
-      decay_steps: total schedule length in batches, warmup included (> warmup_steps).
+      decay_steps: total schedule length in batches, warmup included (> warmup_steps);
+        None (the default): the run's length, `Trainer.steps` (required under Keras
+        `fit`, where the run's length is unknown).
       init_lr: LR of batch 0 (>= 0).
       end_lr: final LR (>= 0).
 
     Examples:
       Trainer.controller = @WarmupCosineController()
       WarmupCosineController.base_lr = 0.1
-      WarmupCosineController.warmup_steps = 100     # batches
-      WarmupCosineController.decay_steps = 2000     # batches, about Trainer.steps
+      WarmupCosineController.warmup_steps = 100     # batches; decays to Trainer.steps
 
       >>> from lrresearch.controllers import WarmupCosineController
       >>> from lrresearch.signals import make_signals
@@ -87,7 +90,7 @@ class WarmupCosineController(Controller):
         self,
         base_lr: float = 0.1,
         warmup_steps: int = 100,
-        decay_steps: int = 2000,
+        decay_steps: int | None = None,
         init_lr: float = 0.0,
         end_lr: float = 0.0,
         name: str | None = None,
@@ -96,30 +99,49 @@ class WarmupCosineController(Controller):
         owner = "WarmupCosineController"
         check_positive(owner, base_lr=base_lr)
         check_int(owner, "warmup_steps", warmup_steps, 0)
-        check_int(owner, "decay_steps", decay_steps, warmup_steps + 1)
+        if decay_steps is not None:
+            check_int(owner, "decay_steps", decay_steps, warmup_steps + 1)
         for arg, value in (("init_lr", init_lr), ("end_lr", end_lr)):
             check_number(owner, arg, value)
             if value < 0:
                 raise ValueError(f"{owner}.{arg} must be >= 0, got {value!r}")
         self.base_lr, self.init_lr, self.end_lr = float(base_lr), float(init_lr), float(end_lr)
-        self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
+        self.warmup_steps, self.decay_steps_argument = warmup_steps, decay_steps
+        self.decay_steps, self.run_span = decay_steps, (None, "Trainer.steps")
         self.initial_lr = self.init_lr if warmup_steps else self.base_lr
 
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
+        """`decay_steps = None` becomes `steps` (at least `warmup_steps + 1`)."""
+        owner, argument = "WarmupCosineController", self.decay_steps_argument
+        self.decay_steps = run_length(owner, "decay_steps", argument, steps, self.warmup_steps + 1)
+        self.run_span = (steps, span)
+        return {} if argument is not None else {f"{owner}.decay_steps": self.decay_steps}
+
     def run_warnings(self, steps: int | None) -> list[str]:
-        """Warns when the run ends inside the warmup (the LR only ever rises)."""
-        if steps is None or self.warmup_steps < steps:
-            return []
-        return [
-            f"WarmupCosineController.warmup_steps = {self.warmup_steps} is not over in "
-            f"Trainer.steps = {steps} batches, so the LR only rises and never decays; "
-            f"lower WarmupCosineController.warmup_steps (and decay_steps to about "
-            f"Trainer.steps)"
-        ]
+        """Warns when the run ends inside the warmup (the LR only ever rises), and when
+        the decay ends before the run or is cut by it."""
+        warnings = []
+        if steps is not None and self.warmup_steps >= steps:
+            warnings.append(
+                f"WarmupCosineController.warmup_steps = {self.warmup_steps} is not over in "
+                f"Trainer.steps = {steps} batches, so the LR only rises and never decays; "
+                f"lower WarmupCosineController.warmup_steps"
+            )
+        span, name = self.run_span if self.run_span[0] is not None else (steps, "Trainer.steps")
+        if span is not None and self.warmup_steps < span:
+            length = self.decay_steps_argument or span
+            last = float(_length_copy(self, decay_steps=length)(make_signals(span - 1, 0.0)))
+            end = f"end_lr = {self.end_lr:g}"
+            binding = "WarmupCosineController.decay_steps"
+            warnings += length_warning(binding, length, span, name, end, last)
+        return warnings
 
     def compute(self, signals: Signals) -> ControllerOutput:
         # float64, rounded to float32 once at the end: in float32 the cosine tail towards
         # end_lr = 0 was 7e-4 relative off optax's float64 schedule.
         t = tf.cast(signals.step, tf.float64)
+        if self.decay_steps is None:
+            run_length("WarmupCosineController", "decay_steps", None, None, 0)  # raises
         if self.warmup_steps:
             warm = self.init_lr + (self.base_lr - self.init_lr) * t / self.warmup_steps
         else:
@@ -131,6 +153,12 @@ class WarmupCosineController(Controller):
         warming = t < self.warmup_steps
         lr = tf.where(warming, warm, decayed)
         return ControllerOutput(tf.cast(lr, tf.float32), {"warmup": tf.cast(warming, tf.float32)})
+
+
+def _length_copy(controller: Controller, **lengths: int) -> Controller:
+    """A fresh copy of a step-only schedule with its length arguments set (to read the
+    LR of one batch in a warning)."""
+    return type(controller).from_config({**controller.get_config(), **lengths})
 
 
 WSD_SHAPES = ("linear", "cosine", "1-sqrt")
@@ -156,7 +184,9 @@ class WSDController(Controller):
     Args:
       peak_lr: the LR of the stable phase (> 0).
       warmup_steps: warmup length in batches (>= 0).
-      stable_steps: stable length in batches (>= 0).
+      stable_steps: stable length in batches (>= 0); None (the default): the rest of
+        the run, `Trainer.steps - warmup_steps - decay_steps` (at least 0), so the
+        cooldown ends with the run (required under Keras `fit`).
       decay_steps: cooldown length in batches (>= 1).
       warmup_shape: "linear", "cosine" or "1-sqrt".
       decay_shape: "linear", "cosine" or "1-sqrt".
@@ -167,8 +197,7 @@ class WSDController(Controller):
       Trainer.controller = @WSDController()
       WSDController.peak_lr = 0.1
       WSDController.warmup_steps = 100              # batches
-      WSDController.stable_steps = 1500
-      WSDController.decay_steps = 400               # about 20% of Trainer.steps
+      WSDController.decay_steps = 400               # the last 400 of Trainer.steps
       WSDController.decay_shape = '1-sqrt'
 
       >>> from lrresearch.controllers import WSDController
@@ -189,7 +218,7 @@ class WSDController(Controller):
         self,
         peak_lr: float = 0.1,
         warmup_steps: int = 100,
-        stable_steps: int = 1500,
+        stable_steps: int | None = None,
         decay_steps: int = 400,
         warmup_shape: str = "linear",
         decay_shape: str = "cosine",
@@ -201,7 +230,8 @@ class WSDController(Controller):
         owner = "WSDController"
         check_positive(owner, peak_lr=peak_lr, num_cycles=num_cycles)
         check_int(owner, "warmup_steps", warmup_steps, 0)
-        check_int(owner, "stable_steps", stable_steps, 0)
+        if stable_steps is not None:
+            check_int(owner, "stable_steps", stable_steps, 0)
         check_int(owner, "decay_steps", decay_steps, 1)
         for arg, shape in (("warmup_shape", warmup_shape), ("decay_shape", decay_shape)):
             if shape not in WSD_SHAPES:
@@ -213,25 +243,53 @@ class WSDController(Controller):
         self.warmup_steps, self.stable_steps, self.decay_steps = (
             warmup_steps, stable_steps, decay_steps,
         )  # fmt: skip
+        self.stable_steps_argument, self.run_span = stable_steps, (None, "Trainer.steps")
         self.warmup_shape, self.decay_shape = warmup_shape, decay_shape
         self.num_cycles = float(num_cycles)
         first = self.min_lr_ratio if warmup_steps else 1.0
         self.initial_lr = self.peak_lr * first
 
+    def _stable(self, steps: int | None) -> int:
+        """`stable_steps`, or the rest of a run of `steps` batches when it is None."""
+        rest = None if steps is None else steps - self.warmup_steps - self.decay_steps
+        owner, argument = "WSDController", self.stable_steps_argument
+        return run_length(owner, "stable_steps", argument, None if rest is None else rest, 0)
+
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
+        """`stable_steps = None` becomes the rest of the run (the cooldown ends with it)."""
+        self.stable_steps, self.run_span = self._stable(steps), (steps, span)
+        followed = self.stable_steps_argument is None
+        return {"WSDController.stable_steps": self.stable_steps} if followed else {}
+
     def run_warnings(self, steps: int | None) -> list[str]:
-        """Warns when the run ends before the cooldown starts (it never decays)."""
-        start = self.warmup_steps + self.stable_steps
-        if steps is None or start < steps:
+        """Warns when the run ends before the cooldown starts (it never decays), and
+        when the cooldown ends before the run or is cut by it."""
+        span, name = self.run_span if self.run_span[0] is not None else (steps, "Trainer.steps")
+        if span is None:
             return []
-        return [
-            f"WSDController's cooldown starts at batch {start} (warmup_steps + "
-            f"stable_steps), after the run's Trainer.steps = {steps}, so the LR never "
-            f"decays; lower WSDController.stable_steps"
-        ]
+        stable = self._stable(span)
+        start = self.warmup_steps + stable
+        if start >= span:
+            fix = "lower WSDController.warmup_steps"
+            if self.stable_steps_argument is not None:
+                fix = "lower WSDController.stable_steps (or bind it to None: the rest of the run)"
+            return [
+                f"WSDController's cooldown starts at batch {start} (warmup_steps + "
+                f"stable_steps), after the run's {name} = {span}, so the LR never "
+                f"decays; {fix}"
+            ]
+        end = f"the floor, min_lr_ratio * peak_lr = {self.min_lr_ratio * self.peak_lr:g}"
+        copy = _length_copy(self, stable_steps=stable)
+        last = float(copy(make_signals(span - 1, 0.0)))
+        binding = "WSDController.warmup_steps + stable_steps + decay_steps"
+        fix = "bind WSDController.stable_steps = None (the rest of the run)"
+        return length_warning(binding, start + self.decay_steps, span, name, end, last, fix)
 
     def compute(self, signals: Signals) -> ControllerOutput:
         # float64, rounded to float32 once at the end (as WarmupCosineController).
         t = tf.cast(signals.step, tf.float64)
+        if self.stable_steps is None:
+            self._stable(None)  # raises: the run's length is unknown
         floor = self.min_lr_ratio
         p = t / max(1, self.warmup_steps)
         if self.warmup_shape == "linear":
