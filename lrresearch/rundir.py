@@ -217,6 +217,8 @@ def _unreadable(prefix: str) -> str | None:
                 )
             else:
                 reader.get_tensor(key)
+    except IndexError:  # what TF's reader raises for a data file cut short
+        return "its data file is cut short"
     except (tf.errors.OpError, ValueError, RuntimeError) as e:
         first_line = (getattr(e, "message", None) or str(e)).strip().splitlines()[0]
         return f"{type(e).__name__}: {first_line[:160]}"

@@ -182,6 +182,23 @@ def test_damaged_newest_checkpoints_fall_back_to_the_newest_intact_one(full, cap
     assert_equals_uninterrupted(run_dir, reference)
 
 
+def test_truncated_data_files_fall_back_to_the_newest_intact_checkpoint(full, capsys):
+    logdir, reference = full
+    run_dir, name = copy_run(logdir / "full", logdir)
+    checkpoints = run_dir / "checkpoints"
+    for step, size in ((STEPS, lambda n: n // 2), (STEPS - EVERY, lambda n: 0)):
+        (data,) = glob.glob(f"{checkpoints}/ckpt-{step}.data-*")
+        os.truncate(data, size(os.path.getsize(data)))  # a disk that lost the end
+    code, out = resume_in_process(logdir, name, capsys)
+    assert code == 0, out.err
+    assert "Traceback" not in out.err
+    for step in (STEPS, STEPS - EVERY):
+        assert f"ckpt-{step} is damaged (its data file is cut short): set aside" in out.out
+        assert glob.glob(f"{checkpoints}/damaged/ckpt-{step}.data-*")
+    assert f"resumed at step {STEPS - 2 * EVERY})" in out.out
+    assert_equals_uninterrupted(run_dir, reference)
+
+
 @pytest.mark.parametrize(
     ("binding", "named"),
     [
