@@ -26,11 +26,21 @@ def _fail(message: str, code: int = 2) -> int:
 def _parse_config(args: argparse.Namespace) -> int | None:
     """Parses the gin files and bindings, then creates the configured `tf.distribute`
     strategy (before anything else touches TensorFlow's runtime). Returns an exit code
-    on failure, None on success."""
-    from lrresearch import config, distribute
+    on failure, None on success. `--resume` with no `--gin_file` parses the run's own
+    `config.gin` (`run_config`), which then stands as the command's gin file."""
+    from lrresearch import config, distribute, run_config
 
+    own = None
+    if getattr(args, "resume", False):
+        own = run_config.own_config(args.logdir, args.run_name, args.gin_file)
     try:
-        config.parse(args.gin_file, args.gin_param)
+        if own is None:
+            config.parse(args.gin_file, args.gin_param)
+        else:
+            skipped = run_config.parse(own, args.gin_param)
+            args.gin_file = [own]  # where errors locate a binding
+            if not args.quiet:
+                print(run_config.describe(own, args.gin_param, skipped), flush=True)
         distribute.get_strategy()
     except config.ConfigError as e:
         return _fail(str(e))
@@ -52,12 +62,12 @@ def train(args: argparse.Namespace) -> int:
         TrainingInterrupted,
     )
 
+    if args.resume and not args.run_name:
+        return _fail("--resume needs --run_name (the run to continue)")
     if (failed := _parse_config(args)) is not None:
         return failed
     try:
         trainer = Trainer(strategy=distribute.get_strategy())
-        if args.resume and not args.run_name:
-            return _fail("--resume needs --run_name (the run to continue)")
         result = trainer.fit(
             logdir=args.logdir, run_name=args.run_name, quiet=args.quiet, resume=args.resume
         )

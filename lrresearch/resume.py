@@ -17,13 +17,14 @@ from typing import Any
 
 import tensorflow as tf
 
-from lrresearch import event_files
+from lrresearch import event_files, run_config
 from lrresearch.rundir import (
     LOCK_FILE,
     ResumeError,
     binding_differences,
     read_text,
     recover_checkpoint,
+    write_atomically,
 )
 
 
@@ -83,13 +84,34 @@ def resume(
                 "starting it from step 0"
             )
         return None
-    differences = binding_differences(saved or "", config) if saved is not None else []
+    differences = _differences(saved, config)
     if differences:
         say(
             "warning: resuming with bindings that differ from the run's config.gin:\n  "
             + "\n  ".join(differences)
         )
+        if chief:
+            _replace_config(run_dir, saved or "", config, step, say)
     return step
+
+
+def _differences(saved: str | None, config: str) -> list[str]:
+    """The bindings of `config` that differ from the run's `saved` config.gin."""
+    if saved is None:
+        return []
+    return binding_differences(saved, config, ignore=run_config.OBSOLETE)
+
+
+def _replace_config(
+    run_dir: str, saved: str, config: str, step: int, say: Callable[..., None]
+) -> None:
+    """`config.gin` becomes the configuration the run continues with (a later plain
+    `--resume` uses it: a run extended with `Trainer.steps` stays extended); the one
+    it replaces is kept as `config-until-step-<step>.gin`."""
+    kept = f"config-until-step-{step}.gin"
+    write_atomically(os.path.join(run_dir, kept), saved)
+    write_atomically(os.path.join(run_dir, run_config.CONFIG_FILE), config)
+    say(f"resume: config.gin now holds this configuration; the run's earlier one is {kept}")
 
 
 def _restore(trainer: Any, path: str, run_dir: str, saved: str | None, config: str) -> None:
@@ -108,7 +130,7 @@ def _restore(trainer: Any, path: str, run_dir: str, saved: str | None, config: s
             tf.get_logger().addFilter(_unrestored_values_filter)
         lines = (str(e).strip() or type(e).__name__).splitlines()
         reason = lines[0][:200] + (" ..." if len(lines) > 1 or len(lines[0]) > 200 else "")
-        differences = binding_differences(saved, config) if saved is not None else []
+        differences = _differences(saved, config)
         name, logdir = os.path.basename(run_dir), os.path.dirname(run_dir) or "."
         raise ResumeError(
             f"cannot resume {run_dir!r} from {os.path.basename(path)}: the checkpoint "
@@ -116,9 +138,9 @@ def _restore(trainer: Any, path: str, run_dir: str, saved: str | None, config: s
             + (
                 "bindings that differ from the run's config.gin (run -> now):\n  "
                 + "\n  ".join(differences)
-                + "\nresume with the run's own configuration: lrresearch train "
-                f"--gin_file={os.path.join(run_dir, 'config.gin')} --resume "
-                f"--run_name {name} --logdir {logdir}"
+                + "\nresume with the run's own configuration (its config.gin, used when "
+                f"no --gin_file is given): lrresearch train --resume --run_name {name} "
+                f"--logdir {logdir}"
                 if differences
                 else "no binding differs from the run's config.gin, so the checkpoint "
                 "was written by code that kept other state (another version of "

@@ -21,6 +21,7 @@ import glob
 import os
 import re
 import shutil
+from collections.abc import Collection
 
 import tensorflow as tf
 
@@ -324,11 +325,15 @@ def parse_bindings(config: str) -> dict[str, str]:
     return bindings
 
 
-def binding_differences(before: str, after: str, limit: int = 12) -> list[str]:
+def binding_differences(
+    before: str, after: str, limit: int = 12, ignore: Collection[str] = ()
+) -> list[str]:
     """The bindings that differ between two operative configs, one line each:
     `name: <before> -> <after>`. A configurable bound on one side only (another
-    controller, say) is one line: `GradNormController.*: only before (6 bindings)`."""
+    controller, say) is one line: `GradNormController.*: only before (6 bindings)`.
+    Names in `ignore` (bindings older versions wrote) are left out."""
     old, new = parse_bindings(before), parse_bindings(after)
+    old = {name: value for name, value in old.items() if name not in ignore}
     owners_before = {n.rpartition(".")[0] for n in old}
     owners_after = {n.rpartition(".")[0] for n in new}
     lines, grouped = [], []
