@@ -169,21 +169,31 @@ def lr_find(args: argparse.Namespace) -> int:
 def sweep(args: argparse.Namespace) -> int:
     from lrresearch import config
     from lrresearch import sweep as sweeps
+    from lrresearch.sweep_resume import resume_sweep
     from lrresearch.trainer import RunDirExistsError
 
     say = (lambda message: None) if args.quiet else (lambda m: print(m, flush=True))
+    if args.resume and not args.sweep_name:
+        return _fail("--resume needs --sweep_name (the sweep to continue)")
+    given = {"gin_files": args.gin_file, "sweeps": args.sweep, "samples": args.sample}
+    given.update(sweep_random=args.sweep_random, seed=args.seed)
     try:
-        sweep_dir, points = sweeps.run_sweep(
-            args.gin_file,
-            args.gin_param,
-            args.sweep,
-            logdir=args.logdir,
-            sweep_name=args.sweep_name,
-            progress=say,
-            samples=args.sample,
-            random_points=args.sweep_random,
-            seed=args.seed,
-        )
+        if args.resume:
+            sweep_dir, points = resume_sweep(
+                args.logdir, args.sweep_name, given, args.gin_param, progress=say
+            )
+        else:
+            sweep_dir, points = sweeps.run_sweep(
+                args.gin_file,
+                args.gin_param,
+                args.sweep,
+                logdir=args.logdir,
+                sweep_name=args.sweep_name,
+                progress=say,
+                samples=args.sample,
+                random_points=args.sweep_random,
+                seed=args.seed,
+            )
     except config.ConfigError as e:
         return _fail(str(e))
     except (RunDirExistsError, OSError, ValueError) as e:

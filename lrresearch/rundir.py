@@ -47,11 +47,19 @@ class ResumeError(ValueError):
     """A run that cannot be resumed as asked; the message says why and what to do."""
 
 
-def make_run_dir(logdir: str, run_name: str | None, default_prefix: str) -> str:
+def make_run_dir(
+    logdir: str,
+    run_name: str | None,
+    default_prefix: str,
+    name_flag: str = "--run_name",
+    resumable: bool = True,
+) -> str:
     """Creates and returns `<logdir>/<run_name>`; never reuses an existing directory.
 
     With no `run_name` the name is `<default_prefix>-<YYYYmmdd-HHMMSS>`, suffixed `-1`,
-    `-2`, ... if that exists already. An explicit `run_name` that exists is an error.
+    `-2`, ... if that exists already. An explicit `run_name` that exists is an error
+    whose advice names the command's own flag (`name_flag`) and, for a command that
+    can continue it (`resumable`), `--resume`.
     """
     try:
         os.makedirs(logdir, exist_ok=True)
@@ -65,9 +73,9 @@ def make_run_dir(logdir: str, run_name: str | None, default_prefix: str) -> str:
             os.mkdir(path)
         except FileExistsError:
             raise RunDirExistsError(
-                f"run directory {path!r} already exists and runs are never overwritten; "
-                "choose another --run_name, leave it out for a fresh timestamped name, "
-                "or continue it with --resume"
+                f"directory {path!r} already exists and is never overwritten; "
+                f"choose another {name_flag}, leave it out for a fresh timestamped name"
+                + (", or continue it with --resume" if resumable else "")
             ) from None
         return path
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
