@@ -54,6 +54,7 @@ def _parse_config(args: argparse.Namespace) -> int | None:
 def train(args: argparse.Namespace) -> int:
     from lrresearch import config, distribute
     from lrresearch.data import DataError
+    from lrresearch.tf_data_cache import CacheLockError
     from lrresearch.trainer import (
         DiskFullError,
         NonFiniteLossError,
@@ -73,7 +74,7 @@ def train(args: argparse.Namespace) -> int:
         )
     except (RunDirExistsError, DataError, OSError) as e:
         return _fail(str(e))
-    except (NonFiniteLossError, DiskFullError) as e:
+    except (NonFiniteLossError, DiskFullError, CacheLockError) as e:
         return _fail(str(e), code=1)
     except TrainingInterrupted as e:
         return _fail(str(e), code=130)

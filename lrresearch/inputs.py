@@ -34,6 +34,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from lrresearch import tf_data_cache
 from lrresearch.data import BatchSampler, DataError, Dataset
 
 DatasetSpec = Callable[[], Any] | Dataset | tf.data.Dataset
@@ -71,6 +72,7 @@ class PipelineInput:
 
     iterator: Any
     name: str
+    cache_files: tuple[str, ...] = ()  # of its `.cache(filename)` steps (`tf_data_cache`)
 
     def next(self) -> tuple[tf.Tensor, tf.Tensor]:
         return self.iterator.get_next()
@@ -130,9 +132,8 @@ def make_inputs(spec: DatasetSpec, batch_size: int, seed: int) -> Inputs:
     if evaluation is not None:
         _example_spec(evaluation, name)
         eval_batches = evaluation.batch(batch_size).with_options(_options())
-    return Inputs(
-        PipelineInput(iterator, name), eval_batches, spec_x, None, name, info=data_info(spec)
-    )
+    train_input = PipelineInput(iterator, name, tf_data_cache.cache_files(train))
+    return Inputs(train_input, eval_batches, spec_x, None, name, info=data_info(spec))
 
 
 def data_info(spec: DatasetSpec) -> dict[str, bool | int | float | str]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from lrresearch import event_files, run_config
+from lrresearch import event_files, run_config, tf_data_cache
 from lrresearch.rundir import (
     LOCK_FILE,
     ResumeError,
@@ -45,12 +45,18 @@ def _unrestored_values_filter(record: logging.LogRecord) -> bool:
 
 
 def resume(
-    trainer: Any, run_dir: str, config: str, say: Callable[..., None], chief: bool
+    trainer: Any,
+    run_dir: str,
+    config: str,
+    say: Callable[..., None],
+    chief: bool,
+    previous_start: float | None = None,
 ) -> int | None:
     """Restores `run_dir`'s newest intact checkpoint; returns its step, or None when
     the run starts (again) from step 0. The chief also repairs the run directory:
-    interrupted saves and damaged checkpoints are set aside, and the event files
-    lose what the interrupted process logged after the checkpoint."""
+    interrupted saves and damaged checkpoints are set aside, the event files lose what
+    the interrupted process logged after the checkpoint, and a `tf.data` cache lock
+    that process left (it started at `previous_start`, unix seconds) is removed."""
     if not chief:
         say = print_nothing
     saved_path = os.path.join(run_dir, "config.gin")
@@ -63,6 +69,10 @@ def resume(
             "--logdir"
         )
     recovery = recover_checkpoint(os.path.join(run_dir, "checkpoints"), repair=chief)
+    if chief:
+        train_input = getattr(getattr(trainer, "inputs", None), "train", None)
+        cache_files = getattr(train_input, "cache_files", ())
+        recovery.notes += tf_data_cache.remove_stale_locks(cache_files, previous_start)
     for note in recovery.notes:
         say(f"resume: {note}")
     if recovery.path is not None:

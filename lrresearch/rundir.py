@@ -14,6 +14,7 @@ and puts the checkpoint folder in order for `tf.train.CheckpointManager`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -111,6 +112,8 @@ class RunLock:
     def __init__(self, run_dir: str):
         self.path = os.path.join(run_dir, LOCK_FILE)
         self._file = None
+        # When the run's previous writer (now ended) started, from its line in the file.
+        self.previous_start: float | None = None
 
     def acquire(self) -> RunLock:
         if fcntl is None:
@@ -127,6 +130,10 @@ class RunLock:
                 "two processes never write one run. Wait for it to end (or stop it), "
                 "then --resume; or start a new run with another --run_name"
             ) from None
+        handle.seek(0)
+        if m := re.search(r"\(since ([^)]+)\)", handle.read()):
+            with contextlib.suppress(ValueError):
+                self.previous_start = datetime.datetime.fromisoformat(m.group(1)).timestamp()
         handle.seek(0)
         handle.truncate()
         stamp = datetime.datetime.now().isoformat(timespec="seconds")
