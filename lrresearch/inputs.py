@@ -72,7 +72,8 @@ class PipelineInput:
 
     iterator: Any
     name: str
-    cache_files: tuple[str, ...] = ()  # of its `.cache(filename)` steps (`tf_data_cache`)
+    # The `.cache(filename)` files of the training and eval pipelines (`tf_data_cache`).
+    cache_files: tuple[str, ...] = ()
 
     def next(self) -> tuple[tf.Tensor, tf.Tensor]:
         return self.iterator.get_next()
@@ -132,7 +133,10 @@ def make_inputs(spec: DatasetSpec, batch_size: int, seed: int) -> Inputs:
     if evaluation is not None:
         _example_spec(evaluation, name)
         eval_batches = evaluation.batch(batch_size).with_options(_options())
-    train_input = PipelineInput(iterator, name, tf_data_cache.cache_files(train))
+    caches = tf_data_cache.cache_files(train)
+    if evaluation is not None:
+        caches += tf_data_cache.cache_files(evaluation)
+    train_input = PipelineInput(iterator, name, caches)
     return Inputs(train_input, eval_batches, spec_x, None, name, info=data_info(spec))
 
 
