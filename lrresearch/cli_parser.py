@@ -156,7 +156,8 @@ def _train_parser(commands: Any) -> None:
         "--resume",
         action="store_true",
         help="continue <logdir>/<run_name> from its newest intact checkpoint (a run "
-        "that does not exist, or has no checkpoint yet, is started); needs --run_name",
+        "that does not exist, or has no checkpoint yet, is started); needs --run_name. "
+        "With no --gin_file the run's own config.gin is used, --gin_params on top",
     )
 
 
