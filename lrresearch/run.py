@@ -83,7 +83,7 @@ class TrainResult:
         if self.steps <= self.began:
             return (
                 f"done: nothing to train: {self.run_dir} is complete at step {self.steps} "
-                "(raise Trainer.steps to continue it)"
+                "(to continue it: --resume --gin_param='Trainer.steps = <more>')"
             )
         evals = "".join(f", eval/{k} {v:.4f}" for k, v in self.evals.items())
         return (

@@ -179,6 +179,10 @@ def test_ctrl_c_stops_a_sweep_and_sweep_resume_finishes_it(tmp_path, capsys):
     assert cli.main(["sweep", f"--logdir={tmp_path}", *flags]) == 2
     refusal = capsys.readouterr().err
     assert "choose another --sweep_name" in refusal and "--run_name" not in refusal
+    # --resume takes the sweep's own points: another --sweep is refused, nothing run.
+    resume = ["sweep", "--resume", "--sweep_name=s", f"--logdir={tmp_path}"]
+    assert cli.main([*resume, "--sweep=Trainer.seed=[9]"]) == 2
+    assert "its points are fixed" in capsys.readouterr().err
     # The advised command continues the sweep (its runs cut short by a lower Trainer.steps).
     command = shlex.split(message.split("checkpoint) with:\n")[1].splitlines()[0])
     assert command == ["lrresearch", "sweep", "--resume", "--sweep_name", "s",
