@@ -58,7 +58,14 @@ def parse(path: str, gin_params: Sequence[str]) -> list[str]:
             _import(module, f"{path}:{number}")
         lines.append(line)
     config.parse([], [])
-    config.parse_binding("\n".join(lines), path)
+    try:
+        config.parse_binding("\n".join(lines), path)
+    except config.ConfigError as e:
+        raise config.ConfigError(
+            f"{e}\n  The run's config.gin no longer parses (written by another version of "
+            "lrresearch or of your modules): resume with a corrected copy, "
+            "--gin_file=<copy> --resume"
+        ) from None
     for param in gin_params:
         config.parse_binding(param, f"--gin_param={param!r}")
     return skipped
