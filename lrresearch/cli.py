@@ -209,7 +209,7 @@ def sweep(args: argparse.Namespace) -> int:
             code=130,
         )
     print(sweeps.report(points))
-    failed = [p for p in points if not p.result]
+    failed = [p for p in points if p.status != "ok"]  # "ok" before a --resume counts
     print(
         f"sweep: {len(points) - len(failed)}/{len(points)} runs ok -> {sweep_dir}; "
         f"lrresearch board {sweep_dir}",

@@ -189,6 +189,7 @@ def _write_manifest(sweep_dir: str, flags: dict[str, Any], points: list[Point]) 
                 "bindings": p.bindings,
                 "sampled": p.sampled,
                 "status": p.status,
+                **({"error": p.error} if p.error else {}),
                 **({"hparams": p.run_hparams} if p.run_hparams else {}),
             }
             for p in points
@@ -383,6 +384,8 @@ def report(points: Sequence[Point]) -> str:
             )
         elif p.status == "failed":
             lines.append(f"| {p.run_name} | | | | FAILED: {p.error} |")
+        elif p.status == "ok":  # finished before `sweep --resume`
+            lines.append(f"| {p.run_name} | | | | ok (earlier) |")
         else:
             lines.append(f"| {p.run_name} | | | | {p.status} |")
     return "\n".join(lines)

@@ -82,6 +82,7 @@ def _point(index: int, entry: dict[str, Any]) -> Point:
         entry["bindings"],
         entry["run"],
         entry.get("sampled", {}),
+        error=entry.get("error", ""),
         status=entry.get("status", "not run"),
         run_hparams=entry.get("hparams", {}),
     )

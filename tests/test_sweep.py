@@ -198,3 +198,6 @@ def test_ctrl_c_stops_a_sweep_and_sweep_resume_finishes_it(tmp_path, capsys):
     for run in ("000-seed=3", "001-seed=4"):
         assert len(Events(sweep_dir / run).scalar("lr")) == at + 10, run
     assert sorted(hparams_experiment(sweep_dir)["seed"]) == [3, 4]
+    # A finished sweep resumed: nothing runs, and it counts as done.
+    assert cli.main([*command[1:], "--quiet"]) == 0
+    assert "| 001-seed=4 | | | | ok (earlier) |" in capsys.readouterr().out
