@@ -30,17 +30,19 @@ def _parse_config(args: argparse.Namespace) -> int | None:
     `config.gin` (`run_config`), which then stands as the command's gin file."""
     from lrresearch import config, distribute, run_config
 
-    own = None
+    saved = None
     if getattr(args, "resume", False):
-        own = run_config.own_config(args.logdir, args.run_name, args.gin_file)
+        saved = run_config.saved_config(args.logdir, args.run_name)
     try:
-        if own is None:
+        if saved is None or args.gin_file:
             config.parse(args.gin_file, args.gin_param)
+            skipped = []
         else:
-            skipped = run_config.parse(own, args.gin_param)
-            args.gin_file = [own]  # where errors locate a binding
-            if not args.quiet:
-                print(run_config.describe(own, args.gin_param, skipped), flush=True)
+            skipped = run_config.parse(saved, args.gin_param)
+        if saved is not None and not args.quiet:
+            line = run_config.describe(saved, args.gin_param, skipped, args.gin_file)
+            print(line, flush=True)
+        args.gin_file = args.gin_file or ([saved] if saved else [])  # where errors point
         distribute.get_strategy()
     except config.ConfigError as e:
         return _fail(str(e))

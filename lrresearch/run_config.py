@@ -28,12 +28,11 @@ OBSOLETE = {
 }
 
 
-def own_config(logdir: str, run_name: str | None, gin_files: Sequence[str]) -> str | None:
-    """The path of the run's `config.gin` when `--resume` should use it (no `--gin_file`
-    given and the run has one), else None (the command line's configuration is used:
-    a run that does not exist yet starts with it)."""
-    if gin_files or not run_name or os.sep in run_name or run_name in (".", ".."):
-        return None  # a bad name is refused where the run directory is made
+def saved_config(logdir: str, run_name: str | None) -> str | None:
+    """The path of the run's `config.gin`, or None (no such run, or a bad name, which
+    is refused where the run directory is made)."""
+    if not run_name or os.sep in run_name or run_name in (".", ".."):
+        return None
     path = os.path.join(run_path(logdir, run_name), CONFIG_FILE)
     return path if os.path.isfile(path) else None
 
@@ -81,9 +80,15 @@ def _import(module: str, where: str) -> None:
         )
 
 
-def describe(path: str, gin_params: Sequence[str], skipped: Sequence[str]) -> str:
-    """One line: which configuration the resumed run uses."""
+def describe(
+    path: str, gin_params: Sequence[str], skipped: Sequence[str], gin_files: Sequence[str] = ()
+) -> str:
+    """One line: which configuration the resumed run uses (`gin_files`, if given, in
+    place of the run's own at `path`)."""
     params = "".join(f" + --gin_param={p!r}" for p in gin_params)
+    if gin_files:
+        files = " ".join(f"--gin_file={f}" for f in gin_files)
+        return f"resume: configuration: {files}{params}, in place of the run's own {path}"
     line = f"resume: configuration: the run's own {path}{params}"
     for name in skipped:
         line += f" (skipped {name}, written by an older version: {OBSOLETE[name]})"
