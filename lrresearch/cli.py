@@ -26,11 +26,23 @@ def _fail(message: str, code: int = 2) -> int:
 def _parse_config(args: argparse.Namespace) -> int | None:
     """Parses the gin files and bindings, then creates the configured `tf.distribute`
     strategy (before anything else touches TensorFlow's runtime). Returns an exit code
-    on failure, None on success."""
-    from lrresearch import config, distribute
+    on failure, None on success. `--resume` with no `--gin_file` parses the run's own
+    `config.gin` (`run_config`), which then stands as the command's gin file."""
+    from lrresearch import config, distribute, run_config
 
+    saved = None
+    if getattr(args, "resume", False):
+        saved = run_config.saved_config(args.logdir, args.run_name)
     try:
-        config.parse(args.gin_file, args.gin_param)
+        if saved is None or args.gin_file:
+            config.parse(args.gin_file, args.gin_param)
+            skipped = []
+        else:
+            skipped = run_config.parse(saved, args.gin_param)
+        if saved is not None and not args.quiet:
+            line = run_config.describe(saved, args.gin_param, skipped, args.gin_file)
+            print(line, flush=True)
+        args.gin_file = args.gin_file or ([saved] if saved else [])  # where errors point
         distribute.get_strategy()
     except config.ConfigError as e:
         return _fail(str(e))
@@ -44,6 +56,7 @@ def _parse_config(args: argparse.Namespace) -> int | None:
 def train(args: argparse.Namespace) -> int:
     from lrresearch import config, distribute
     from lrresearch.data import DataError
+    from lrresearch.tf_data_cache import CacheLockError
     from lrresearch.trainer import (
         DiskFullError,
         NonFiniteLossError,
@@ -52,18 +65,18 @@ def train(args: argparse.Namespace) -> int:
         TrainingInterrupted,
     )
 
+    if args.resume and not args.run_name:
+        return _fail("--resume needs --run_name (the run to continue)")
     if (failed := _parse_config(args)) is not None:
         return failed
     try:
         trainer = Trainer(strategy=distribute.get_strategy())
-        if args.resume and not args.run_name:
-            return _fail("--resume needs --run_name (the run to continue)")
         result = trainer.fit(
             logdir=args.logdir, run_name=args.run_name, quiet=args.quiet, resume=args.resume
         )
     except (RunDirExistsError, DataError, OSError) as e:
         return _fail(str(e))
-    except (NonFiniteLossError, DiskFullError) as e:
+    except (NonFiniteLossError, DiskFullError, CacheLockError) as e:
         return _fail(str(e), code=1)
     except TrainingInterrupted as e:
         return _fail(str(e), code=130)
@@ -159,21 +172,31 @@ def lr_find(args: argparse.Namespace) -> int:
 def sweep(args: argparse.Namespace) -> int:
     from lrresearch import config
     from lrresearch import sweep as sweeps
+    from lrresearch.sweep_resume import resume_sweep
     from lrresearch.trainer import RunDirExistsError
 
     say = (lambda message: None) if args.quiet else (lambda m: print(m, flush=True))
+    if args.resume and not args.sweep_name:
+        return _fail("--resume needs --sweep_name (the sweep to continue)")
+    given = {"gin_files": args.gin_file, "sweeps": args.sweep, "samples": args.sample}
+    given.update(sweep_random=args.sweep_random, seed=args.seed)
     try:
-        sweep_dir, points = sweeps.run_sweep(
-            args.gin_file,
-            args.gin_param,
-            args.sweep,
-            logdir=args.logdir,
-            sweep_name=args.sweep_name,
-            progress=say,
-            samples=args.sample,
-            random_points=args.sweep_random,
-            seed=args.seed,
-        )
+        if args.resume:
+            sweep_dir, points = resume_sweep(
+                args.logdir, args.sweep_name, given, args.gin_param, progress=say
+            )
+        else:
+            sweep_dir, points = sweeps.run_sweep(
+                args.gin_file,
+                args.gin_param,
+                args.sweep,
+                logdir=args.logdir,
+                sweep_name=args.sweep_name,
+                progress=say,
+                samples=args.sample,
+                random_points=args.sweep_random,
+                seed=args.seed,
+            )
     except config.ConfigError as e:
         return _fail(str(e))
     except (RunDirExistsError, OSError, ValueError) as e:
@@ -188,7 +211,7 @@ def sweep(args: argparse.Namespace) -> int:
             code=130,
         )
     print(sweeps.report(points))
-    failed = [p for p in points if not p.result]
+    failed = [p for p in points if p.status != "ok"]  # "ok" before a --resume counts
     print(
         f"sweep: {len(points) - len(failed)}/{len(points)} runs ok -> {sweep_dir}; "
         f"lrresearch board {sweep_dir}",

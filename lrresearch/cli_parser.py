@@ -43,6 +43,7 @@ examples:
       --sample='Trainer.batch_size=choice([32, 64, 128])'
   lrresearch sweep --sweep_random=4 --sample='Trainer.batch_size=choice([32, 64, 128])' \\
       --sweep='Trainer.controller=[@GradNormController(), @ConstantController()]'
+  lrresearch sweep --resume --sweep_name=sweep-20250101-120000   # after Ctrl-C
 
 distributions for --sample (gin syntax; each binding has its own seeded generator):
   uniform(low, high)         a float in [low, high)
@@ -160,7 +161,8 @@ def _train_parser(commands: Any) -> None:
         "--resume",
         action="store_true",
         help="continue <logdir>/<run_name> from its newest intact checkpoint (a run "
-        "that does not exist, or has no checkpoint yet, is started); needs --run_name",
+        "that does not exist, or has no checkpoint yet, is started); needs --run_name. "
+        "With no --gin_file the run's own config.gin is used, --gin_params on top",
     )
 
 
@@ -305,6 +307,13 @@ def _sweep_parser(commands: Any) -> None:
         help="seed of the --sample draws (not of training: sweep Trainer.seed for that)",
     )
     _add_output_flags(sweep, "--sweep_name", "sweep-<YYYYmmdd-HHMMSS>")
+    sweep.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep <logdir>/<sweep_name> with its own flags (its sweep.json): "
+        "finished runs are skipped, a stopped one resumes from its checkpoint, the rest "
+        "run; --gin_params apply on top; needs --sweep_name",
+    )
 
 
 def _compare_parser(commands: Any) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from lrresearch import tf_data_cache
 from lrresearch.data import BatchSampler, DataError, Dataset
 
 DatasetSpec = Callable[[], Any] | Dataset | tf.data.Dataset
@@ -71,6 +72,8 @@ class PipelineInput:
 
     iterator: Any
     name: str
+    # The `.cache(filename)` files of the training and eval pipelines (`tf_data_cache`).
+    cache_files: tuple[str, ...] = ()
 
     def next(self) -> tuple[tf.Tensor, tf.Tensor]:
         return self.iterator.get_next()
@@ -130,9 +133,11 @@ def make_inputs(spec: DatasetSpec, batch_size: int, seed: int) -> Inputs:
     if evaluation is not None:
         _example_spec(evaluation, name)
         eval_batches = evaluation.batch(batch_size).with_options(_options())
-    return Inputs(
-        PipelineInput(iterator, name), eval_batches, spec_x, None, name, info=data_info(spec)
-    )
+    caches = tf_data_cache.cache_files(train)
+    if evaluation is not None:
+        caches += tf_data_cache.cache_files(evaluation)
+    train_input = PipelineInput(iterator, name, caches)
+    return Inputs(train_input, eval_batches, spec_x, None, name, info=data_info(spec))
 
 
 def data_info(spec: DatasetSpec) -> dict[str, bool | int | float | str]:

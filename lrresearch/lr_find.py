@@ -349,7 +349,7 @@ def lr_find(
         strategy=distribute.get_strategy(),
     )
     trainer.build()
-    run_dir = make_run_dir(logdir, run_name, "lr-find")
+    run_dir = make_run_dir(logdir, run_name, "lr-find", resumable=False)
     progress(f"lr-find directory: {run_dir}")
     with open(os.path.join(run_dir, "config.gin"), "w") as f:
         f.write(gin.operative_config_str())

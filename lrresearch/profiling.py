@@ -358,7 +358,7 @@ def profile(
         make_controller(name)  # fail fast on a bad name or binding
     for name in optimizers:
         make_optimizer_class(name)
-    out_dir = make_run_dir(logdir, run_name, "profile")
+    out_dir = make_run_dir(logdir, run_name, "profile", resumable=False)
     progress(f"profile directory: {out_dir}")
     with open(os.path.join(out_dir, "config.gin"), "w") as f:
         f.write(gin.config_str())

@@ -17,7 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from lrresearch import event_files, random_state
+from lrresearch import event_files, random_state, run_config, tf_data_cache
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.rundir import (
     LOCK_FILE,
@@ -50,12 +50,18 @@ def _unrestored_values_filter(record: logging.LogRecord) -> bool:
 
 
 def resume(
-    trainer: Any, run_dir: str, config: str, say: Callable[..., None], chief: bool
+    trainer: Any,
+    run_dir: str,
+    config: str,
+    say: Callable[..., None],
+    chief: bool,
+    previous_start: float | None = None,
 ) -> int | None:
     """Restores `run_dir`'s newest intact checkpoint; returns its step, or None when
     the run starts (again) from step 0. The chief also repairs the run directory:
-    interrupted saves and damaged checkpoints are set aside, and the event files
-    lose what the interrupted process logged after the checkpoint."""
+    interrupted saves and damaged checkpoints are set aside, the event files lose what
+    the interrupted process logged after the checkpoint, and a `tf.data` cache lock
+    that process left (it started at `previous_start`, unix seconds) is removed."""
     if not chief:
         say = print_nothing
     saved_path = os.path.join(run_dir, "config.gin")
@@ -70,6 +76,10 @@ def resume(
             "--logdir"
         )
     recovery = recover_checkpoint(os.path.join(run_dir, "checkpoints"), repair=chief)
+    if chief:
+        train_input = getattr(getattr(trainer, "inputs", None), "train", None)
+        cache_files = getattr(train_input, "cache_files", ())
+        recovery.notes += tf_data_cache.remove_stale_locks(cache_files, previous_start)
     for note in recovery.notes:
         say(f"resume: {note}")
     if recovery.path is not None:
@@ -91,17 +101,39 @@ def resume(
                 "starting it from step 0"
             )
         return None
-    differences = binding_differences(saved or "", config) if saved is not None else []
+    differences = _differences(saved, config)
     if differences:
         say(
             "warning: resuming with bindings that differ from the run's config.gin:\n  "
             + "\n  ".join(differences)
-            + "\n  (config.gin now records them; its first lines keep what changed)"
+            + f"\n  (config.gin now records them, its first lines keep what changed; the "
+            f"earlier one is config-until-step-{step}.gin)"
         )
         _warn_stretched(trainer, differences, step, say)
         if chief:
-            write_atomically(saved_path, _with_history(config, saved or "", step, differences))
+            _replace_config(run_dir, saved or "", config, step, differences)
     return step
+
+
+def _differences(saved: str | None, config: str) -> list[str]:
+    """The bindings of `config` that differ from the run's `saved` config.gin."""
+    if saved is None:
+        return []
+    return binding_differences(saved, config, ignore=run_config.OBSOLETE)
+
+
+def _replace_config(
+    run_dir: str, saved: str, config: str, step: int, differences: list[str]
+) -> None:
+    """`config.gin` becomes the configuration the run continues with, below the history
+    of its resumes with other bindings (a later plain `--resume` uses it: a run extended
+    with `Trainer.steps` stays extended); the one it replaces is kept whole as
+    `config-until-step-<step>.gin`."""
+    write_atomically(os.path.join(run_dir, f"config-until-step-{step}.gin"), saved)
+    write_atomically(
+        os.path.join(run_dir, run_config.CONFIG_FILE),
+        _with_history(config, saved, step, differences),
+    )
 
 
 def _with_history(config: str, saved: str, step: int, differences: list[str]) -> str:
@@ -155,7 +187,7 @@ def _restore(
             tf.get_logger().addFilter(_unrestored_values_filter)
         lines = (str(e).strip() or type(e).__name__).splitlines()
         reason = lines[0][:200] + (" ..." if len(lines) > 1 or len(lines[0]) > 200 else "")
-        differences = binding_differences(saved, config) if saved is not None else []
+        differences = _differences(saved, config)
         name, logdir = os.path.basename(run_dir), os.path.dirname(run_dir) or "."
         raise ResumeError(
             f"cannot resume {run_dir!r} from {os.path.basename(path)}: the checkpoint "
@@ -163,9 +195,9 @@ def _restore(
             + (
                 "bindings that differ from the run's config.gin (run -> now):\n  "
                 + "\n  ".join(differences)
-                + "\nresume with the run's own configuration: lrresearch train "
-                f"--gin_file={os.path.join(run_dir, 'config.gin')} --resume "
-                f"--run_name {name} --logdir {logdir}"
+                + "\nresume with the run's own configuration (its config.gin, used when "
+                f"no --gin_file is given): lrresearch train --resume --run_name {name} "
+                f"--logdir {logdir}"
                 if differences
                 else "no binding differs from the run's config.gin, so the checkpoint "
                 "was written by code that kept other state (another version of "

@@ -23,7 +23,7 @@ from typing import Any
 import gin
 import tensorflow as tf
 
-from lrresearch import distribute, resume, summaries
+from lrresearch import distribute, resume, summaries, tf_data_cache
 from lrresearch.batch_log import BlockWriter
 from lrresearch.optimizers import whole_step
 from lrresearch.rundir import (
@@ -87,7 +87,7 @@ class TrainResult:
         if self.steps <= self.began:
             return (
                 f"done: nothing to train: {self.run_dir} is complete at step {self.steps} "
-                "(raise Trainer.steps to continue it)"
+                "(to continue it: --resume --gin_param='Trainer.steps = <more>')"
             )
         evals = "".join(f", eval/{k} {v:.4f}" for k, v in self.evals.items())
         return (
@@ -139,7 +139,10 @@ def fit(
     else:
         run_dir = run_path(logdir, run_name)
     try:
-        began = resume.resume(trainer, run_dir, config, say, chief) if resume_run else None
+        began = None
+        if resume_run:
+            started = lock.previous_start if lock is not None else None
+            began = resume.resume(trainer, run_dir, config, say, chief, started)
         if began is None and chief:
             write_atomically(os.path.join(run_dir, "config.gin"), config)
         say(
@@ -150,6 +153,8 @@ def fit(
         )
         return _Loop(trainer, run_dir, began, config, say, chief, worker).run()
     except (tf.errors.OpError, OSError) as e:
+        if (message := tf_data_cache.explain_lock_error(e, run_dir)) is not None:
+            raise tf_data_cache.CacheLockError(message) from None
         if not is_disk_full(e):
             raise
         raise DiskFullError(disk_full_message(run_dir, e)) from None

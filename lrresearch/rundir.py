@@ -14,6 +14,7 @@ and puts the checkpoint folder in order for `tf.train.CheckpointManager`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -22,6 +23,7 @@ import os
 import re
 import shutil
 import unicodedata
+from collections.abc import Collection
 
 import tensorflow as tf
 
@@ -48,13 +50,19 @@ class ResumeError(ValueError):
 
 
 def make_run_dir(
-    logdir: str, run_name: str | None, default_prefix: str, name_flag: str = "--run_name"
+    logdir: str,
+    run_name: str | None,
+    default_prefix: str,
+    name_flag: str = "--run_name",
+    resumable: bool = True,
 ) -> str:
     """Creates and returns `<logdir>/<run_name>`; never reuses an existing directory.
 
     With no `run_name` the name is `<default_prefix>-<YYYYmmdd-HHMMSS>`, suffixed `-1`,
-    `-2`, ... if that exists already. An explicit `run_name` that exists is an error;
-    one that is not a plain directory name too (`check_run_name`, naming `name_flag`).
+    `-2`, ... if that exists already. An explicit `run_name` that exists is an error
+    whose advice names the command's own flag (`name_flag`) and, for a command that
+    can continue it (`resumable`), `--resume`; one that is not a plain directory name is
+    an error too (`check_run_name`).
     """
     check_run_name(run_name, name_flag)
     try:
@@ -69,9 +77,9 @@ def make_run_dir(
             os.mkdir(path)
         except FileExistsError:
             raise RunDirExistsError(
-                f"run directory {path!r} already exists and runs are never overwritten; "
-                "choose another --run_name, leave it out for a fresh timestamped name, "
-                "or continue it with --resume"
+                f"directory {path!r} already exists and is never overwritten; "
+                f"choose another {name_flag}, leave it out for a fresh timestamped name"
+                + (", or continue it with --resume" if resumable else "")
             ) from None
         return path
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -125,6 +133,8 @@ class RunLock:
     def __init__(self, run_dir: str):
         self.path = os.path.join(run_dir, LOCK_FILE)
         self._file = None
+        # When the run's previous writer (now ended) started, from its line in the file.
+        self.previous_start: float | None = None
 
     def acquire(self) -> RunLock:
         if fcntl is None:
@@ -141,6 +151,10 @@ class RunLock:
                 "two processes never write one run. Wait for it to end (or stop it), "
                 "then --resume; or start a new run with another --run_name"
             ) from None
+        handle.seek(0)
+        if m := re.search(r"\(since ([^)]+)\)", handle.read()):
+            with contextlib.suppress(ValueError):
+                self.previous_start = datetime.datetime.fromisoformat(m.group(1)).timestamp()
         handle.seek(0)
         handle.truncate()
         stamp = datetime.datetime.now().isoformat(timespec="seconds")
@@ -240,6 +254,8 @@ def _unreadable(prefix: str) -> str | None:
                 )
             else:
                 reader.get_tensor(key)
+    except IndexError:  # what TF's reader raises for a data file cut short
+        return "its data file is cut short"
     except (tf.errors.OpError, ValueError, RuntimeError) as e:
         first_line = (getattr(e, "message", None) or str(e)).strip().splitlines()[0]
         return f"{type(e).__name__}: {first_line[:160]}"
@@ -345,11 +361,15 @@ def parse_bindings(config: str) -> dict[str, str]:
     return bindings
 
 
-def binding_differences(before: str, after: str, limit: int = 12) -> list[str]:
+def binding_differences(
+    before: str, after: str, limit: int = 12, ignore: Collection[str] = ()
+) -> list[str]:
     """The bindings that differ between two operative configs, one line each:
     `name: <before> -> <after>`. A configurable bound on one side only (another
-    controller, say) is one line: `GradNormController.*: only before (6 bindings)`."""
+    controller, say) is one line: `GradNormController.*: only before (6 bindings)`.
+    Names in `ignore` (bindings older versions wrote) are left out."""
     old, new = parse_bindings(before), parse_bindings(after)
+    old = {name: value for name, value in old.items() if name not in ignore}
     owners_before = {n.rpartition(".")[0] for n in old}
     owners_after = {n.rpartition(".")[0] for n in new}
     lines, grouped = [], []

@@ -22,6 +22,7 @@ experiment of the runs started, and `SweepInterrupted` says how to continue.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import itertools
 import json
 import os
@@ -35,7 +36,7 @@ import gin
 import tensorflow as tf
 
 from lrresearch import config, distribute, sampling, summaries
-from lrresearch.rundir import write_atomically
+from lrresearch.rundir import RunLock, write_atomically
 from lrresearch.sampling import split_values
 from lrresearch.trainer import Trainer, TrainingInterrupted, TrainResult, make_run_dir
 
@@ -71,6 +72,7 @@ class Point:
     error: str = ""
     status: str = "not run"
     stopped_at: int | None = None  # the interrupted run's checkpoint step
+    run_hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # the run's own
 
     def hparams(self) -> dict[str, bool | int | float | str]:
         """Every swept binding under its gin name, for the HParams dashboard."""
@@ -90,7 +92,7 @@ class SweepInterrupted(KeyboardInterrupt):
         return str(self.args[0])
 
 
-def _check(
+def check_axes(
     gin_files: Sequence[str],
     gin_params: Sequence[str],
     sweeps: Sequence[str],
@@ -182,7 +184,14 @@ def _write_manifest(sweep_dir: str, flags: dict[str, Any], points: list[Point]) 
     manifest = {
         **flags,
         "points": [
-            {"run": p.run_name, "bindings": p.bindings, "sampled": p.sampled, "status": p.status}
+            {
+                "run": p.run_name,
+                "bindings": p.bindings,
+                "sampled": p.sampled,
+                "status": p.status,
+                **({"error": p.error} if p.error else {}),
+                **({"hparams": p.run_hparams} if p.run_hparams else {}),
+            }
             for p in points
         ],
     }
@@ -190,10 +199,11 @@ def _write_manifest(sweep_dir: str, flags: dict[str, Any], points: list[Point]) 
 
 
 def _run_point(
-    point: Point, gin_files, gin_params, sweep_dir: str, stop
+    point: Point, gin_files, gin_params, sweep_dir: str, stop, resume: bool = False
 ) -> tuple[Trainer | None, bool]:
-    """Trains one point and records its status. Returns its trainer (None if it was
-    not built) and whether Ctrl-C or SIGTERM asked the sweep to stop."""
+    """Trains one point (with `resume`, continues its run if it has one) and records
+    its status. Returns its trainer (None if it was not built) and whether Ctrl-C or
+    SIGTERM asked the sweep to stop."""
     trainer = None
     try:
         config.parse(
@@ -206,8 +216,10 @@ def _run_point(
         trainer.build()
         if stop.requested:  # Ctrl-C while this point was being set up: do not start it
             return trainer, True
-        point.result = trainer.fit(logdir=sweep_dir, run_name=point.run_name, quiet=True)
-        point.status = "ok"
+        point.result = trainer.fit(
+            logdir=sweep_dir, run_name=point.run_name, quiet=True, resume=resume
+        )
+        point.status, point.stopped_at = "ok", None
     except TrainingInterrupted:  # stopped between compiled calls, checkpoint saved
         point.status, point.stopped_at = "interrupted", int(trainer.step.numpy())
         return trainer, True
@@ -246,42 +258,59 @@ def run_sweep(
       SweepInterrupted: Ctrl-C or SIGTERM; the runs so far are recorded.
     """
     parsed, drawn = parse_samples(samples, random_points, seed)
-    axes = _check(gin_files, gin_params, sweeps, parsed, drawn)
+    axes = check_axes(gin_files, gin_params, sweeps, parsed, drawn)
     points = plan(axes, parsed, drawn)
-    sweep_dir = make_run_dir(logdir, sweep_name, "sweep", "--sweep_name")
+    sweep_dir = make_run_dir(logdir, sweep_name, "sweep", name_flag="--sweep_name")
     progress(f"sweep directory: {sweep_dir} ({len(points)} runs)")
     flags = {"gin_files": list(gin_files), "gin_params": list(gin_params), "sweeps": list(sweeps)}
     if parsed:
         flags.update(samples=list(samples), sweep_random=random_points, seed=seed)
+    with RunLock(sweep_dir):  # as `sweep --resume` holds it
+        run_points(sweep_dir, flags, points, parsed, progress)
+    return sweep_dir, points
+
+
+def run_points(
+    sweep_dir: str,
+    flags: dict[str, Any],
+    points: list[Point],
+    samples: Sequence[sampling.Sample],
+    progress: Callable[[str], None],
+    resume: bool = False,
+) -> None:
+    """Trains the points in order, `sweep.json` rewritten after each; with `resume`,
+    points already "ok" or "failed" are skipped and the others continue their runs
+    (`lrresearch sweep --resume`, `sweep_resume`). Raises `SweepInterrupted`."""
     _write_manifest(sweep_dir, flags, points)
-    hparam_values: dict[str, list] = {}
     start = time.perf_counter()
-    interrupted = False
+    interrupted, ran = False, 0
+    todo = [p for p in points if not (resume and p.status in ("ok", "failed"))]
     # Between runs Ctrl-C only sets `stop.requested`; during a run the trainer's own
     # handler stops it after the current compiled call, with its checkpoint saved.
     with distribute.StopOnSignal() as stop:
-        for point in points:
+        for point in todo:
             elapsed = time.perf_counter() - start
-            left = len(points) - point.index
-            eta = f"  ETA {elapsed / point.index * left:.0f}s" if point.index else ""
+            eta = f"  ETA {elapsed / ran * (len(todo) - ran):.0f}s" if ran else ""
             progress(f"sweep: run {point.index + 1}/{len(points)} {point.run_name}{eta}")
-            trainer, interrupted = _run_point(point, gin_files, gin_params, sweep_dir, stop)
+            gin_files, gin_params = flags["gin_files"], flags["gin_params"]
+            trainer, interrupted = _run_point(point, gin_files, gin_params, sweep_dir, stop, resume)
+            ran += 1
             if trainer is not None and point.status in ("ok", "interrupted"):
-                for key, value in trainer.hparams().items():
-                    hparam_values.setdefault(key, []).append(value)
+                point.run_hparams = trainer.hparams()
             if point.status == "ok":
                 progress(f"  {point.result.summary_line()}")
             elif point.status == "failed":
                 progress(f"  FAILED: {point.error}")
+            _write_manifest(sweep_dir, flags, points)  # a killed sweep knows what ran
             if interrupted:
                 break
-    _finish(sweep_dir, hparam_values, {s.name: s.distribution for s in parsed})
-    _write_manifest(sweep_dir, flags, points)
+    hparam_values: dict[str, list] = {}
+    for point in points:
+        for key, value in point.run_hparams.items():
+            hparam_values.setdefault(key, []).append(value)
+    _finish(sweep_dir, hparam_values, {s.name: s.distribution for s in samples})
     if interrupted:
-        raise SweepInterrupted(
-            interrupted_message(sweep_dir, points, gin_files, gin_params), sweep_dir, points
-        )
-    return sweep_dir, points
+        raise SweepInterrupted(interrupted_message(sweep_dir, points), sweep_dir, points)
 
 
 def _finish(
@@ -307,6 +336,10 @@ def _finish(
             params.append(hp.HParam(name, hp.Discrete(values)))
         else:
             params.append(hp.HParam(name))
+    # TensorBoard keeps the first metadata of a tag, which holds the experiment: a
+    # resumed sweep's experiment replaces the earlier one (the root holds nothing else).
+    for path in glob.glob(os.path.join(sweep_dir, "events.out.tfevents.*")):
+        os.remove(path)
     writer = summaries.create_writer(sweep_dir)
     with writer.as_default():
         metrics = [hp.Metric(tag, display_name=tag) for tag in summaries.HPARAM_METRICS]
@@ -315,9 +348,7 @@ def _finish(
     writer.close()
 
 
-def interrupted_message(
-    sweep_dir: str, points: Sequence[Point], gin_files: Sequence[str], gin_params: Sequence[str]
-) -> str:
+def interrupted_message(sweep_dir: str, points: Sequence[Point]) -> str:
     """What an interrupted sweep finished, where it is, and how to continue."""
     done = [p for p in points if p.status in ("ok", "failed")]
     stopped = [p for p in points if p.status == "interrupted"]
@@ -329,14 +360,15 @@ def interrupted_message(
     ]
     for p in stopped:
         at = f" at step {p.stopped_at}, checkpoint saved" if p.stopped_at is not None else ""
-        command = ["lrresearch", "train", "--resume", "--logdir", sweep_dir]
-        command += ["--run_name", p.run_name, *(f"--gin_file={f}" for f in gin_files)]
-        command += [f"--gin_param={b}" for b in gin_params]
-        command += [f"--gin_param={n} = {v}" for n, v in p.bindings.items()]
-        lines.append(f"  {p.run_name} stopped{at}; continue it with:")
-        lines.append(f"    {shlex.join(command)}")
+        lines.append(f"  {p.run_name} stopped{at}")
     if not_run:
         lines.append(f"  not run: {', '.join(p.run_name for p in not_run)}")
+    command = ["lrresearch", "sweep", "--resume", "--sweep_name", os.path.basename(sweep_dir)]
+    command += ["--logdir", os.path.dirname(sweep_dir) or "."]
+    lines.append(
+        f"continue the sweep (finished runs skipped, the stopped one resumed from its "
+        f"checkpoint) with:\n    {shlex.join(command)}"
+    )
     return "\n".join(lines)
 
 
@@ -352,6 +384,8 @@ def report(points: Sequence[Point]) -> str:
             )
         elif p.status == "failed":
             lines.append(f"| {p.run_name} | | | | FAILED: {p.error} |")
+        elif p.status == "ok":  # finished before `sweep --resume`
+            lines.append(f"| {p.run_name} | | | | ok (earlier) |")
         else:
             lines.append(f"| {p.run_name} | | | | {p.status} |")
     return "\n".join(lines)

@@ -58,9 +58,9 @@ def test_every_commands_examples_parse_and_their_gin_bindings_are_valid(name, mo
         gin_files, gin_params = getattr(args, "gin_file", []), getattr(args, "gin_param", [])
         try:
             config.parse(gin_files, gin_params)
-            if name == "sweep":
+            if name == "sweep" and not args.resume:  # a resumed sweep has its own flags
                 samples, drawn = sweep.parse_samples(args.sample, args.sweep_random, args.seed)
-                sweep._check(gin_files, gin_params, args.sweep, samples, drawn)
+                sweep.check_axes(gin_files, gin_params, args.sweep, samples, drawn)
             if name == "profile" and args.controllers:
                 for controller in args.controllers.split(","):
                     reference = gin_references.expand_config(controller, "--controllers")

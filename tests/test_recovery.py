@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import REPO, Events
 
-from lrresearch import cli, event_files
+from lrresearch import cli, event_files, rundir
 
 STEPS, EVERY = 3000, 1000
 PARAMS = [
@@ -182,6 +182,27 @@ def test_damaged_newest_checkpoints_fall_back_to_the_newest_intact_one(full, cap
     assert_equals_uninterrupted(run_dir, reference)
 
 
+def test_truncated_data_files_fall_back_to_the_newest_intact_checkpoint(full, capsys, tmp_path):
+    logdir, reference = full
+    # Cut to nothing: found without training (the reader raised IndexError).
+    shutil.copytree(logdir / "full" / "checkpoints", tmp_path / "checkpoints")
+    (data,) = glob.glob(f"{tmp_path}/checkpoints/ckpt-{STEPS}.data-*")
+    os.truncate(data, 0)
+    recovery = rundir.recover_checkpoint(str(tmp_path / "checkpoints"))
+    assert recovery.step == STEPS - EVERY
+    assert recovery.notes == [f"ckpt-{STEPS} is damaged (its data file is cut short): set aside"]
+    # Cut in half (a disk that lost the end), resumed: the run is the uninterrupted one.
+    run_dir, name = copy_run(logdir / "full", logdir)
+    (data,) = glob.glob(f"{run_dir}/checkpoints/ckpt-{STEPS}.data-*")
+    os.truncate(data, os.path.getsize(data) // 2)
+    code, out = resume_in_process(logdir, name, capsys)
+    assert code == 0, out.err
+    assert f"ckpt-{STEPS} is damaged (its data file is cut short): set aside" in out.out
+    assert glob.glob(f"{run_dir}/checkpoints/damaged/ckpt-{STEPS}.data-*")
+    assert f"resumed at step {STEPS - EVERY})" in out.out
+    assert_equals_uninterrupted(run_dir, reference)
+
+
 @pytest.mark.parametrize(
     ("binding", "named"),
     [
@@ -200,9 +221,39 @@ def test_resume_with_another_configuration_names_what_differs(full, capsys, bind
     code, out = resume_in_process(logdir, name, capsys, binding, f"Trainer.steps = {STEPS + 10}")
     assert code == 2
     assert named in out.err and f"Trainer.steps: {STEPS} -> {STEPS + 10}" in out.err
-    assert "--gin_file=" in out.err and "config.gin --resume" in out.err
+    assert (
+        f"own configuration (its config.gin, used when no --gin_file is given): "
+        f"lrresearch train --resume --run_name {name} --logdir {logdir}" in out.err
+    )
     assert len(out.err.splitlines()) <= 12
     assert sorted(os.listdir(run_dir)) == before
+
+
+def test_resume_without_gin_file_uses_the_runs_own_config_with_params_on_top(full, capsys):
+    logdir, reference = full
+    run_dir, name = copy_run(logdir / "full", logdir)
+    with open(run_dir / "config.gin", "a") as f:  # as versions before 0e35a6f wrote it
+        f.write("Trainer.strategy = None\n")
+    # The built-in default is another controller and width: the run's own config is used,
+    # with the --gin_param on top (Trainer.steps would extend it the same way).
+    code = cli.main(["train", f"--logdir={logdir}", f"--run_name={name}", "--resume",
+                     "--gin_param=Trainer.keep_checkpoints = 5"])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"resume: configuration: the run's own {run_dir}/config.gin + --gin_param=" in out.out
+    assert "(skipped Trainer.strategy, written by an older version" in out.out
+    assert "warning: resuming with bindings that differ" in out.out
+    assert "Trainer.keep_checkpoints: 3 -> 5" in out.out
+    assert f"nothing to train: {run_dir} is complete at step {STEPS}" in out.out
+    # config.gin is the configuration the run goes on with; the one it replaced is kept.
+    assert "Trainer.keep_checkpoints = 5" in (run_dir / "config.gin").read_text()
+    kept = (run_dir / f"config-until-step-{STEPS}.gin").read_text()
+    assert "Trainer.keep_checkpoints = 3" in kept and "Trainer.strategy = None" in kept
+    code = cli.main(["train", f"--logdir={logdir}", f"--run_name={name}", "--resume"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "warning" not in out.out + out.err and "skipped" not in out.out
+    assert_equals_uninterrupted(run_dir, reference)
 
 
 @pytest.fixture

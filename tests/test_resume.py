@@ -14,6 +14,8 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, Events, default_ctrl_c
 
+from lrresearch import cli, tf_data_cache
+
 PARAMS = [
     "--gin_param=Trainer.steps = 300",
     "--gin_param=Trainer.checkpoint_every = 40",
@@ -177,3 +179,79 @@ def test_default_run_config_names_its_controller_and_an_old_none_still_resumes(t
     assert "Trainer.controller = @GradNormController()\n" in text
     assert "Trainer.steps = 6\n" in text and "Trainer.steps = 4\n" not in text
     assert text.startswith("# Resumed at step 4 with bindings that differ (before -> after):\n")
+
+
+CACHED_INPUT = """
+import gin
+import keras
+import tensorflow as tf
+
+
+@gin.configurable
+def cached_line(cache_file="cache/line"):
+    x = tf.random.stateless_uniform((20000, 4), seed=(1, 2))
+    return tf.data.Dataset.from_tensor_slices((x, tf.reduce_sum(x, 1, keepdims=True))).cache(
+        cache_file
+    )
+
+
+@gin.configurable
+def linear(input_shape):
+    inputs = keras.Input(input_shape)
+    return keras.Model(inputs, keras.layers.Dense(1)(inputs))
+"""
+CACHED_RUN = [
+    "import cachepkg", "Trainer.dataset = @cached_line", "Trainer.model = @linear",
+    "Trainer.loss = 'mse'", "Trainer.metrics = []", "Trainer.steps = 1000000",
+    "Trainer.steps_per_loop = 10", "Trainer.log_every = 10", "Trainer.checkpoint_every = 20",
+]  # fmt: skip
+
+
+def test_a_cache_lock_left_by_a_killed_run_is_removed_on_resume(tmp_path, monkeypatch, capsys):
+    # A pipeline that fills a .cache(file) over its first epoch (312 batches), killed in it.
+    (tmp_path / "cachepkg.py").write_text(CACHED_INPUT)
+    (tmp_path / "cache").mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "lrresearch", "train", "--logdir=runs", "--run_name=c",
+         *(f"--gin_param={p}" for p in CACHED_RUN)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        for line in process.stdout:
+            if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= 30:
+                process.send_signal(signal.SIGKILL)
+                break
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL
+    stale = [p for p in (tmp_path / "cache").glob("line_*.lockfile")
+             if not p.with_suffix(".index").exists()]  # fmt: skip
+    assert len(stale) == 1  # the shard being written when the process died
+    monkeypatch.chdir(tmp_path)
+    params = [f"--gin_param={p}" for p in [*CACHED_RUN, "Trainer.steps = 50"]]
+    code = cli.main(["train", "--logdir=runs", "--run_name=c", "--resume", *params])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert (
+        f"resume: removed {os.path.join('cache', stale[0].name)}, the tf.data cache lock" in out.out
+    )
+    assert len(Events(tmp_path / "runs" / "c").scalar("lr")) == 50
+
+
+def test_a_cache_lock_not_left_by_the_runs_own_process_is_kept_and_explained(tmp_path):
+    lock = tmp_path / "line_0.lockfile"
+    lock.write_text("Created at: 1000")  # before the run's previous process started
+    assert tf_data_cache.remove_stale_locks((str(tmp_path / "line"),), 2000.0) == []
+    assert lock.exists()
+    error = tf.errors.AlreadyExistsError(
+        None, None, "There appears to be a concurrent caching iterator running - cache "
+        f"lockfile already exists ('{lock}'). If you are sure no other running TF ..."
+    )  # fmt: skip
+    message = tf_data_cache.explain_lock_error(error, "runs/c")
+    assert f"{lock} exists" in message and "delete the lock" in message
+    assert "--resume --run_name c --logdir runs" in message and len(message.splitlines()) <= 4

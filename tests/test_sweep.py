@@ -136,15 +136,13 @@ def test_random_sweep_records_every_drawn_value_in_sweep_json_and_hparams(tmp_pa
     )
 
 
-def test_ctrl_c_stops_a_sweep_after_the_current_run_and_says_how_to_continue(tmp_path, capsys):
+def test_ctrl_c_stops_a_sweep_and_sweep_resume_finishes_it(tmp_path, capsys):
     sweep_dir = tmp_path / "s"
+    flags = ["--sweep_name=s", "--gin_param=Trainer.steps = 1000000"]
+    flags += ["--gin_param=Trainer.steps_per_loop = 10", "--gin_param=mlp.hidden = (8,)"]
+    flags += ["--sweep=Trainer.seed=[3, 4]"]
     process = subprocess.Popen(
-        [
-            *(sys.executable, "-u", "-m", "lrresearch", "sweep", f"--logdir={tmp_path}"),
-            *("--sweep_name=s", "--gin_param=Trainer.steps = 1000000"),
-            *("--gin_param=Trainer.steps_per_loop = 10", "--gin_param=mlp.hidden = (8,)"),
-            "--sweep=Trainer.seed=[3, 4, 5]",
-        ],
+        [sys.executable, "-u", "-m", "lrresearch", "sweep", f"--logdir={tmp_path}", *flags],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -164,25 +162,42 @@ def test_ctrl_c_stops_a_sweep_after_the_current_run_and_says_how_to_continue(tmp
     assert process.returncode == 130, err
     assert "Traceback" not in err and err.count("lrresearch: error:") == 1, err
     message = err[err.index("lrresearch: error:") :]
-    assert message.startswith("lrresearch: error: sweep interrupted: 0 of 3 runs finished")
-    assert "not run: 001-seed=4, 002-seed=5" in message
+    assert message.startswith("lrresearch: error: sweep interrupted: 0 of 2 runs finished")
+    assert "not run: 001-seed=4" in message
     assert "| 000-seed=3 | | | | interrupted |" in out
-    # The interrupted run saved its checkpoint; the others never started.
+    # The interrupted run saved its checkpoint; the other never started.
     at = int(re.search(r"000-seed=3 stopped at step (\d+), checkpoint saved", message)[1])
     assert tf.train.latest_checkpoint(str(sweep_dir / "000-seed=3" / "checkpoints")).endswith(
         f"-{at}"
     )
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["000-seed=3"]
     manifest = json.loads((sweep_dir / "sweep.json").read_text())
-    assert [p["status"] for p in manifest["points"]] == ["interrupted", "not run", "not run"]
+    assert [p["status"] for p in manifest["points"]] == ["interrupted", "not run"]
     assert hparams_experiment(sweep_dir)["seed"] == [3]  # TensorBoard lists the run started
-    # The advised command continues the run (cut short here by a lower Trainer.steps).
-    command = shlex.split(message.split("continue it with:\n")[1].splitlines()[0])
-    assert command[:3] == ["lrresearch", "train", "--resume"]
+    # The same sweep again is refused with what `sweep` takes.
     gin.clear_config()
+    assert cli.main(["sweep", f"--logdir={tmp_path}", *flags]) == 2
+    refusal = capsys.readouterr().err
+    assert "choose another --sweep_name" in refusal and "--run_name" not in refusal
+    # --resume takes the sweep's own points: another --sweep is refused, nothing run.
+    resume = ["sweep", "--resume", "--sweep_name=s", f"--logdir={tmp_path}"]
+    assert cli.main([*resume, "--sweep=Trainer.seed=[9]"]) == 2
+    assert "its points are fixed" in capsys.readouterr().err
+    # The advised command continues the sweep (its runs cut short by a lower Trainer.steps).
+    command = shlex.split(message.split("checkpoint) with:\n")[1].splitlines()[0])
+    assert command == ["lrresearch", "sweep", "--resume", "--sweep_name", "s",
+                       "--logdir", str(tmp_path)]  # fmt: skip
     try:
         code = cli.main([*command[1:], f"--gin_param=Trainer.steps = {at + 10}", "--quiet"])
     finally:
         gin.clear_config()
     assert code == 0, capsys.readouterr().err
-    assert len(Events(sweep_dir / "000-seed=3").scalar("lr")) == at + 10
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [p["status"] for p in manifest["points"]] == ["ok", "ok"]
+    assert manifest["gin_params"][-1] == f"Trainer.steps = {at + 10}"
+    for run in ("000-seed=3", "001-seed=4"):
+        assert len(Events(sweep_dir / run).scalar("lr")) == at + 10, run
+    assert sorted(hparams_experiment(sweep_dir)["seed"]) == [3, 4]
+    # A finished sweep resumed: nothing runs, and it counts as done.
+    assert cli.main([*command[1:], "--quiet"]) == 0
+    assert "| 001-seed=4 | | | | ok (earlier) |" in capsys.readouterr().out
