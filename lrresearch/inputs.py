@@ -94,6 +94,7 @@ class Inputs:
       name: for HParams and messages.
       arrays: the in-memory data, if that is the input.
       info: what the dataset function's `info()` says identifies the data (see above).
+      example_spec: one unbatched example's `(x, y)` specs (for the model/loss check).
     """
 
     train: ArrayInput | PipelineInput
@@ -103,6 +104,7 @@ class Inputs:
     name: str
     arrays: Dataset | None = None
     info: dict[str, bool | int | float | str] = dataclasses.field(default_factory=dict)
+    example_spec: tuple[tf.TensorSpec, tf.TensorSpec] | None = None
 
 
 def make_inputs(spec: DatasetSpec, batch_size: int, seed: int) -> Inputs:
@@ -131,7 +133,13 @@ def make_inputs(spec: DatasetSpec, batch_size: int, seed: int) -> Inputs:
         _example_spec(evaluation, name)
         eval_batches = evaluation.batch(batch_size).with_options(_options())
     return Inputs(
-        PipelineInput(iterator, name), eval_batches, spec_x, None, name, info=data_info(spec)
+        PipelineInput(iterator, name),
+        eval_batches,
+        spec_x,
+        None,
+        name,
+        info=data_info(spec),
+        example_spec=train.element_spec,
     )
 
 
@@ -164,6 +172,9 @@ def _array_inputs(data: Dataset, batch_size: int, seed: int) -> Inputs:
         data.num_classes,
         data.name,
         data,
+        example_spec=tuple(
+            tf.TensorSpec(a.shape[1:], tf.as_dtype(a.dtype)) for a in (data.x_train, data.y_train)
+        ),
     )
 
 

@@ -210,3 +210,25 @@ def test_a_binding_a_short_name_overrides_names_where_it_is_bound(fail):
                    "--gin_param=SGD.momentum = 0.5")  # fmt: skip
     assert message.startswith("SGD.momentum must not be bound with Trainer.optimizer = ")
     assert "bound at: --gin_param='SGD.momentum = 0.5'" in message
+
+
+TF_DATA = ["import user_pkg.workload", "Trainer.dataset = @user_pkg.workload.three_targets",
+           "Trainer.model = @mlp", "Trainer.loss = 'mse'", "Trainer.steps = 2"]  # fmt: skip
+
+
+def test_mlp_on_a_tf_data_input_asks_for_num_classes_and_the_binding_works(fail, tmp_path):
+    path = write(tmp_path / "tfdata.gin", *TF_DATA)
+    message = fail("train", f"--gin_file={path}")
+    assert message.startswith(
+        "Trainer.model: mlp() needs the class count (num_classes), which only in-memory "
+        "class-labelled data give, not a tf.data input; bind it in gin, e.g. "
+        "`mlp.num_classes = 10`"
+    )
+    # Bound, the model is built: the next problem is its output (2 units, 3 targets).
+    message = fail("train", f"--gin_file={path}", "--gin_param=mlp.num_classes = 2")
+    assert message.startswith(
+        "Trainer.model must output what Trainer.loss takes for these labels: mlp outputs "
+        "shape (2,) per example, the labels of three_targets have shape (3,) (float32), and "
+        "mean_squared_error cannot take them ("
+    )
+    assert f"bound at: {path}:3" in message  # Trainer.model = @mlp

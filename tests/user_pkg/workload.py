@@ -39,3 +39,12 @@ def experiment(model=gin.REQUIRED, loss=gin.REQUIRED, data=gin.REQUIRED) -> floa
     x, y = data
     net = model(input_shape=x.shape[1:])
     return float(keras.ops.mean(loss(y, net(x))))
+
+
+@gin.configurable
+def three_targets(examples: int = 64):
+    """A tf.data input of unbatched `(x, y)`: x of shape (4,), y of shape (3,) floats."""
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).normal(size=(examples, 4)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((x, x[:, :3]))
