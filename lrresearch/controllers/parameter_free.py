@@ -415,7 +415,9 @@ class DAdaptSGDController(Controller):
         grads = [tf.convert_to_tensor(g) for g in signals.grads]
         # Sums in the variable's dtype, added up in float64 (the authors' `.item()`).
         g_sq = tf.add_n([_sum64(g * g) for g in grads])
-        finite = tf.math.is_finite(g_sq)
+        # The guard skips a batch whose loss or gradient norm is not finite: so does `s`.
+        finite = tf.math.is_finite(g_sq) & tf.math.is_finite(signals.global_norm)
+        finite &= tf.math.is_finite(tf.cast(signals.loss, tf.float32))
         g0_norm = tf.where(self.g0_norm > 0.0, self.g0_norm, tf.where(finite, tf.sqrt(g_sq), 0.0))
         dlr = self.d * self.c / g0_norm
         use = finite & (g0_norm > 0.0)
