@@ -327,9 +327,14 @@ def make_base_optimizer(spec: BaseSpec, learning_rate: float) -> keras.optimizer
         )
     _check_base(base)
     if isinstance(base, keras.optimizers.SGD) and base.momentum:
-        warnings.warn(keras_momentum_warning(spec, base), stacklevel=3)
+        warnings.warn(keras_momentum_warning(spec, base), BaseFormWarning, stacklevel=3)
     base.learning_rate = learning_rate
     return base
+
+
+class BaseFormWarning(UserWarning):
+    """A base optimizer that is not the form the authors' code wraps (one line on the
+    CLI, as lrresearch's own warnings are)."""
 
 
 def keras_momentum_warning(spec: BaseSpec, base: keras.optimizers.SGD) -> str:
