@@ -259,11 +259,12 @@ def test_mechanic_warns_that_keras_momentum_is_not_the_authors_torch_sgd():
     )
 
 
-def test_a_run_of_dog_on_adam_warns_once_and_dadapt_sgd_on_momentum_is_refused(tmp_path, capsys):
+def test_a_trainer_of_dog_on_adam_warns_and_of_dadapt_sgd_on_momentum_refuses():
+    """The trainer calls `check_optimizer` once the optimizer exists, before the run
+    prints `run_warnings` (each distinct one once)."""
+
     def trainer(*bindings):
-        config.parse([], ["Trainer.steps = 4", "Trainer.steps_per_loop = 2",
-                          "Trainer.eval_every = 0", "Trainer.histogram_every = 0",
-                          "mlp.hidden = (4,)", *bindings])  # fmt: skip
+        config.parse([], ["Trainer.steps = 4", "mlp.hidden = (4,)", *bindings])
         try:
             built = Trainer()
             built.build()
@@ -273,11 +274,9 @@ def test_a_run_of_dog_on_adam_warns_once_and_dadapt_sgd_on_momentum_is_refused(t
 
     with pytest.raises(ValueError, match=r"DAdaptSGDController\.momentum = 0\.9"):
         trainer("Trainer.controller = @DAdaptSGDController()", "Trainer.optimizer = 'momentum'")
-    run = trainer("Trainer.controller = @DoGController()", "Trainer.optimizer = 'adam'")
-    run.fit(logdir=str(tmp_path), quiet=True)
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "DoG" in line]
-    assert warnings == [
-        "warning: DoG with Trainer.optimizer = Adam is not DoG: its step size scales Adam's "
+    dog = trainer("Trainer.controller = @DoGController()", "Trainer.optimizer = 'adam'")
+    assert dog.controller.run_warnings(dog.steps) == [
+        "DoG with Trainer.optimizer = Adam is not DoG: its step size scales Adam's "
         "update instead of the gradient itself (the method's update, which has no momentum "
         "or weight decay); for DoG set `Trainer.optimizer = 'sgd'`"
     ]
