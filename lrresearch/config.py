@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 import gin
 from gin import resource_reader
 
-from lrresearch import gin_imports
+from lrresearch import gin_imports, unknown_arguments
 
 
 class ConfigError(ValueError):
@@ -89,7 +89,7 @@ def configurable_names() -> list[str]:
     return sorted(names)
 
 
-def _parameters(configurable: str) -> list[str]:
+def parameters_of(configurable: str) -> list[str]:
     try:
         target = gin.get_configurable(configurable)
     except (KeyError, ValueError):
@@ -99,7 +99,7 @@ def _parameters(configurable: str) -> list[str]:
     return []
 
 
-def _suggest(word: str, candidates: list[str]) -> str:
+def suggest(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=2, cutoff=0.75)
     return f"\n  Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
@@ -147,7 +147,7 @@ def explain(error: Exception, where: str = "") -> str:
     if m := re.search(r"No configurable matching (?:reference )?'@?([\w.]+)", message):
         if hint := NOT_CONFIGURABLE.get(m.group(1).rsplit(".", 1)[-1]):
             return f"{message}\n  {hint}"
-        message += _suggest(m.group(1), configurable_names())
+        message += suggest(m.group(1), configurable_names())
     elif m := re.search(r"Configurable '([\w.]+)' has denylisted kwarg '(\w+)'", message):
         owner = m.group(1).rsplit(".", 1)[-1]
         if hint := NOT_CONFIGURABLE.get(f"{owner}.{m.group(2)}"):
@@ -155,8 +155,8 @@ def explain(error: Exception, where: str = "") -> str:
     elif m := re.search(r"Ambiguous selector '([\w.]+)'", message):
         message += f"\n  Name one in full: {_full_names(message)}."
     elif m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message):
-        params = _parameters(m.group(1))
-        message += _suggest(m.group(2), params) or (
+        params = parameters_of(m.group(1))
+        message += suggest(m.group(2), params) or (
             f"\n  Its parameters are: {', '.join(params)}." if params else ""
         )
     return message
@@ -374,7 +374,7 @@ def _missing_file(path: str) -> ConfigError:
             for f in files
             if f.endswith(".gin")
         ]
-        hint = _suggest(path, known)
+        hint = suggest(path, known)
     return ConfigError(f"--gin_file: no such file {path!r}.{hint}")
 
 
@@ -424,6 +424,8 @@ def parse_binding(binding: str, where: str) -> None:
 def explain_call_error(error: Exception, gin_files: list[str], gin_params: list[str]) -> str:
     """Adds where a rejected `Configurable.param` was bound to a constructor's error."""
     message = str(error).strip()
+    if unknown := unknown_arguments.explain(message, gin_files, gin_params):
+        return unknown
     if m := re.search(r"\b([A-Za-z]\w*\.\w+) must\b", message):
         places = locate_bindings(m.group(1), gin_files, gin_params)
         if places:

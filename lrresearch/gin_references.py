@@ -90,7 +90,7 @@ def build(text: str, base: type, flag: str) -> Any:
         reference = gin.config.parse_value(text)
     except (ValueError, SyntaxError) as e:
         name = text[1:-2].rpartition("/")[2]
-        hint = config._suggest(name, config.configurable_names())
+        hint = config.suggest(name, config.configurable_names())
         first = str(e).strip().splitlines()[0]
         raise _fail(flag, text, f"{first}{hint}") from None
     if not _may_return(reference.configurable.wrapped, base):

@@ -97,6 +97,7 @@ class Inputs:
       name: for HParams and messages.
       arrays: the in-memory data, if that is the input.
       info: what the dataset function's `info()` says identifies the data (see above).
+      example_spec: one unbatched example's `(x, y)` specs (for the model/loss check).
     """
 
     train: ArrayInput | PipelineInput
@@ -106,6 +107,7 @@ class Inputs:
     name: str
     arrays: Dataset | None = None
     info: dict[str, bool | int | float | str] = dataclasses.field(default_factory=dict)
+    example_spec: tuple[tf.TensorSpec, tf.TensorSpec] | None = None
 
 
 def make_inputs(spec: DatasetSpec, batch_size: int, seed: int) -> Inputs:
@@ -136,8 +138,15 @@ def make_inputs(spec: DatasetSpec, batch_size: int, seed: int) -> Inputs:
     caches = tf_data_cache.cache_files(train)
     if evaluation is not None:
         caches += tf_data_cache.cache_files(evaluation)
-    train_input = PipelineInput(iterator, name, caches)
-    return Inputs(train_input, eval_batches, spec_x, None, name, info=data_info(spec))
+    return Inputs(
+        PipelineInput(iterator, name, caches),
+        eval_batches,
+        spec_x,
+        None,
+        name,
+        info=data_info(spec),
+        example_spec=train.element_spec,
+    )
 
 
 def data_info(spec: DatasetSpec) -> dict[str, bool | int | float | str]:
@@ -169,6 +178,9 @@ def _array_inputs(data: Dataset, batch_size: int, seed: int) -> Inputs:
         data.num_classes,
         data.name,
         data,
+        example_spec=tuple(
+            tf.TensorSpec(a.shape[1:], tf.as_dtype(a.dtype)) for a in (data.x_train, data.y_train)
+        ),
     )
 
 

@@ -118,7 +118,10 @@ def _controllers(standalone: bool) -> list[Entry]:
 
 
 def _short_optimizer(name: str, factory: Callable[..., Any]) -> Entry:
-    """A `Trainer.optimizer` short name: what it builds, read from its factory's source."""
+    """A `Trainer.optimizer` short name: what it builds (`ShortName.builds`, else read
+    from its factory's source)."""
+    if builds := getattr(factory, "builds", None):
+        return Entry(repr(name), "", f"{builds}, with the controller's LR")
     try:
         source = inspect.getsource(factory)
     except (OSError, TypeError):

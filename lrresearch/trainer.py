@@ -182,9 +182,8 @@ class Trainer:
                 f"distribution.strategy = {self.distribution!r} (each takes an "
                 f"equal slice of the global batch), got {self.batch_size}"
             )
-        # The input, controller, moving averages, guard and step live once, outside the
-        # strategy's scope, and run in the cross-replica context; model and optimizer
-        # variables are mirrored on every replica.
+        # Input, controller, moving averages, guard and step: once, outside the strategy's
+        # scope, in the cross-replica context; model and optimizer: mirrored per replica.
         self.inputs = make_inputs(self.dataset_spec, self.batch_size, self.seed)
         self.data: Dataset | None = self.inputs.arrays  # in-memory arrays, if that
         self.eval_dataset = self.inputs.eval
@@ -193,6 +192,7 @@ class Trainer:
                 self.model = workload.build_model(
                     self.model_fn, self.inputs.input_shape, self.inputs.num_classes
                 )
+                workload.check_output_fits(self.model, self.loss_fn, self.loss_name, self.inputs)
             self.variables = list(self.model.trainable_variables)
             self.optimizer = make_optimizer(self.optimizer_spec, self.controller.initial_lr)
             self.optimizer.build(self.variables)

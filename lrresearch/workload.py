@@ -54,23 +54,60 @@ def build_model(
     if known.keys() & parameters.keys():
         needed = [k for k in known if k in parameters]
         arguments = (), {k: known[k] for k in needed if known[k] is not None}
-        missing = "num_classes" in required and num_classes is None
-    else:
+    else:  # an unknown class count is left to gin (a binding), not passed as None
         positional = [known["input_shape"], num_classes][: len(required)]
-        arguments = tuple(positional), {}
-        missing = len(required) >= 2 and num_classes is None
-    if missing:
+        arguments = tuple(p for p in positional if p is not None), {}
+    try:
+        model = model_fn(*arguments[0], **arguments[1])
+    except TypeError as e:
+        takes_count = "num_classes" in required or len(required) >= 2
+        if num_classes is not None or not takes_count or "missing" not in str(e):
+            raise
+        count = "num_classes" if "num_classes" in required else required[1]
         raise ValueError(
-            f"Trainer.model: {name}() takes the class count, which a tf.data input does "
-            f"not give; bind it in gin ({name}.num_classes = ...) or give it a default"
-        )
-    model = model_fn(*arguments[0], **arguments[1])
+            f"Trainer.model: {name}() needs the class count ({count}), which only in-memory "
+            f"class-labelled data give, not a tf.data input; bind it in gin, e.g. "
+            f"`{name}.{count} = 10` (the number of classes, or output units), or give "
+            f"{name}'s {count} a default"
+        ) from None
     if not isinstance(model, keras.Model):
         raise ValueError(
             f"Trainer.model must return a keras.Model, but {name}() returned "
             f"{type(model).__name__}; bind a function or class that builds the model"
         )
     return model
+
+
+def check_output_fits(model: keras.Model, loss_fn: LossFn, loss_name: str, inputs: Any) -> None:
+    """Raises ValueError naming both per-example shapes, the model and the loss if
+    `loss_fn` cannot take the model's output for the labels of `inputs.example_spec`.
+    Nothing runs: the model's output is inferred symbolically and the loss traced on
+    specs, before any run directory exists (otherwise the first compiled call fails
+    with TensorFlow's traced stack)."""
+    if inputs.example_spec is None:
+        return
+    x_spec, y_spec = inputs.example_spec
+    try:
+        output = model.compute_output_spec(keras.KerasTensor((2, *x_spec.shape), x_spec.dtype))
+    except (ValueError, TypeError, NotImplementedError, AttributeError, KeyError):
+        return  # a model Keras cannot run symbolically: the step's trace will say
+    if not isinstance(output, keras.KerasTensor):
+        return  # several outputs: the loss's business
+    trace = tf.function(lambda y, p: loss_fn(y, p), autograph=False).get_concrete_function
+    try:
+        trace(
+            tf.TensorSpec((2, *y_spec.shape), y_spec.dtype),
+            tf.TensorSpec(output.shape, output.dtype),
+        )
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValueError(
+            f"Trainer.model must output what Trainer.loss takes for these labels: {model.name} "
+            f"outputs shape {tuple(output.shape[1:])} per example, the labels of "
+            f"{inputs.name} have shape {tuple(y_spec.shape)} ({y_spec.dtype.name}), and "
+            f"{loss_name} cannot take them ({reason}); change the model's last layer (e.g. "
+            f"mlp.num_classes: the output units) or Trainer.loss"
+        ) from None
 
 
 def per_example_loss(spec: LossSpec) -> tuple[LossFn, str]:

@@ -192,3 +192,43 @@ def test_a_parameter_callers_always_pass_says_what_to_bind_instead():
     # What gin says once `Trainer` denylists `strategy` (the command passes it).
     error = ValueError("Configurable 'Trainer' has denylisted kwarg 'strategy'.")
     assert "choose it with distribution.strategy" in config.explain(error, "--gin_param=x")
+
+
+def test_an_unknown_argument_of_an_optimizer_names_the_gin_file_line_and_binding(fail, tmp_path):
+    path = write(tmp_path / "bad.gin", "Trainer.steps = 2", "Trainer.optimizer = @Prodigy",
+                 "Prodigy.bogus_arg = 1")  # fmt: skip
+    message = fail("train", f"--gin_file={path}")
+    assert message.startswith(
+        f"Prodigy.bogus_arg must be an argument of Prodigy, got a binding at {path}:3: "
+        "Prodigy has no parameter 'bogus_arg'"
+    )
+    assert "Its parameters are: learning_rate, beta_1," in message
+
+
+def test_a_binding_a_short_name_overrides_names_where_it_is_bound(fail):
+    message = fail("train", "--gin_param=Trainer.optimizer = 'momentum'",
+                   "--gin_param=SGD.momentum = 0.5")  # fmt: skip
+    assert message.startswith("SGD.momentum must not be bound with Trainer.optimizer = ")
+    assert "bound at: --gin_param='SGD.momentum = 0.5'" in message
+
+
+TF_DATA = ["import user_pkg.workload", "Trainer.dataset = @user_pkg.workload.three_targets",
+           "Trainer.model = @mlp", "Trainer.loss = 'mse'", "Trainer.steps = 2"]  # fmt: skip
+
+
+def test_mlp_on_a_tf_data_input_asks_for_num_classes_and_the_binding_works(fail, tmp_path):
+    path = write(tmp_path / "tfdata.gin", *TF_DATA)
+    message = fail("train", f"--gin_file={path}")
+    assert message.startswith(
+        "Trainer.model: mlp() needs the class count (num_classes), which only in-memory "
+        "class-labelled data give, not a tf.data input; bind it in gin, e.g. "
+        "`mlp.num_classes = 10`"
+    )
+    # Bound, the model is built: the next problem is its output (2 units, 3 targets).
+    message = fail("train", f"--gin_file={path}", "--gin_param=mlp.num_classes = 2")
+    assert message.startswith(
+        "Trainer.model must output what Trainer.loss takes for these labels: mlp outputs "
+        "shape (2,) per example, the labels of three_targets have shape (3,) (float32), and "
+        "mean_squared_error cannot take them ("
+    )
+    assert f"bound at: {path}:3" in message  # Trainer.model = @mlp

@@ -299,3 +299,114 @@ def test_cosine_restarts_warns_when_the_run_cuts_a_cycle():
     chained = Chain([ConstantController(0.1), CosineRestartsController(T_0=500)], [100])
     chained.set_run_length(1100)  # the part's own span: 1,000 batches, two whole cycles
     assert chained.run_warnings(1100) == []
+
+
+# -- Parameter-free controllers on an optimizer that is not their method ---------------
+
+
+def _optimizers():
+    import keras
+
+    from lrresearch.optimizers import MomentumSGD
+
+    return {
+        "sgd": keras.optimizers.SGD(),
+        "torch sgd": MomentumSGD(momentum=0.0),
+        "keras momentum": keras.optimizers.SGD(momentum=0.9),
+        "torch momentum": MomentumSGD(momentum=0.9),
+        "nesterov": keras.optimizers.SGD(momentum=0.9, nesterov=True),
+        "adam": keras.optimizers.Adam(),
+        "sgd with weight decay": keras.optimizers.SGD(weight_decay=1e-4),
+    }
+
+
+@pytest.mark.parametrize("name", ["DoGController", "DoWGController"])
+def test_dog_and_dowg_warn_on_an_optimizer_that_is_not_plain_sgd(name):
+    from lrresearch import controllers
+
+    optimizers = _optimizers()
+    warned = {}
+    for kind, optimizer in optimizers.items():
+        controller = getattr(controllers, name)()
+        controller.check_optimizer(optimizer)  # never refused: a variant one may study
+        warned[kind] = controller.run_warnings(None)
+    assert warned["sgd"] == warned["torch sgd"] == []
+    method = name.removesuffix("Controller")
+    assert warned["keras momentum"] == [
+        f"{method} with Trainer.optimizer = Keras's SGD(momentum=0.9) is not {method}: its "
+        "step sizes enter the velocity (m = mu*m - lr*g), so each update mixes the step "
+        "sizes of past batches instead of the gradient itself (the method's update, which "
+        f"has no momentum or weight decay); for {method} set `Trainer.optimizer = 'sgd'`"
+    ]
+    assert "scales the momentum buffer" in warned["torch momentum"][0]
+    assert "its step size scales Adam's update" in warned["adam"][0]
+    for kind in ("nesterov", "sgd with weight decay"):
+        assert warned[kind][0].endswith("set `Trainer.optimizer = 'sgd'`"), kind
+
+
+def test_dadapt_sgd_refuses_an_optimizer_whose_weights_leave_its_path():
+    from lrresearch.controllers import DAdaptSGDController
+
+    optimizers = _optimizers()
+    for kind in ("sgd", "torch sgd"):
+        DAdaptSGDController().check_optimizer(optimizers[kind])  # accepted
+    DAdaptSGDController(momentum=0.9).check_optimizer(optimizers["keras momentum"])
+    with pytest.raises(ValueError) as error:
+        DAdaptSGDController().check_optimizer(optimizers["keras momentum"])
+    assert str(error.value).startswith(
+        "Trainer.optimizer must be Keras's SGD with momentum 0.0 (no Nesterov, no weight "
+        "decay) under DAdaptSGDController(momentum=0.0), got Keras's SGD(momentum=0.9): "
+    )
+    assert str(error.value).endswith(
+        "set `DAdaptSGDController.momentum = 0.9` for the authors' DAdaptSGD(momentum=0.9), "
+        "or `Trainer.optimizer = 'sgd'` for momentum 0.0"
+    )
+    for kind in ("torch momentum", "nesterov", "adam", "sgd with weight decay"):
+        with pytest.raises(ValueError, match=r"use `Trainer.optimizer = 'sgd'`; for Adam"):
+            DAdaptSGDController().check_optimizer(optimizers[kind])
+    with pytest.raises(ValueError, match=r"@keras.optimizers.SGD with SGD.momentum = 0.9`"):
+        DAdaptSGDController(momentum=0.9).check_optimizer(optimizers["torch momentum"])
+
+
+def test_mechanic_warns_that_keras_momentum_is_not_the_authors_torch_sgd():
+    import warnings
+
+    from lrresearch.optimizers import Mechanic, MomentumSGD
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Mechanic(base_optimizer="sgd")
+        Mechanic(base_optimizer=MomentumSGD)
+        assert caught == []
+        Mechanic(base_optimizer="momentum")
+    (warning,) = caught
+    assert str(warning.message) == (
+        "Mechanic.base_optimizer = 'momentum' is Keras's SGD(momentum=0.9), whose velocity "
+        "holds the LR (m = mu*m - lr*g), not the torch.optim.SGD(momentum=0.9) of the "
+        "authors' mechanize (buf = mu*buf + g): once the LR changes per batch the two "
+        "differ (docs/parity/mechanic.md); for the authors' form set "
+        "`Mechanic.base_optimizer = @MomentumSGD` with `MomentumSGD.momentum = 0.9`"
+    )
+
+
+def test_a_trainer_of_dog_on_adam_warns_and_of_dadapt_sgd_on_momentum_refuses():
+    """The trainer calls `check_optimizer` once the optimizer exists, before the run
+    prints `run_warnings` (each distinct one once)."""
+
+    def trainer(*bindings):
+        config.parse([], ["Trainer.steps = 4", "mlp.hidden = (4,)", *bindings])
+        try:
+            built = Trainer()
+            built.build()
+            return built
+        finally:
+            gin.clear_config()
+
+    with pytest.raises(ValueError, match=r"DAdaptSGDController\.momentum = 0\.9"):
+        trainer("Trainer.controller = @DAdaptSGDController()", "Trainer.optimizer = 'momentum'")
+    dog = trainer("Trainer.controller = @DoGController()", "Trainer.optimizer = 'adam'")
+    assert dog.controller.run_warnings(dog.steps) == [
+        "DoG with Trainer.optimizer = Adam is not DoG: its step size scales Adam's "
+        "update instead of the gradient itself (the method's update, which has no momentum "
+        "or weight decay); for DoG set `Trainer.optimizer = 'sgd'`"
+    ]

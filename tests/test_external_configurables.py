@@ -54,3 +54,40 @@ def test_names_come_from_public_gin_lookups():
     assert "MovingAverage" not in names  # its callers pass every argument
     controllers = profiling.builtin_controllers()
     assert "GradNormController" in controllers and "Product" not in controllers
+
+
+def test_a_short_name_builds_through_gin_so_its_class_bindings_take_effect():
+    from lrresearch.optimizers import Mechanic, make_optimizer
+
+    config.parse([], ["Adam.beta_1 = 0.8", "keras.optimizers.SGD.momentum = 0.9"])
+    adam = make_optimizer("adam", 0.1)
+    assert isinstance(adam, keras.optimizers.Adam) and adam.beta_1 == 0.8
+    assert float(adam.learning_rate) == pytest.approx(0.1)
+    assert make_optimizer("momentum", 0.1).momentum == 0.9  # the same value: no conflict
+    assert Mechanic(base_optimizer="adam").base_optimizer.beta_1 == 0.8
+    assert "Adam.beta_1 = 0.8" in gin.operative_config_str()  # recorded in config.gin
+
+
+@pytest.mark.parametrize(
+    ("bindings", "message"),
+    [
+        (
+            ["SGD.momentum = 0.5"],
+            "SGD.momentum must not be bound with Trainer.optimizer = 'momentum', which "
+            "builds keras.optimizers.SGD(learning_rate=lr, momentum=0.9), got 0.5; for your "
+            "value write `Trainer.optimizer = @keras.optimizers.SGD`",
+        ),
+        (
+            ["keras.optimizers.SGD.learning_rate = 0.5"],
+            "SGD.learning_rate must not be bound, got 0.5: the controller sets the "
+            "optimizer's LR every batch",
+        ),
+    ],
+)
+def test_a_short_name_refuses_a_binding_it_would_override(bindings, message):
+    from lrresearch.optimizers import make_optimizer
+
+    config.parse([], bindings)
+    with pytest.raises(ValueError) as error:
+        make_optimizer("momentum", 0.1)
+    assert str(error.value).startswith(message)

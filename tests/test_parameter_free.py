@@ -62,24 +62,33 @@ def dowg_reference(x, y, w0, init_estim_sq_dist=None, eps=1e-4):
     return np.array(lrs), np.array(weights)
 
 
-def dadapt_reference(x, y, w0, c=1.0, d0=1e-6, growth_rate=None):
-    """DAdaptSGD.step with momentum 0: g0_norm = ||g_0||; dlr = d c / g0_norm;
-    numerator += dlr g . s; s += dlr g; d = max(d, min(2 numerator / ||s||, d growth));
-    x = x_0 - s."""
+def dadapt_reference(x, y, w0, c=1.0, d0=1e-6, growth_rate=None, momentum=0.0, applied=None):
+    """DAdaptSGD.step, operation by operation: g0_norm = ||g_0||; dlr = d c / g0_norm;
+    s += dlr g; gsq_weighted += dlr^2 ||g||^2; d_hat = (||s||^2 - gsq_weighted) / ||s||;
+    d = max(d, min(d_hat, d growth)); z = x_0 - s; x = momentum x + (1 - momentum) z.
+
+    `applied(lr)`: the step the weights take instead of the exact one (momentum 0
+    only), e.g. rounded to float32 as the optimizer's LR variable holds it. Returns
+    (LRs applied, weights after each batch, the final d, capped steps)."""
     params = np.concatenate([w0, [0.0]]).astype(np.float64)
     x0, s = params.copy(), np.zeros_like(params)
-    d, numerator, g0_norm, lrs, weights = d0, 0.0, None, [], []
+    d, gsq_weighted, g0_norm, lrs, weights, capped = d0, 0.0, None, [], [], 0
     for xb, yb in zip(x.astype(np.float64), y.astype(np.float64), strict=True):
         g = regression_grad(params[:-1], params[-1], xb, yb)
         g0_norm = np.linalg.norm(g) if g0_norm is None else g0_norm
         dlr = d * c / g0_norm
-        numerator += dlr * (g @ s)
         s = s + dlr * g
-        d = max(d, min(2 * numerator / np.linalg.norm(s), d * (growth_rate or np.inf)))
-        params = x0 - s
-        lrs.append(dlr)
+        gsq_weighted += dlr * dlr * (g @ g)
+        d_hat = (s @ s - gsq_weighted) / np.sqrt(s @ s)
+        capped += bool(growth_rate) and d_hat > d * growth_rate
+        d = max(d, min(d_hat, d * (growth_rate or np.inf)))
+        if applied is None:
+            params = momentum * params + (1 - momentum) * (x0 - s)
+        else:
+            params = params - applied((1 - momentum) * dlr) * g
+        lrs.append((1 - momentum) * dlr)
         weights.append(params)
-    return np.array(lrs), np.array(weights)
+    return np.array(lrs), np.array(weights), d, capped
 
 
 CASES = {
@@ -98,7 +107,7 @@ def test_matches_the_reference_over_many_steps(case):
     make, reference, kwargs = CASES[case]
     x, y = regression_batches(STEPS)
     w0 = np.random.default_rng(3).normal(size=x.shape[-1])
-    want_lrs, want_weights = reference(x, y, w0, **kwargs)
+    want_lrs, want_weights = reference(x, y, w0, **kwargs)[:2]
     # Float64 weights: DoG's first steps are ~1e-6 of the weights, a few float32 ulps,
     # so in float32 ||x_t - x_0|| is quantized (1-5% off over the first steps, for the
     # authors' float32 code as for ours); the controller's own arithmetic is float32.
@@ -108,6 +117,41 @@ def test_matches_the_reference_over_many_steps(case):
     np.testing.assert_allclose(weights, want_weights, rtol=1e-5, atol=2e-6)
     if "init_eta" not in kwargs:
         assert want_lrs[-1] > 10 * want_lrs[0]  # the step size grew from its tiny start
+
+
+def test_dadapt_sgd_growth_compounds_in_float64_over_a_thousand_capped_steps():
+    """`d` grows by `growth_rate` on every capped step: kept in float32, 1.01 is
+    1.00999999 and `d` drifts 1e-5 off after 1,000 such steps. The reference applies
+    the LR rounded to float32, as the optimizer's LR variable holds it, so the only
+    difference left is float64 rounding in the controller's own arithmetic."""
+    steps, growth = 1200, 1.01
+    x, y = regression_batches(steps)
+    w0 = np.random.default_rng(3).normal(size=x.shape[-1])
+    want_lrs, want_weights, want_d, capped = dadapt_reference(
+        x, y, w0, growth_rate=growth, applied=np.float32
+    )
+    assert capped > 1000  # growth is exercised, not just the uncapped estimate
+    controller = DAdaptSGDController(growth_rate=growth)
+    got = controlled_regression(x, y, w0, controller, keras.optimizers.SGD(), np.float64)
+    assert controller.d.dtype == tf.float64
+    np.testing.assert_allclose(controller.d.numpy(), want_d, rtol=1e-12)
+    np.testing.assert_allclose(got[0], want_lrs, rtol=2**-24)  # one float32 rounding
+    np.testing.assert_allclose(got[1], want_weights, rtol=1e-12, atol=1e-14)
+
+
+def test_dadapt_sgd_with_keras_momentum_is_the_authors_momentum_form():
+    """The authors' x = mu x + (1 - mu)(x_0 - s) is Keras's heavy ball at LR
+    (1 - mu) d c / ||g_0||: same weights over many steps."""
+    x, y = regression_batches(STEPS)
+    w0 = np.random.default_rng(3).normal(size=x.shape[-1])
+    want_lrs, want_weights, _, _ = dadapt_reference(x, y, w0, growth_rate=1.05, momentum=0.9)
+    controller = DAdaptSGDController(growth_rate=1.05, momentum=0.9)
+    optimizer = keras.optimizers.SGD(momentum=0.9)
+    controller.check_optimizer(optimizer)  # accepted
+    lrs, weights = controlled_regression(x, y, w0, controller, optimizer, np.float64)
+    np.testing.assert_allclose(lrs, want_lrs, rtol=1e-5)
+    np.testing.assert_allclose(weights, want_weights, rtol=1e-5, atol=2e-6)
+    assert want_lrs[-1] > 100 * want_lrs[0]
 
 
 def signals(norm: float, grads) -> Signals:

@@ -207,7 +207,7 @@ def test_model_factory_gets_only_the_arguments_it_takes():
         return keras.Sequential([keras.Input(shape), keras.layers.Dense(classes)])
 
     assert workload.build_model(positional, (3,), 4).output_shape == (None, 4)
-    with pytest.raises(ValueError, match=r"takes the class count, which a tf.data input"):
+    with pytest.raises(ValueError, match=r"needs the class count \(num_classes\)"):
         workload.build_model(lambda input_shape, num_classes: None, (3,), None)
     with pytest.raises(ValueError, match=r"must return a keras.Model"):
         workload.build_model(lambda: "model", (3,), None)
@@ -261,3 +261,22 @@ def test_tf_data_loop_is_traced_once_with_no_python_op(tmp_path):
     assert "IteratorGetNext" in ops
     assert not ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
     assert os.path.isdir(tmp_path / "traced" / "checkpoints")
+
+
+def test_the_output_check_accepts_outputs_the_loss_takes_and_names_those_it_cannot():
+    import types
+
+    from lrresearch.models import mlp
+
+    def inputs(y_shape, y_dtype):
+        specs = (tf.TensorSpec((4,), tf.float32), tf.TensorSpec(y_shape, y_dtype))
+        return types.SimpleNamespace(example_spec=specs, name="data")
+
+    model = mlp((4,), 3, hidden=(2,))
+    mse, _ = workload.per_example_loss("mse")
+    cross_entropy, name = workload.per_example_loss(None)
+    workload.check_output_fits(model, mse, "mse", inputs((3,), tf.float32))
+    workload.check_output_fits(model, cross_entropy, name, inputs((), tf.int32))  # class ids
+    with pytest.raises(ValueError, match=r"mlp outputs shape \(3,\) per example, the labels of "
+                       r"data have shape \(2,\) \(int32\), and sparse_categorical"):  # fmt: skip
+        workload.check_output_fits(model, cross_entropy, name, inputs((2,), tf.int32))

@@ -13,13 +13,16 @@ holds exactly the reference's LR.
 Two differences of the base Adams, not of Mechanic, and how the rows handle them:
 Keras's Adam adds `epsilon` to `sqrt(v)` (before the bias correction), torch's adds
 `eps` to `sqrt(v / (1 - beta2^t))`, so Keras's `epsilon` is torch's `eps = epsilon /
-sqrt(1 - beta2^t)`: every row but the last sets torch's `eps` to that each step. And
+sqrt(1 - beta2^t)`: every Adam row but the last sets torch's `eps` to that each step. And
 Keras's Adam rounds `beta_1` and `beta_2` through float32 in its bias correction
 (`ops.cast(0.9, "float64")` is 0.8999999761581421) while its moment averages and torch
 use them as given: the "exact betas" rows use betas float32 holds exactly (0.875,
 1 - 2^-10), where the base updates agree to float64 rounding; the (0.9, 0.999) rows
-show the size of that rounding. The last row keeps each library's default epsilon
-(Keras 1e-7, torch 1e-8, constant) and is reported, not checked.
+show the size of that rounding. The "library defaults" row keeps each library's default
+epsilon (Keras 1e-7, torch 1e-8, constant) and is reported, not checked. The momentum
+rows wrap torch's SGD(momentum=0.9): ours with `MomentumSGD` (PyTorch's momentum,
+checked) and with the short name 'momentum' (Keras's SGD, whose velocity holds the LR:
+another method once the LR changes, reported only).
 
 The effective step size of batch `t` is `sum(s) * lr_t` after its step (the reference's
 `state['_mechanic']['s']`; ours `Mechanic.effective_lr`).
@@ -45,7 +48,7 @@ import tensorflow as tf
 from check_parameter_free_reference import problem
 from measured_page import run_and_write
 
-from lrresearch.optimizers import Mechanic
+from lrresearch.optimizers import Mechanic, MomentumSGD
 
 TOLERANCE = 1e-5
 INTRO = (
@@ -58,8 +61,11 @@ INTRO = (
     "Keras rounds `beta_1`, `beta_2` through float32 in its bias correction (the 'exact "
     "betas' rows use 0.875 and 1 - 2^-10, which float32 holds exactly; the (0.9, 0.999) "
     "rows show the effect). The 'library defaults' row keeps Keras's epsilon 1e-7 and "
-    "torch's 1e-8 and is reported, not checked. Needs torch and mechanic-pytorch in a "
-    "scratch venv."
+    "torch's 1e-8 and is reported, not checked. The momentum rows wrap torch's "
+    "SGD(momentum=0.9): `@MomentumSGD` (PyTorch's form) is checked; the short name "
+    "'momentum' is Keras's SGD, whose velocity holds the LR, reported to show how far "
+    "apart the two forms are once the LR changes per batch. Needs torch and "
+    "mechanic-pytorch in a scratch venv."
 )
 
 
@@ -81,9 +87,11 @@ EXACT = {"beta_1": 0.875, "beta_2": 1 - 2.0**-10}
 DEFAULT = {"beta_1": 0.9, "beta_2": 0.999}
 WEIGHT_DECAY = 2.0**-6
 KERAS_EPSILON = 1e-7
+MOMENTUM = 0.9  # the short name 'momentum''s
 
-# name, base ("sgd", "adam", "adamw"), the base's betas, Mechanic's arguments, LR
-# schedule, checked (False: reported only).
+# name, base ("sgd", "adam", "adamw"; "torch momentum" / "keras momentum": our
+# MomentumSGD / Keras's SGD, both momentum 0.9, against torch's SGD), the base's betas,
+# Mechanic's arguments, LR schedule, checked (False: reported only).
 CASES = [
     ("SGD, defaults", "sgd", {}, {}, constant_lr, True),
     ("SGD, s_decay 0.1", "sgd", {}, {"s_decay": 0.1}, constant_lr, True),
@@ -92,6 +100,10 @@ CASES = [
      {"betas": (0.9, 0.99), "s_init": 1e-6, "eps": 1e-6}, constant_lr, True),
     ("SGD, store_delta", "sgd", {}, {"store_delta": True}, constant_lr, True),
     ("SGD, LR per batch", "sgd", {}, {}, changing_lr, True),
+    ("SGD momentum 0.9 as @MomentumSGD, LR per batch", "torch momentum", {}, {},
+     changing_lr, True),
+    ("SGD momentum 0.9 as 'momentum' (Keras's form), LR per batch (reported only)",
+     "keras momentum", {}, {}, changing_lr, False),
     ("Adam (exact betas), matched eps", "adam", EXACT, {}, constant_lr, True),
     ("Adam (exact betas), matched eps, LR per batch, s_decay 0.1, store_delta", "adam",
      EXACT, {"s_decay": 0.1, "store_delta": True}, changing_lr, True),
@@ -114,8 +126,9 @@ def reference_run(base, betas, kwargs, schedule, matched, x, y, w0):
         w = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
         steps = len(x)
         lr0 = schedule(0, steps)
-        if base == "sgd":
-            optimizer = mechanize(torch.optim.SGD, **kwargs)([w], lr=lr0)
+        if base == "sgd" or base.endswith("momentum"):
+            momentum = 0.0 if base == "sgd" else MOMENTUM
+            optimizer = mechanize(torch.optim.SGD, **kwargs)([w], lr=lr0, momentum=momentum)
         else:
             cls = torch.optim.Adam if base == "adam" else torch.optim.AdamW
             decay = {"weight_decay": WEIGHT_DECAY} if base == "adamw" else {}
@@ -126,7 +139,7 @@ def reference_run(base, betas, kwargs, schedule, matched, x, y, w0):
         etas, weights = [], []
         for t, (xb, yb) in enumerate(zip(x, y, strict=True)):
             group["lr"] = schedule(t, steps)
-            if base != "sgd" and matched:  # Keras's epsilon, moved after the bias correction
+            if base in ("adam", "adamw") and matched:  # Keras's epsilon, after the correction
                 group["eps"] = KERAS_EPSILON / math.sqrt(1 - betas["beta_2"] ** (t + 1))
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(torch.tensor(xb) @ w, torch.tensor(yb))
@@ -143,6 +156,8 @@ def our_run(base, betas, kwargs, schedule, x, y, w0):
     """Mechanic around Keras's base, float64 weights, compiled step; same outputs."""
     bases = {
         "sgd": "sgd",
+        "torch momentum": functools.partial(MomentumSGD, momentum=MOMENTUM),
+        "keras momentum": "momentum",  # Keras's SGD(momentum=0.9): warns, not torch's
         "adam": functools.partial(keras.optimizers.Adam, epsilon=KERAS_EPSILON, **betas),
         "adamw": functools.partial(
             keras.optimizers.AdamW, epsilon=KERAS_EPSILON, weight_decay=WEIGHT_DECAY, **betas

@@ -5,18 +5,20 @@ References (not dependencies of lrresearch; install them in a scratch venv next 
 lrresearch, jax and optax in a venv of their own): the authors' DoG, PyPI
 `dog-optimizer` (github.com/formll/dog, class `dog.DoG`, PyTorch); the authors'
 D-Adaptation, PyPI `dadaptation` (github.com/facebookresearch/dadaptation, class
-`DAdaptSGD` with momentum 0); and optax's `optax.contrib.dowg` (JAX; DoWG's authors
-published no code of their own). The DoWG reference runs in a subprocess with the
-other venv's Python (`--optax_python`); the minibatches, initial weights and its
-arguments go to it, and its step sizes and weights come back, through a temporary
-.npz file (float64).
+`DAdaptSGD` with momentum 0, and 0.9 against Keras's SGD(momentum=0.9)); and optax's
+`optax.contrib.dowg` (JAX; DoWG's authors published no code of their own). The DoWG
+reference runs in a subprocess with the other venv's Python (`--optax_python`); the
+minibatches, initial weights and its arguments go to it, and its step sizes and weights
+come back, through a temporary .npz file (float64).
 Both sides train the same softmax regression in float64 (one weight matrix, the bias
 folded in as a column of ones) with plain SGD, on the same minibatches from the same
 initial weights. Ours runs the trainer's per-batch path
-(`batch_signals` -> `set_lr` -> `optimizer.apply`, compiled) with float64 weights; the
-controllers' own arithmetic is float32. The step size of batch `t` is the one applied to
-it: `param_groups[0]["eta"][0]` after DoG's `step()`, `d * lr / g0_norm` of
-`DAdaptSGD`'s group before its `step()`, and for DoWG the learning rate `scale_by_dowg`
+(`batch_signals` -> `set_lr` -> `optimizer.apply`, compiled) with float64 weights; DoG's
+and DoWG's own arithmetic is float32, D-Adapt SGD's scalars are float64 (its `growth_rate`
+compounds over the capped steps, more than 1,000 here). The step size of batch `t` is
+the one applied to it: `param_groups[0]["eta"][0]` after DoG's `step()`, `(1 - momentum)
+* d * lr / g0_norm` of `DAdaptSGD`'s group before its `step()` (the weights' heavy-ball
+LR), and for DoWG the learning rate `scale_by_dowg`
 computes from its state (`estim_sq_dist / (sqrt(weighted_sq_norm_grads) + eps)`, after
 its `update`; the side checks that `optax.contrib.dowg`'s update is minus that times
 the gradient).
@@ -26,7 +28,7 @@ of the weights over the run, with the machine, versions, date and command.
 
 Run (in a venv with lrresearch, torch, dog-optimizer and dadaptation; optax in its own):
   python3.11 -m venv /tmp/optaxvenv && /tmp/optaxvenv/bin/pip install jax optax numpy
-  python tools/check_parameter_free_reference.py [--steps=500] \
+  python tools/check_parameter_free_reference.py [--steps=2000] \
       [--optax_python=/tmp/optaxvenv/bin/python]
 `--optax_python` defaults to `$OPTAX_PYTHON`; without either the DoWG rows are skipped.
 Exits 1 if a row differs by more than 1e-5 (step size) or 1e-5 (weights).
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -57,21 +60,29 @@ CLASSES, FEATURES, BATCH = 4, 20, 32
 INTRO = (
     "`DoGController` against the authors' `DoG` (PyPI `dog-optimizer`, "
     "github.com/formll/dog), `DAdaptSGDController` against the authors' `DAdaptSGD` "
-    "(PyPI `dadaptation`, momentum 0) and `DoWGController` against `optax.contrib.dowg` "
-    "(JAX, float64, run in a subprocess by the Python of another venv, "
-    "`--optax_python`), same data and initial weights, float64 weights on both sides, "
-    "plain SGD. Needs torch, dog-optimizer and dadaptation in a scratch venv, jax and "
-    "optax in another."
+    "(PyPI `dadaptation`, momentum 0, and 0.9 with Keras's SGD(momentum=0.9)) and "
+    "`DoWGController` against `optax.contrib.dowg` (JAX, float64, run in a subprocess by "
+    "the Python of another venv, `--optax_python`), same data and initial weights, "
+    "float64 weights on both sides, plain SGD unless a row says. Needs torch, "
+    "dog-optimizer and dadaptation in a scratch venv, jax and optax in another."
 )
 
-# "method, setting", ours, the reference's arguments.
+# "method, setting", ours, the reference's arguments; the optimizer is Keras's SGD with
+# the reference's momentum (0 but for D-Adapt SGD's momentum form).
 CASES = [
     ("DoG, reps_rel 1e-6", lambda: DoGController(), {"reps_rel": 1e-6}),
     ("DoG, reps_rel 1e-4", lambda: DoGController(reps_rel=1e-4), {"reps_rel": 1e-4}),
     ("DoG, init_eta 0.01", lambda: DoGController(init_eta=0.01), {"init_eta": 0.01}),
     ("DAdaptSGD, defaults", lambda: DAdaptSGDController(), {}),
+    ("DAdaptSGD, growth 1.05", lambda: DAdaptSGDController(growth_rate=1.05),
+     {"growth_rate": 1.05}),
     ("DAdaptSGD, growth 1.02", lambda: DAdaptSGDController(growth_rate=1.02),
      {"growth_rate": 1.02}),
+    ("DAdaptSGD, growth 1.01", lambda: DAdaptSGDController(growth_rate=1.01),
+     {"growth_rate": 1.01}),
+    ("DAdaptSGD, momentum 0.9, growth 1.01",
+     lambda: DAdaptSGDController(growth_rate=1.01, momentum=0.9),
+     {"growth_rate": 1.01, "momentum": 0.9}),
     ("DoWG, defaults", lambda: DoWGController(), {}),
     ("DoWG, init 1e-2", lambda: DoWGController(init_estim_sq_dist=1e-2),
      {"init_estim_sq_dist": 1e-2}),
@@ -108,13 +119,15 @@ def dog_run(kwargs, x, y, w0):
 
 
 def dadapt_run(kwargs, x, y, w0):
-    """The authors' DAdaptSGD (momentum 0); returns (step sizes, weights after each batch)."""
+    """The authors' DAdaptSGD (momentum 0 unless `kwargs` says); returns (step sizes,
+    weights after each batch, steps whose `d` growth was capped by `growth_rate`)."""
     import torch
     from dadaptation import DAdaptSGD
 
     w = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
-    optimizer = DAdaptSGD([w], momentum=0.0, **kwargs)
-    etas, weights = [], []
+    optimizer = DAdaptSGD([w], **{"momentum": 0.0, **kwargs})
+    growth, momentum = kwargs.get("growth_rate", math.inf), kwargs.get("momentum", 0.0)
+    etas, weights, capped = [], [], 0
     for xb, yb in zip(x, y, strict=True):
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(torch.tensor(xb) @ w, torch.tensor(yb))
@@ -122,9 +135,12 @@ def dadapt_run(kwargs, x, y, w0):
         group = optimizer.param_groups[0]
         d = group["d"]
         optimizer.step()
-        etas.append(d * group["lr"] / group["g0_norm"])  # the step it just took
+        capped += group["d"] == d * growth > d
+        # The step it just took: z moves by d lr / g0_norm, the weights by (1 - momentum)
+        # times that (plus the momentum of the average), Keras's heavy-ball LR.
+        etas.append((1 - momentum) * d * group["lr"] / group["g0_norm"])
         weights.append(w.detach().numpy().copy())
-    return np.array(etas), np.array(weights)
+    return np.array(etas), np.array(weights), capped
 
 
 # The DoWG reference, run by the optax venv's Python: argv = in.npz (x, y, w0), the
@@ -195,12 +211,13 @@ def dowg_run(kwargs, x, y, w0, optax_python):
             return out["etas"], out["weights"]
 
 
-def our_run(make_controller, x, y, w0):
+def our_run(make_controller, x, y, w0, momentum=0.0):
     """The controller and Keras SGD (float64 weights) through the per-batch path."""
     w = tf.Variable(w0, name="w")
-    optimizer = keras.optimizers.SGD(0.0)
+    optimizer = keras.optimizers.SGD(0.0, momentum=momentum)
     optimizer.build([w])
     controller = make_controller()
+    controller.check_optimizer(optimizer)
     controller.build([w])
     ma_short, ma_long = MovingAverage(10), MovingAverage(100)
     cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -223,7 +240,7 @@ def our_run(make_controller, x, y, w0):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument(
         "--optax_python",
         default=os.environ.get("OPTAX_PYTHON"),
@@ -253,28 +270,40 @@ def main() -> int:
     )
     print(
         f"problem: softmax regression, {FEATURES}+1 x {CLASSES} float64 weights, batch "
-        f"{BATCH}, {args.steps} batches, plain SGD\n"
+        f"{BATCH}, {args.steps} batches, Keras SGD\n"
     )
     x, y, w0 = problem(args.steps)
-    print("| method | step size range (ours) | max rel step-size diff | max rel weight diff |")
-    print("|---|---|---|---|")
+    print(
+        "| method | step size range (ours) | capped steps | max rel step-size diff "
+        "| max rel weight diff |"
+    )
+    print("|---|---|---|---|---|")
     failed = False
     for name, make, kwargs in CASES:
         method = name.split(",")[0]  # "DoG", "DAdaptSGD" or "DoWG"
         if method == "DoWG" and not args.optax_python:
-            print(f"| {name} | skipped: optax not installed | | |")
+            print(f"| {name} | skipped: optax not installed | | | |")
             continue
+        capped = ""
         if method == "DoWG":
             ref_etas, ref_w = dowg_run(kwargs, x, y, w0, args.optax_python)
+        elif method == "DoG":
+            ref_etas, ref_w = dog_run(kwargs, x, y, w0)
         else:
-            ref_etas, ref_w = {"DoG": dog_run, "DAdaptSGD": dadapt_run}[method](kwargs, x, y, w0)
-        etas, weights = our_run(make, x, y, w0)
+            ref_etas, ref_w, capped = dadapt_run(kwargs, x, y, w0)
+        etas, weights = our_run(make, x, y, w0, kwargs.get("momentum", 0.0))
         eta_diff = float(np.max(np.abs(etas - ref_etas) / np.abs(ref_etas)))
         scale = np.max(np.abs(ref_w), axis=(1, 2))
         w_diff = float(np.max(np.max(np.abs(weights - ref_w), axis=(1, 2)) / scale))
-        print(f"| {name} | {etas.min():.4g} .. {etas.max():.4g} | {eta_diff:.2e} | {w_diff:.2e} |")
+        print(
+            f"| {name} | {etas.min():.4g} .. {etas.max():.4g} | {capped} | {eta_diff:.2e} "
+            f"| {w_diff:.2e} |"
+        )
         failed |= eta_diff > TOLERANCE or w_diff > TOLERANCE
-    print("\nweight diff: max over batches of max|w_ours - w_ref| / max|w_ref|")
+    print(
+        "\nweight diff: max over batches of max|w_ours - w_ref| / max|w_ref|; capped "
+        "steps: batches whose d grew by exactly growth_rate (the authors' d)"
+    )
     return 1 if failed else 0
 
 

@@ -7,7 +7,8 @@ with the controller, so a resumed run measures from the same `x_0`). Each batch 
 return the step size of the paper for plain SGD, `x_{t+1} = x_t - lr_t g_t`: exact
 with `Trainer.optimizer = 'sgd'` (no momentum, no weight decay). With momentum or Adam
 the LR they return scales that optimizer's update instead, which is not the method of
-the papers (their update is the gradient itself).
+the papers (their update is the gradient itself): `check_optimizer` says so, a warning
+for DoG and DoWG, a refusal for D-Adaptation SGD (see each class).
 
 All state lives in `tf.Variable`s; everything is computed in-graph. A batch whose
 gradient norm is NaN/Inf adds nothing to the sums (the trainer's guard skips its
@@ -17,12 +18,23 @@ update), so one bad batch does not poison the step size for the rest of the run.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import gin
 import tensorflow as tf
 
-from lrresearch.controllers.base import Controller, ControllerOutput, check_positive
+from lrresearch.controllers.base import (
+    Controller,
+    ControllerOutput,
+    check_interval,
+    check_positive,
+)
 from lrresearch.signals import Signals
+
+if TYPE_CHECKING:
+    import keras
+
+STATE_DTYPE = tf.float64  # D-Adaptation's scalars, as the authors' Python floats
 
 
 def _require_built(owner: str, state: Sequence[tf.Variable], signals: Signals) -> None:
@@ -43,11 +55,81 @@ def _distance(watched: Sequence[tf.Variable], initial: Sequence[tf.Variable]) ->
     return tf.sqrt(tf.add_n(squares))
 
 
+def _sgd_momentum(optimizer: Any) -> tuple[str, float] | None:
+    """`("keras", mu)` for Keras's `SGD(momentum=mu)`, `("torch", mu)` for
+    `MomentumSGD(momentum=mu)`, both without Nesterov and weight decay; else None."""
+    import keras
+
+    from lrresearch.optimizers import MomentumSGD
+
+    if getattr(optimizer, "nesterov", False):
+        return None
+    if isinstance(optimizer, MomentumSGD) and not optimizer.l2_weight_decay:
+        return "torch", float(optimizer.momentum)
+    if isinstance(optimizer, keras.optimizers.SGD) and not optimizer.weight_decay:
+        return "keras", float(optimizer.momentum)
+    return None
+
+
+def describe_optimizer(optimizer: Any) -> str:
+    """`optimizer` as a reader writes it: `Keras's SGD(momentum=0.9)`, `Adam`, ..."""
+    import keras
+
+    from lrresearch.optimizers import MomentumSGD
+
+    kind = type(optimizer).__name__
+    arguments = [
+        f"{name}={getattr(optimizer, attribute)!r}"
+        for name, attribute in (
+            ("momentum", "momentum"),
+            ("nesterov", "nesterov"),
+            (
+                "weight_decay",
+                "l2_weight_decay" if isinstance(optimizer, MomentumSGD) else "weight_decay",
+            ),
+        )
+        if getattr(optimizer, attribute, None)
+    ]
+    owner = "Keras's " if isinstance(optimizer, keras.optimizers.SGD) else ""
+    return f"{owner}{kind}({', '.join(arguments)})" if arguments else f"{owner}{kind}"
+
+
+def _not_plain_sgd(method: str, optimizer: Any) -> str | None:
+    """The warning for DoG / DoWG on an optimizer that is not plain SGD, or None."""
+    form = _sgd_momentum(optimizer)
+    if form is not None and form[1] == 0.0:
+        return None
+    if form is not None and form[0] == "keras":
+        becomes = (
+            "its step sizes enter the velocity (m = mu*m - lr*g), so each update mixes "
+            "the step sizes of past batches"
+        )
+    elif form is not None:
+        becomes = "its step size scales the momentum buffer (buf = mu*buf + g)"
+    else:
+        becomes = f"its step size scales {type(optimizer).__name__}'s update"
+    return (
+        f"{method} with Trainer.optimizer = {describe_optimizer(optimizer)} is not {method}: "
+        f"{becomes} instead of the gradient itself (the method's update, which has no "
+        f"momentum or weight decay); for {method} set `Trainer.optimizer = 'sgd'`"
+    )
+
+
 class _DistanceController(Controller):
-    """Keeps `x_0` and the watched variables (shared by DoG and DoWG)."""
+    """Keeps `x_0` and the watched variables (shared by DoG and DoWG).
+
+    On an optimizer other than plain SGD they warn once (`check_optimizer`, then
+    `run_warnings`) rather than refuse: the rule reads the weights the optimizer really
+    moved (`||x_t - x_0||`) and the loss's gradients, so it stays well defined, a
+    variant one may study (DoG's step size on Adam's update), only not the paper's
+    method. The warning names what it becomes and `'sgd'`, which gives the method.
+    """
+
+    method = ""  # "DoG" or "DoWG", for the warning
 
     def __init__(self, name: str | None = None):
         super().__init__(name=name)
+        self.optimizer_warning: str | None = None
         self.watched: list[tf.Variable] = []
         self.initial: list[tf.Variable] = []
         self.initial_norm = tf.Variable(0.0, trainable=False, name="initial_norm")
@@ -65,6 +147,14 @@ class _DistanceController(Controller):
     def _check_built(self, signals: Signals) -> None:
         _require_built(type(self).__name__, self.watched, signals)
 
+    def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
+        """Keeps a warning (returned by `run_warnings`) unless `optimizer` is plain SGD."""
+        self.optimizer_warning = _not_plain_sgd(self.method, optimizer)
+
+    def run_warnings(self, steps: int | None) -> list[str]:
+        del steps
+        return [self.optimizer_warning] if self.optimizer_warning else []
+
 
 @gin.configurable
 class DoGController(_DistanceController):
@@ -75,7 +165,8 @@ class DoGController(_DistanceController):
     `r_eps = reps_rel * (1 + ||x_0||)`, so the first step is `reps_rel * (1 + ||x_0||) /
     sqrt(||g_0||^2 + eps)`; with `init_eta` the first LR is `init_eta` instead and
     `r_eps` is 0. The gradient is the loss's (`Signals.grads`, before clipping), as the
-    authors' with `weight_decay = 0`. The authors stress that DoG needs iterate averaging
+    authors' with `weight_decay = 0`. Exact with plain SGD; on another optimizer it
+    warns once (see `_DistanceController`). The authors stress that DoG needs iterate averaging
     for its best results (their polynomial averaging): without it the LR does not decay.
 
     Logs `controller/distance` (`||x_t - x_0||`), `controller/rbar` and
@@ -98,6 +189,8 @@ class DoGController(_DistanceController):
       Size Schedule." ICML 2023; the authors' code, github.com/formll/dog
       (`src/dog/dog.py`, class `DoG`); optax's `optax.contrib.dog`.
     """
+
+    method = "DoG"
 
     def __init__(
         self,
@@ -154,7 +247,8 @@ class DoWGController(_DistanceController):
     As `optax.contrib.dowg`: `rbar_{-1}^2 = init_estim_sq_dist` (default `eps`), `v_{-1}
     = 0`. The gradients are weighted by the squared distance, so early small steps
     count less than in DoG; the paper shows it universal (adapting to smooth and
-    nonsmooth problems) without a log factor.
+    nonsmooth problems) without a log factor. Exact with plain SGD; on another optimizer
+    it warns once (see `_DistanceController`).
 
     Logs `controller/distance` (`||x_t - x_0||`), `controller/rbar_sq` and
     `controller/weighted_grad_sq_sum` (`v_t`).
@@ -173,6 +267,8 @@ class DoWGController(_DistanceController):
       Gradient Descent Method." NeurIPS 2023; optax's `optax.contrib.dowg`
       (`optax/contrib/_dog.py`).
     """
+
+    method = "DoWG"
 
     def __init__(
         self,
@@ -209,29 +305,49 @@ class DoWGController(_DistanceController):
 
 @gin.configurable
 class DAdaptSGDController(Controller):
-    """D-Adaptation for SGD, the momentum-free form: `lr_k = d_k * c / ||g_0||`, with
-    `d` a running lower bound of the distance to the solution.
+    """D-Adaptation for SGD: `lr_k = (1 - momentum) * d_k * c / ||g_0||`, with `d` a
+    running lower bound of the distance to the solution.
 
-    As the authors' `DAdaptSGD(momentum=0)`: `s` accumulates the steps (`s += lr_k g_k`,
-    so the weights are `x_0 - s`), `numerator += lr_k g_k . s_{k-1}`, and after each step
-    `d = max(d, min(2 numerator / ||s||, d * growth_rate))`, starting from `d0`. The
-    gradient is the loss's (`Signals.grads`, the authors' with `weight_decay = 0`).
-    Exact with `Trainer.optimizer = 'sgd'`; the authors' momentum form averages the
-    iterates itself and is not a scalar LR. `s` is one more copy of the weights
-    (checkpointed).
+    As the authors' `DAdaptSGD`, operation by operation: with `dlr_k = d_k c / ||g_0||`,
+    `s` accumulates the steps (`s += dlr_k g_k`), `gsq_weighted += dlr_k^2 ||g_k||^2`,
+    and after each step `d = max(d, min(d_hat, d * growth_rate))` with `d_hat =
+    (||s||^2 - gsq_weighted) / ||s||`, starting from `d0`. The authors' momentum form
+    puts the weights at an exponential average of `z = x_0 - s`, `x_{k+1} = mu x_k +
+    (1 - mu) z_{k+1}`, which is exactly Keras's heavy ball (`m = mu*m - lr*g; x += m`)
+    at `lr_k = (1 - mu) dlr_k`: so `momentum = mu` with `Trainer.optimizer =
+    @keras.optimizers.SGD` and `keras.optimizers.SGD.momentum = mu` (`'momentum'` for
+    0.9) is the authors' `DAdaptSGD(momentum=mu)`, and `momentum = 0` with `'sgd'` is
+    their default. The gradient is the loss's (`Signals.grads`, the authors' with
+    `weight_decay = 0`). `s` is one more copy of the weights (checkpointed), in the
+    variables' dtype as the authors' state; the scalars (`d`, `gsq_weighted`,
+    `||g_0||`) are float64, as the authors' Python floats (in float32, `growth_rate =
+    1.02` compounds as 1.0199999809 per capped step, 2e-5 off after 1,000), and the LR
+    is cast to float32 once.
 
-    Logs `controller/d`, `controller/d_hat` (`2 numerator / ||s||`) and
-    `controller/s_norm`.
+    `check_optimizer` refuses any other optimizer, rather than warn: `d` is computed
+    from `s`, the path of the authors' update, not from the weights, so on another
+    update (Adam, PyTorch's momentum, Keras's momentum other than `momentum`, Nesterov,
+    weight decay) `d` bounds the distance of a path the weights never took (Keras's
+    SGD(momentum=0.9) under `momentum = 0` takes 10x the authors' steps). The authors'
+    Adam form is `Trainer.optimizer = @DAdaptAdam`. Checkpoints of D-Adapt SGD runs
+    written before the state was float64 do not restore (a `ResumeError` says so).
+
+    Logs `controller/d`, `controller/d_hat` and `controller/s_norm` (`||s||`).
 
     Args:
       c: the authors' `lr` (1.0), a multiplier of the adapted step.
       d0: the initial `d` (1e-6).
       growth_rate: the most `d` may grow in one step, a factor (None: no limit, the
         authors' `inf`).
+      momentum: the authors' `momentum` in [0, 1) (0, their default); it must equal
+        the momentum of Keras's SGD, `Trainer.optimizer`.
 
     Examples:
       Trainer.controller = @DAdaptSGDController()
-      Trainer.optimizer = 'sgd'                     # D-Adapt SGD's own update
+      Trainer.optimizer = 'sgd'                     # the authors' DAdaptSGD(momentum=0)
+
+      DAdaptSGDController.momentum = 0.9
+      Trainer.optimizer = 'momentum'                # Keras's SGD(momentum=0.9): theirs
 
     References:
       Defazio, Mishchenko. "Learning-Rate-Free Learning by D-Adaptation." ICML 2023;
@@ -244,6 +360,7 @@ class DAdaptSGDController(Controller):
         c: float = 1.0,
         d0: float = 1e-6,
         growth_rate: float | None = None,
+        momentum: float = 0.0,
         name: str | None = None,
     ):
         super().__init__(name=name)
@@ -251,39 +368,76 @@ class DAdaptSGDController(Controller):
         check_positive(owner, c=c, d0=d0)
         if growth_rate is not None:
             check_positive(owner, growth_rate=growth_rate)
-        self.c, self.d0 = float(c), float(d0)
+        fix = "the authors' momentum range (0: no momentum)"
+        check_interval(owner, "momentum", momentum, "[0, 1)", fix)
+        self.c, self.d0, self.momentum = float(c), float(d0), float(momentum)
         self.growth_rate = None if growth_rate is None else float(growth_rate)
         self.initial_lr = 0.0  # placeholder: the first LR needs the first gradient
-        self.d = tf.Variable(self.d0, trainable=False, name="d")
-        self.numerator = tf.Variable(0.0, trainable=False, name="numerator")
-        self.g0_norm = tf.Variable(0.0, trainable=False, name="g0_norm")
+        # tf.constant of a Python float in float64 is exact (tf.cast would round it
+        # through float32).
+        self.d = tf.Variable(tf.constant(self.d0, STATE_DTYPE), trainable=False, name="d")
+        zero = tf.constant(0.0, STATE_DTYPE)
+        self.gsq_weighted = tf.Variable(zero, trainable=False, name="gsq_weighted")
+        self.g0_norm = tf.Variable(zero, trainable=False, name="g0_norm")
         self.steps: list[tf.Variable] = []
 
     def build(self, variables: Sequence[tf.Variable]) -> None:
-        """Creates `s`, the sum of the steps, one zero copy per variable."""
+        """Creates `s`, the sum of the steps, one zero copy per variable (its dtype)."""
         self.steps = [
-            tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False, name="s") for v in variables
+            tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="s") for v in variables
         ]
+
+    def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
+        """Refuses every optimizer but Keras's SGD with this controller's momentum
+        (and MomentumSGD without momentum, plain SGD too)."""
+        form = _sgd_momentum(optimizer)
+        if form is not None and form[1] == self.momentum and (form[0] == "keras" or not form[1]):
+            return
+        owner, mu = "DAdaptSGDController", self.momentum
+        want = "'sgd'" if not mu else f"@keras.optimizers.SGD with SGD.momentum = {mu}"
+        if form is not None and form[0] == "keras":  # another momentum
+            fix = (
+                f"set `{owner}.momentum = {form[1]}` for the authors' DAdaptSGD(momentum="
+                f"{form[1]}), or `Trainer.optimizer = {want}` for momentum {mu}"
+            )
+        else:
+            fix = f"use `Trainer.optimizer = {want}`; for Adam, `@DAdaptAdam` is theirs"
+        raise ValueError(
+            f"Trainer.optimizer must be Keras's SGD with momentum {mu} (no Nesterov, no "
+            f"weight decay) under {owner}(momentum={mu}), got {describe_optimizer(optimizer)}: "
+            f"d is estimated from the path of the authors' update (their momentum form is "
+            f"Keras's heavy ball at LR (1 - momentum) d c / ||g_0||), which this "
+            f"optimizer's weights do not follow; {fix}"
+        )
 
     def compute(self, signals: Signals) -> ControllerOutput:
         _require_built("DAdaptSGDController", self.steps, signals)
-        norm = tf.cast(signals.global_norm, tf.float32)
-        finite = tf.math.is_finite(norm)
-        g0_norm = tf.where(self.g0_norm > 0.0, self.g0_norm, tf.where(finite, norm, 0.0))
-        lr = self.d * self.c / g0_norm
+        grads = [tf.convert_to_tensor(g) for g in signals.grads]
+        # Sums in the variable's dtype, added up in float64 (the authors' `.item()`).
+        g_sq = tf.add_n([_sum64(g * g) for g in grads])
+        # The guard skips a batch whose loss or gradient norm is not finite: so does `s`.
+        finite = tf.math.is_finite(g_sq) & tf.math.is_finite(signals.global_norm)
+        finite &= tf.math.is_finite(tf.cast(signals.loss, tf.float32))
+        g0_norm = tf.where(self.g0_norm > 0.0, self.g0_norm, tf.where(finite, tf.sqrt(g_sq), 0.0))
+        dlr = self.d * self.c / g0_norm
         use = finite & (g0_norm > 0.0)
-        step = tf.where(use, lr, 0.0)
-        grads = [tf.cast(g, tf.float32) for g in signals.grads]
-        delta = tf.add_n([tf.reduce_sum(g * s) for g, s in zip(grads, self.steps, strict=True)])
         for g, s in zip(grads, self.steps, strict=True):
+            step = tf.cast(tf.where(use, dlr, 0.0), s.dtype)
             s.assign_add(tf.where(use, step * g, tf.zeros_like(g)))
-        s_norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(s)) for s in self.steps]))
-        numerator = self.numerator + tf.where(use, step * delta, 0.0)
-        d_hat = tf.math.divide_no_nan(2.0 * numerator, s_norm)
+        sk_sq = tf.add_n([_sum64(tf.square(s)) for s in self.steps])
+        gsq_weighted = self.gsq_weighted + tf.where(use, dlr * dlr * g_sq, 0.0)
+        d_hat = tf.math.divide_no_nan(sk_sq - gsq_weighted, tf.sqrt(sk_sq))
         bound = d_hat if self.growth_rate is None else tf.minimum(d_hat, self.d * self.growth_rate)
         d = tf.where(use, tf.maximum(self.d, bound), self.d)
         self.g0_norm.assign(g0_norm)
-        self.numerator.assign(numerator)
+        self.gsq_weighted.assign(gsq_weighted)
         self.d.assign(d)
-        diagnostics = {"d": d, "d_hat": d_hat, "s_norm": s_norm}
+        lr = tf.cast(dlr * (1.0 - self.momentum), tf.float32)
+        diagnostics = {"d": d, "d_hat": d_hat, "s_norm": tf.sqrt(sk_sq)}
+        diagnostics = {k: tf.cast(v, tf.float32) for k, v in diagnostics.items()}
         return ControllerOutput(lr, diagnostics)
+
+
+def _sum64(x: tf.Tensor) -> tf.Tensor:
+    """A sum in the tensor's dtype, then as float64 (the authors' `.sum().item()`)."""
+    return tf.cast(tf.reduce_sum(x), STATE_DTYPE)

@@ -12,6 +12,7 @@ training started and `s` comes from an online-learning "tuner" (six of them, one
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -88,7 +89,11 @@ class Mechanic(WholeStepOptimizer):
         numerical precision.
       base_optimizer: a short name of `lrresearch.optimizers.OPTIMIZERS` ("sgd", "adam",
         "adamw", ...), a Keras optimizer class or factory called as
-        `cls(learning_rate=...)`, or a serialized optimizer (`get_config`'s form).
+        `cls(learning_rate=...)`, or a serialized optimizer (`get_config`'s form). For
+        momentum, the authors' `mechanize(torch.optim.SGD, momentum=0.9)` is
+        `@MomentumSGD` (PyTorch's form); `'momentum'`, `'nesterov'` and Keras's SGD with
+        momentum keep the LR inside their velocity, which differs once the LR changes
+        per batch (a warning says so; `docs/parity/mechanic.md` measures both).
       s_decay: the paper's lambda, the weight-decay analogue in `h` (>= 0).
       betas: the tuners' discount factors, each in [0, 1]; one `s_i` per beta.
       s_init: the initial scale, spread over the tuners (> 0).
@@ -321,8 +326,30 @@ def make_base_optimizer(spec: BaseSpec, learning_rate: float) -> keras.optimizer
             f"Mechanic.base_optimizer must be a short name or an optimizer class, got {spec!r}"
         )
     _check_base(base)
+    if isinstance(base, keras.optimizers.SGD) and base.momentum:
+        warnings.warn(keras_momentum_warning(spec, base), BaseFormWarning, stacklevel=3)
     base.learning_rate = learning_rate
     return base
+
+
+class BaseFormWarning(UserWarning):
+    """A base optimizer that is not the form the authors' code wraps (one line on the
+    CLI, as lrresearch's own warnings are)."""
+
+
+def keras_momentum_warning(spec: BaseSpec, base: keras.optimizers.SGD) -> str:
+    """The warning for a base of Keras's momentum SGD: not the authors' torch form."""
+    given = repr(spec) if isinstance(spec, str) else "@keras.optimizers.SGD"
+    mu = base.momentum
+    nesterov = " and `MomentumSGD.nesterov = True`" if base.nesterov else ""
+    return (
+        f"Mechanic.base_optimizer = {given} is Keras's SGD(momentum={mu}), whose velocity "
+        f"holds the LR (m = mu*m - lr*g), not the torch.optim.SGD(momentum={mu}) of the "
+        f"authors' mechanize (buf = mu*buf + g): once the LR changes per batch the two "
+        f"differ (docs/parity/mechanic.md); for the authors' form set "
+        f"`Mechanic.base_optimizer = @MomentumSGD` with `MomentumSGD.momentum = {mu}`"
+        f"{nesterov}"
+    )
 
 
 def _check_base(base: Any) -> None:

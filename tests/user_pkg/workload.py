@@ -71,3 +71,12 @@ def digit_strings(examples: int = 512, length: int = 8, seed: int = 0):
 def logit_cross_entropy(y_true, y_pred):
     """Per-example binary cross-entropy from one logit."""
     return keras.losses.binary_crossentropy(y_true, y_pred, from_logits=True)
+
+
+@gin.configurable
+def three_targets(examples: int = 64):
+    """A tf.data input of unbatched `(x, y)`: x of shape (4,), y of shape (3,) floats."""
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).normal(size=(examples, 4)).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((x, x[:, :3]))

@@ -1,0 +1,68 @@
+"""Keras's "Argument(s) not recognized" for a gin binding, as one screen naming it.
+
+Keras optimizers take `**kwargs` (ours pass them on to Keras's base), so gin accepts a
+binding of any name (`Prodigy.bogus_arg = 1`) and Keras rejects it at construction
+with a message that names neither the class, nor the gin file, line or binding.
+`config.explain_call_error` asks `explain` for those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+from collections.abc import Sequence
+
+import gin
+
+
+def explain(message: str, gin_files: list[str], gin_params: list[str]) -> str:
+    """For Keras's "Argument(s) not recognized: {'bogus': 1}" (an optimizer taking
+    `**kwargs`, so gin accepted the binding): the bindings that passed them, each with
+    its place and the class's parameters; "" for any other message."""
+    from lrresearch import config  # here: config imports this module
+
+    m = re.search(r"Argument\(s\) not recognized: \{(.*)\}", message)
+    if not m:
+        return ""
+    lines = []
+    for argument in re.findall(r"'(\w+)':", m.group(1)):
+        pattern = re.compile(rf"^\s*(?:[\w./]*?)([A-Za-z_]\w*)\.{re.escape(argument)}\s*=")
+        for place, text in _matching_lines(pattern, gin_files, gin_params):
+            owner = pattern.match(text).group(1)  # type: ignore[union-attr]
+            params = [p for p in config.parameters_of(owner) if p != "kwargs"]
+            params += [p for p in _keras_optimizer_parameters(owner) if p not in params]
+            listed = f"\n  Its parameters are: {', '.join(params)}."
+            hint = config.suggest(argument, params) or listed
+            lines.append(
+                f"{owner}.{argument} must be an argument of {owner}, got a binding at "
+                f"{place}: {owner} has no parameter {argument!r} (Keras: {m.group(0)}); "
+                f"remove the binding or fix its name{hint}"
+            )
+    return "\n".join(lines)
+
+
+def _matching_lines(
+    pattern: re.Pattern[str], gin_files: Sequence[str], gin_params: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(`file:line` or `--gin_param=...`, the line) for each line that `pattern` matches."""
+    found = []
+    for path in gin_files:
+        with contextlib.suppress(OSError, UnicodeDecodeError), open(path) as f:
+            found += [(f"{path}:{i}", line) for i, line in enumerate(f, 1) if pattern.match(line)]
+    return found + [(f"--gin_param={p!r}", p) for p in gin_params if pattern.match(p)]
+
+
+def _keras_optimizer_parameters(configurable: str) -> list[str]:
+    """The arguments every Keras optimizer takes (`clipnorm`, ...) if `configurable` is
+    a Keras optimizer (ours pass them on as `**kwargs`), else []."""
+    import keras
+
+    try:
+        target = gin.get_configurable(configurable)
+    except (KeyError, ValueError):
+        return []
+    if not (inspect.isclass(target) and issubclass(target, keras.optimizers.Optimizer)):
+        return []
+    names = inspect.signature(keras.optimizers.Optimizer.__init__).parameters
+    return [p for p in names if p not in ("self", "kwargs")]
