@@ -6,8 +6,8 @@ from lrresearch.controllers.adaptive import (
     PolyakController,
 )
 from lrresearch.controllers.base import Controller, ControllerOutput
+from lrresearch.controllers.chain import Chain
 from lrresearch.controllers.compose import (
-    Chain,
     Clamp,
     LossNudgeFactor,
     MaxChange,

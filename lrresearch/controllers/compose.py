@@ -1,10 +1,10 @@
 """Composition and guards: controllers built from controllers.
 
 `Product(base, factor)` multiplies a schedule by a feedback factor (the seed's
-"cosine x loss nudge" is `Product(CosineCycle, LossNudgeFactor)`), `Chain` switches
-controllers at step boundaries, `Warmup` ramps any controller in, `Clamp` bounds it and
-`MaxChange` limits how far the LR may move in one batch (the seed's "smooth,
-controlled adjustments"). Each logs its parts under `controller/` (`base`, `factor`,
+"cosine x loss nudge" is `Product(CosineCycle, LossNudgeFactor)`), `Chain`
+(`chain.py`) switches controllers at step boundaries, `Warmup` ramps any controller
+in, `Clamp` bounds it and `MaxChange` limits how far the LR may move in one batch (the
+seed's "smooth, controlled adjustments"). Each logs its parts under `controller/` (`base`, `factor`,
 and the parts' own signals as `base/<name>`, `factor/<name>`), so a reader sees why
 the LR moved.
 """
@@ -28,7 +28,7 @@ from lrresearch.controllers.base import (
 from lrresearch.signals import Signals
 
 
-def _check_controller(owner: str, name: str, value: object) -> None:
+def check_controller(owner: str, name: str, value: object) -> None:
     if not isinstance(value, Controller):
         raise ValueError(
             f"{owner}.{name} must be a controller such as @ConstantController() "
@@ -36,11 +36,11 @@ def _check_controller(owner: str, name: str, value: object) -> None:
         )
 
 
-def _nested(prefix: str, diagnostics: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+def nested(prefix: str, diagnostics: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {f"{prefix}/{key}": value for key, value in diagnostics.items()}
 
 
-class _Composite(Controller):
+class Composite(Controller):
     """A controller made of others: the host-side hooks forward to every part."""
 
     def _children(self) -> list[Controller]:
@@ -97,7 +97,7 @@ class LossNudgeFactor(Controller):
 
 
 @gin.configurable
-class Product(_Composite):
+class Product(Composite):
     """`lr = base(signals) * factor(signals)`; logs `base` and `factor`.
 
     Args:
@@ -119,8 +119,8 @@ class Product(_Composite):
         name: str | None = None,
     ):
         super().__init__(name=name)
-        _check_controller("Product", "base", base)
-        _check_controller("Product", "factor", factor)
+        check_controller("Product", "base", base)
+        check_controller("Product", "factor", factor)
         if factor.optimizer_hyperparameters:
             raise ValueError(
                 f"Product.factor must set the LR factor only, got {type(factor).__name__} "
@@ -143,121 +143,13 @@ class Product(_Composite):
             diagnostics={
                 "base": base.lr,
                 "factor": factor.lr,
-                **_nested("base", base.diagnostics),
-                **_nested("factor", factor.diagnostics),
+                **nested("base", base.diagnostics),
+                **nested("factor", factor.diagnostics),
             },
         )
 
 
-@gin.configurable
-class Chain(_Composite):
-    """Controller `i` decides the LR from step `boundaries[i-1]` (0 for the first) up to
-    `boundaries[i]`. Part `i` sees the step relative to its own start (as optax's
-    `join_schedules`), clamped at 0 before it. Every part is called every batch, so a
-    windowed rule has a full window when it takes over; its own LR state evolves
-    meanwhile. Logs `part` (the active index) and each part's LR as `part<i>`.
-
-    Args:
-      controllers: the parts, in order.
-      boundaries: `len(controllers) - 1` increasing steps (batches).
-
-    Examples:
-      Trainer.controller = @Chain()
-      Chain.controllers = [@ConstantController(), @PlateauController()]
-      Chain.boundaries = [300]                      # batches
-
-    References:
-      optax, `optax.schedules.join_schedules`
-      (https://optax.readthedocs.io/en/latest/api/optimizer_schedules.html).
-    """
-
-    standalone = False
-
-    def __init__(
-        self,
-        controllers: Sequence[Controller] = gin.REQUIRED,
-        boundaries: Sequence[int] = gin.REQUIRED,
-        name: str | None = None,
-    ):
-        super().__init__(name=name)
-        controllers, boundaries = list(controllers), list(boundaries)
-        if len(controllers) < 2:
-            raise ValueError(f"Chain.controllers needs at least 2 controllers, got {controllers}")
-        for i, c in enumerate(controllers):
-            _check_controller("Chain", f"controllers[{i}]", c)
-        if len(boundaries) != len(controllers) - 1:
-            raise ValueError(
-                f"Chain.boundaries must have {len(controllers) - 1} steps (one fewer than "
-                f"the controllers), got {boundaries}"
-            )
-        for b in boundaries:
-            check_int("Chain", "boundaries", b, 1)
-        if sorted(set(boundaries)) != boundaries:
-            raise ValueError(f"Chain.boundaries must be strictly increasing, got {boundaries}")
-        sets = [c.optimizer_hyperparameters for c in controllers]
-        if any(s != sets[0] for s in sets):
-            raise ValueError(
-                f"Chain.controllers must all set the same optimizer hyperparameters besides "
-                f"the LR (a part that does not would leave the last value in place), got "
-                f"{[sorted(s) for s in sets]}; set cycle_momentum alike on every part"
-            )
-        self.parts, self.boundaries = controllers, boundaries
-        self.initial_lr = controllers[0].initial_lr
-
-    def build(self, variables: Sequence[tf.Variable]) -> None:
-        for part in self.parts:
-            part.build(variables)
-
-    def _children(self) -> list[Controller]:
-        return list(self.parts)
-
-    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
-        """Part `i` runs its own span (it sees the step from its start): to the next
-        boundary, the last part to `steps`."""
-        ends = [*self.boundaries, None if steps is None else max(steps, self.boundaries[-1] + 1)]
-        starts = [0, *self.boundaries]
-        spans = [None if b is None else b - a for a, b in zip(starts, ends, strict=True)]
-        parts = zip(self.parts, spans, strict=True)
-        named = [(p, n, f"Chain.controllers[{i}]'s span") for i, (p, n) in enumerate(parts)]
-        return {k: v for part, n, name in named for k, v in part.set_run_length(n, name).items()}
-
-    def run_warnings(self, steps: int | None) -> list[str]:
-        """The parts' warnings (each sees the whole run: every part is called every
-        batch), and a boundary at or beyond `steps`, after which nothing runs."""
-        warnings = super().run_warnings(steps)
-        for i, boundary in enumerate(self.boundaries):
-            if steps is not None and boundary >= steps:
-                warnings.append(
-                    f"Chain.boundaries[{i}] = {boundary} is not reached in Trainer.steps = "
-                    f"{steps} batches, so Chain.controllers[{i + 1}] never sets the LR; "
-                    f"lower the boundary or raise Trainer.steps"
-                )
-                break
-        return warnings
-
-    def compute(self, signals: Signals) -> ControllerOutput:
-        step = tf.cast(signals.step, tf.int64)
-        starts = [0, *self.boundaries]
-        lr = tf.constant(0.0)
-        active = tf.constant(0.0)
-        diagnostics: dict[str, tf.Tensor] = {}
-        # The other optimizer hyperparameters, from the active part as the LR.
-        others = {name: tf.constant(0.0) for name in self.optimizer_hyperparameters}
-        for i, (part, start) in enumerate(zip(self.parts, starts, strict=True)):
-            local = signals._replace(step=tf.maximum(step - start, 0))
-            out = part.compute(local)
-            here = step >= start
-            lr = tf.where(here, tf.cast(out.lr, tf.float32), lr)
-            for name in others:
-                value = tf.cast(getattr(out, name), tf.float32)
-                others[name] = tf.where(here, value, others[name])
-            active = tf.where(here, float(i), active)
-            diagnostics[f"part{i}"] = out.lr
-            diagnostics.update(_nested(f"part{i}", out.diagnostics))
-        return ControllerOutput(lr, {"part": active, **diagnostics})._replace(**others)
-
-
-class _Wrapper(_Composite):
+class _Wrapper(Composite):
     """A controller around one other, `self.base`."""
 
     base: Controller
@@ -307,7 +199,7 @@ class Warmup(_Wrapper):
         name: str | None = None,
     ):
         super().__init__(name=name)
-        _check_controller("Warmup", "controller", controller)
+        check_controller("Warmup", "controller", controller)
         check_int("Warmup", "warmup_steps", warmup_steps, 1)
         check_number("Warmup", "start_factor", start_factor)
         if shape not in ("linear", "exponential"):
@@ -357,7 +249,7 @@ class Warmup(_Wrapper):
             diagnostics={
                 "base": out.lr,
                 "factor": tf.cast(factor, tf.float32),
-                **_nested("base", out.diagnostics),
+                **nested("base", out.diagnostics),
             },
         )
 
@@ -388,7 +280,7 @@ class Clamp(_Wrapper):
         name: str | None = None,
     ):
         super().__init__(name=name)
-        _check_controller("Clamp", "controller", controller)
+        check_controller("Clamp", "controller", controller)
         check_number("Clamp", "min_lr", min_lr)
         check_positive("Clamp", max_lr=max_lr)
         if not 0 <= min_lr <= max_lr:
@@ -405,7 +297,7 @@ class Clamp(_Wrapper):
             diagnostics={
                 "base": out.lr,
                 "clamped": tf.cast(tf.not_equal(lr, out.lr), tf.float32),
-                **_nested("base", out.diagnostics),
+                **nested("base", out.diagnostics),
             },
         )
 
@@ -436,7 +328,7 @@ class MaxChange(_Wrapper):
         name: str | None = None,
     ):
         super().__init__(name=name)
-        _check_controller("MaxChange", "controller", controller)
+        check_controller("MaxChange", "controller", controller)
         check_positive("MaxChange", max_change_ratio=max_change_ratio)
         self.base, self.ratio = controller, float(max_change_ratio)
         self.initial_lr = controller.initial_lr
@@ -456,6 +348,6 @@ class MaxChange(_Wrapper):
             diagnostics={
                 "base": out.lr,
                 "limited": tf.cast(tf.not_equal(lr, proposed), tf.float32),
-                **_nested("base", out.diagnostics),
+                **nested("base", out.diagnostics),
             },
         )
