@@ -23,6 +23,7 @@ from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.compat.proto import event_pb2
 
 from lrresearch import event_files
+from lrresearch.run_labels import labels, line_styles
 
 
 class DamagedRunError(ValueError):
@@ -316,46 +317,6 @@ def table(
     return "\n".join(lines)
 
 
-def labels(runs: Sequence[str]) -> list[str]:
-    """Each run's shortest unique path suffix: its folder name where that is unique,
-    else with as many parent folders as tell it apart (`sweepA/000-seed=0` and
-    `sweepB/000-seed=0`)."""
-    parts = [os.path.normpath(os.path.abspath(run)).split(os.sep) for run in runs]
-    depth = [1] * len(runs)
-    while True:
-        names = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
-        clashing = [i for i, n in enumerate(names) if names.count(n) > 1]
-        deeper = [i for i in clashing if depth[i] < len(parts[i])]
-        if not deeper:
-            return names
-        for i in deeper:
-            depth[i] += 1
-
-
-def line_styles(runs: Sequence[str]) -> list[tuple[tuple[float, ...], str]]:
-    """A (colour, line style) per run: every colour distinct (tab10 up to 10 runs,
-    tab20 up to 20, then evenly spaced hues of `turbo`), in run order so a group's
-    runs (those of one parent folder, a sweep) sit together, and one line style per
-    group."""
-    import matplotlib
-
-    count = len(runs)
-    if count <= 10:
-        colours = [matplotlib.colormaps["tab10"](i) for i in range(count)]
-    elif count <= 20:
-        colours = [matplotlib.colormaps["tab20"](i) for i in range(count)]
-    else:
-        colours = list(matplotlib.colormaps["turbo"](np.linspace(0.03, 0.97, count)))
-    groups: dict[str, int] = {}
-    styles = ("-", "--", ":", "-.")
-    out = []
-    for run, colour in zip(runs, colours, strict=True):
-        parent = os.path.dirname(os.path.normpath(os.path.abspath(run)))
-        group = groups.setdefault(parent, len(groups))
-        out.append((tuple(float(c) for c in colour), styles[group % len(styles)]))
-    return out
-
-
 def plot(
     runs: Sequence[str], data: Sequence[dict[str, Series]], path: str
 ) -> list[tuple[str, tuple[float, ...], str]]:
@@ -418,7 +379,8 @@ def compare(
     `allow_damaged`: then the runs are compared up to the damage, marked in the table
     and the csv's `damaged` column, and the damage is listed below the table.
 
-    Rows and legend entries are named by each run's shortest unique path (`labels`). A
+    Rows and legend entries are named by each run's shortest unique path
+    (`run_labels.labels`). A
     run with steps logged more than once is compared with the last value of each step
     and `warn`ed about (one line; default: stderr), also below the table."""
     warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))

@@ -14,7 +14,7 @@ import tensorflow as tf
 from conftest import Events
 from tensorboard.compat.proto import event_pb2
 
-from lrresearch import cli, compare, config, event_files
+from lrresearch import cli, compare, config, event_files, run_labels
 from lrresearch.compare import smooth
 from lrresearch.trainer import Trainer
 
@@ -169,10 +169,10 @@ def test_runs_of_two_sweeps_get_unique_labels_and_distinct_colours(tmp_path):
         for seed in range(6):
             write_lr_run(tmp_path / sweep / f"00{seed}-seed={seed}", [(0, 0.1), (1, 0.2)])
     runs = compare.find_runs([str(tmp_path / "sweepA"), str(tmp_path / "sweepB")])
-    names = compare.labels(runs)
+    names = run_labels.labels(runs)
     assert names[0] == "sweepA/000-seed=0" and names[6] == "sweepB/000-seed=0"
     assert len(set(names)) == 12
-    assert compare.labels(["x/a", "y/b"]) == ["a", "b"]  # unique folder names stay short
+    assert run_labels.labels(["x/a", "y/b"]) == ["a", "b"]  # unique folder names stay short
     drawn = compare.plot(runs, [compare.load(r) for r in runs], str(tmp_path / "p.png"))
     assert [label for label, _, _ in drawn] == names
     assert len({colour for _, colour, _ in drawn}) == 12  # no colour repeats after 10
