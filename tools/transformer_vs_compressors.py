@@ -69,6 +69,18 @@ def compressor_bits(train: bytes, held_out: bytes) -> dict[str, tuple[float, flo
     return out
 
 
+def compressor_note() -> str:
+    """A paragraph for `docs/results-workloads.md`: the floor, and a link to this page."""
+    bits = compressor_bits(*split())
+    figures = ", ".join(f"{name} {given:.2f}" for name, (given, _) in bits.items())
+    return (
+        "\nThe compressors on the same held-out bytes, given the training part, in bits "
+        f"per byte: {figures} (`tools/transformer_vs_compressors.py`). Where the model "
+        "passes gzip: [the byte transformer against compressors]"
+        "(results-transformer-vs-compressors.md)."
+    )
+
+
 class Size(NamedTuple):
     """A model size (`byte_transformer`'s bindings) and its Schedule-Free LR."""
 
