@@ -13,7 +13,7 @@
    `eval/bits_per_byte` is read back with TensorBoard's loader at every eval.
 3. Where the model passes gzip: the budget where a run's curve first goes below gzip's
    bits per byte, or, when it does not within the cap, a log-log fit of bits per byte
-   against batches over the last half of the evals, extrapolated to gzip's figure; with
+   against batches over the last half of the evals (at least 3), extrapolated to gzip's figure; with
    the batches per second measured here, that gives the minutes needed. A curve that
    flattens towards an entropy floor bends up off a straight log-log line, so the
    extrapolated budget is a lower bound.
@@ -88,6 +88,7 @@ class Size(NamedTuple):
     width: int
     heads: int
     lr: float
+    eval_every: int  # batches
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -113,15 +114,15 @@ class Size(NamedTuple):
 
 
 # The experiment file's size (tuned at 400 batches: lr 3e-3), and a 7x larger one.
-SIZES = (Size(2, 128, 4, 3e-3), Size(4, 256, 8, 1e-3))
+SIZES = (Size(2, 128, 4, 3e-3, 100), Size(4, 256, 8, 1e-3, 50))
 
 
-def start_run(size: Size, logdir: str, name: str, steps: int, eval_every: int):
+def start_run(size: Size, logdir: str, name: str, steps: int):
     """Starts `lrresearch train` on the experiment file; returns the process."""
     params = (
         *size.params,
         f"Trainer.steps = {steps}",
-        f"Trainer.eval_every = {eval_every}",
+        f"Trainer.eval_every = {size.eval_every}",
         "Trainer.steps_per_loop = 50",
         "Trainer.checkpoint_every = 1000",
         "Trainer.histogram_every = 0",
@@ -165,8 +166,8 @@ def curve(run_dir: str) -> tuple[np.ndarray, np.ndarray, float]:
     steps = np.array([e.step + 1 for e in events], np.float64)
     bits = np.array([float(tf.make_ndarray(e.tensor_proto)) for e in events])
     batches = acc.Tensors("loss/batch")
-    rate = (len(batches) - 1) / (batches[-1].wall_time - batches[0].wall_time)
-    return steps, bits, rate
+    seconds = batches[-1].wall_time - batches[0].wall_time if batches else 0.0
+    return steps, bits, (len(batches) - 1) / seconds if seconds else 0.0
 
 
 def crossing(steps: np.ndarray, bits: np.ndarray, target: float) -> tuple[float, str]:
@@ -176,12 +177,15 @@ def crossing(steps: np.ndarray, bits: np.ndarray, target: float) -> tuple[float,
     below = np.flatnonzero(bits <= target)
     if below.size:
         return float(steps[below[0]]), "measured"
-    tail = slice(len(steps) // 2, None)
+    if len(steps) < 3:
+        return float("inf"), f"{len(steps)} evals within the cap, too few to fit a line"
+    tail = slice(min(len(steps) // 2, len(steps) - 3), None)  # the last half, >= 3 evals
     slope, intercept = np.polyfit(np.log(steps[tail]), np.log(bits[tail]), 1)
     if slope >= 0:
         return float("inf"), f"no decrease over the last half (slope {slope:.3f})"
     needed = np.exp((np.log(target) - intercept) / slope)
-    return float(needed), f"extrapolated: bits/byte ~ {np.exp(intercept):.2f} x batches^{slope:.3f}"
+    fit = f"bits/byte ~ {np.exp(intercept):.2f} x batches^{slope:.3f}"
+    return float(needed), f"a fit over its last {len(steps[tail])} evals, {fit},"
 
 
 def floor_section(bits: dict[str, tuple[float, float]], held_out: int, train: int) -> list[str]:
@@ -205,10 +209,20 @@ def model_section(rows: list[tuple[Size, np.ndarray, np.ndarray, float, int]],
         "with Schedule-Free AdamW (200 warmup batches, then constant; eval with its "
         "averaged weights), one TensorFlow thread per run, two runs side by side under "
         f"`nice`, each stopped by Ctrl-C after {minutes:g} minutes. `eval/bits_per_byte` "
-        "at each eval (all ~760 held-out windows):\n",
+        "at each eval (all ~760 held-out windows). Load average over the last 15 minutes "
+        f"of the runs: {os.getloadavg()[2]:.1f} on {os.cpu_count()} cores (other jobs "
+        "shared them: the rates below are lower than on an idle machine, where the "
+        "[results page](results-workloads.md) trains the first size's 400 batches in "
+        "about a minute).\n",
     ]
     for size, steps, bits, rate, code in rows:
-        lines.append(f"**{size.label}**: {rate:.2f} batches/s, exit code {code}.\n")
+        lines.append(
+            f"**{size.label}**, eval every {size.eval_every} batches: {rate:.2f} batches/s, "
+            f"exit code {code}.\n"
+        )
+        if not len(steps):
+            lines.append("No eval within the cap.\n")
+            continue
         lines.append("| batches | " + " | ".join(f"{s:,.0f}" for s in steps) + " |")
         lines.append("|---|" + "---:|" * len(steps))
         lines.append("| bits/byte | " + " | ".join(f"{b:.3f}" for b in bits) + " |\n")
@@ -220,7 +234,7 @@ def model_section(rows: list[tuple[Size, np.ndarray, np.ndarray, float, int]],
         elif np.isfinite(needed):
             lines.append(
                 f"- {size.label}: best {bits.min():.3f} after {steps.max():,.0f} batches; "
-                f"{how}, which reaches {gzip_bits:.3f} at ~{needed:,.0f} batches, "
+                f"{how} reaches {gzip_bits:.3f} at ~{needed:,.0f} batches, "
                 f"~{needed / rate / 60:,.0f} minutes at {rate:.2f} batches/s (a lower "
                 "bound: the curve flattens)."
             )
@@ -233,7 +247,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=45.0, help="wall-clock cap per run")
     parser.add_argument("--steps", type=int, default=40000, help="most batches per run")
-    parser.add_argument("--eval_every", type=int, default=500, help="batches between evals")
     parser.add_argument("--floor-only", action="store_true", help="the compressors alone")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -247,11 +260,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as logdir:
         deadline = time.monotonic() + 60 * args.minutes
         processes = [
-            start_run(size, logdir, f"size{i}", args.steps, args.eval_every)
-            for i, size in enumerate(SIZES)
+            start_run(size, logdir, f"size{i}", args.steps) for i, size in enumerate(SIZES)
         ]
-        for i, (size, process) in enumerate(zip(SIZES, processes, strict=True)):
-            code = stop(process, deadline)
+        try:
+            codes = [stop(process, deadline) for process in processes]
+        finally:
+            for process in processes:  # none outlives this script, whatever happened
+                if process.poll() is None:
+                    process.kill()
+        for i, (size, code) in enumerate(zip(SIZES, codes, strict=True)):
             if code not in (0, 130):
                 log = pathlib.Path(logdir, f"size{i}.log").read_text()
                 raise SystemExit(f"{size.label}: exit code {code}\n{log[-3000:]}")
