@@ -24,7 +24,7 @@ examples:
 examples:
   lrresearch profile                                 # every built-in controller
   lrresearch profile --controllers=GradNormController,LossTrendController --rounds=5
-  lrresearch profile --controllers=PolyakController,@MaxChange() \\
+  lrresearch profile --controllers='PolyakController,@MaxChange()' \\
       --gin_param='MaxChange.controller = @PolyakController()'
   lrresearch profile --controllers=GradNormController,@config \\
       --gin_file=gin/experiments/cosine_restarts_times_nudge.gin   # the file's Product""",
@@ -184,7 +184,8 @@ def _profile_parser(commands: Any) -> None:
         help="controllers to compare, comma-separated: built-in names, or gin references "
         "such as @MaxChange() or @smooth/MaxChange() built with the --gin_file/--gin_param "
         "bindings, or @config for the gin config's Trainer.controller; each row is labelled "
-        "as written (default: every built-in standalone controller)",
+        "as written (default: every built-in standalone controller). Quote a list with a "
+        "reference for the shell: --controllers='A,@MaxChange()'",
     )
     prof.add_argument(
         "--optimizers",

@@ -1,4 +1,4 @@
-"""Compare runs: a table of outcomes and plots of LR, smoothed loss and gradient norm,
+"""Compare runs: a table of outcomes and plots of LR, smoothed loss and raw gradient norm,
 read from the event files with TensorBoard's own loader.
 
 TensorBoard's loader stops quietly at the first bad record of an event file, so a

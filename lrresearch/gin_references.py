@@ -1,4 +1,4 @@
-"""A gin reference given on the command line (`--controllers=@MaxChange()`), built
+"""A gin reference given on the command line (`--controllers='@MaxChange()'`), built
 with the bindings of `--gin_file`/`--gin_param`, with errors that name the flag value
 and the fix.
 

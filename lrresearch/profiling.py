@@ -72,7 +72,7 @@ def make_controller(name: str) -> Controller:
         raise ValueError(
             f"{FLAG}: unknown controller {name!r}; known: {', '.join(builtin_controllers())}"
             "\n  A composed controller is a gin reference with its bindings, e.g. "
-            f"{FLAG}=@MaxChange() --gin_param='MaxChange.controller = @PolyakController()'"
+            f"{FLAG}='@MaxChange()' --gin_param='MaxChange.controller = @PolyakController()'"
         )
     cls = gin.get_configurable(name)
     if name == "LossTrendController":

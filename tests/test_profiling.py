@@ -247,7 +247,7 @@ def test_a_gin_reference_builds_the_controller_with_its_scoped_bindings():
         ("@mlp()", [], ["mlp is not a Controller", "lrresearch list controllers"]),
         ("@MaxChange", [], ["@Name() or @scope/Name()"]),
         ("@config", ["Trainer.controller = None"], ["binds Trainer.controller to None"]),
-        ("Product", [], ["unknown controller 'Product'", "--controllers=@MaxChange()"]),
+        ("Product", [], ["unknown controller 'Product'", "--controllers='@MaxChange()'"]),
     ],
 )
 def test_profile_rejects_a_reference_that_does_not_resolve_before_training(

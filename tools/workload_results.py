@@ -40,6 +40,7 @@ from typing import NamedTuple
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+from mnist1d_reference import AUTHORS, NOTEBOOK, PAPER, anchor_specs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LINES: list[str] = []
@@ -273,27 +274,6 @@ def _jobs(w: Workload, params: Sequence[str], seeds: Sequence[int]) -> list[tupl
     return [(Job(w.gin_file, (*w.common, *params), seed), w.metric) for seed in seeds]
 
 
-PAPER = {"CNN": "94", "MLP": "68"}  # test accuracy, %; README and abstract of the paper
-
-
-def anchor_specs() -> dict[str, tuple[str, ...]]:
-    """MNIST-1D models at the paper's settings (the file's Adam at a constant 1e-2)."""
-    mlp = "Trainer.model = @mnist1d_mlp"
-    no_bn, torch = "mnist1d_cnn.batch_norm = False", "mnist1d_cnn.init = 'torch'"
-    return {
-        "paper's CNN (ConvBase, no BatchNorm), Keras's init": (no_bn,),
-        "paper's CNN, PyTorch's init (as the paper)": (no_bn, torch),
-        "CNN with BatchNorm (our default), Keras's init": ("mnist1d_cnn.batch_norm = True",),
-        "paper's MLP (MLPBase, hidden 100), Keras's init": (mlp, "mnist1d_mlp.hidden = 100"),
-        "paper's MLP, PyTorch's init (as the paper)": (
-            mlp,
-            "mnist1d_mlp.hidden = 100",
-            "mnist1d_mlp.init = 'torch'",
-        ),
-        "MLP, hidden 256 (get_model_args), Keras's init": (mlp, "mnist1d_mlp.hidden = 256"),
-    }
-
-
 def question_specs(steps: int) -> dict[str, tuple[str, ...]]:
     """Adam at the paper's constant 1e-2 on the CNN, and five ways to damp its spikes."""
     factor = (
@@ -336,15 +316,16 @@ def anchor_section(cnn: Workload, runner: Runner, seeds: Sequence[int]) -> None:
         "## MNIST-1D against the paper\n\nAdam at a constant 1e-2, batches of 100, "
         f"{cnn.steps:,} batches (the paper's settings; its training code draws batches in "
         "order, ours at random), 4,000 training and 1,000 test examples from "
-        f"`mnist1d.make_dataset`'s defaults; final test accuracy, seeds {list(seeds)}.\n"
+        f"`mnist1d.make_dataset`'s defaults; final test accuracy, seeds {list(seeds)}.\n\n"
+        + AUTHORS
     )
-    emit("| model | final test accuracy, % | the paper, % |")
-    emit("|---|---:|---:|")
+    emit("| model | final test accuracy, % | the README, % | the 2024 notebook, % |")
+    emit("|---|---:|---:|---:|")
     for label, params in anchor_specs().items():
         outcomes = runner.run(_jobs(cnn, params, seeds))
         acc = [100 * o.metric for o in outcomes]
-        paper = PAPER["CNN" if "CNN" in label else "MLP"]
-        emit(f"| {label} | {_mean_std(acc, 1)} | {paper} |")
+        kind = "CNN" if "CNN" in label else "MLP"
+        emit(f"| {label} | {_mean_std(acc, 1)} | {PAPER[kind]} | {NOTEBOOK[kind]} |")
 
 
 def rules_section(w: Workload, runner: Runner, seeds: Sequence[int], peak: float) -> None:
@@ -435,6 +416,10 @@ def main() -> None:
         anchor_section(cnn, runner, seeds)
         for key, w in ws.items():
             rules_section(w, runner, seeds, peaks[key])
+            if key == "lm":
+                from transformer_vs_compressors import compressor_note
+
+                emit(compressor_note())
         question_section(cnn, runner, seeds)
         answer(cnn, runner, seeds)
         runner.pool.shutdown()
