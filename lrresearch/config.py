@@ -9,8 +9,6 @@ names in lrresearch's modules, `external_configurables` and the imported modules
 from __future__ import annotations
 
 import contextlib
-import difflib
-import inspect
 import io
 import logging
 import os
@@ -23,6 +21,7 @@ import gin
 from gin import resource_reader
 
 from lrresearch import gin_imports, unknown_arguments
+from lrresearch.unknown_arguments import parameters_of, suggest
 
 
 class ConfigError(ValueError):
@@ -87,21 +86,6 @@ def configurable_names() -> list[str]:
         names.add(selector)
         names.add(selector.rsplit(".", 1)[-1])
     return sorted(names)
-
-
-def parameters_of(configurable: str) -> list[str]:
-    try:
-        target = gin.get_configurable(configurable)
-    except (KeyError, ValueError):
-        return []
-    with contextlib.suppress(TypeError, ValueError):
-        return [p for p in inspect.signature(target).parameters if p != "self"]
-    return []
-
-
-def suggest(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=2, cutoff=0.75)
-    return f"\n  Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def _explain_syntax(error: SyntaxError, where: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import gin
 
-from lrresearch import config
+from lrresearch import config, unknown_arguments
 
 CONFIG = "@config"
 _BINDING = "Trainer.controller"
@@ -90,7 +90,7 @@ def build(text: str, base: type, flag: str) -> Any:
         reference = gin.config.parse_value(text)
     except (ValueError, SyntaxError) as e:
         name = text[1:-2].rpartition("/")[2]
-        hint = config.suggest(name, config.configurable_names())
+        hint = unknown_arguments.suggest(name, config.configurable_names())
         first = str(e).strip().splitlines()[0]
         raise _fail(flag, text, f"{first}{hint}") from None
     if not _may_return(reference.configurable.wrapped, base):

@@ -1,4 +1,5 @@
-"""Keras's "Argument(s) not recognized" for a gin binding, as one screen naming it.
+"""A binding's arguments: a configurable's parameters, the closest names to a wrong one,
+and Keras's "Argument(s) not recognized" for a gin binding as one screen naming it.
 
 Keras optimizers take `**kwargs` (ours pass them on to Keras's base), so gin accepts a
 binding of any name (`Prodigy.bogus_arg = 1`) and Keras rejects it at construction
@@ -9,6 +10,7 @@ with a message that names neither the class, nor the gin file, line or binding.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import re
 from collections.abc import Sequence
@@ -20,8 +22,6 @@ def explain(message: str, gin_files: list[str], gin_params: list[str]) -> str:
     """For Keras's "Argument(s) not recognized: {'bogus': 1}" (an optimizer taking
     `**kwargs`, so gin accepted the binding): the bindings that passed them, each with
     its place and the class's parameters; "" for any other message."""
-    from lrresearch import config  # here: config imports this module
-
     m = re.search(r"Argument\(s\) not recognized: \{(.*)\}", message)
     if not m:
         return ""
@@ -30,16 +30,33 @@ def explain(message: str, gin_files: list[str], gin_params: list[str]) -> str:
         pattern = re.compile(rf"^\s*(?:[\w./]*?)([A-Za-z_]\w*)\.{re.escape(argument)}\s*=")
         for place, text in _matching_lines(pattern, gin_files, gin_params):
             owner = pattern.match(text).group(1)  # type: ignore[union-attr]
-            params = [p for p in config.parameters_of(owner) if p != "kwargs"]
+            params = [p for p in parameters_of(owner) if p != "kwargs"]
             params += [p for p in _keras_optimizer_parameters(owner) if p not in params]
             listed = f"\n  Its parameters are: {', '.join(params)}."
-            hint = config.suggest(argument, params) or listed
+            hint = suggest(argument, params) or listed
             lines.append(
                 f"{owner}.{argument} must be an argument of {owner}, got a binding at "
                 f"{place}: {owner} has no parameter {argument!r} (Keras: {m.group(0)}); "
                 f"remove the binding or fix its name{hint}"
             )
     return "\n".join(lines)
+
+
+def parameters_of(configurable: str) -> list[str]:
+    """The parameter names of gin's `configurable` ([] if unknown)."""
+    try:
+        target = gin.get_configurable(configurable)
+    except (KeyError, ValueError):
+        return []
+    with contextlib.suppress(TypeError, ValueError):
+        return [p for p in inspect.signature(target).parameters if p != "self"]
+    return []
+
+
+def suggest(word: str, candidates: list[str]) -> str:
+    """`Did you mean ...?` (a new line) for the closest of `candidates`, or ""."""
+    close = difflib.get_close_matches(word, candidates, n=2, cutoff=0.75)
+    return f"\n  Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def _matching_lines(
