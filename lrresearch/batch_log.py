@@ -146,6 +146,9 @@ class BlockWriter:
         self._functions = _FUNCTIONS.setdefault(writer, {})
         # Scalar tags whose metadata this writer has written (see `_write`).
         self._seen: set[str] = self._functions.setdefault("seen", set())
+        resource = getattr(writer, "_resource", None)  # None: a no-op writer
+        if resource is not None and "import" not in self._functions:
+            self._functions["import"] = _Importer(resource)
 
     def submit(self, block: Block, started: float | None = None) -> None:
         """Queues `block`. Its rows get wall times spread evenly from `started` (when
@@ -225,8 +228,6 @@ class BlockWriter:
                 for tag, v in block.first.items()
             )
             events.append(event_encoding.event(first_step, first_wall, values))
-        if "import" not in self._functions:
-            self._functions["import"] = _Importer(resource)
         self._functions["import"](events)
 
     def _prefix(self, tag: str, metadata: bool) -> bytes:
@@ -262,6 +263,10 @@ class _Importer:
             autograph=False,
         )  # fmt: skip
         self.each = tf.function(self._each, input_signature=[strings], autograph=False)
+        # Traced now, before training, not on the writer thread while the run's second
+        # call trains (where the old per-count functions cost the steady state).
+        self.chunks.get_concrete_function()
+        self.each.get_concrete_function()
 
     def __call__(self, events: list[bytes]) -> None:
         whole = len(events) - len(events) % self.CHUNK
