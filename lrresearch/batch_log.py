@@ -10,8 +10,9 @@ the block on its own thread while the next compiled call of the training loop ru
 (one call behind, as CLU's `AsyncWriter` and MaxText's double buffering do): one event
 per batch holding every tag's value, with the exact tags, steps, values and metadata
 of `lrresearch.summaries` (a tag's metadata with its first value in the file, as TF 1's
-`FileWriter` did; `lrresearch.event_encoding`), imported into the summary writer in
-one compiled call. Each row's wall time is spread evenly over its call.
+`FileWriter` did; `lrresearch.event_encoding`), imported into the summary writer by
+`import_events` (compiled once per process). Each row's wall time is spread evenly
+over its call.
 Everything that needs the summaries on disk (a checkpoint, an evaluation, the end of a
 run, a stop of any kind) calls `BlockWriter.wait()` or `flush()` first.
 
@@ -33,7 +34,7 @@ import tensorflow as tf
 from lrresearch import event_encoding, summaries
 
 Row = Mapping[str, tf.Tensor]
-# Per summary writer: its compiled importer and each tag's encoded prefix.
+# Per summary writer: each tag's encoded prefix, and the tags whose metadata it wrote.
 _FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -140,15 +141,12 @@ class BlockWriter:
         )
         self._pending: concurrent.futures.Future | None = None
         self._last = time.time()
-        # Shared by every BlockWriter of this writer: the importer is traced, and each
-        # tag's bytes encoded, once per writer, not per BlockWriter (`Trainer.logging_to`
+        # Shared by every BlockWriter of this writer: each tag's bytes are encoded once
+        # per writer, not per BlockWriter (`Trainer.logging_to`
         # makes one per context).
         self._functions = _FUNCTIONS.setdefault(writer, {})
         # Scalar tags whose metadata this writer has written (see `_write`).
         self._seen: set[str] = self._functions.setdefault("seen", set())
-        resource = getattr(writer, "_resource", None)  # None: a no-op writer
-        if resource is not None and "import" not in self._functions:
-            self._functions["import"] = _Importer(resource)
 
     def submit(self, block: Block, started: float | None = None) -> None:
         """Queues `block`. Its rows get wall times spread evenly from `started` (when
@@ -228,7 +226,7 @@ class BlockWriter:
                 for tag, v in block.first.items()
             )
             events.append(event_encoding.event(first_step, first_wall, values))
-        self._functions["import"](events)
+        import_events(resource, events)
 
     def _prefix(self, tag: str, metadata: bool) -> bytes:
         """The encoded start of a scalar value of `tag`, with or without its metadata."""
@@ -244,54 +242,46 @@ class BlockWriter:
         return event_encoding.tensor_value(tag, metadata, buckets.astype(np.float64))
 
 
-class _Importer:
-    """Imports serialized events into a summary writer's `resource`, in order, with two
-    compiled functions traced once each (shape-stable: any number of events):
-    `CHUNK` events per loop iteration with the `ImportEvent` ops unrolled, then the
-    remainder one per iteration. A loop iteration costs ~6.5 us, an import ~8 us here,
-    so the chunks keep the unrolled speed without one function per event count (which
-    retraced, and TensorFlow warned about, at every new count). Name scope
-    `summaries`, so profiles attribute it to logging."""
+CHUNK = 16  # events per iteration of `import_events`'s loop, unrolled
+_WRITER = tf.TensorSpec([], tf.resource)
 
-    CHUNK = 16
 
-    def __init__(self, resource: tf.Tensor):
-        self.resource = resource
-        strings = tf.TensorSpec([None], tf.string)
-        self.chunks = tf.function(
-            self._chunks, input_signature=[tf.TensorSpec([None, self.CHUNK], tf.string)],
-            autograph=False,
-        )  # fmt: skip
-        self.each = tf.function(self._each, input_signature=[strings], autograph=False)
-        # Traced now, before training, not on the writer thread while the run's second
-        # call trains (where the old per-count functions cost the steady state).
-        self.chunks.get_concrete_function()
-        self.each.get_concrete_function()
+def import_events(resource: tf.Tensor, events: list[bytes]) -> None:
+    """Imports serialized events into the summary writer whose `_resource` this is, in
+    order. Two compiled functions, each traced once per process (any writer, any
+    number of events): `CHUNK` events per loop iteration with the `ImportEvent` ops
+    unrolled, then the remainder one per iteration. A loop iteration costs ~6.5 us, an
+    import ~8 us here, so the chunks keep the unrolled speed without one function per
+    event count and writer (which retraced at every new count, on the writer thread
+    while the next call trained, and made TensorFlow warn). Name scope `summaries`, so
+    profiles attribute it to logging."""
+    whole = len(events) - len(events) % CHUNK
+    if whole:
+        _import_chunks(resource, tf.reshape(tf.constant(events[:whole]), [-1, CHUNK]))
+    if whole < len(events):
+        _import_each(resource, tf.constant(events[whole:]))
 
-    def __call__(self, events: list[bytes]) -> None:
-        whole = len(events) - len(events) % self.CHUNK
-        if whole:
-            self.chunks(tf.reshape(tf.constant(events[:whole]), [-1, self.CHUNK]))
-        if whole < len(events):
-            self.each(tf.constant(events[whole:]))
 
-    def _chunks(self, events: tf.Tensor) -> None:
-        def body(i: tf.Tensor) -> tf.Tensor:
-            done = []
-            for j in range(self.CHUNK):  # chained: events are written in order
-                with tf.control_dependencies(done):
-                    done = [tf.raw_ops.ImportEvent(writer=self.resource, event=events[i, j])]
+@tf.function(input_signature=[_WRITER, tf.TensorSpec([None, CHUNK], tf.string)], autograph=False)
+def _import_chunks(resource: tf.Tensor, events: tf.Tensor) -> None:
+    def body(i: tf.Tensor) -> tf.Tensor:
+        done = []
+        for j in range(CHUNK):  # chained: events are written in order
             with tf.control_dependencies(done):
-                return i + 1
+                done = [tf.raw_ops.ImportEvent(writer=resource, event=events[i, j])]
+        with tf.control_dependencies(done):
+            return i + 1
 
-        with tf.name_scope("summaries"):
-            tf.while_loop(lambda i: i < tf.shape(events)[0], body, [tf.constant(0)])
+    with tf.name_scope("summaries"):
+        tf.while_loop(lambda i: i < tf.shape(events)[0], body, [tf.constant(0)])
 
-    def _each(self, events: tf.Tensor) -> None:
-        def body(i: tf.Tensor) -> tf.Tensor:
-            imported = tf.raw_ops.ImportEvent(writer=self.resource, event=events[i])
-            with tf.control_dependencies([imported]):
-                return i + 1
 
-        with tf.name_scope("summaries"):
-            tf.while_loop(lambda i: i < tf.size(events), body, [tf.constant(0)])
+@tf.function(input_signature=[_WRITER, tf.TensorSpec([None], tf.string)], autograph=False)
+def _import_each(resource: tf.Tensor, events: tf.Tensor) -> None:
+    def body(i: tf.Tensor) -> tf.Tensor:
+        imported = tf.raw_ops.ImportEvent(writer=resource, event=events[i])
+        with tf.control_dependencies([imported]):
+            return i + 1
+
+    with tf.name_scope("summaries"):
+        tf.while_loop(lambda i: i < tf.size(events), body, [tf.constant(0)])

@@ -16,8 +16,9 @@ fresh default `Trainer` (built, summary writer attached), in interleaved rounds:
                        per-variable norms) due on its first batch
   optimize+first run   the first execution of `steps_per_loop` batches (Grappler,
                        kernel instantiation, the run), minus a later call's time
-  ... Grappler off     the same with TensorFlow's graph optimizer off
   later call           a later call of the same batches (the steady state)
+  ..., Grappler off    the same two with TensorFlow's graph optimizer off (process-wide,
+                       so not shipped: its later calls are what per-batch work it saves)
   writer               the event importer's trace and the first block written
   eval (first)         the evaluation function's first call, minus a later call's
   cli first call       `lrresearch train`'s own first-call figure (its summary line),
@@ -80,10 +81,10 @@ def loop_parts(logdir: str, parts: dict[str, list[float]], grappler: bool) -> No
     finally:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
     later = timed(lambda: loop(n)[0].numpy())
-    key = "optimize+first run" if grappler else "optimize+first run, Grappler off"
-    parts[key].append(first - later)
+    off = "" if grappler else ", Grappler off"
+    parts["optimize+first run" + off].append(first - later)
+    parts["later call" + off].append(later)
     if grappler:
-        parts["later call"].append(later)
         result = loop(n)
         block = batch_log.Block(  # the writer's first block (importer traced in __init__)
             int(n), result[1], loop.layout["tags"][0], result[2], first=result[4]
