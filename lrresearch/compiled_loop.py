@@ -66,8 +66,8 @@ def call_capacity(trainer: Any) -> int:
             f"~{row:,.0f} bytes per batch (its logged values, on the device and on their "
             f"way to the event file), {capacity * row / 2**30:,.1f} GiB, more than "
             f"{MEMORY_SHARE:.0%} of this machine's {total / 2**30:,.1f} GiB. Lower "
-            "Trainer.steps_per_loop (default 100; beyond ~1,000 batches per call there "
-            "is nothing left to gain)"
+            "Trainer.steps_per_loop (default 100), or set a cadence that ends calls "
+            "sooner (Trainer.log_every, say)"
         )
     return capacity
 
