@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    loads = [os.getloadavg()[0]]
     parts: dict[str, list[float]] = collections.defaultdict(list)
     with tempfile.TemporaryDirectory() as logdir:
         for r in range(args.rounds):
@@ -136,15 +137,20 @@ def main(argv: list[str] | None = None) -> None:
             shift = r % len(order)
             for step in order[shift:] + order[:shift]:
                 step()
+            loads.append(os.getloadavg()[0])
             print(f"round {r + 1}/{args.rounds}", flush=True)
     body = table(parts)
     print("\n" + body)
+    load = f"{min(loads):.1f}..{max(loads):.1f} on {os.cpu_count()} cores"
     if args.rounds >= 3:
         intro = (
             "The first compiled call of the default run (`lrresearch train`: MLP "
             "64-128-10 on digits, 100 batches per call, histograms and per-variable "
             "norms due on it), part by part; every part is described in the docstring "
-            "of `tools/bench_first_call.py`. Fresh trainers each round, interleaved."
+            "of `tools/bench_first_call.py`. Fresh trainers each round, interleaved. "
+            "AutoGraph caches its conversions in a process: the first round's `trace, "
+            "AutoGraph` (the max) is what a fresh `lrresearch train` process paid. Load "
+            f"average while measuring: {load}."
         )
         path = write_page(
             PAGE, "The first call", intro + "\n\n" + body, time.perf_counter() - start
