@@ -16,6 +16,7 @@ import io
 import re
 import tempfile
 
+import gin
 from bench_keras import Block
 
 from lrresearch import cli
@@ -28,8 +29,11 @@ def train_rate(params: list[str], logdir: str) -> tuple[float, float]:
     --gin_param=...` (each of `params`) into `logdir`."""
     out = io.StringIO()
     args = ["train", *(f"--gin_param={p}" for p in params), f"--logdir={logdir}", "--quiet"]
-    with contextlib.redirect_stdout(out):
-        code = cli.main(args)
+    try:
+        with contextlib.redirect_stdout(out):
+            code = cli.main(args)
+    finally:
+        gin.clear_config()  # later trainers of the benchmark take their own arguments
     match = SUMMARY.search(out.getvalue())
     if code or match is None:
         raise RuntimeError(f"lrresearch {' '.join(args)} exited {code}: {out.getvalue()}")
@@ -69,6 +73,7 @@ def cli_against_bare(batches: int = 6000, rounds: int = 5) -> str:
     from lrresearch.controllers import ConstantController
     from lrresearch.trainer import Trainer
 
+    gin.clear_config()  # the default configuration, whatever ran before
     bare_trainer = Trainer(steps=1, controller=ConstantController(lr=0.1))
     bare_trainer.build()
     bare = trainer_block(bare_trainer, None, "bare loop")
