@@ -10,8 +10,9 @@ the block on its own thread while the next compiled call of the training loop ru
 (one call behind, as CLU's `AsyncWriter` and MaxText's double buffering do): one event
 per batch holding every tag's value, with the exact tags, steps, values and metadata
 of `lrresearch.summaries` (a tag's metadata with its first value in the file, as TF 1's
-`FileWriter` did; `lrresearch.event_encoding`), imported into the summary writer in
-one compiled call. Each row's wall time is spread evenly over its call.
+`FileWriter` did; `lrresearch.event_encoding`), imported into the summary writer by
+`import_events` (compiled once per process). Each row's wall time is spread evenly
+over its call.
 Everything that needs the summaries on disk (a checkpoint, an evaluation, the end of a
 run, a stop of any kind) calls `BlockWriter.wait()` or `flush()` first.
 
@@ -26,7 +27,6 @@ import dataclasses
 import time
 import weakref
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -34,7 +34,7 @@ import tensorflow as tf
 from lrresearch import event_encoding, summaries
 
 Row = Mapping[str, tf.Tensor]
-# Per summary writer: its compiled importer and each tag's encoded prefix.
+# Per summary writer: each tag's encoded prefix, and the tags whose metadata it wrote.
 _FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -141,8 +141,8 @@ class BlockWriter:
         )
         self._pending: concurrent.futures.Future | None = None
         self._last = time.time()
-        # Shared by every BlockWriter of this writer: the importer is traced, and each
-        # tag's bytes encoded, once per writer, not per BlockWriter (`Trainer.logging_to`
+        # Shared by every BlockWriter of this writer: each tag's bytes are encoded once
+        # per writer, not per BlockWriter (`Trainer.logging_to`
         # makes one per context).
         self._functions = _FUNCTIONS.setdefault(writer, {})
         # Scalar tags whose metadata this writer has written (see `_write`).
@@ -226,9 +226,7 @@ class BlockWriter:
                 for tag, v in block.first.items()
             )
             events.append(event_encoding.event(first_step, first_wall, values))
-        if "import" not in self._functions:
-            self._functions["import"] = _Importer(resource)
-        self._functions["import"](events)
+        import_events(resource, events)
 
     def _prefix(self, tag: str, metadata: bool) -> bytes:
         """The encoded start of a scalar value of `tag`, with or without its metadata."""
@@ -244,31 +242,46 @@ class BlockWriter:
         return event_encoding.tensor_value(tag, metadata, buckets.astype(np.float64))
 
 
-class _Importer:
-    """Imports serialized events into a summary writer's `resource`, in order: one
-    compiled function per event count with the `ImportEvent` ops unrolled (8 us per
-    event here; a `tf.range` loop adds 6.5 us per event), at most `UNROLLED` counts (a
-    run sees a few: `steps_per_loop` and the remainders at cadences), then a loop. Name
-    scope `summaries`, so profiles attribute it to logging."""
+CHUNK = 16  # events per iteration of `import_events`'s loop, unrolled
+_WRITER = tf.TensorSpec([], tf.resource)
 
-    UNROLLED = 8
 
-    def __init__(self, resource: tf.Tensor):
-        self.resource = resource
-        self.functions: dict[int | None, Any] = {None: tf.function(self._loop)}
+def import_events(resource: tf.Tensor, events: list[bytes]) -> None:
+    """Imports serialized events into the summary writer whose `_resource` this is, in
+    order. Two compiled functions, each traced once per process (any writer, any
+    number of events): `CHUNK` events per loop iteration with the `ImportEvent` ops
+    unrolled, then the remainder one per iteration. A loop iteration costs ~6.5 us, an
+    import ~8 us here, so the chunks keep the unrolled speed without one function per
+    event count and writer (which retraced at every new count, on the writer thread
+    while the next call trained, and made TensorFlow warn). Name scope `summaries`, so
+    profiles attribute it to logging."""
+    whole = len(events) - len(events) % CHUNK
+    if whole:
+        _import_chunks(resource, tf.reshape(tf.constant(events[:whole]), [-1, CHUNK]))
+    if whole < len(events):
+        _import_each(resource, tf.constant(events[whole:]))
 
-    def __call__(self, events: list[bytes]) -> None:
-        n = len(events)
-        if n not in self.functions and len(self.functions) <= self.UNROLLED:
-            self.functions[n] = tf.function(lambda e: self._unrolled(e, n))
-        self.functions.get(n, self.functions[None])(tf.constant(events))
 
-    def _unrolled(self, events: tf.Tensor, n: int) -> None:
-        with tf.name_scope("summaries"):
-            for i in range(n):
-                tf.raw_ops.ImportEvent(writer=self.resource, event=events[i])
+@tf.function(input_signature=[_WRITER, tf.TensorSpec([None, CHUNK], tf.string)], autograph=False)
+def _import_chunks(resource: tf.Tensor, events: tf.Tensor) -> None:
+    def body(i: tf.Tensor) -> tf.Tensor:
+        done = []
+        for j in range(CHUNK):  # chained: events are written in order
+            with tf.control_dependencies(done):
+                done = [tf.raw_ops.ImportEvent(writer=resource, event=events[i, j])]
+        with tf.control_dependencies(done):
+            return i + 1
 
-    def _loop(self, events: tf.Tensor) -> None:
-        with tf.name_scope("summaries"):
-            for i in tf.range(tf.size(events)):
-                tf.raw_ops.ImportEvent(writer=self.resource, event=events[i])
+    with tf.name_scope("summaries"):
+        tf.while_loop(lambda i: i < tf.shape(events)[0], body, [tf.constant(0)])
+
+
+@tf.function(input_signature=[_WRITER, tf.TensorSpec([None], tf.string)], autograph=False)
+def _import_each(resource: tf.Tensor, events: tf.Tensor) -> None:
+    def body(i: tf.Tensor) -> tf.Tensor:
+        imported = tf.raw_ops.ImportEvent(writer=resource, event=events[i])
+        with tf.control_dependencies([imported]):
+            return i + 1
+
+    with tf.name_scope("summaries"):
+        tf.while_loop(lambda i: i < tf.size(events), body, [tf.constant(0)])

@@ -17,6 +17,7 @@ after the input) is compiled instead, inside the ordinary loop.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import tensorflow as tf
@@ -32,6 +33,55 @@ def whole_loop_compiles(trainer: Any) -> bool:
     return isinstance(trainer.inputs.train, ArrayInput)
 
 
+# Bytes one logged float32 value of a batch's row holds while its block is in flight:
+# the device buffer (4) and its stacked copy (4), the writer's host copy (4), and the
+# encoded event (~30: tag, field keys, value) with its copy into a string tensor.
+BYTES_PER_LOGGED_VALUE = 80
+# A call's buffers may take at most this share of the machine's memory.
+MEMORY_SHARE = 0.5
+
+
+def call_capacity(trainer: Any) -> int:
+    """The most batches one compiled call of `trainer` can run, which sizes its
+    per-call buffers: `Trainer.steps_per_loop`, bounded by `Trainer.steps` and by every
+    cadence a call stops at (histograms, per-variable norms, eval, checkpoints,
+    progress lines). Fixed per trainer, so the loop is traced once (`n` varies, the
+    capacity does not). Raises `ValueError` naming `Trainer.steps_per_loop` when the
+    buffers of such a call cannot fit in half of this machine's memory.
+    """
+    cadences = [*trainer.periodic.values(), trainer.eval_every, trainer.checkpoint_every]
+    cadences.append(trainer.log_every)
+    capacity = min([trainer.steps_per_loop, trainer.steps] + [c for c in cadences if c > 0])
+    row = _row_bytes(trainer)
+    if whole_loop_compiles(trainer) and getattr(trainer, "jit_compile", False):
+        sampler = trainer.inputs.train.sampler  # `AheadSampler`'s epochs drawn ahead
+        per_epoch = max(sampler.num_examples // sampler.batch_size, 1)
+        row += 8 * sampler.num_examples / per_epoch
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if capacity * row > MEMORY_SHARE * total:
+        fits = int(MEMORY_SHARE * total // row)
+        raise ValueError(
+            f"Trainer.steps_per_loop must be at most {fits:,} for this run, got "
+            f"{trainer.steps_per_loop:,}: a compiled call of {capacity:,} batches buffers "
+            f"~{row:,.0f} bytes per batch (its logged values, on the device and on their "
+            f"way to the event file), {capacity * row / 2**30:,.1f} GiB, more than "
+            f"{MEMORY_SHARE:.0%} of this machine's {total / 2**30:,.1f} GiB. Lower "
+            "Trainer.steps_per_loop (default 100), or set a cadence that ends calls "
+            "sooner (Trainer.log_every, say)"
+        )
+    return capacity
+
+
+def _row_bytes(trainer: Any) -> float:
+    """A lower bound of what one batch's row holds in flight (`BYTES_PER_LOGGED_VALUE`
+    per value): the fixed per-batch tags, plus the per-variable groups due every batch
+    (a histogram is `summaries.HISTOGRAM_BUCKETS` x 3 float64 values)."""
+    values = 8 + 2 * len(trainer.variables) * ("grad_norms" in trainer.every_step_groups)
+    if "histograms" in trainer.every_step_groups:
+        values += 2 * len(trainer.variables) * summaries.HISTOGRAM_BUCKETS * 3 * 2
+    return float(values * BYTES_PER_LOGGED_VALUE + 8)  # + the row's int64 step
+
+
 def build(trainer: Any, periodic: frozenset[str], capacity: int, log: bool) -> Any:
     """The compiled loop (see the module docstring); `loop.layout` holds the block's
     `(scalar tags, histogram tags)` once it has been traced."""
@@ -39,7 +89,7 @@ def build(trainer: Any, periodic: frozenset[str], capacity: int, log: bool) -> A
     whole = jit and whole_loop_compiles(trainer)
     step = trainer.train_step
     if jit and not whole:
-        step = tf.function(trainer.train_step, jit_compile=True)
+        step = tf.function(trainer.train_step, jit_compile=True, autograph=False)
     layout: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
     next_batch, prepare = trainer.inputs.train.next, None
     if whole:  # the epochs' permutations are drawn ahead, outside XLA
@@ -51,22 +101,37 @@ def build(trainer: Any, periodic: frozenset[str], capacity: int, log: bool) -> A
         x, y = next_batch()
         loss, row, first = step(x, y, periodic, log)
         if not log:
-            for _ in tf.range(num_steps - 1):
+
+            def plain(i: tf.Tensor, loss: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
                 x, y = next_batch()
-                loss, _, _ = step(x, y, frozenset(), False)
-            return loss
+                return i + 1, step(x, y, frozenset(), False)[0]
+
+            return tf.while_loop(
+                lambda i, _: i < num_steps, plain, (tf.constant(1, tf.int64), loss)
+            )[1]
         tags = layout["tags"] = batch_log.split_row(row)
         arrays = batch_log.write_row(batch_log.new_arrays(row, capacity), 0, row, tags)
-        for i in tf.range(1, tf.cast(num_steps, tf.int32)):
+
+        def logged(i: tf.Tensor, loss: tf.Tensor, arrays: tuple) -> tuple:
             x, y = next_batch()
             loss, row, _ = step(x, y, frozenset(), True)
-            arrays = batch_log.write_row(arrays, i, row, tags)
+            return i + 1, loss, batch_log.write_row(arrays, i, row, tags)
+
+        n = tf.cast(num_steps, tf.int32)
+        _, loss, arrays = tf.while_loop(
+            lambda i, *_: i < n, logged, (tf.constant(1), loss, arrays), maximum_iterations=capacity
+        )
         scalars, histograms = batch_log.stack_arrays(arrays)
         # Static shapes (capacity rows), so XLA compiles the loop once for every n.
         steps = first_step + tf.range(capacity, dtype=tf.int64)
         return loss, steps, scalars, histograms, first
 
-    compiled = tf.function(loop, jit_compile=True) if whole else tf.function(loop)
+    # Everything traced here is graph code already (`tf.while_loop`, `tf.cond`, no
+    # Python `if` on a tensor, CONTRIBUTING.md): AutoGraph's source conversion of every
+    # function the step calls was most of the first call (~4.7 s of 7.7 s measured,
+    # `tools/bench_first_call.py`).
+    options = {"jit_compile": True} if whole else {}
+    compiled = tf.function(loop, autograph=False, **options)
     compiled.layout = layout
     compiled.prepare = prepare  # to call before each call (None: nothing to do)
     return compiled

@@ -216,6 +216,7 @@ class _Loop:
         self.loss = tf.constant(float("nan"))
         self.side_seconds = 0.0  # eval and checkpoints, not training
         self.first_done, self.first_seconds = 0, float("nan")
+        self.trained: float | None = None  # when training and its logging ended
         self.save = self._saver()
         self.writer = summaries.create_writer(run_dir) if chief else tf.summary.create_noop_writer()
         # The per-batch blocks, written on a thread while the next call trains (chief).
@@ -271,6 +272,7 @@ class _Loop:
                     for action in self.actions:
                         action(last)
             self._flush()
+            self.trained = time.perf_counter()  # every block written: the rate ends here
             self.save(self.done)
             finished = True
         except KeyboardInterrupt:
@@ -405,8 +407,10 @@ class _Loop:
 
     def _rate(self) -> float:
         """Training steps per second after the first call (which includes tracing), or
-        overall if there was only one call; eval and checkpoint time left out."""
-        elapsed = time.perf_counter() - self.start - self.side_seconds
+        overall if there was only one call; eval and checkpoint time left out (the last
+        checkpoint, and closing the writer, come after `trained`)."""
+        end = time.perf_counter() if self.trained is None else self.trained
+        elapsed = end - self.start - self.side_seconds
         if self.done > self.first_done and elapsed > self.first_seconds:
             return (self.done - self.first_done) / (elapsed - self.first_seconds)
         return max(self.done - (self.began or 0), 1) / max(elapsed, 1e-9)

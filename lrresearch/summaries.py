@@ -15,6 +15,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
@@ -181,12 +182,16 @@ def histogram_buckets(values: tf.Tensor, bucket_count: int = HISTOGRAM_BUCKETS) 
     counts = tf.raw_ops.DenseBincount(
         input=index, size=tf.constant(bucket_count, tf.int32), weights=weights
     )
-    last = tf.one_hot(bucket_count - 1, bucket_count, dtype=tf.float64)
+    last = tf.constant(np.eye(bucket_count)[-1])
     counts = tf.where(single, tf.cast(n, tf.float64) * last, counts)
-    edges = tf.linspace(lo, hi, bucket_count + 1)
-    edges = tf.concat([edges[:-1], hi[tf.newaxis]], 0)
-    left = tf.where(single, tf.fill([bucket_count], hi), edges[:-1])
-    right = tf.where(single, tf.fill([bucket_count], hi), edges[1:])
+    # `tf.linspace(lo, hi, bucket_count + 1)`'s values (lo, lo + k * (hi - lo) /
+    # bucket_count, hi), spelled out: its N-d form was ~60% of tracing the default
+    # loop's histograms (8 of them), its slices most of the rest.
+    inner = lo + (hi - lo) / bucket_count * tf.constant(np.arange(1.0, bucket_count))
+    left = tf.concat([tf.reshape(lo, [1]), inner], 0)
+    right = tf.concat([inner, tf.reshape(hi, [1])], 0)
+    left = tf.where(single, tf.fill([bucket_count], hi), left)
+    right = tf.where(single, tf.fill([bucket_count], hi), right)
     return tf.stack([left, right, counts], axis=1)
 
 

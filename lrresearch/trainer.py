@@ -68,7 +68,8 @@ class Trainer:
       batch_size: examples per (global) batch; the last partial batch of an epoch is
         dropped, so every batch has the same shape and the step is traced once.
       seed: seeds weights, shuffling and synthetic data.
-      steps_per_loop: batches per compiled call; the LR still changes every batch.
+      steps_per_loop: batches per compiled call, at most (a call also stops at the run's
+        end and each cadence: `compiled_loop.call_capacity`); the LR changes every batch.
       jit_compile: compile the training loop with XLA (`lrresearch.compiled_loop`): the
         whole loop with in-memory data, each batch's step with `tf.data` input. Not
         with a strategy. Off by default, by measurement on CPU (docs/benchmarks/
@@ -210,6 +211,7 @@ class Trainer:
         cadences = {"grad_norms": self.grad_norm_every, "histograms": self.histogram_every}
         self.every_step_groups = frozenset(g for g, every in cadences.items() if every == 1)
         self.periodic = {g: every for g, every in cadences.items() if every > 1}
+        self.call_capacity = compiled_loop.call_capacity(self)
         self.reset_loops()
         self.evaluate = tf.function(lambda: self._evaluate())  # per trainer: no retrace warning
         self.next_step = 0  # Python mirror of `self.step`, so the loop never reads it
@@ -252,7 +254,6 @@ class Trainer:
         self.inputs.train.after_restore()
         self.next_step = int(self.step.numpy())
 
-    # -- compiled code ----------------------------------------------------------------
     def train_step(
         self,
         x: tf.Tensor,
@@ -352,7 +353,7 @@ class Trainer:
         """The compiled loop whose first batch computes the `periodic` summary groups.
 
         `loop(num_steps)` trains `num_steps` (int64 scalar tensor, 1 <= num_steps <=
-        `capacity`, default `steps_per_loop`) batches. Without a summary writer
+        `capacity`, default `call_capacity`) batches. Without a summary writer
         (`self.log_to` None) it returns the last batch's loss; with one, `(loss,
         steps [n], scalars [capacity, k], histograms or None, first)`, the block
         `lrresearch.batch_log` writes. One `tf.function` per (group set, capacity,
@@ -361,7 +362,7 @@ class Trainer:
         batch on CPU even when nothing was written.
         """
         periodic = periodic - self.every_step_groups
-        capacity = capacity or self.steps_per_loop
+        capacity = capacity or self.call_capacity
         key = (periodic, capacity, self.log_to is not None)
         if key not in self.loops:
             self.loops[key] = compiled_loop.build(self, periodic, capacity, key[2])
@@ -371,12 +372,12 @@ class Trainer:
         """Trains `num_steps` batches from the current step (Python loop, no host read).
 
         Calls compiled loops of at most `max_per_call` batches (default
-        `steps_per_loop`), split so every periodic summary lands on its cadence. With
+        `call_capacity`), split so every periodic summary lands on its cadence. With
         a summary writer (`log_to`), each call's block goes to it, written while the
         next call runs. Returns the last batch's loss (a tensor: reading it waits for
         the device).
         """
-        limit = max_per_call or self.steps_per_loop
+        limit = max_per_call or self.call_capacity
         loss = tf.constant(float("nan"))
         done = 0
         while done < num_steps:
@@ -441,8 +442,7 @@ class Trainer:
         return run.fit(self, logdir, run_name, quiet, operative_config, resume)
 
     def hparams(self) -> dict[str, bool | int | float | str]:
-        """The run's hyperparameters for TensorBoard's HParams dashboard
-        (`trainer_checks.hparams`)."""
+        """The run's HParams (`trainer_checks.hparams`)."""
         return _hparams(self)
 
     def current_lr(self) -> float:

@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import read_events, train
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
-from lrresearch import run, summaries
+from lrresearch import batch_log, run, summaries
 from lrresearch.batch_log import Block, BlockWriter
 
 SMALL = {
@@ -129,3 +129,25 @@ def test_block_events_hold_the_values_the_summary_ops_write(tmp_path):
     loaded = read_events(tmp_path / "block")
     assert loaded.plugin("lr") == "scalars" and loaded.plugin("grad/dense/kernel") == "histograms"
     assert "Learning rate" in loaded.acc.SummaryMetadata("lr").summary_description
+
+
+def test_importer_is_traced_once_for_every_block_size(tmp_path):
+    """Blocks of 1..40 rows (the remainders at cadences) go through the same two
+    compiled import functions, each traced once per process, in order (the old
+    importer made one function per event count and writer; TensorFlow warned at the
+    sixth)."""
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    log = BlockWriter(writer, background=False)
+    step = 0
+    for count in (1, 5, 16, 17, 40, 3, 33):
+        rows = np.arange(step, step + 40, dtype=np.float32)[:, None]
+        block = Block(count, tf.range(step, step + 40, dtype=tf.int64), ("lr",), tf.constant(rows))
+        log.submit(block, started=0.0)
+        step += count
+    log.close()
+    writer.close()
+    assert batch_log._import_chunks.experimental_get_tracing_count() == 1  # per process
+    assert batch_log._import_each.experimental_get_tracing_count() == 1
+    events = read_events(tmp_path)
+    np.testing.assert_array_equal(events.steps("lr"), np.arange(step))
+    np.testing.assert_array_equal(events.scalar("lr"), np.arange(step, dtype=np.float32))

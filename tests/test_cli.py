@@ -260,6 +260,24 @@ def test_bad_value_in_gin_param_names_the_flag(in_repo, capsys, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_steps_per_loop_whose_buffers_cannot_fit_is_refused_before_the_run(
+    in_repo, capsys, tmp_path
+):
+    """A call's per-batch log is sized by the batches it can run: with every cadence
+    off and a run of 10**12 batches, 10**11 per call would buffer terabytes (the old
+    code grew until the kernel killed it): refused, naming the binding and the fix,
+    before any run directory exists."""
+    params = ["Trainer.steps = 1000000000000", "Trainer.steps_per_loop = 100000000000",
+              "Trainer.log_every = 100000000000", "Trainer.histogram_every = 0",
+              "Trainer.eval_every = 0", "Trainer.checkpoint_every = 0"]  # fmt: skip
+    code = cli.main(["train", *(f"--gin_param={p}" for p in params), f"--logdir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Trainer.steps_per_loop must be at most" in err and "GiB" in err, err
+    assert "Lower Trainer.steps_per_loop" in err and "--gin_param" in err
+    assert os.listdir(tmp_path) == []
+
+
 # -- every shipped gin file parses and builds ---------------------------------------------------
 
 GIN_FILES = sorted(str(p.relative_to(GIN_DIR)) for p in GIN_DIR.rglob("*.gin"))

@@ -731,3 +731,38 @@ def test_layer_names_are_the_same_for_every_model_in_a_process():
         first, second = ([v.path for v in build(shape, 10).trainable_variables] for _ in range(2))
         assert first == second
         assert len(set(first)) == len(first)
+
+
+def test_steps_per_loop_beyond_the_run_sizes_buffers_by_the_run(tmp_path):
+    """`steps_per_loop = 10**9` with a 30-batch run: the call's buffers hold the 30
+    batches it can run (the old code sized them by steps_per_loop: a segfault), and
+    every batch is logged."""
+    gin.clear_config()
+    trainer = Trainer(
+        steps=30, steps_per_loop=10**9, histogram_every=0, eval_every=0, log_every=30,
+        checkpoint_every=0, controller=ConstantController(lr=0.05),
+        model=functools.partial(mlp, hidden=(8,)),
+    )  # fmt: skip
+    trainer.build()
+    assert trainer.call_capacity == 30
+    result = trainer.fit(logdir=str(tmp_path), quiet=True)
+    np.testing.assert_array_equal(read_events(result.run_dir).steps("lr"), np.arange(30))
+    histograms = Trainer(steps=1000, steps_per_loop=10**9, histogram_every=100)
+    histograms.build()
+    assert histograms.call_capacity == 100  # the next histogram is due at most 100 on
+
+
+def test_the_compiled_loop_is_traced_without_autograph(tmp_path, monkeypatch):
+    """The loop and everything it calls is graph code already: AutoGraph's source
+    conversion (most of the first call before issue 22) converts nothing."""
+    from tensorflow.python.autograph.impl import api
+
+    converted, convert = [], api._convert_actual
+    monkeypatch.setattr(
+        api, "_convert_actual", lambda f, ctx: converted.append(f) or convert(f, ctx)
+    )
+    trainer = tiny_trainer()
+    trainer.build()
+    with trainer.logging_to(tf.summary.create_file_writer(str(tmp_path))):
+        trainer.run_steps(2)
+    assert converted == []

@@ -220,7 +220,7 @@ def trainer_block(trainer: Trainer, logdir: str | None, name: str) -> Block:
 
     def run(batches: int) -> float:
         with trainer.logging_to(writer) if writer else contextlib.nullcontext():
-            loss = trainer.run_steps(batches)
+            loss = trainer.run_steps(batches, trainer.steps_per_loop)  # not bounded by steps
         return float(loss.numpy())
 
     return Block(name, run)

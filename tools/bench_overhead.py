@@ -2,6 +2,10 @@
 optimizers (`lrresearch profile`), with the state each keeps, written to
 `docs/benchmarks/overhead.md`.
 
+Last, the path users run: `lrresearch train`'s steady-state steps/s against the bare
+loop (`tools/cli_rate.py`), so the figures here and what the CLI reports cannot drift
+apart.
+
 Run: `python tools/bench_overhead.py [--rounds 15]` on a quiet machine (other jobs
 sharing the cores move the ratios by tens of percent).
 """
@@ -40,6 +44,14 @@ CNN_INTRO = (
     "weights (20.6 KiB)."
 )
 
+CLI_INTRO = (
+    "The default run as users start it, `lrresearch train` (GradNorm, every batch "
+    "logged, evaluations and checkpoints at their cadences), through `lrresearch.cli."
+    "main` in this process: its steady-state steps/s as its summary line reports it "
+    "(after the first call; evaluation and checkpoint time left out), against the "
+    "bare loop (`ConstantController`, no summaries), in interleaved rounds."
+)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,12 +65,18 @@ def main() -> int:
              f"--logdir={logdir}", "--quiet"]
         )  # fmt: skip
         print(f"\n{CNN_INTRO}\n", flush=True)
-        return code or cli.main(
+        code = code or cli.main(
             ["profile", "--gin_file=gin/experiments/mnist1d_cnn.gin",
              "--gin_param=Trainer.histogram_every = 0", f"--rounds={args.rounds}",
              "--block_batches=200", f"--controllers={PARAMETER_FREE_CONTROLLERS}",
              f"--optimizers={OPTIMIZERS}", f"--logdir={logdir}", "--quiet"]
         )  # fmt: skip
+    if code:
+        return code
+    from cli_rate import cli_against_bare
+
+    print(f"\n{CLI_INTRO}\n\n{cli_against_bare(rounds=max(3, args.rounds // 3))}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
