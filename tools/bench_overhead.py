@@ -39,9 +39,10 @@ OPTIMIZERS = (
 PARAMETER_FREE_CONTROLLERS = "ConstantController,DoGController,DoWGController,DAdaptSGDController"
 CNN_INTRO = (
     "The same on the MNIST-1D CNN (`gin/experiments/mnist1d_cnn.gin`: batches of 100, "
-    "Adam, histograms off), for the parameter-free methods only: the baseline here is "
-    "Adam, so `extra state` is beyond Adam's, and the model has 5,285 trainable float32 "
-    "weights (20.6 KiB)."
+    "histograms off) with plain SGD, the optimizer DoG, DoWG and D-Adapt SGD are "
+    "defined on (D-Adapt SGD refuses another), for the parameter-free methods only: "
+    "the baseline here is SGD, the Adam row the anchor of the Adam-based optimizers, "
+    "and the model has 5,285 trainable float32 weights (20.6 KiB)."
 )
 
 CLI_INTRO = (
@@ -67,7 +68,8 @@ def main() -> int:
         print(f"\n{CNN_INTRO}\n", flush=True)
         code = code or cli.main(
             ["profile", "--gin_file=gin/experiments/mnist1d_cnn.gin",
-             "--gin_param=Trainer.histogram_every = 0", f"--rounds={args.rounds}",
+             "--gin_param=Trainer.histogram_every = 0", "--gin_param=Trainer.optimizer = 'sgd'",
+             f"--rounds={args.rounds}",
              "--block_batches=200", f"--controllers={PARAMETER_FREE_CONTROLLERS}",
              f"--optimizers={OPTIMIZERS}", f"--logdir={logdir}", "--quiet"]
         )  # fmt: skip
