@@ -19,7 +19,8 @@
    extrapolated budget is a lower bound.
 
 Run: `python tools/transformer_vs_compressors.py` (about `--minutes` + 2 minutes, two
-runs side by side); `--floor-only` prints the compressor floor alone (~15 s).
+runs side by side; `--sizes 1` trains only the larger); `--floor-only` prints the
+compressor floor alone (~15 s).
 """
 
 from __future__ import annotations
@@ -207,8 +208,9 @@ def model_section(rows: list[tuple[Size, np.ndarray, np.ndarray, float, int]],
         "\n## The model's curve\n",
         "`gin/experiments/stdlib_transformer.gin` (batches of 32 windows of 128 bytes) "
         "with Schedule-Free AdamW (200 warmup batches, then constant; eval with its "
-        "averaged weights), one TensorFlow thread per run, two runs side by side under "
-        f"`nice`, each stopped by Ctrl-C after {minutes:g} minutes. `eval/bits_per_byte` "
+        f"averaged weights), one TensorFlow thread per run, {len(rows)} run(s) side by side "
+        f"under `nice`, each stopped by Ctrl-C after {minutes:g} minutes (or at its "
+        "`--steps`). `eval/bits_per_byte` "
         "at each eval (all ~760 held-out windows). Load average over the last 15 minutes "
         f"of the runs: {os.getloadavg()[2]:.1f} on {os.cpu_count()} cores (other jobs "
         "shared them: the rates below are lower than on an idle machine, where the "
@@ -248,6 +250,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=45.0, help="wall-clock cap per run")
     parser.add_argument("--steps", type=int, default=40000, help="most batches per run")
     parser.add_argument("--floor-only", action="store_true", help="the compressors alone")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=list(range(len(SIZES))),
+        help="which sizes to train, by index (0: the experiment file's, 1: the 7x larger)",
+    )  # fmt: skip
     args = parser.parse_args()
     start = time.perf_counter()
     train, held_out = split()
@@ -257,10 +263,11 @@ def main() -> None:
     if args.floor_only:
         return
     rows = []
+    sizes = [SIZES[i] for i in args.sizes]
     with tempfile.TemporaryDirectory() as logdir:
         deadline = time.monotonic() + 60 * args.minutes
         processes = [
-            start_run(size, logdir, f"size{i}", args.steps) for i, size in enumerate(SIZES)
+            start_run(size, logdir, f"size{i}", args.steps) for i, size in enumerate(sizes)
         ]
         try:
             codes = [stop(process, deadline) for process in processes]
@@ -268,7 +275,7 @@ def main() -> None:
             for process in processes:  # none outlives this script, whatever happened
                 if process.poll() is None:
                     process.kill()
-        for i, (size, code) in enumerate(zip(SIZES, codes, strict=True)):
+        for i, (size, code) in enumerate(zip(sizes, codes, strict=True)):
             if code not in (0, 130):
                 log = pathlib.Path(logdir, f"size{i}.log").read_text()
                 raise SystemExit(f"{size.label}: exit code {code}\n{log[-3000:]}")
