@@ -118,8 +118,8 @@ def train(
 
     Gin is global state: it is cleared before and after.
     """
-    from lrresearch import config
-    from lrresearch.trainer import Trainer
+    from lrresearch.config import parse as config
+    from lrresearch.training.trainer import Trainer
 
     params = dict(params or {})
     gin.clear_config()

@@ -19,11 +19,11 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lrresearch import precision  # noqa: E402
 from lrresearch.controllers import GradNormController, LossTrendController  # noqa: E402
-from lrresearch.data import BatchSampler, digits  # noqa: E402
-from lrresearch.keras_fit import ControlledModel, PerBatchSummaries  # noqa: E402
-from lrresearch.models import mlp  # noqa: E402
+from lrresearch.keras_fit.model import ControlledModel, PerBatchSummaries  # noqa: E402
+from lrresearch.step import precision  # noqa: E402
+from lrresearch.workloads.data import BatchSampler, digits  # noqa: E402
+from lrresearch.workloads.models import mlp  # noqa: E402
 
 logdir, steps = sys.argv[1], int(sys.argv[2])
 data = digits()

@@ -17,7 +17,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from lrresearch import config, distribute
+from lrresearch.config import parse as config
+from lrresearch.training import distribute
 
 config.parse([], ['distribution.strategy = "mirrored"', "distribution.logical_cpus = 2"])
 strategy = distribute.get_strategy()  # before anything else runs TensorFlow ops

@@ -15,13 +15,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import config, distribute, random_state
+from lrresearch.config import parse as config
 from lrresearch.controllers import GradNormController
+from lrresearch.step import random_state
+from lrresearch.training import distribute
 
 config.parse([], sys.argv[3:])
 strategy = distribute.get_strategy()  # before anything else runs TensorFlow ops
 
-from lrresearch.trainer import Trainer  # noqa: E402
+from lrresearch.training.trainer import Trainer  # noqa: E402
 
 trainer = Trainer(strategy=strategy)
 # Not quiet: the run header names the strategy and its replicas (the JSON comes last).

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from conftest import Events
 
-from lrresearch import config
+from lrresearch.config import parse as config
 from lrresearch.controllers import (
     Chain,
     ConstantController,
@@ -18,10 +18,10 @@ from lrresearch.controllers import (
     PolyakController,
     Warmup,
 )
+from lrresearch.controllers.signals import MovingAverage, make_signals
 from lrresearch.optimizers import MomentumSGD
-from lrresearch.signals import MovingAverage, make_signals
-from lrresearch.step import batch_signals, set_lr
-from lrresearch.trainer import Trainer
+from lrresearch.step.batch import batch_signals, set_lr
+from lrresearch.training.trainer import Trainer
 
 
 def quadratic(dim=6, seed=0):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrresearch import workload
-from lrresearch.averaging import PolynomialAverager
 from lrresearch.controllers import DoGController
-from lrresearch.trainer import Trainer
+from lrresearch.step.averaging import PolynomialAverager
+from lrresearch.training.trainer import Trainer
+from lrresearch.workloads import model_loss as workload
 
 GAMMA = 3.0
 

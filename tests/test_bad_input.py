@@ -13,7 +13,8 @@ import gin
 import pytest
 from conftest import REPO
 
-from lrresearch import cli, config
+from lrresearch.cli import commands as cli
+from lrresearch.config import parse as config
 
 
 def write(path: pathlib.Path, *lines: str) -> str:

@@ -1,4 +1,4 @@
-"""The per-batch log as blocks (`lrresearch.batch_log`): the events hold what the summary
+"""The per-batch log as blocks (`lrresearch.logs.rows`): the events hold what the summary
 ops write, everything trained reaches the event files when a run fails between calls,
 and histograms due on every batch ride in the rows."""
 
@@ -13,8 +13,10 @@ import tensorflow as tf
 from conftest import read_events, train
 from tensorboard.compat.proto import event_pb2, summary_pb2
 
-from lrresearch import batch_log, run, summaries
-from lrresearch.batch_log import Block, BlockWriter
+from lrresearch.logs import rows as batch_log
+from lrresearch.logs import summaries
+from lrresearch.logs.rows import Block, BlockWriter
+from lrresearch.training import outer_loop as run
 
 SMALL = {
     "Trainer.steps": 40,

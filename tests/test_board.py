@@ -17,7 +17,8 @@ import tensorflow as tf
 from conftest import REPO, default_ctrl_c, train
 from test_tensorboard_server import free_port, get
 
-from lrresearch import board, cli
+from lrresearch.cli import commands as cli
+from lrresearch.logs import board
 
 STEPS = 1500  # > 1,000: TensorBoard's default would serve 1,000 of them
 
@@ -38,7 +39,7 @@ def long_run(tmp_path_factory):
 def start_board(*flags: str) -> subprocess.Popen:
     """`lrresearch board FLAGS...` in a subprocess that takes Ctrl-C, as from a shell."""
     # As from a user's shell: a TF_CPP_MIN_LOG_LEVEL set by `quiet` in this process
-    # (another test imported lrresearch.cli) would read as the user's and unfilter.
+    # (another test imported lrresearch.cli.commands) would read as the user's and unfilter.
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.Popen(
         [sys.executable, "-m", "lrresearch", "board", *flags],

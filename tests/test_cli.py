@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 from conftest import BATCH_TAGS, GIN_DIR, REPO, read_events, snapshot
 
-from lrresearch import cli, config, quiet
+from lrresearch.cli import commands as cli
+from lrresearch.config import parse as config
 from lrresearch.controllers import Controller
+from lrresearch.logs import quiet
 
 TIMEOUT = 120  # seconds per CLI process (a good 20-step run takes ~10 s)
 
@@ -309,7 +311,7 @@ def last_binding(path: pathlib.Path, key: str) -> str | None:
 
 @pytest.mark.parametrize("name", GIN_FILES)
 def test_gin_file_parses_and_builds(name, tmp_path, monkeypatch):
-    from lrresearch.trainer import Trainer
+    from lrresearch.training.trainer import Trainer
 
     path = GIN_DIR / name
     monkeypatch.chdir(tmp_path)  # includes must not depend on the working directory
@@ -397,7 +399,7 @@ def test_startup_filter_only_applies_without_the_users_own_log_level(
 def test_retracing_filter_drops_only_the_per_trainer_loop_warning(caplog):
     import tensorflow as tf
 
-    from lrresearch import compiled_loop
+    from lrresearch.training import compiled_loop
 
     def fake_trainer():  # just what compiled_loop.build reads
         return types.SimpleNamespace(

@@ -12,7 +12,12 @@ import gin
 import pytest
 from conftest import REPO
 
-from lrresearch import cli, config, docgen, gin_references, listing, profiling, sweep
+from lrresearch.cli import commands as cli
+from lrresearch.cli import docgen, listing
+from lrresearch.config import parse as config
+from lrresearch.config import references as gin_references
+from lrresearch.studies import profile as profiling
+from lrresearch.studies import sweep
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:

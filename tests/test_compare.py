@@ -14,9 +14,12 @@ import tensorflow as tf
 from conftest import Events
 from tensorboard.compat.proto import event_pb2
 
-from lrresearch import cli, compare, config, event_files, run_labels
-from lrresearch.compare import smooth
-from lrresearch.trainer import Trainer
+from lrresearch.analysis import compare, run_labels
+from lrresearch.analysis.compare import smooth
+from lrresearch.cli import commands as cli
+from lrresearch.config import parse as config
+from lrresearch.logs import event_files
+from lrresearch.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

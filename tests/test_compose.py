@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import Events
 
-from lrresearch import config
+from lrresearch.config import parse as config
 from lrresearch.controllers import (
     Chain,
     Clamp,
@@ -25,8 +25,8 @@ from lrresearch.controllers import (
     Product,
     Warmup,
 )
-from lrresearch.signals import make_signals
-from lrresearch.trainer import Trainer
+from lrresearch.controllers.signals import make_signals
+from lrresearch.training.trainer import Trainer
 
 
 def drive(controller, losses, norms=None, feedback=False):

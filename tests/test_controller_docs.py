@@ -11,7 +11,8 @@ import re
 import gin
 import pytest
 
-from lrresearch import config, controllers
+from lrresearch import controllers
+from lrresearch.config import parse as config
 
 EXPORTED = [n for n in controllers.__all__ if n not in ("Controller", "ControllerOutput")]
 # The ones that follow a paper, a PyTorch scheduler or an optax schedule.

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import GIN_DIR, read_events
 
-from lrresearch import config
+from lrresearch.config import parse as config
 from lrresearch.controllers import (
     Chain,
     ConstantController,
@@ -28,8 +28,8 @@ from lrresearch.controllers import (
     WSDController,
 )
 from lrresearch.controllers.compose import LossNudgeFactor
-from lrresearch.signals import make_signals
-from lrresearch.trainer import Trainer
+from lrresearch.controllers.signals import make_signals
+from lrresearch.training.trainer import Trainer
 
 
 @pytest.mark.parametrize("window", [100_001, 10_000_000, 1_000_000_000])
@@ -272,7 +272,7 @@ def test_the_resume_warning_suggests_the_lengths_the_run_began_with():
     """WSD's stable_steps follows the run as its rest, not as Trainer.steps itself."""
     from types import SimpleNamespace
 
-    from lrresearch import resume
+    from lrresearch.training import resume
 
     trainer = SimpleNamespace(controller=Chain([ConstantController(0.1), WSDController()], [500]))
     trainer.run_length_bindings = trainer.controller.set_run_length(3000)

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from conftest import REPO
 
-from lrresearch.data import (
+from lrresearch.workloads.data import (
     BatchSampler,
     DataError,
     Dataset,

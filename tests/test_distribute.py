@@ -25,7 +25,8 @@ import pytest
 import tensorflow as tf
 from conftest import BATCH_TAGS, REPO, Events, binding_lines, default_ctrl_c, train
 
-from lrresearch import config, distribute
+from lrresearch.config import parse as config
+from lrresearch.training import distribute
 
 TIMEOUT = 300
 STEPS = 60
@@ -263,7 +264,7 @@ def test_multi_worker_chief_writes_the_run(runs):
 def test_multi_worker_checkpoint_restores_the_single_device_weights(runs):
     """The chief's last checkpoint, restored into a single-device trainer, holds the
     weights, step and controller state of the single-device run."""
-    from lrresearch.trainer import Trainer
+    from lrresearch.training.trainer import Trainer
 
     logdir, single, _ = runs
     gin.clear_config()
@@ -332,7 +333,7 @@ def test_ctrl_c_stops_every_worker_at_one_step_and_resume_continues(tmp_path):
 
 
 def test_strategy_name_is_checked_and_located(tmp_path, monkeypatch, capsys):
-    from lrresearch import cli
+    from lrresearch.cli import commands as cli
 
     monkeypatch.chdir(REPO)
     code = cli.main(

@@ -14,7 +14,7 @@ import shlex
 import pytest
 from conftest import REPO
 
-from lrresearch import cli_parser
+from lrresearch.cli import parser as cli_parser
 
 PLACEHOLDER = re.compile(r"<[A-Za-z_][A-Za-z_.-]*>")  # <YYYYmmdd-HHMMSS>, <run>: stand-ins
 SHELL_PUNCTUATION = set("();|<>&")

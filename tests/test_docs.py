@@ -8,7 +8,7 @@ import re
 import pytest
 from conftest import REPO
 
-from lrresearch import docgen
+from lrresearch.cli import docgen
 
 
 @pytest.mark.parametrize("page", sorted(docgen.pages()))

@@ -19,7 +19,8 @@ import pytest
 import tensorflow as tf
 from conftest import BATCH_TAGS, REPO, Events, read_events
 
-from lrresearch import cli, config
+from lrresearch.cli import commands as cli
+from lrresearch.config import parse as config
 
 STEPS = 200
 EXAMPLES = {"regression": "mae", "sequence": "accuracy"}  # example -> its eval metric

@@ -6,7 +6,9 @@ import gin
 import keras
 import pytest
 
-from lrresearch import config, external_configurables, profiling
+from lrresearch import keras_classes as external_configurables
+from lrresearch.config import parse as config
+from lrresearch.studies import profile as profiling
 
 
 @gin.configurable

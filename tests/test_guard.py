@@ -13,11 +13,11 @@ import pytest
 import tensorflow as tf
 from conftest import Events
 
-from lrresearch import config
+from lrresearch.config import parse as config
 from lrresearch.controllers import ConstantController
-from lrresearch.data import digits
-from lrresearch.guard import NonFiniteGuard
-from lrresearch.trainer import NonFiniteLossError, Trainer
+from lrresearch.step.guard import NonFiniteGuard
+from lrresearch.training.trainer import NonFiniteLossError, Trainer
+from lrresearch.workloads.data import digits
 
 
 def small_trainer(**kwargs) -> Trainer:
@@ -87,7 +87,7 @@ def test_diverging_run_stops_with_last_good_checkpoint(tmp_path):
 
 
 def test_a_logdir_that_cannot_be_created_is_a_clear_error(tmp_path, capsys):
-    from lrresearch import cli
+    from lrresearch.cli import commands as cli
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

@@ -15,14 +15,14 @@ import pytest
 import tensorflow as tf
 from conftest import BATCH_TAGS, REPO, Events
 
-from lrresearch import config
 from lrresearch import controllers as c
+from lrresearch.config import parse as config
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
-from lrresearch.data import BatchSampler, digits
-from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
-from lrresearch.models import mlp
-from lrresearch.signals import make_signals
-from lrresearch.trainer import Trainer
+from lrresearch.controllers.signals import make_signals
+from lrresearch.keras_fit.model import ControlledModel, PerBatchSummaries
+from lrresearch.training.trainer import Trainer
+from lrresearch.workloads.data import BatchSampler, digits
+from lrresearch.workloads.models import mlp
 
 STEPS = 120
 

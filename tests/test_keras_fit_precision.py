@@ -12,10 +12,10 @@ import tensorflow as tf
 from conftest import Events
 
 from lrresearch import controllers as c
-from lrresearch import precision
-from lrresearch.data import BatchSampler, digits
-from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
-from lrresearch.models import mlp
+from lrresearch.keras_fit.model import ControlledModel, PerBatchSummaries
+from lrresearch.step import precision
+from lrresearch.workloads.data import BatchSampler, digits
+from lrresearch.workloads.models import mlp
 
 BATCHES = 30
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrresearch.data import digits
-from lrresearch.keras_lr_find import lr_find
-from lrresearch.lr_find import NoDescentError
+from lrresearch.keras_fit.range_test import lr_find
+from lrresearch.studies.lr_find import NoDescentError
+from lrresearch.workloads.data import digits
 
 
 def compiled_model(optimizer: keras.optimizers.Optimizer) -> keras.Model:

@@ -1,6 +1,6 @@
 """`ControlledModel` with Dropout resumes exactly from its Keras saves: `.keras` files
 and `BackupAndRestore` (`.weights.h5`) carry the random streams
-(`lrresearch.random_state`); a file saved without them loads with a warning."""
+(`lrresearch.step.random_state`); a file saved without them loads with a warning."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from lrresearch.controllers import GradNormController
-from lrresearch.data import digits
-from lrresearch.keras_fit import ControlledModel
+from lrresearch.keras_fit.model import ControlledModel
+from lrresearch.workloads.data import digits
 
 BATCHES, SAVE_AT = 5, 3  # batches per epoch (of 32); one save, after SAVE_AT batches
 

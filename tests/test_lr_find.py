@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from conftest import Events
 
-from lrresearch import cli
-from lrresearch.lr_find import (
+from lrresearch.cli import commands as cli
+from lrresearch.controllers.signals import make_signals
+from lrresearch.studies.lr_find import (
     LRRangeController,
     check_descent,
     fastai_window,
@@ -22,7 +23,6 @@ from lrresearch.lr_find import (
     valley,
     y_range,
 )
-from lrresearch.signals import make_signals
 
 
 def test_range_ramp_smoothing_and_divergence_match_a_reference():

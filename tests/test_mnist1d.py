@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import REPO, read_events
 
-from lrresearch import cli, data, models
+from lrresearch.cli import commands as cli
+from lrresearch.workloads import data, models
 
 SMALL = 500  # examples: 400 train, 100 eval
 

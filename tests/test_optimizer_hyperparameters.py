@@ -24,11 +24,11 @@ from lrresearch.controllers import (
     Warmup,
 )
 from lrresearch.controllers.compose import LossNudgeFactor
-from lrresearch.models import mlp
+from lrresearch.controllers.signals import make_signals
 from lrresearch.optimizers import MomentumSGD
-from lrresearch.signals import make_signals
-from lrresearch.step import OptimizerHyperparameters, set_lr
-from lrresearch.trainer import Trainer
+from lrresearch.step.batch import OptimizerHyperparameters, set_lr
+from lrresearch.training.trainer import Trainer
+from lrresearch.workloads.models import mlp
 
 GRADS = np.array([[1.0, -2.0], [0.5, 0.25], [-1.0, 3.0], [2.0, 2.0], [0.1, -0.3]], np.float32)
 W0 = np.array([1.0, 2.0], np.float32)

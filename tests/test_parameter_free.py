@@ -13,7 +13,7 @@ from conftest import read_events
 from test_adaptive import controlled_regression, regression_batches, regression_grad
 
 from lrresearch.controllers import DAdaptSGDController, DoGController, DoWGController
-from lrresearch.signals import Signals
+from lrresearch.controllers.signals import Signals
 
 STEPS = 300
 
@@ -203,8 +203,8 @@ def test_a_resumed_run_continues_from_the_same_x0_and_sums(tmp_path, name):
     batch 20 and resumed to 40 logs the uninterrupted run's LRs and distances."""
     import gin
 
-    from lrresearch import config
-    from lrresearch.trainer import Trainer
+    from lrresearch.config import parse as config
+    from lrresearch.training.trainer import Trainer
 
     def fit(steps, run_name, resume=False):
         config.parse([], [f"Trainer.controller = @{name}()", f"Trainer.steps = {steps}",

@@ -18,10 +18,8 @@ import tensorflow as tf
 from conftest import REPO, read_events
 from test_keras_fit import digit_batches
 
-from lrresearch import workload
 from lrresearch.controllers import ConstantController
-from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
-from lrresearch.models import mlp
+from lrresearch.keras_fit.model import ControlledModel, PerBatchSummaries
 from lrresearch.optimizers import (
     DAdaptAdam,
     Mechanic,
@@ -29,7 +27,9 @@ from lrresearch.optimizers import (
     ScheduleFreeAdamW,
     ScheduleFreeSGD,
 )
-from lrresearch.trainer import Trainer
+from lrresearch.training.trainer import Trainer
+from lrresearch.workloads import model_loss as workload
+from lrresearch.workloads.models import mlp
 
 # Each optimizer with the LR it is meant to run at (the D-Adaptation family's lr is a
 # multiplier of its own estimate); Schedule-Free with its own warmup.

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import Events
 
-from lrresearch import config, summaries
-from lrresearch.trainer import Trainer
+from lrresearch.config import parse as config
+from lrresearch.logs import summaries
+from lrresearch.training.trainer import Trainer
 
 PARAMS = [
     "Trainer.steps = 30",

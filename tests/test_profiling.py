@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrresearch import cli, config, gin_references, profiling
+from lrresearch.cli import commands as cli
+from lrresearch.config import parse as config
+from lrresearch.config import references as gin_references
 from lrresearch.controllers import LossTrendController, MaxChange, PolyakController
-from lrresearch.trainer import Trainer
+from lrresearch.studies import profile as profiling
+from lrresearch.training.trainer import Trainer
 
 SMALL = [
     "mlp.hidden = (16,)",
@@ -162,9 +165,7 @@ def test_profile_attributes_controller_and_summary_ops(profile_run):
             continue
         assert r.controller_us > 0, r
         assert r.summaries_us > 0, r
-    assert (
-        by_name["DoGController"].controller_us > by_name["ConstantController"].controller_us
-    )
+    assert by_name["DoGController"].controller_us > by_name["ConstantController"].controller_us
 
 
 def test_scope_times_split_a_real_trace(tmp_path):

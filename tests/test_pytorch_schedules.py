@@ -21,7 +21,7 @@ from lrresearch.controllers import (
     CyclicController,
     OneCycleController,
 )
-from lrresearch.signals import make_signals
+from lrresearch.controllers.signals import make_signals
 
 
 def ours(controller, steps: int) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Random layers resume exactly: a trainer restored from a checkpoint draws the random
-numbers the uninterrupted one draws (`lrresearch.random_state`), for every Keras random
+numbers the uninterrupted one draws (`lrresearch.step.random_state`), for every Keras random
 layer, `keras.random` with a `SeedGenerator` and `tf.random.Generator`, with and
 without XLA; a checkpoint without that state restores with a warning."""
 
@@ -18,9 +18,10 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, Events
 
-from lrresearch import random_state, resume
 from lrresearch.controllers import GradNormController
-from lrresearch.trainer import Trainer
+from lrresearch.step import random_state
+from lrresearch.training import resume
+from lrresearch.training.trainer import Trainer
 
 STEPS, CUT = 8, 3  # batches in all, and where the run is checkpointed and restored
 

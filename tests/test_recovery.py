@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from conftest import REPO, Events
 
-from lrresearch import cli, event_files, rundir
+from lrresearch.cli import commands as cli
+from lrresearch.logs import event_files
+from lrresearch.training import run_dir as rundir
 
 STEPS, EVERY = 3000, 1000
 PARAMS = [

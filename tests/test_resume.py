@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, Events, default_ctrl_c
 
-from lrresearch import cli, tf_data_cache
+from lrresearch.cli import commands as cli
+from lrresearch.workloads import tf_data_cache
 
 PARAMS = [
     "--gin_param=Trainer.steps = 300",
@@ -155,8 +156,8 @@ def test_default_run_config_names_its_controller_and_an_old_none_still_resumes(t
     config.gin is rewritten with the raised Trainer.steps."""
     import gin
 
-    from lrresearch import config
-    from lrresearch.trainer import Trainer
+    from lrresearch.config import parse as config
+    from lrresearch.training.trainer import Trainer
 
     base = ["Trainer.steps_per_loop = 4", "Trainer.eval_every = 0", "mlp.hidden = (8,)"]
     base += ["Trainer.checkpoint_every = 4", "Trainer.histogram_every = 0"]

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from lrresearch import sampling, sweep
-from lrresearch.sampling import parse_sample, sample_values
+from lrresearch.studies import sampling, sweep
+from lrresearch.studies.sampling import parse_sample, sample_values
 
 
 def draws(spec: str, n: int = 2000, seed: int = 0) -> list:

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from lrresearch import MovingAverage, make_signals
-from lrresearch.signals import global_norm
+from lrresearch.controllers.signals import global_norm
 
 
 def moving_average_reference(values, window, kind):

@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, read_events
 
-from lrresearch import cli
-from lrresearch.trainer_checks import variable_names
+from lrresearch.cli import commands as cli
+from lrresearch.training.arguments import variable_names
 from lrresearch.workloads import stdlib_lm
 
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.plugins.histogram import summary_v2 as tb_histogram
 
-from lrresearch import summaries
+from lrresearch.logs import summaries
 
 
 def tensorboard_buckets(values, bucket_count=summaries.HISTOGRAM_BUCKETS):

@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 from conftest import REPO, Events, default_ctrl_c
 
-from lrresearch import cli, sweep
-from lrresearch.sweep import parse_sweep, split_values
+from lrresearch.cli import commands as cli
+from lrresearch.studies import sweep
+from lrresearch.studies.sweep import parse_sweep, split_values
 
 
 def test_split_values_respects_brackets_and_quotes():

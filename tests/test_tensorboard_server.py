@@ -17,8 +17,9 @@ import urllib.request
 import gin
 import pytest
 
-from lrresearch import config, profiling
-from lrresearch.sweep import run_sweep
+from lrresearch.config import parse as config
+from lrresearch.studies import profile as profiling
+from lrresearch.studies.sweep import run_sweep
 
 
 def free_port() -> int:

@@ -27,17 +27,17 @@ from conftest import (
     windowed_mean,
 )
 
-import lrresearch.rundir as rundir_module
+import lrresearch.training.run_dir as rundir_module
 from lrresearch.controllers import (
     ConstantController,
     Controller,
     ControllerOutput,
     LossTrendController,
 )
-from lrresearch.data import digits
-from lrresearch.models import mlp
-from lrresearch.signals import make_signals
-from lrresearch.trainer import NonFiniteLossError, RunDirExistsError, Trainer
+from lrresearch.controllers.signals import make_signals
+from lrresearch.training.trainer import NonFiniteLossError, RunDirExistsError, Trainer
+from lrresearch.workloads.data import digits
+from lrresearch.workloads.models import mlp
 
 SEEDS = sorted(SEED_RUNS)
 F32 = np.float32
@@ -725,7 +725,7 @@ def test_steps_per_loop_does_not_change_results(loop_runs):
 
 def test_layer_names_are_the_same_for_every_model_in_a_process():
     """Tags such as `grad/dense/kernel` must line up across the runs of one sweep."""
-    from lrresearch.models import cnn, mlp
+    from lrresearch.workloads.models import cnn, mlp
 
     for build, shape in ((mlp, (64,)), (cnn, (8, 8, 1))):
         first, second = ([v.path for v in build(shape, 10).trainable_variables] for _ in range(2))

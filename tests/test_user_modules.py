@@ -13,7 +13,7 @@ import gin
 import keras
 import pytest
 
-from lrresearch import config
+from lrresearch.config import parse as config
 
 
 @pytest.fixture(autouse=True)
@@ -79,9 +79,7 @@ def test_module_in_the_working_directory_imports_without_flags(monkeypatch, tmp_
         config.parse([gin_file], ["wd_widht.width = 2"])
 
 
-def test_module_next_to_the_gin_file_is_not_searched_and_the_error_says_so(
-    monkeypatch, tmp_path
-):
+def test_module_next_to_the_gin_file_is_not_searched_and_the_error_says_so(monkeypatch, tmp_path):
     gin_file = write(tmp_path / "elsewhere" / "x.gin", "Trainer.steps = 5", "import beside_gin")
     write(tmp_path / "elsewhere" / "beside_gin.py", "X = 1")
     monkeypatch.chdir(tmp_path)

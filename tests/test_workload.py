@@ -18,9 +18,11 @@ import pytest
 import tensorflow as tf
 from conftest import BATCH_TAGS, Events
 
-from lrresearch import config, data, workload
-from lrresearch.inputs import make_inputs
-from lrresearch.trainer import Trainer
+from lrresearch.config import parse as config
+from lrresearch.training.trainer import Trainer
+from lrresearch.workloads import data
+from lrresearch.workloads import model_loss as workload
+from lrresearch.workloads.inputs import make_inputs
 
 USER_MODULE = textwrap.dedent(
     '''
@@ -266,7 +268,7 @@ def test_tf_data_loop_is_traced_once_with_no_python_op(tmp_path):
 def test_the_output_check_accepts_outputs_the_loss_takes_and_names_those_it_cannot():
     import types
 
-    from lrresearch.models import mlp
+    from lrresearch.workloads.models import mlp
 
     def inputs(y_shape, y_dtype):
         specs = (tf.TensorSpec((4,), tf.float32), tf.TensorSpec(y_shape, y_dtype))

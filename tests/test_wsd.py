@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lrresearch.controllers import WSDController
-from lrresearch.signals import make_signals
+from lrresearch.controllers.signals import make_signals
 
 
 def transformers_wsd(step, warmup, stable, decay, warmup_type, decay_type, floor, cycles):

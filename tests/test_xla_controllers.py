@@ -32,7 +32,7 @@ import pytest
 import tensorflow as tf
 
 from lrresearch import controllers as ctl
-from lrresearch.signals import MovingAverage, Signals
+from lrresearch.controllers.signals import MovingAverage, Signals
 
 STEPS = 200
 LR_RTOL = 1e-6  # lr, momentum, weight_decay

@@ -1,7 +1,7 @@
 """`Trainer.jit_compile`: the XLA-compiled loop trains the run the ordinary loop trains.
 
 Same data in the same order (the in-memory sampler's permutations are drawn ahead of
-each call, `lrresearch.xla_sampler`), same per-batch log (the block of rows), the loop
+each call, `lrresearch.workloads.xla_sampler`), same per-batch log (the block of rows), the loop
 compiled once, and a `tf.data` input compiled per batch. Tolerance: XLA fuses and
 reorders float32 arithmetic, so values agree to float32 rounding compounded over the
 run's batches, not bit for bit (rtol 1e-4 over 60 batches; measured ~1e-6).
@@ -16,9 +16,9 @@ import pytest
 import tensorflow as tf
 from conftest import read_events, train
 
-from lrresearch import config
+from lrresearch.config import parse as config
 from lrresearch.controllers import ConstantController
-from lrresearch.trainer import Trainer
+from lrresearch.training.trainer import Trainer
 
 PARAMS = {
     "Trainer.steps": 60,

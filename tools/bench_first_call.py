@@ -45,8 +45,9 @@ import tensorflow as tf
 from cli_rate import train_rate
 from measured_page import write_page
 
-from lrresearch import batch_log, summaries
-from lrresearch.trainer import Trainer
+from lrresearch.logs import rows as batch_log
+from lrresearch.logs import summaries
+from lrresearch.training.trainer import Trainer
 
 PAGE = "docs/benchmarks/first_call.md"
 GROUPS = frozenset({"histograms", "grad_norms"})  # due on the default run's first call

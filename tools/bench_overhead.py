@@ -47,7 +47,7 @@ CNN_INTRO = (
 
 CLI_INTRO = (
     "The default run as users start it, `lrresearch train` (GradNorm, every batch "
-    "logged, evaluations and checkpoints at their cadences), through `lrresearch.cli."
+    "logged, evaluations and checkpoints at their cadences), through `lrresearch.cli.commands."
     "main` in this process: its steady-state steps/s as its summary line reports it "
     "(after the first call; evaluation and checkpoint time left out), against the "
     "bare loop (`ConstantController`, no summaries), in interleaved rounds."
@@ -58,7 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    from lrresearch import cli
+    from lrresearch.cli import commands as cli
 
     with tempfile.TemporaryDirectory() as logdir:
         code = cli.main(

@@ -57,7 +57,6 @@ import tensorflow as tf
 from bench_keras import Block, fit_block, keras_dataset, per_batch_lr_callbacks, trainer_block
 from measured_page import write_page
 
-from lrresearch import profiling
 from lrresearch.controllers import (
     ConstantController,
     Controller,
@@ -65,9 +64,10 @@ from lrresearch.controllers import (
     GradNormController,
     LossTrendController,
 )
-from lrresearch.data import mnist1d
-from lrresearch.models import mnist1d_cnn
-from lrresearch.trainer import Trainer
+from lrresearch.studies import profile as profiling
+from lrresearch.training.trainer import Trainer
+from lrresearch.workloads.data import mnist1d
+from lrresearch.workloads.models import mnist1d_cnn
 from lrresearch.workloads.stdlib_lm import byte_transformer, stdlib_bytes
 
 PAGE = "docs/benchmarks/workloads.md"

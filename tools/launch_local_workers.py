@@ -145,7 +145,7 @@ def launch(command: list[str], workers: int, timeout: float) -> int:
 
 def _stop_gracefully(processes: list[subprocess.Popen]) -> None:
     """One SIGINT to each worker: they agree on a step, save a checkpoint there and
-    exit 130 (see `lrresearch.distribute.CoordinatedStop`); killed after `GRACE` s."""
+    exit 130 (see `lrresearch.training.distribute.CoordinatedStop`); killed after `GRACE` s."""
     print(f"launch: stopping the workers; up to {GRACE:.0f} s to save a checkpoint", flush=True)
     for p in processes:
         if p.poll() is None:

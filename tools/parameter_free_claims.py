@@ -86,8 +86,7 @@ def _accuracy(runner: Runner, gin_file: str, params: Sequence[str], seeds) -> li
 
 def _grid_rows(runner, gin_file, common, optimizer, grid, seeds) -> dict[float, list[float]]:
     return {
-        lr: _accuracy(runner, gin_file, (*common, *constant(optimizer, lr)), seeds)
-        for lr in grid
+        lr: _accuracy(runner, gin_file, (*common, *constant(optimizer, lr)), seeds) for lr in grid
     }
 
 

@@ -36,8 +36,8 @@ import tensorflow as tf
 from measured_page import write_page
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from lrresearch import config
-from lrresearch.trainer import Trainer
+from lrresearch.config import parse as config
+from lrresearch.training.trainer import Trainer
 
 LINES: list[str] = []
 

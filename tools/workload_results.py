@@ -96,8 +96,8 @@ def _train(job: Job, metric: str, logdir: str) -> Outcome:
     import tensorflow as tf
     from tensorboard.backend.event_processing import event_accumulator as ea
 
-    from lrresearch import config
-    from lrresearch.trainer import Trainer
+    from lrresearch.config import parse as config
+    from lrresearch.training.trainer import Trainer
 
     start = time.perf_counter()
     config.parse([job.gin_file], [*job.params, f"Trainer.seed = {job.seed}"])

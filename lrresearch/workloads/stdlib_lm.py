@@ -184,7 +184,7 @@ def stdlib_bytes(
 
 
 # The corpus depends on the Python it is read from, which the gin bindings do not say:
-# the trainer records this in the run's HParams (`lrresearch.inputs.data_info`).
+# the trainer records this in the run's HParams (`lrresearch.workloads.inputs.data_info`).
 stdlib_bytes.info = corpus_info
 
 

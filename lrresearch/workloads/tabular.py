@@ -8,7 +8,7 @@ from __future__ import annotations
 import gin
 import numpy as np
 
-from lrresearch.data import DataError, Dataset, split
+from lrresearch.workloads.data import DataError, Dataset, split
 
 # `name` -> scikit-learn's loader, all bundled with scikit-learn (no download).
 TABLES = ("iris", "wine", "breast_cancer")

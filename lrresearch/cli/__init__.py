@@ -1,0 +1,15 @@
+"""The `lrresearch` command line: the parser, the commands, `list` and the generated
+reference pages. `main` is the console script (`lrresearch = "lrresearch.cli:main"`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one `lrresearch` command; returns its exit code (DESIGN.md: 0 done, 1 a run
+    that failed while training, 2 bad input, 130 interrupted)."""
+    from lrresearch.cli import commands  # loads TensorFlow only after `quiet` set it up
+
+    return commands.main(argv)
