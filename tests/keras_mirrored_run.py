@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lrresearch.controllers import GradNormController, LossTrendController  # noqa: E402
-from lrresearch.keras_fit.model import ControlledModel, PerBatchSummaries  # noqa: E402
+from lrresearch.keras_fit import ControlledModel, PerBatchSummaries  # noqa: E402
 from lrresearch.step import precision  # noqa: E402
 from lrresearch.workloads.data import BatchSampler, digits  # noqa: E402
 from lrresearch.workloads.models import mlp  # noqa: E402

@@ -19,7 +19,7 @@ from lrresearch import controllers as c
 from lrresearch.config import parse as config
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.controllers.signals import make_signals
-from lrresearch.keras_fit.model import ControlledModel, PerBatchSummaries
+from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
 from lrresearch.training.trainer import Trainer
 from lrresearch.workloads.data import BatchSampler, digits
 from lrresearch.workloads.models import mlp

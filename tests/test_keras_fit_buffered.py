@@ -14,7 +14,7 @@ import tensorflow as tf
 from conftest import Events
 
 from lrresearch import controllers as c
-from lrresearch.keras_fit.model import ControlledModel, PerBatchSummaries
+from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
 from lrresearch.workloads.models import mlp
 
 BATCHES = 30

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from lrresearch.controllers import GradNormController
-from lrresearch.keras_fit.model import ControlledModel
+from lrresearch.keras_fit import ControlledModel
 from lrresearch.workloads.data import digits
 
 BATCHES, SAVE_AT = 5, 3  # batches per epoch (of 32); one save, after SAVE_AT batches

@@ -19,7 +19,7 @@ from conftest import REPO, read_events
 from test_keras_fit import digit_batches
 
 from lrresearch.controllers import ConstantController
-from lrresearch.keras_fit.model import ControlledModel, PerBatchSummaries
+from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
 from lrresearch.optimizers import (
     DAdaptAdam,
     Mechanic,

@@ -44,7 +44,7 @@ from lrresearch.controllers import (
     GradNormController,
     LossTrendController,
 )
-from lrresearch.keras_fit.model import ControlledModel, PerBatchSummaries
+from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
 from lrresearch.logs import summaries
 from lrresearch.studies import profile as profiling
 from lrresearch.training.trainer import Trainer
