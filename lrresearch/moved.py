@@ -13,7 +13,9 @@ import importlib.abc
 import importlib.machinery
 import sys
 import warnings
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 # Old module (under `lrresearch.`) -> its module now. The one home of the move.
 MOVED = {
@@ -65,7 +67,7 @@ MOVED = {
 # Old modules whose path is now a package; the package holds what users imported
 # (`lrresearch.keras_fit.ControlledModel`), the rest moved to a module inside it.
 BECAME_PACKAGES = {
-    "cli": "cli.main",
+    "cli": "cli.commands",
     "config": "config.parse",
     "keras_fit": "keras_fit.model",
     "step": "step.batch",
@@ -98,3 +100,23 @@ def install() -> None:
     """Lets the old module paths import (once per process)."""
     if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
         sys.meta_path.insert(0, _MovedModules())  # before an editable install's finder
+
+
+def forward(package: str) -> Callable[[str], Any]:
+    """A package's module `__getattr__` for `BECAME_PACKAGES`: `lrresearch.config.X` of the
+    flat layout (a name of the old `config.py`) still resolves, now from
+    `lrresearch.config.parse`, with a `DeprecationWarning` that names the new spelling."""
+    new = "lrresearch." + BECAME_PACKAGES[package.partition(".")[2]]
+
+    def module_getattr(name: str) -> Any:
+        module = importlib.import_module(new)
+        if name.startswith("__") or not hasattr(module, name):
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        warnings.warn(
+            f"{package}.{name} moved to {new}.{name} (lrresearch 0.2)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(module, name)
+
+    return module_getattr

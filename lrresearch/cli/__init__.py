@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from lrresearch import moved
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one `lrresearch` command; returns its exit code (DESIGN.md: 0 done, 1 a run
@@ -13,3 +15,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lrresearch.cli import commands  # loads TensorFlow only after `quiet` set it up
 
     return commands.main(argv)
+
+
+__getattr__ = moved.forward("lrresearch.cli")

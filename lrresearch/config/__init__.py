@@ -2,22 +2,6 @@
 modules, references on the command line, the config `--resume` uses.
 """
 
-from __future__ import annotations
+from lrresearch import moved
 
-from typing import Any
-
-
-def __getattr__(name: str) -> Any:
-    """`lrresearch.config.<name>` of the flat layout, now in `lrresearch.config.parse`."""
-    import importlib
-    import warnings
-
-    module = importlib.import_module("lrresearch.config.parse")
-    if name.startswith("__") or not hasattr(module, name):
-        raise AttributeError(f"module 'lrresearch.config' has no attribute {name!r}")
-    warnings.warn(
-        f"lrresearch.config.{name} moved to lrresearch.config.parse.{name} (lrresearch 0.2)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(module, name)
+__getattr__ = moved.forward("lrresearch.config")

@@ -6,8 +6,10 @@ Usage:
     from lrresearch.keras_fit import ControlledModel, PerBatchSummaries, lr_find
 """
 
+from lrresearch import moved
 from lrresearch.keras_fit.log import PerBatchSummaries
 from lrresearch.keras_fit.model import ControlledModel
 from lrresearch.keras_fit.range_test import lr_find
 
 __all__ = ["ControlledModel", "PerBatchSummaries", "lr_find"]
+__getattr__ = moved.forward("lrresearch.keras_fit")

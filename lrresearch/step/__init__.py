@@ -3,22 +3,6 @@ the controller, the non-finite guard, mixed precision, iterate averaging, the ra
 streams a step draws from.
 """
 
-from __future__ import annotations
+from lrresearch import moved
 
-from typing import Any
-
-
-def __getattr__(name: str) -> Any:
-    """`lrresearch.step.<name>` of the flat layout, now in `lrresearch.step.batch`."""
-    import importlib
-    import warnings
-
-    module = importlib.import_module("lrresearch.step.batch")
-    if name.startswith("__") or not hasattr(module, name):
-        raise AttributeError(f"module 'lrresearch.step' has no attribute {name!r}")
-    warnings.warn(
-        f"lrresearch.step.{name} moved to lrresearch.step.batch.{name} (lrresearch 0.2)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(module, name)
+__getattr__ = moved.forward("lrresearch.step")
