@@ -13,6 +13,7 @@ order, entries alphabetically.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import re
 import textwrap
@@ -160,7 +161,10 @@ def _keras(module: str) -> list[Entry]:
 
 def entries(group: str) -> list[Entry]:
     """The entries of one of `GROUPS`, sorted by gin name."""
+    from lrresearch.config.parse import CONFIGURABLE_MODULES
 
+    for module in CONFIGURABLE_MODULES:  # config.configurables scans what is imported
+        importlib.import_module(module)
     found = {
         "controllers": lambda: _controllers(standalone=True),
         "wrappers": lambda: _controllers(standalone=False),

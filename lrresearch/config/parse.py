@@ -9,6 +9,7 @@ names in lrresearch's modules, `external_configurables` and the imported modules
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
 import os
@@ -337,8 +338,25 @@ def _import(module: str, where: str, gin_folder: str | None) -> None:
         raise ConfigError(f"{where}: import {module}: {message}")
 
 
+# Every module with gin configurables (the Keras classes' included); importing them
+# registers their names with gin.
+CONFIGURABLE_MODULES = (
+    "lrresearch.controllers",
+    "lrresearch.controllers.signals",
+    "lrresearch.keras_classes",
+    "lrresearch.optimizers",
+    "lrresearch.training.distribute",
+    "lrresearch.training.trainer",
+    "lrresearch.workloads",
+    "lrresearch.workloads.data",
+    "lrresearch.workloads.models",
+)
+
+
 def _register_configurables() -> None:
     """Imports every module with gin configurables, so names resolve."""
+    for module in CONFIGURABLE_MODULES:
+        importlib.import_module(module)
 
 
 def _missing_file(path: str) -> ConfigError:
