@@ -4,7 +4,7 @@ stays in its layer, and no modules import each other in a circle.
 The order is defined here, once; CONTRIBUTING.md's map lists the layers in the same
 order (checked below). Imports are read with `ast` from every module, those inside
 functions and under `if TYPE_CHECKING:` included, as
-`../shared/tools/import_circles.py` reads them.
+the import map of issue 23 (`import_circles.py`) reads them.
 """
 
 from __future__ import annotations
