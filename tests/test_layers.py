@@ -10,6 +10,7 @@ the import map of issue 23 (`import_circles.py`) reads them.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 
 from conftest import REPO
@@ -36,6 +37,7 @@ LAYERS = (
 ENTRY_POINTS = {"lrresearch.__main__": "cli"}
 
 
+@functools.cache
 def modules() -> dict[str, ast.Module]:
     """`{dotted name: parsed source}` of every module of the package (a package's
     `__init__.py` under the package's name)."""
@@ -78,7 +80,9 @@ def layer(name: str) -> str:
     return parts[1] if len(parts) > 1 and is_package(".".join(parts[:2])) else "root"
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
+    """`{module: the package's modules it imports}` (read once per session)."""
     trees = modules()
     return {name: imported(name, tree, set(trees)) for name, tree in trees.items()}
 

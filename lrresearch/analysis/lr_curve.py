@@ -9,18 +9,20 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import tensorflow as tf
 
 from lrresearch.analysis.lr_suggest import divergence_index, suggest_all
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 class RangeTestCurve(Protocol):
     """What `finish` reads of a range test's controller (`LRRangeController`): its
-    per-batch buffers `[num_steps]` (float32; NaN where no batch ran), the divergence
-    flag and the two settings the suggestions depend on."""
+    per-batch buffers `[num_steps]` (float32; the losses NaN where no batch ran), the
+    divergence flag and the two settings the suggestions depend on."""
 
     lrs: tf.Variable
     losses: tf.Variable
