@@ -1,8 +1,9 @@
 """Controllers against independent numpy re-implementations of their documented rules.
 
-Each reference below is written from DESIGN.md ("Gin names of the seed strategies") and
-the controllers' docstrings, not from the controller code. The controllers are driven
-batch by batch with `lrresearch.make_signals`, as a notebook or custom loop would.
+Each reference below is written from the rules the controllers' docstrings state (the
+seed strategies' in `lrresearch/controllers/seed.py`), not from the controller code.
+The controllers are driven batch by batch with `lrresearch.make_signals`, as a notebook
+or custom loop would.
 """
 
 import collections
@@ -218,7 +219,7 @@ GRAD_NORM_DEFAULTS = {
 
 
 def grad_norm_reference(norm, base_lr, low_norm_threshold, low_norm_lr, slope, min_lr):
-    """DESIGN.md: low_norm_lr if norm < threshold else max(min_lr, base_lr - slope*norm)."""
+    """Documented: low_norm_lr if norm < threshold else max(min_lr, base_lr - slope*norm)."""
     norm = F32(norm)  # the controller sees a float32 norm and compares it in float32
     if norm < F32(low_norm_threshold):
         return low_norm_lr
@@ -307,7 +308,7 @@ def test_grad_norm_non_finite_norm_gives_non_finite_lr(norm):
 
 
 class LossTrendReference:
-    """The rule of DESIGN.md, one batch at a time, with the LR kept in float32."""
+    """The documented rule, one batch at a time, with the LR kept in float32."""
 
     def __init__(
         self, initial_lr=1e-3, window=100, decrease=0.95, increase=1.05, min_lr=1e-6, max_lr=None
@@ -543,7 +544,7 @@ CYCLICAL_DEFAULTS = {
 
 
 def cyclical_reference(steps, losses, min_lr, max_lr, cycle_length, nudge_below_loss, nudge_factor):
-    """Returns (lr, base, factor) per batch, from the rule in DESIGN.md."""
+    """Returns (lr, base, factor) per batch, from the documented rule."""
     x = (np.asarray(steps, np.int64) % cycle_length) / cycle_length
     base = min_lr + 0.5 * (max_lr - min_lr) * (1 + np.cos(np.pi * x))
     below = np.asarray(losses, F32) < F32(nudge_below_loss)  # NaN compares False

@@ -1,7 +1,7 @@
 """End-to-end tests of the Trainer: runs are trained, then read back with TensorBoard's loader.
 
 The LR of every batch is recomputed from the logged signals with independent numpy
-versions of the seed rules, written from DESIGN.md.
+versions of the seed rules, written from their docstrings (`lrresearch/controllers/seed.py`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ SEEDS = sorted(SEED_RUNS)
 F32 = np.float32
 
 
-# -- independent reference implementations of the seed rules (DESIGN.md) ------------------
+# -- independent reference implementations of the seed rules (as documented) -------------
 
 
 def grad_norm_rule(norms: np.ndarray, p: dict) -> np.ndarray:

@@ -61,7 +61,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def fresh(logdir: str) -> tuple[Trainer, tf.summary.SummaryWriter]:
-    """A built default trainer logging to a new writer (as `run.fit` sets it up)."""
+    """A built default trainer logging to a new writer (as `outer_loop.fit` sets it up)."""
     trainer = Trainer()
     trainer.build()
     writer = summaries.create_writer(tempfile.mkdtemp(dir=logdir))

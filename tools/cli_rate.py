@@ -4,7 +4,7 @@
 this process (the same parse, `Trainer`, `fit`, writer, evaluations, checkpoints and
 progress as a user's run) and reads the rate from the summary line it prints: the
 steps/s after the first call (which traces), with evaluation and checkpoint time left
-out (`run._Loop._rate`). As a `bench_keras.Block`, it interleaves with the other
+out (`outer_loop._Loop._rate`). As a `bench_keras.Block`, it interleaves with the other
 variants of a benchmark, so the CLI and the loop the benchmark times cannot drift
 apart unseen (issue 22: the CLI ran at a quarter of the figure the benchmark reported).
 """

@@ -1,3 +1,3 @@
 """Analysis of finished runs, which never trains: `compare`, the LR range test's
-suggestions, the profile report.
+curve and suggestions, the profile report.
 """

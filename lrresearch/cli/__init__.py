@@ -10,7 +10,7 @@ from lrresearch import moved
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs one `lrresearch` command; returns its exit code (DESIGN.md: 0 done, 1 a run
+    """Runs one `lrresearch` command; returns its exit code (0 done, 1 a run
     that failed while training, 2 bad input, 130 interrupted)."""
     from lrresearch.cli import commands  # loads TensorFlow only after `quiet` set it up
 

@@ -1,6 +1,6 @@
 """The `lrresearch` command line's parser: every command, flag, default and example.
 
-`cli.py` holds the handlers; this module only describes the interface, so `--help`,
+`lrresearch.cli.commands` holds the handlers; this module only describes the interface, so `--help`,
 `lrresearch list` and the generated CLI reference (`docs/reference/cli.md`) read it
 without running anything.
 """
@@ -55,8 +55,8 @@ With --sweep as well, every grid combination runs at the same drawn points.""",
     "compare": """\
 examples:
   lrresearch compare runs/sweep-20250101-120000      # every run of a sweep
-  lrresearch compare runs/GradNormController-20250101-120000 \\
-      runs/LossTrendController-20250101-120500 --out=comparison --target_accuracy=0.9""",
+  lrresearch compare runs/GradNorm-20250101-120000 \\
+      runs/LossTrend-20250101-120500 --out=comparison --target_accuracy=0.9""",
     "list": """\
 examples:
   lrresearch list                                    # everything, grouped
@@ -154,8 +154,9 @@ def _train_parser(commands: Any) -> None:
     _add_output_flags(
         train,
         "--run_name",
-        "<controller>-<YYYYmmdd-HHMMSS>, after the optimizer's name when it sets its own "
-        "step: Prodigy-WarmupCosine-...",
+        "<controller>-<YYYYmmdd-HHMMSS>, the controller's class without 'Controller' "
+        "(GradNorm-...), after the optimizer's name when it sets its own step: "
+        "Prodigy-WarmupCosine-...",
     )
     train.add_argument(
         "--resume",

@@ -1,6 +1,6 @@
 """The per-batch log of `ControlledModel` in Keras `fit`: the device-side ring of batch
 rows the compiled train step fills (`LogRing`), and the callback that drains it into a
-`batch_log.BlockWriter` after every compiled call (`PerBatchSummaries`). See the
+`rows.BlockWriter` after every compiled call (`PerBatchSummaries`). See the
 `lrresearch.keras_fit.model` docstring for when rows are buffered; both names are also
 importable from there.
 """

@@ -15,8 +15,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from lrresearch.analysis.lr_curve import LRFindResult, finish
+from lrresearch.controllers.lr_range import LRRangeController
 from lrresearch.keras_fit.model import ControlledModel
-from lrresearch.studies.lr_find import LRFindResult, LRRangeController, finish
 
 
 class _StopAtDivergence(keras.callbacks.Callback):
@@ -67,7 +68,7 @@ def lr_find(
     Returns:
       `LRFindResult` with `lrs`, `batch_losses`, `smoothed_losses` and the four
       suggestions (`steepest_lr`, `min_over_10_lr`, `valley_lr`, `slide_lr`); plot it
-      with `lrresearch.studies.lr_find.plot(result, "lr_find.png")`.
+      with `lrresearch.analysis.lr_curve.plot(result, "lr_find.png")`.
 
     Raises:
       NoDescentError: the loss did not descend (its `.result` holds the curve).

@@ -5,7 +5,7 @@ stacked on the device, optionally compiled with XLA.
 that `Trainer.loop_for` caches. Its first batch computes the `periodic` summary groups
 (they are due on it); every batch's row of logged values goes into `TensorArray`s
 (`lrresearch.logs.rows`), so the loop body holds no summary op and no host transfer.
-`block(loop, result)` turns a call's outputs into the `batch_log.Block` the writer
+`block(loop, result)` turns a call's outputs into the `rows.Block` the writer
 thread writes.
 
 XLA (`Trainer.jit_compile`): with in-memory data (`inputs.ArrayInput`, whose sampler

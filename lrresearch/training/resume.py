@@ -2,7 +2,7 @@
 
 `resume(trainer, run_dir, ...)` is called by the outer loop (`lrresearch.training.outer_loop`) with
 the run directory's lock held. It restores the newest checkpoint that reads back
-(`rundir.recover_checkpoint`), refuses one that does not fit the configuration with
+(`run_dir.recover_checkpoint`), refuses one that does not fit the configuration with
 the bindings that differ, and cuts from the event files what the interrupted process
 logged after the checkpoint (`event_files.drop_steps_from`), so every reader sees one
 point per step.

@@ -27,7 +27,7 @@ from collections.abc import Collection
 
 import tensorflow as tf
 
-# The run's operative config, import lines included (DESIGN.md's run layout).
+# The run's operative config, import lines included (the run layout in README.md).
 CONFIG_FILE = "config.gin"
 
 # Bindings an older version wrote into config.gin that this one does not take, with why.

@@ -405,7 +405,7 @@ class Trainer:
     @contextlib.contextmanager
     def logging_to(self, writer: tf.summary.SummaryWriter, background: bool = True):
         """Within the context, `run_steps` logs every batch to `writer` (a
-        `batch_log.BlockWriter` on a background thread; with `background=False`,
+        `rows.BlockWriter` on a background thread; with `background=False`,
         each block is written before `run_steps` returns). On exit every block is
         written (not flushed: the writer's own cadence, or `writer.flush()`)."""
         log = BlockWriter(writer, background)
@@ -445,7 +445,7 @@ class Trainer:
         return run.fit(self, logdir, run_name, quiet, operative_config, resume)
 
     def hparams(self) -> dict[str, bool | int | float | str]:
-        """The run's HParams (`trainer_checks.hparams`)."""
+        """The run's HParams (`arguments.hparams`)."""
         return _hparams(self)
 
     def current_lr(self) -> float:

@@ -8,7 +8,7 @@ writing, and the resumed iterator, which writes that shard again, stops with
 `AlreadyExistsError: ... cache lockfile already exists`.
 
 On resume, `remove_stale_locks` removes such a lock (and the shard's partial data)
-only when it is provably the killed process's: the run's own lock (`rundir.RunLock`)
+only when it is provably the killed process's: the run's own lock (`run_dir.RunLock`)
 shows that process has ended, and the cache lock was created after it started. A
 process that writes the same cache at the same time could not have created it then
 (TensorFlow's writer refuses a cache whose lock exists), so a live writer is never
