@@ -2,8 +2,11 @@
 
 `outer_loop` (and `resume`, which it calls) use a trainer only through these members:
 it reads them and calls the methods, and never writes an attribute. `Trainer` is one
-such trainer; a test (or another host of the step) can be another. This module sits
-below both, so neither imports the other for the type.
+such trainer; a test (or another host of the step) can be another. `resume` also
+uses two optional extras when a trainer has them (`getattr`): `inputs.train.cache_files`
+(a `tf.data` cache lock to clear) and `run_length_bindings` (a schedule stretched by a
+changed `Trainer.steps`, warned about). This module sits below both, so neither
+imports the other for the type.
 """
 
 from __future__ import annotations
