@@ -339,6 +339,15 @@ def _import(module: str, where: str, gin_folder: str | None) -> None:
 
 def _register_configurables() -> None:
     """Imports every module with gin configurables, so names resolve."""
+    import lrresearch.controllers
+    import lrresearch.controllers.signals
+    import lrresearch.keras_classes  # Keras optimizers, losses and metrics
+    import lrresearch.optimizers
+    import lrresearch.training.distribute
+    import lrresearch.training.trainer
+    import lrresearch.workloads  # (stdlib_bytes, byte_transformer, BitsPerByte, tabular)
+    import lrresearch.workloads.data
+    import lrresearch.workloads.models  # noqa: F401
 
 
 def _missing_file(path: str) -> ConfigError:
