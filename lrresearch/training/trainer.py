@@ -2,10 +2,11 @@
 
 Per batch, inside one `tf.function`: input, forward, the mean loss, gradients, signals
 (global norm, loss moving averages), controller -> LR, guard, `learning_rate.assign`,
-apply, summaries. The `Trainer` owns the step, the inner loop and evaluation; the run
-around it (run directory, checkpoints, resume, cadences, progress, Ctrl-C) is
-`lrresearch.training.outer_loop`, as orbit separates its `StandardTrainer` from its
-`Controller`. The workload (model, loss, metrics) is `lrresearch.workloads.model_loss`, the input
+apply, summaries. The `Trainer` owns the step, the inner loop (`InnerLoop`, in
+`inner_loop`) and evaluation; the run around it (run directory, checkpoints, resume,
+progress, Ctrl-C) is `lrresearch.training.outer_loop`, as orbit separates its
+`StandardTrainer` from its `Controller`. Both ask `self.cadences` (`Cadences`) where
+calls stop. The workload (model, loss, metrics) is `lrresearch.workloads.model_loss`, the input
 `lrresearch.workloads.inputs`.
 """
 
