@@ -125,3 +125,15 @@ def test_train_releases_the_lock_when_the_loop_fails(tmp_path, monkeypatch, caps
     gin.clear_config()
     assert (tmp_path / "r" / "config.gin").exists()
     assert_unlocked(tmp_path / "r")
+
+
+def test_the_run_errors_old_spelling_still_resolves_with_a_warning():
+    """`training/trainer.py` re-exports nothing; a user's `from lrresearch.trainer import
+    RunDirExistsError` (before 0.2) still works through `moved.MOVED_NAMES`."""
+    import lrresearch.training.trainer as trainer_module
+
+    assert not hasattr(trainer_module, "RunDirExistsError")
+    home = r"lrresearch\.trainer\.RunDirExistsError moved to lrresearch\.training\.run_dir"
+    with pytest.warns(DeprecationWarning, match=home):
+        from lrresearch.trainer import RunDirExistsError as OldSpelling
+    assert OldSpelling is RunDirExistsError
