@@ -72,6 +72,42 @@ BECAME_PACKAGES = {
     "keras_fit": "keras_fit.model",
     "step": "step.batch",
 }
+# Names an old module re-exported from other modules (`from lrresearch.trainer import
+# RunDirExistsError`, an error users catch): they still resolve from the old path, with
+# the warning naming their home. The new modules re-export nothing.
+MOVED_NAMES = {
+    "trainer": {
+        "DiskFullError": "training.outer_loop",
+        "NonFiniteLossError": "training.outer_loop",
+        "TrainingInterrupted": "training.outer_loop",
+        "TrainResult": "training.outer_loop",
+        "RunDirExistsError": "training.run_dir",
+        "make_run_dir": "training.run_dir",
+    },
+}
+
+
+class _OldModule(ModuleType):
+    """An old path whose module also re-exported names from elsewhere (`MOVED_NAMES`):
+    its own names are the new module's, the others are found in their home."""
+
+    def __init__(self, name: str, module: ModuleType, names: dict[str, str]):
+        super().__init__(name, module.__doc__)
+        self._module, self._names = module, names
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("__") or name not in self._names:
+            return getattr(self._module, name)
+        home = "lrresearch." + self._names[name]
+        warnings.warn(
+            f"{self.__name__}.{name} moved to {home} (lrresearch 0.2); import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(home), name)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*dir(self._module), *self._names})
 
 
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -84,13 +120,17 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.machinery.ModuleSpec(fullname, self)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        new = "lrresearch." + MOVED[spec.name.partition(".")[2]]
+        old = spec.name.partition(".")[2]
+        new = "lrresearch." + MOVED[old]
         warnings.warn(
             f"{spec.name} moved to {new} (lrresearch 0.2); import it from there",
             DeprecationWarning,
             stacklevel=2,
         )
-        return importlib.import_module(new)
+        module = importlib.import_module(new)
+        if old in MOVED_NAMES:
+            return _OldModule(spec.name, module, MOVED_NAMES[old])
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
         """The module was executed under its new name."""

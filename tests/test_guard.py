@@ -16,7 +16,8 @@ from conftest import Events
 from lrresearch.config import parse as config
 from lrresearch.controllers import ConstantController
 from lrresearch.step.guard import NonFiniteGuard
-from lrresearch.training.trainer import NonFiniteLossError, Trainer
+from lrresearch.training.outer_loop import NonFiniteLossError
+from lrresearch.training.trainer import Trainer
 from lrresearch.workloads.data import digits
 
 

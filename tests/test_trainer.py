@@ -35,7 +35,9 @@ from lrresearch.controllers import (
     LossTrendController,
 )
 from lrresearch.controllers.signals import make_signals
-from lrresearch.training.trainer import NonFiniteLossError, RunDirExistsError, Trainer
+from lrresearch.training.outer_loop import NonFiniteLossError
+from lrresearch.training.run_dir import RunDirExistsError
+from lrresearch.training.trainer import Trainer
 from lrresearch.workloads.data import digits
 from lrresearch.workloads.models import mlp
 

@@ -66,13 +66,15 @@ def test_xla_loop_is_compiled_once(runs):
     """The loop's XLA program does not depend on any variable's value (a `var[i]` read
     would make it a compile-time constant: one compilation per call)."""
     trainer = runs[True].trainer
-    loop = trainer.train_loop
+    # The loop the run called: each call stops at a cadence (`Cadences.next_boundary`),
+    # so every call of this run starts on a histogram batch.
+    loop = trainer.loops[(trainer.cadences.groups_due(0), trainer.call_capacity, True)]
     assert loop.experimental_get_tracing_count() == 1
     n = tf.constant(5, tf.int64)
     loop.prepare()
     before = loop.experimental_get_compiler_ir(n)(stage="hlo")
     with trainer.logging_to(tf.summary.create_noop_writer()):
-        trainer.run_steps(12, max_per_call=trainer.steps_per_loop)
+        trainer.run_steps(12)  # the same loop again (step 60: histograms due)
     loop.prepare()
     assert loop.experimental_get_compiler_ir(n)(stage="hlo") == before
 

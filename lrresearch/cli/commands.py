@@ -59,13 +59,13 @@ def _parse_config(args: argparse.Namespace) -> int | None:
 def train(args: argparse.Namespace) -> int:
     from lrresearch.config import parse as config
     from lrresearch.training import distribute
-    from lrresearch.training.trainer import (
+    from lrresearch.training.outer_loop import (
         DiskFullError,
         NonFiniteLossError,
-        RunDirExistsError,
-        Trainer,
         TrainingInterrupted,
     )
+    from lrresearch.training.run_dir import RunDirExistsError
+    from lrresearch.training.trainer import Trainer
     from lrresearch.workloads.data import DataError
     from lrresearch.workloads.tf_data_cache import CacheLockError
 
@@ -96,7 +96,7 @@ def train(args: argparse.Namespace) -> int:
 def profile(args: argparse.Namespace) -> int:
     from lrresearch.config import parse as config
     from lrresearch.studies import profile as profiling
-    from lrresearch.training.trainer import RunDirExistsError
+    from lrresearch.training.run_dir import RunDirExistsError
 
     for name in ("rounds", "block_batches", "trace_batches"):
         if getattr(args, name) < 1:
@@ -133,7 +133,7 @@ def profile(args: argparse.Namespace) -> int:
 def lr_find(args: argparse.Namespace) -> int:
     from lrresearch.config import parse as config
     from lrresearch.studies import lr_find as finder
-    from lrresearch.training.trainer import RunDirExistsError
+    from lrresearch.training.run_dir import RunDirExistsError
     from lrresearch.workloads.data import DataError
 
     if args.write_gin and os.path.exists(args.write_gin):
@@ -178,7 +178,7 @@ def sweep(args: argparse.Namespace) -> int:
     from lrresearch.config import parse as config
     from lrresearch.studies import sweep as sweeps
     from lrresearch.studies.sweep_resume import resume_sweep
-    from lrresearch.training.trainer import RunDirExistsError
+    from lrresearch.training.run_dir import RunDirExistsError
 
     say = (lambda message: None) if args.quiet else (lambda m: print(m, flush=True))
     if args.resume and not args.sweep_name:

@@ -16,7 +16,6 @@ References:
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 
@@ -44,9 +43,9 @@ from lrresearch.analysis.lr_suggest import (  # noqa: F401
     valley,
 )
 from lrresearch.controllers.lr_range import MODES, LRRangeController  # noqa: F401
-from lrresearch.logs import summaries
 from lrresearch.training import distribute
-from lrresearch.training.trainer import Trainer, make_run_dir
+from lrresearch.training.open_run import open_run
+from lrresearch.training.trainer import Trainer
 
 
 def lr_find(
@@ -75,23 +74,20 @@ def lr_find(
         strategy=distribute.get_strategy(),
     )
     trainer.build()
-    run_dir = make_run_dir(logdir, run_name, "lr-find", resumable=False)
-    progress(f"lr-find directory: {run_dir}")
-    with open(os.path.join(run_dir, "config.gin"), "w") as f:
-        f.write(gin.operative_config_str())
-    writer = summaries.create_writer(run_dir)
-    done, block = 0, max(1, min(trainer.steps_per_loop, 10))
-    start = time.perf_counter()
-    with trainer.logging_to(writer):
-        while done < num_steps and not bool(controller.diverged.numpy()):
-            n = min(block, num_steps - done)
-            trainer.run_steps(n)
-            done += n
-            eta = (time.perf_counter() - start) / done * (num_steps - done)
-            progress(
-                f"lr-find: step {done}/{num_steps}  lr {float(controller.lrs[done - 1]):.3g}"
-                f"  smoothed loss {float(controller.smoothed[done - 1]):.4f}"
-                f"  ETA {eta:.0f}s (or sooner, at divergence)"
-            )
-    writer.close()
-    return finish(controller, done, run_dir)
+    config = gin.operative_config_str()
+    with open_run(logdir, run_name, "lr-find", config, resumable=False) as run:
+        progress(f"lr-find directory: {run.path}")
+        done, block = 0, max(1, min(trainer.steps_per_loop, 10))
+        start = time.perf_counter()
+        with trainer.logging_to(run.writer):
+            while done < num_steps and not bool(controller.diverged.numpy()):
+                n = min(block, num_steps - done)
+                trainer.run_steps(n)
+                done += n
+                eta = (time.perf_counter() - start) / done * (num_steps - done)
+                progress(
+                    f"lr-find: step {done}/{num_steps}  lr {float(controller.lrs[done - 1]):.3g}"
+                    f"  smoothed loss {float(controller.smoothed[done - 1]):.4f}"
+                    f"  ETA {eta:.0f}s (or sooner, at divergence)"
+                )
+    return finish(controller, done, run.path)

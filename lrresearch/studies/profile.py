@@ -41,7 +41,8 @@ from lrresearch.controllers import ConstantController, Controller
 from lrresearch.logs import summaries
 from lrresearch.optimizers import OPTIMIZERS
 from lrresearch.training import distribute
-from lrresearch.training.trainer import Trainer, make_run_dir
+from lrresearch.training.open_run import open_run
+from lrresearch.training.trainer import Trainer
 
 CONTROLLER_SCOPE = "lr_controller/"
 SUMMARY_SCOPE = "summaries/"
@@ -361,10 +362,28 @@ def profile(
         make_controller(name)  # fail fast on a bad name or binding
     for name in optimizers:
         make_optimizer_class(name)
-    out_dir = make_run_dir(logdir, run_name, "profile", resumable=False)
-    progress(f"profile directory: {out_dir}")
-    with open(os.path.join(out_dir, "config.gin"), "w") as f:
-        f.write(gin.config_str())
+    with open_run(logdir, run_name, "profile", gin.config_str(), resumable=False) as run:
+        progress(f"profile directory: {run.path}")
+        rows = _profile_variants(
+            names, optimizers, run.path, rounds, block_batches, trace_batches, warmup_batches,
+            progress, seed,
+        )  # fmt: skip
+    return run.path, rows
+
+
+def _profile_variants(
+    names: Sequence[str],
+    optimizers: Sequence[str],
+    out_dir: str,
+    rounds: int,
+    block_batches: int,
+    trace_batches: int,
+    warmup_batches: int,
+    progress: Callable[[str], None],
+    seed: int,
+) -> list[OverheadRow]:
+    """Times and traces every variant into `out_dir`, writes the reports there and
+    returns the table's rows (`profile`)."""
     variants, ratios, batches_per_block = _time_variants(
         names, optimizers, out_dir, rounds, block_batches, warmup_batches, progress
     )
@@ -406,4 +425,4 @@ def profile(
             )
         )
     write_reports(rows, out_dir)
-    return out_dir, rows
+    return rows

@@ -40,8 +40,10 @@ from lrresearch.logs import summaries
 from lrresearch.studies import sampling
 from lrresearch.studies.sampling import split_values
 from lrresearch.training import distribute
-from lrresearch.training.run_dir import RunLock, write_atomically
-from lrresearch.training.trainer import Trainer, TrainingInterrupted, TrainResult, make_run_dir
+from lrresearch.training.open_run import OpenRun, open_run
+from lrresearch.training.outer_loop import TrainingInterrupted, TrainResult
+from lrresearch.training.run_dir import write_atomically
+from lrresearch.training.trainer import Trainer
 
 
 def parse_sweep(spec: str) -> tuple[str, list[str]]:
@@ -263,18 +265,18 @@ def run_sweep(
     parsed, drawn = parse_samples(samples, random_points, seed)
     axes = check_axes(gin_files, gin_params, sweeps, parsed, drawn)
     points = plan(axes, parsed, drawn)
-    sweep_dir = make_run_dir(logdir, sweep_name, "sweep", name_flag="--sweep_name")
-    progress(f"sweep directory: {sweep_dir} ({len(points)} runs)")
     flags = {"gin_files": list(gin_files), "gin_params": list(gin_params), "sweeps": list(sweeps)}
     if parsed:
         flags.update(samples=list(samples), sweep_random=random_points, seed=seed)
-    with RunLock(sweep_dir):  # as `sweep --resume` holds it
-        run_points(sweep_dir, flags, points, parsed, progress)
-    return sweep_dir, points
+    # The sweep's root: no config.gin of its own (each point's run has one), sweep.json.
+    with open_run(logdir, sweep_name, "sweep", name_flag="--sweep_name") as sweep:
+        progress(f"sweep directory: {sweep.path} ({len(points)} runs)")
+        run_points(sweep, flags, points, parsed, progress)
+    return sweep.path, points
 
 
 def run_points(
-    sweep_dir: str,
+    sweep: OpenRun,
     flags: dict[str, Any],
     points: list[Point],
     samples: Sequence[sampling.Sample],
@@ -284,6 +286,7 @@ def run_points(
     """Trains the points in order, `sweep.json` rewritten after each; with `resume`,
     points already "ok" or "failed" are skipped and the others continue their runs
     (`lrresearch sweep --resume`, `sweep_resume`). Raises `SweepInterrupted`."""
+    sweep_dir = sweep.path
     _write_manifest(sweep_dir, flags, points)
     start = time.perf_counter()
     interrupted, ran = False, 0
@@ -311,13 +314,13 @@ def run_points(
     for point in points:
         for key, value in point.run_hparams.items():
             hparam_values.setdefault(key, []).append(value)
-    _finish(sweep_dir, hparam_values, {s.name: s.distribution for s in samples})
+    _finish(sweep, hparam_values, {s.name: s.distribution for s in samples})
     if interrupted:
         raise SweepInterrupted(interrupted_message(sweep_dir, points), sweep_dir, points)
 
 
 def _finish(
-    sweep_dir: str, hparam_values: dict[str, list], drawn_from: dict[str, sampling.Distribution]
+    sweep: OpenRun, hparam_values: dict[str, list], drawn_from: dict[str, sampling.Distribution]
 ) -> None:
     """The HParams experiment of the runs started, in the sweep root: a binding drawn
     from a numeric distribution as its interval, everything else as the values seen
@@ -341,14 +344,13 @@ def _finish(
             params.append(hp.HParam(name))
     # TensorBoard keeps the first metadata of a tag, which holds the experiment: a
     # resumed sweep's experiment replaces the earlier one (the root holds nothing else).
-    for path in glob.glob(os.path.join(sweep_dir, "events.out.tfevents.*")):
+    for path in glob.glob(os.path.join(sweep.path, "events.out.tfevents.*")):
         os.remove(path)
-    writer = summaries.create_writer(sweep_dir)
-    with writer.as_default():
+    with sweep.writer.as_default():  # opened here, after the old files went
         metrics = [hp.Metric(tag, display_name=tag) for tag in summaries.HPARAM_METRICS]
         hp.hparams_config(hparams=params, metrics=metrics)
         tf.summary.experimental.write_raw_pb(summaries.custom_scalars_layout(), step=0)
-    writer.close()
+    sweep.close()
 
 
 def interrupted_message(sweep_dir: str, points: Sequence[Point]) -> str:

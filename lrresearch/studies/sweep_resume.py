@@ -18,7 +18,8 @@ from typing import Any
 
 from lrresearch.config import parse as config
 from lrresearch.studies.sweep import Point, check_axes, parse_samples, run_points
-from lrresearch.training.run_dir import RunLock, run_path
+from lrresearch.training.open_run import open_run
+from lrresearch.training.run_dir import run_path
 
 # The flags a sweep records in sweep.json, with their command-line spelling and the
 # value they have when not given.
@@ -64,14 +65,15 @@ def resume_sweep(
             del flags[name]
     points = [_point(i, entry) for i, entry in enumerate(manifest["points"])]
     counts = {s: sum(p.status == s for p in points) for s in ("ok", "failed")}
-    with RunLock(sweep_dir):  # one process continues a sweep
+    # One process continues a sweep: it holds the sweep's lock, as a new sweep does.
+    with open_run(logdir, sweep_name, "sweep", name_flag="--sweep_name", resume=True) as sweep:
         progress(
             f"sweep directory: {sweep_dir} (resumed: {len(points)} runs, {counts['ok']} ok and "
             f"{counts['failed']} failed skipped"
             + "".join(f", --gin_param={p!r} on top" for p in extra)
             + ")"
         )
-        run_points(sweep_dir, flags, points, parsed, progress, resume=True)
+        run_points(sweep, flags, points, parsed, progress, resume=True)
     return sweep_dir, points
 
 

@@ -7,6 +7,7 @@ gin binding from.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any
@@ -94,29 +95,57 @@ def with_default_controller(config: str) -> str:
     return _NONE_CONTROLLER.sub(f"Trainer.controller = @{DEFAULT_CONTROLLER.__name__}()", config)
 
 
-def hparams(trainer: Any) -> dict[str, bool | int | float | str]:
+@dataclasses.dataclass(frozen=True)
+class RunFacts:
+    """What a run's HParams report (`hparams`), as a trainer knows it once built.
+
+    Attributes:
+      optimizer: `Trainer.optimizer` as given (a short name or a class).
+      model, dataset, loss: names (`keras.Model.name`, `Input.name`, the loss's name).
+      dataset_info: what the dataset's `info()` reports (`dataset.<key>`).
+      distribution: `distribute.describe(strategy)`; `replicas`: its replica count.
+      extra: more HParams (a sweep adds the bindings it varies).
+    """
+
+    controller: Controller
+    optimizer: Any
+    batch_size: int
+    seed: int
+    steps: int
+    steps_per_loop: int
+    jit_compile: bool
+    model: str
+    dataset: str
+    dataset_info: dict[str, Any]
+    loss: str
+    distribution: str
+    replicas: int
+    extra: dict[str, bool | int | float | str]
+
+
+def hparams(facts: RunFacts) -> dict[str, bool | int | float | str]:
     """The run's hyperparameters for TensorBoard's HParams dashboard: the controller
     and its numeric/string settings, optimizer, batch size, seed, steps, model and
     data (with `dataset.<name>` for what the dataset's `info()` reports)."""
-    optimizer = trainer.optimizer_spec
+    optimizer = facts.optimizer
     values: dict[str, bool | int | float | str] = {
-        "controller": type(trainer.controller).__name__,
+        "controller": type(facts.controller).__name__,
         "optimizer": optimizer
         if isinstance(optimizer, str)
         else getattr(optimizer, "__name__", type(optimizer).__name__),
-        "batch_size": trainer.batch_size,
-        "seed": trainer.seed,
-        "steps": trainer.steps,
-        "steps_per_loop": trainer.steps_per_loop,
-        "jit_compile": trainer.jit_compile,
-        "model": trainer.model.name,
-        "dataset": trainer.inputs.name,
-        "loss": trainer.loss_name,
-        "distribution": trainer.distribution,
-        "replicas": 1 if trainer.strategy is None else trainer.strategy.num_replicas_in_sync,
-        **{f"dataset.{key}": value for key, value in trainer.inputs.info.items()},
+        "batch_size": facts.batch_size,
+        "seed": facts.seed,
+        "steps": facts.steps,
+        "steps_per_loop": facts.steps_per_loop,
+        "jit_compile": facts.jit_compile,
+        "model": facts.model,
+        "dataset": facts.dataset,
+        "loss": facts.loss,
+        "distribution": facts.distribution,
+        "replicas": facts.replicas,
+        **{f"dataset.{key}": value for key, value in facts.dataset_info.items()},
     }
-    for key, value in sorted(vars(trainer.controller).items()):
+    for key, value in sorted(vars(facts.controller).items()):
         if not key.startswith("_") and isinstance(value, (bool, int, float, str)):
             values[f"controller.{key}"] = value
-    return {**values, **trainer.extra_hparams}
+    return {**values, **facts.extra}

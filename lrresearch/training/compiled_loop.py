@@ -44,15 +44,13 @@ MEMORY_SHARE = 0.5
 
 def call_capacity(trainer: Any) -> int:
     """The most batches one compiled call of `trainer` can run, which sizes its
-    per-call buffers: `Trainer.steps_per_loop`, bounded by `Trainer.steps` and by every
-    cadence a call stops at (histograms, per-variable norms, eval, checkpoints,
-    progress lines). Fixed per trainer, so the loop is traced once (`n` varies, the
-    capacity does not). Raises `ValueError` naming `Trainer.steps_per_loop` when the
-    buffers of such a call cannot fit in half of this machine's memory.
+    per-call buffers: `trainer.cadences.capacity` (`Trainer.steps_per_loop`, bounded by
+    `Trainer.steps` and by every cadence a call stops at). Fixed per trainer, so the
+    loop is traced once (`n` varies, the capacity does not). Raises `ValueError`
+    naming `Trainer.steps_per_loop` when the buffers of such a call cannot fit in half
+    of this machine's memory.
     """
-    cadences = [*trainer.periodic.values(), trainer.eval_every, trainer.checkpoint_every]
-    cadences.append(trainer.log_every)
-    capacity = min([trainer.steps_per_loop, trainer.steps] + [c for c in cadences if c > 0])
+    capacity = trainer.cadences.capacity
     row = _row_bytes(trainer)
     if whole_loop_compiles(trainer) and getattr(trainer, "jit_compile", False):
         sampler = trainer.inputs.train.sampler  # `AheadSampler`'s epochs drawn ahead
@@ -77,8 +75,9 @@ def _row_bytes(trainer: Any) -> float:
     """A lower bound of what one batch's row holds in flight (`BYTES_PER_LOGGED_VALUE`
     per value): the fixed per-batch tags, plus the per-variable groups due every batch
     (a histogram is `summaries.HISTOGRAM_BUCKETS` x 3 float64 values)."""
-    values = 8 + 2 * len(trainer.variables) * ("grad_norms" in trainer.every_step_groups)
-    if "histograms" in trainer.every_step_groups:
+    every_step = trainer.cadences.every_step_groups
+    values = 8 + 2 * len(trainer.variables) * ("grad_norms" in every_step)
+    if "histograms" in every_step:
         values += 2 * len(trainer.variables) * summaries.HISTOGRAM_BUCKETS * 3 * 2
     return float(values * BYTES_PER_LOGGED_VALUE + 8)  # + the row's int64 step
 

@@ -2,9 +2,11 @@
 
 As in tensorflow/models' orbit (`orbit/controller.py`), the trainer (`Trainer`: the
 compiled step, the inner loop, evaluation) knows nothing of run directories; this
-module owns the run: the run directory and its lock, `config.gin`, the summary
-writer, checkpoints and resume, the cadences, progress lines, Ctrl-C and the
-non-finite stop. After each compiled call it runs a short list of actions
+module owns the run: the run directory (`open_run`: its lock, `config.gin`, the
+summary writer), checkpoints and resume, progress lines, Ctrl-C and the non-finite
+stop. It knows the trainer only as a `protocol.RunnableTrainer` (reads and method
+calls, no attribute written) and asks the trainer's `cadences` where each compiled
+call stops and what is due after it. After each call it runs a short list of actions
 (`_Loop.actions`): evaluate, save, report.
 """
 
@@ -28,15 +30,9 @@ from lrresearch.logs.rows import BlockWriter
 from lrresearch.optimizers import whole_step
 from lrresearch.training import distribute, resume
 from lrresearch.training.arguments import with_default_controller
-from lrresearch.training.run_dir import (
-    RunDirExistsError,
-    RunLock,
-    disk_full_message,
-    is_disk_full,
-    make_run_dir,
-    run_path,
-    write_atomically,
-)
+from lrresearch.training.open_run import OpenRun, open_run
+from lrresearch.training.protocol import RunnableTrainer
+from lrresearch.training.run_dir import disk_full_message, is_disk_full
 from lrresearch.workloads import tf_data_cache
 
 
@@ -102,14 +98,14 @@ class TrainResult:
 
 
 def fit(
-    trainer: Any,
+    trainer: RunnableTrainer,
     logdir: str = "runs",
     run_name: str | None = None,
     quiet: bool = False,
     operative_config: Callable[[], str] | None = None,
     resume_run: bool = False,
 ) -> TrainResult:
-    """Trains `trainer.steps` batches into a run directory under `logdir`.
+    """Trains `trainer.cadences.steps` batches into a run directory under `logdir`.
 
     See `Trainer.fit` (which calls this) for what is written and raised.
     """
@@ -129,40 +125,29 @@ def fit(
         )
     if resume_run and run_name is None:
         raise ValueError("resume needs the run's name (--run_name)")
-    lock = None
-    if chief:
+    # A resumed run keeps its config.gin until the restore says it starts again.
+    fresh_config = None if resume_run else config
+    with open_run(logdir, run_name, prefix, fresh_config, resume=resume_run, chief=chief) as run:
         try:
-            run_dir = make_run_dir(logdir, run_name, prefix)
-        except RunDirExistsError:
-            if not resume_run:
+            began = None
+            if resume_run:
+                began = resume.resume(trainer, run.path, config, say, chief, run.previous_start)
+                if began is None:
+                    run.write_config(config)
+            worker_note = f" ({worker}: no summaries; checkpoints written and deleted)"
+            say(
+                f"run directory: {run.path}"
+                + (f" (resumed at step {began})" if began is not None else "")
+                + _replicas(trainer.strategy)
+                + ("" if chief else worker_note)
+            )
+            return _Loop(trainer, run, began, config, say, worker).run()
+        except (tf.errors.OpError, OSError) as e:
+            if (message := tf_data_cache.explain_lock_error(e, run.path)) is not None:
+                raise tf_data_cache.CacheLockError(message) from None
+            if not is_disk_full(e):
                 raise
-            run_dir = run_path(logdir, run_name)
-        lock = RunLock(run_dir).acquire()
-    else:
-        run_dir = run_path(logdir, run_name)
-    try:
-        began = None
-        if resume_run:
-            started = lock.previous_start if lock is not None else None
-            began = resume.resume(trainer, run_dir, config, say, chief, started)
-        if began is None and chief:
-            write_atomically(os.path.join(run_dir, "config.gin"), config)
-        say(
-            f"run directory: {run_dir}"
-            + (f" (resumed at step {began})" if began is not None else "")
-            + _replicas(trainer.strategy)
-            + (f" ({worker}: no summaries; checkpoints written and deleted)" if not chief else "")
-        )
-        return _Loop(trainer, run_dir, began, config, say, chief, worker).run()
-    except (tf.errors.OpError, OSError) as e:
-        if (message := tf_data_cache.explain_lock_error(e, run_dir)) is not None:
-            raise tf_data_cache.CacheLockError(message) from None
-        if not is_disk_full(e):
-            raise
-        raise DiskFullError(disk_full_message(run_dir, e)) from None
-    finally:
-        if lock is not None:
-            lock.release()
+            raise DiskFullError(disk_full_message(run.path, e)) from None
 
 
 def _replicas(strategy: tf.distribute.Strategy | None) -> str:
@@ -202,16 +187,16 @@ class _Loop:
 
     def __init__(
         self,
-        trainer: Any,
-        run_dir: str,
+        trainer: RunnableTrainer,
+        run: OpenRun,
         began: int | None,
         config: str,
         say: Callable[..., None],
-        chief: bool,
         worker: str,
     ):
-        self.trainer, self.run_dir, self.began = trainer, run_dir, began
-        self.config, self.say, self.chief, self.worker = config, say, chief, worker
+        self.trainer, self.run_dir, self.began = trainer, run.path, began
+        self.open_run, self.cadences = run, trainer.cadences
+        self.config, self.say, self.chief, self.worker = config, say, run.chief, worker
         self.done = began or 0
         self.evals: dict[str, float] = {}
         self.warned: set[str] = set()
@@ -220,9 +205,9 @@ class _Loop:
         self.first_done, self.first_seconds = 0, float("nan")
         self.trained: float | None = None  # when training and its logging ended
         self.save = self._saver()
-        self.writer = summaries.create_writer(run_dir) if chief else tf.summary.create_noop_writer()
+        self.writer = run.writer  # opened here: after a resume cut the event files
         # The per-batch blocks, written on a thread while the next call trains (chief).
-        self.log = BlockWriter(self.writer) if chief else None
+        self.log: BlockWriter | None = None
         self.actions = [self._evaluate, self._checkpoint, self._guard, self._report]
 
     def _saver(self) -> Callable[[int], None]:
@@ -248,48 +233,42 @@ class _Loop:
         return save
 
     def run(self) -> TrainResult:
-        t = self.trainer
-        # A compiled loop captures the default summary writer when it is traced: each
-        # run (each writer) needs fresh traces, or a second fit() writes to a closed one.
-        t.log_to = self.log
-        t.reset_loops()
+        t, cadences = self.trainer, self.cadences
         self.start = time.perf_counter()
-        t.next_step = self.done
         # Ctrl-C / SIGTERM stop the run between compiled calls (every worker at the
         # same step), never inside TensorFlow's Python code.
         stop = distribute.StopOnSignal(t.strategy if self.worker else None)
         finished = False
         try:
-            with self.writer.as_default(), stop:
-                self._header()
-                while self.done < t.steps:
-                    n = min(t.steps_per_loop, self._next_boundary() - self.done)
-                    self.loss = t.run_steps(n)
-                    self.done += n
-                    stop.check()
-                    if not self.first_done:
-                        self.first_done = self.done
-                        self.first_seconds = time.perf_counter() - self.start
-                    last = self.done == t.steps
-                    for action in self.actions:
-                        action(last)
-            self._flush()
-            self.trained = time.perf_counter()  # every block written: the rate ends here
-            self.save(self.done)
-            finished = True
-        except KeyboardInterrupt:
-            self._interrupted()
+            # Fresh compiled loops per run (per writer), cadences counted from `done`.
+            with t.session(self.done, self.writer if self.chief else None) as self.log:
+                try:
+                    with self.writer.as_default(), stop:
+                        self._header()
+                        while self.done < cadences.steps:
+                            n = cadences.next_boundary(self.done) - self.done
+                            self.loss = t.run_steps(n)
+                            self.done += n
+                            stop.check()
+                            if not self.first_done:
+                                self.first_done = self.done
+                                self.first_seconds = time.perf_counter() - self.start
+                            last = self.done == cadences.steps
+                            for action in self.actions:
+                                action(last)
+                    self._flush()
+                    self.trained = time.perf_counter()  # every block written: rate ends
+                    self.save(self.done)
+                    finished = True
+                except KeyboardInterrupt:
+                    self._interrupted()
         finally:
-            t.log_to = None
             # When something already failed (a full disk, say), a failing flush must not
             # hide it; after a clean finish, a failing flush is the error. Either way the
-            # pending block is written first.
+            # pending block is written first (`session`), then the writer flushed.
             failing = (tf.errors.OpError, OSError)
             with contextlib.nullcontext() if finished else contextlib.suppress(*failing):
-                if self.log is not None:
-                    self.log.close()
-                self.writer.flush()
-                self.writer.close()
+                self.open_run.close()
         return TrainResult(
             self.run_dir,
             self.done,
@@ -311,21 +290,17 @@ class _Loop:
             summaries.write_run_header(t.hparams(), os.path.basename(self.run_dir), own_step)
         elif self.chief:
             summaries.mark_restart(self.writer, self.began)
-        self._warn(t.controller.run_warnings(t.steps))
-
-    def _next_boundary(self) -> int:
-        t = self.trainer
-        cadences = [c for c in (t.eval_every, t.log_every, t.checkpoint_every) if c]
-        return min([t.steps] + [(self.done // c + 1) * c for c in cadences])
+        self._warn(t.controller.run_warnings(self.cadences.steps))
 
     # -- actions after each compiled call -------------------------------------------------
     def _evaluate(self, last: bool) -> None:
-        t = self.trainer
-        due = last or (t.eval_every and self.done % t.eval_every == 0)
-        if t.eval_dataset is None or not due:
+        if not (last or self.cadences.due("eval", self.done)):
             return
         began = time.perf_counter()
-        self.evals = {name: float(value) for name, value in t.evaluate().items()}
+        evals = self.trainer.evaluation()
+        if evals is None:  # no held-out data
+            return
+        self.evals = evals
         if self.log is not None:  # the event file stays in step order
             self.log.wait()
         for name, value in self.evals.items():
@@ -333,8 +308,8 @@ class _Loop:
         self.side_seconds += time.perf_counter() - began
 
     def _checkpoint(self, last: bool) -> None:
-        every = self.trainer.checkpoint_every
-        if last or not every or self.done % every:
+        # The last checkpoint is saved after the run's summaries are all written.
+        if last or not self.cadences.due("checkpoint", self.done):
             return
         began = time.perf_counter()
         # Everything logged up to a checkpoint is on disk before it; what a killed
@@ -354,8 +329,8 @@ class _Loop:
             raise NonFiniteLossError(message)
 
     def _report(self, last: bool) -> None:
-        t = self.trainer
-        if not (last or self.done % t.log_every == 0):
+        t, steps = self.trainer, self.cadences.steps
+        if not (last or self.cadences.due("log", self.done)):
             return
         self._warn(t.controller.state_warnings())
         scale = float(t.guard.lr_scale.numpy())
@@ -374,10 +349,10 @@ class _Loop:
         evaluation = "-" if value is None or math.isnan(value) else f"{value:.3f}"
         label = "acc" if key == "accuracy" else key
         self.say(
-            f"step {self.done:>{len(str(t.steps))}}/{t.steps}  "
+            f"step {self.done:>{len(str(steps))}}/{steps}  "
             f"loss {float(self.loss):.4f}  {lr_text(t.current_lr(), step_size(t.optimizer))}  "
             f"eval/{label} {evaluation}  {rate:,.0f} steps/s  "
-            f"ETA {(t.steps - self.done) / rate:.0f}s"
+            f"ETA {(steps - self.done) / rate:.0f}s"
         )
 
     def _warn(self, messages: list[str]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
 
 import tensorflow as tf
 
@@ -21,6 +20,7 @@ from lrresearch.controllers.base import deserialize_controller, serialize_contro
 from lrresearch.logs import event_files
 from lrresearch.step import random_state
 from lrresearch.training.arguments import with_default_controller
+from lrresearch.training.protocol import RunnableTrainer
 from lrresearch.training.run_dir import (
     CONFIG_FILE,
     LOCK_FILE,
@@ -54,7 +54,7 @@ def _unrestored_values_filter(record: logging.LogRecord) -> bool:
 
 
 def resume(
-    trainer: Any,
+    trainer: RunnableTrainer,
     run_dir: str,
     config: str,
     say: Callable[..., None],
@@ -151,7 +151,9 @@ def _with_history(config: str, saved: str, step: int, differences: list[str]) ->
     return "\n".join([*history, *entry, "", config])
 
 
-def _warn_stretched(trainer: Any, differences: list[str], step: int, say: Callable) -> None:
+def _warn_stretched(
+    trainer: RunnableTrainer, differences: list[str], step: int, say: Callable
+) -> None:
     """A schedule whose length is the run's follows a changed `Trainer.steps`: its LR
     sequence from `step` on is the new length's, not the one the run began with."""
     followers = getattr(trainer, "run_length_bindings", {})
@@ -173,7 +175,7 @@ def _warn_stretched(trainer: Any, differences: list[str], step: int, say: Callab
 
 
 def _restore(
-    trainer: Any, path: str, run_dir: str, saved: str | None, config: str, say: Callable
+    trainer: RunnableTrainer, path: str, run_dir: str, saved: str | None, config: str, say: Callable
 ) -> None:
     """Restores the checkpoint at `path`; a checkpoint that does not fit this
     configuration is a `ResumeError` naming the bindings that differ. One written before

@@ -2,17 +2,17 @@
 
 Per batch, inside one `tf.function`: input, forward, the mean loss, gradients, signals
 (global norm, loss moving averages), controller -> LR, guard, `learning_rate.assign`,
-apply, summaries. The `Trainer` owns the step, the inner loop and evaluation; the run
-around it (run directory, checkpoints, resume, cadences, progress, Ctrl-C) is
-`lrresearch.training.outer_loop`, as orbit separates its `StandardTrainer` from its
-`Controller`. The workload (model, loss, metrics) is `lrresearch.workloads.model_loss`, the input
+apply, summaries. The `Trainer` owns the step, the inner loop (`InnerLoop`, in
+`inner_loop`) and evaluation; the run around it (run directory, checkpoints, resume,
+progress, Ctrl-C) is `lrresearch.training.outer_loop`, as orbit separates its
+`StandardTrainer` from its `Controller`. Both ask `self.cadences` (`Cadences`) where
+calls stop. The workload (model, loss, metrics) is `lrresearch.workloads.model_loss`, the input
 `lrresearch.workloads.inputs`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -38,19 +38,14 @@ from lrresearch.step.guard import NonFiniteGuard
 from lrresearch.step.precision import LossScale
 from lrresearch.training import compiled_loop, distribute
 from lrresearch.training import outer_loop as run
+from lrresearch.training.arguments import RunFacts
 from lrresearch.training.arguments import hparams as _hparams
 from lrresearch.training.arguments import run_controller as _run_controller
 from lrresearch.training.arguments import validate as _validate
 from lrresearch.training.arguments import variable_names as _variable_names
-from lrresearch.training.outer_loop import (  # noqa: F401
-    DiskFullError,
-    NonFiniteLossError,
-    TrainingInterrupted,
-    TrainResult,
-)
-
-# Names other modules import from here (the run's results and errors live in `run`).
-from lrresearch.training.run_dir import RunDirExistsError, make_run_dir  # noqa: F401
+from lrresearch.training.cadences import Cadences
+from lrresearch.training.inner_loop import InnerLoop
+from lrresearch.training.outer_loop import TrainResult
 from lrresearch.workloads import model_loss as workload
 from lrresearch.workloads.data import Dataset, digits
 from lrresearch.workloads.inputs import make_inputs
@@ -59,7 +54,7 @@ from lrresearch.workloads.models import mlp
 
 # `strategy` is passed by every caller (`distribution.strategy` picks it), never bound.
 @gin.configurable(denylist=["strategy"])
-class Trainer:
+class Trainer(InnerLoop):
     """Trains a Keras model with a per-batch LR controller, logging every batch.
 
     Args:
@@ -151,14 +146,16 @@ class Trainer:
         self.steps, self.controller, self.optimizer_spec = steps, controller, optimizer
         self.batch_size, self.seed, self.steps_per_loop = batch_size, seed, steps_per_loop
         self.jit_compile, self.polynomial_averaging = jit_compile, polynomial_averaging
-        self.histogram_every = histogram_every
-        self.grad_norm_every = histogram_every if grad_norm_every is None else grad_norm_every
-        self.eval_every, self.dataset_spec, self.model_fn = eval_every, dataset, model
+        # When calls stop and what is due after them (`outer_loop` asks it too).
+        self.cadences = Cadences.resolve(
+            steps, steps_per_loop, eval_every, checkpoint_every, histogram_every,
+            grad_norm_every, log_every,
+        )  # fmt: skip
+        self.dataset_spec, self.model_fn = dataset, model
         self.loss_fn, self.loss_name = workload.per_example_loss(loss)
         self.metrics = workload.make_metrics(metrics, default_loss=loss is None)
         self.clip_norm = None if clip_norm is None else float(clip_norm)
-        self.checkpoint_every, self.keep_checkpoints = checkpoint_every, keep_checkpoints
-        self.log_every = log_every if log_every is not None else max(steps // 10, 1)
+        self.keep_checkpoints = keep_checkpoints
         self.ma_short = MovingAverage(loss_ma_short, loss_ma_kind, name="loss_ma_short")
         self.ma_long = MovingAverage(loss_ma_long, loss_ma_kind, name="loss_ma_long")
         self.deterministic = bool(deterministic)
@@ -169,7 +166,7 @@ class Trainer:
         self.distribution = distribute.describe(strategy)
         # More HParams for the run's header (a sweep adds the bindings it varies).
         self.extra_hparams: dict[str, bool | int | float | str] = {}
-        self.log_to: BlockWriter | None = None  # where run_steps logs (logging_to)
+        self.log_to: BlockWriter | None = None  # where run_steps logs (`InnerLoop`)
         self.built = False
 
     def build(self) -> None:
@@ -209,15 +206,10 @@ class Trainer:
         self.variable_names = _variable_names(self.variables, self.model.name)
         self.controller.build(self.variables)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        # Summary groups by cadence: those due every batch are part of every step; the
-        # others are written by the first batch of a compiled call (see `run_steps`).
-        cadences = {"grad_norms": self.grad_norm_every, "histograms": self.histogram_every}
-        self.every_step_groups = frozenset(g for g, every in cadences.items() if every == 1)
-        self.periodic = {g: every for g, every in cadences.items() if every > 1}
         self.call_capacity = compiled_loop.call_capacity(self)
         self.reset_loops()
         self.evaluate = tf.function(lambda: self._evaluate())  # per trainer: no retrace warning
-        self.next_step = 0  # Python mirror of `self.step`, so the loop never reads it
+        self.next_step = 0  # `InnerLoop.next_step`: the loop never reads `self.step`
         # Root names as in checkpoints written before these parts had modules of their
         # own, so those checkpoints keep restoring.
         self.checkpoint = tf.train.Checkpoint(
@@ -234,6 +226,13 @@ class Trainer:
             **random_state.checkpoint_items(self.model, self.loss_fn, self.metrics),
         )
         self.built = True
+
+    def evaluation(self) -> dict[str, float] | None:
+        """The held-out loss and metrics, `{"loss": ..., "<metric>": ...}` (a host read:
+        between calls only); None when the input has no eval split."""
+        if self.eval_dataset is None:
+            return None
+        return {name: float(value) for name, value in self.evaluate().items()}
 
     def _evaluate(self) -> dict[str, tf.Tensor]:
         """Loss and metrics over the held-out split, on the evaluation weights."""
@@ -292,7 +291,8 @@ class Trainer:
         )
         if self.clip_norm is not None:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=norm)
-        groups = (periodic | self.every_step_groups) if log else frozenset()
+        every_step = self.cadences.every_step_groups  # the others: `cadences.periodic`
+        groups = (periodic | every_step) if log else frozenset()
         # `update/ratio/` needs the weights before the update: copied on this batch only.
         before = [tf.identity(v.value) for v in self.variables] if "grad_norms" in groups else []
         # A NaN/Inf batch is skipped: no update, later LRs scaled down.
@@ -314,7 +314,7 @@ class Trainer:
             with tf.name_scope("summaries"):
                 names, variables = self.variable_names, self.variables
                 values = compiled_loop.periodic_values
-                row.update(values(names, variables, grads, self.every_step_groups, before))
+                row.update(values(names, variables, grads, every_step, before))
                 first = values(names, variables, grads, periodic, before)
         self.step.assign_add(1)
         return loss, row, first
@@ -352,75 +352,6 @@ class Trainer:
             return loss, grads
         return all_reduce_sum(loss, grads, self.variables)
 
-    def loop_for(self, periodic: frozenset[str], capacity: int | None = None) -> Any:
-        """The compiled loop whose first batch computes the `periodic` summary groups.
-
-        `loop(num_steps)` trains `num_steps` (int64 scalar tensor, 1 <= num_steps <=
-        `capacity`, default `call_capacity`) batches. Without a summary writer
-        (`self.log_to` None) it returns the last batch's loss; with one, `(loss,
-        steps [n], scalars [capacity, k], histograms or None, first)`, the block
-        `lrresearch.logs.rows` writes. One `tf.function` per (group set, capacity,
-        writer or not), each traced once. Periodic groups are not a `tf.cond` in every
-        batch: a dozen conds (lowered to Switch/Merge inside the loop) cost ~85 us per
-        batch on CPU even when nothing was written.
-        """
-        periodic = periodic - self.every_step_groups
-        capacity = capacity or self.call_capacity
-        key = (periodic, capacity, self.log_to is not None)
-        if key not in self.loops:
-            self.loops[key] = compiled_loop.build(self, periodic, capacity, key[2])
-        return self.loops[key]
-
-    def run_steps(self, num_steps: int, max_per_call: int | None = None) -> tf.Tensor:
-        """Trains `num_steps` batches from the current step (Python loop, no host read).
-
-        Calls compiled loops of at most `max_per_call` batches (default
-        `call_capacity`), split so every periodic summary lands on its cadence. With
-        a summary writer (`log_to`), each call's block goes to it, written while the
-        next call runs. Returns the last batch's loss (a tensor: reading it waits for
-        the device).
-        """
-        limit = max_per_call or self.call_capacity
-        loss = tf.constant(float("nan"))
-        done = 0
-        while done < num_steps:
-            step = self.next_step
-            due = frozenset(g for g, every in self.periodic.items() if step % every == 0)
-            upcoming = [(step // every + 1) * every for every in self.periodic.values()]
-            n = min([limit, num_steps - done] + [u - step for u in upcoming])
-            loop = self.loop_for(due, limit)
-            if loop.prepare is not None:
-                loop.prepare()
-            started = time.time()
-            result = loop(tf.constant(n, tf.int64))
-            if self.log_to is None:
-                loss = result
-            else:
-                loss = result[0]
-                self.log_to.submit(compiled_loop.block(loop, result, n), started)
-            done += n
-            self.next_step += n
-        return loss
-
-    @contextlib.contextmanager
-    def logging_to(self, writer: tf.summary.SummaryWriter, background: bool = True):
-        """Within the context, `run_steps` logs every batch to `writer` (a
-        `rows.BlockWriter` on a background thread; with `background=False`,
-        each block is written before `run_steps` returns). On exit every block is
-        written (not flushed: the writer's own cadence, or `writer.flush()`)."""
-        log = BlockWriter(writer, background)
-        previous, self.log_to = self.log_to, log
-        try:
-            yield log
-        finally:
-            self.log_to = previous
-            log.close()
-
-    def reset_loops(self) -> None:
-        """Drops the compiled loops (a run traces its own)."""
-        self.loops: dict[tuple, Any] = {}
-        self.train_loop = self.loop_for(frozenset())
-
     def fit(
         self,
         logdir: str = "runs",
@@ -446,7 +377,15 @@ class Trainer:
 
     def hparams(self) -> dict[str, bool | int | float | str]:
         """The run's HParams (`arguments.hparams`)."""
-        return _hparams(self)
+        replicas = 1 if self.strategy is None else self.strategy.num_replicas_in_sync
+        return _hparams(
+            RunFacts(
+                self.controller, self.optimizer_spec, self.batch_size, self.seed, self.steps,
+                self.steps_per_loop, self.jit_compile, self.model.name, self.inputs.name,
+                self.inputs.info, self.loss_name, self.distribution, replicas,
+                self.extra_hparams,
+            )
+        )  # fmt: skip
 
     def current_lr(self) -> float:
         """The LR applied to the latest batch (a host read: call between loops only)."""
