@@ -44,17 +44,17 @@ def tags_page() -> str:
 
 
 def _strategy_files() -> dict[str, list[str]]:
-    """`{class name: [gin/strategies/x.gin, ...]}` for the files that bind it."""
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+    """`{class name: [strategies/x.gin, ...]}` for the shipped files that bind it, by
+    the name `--gin_file` takes."""
+    from lrresearch.config import files
+
     found: dict[str, list[str]] = {}
-    folder = os.path.join(root, "strategies")
-    if not os.path.isdir(folder):
-        return found
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name)) as f:
-            text = f.read()
+    for name in files.shipped_names():
+        if not name.startswith("strategies/"):
+            continue
+        text = (files.SHIPPED / name).read_text(encoding="utf-8")
         for cls in set(re.findall(r"Trainer\.controller\s*=\s*@(\w+)", text)):
-            found.setdefault(cls, []).append(f"gin/strategies/{name}")
+            found.setdefault(cls, []).append(name)
     return found
 
 
@@ -100,7 +100,8 @@ def bindings_page() -> str:
 
     lines = ["# Gin bindings of the trainer", "", GENERATED, ""]
     lines += [
-        "`gin/base.gin` binds each of these to its default, with units. Defaults come "
+        "`base.gin` (shipped: `lrresearch/config/gin/base.gin`) binds each of these to "
+        "its default, with units. Defaults come "
         "from the signatures, meanings from the docstrings of `Trainer` "
         "(`lrresearch/training/trainer.py`) and `distribution` "
         "(`lrresearch/training/distribute.py`).",

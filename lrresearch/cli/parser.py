@@ -95,7 +95,16 @@ def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="gin config file; repeat to layer files (later ones win)",
+        help="gin config file: a path, or a shipped file's name (strategies/loss_trend.gin, "
+        "see `lrresearch list configs`); repeat to layer files (later ones win)",
+    )
+    parser.add_argument(
+        "--gin_search_path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of yours where --gin_file names and gin `include`s are looked up "
+        "after the working directory and before the shipped files; repeatable",
     )
     parser.add_argument(
         "--gin_param",

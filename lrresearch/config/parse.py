@@ -21,6 +21,7 @@ import gin
 from gin import resource_reader
 
 from lrresearch.config import arguments as unknown_arguments
+from lrresearch.config import files
 from lrresearch.config import imports as gin_imports
 from lrresearch.config.arguments import parameters_of, suggest
 
@@ -244,11 +245,9 @@ def _check_closed(text: str, where: Callable[[int], str]) -> None:
 
 
 def _resolve_include(name: str, prefixes: Sequence[str]) -> str | None:
-    """The file gin opens for `include name`: the first search path that holds it."""
-    for prefix in [""] if os.path.isabs(name) else prefixes:
-        if os.path.isfile(candidate := os.path.join(prefix, name)):
-            return candidate
-    return None
+    """The file gin opens for `include name`: the first search path that holds it, else
+    the shipped file of that name (`files.find`)."""
+    return files.find(name, prefixes)
 
 
 def _check_file(
@@ -270,9 +269,10 @@ def _check_file(
         if target is None:
             if resource_reader.system_path_file_exists(m.group(2)):
                 continue  # a gin file shipped inside a Python package
-            searched = ", ".join(p or "the working directory" for p in prefixes)
+            searched = [p or "the working directory" for p in prefixes]
             raise ConfigError(
-                f"{path}:{number}: include {m.group(2)!r}: no such file in {searched}"
+                f"{path}:{number}: include {m.group(2)!r}: no such file in "
+                + files.missing(m.group(2), searched[1:]).split("; searched ", 1)[1]
             )
         steps = [*chain, (key, f"{path}:{number} includes {m.group(2)!r}")]
         seen = [k for k, _ in steps]
@@ -296,8 +296,9 @@ class _DropPathNotFound(logging.Filter):
         return not (record.module == "resource_reader" and record.msg == "Path not found: %s")
 
 
-# The folders of the gin files `parse` is reading, searched for includes after the
-# working directory. Empty outside `parse`, so gin behaves as usual for everyone else.
+# The folders of the gin files `parse` is reading and the `--gin_search_path` folders,
+# searched for includes after the working directory and before the shipped files
+# (`files.find`). Empty outside `parse`, so gin behaves as usual for everyone else.
 _include_folders: list[str] = []
 
 
@@ -311,7 +312,7 @@ def _open_include(path: str) -> io.TextIOWrapper:
 
 # Gin opens an include from the working directory (and the paths added with
 # `gin.add_config_file_search_path`), else asks its file readers in turn; this one finds
-# it next to the gin files being parsed.
+# it next to the gin files being parsed, in the search path, or shipped.
 gin.config.register_file_reader(_open_include, _include_exists)
 
 
@@ -320,7 +321,7 @@ def _include_search(paths: Sequence[str]) -> Iterator[None]:
     """Includes resolve in the working directory, then in `paths`; earlier parses'
     folders do not linger (they could shadow this file's `base.gin`)."""
     saved = list(_include_folders)
-    _include_folders[:] = paths
+    _include_folders[:] = ["", *paths]  # never empty while parsing: shipped files too
     quiet = _DropPathNotFound()
     logging.getLogger().addFilter(quiet)
     try:
@@ -341,21 +342,14 @@ def _register_configurables() -> None:
     """Imports every module with gin configurables, so names resolve."""
 
 
-def _missing_file(path: str) -> ConfigError:
-    hint = ""
-    if os.path.isdir("gin"):
-        known = [
-            os.path.join(root, f)
-            for root, _, files in os.walk("gin")
-            for f in files
-            if f.endswith(".gin")
-        ]
-        hint = suggest(path, known)
-    return ConfigError(f"--gin_file: no such file {path!r}.{hint}")
-
-
-def parse(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
+def parse(
+    gin_files: Sequence[str], gin_params: Sequence[str], search_path: Sequence[str] = ()
+) -> list[str]:
     """Clears earlier bindings, then parses `gin_files` and `gin_params` in order.
+
+    A gin file is found by name (`files.resolve`): the working directory, the
+    `search_path` folders (`--gin_search_path`), then the shipped files; so are the
+    files it includes, next to it first. Returns the paths of the files parsed.
 
     Raises:
       ConfigError: a file is missing or unreadable, includes are circular, an
@@ -365,22 +359,26 @@ def parse(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
     """
     _register_configurables()
     gin.clear_config()
-    paths: list[str] = []
-    for path in gin_files:
-        if not os.path.exists(path):
-            raise _missing_file(path)
+    found, paths = [], []
+    for name in gin_files:
+        try:
+            found.append(path := files.resolve(name, search_path).path)
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
         paths += [p for p in _search_paths(path) if p not in paths]
+    paths += [p for p in search_path if p not in paths]
     checked: set[str] = set()
     with _include_search(paths), gin_imports.working_directory_importable():
-        for path in gin_files:
+        for path in found:
             _check_file(path, ["", *paths], "--gin_file", [], checked)
-        for path in gin_files:
+        for path in found:
             try:
                 gin.parse_config_file(path)
             except _PARSE_ERRORS as e:
                 raise ConfigError(explain(e)) from None
         for param in gin_params:
             parse_binding(param, f"--gin_param={param!r}")
+    return found
 
 
 def parse_binding(binding: str, where: str) -> None:
