@@ -4,10 +4,10 @@ defaults and a one-line rule.
 Nothing here is written by hand: entries are found in the modules that define them
 (`lrresearch.controllers.__all__`, the gin configurables of `optimizers` and of
 `BUILTIN_MODULES`, sorted by what the trainer does with them (`role`),
-`external_configurables.REGISTERED`, `optimizers.OPTIMIZERS`, the shipped gin files
-of `config.files`), the defaults come from signatures and the rule is the first sentence of the docstring
-(the same helpers as the generated reference, `docgen`). Groups print in `GROUPS`
-order, entries alphabetically.
+`external_configurables.REGISTERED`, `optimizers.OPTIMIZERS`, the shipped gin files of
+`config.files`), the defaults come from signatures and the rule is the first sentence
+of the docstring (the same helpers as the generated reference, `docgen`), or a gin
+file's first comment. Groups print in `GROUPS` order, entries alphabetically.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ from typing import Any
 EXAMPLES = {
     "train": """\
 examples:
-  lrresearch train                                   # the built-in default (gin/base.gin)
-  lrresearch train --gin_file=gin/strategies/loss_trend.gin --gin_param='Trainer.steps = 500'
-  lrresearch train --gin_file=gin/experiments/digits_cnn_cyclical.gin --run_name=cnn
-  lrresearch train --gin_file=gin/experiments/digits_cnn_cyclical.gin --run_name=cnn --resume
+  lrresearch train                                   # the built-in default (base.gin)
+  lrresearch train --gin_file=strategies/loss_trend.gin --gin_param='Trainer.steps = 500'
+  lrresearch train --gin_file=experiments/digits_cnn_cyclical.gin --run_name=cnn
+  lrresearch train --gin_file=experiments/digits_cnn_cyclical.gin --run_name=cnn --resume
   lrresearch list controllers                        # what Trainer.controller can be""",
     "profile": """\
 examples:
@@ -27,18 +27,18 @@ examples:
   lrresearch profile --controllers='PolyakController,@MaxChange()' \\
       --gin_param='MaxChange.controller = @PolyakController()'
   lrresearch profile --controllers=GradNormController,@config \\
-      --gin_file=gin/experiments/cosine_restarts_times_nudge.gin   # the file's Product""",
+      --gin_file=experiments/cosine_restarts_times_nudge.gin   # the file's Product""",
     "lr-find": """\
 examples:
   lrresearch lr-find
-  lrresearch lr-find --gin_file=gin/strategies/constant.gin --num_steps=300
+  lrresearch lr-find --gin_file=strategies/constant.gin --num_steps=300
   lrresearch lr-find --binding=WarmupCosineController.base_lr --write_gin=lr.gin""",
     "sweep": """\
 examples:
   lrresearch sweep --sweep='Trainer.seed=[0, 1, 2]'
-  lrresearch sweep --gin_file=gin/strategies/loss_trend.gin \\
+  lrresearch sweep --gin_file=strategies/loss_trend.gin \\
       --sweep='LossTrendController.window=[50, 100, 200]' --sweep='Trainer.seed=[0, 1]'
-  lrresearch sweep --gin_file=gin/strategies/loss_trend.gin --sweep_random=8 --seed=1 \\
+  lrresearch sweep --gin_file=strategies/loss_trend.gin --sweep_random=8 --seed=1 \\
       --sample='LossTrendController.max_lr=loguniform(1e-3, 1)' \\
       --sample='Trainer.batch_size=choice([32, 64, 128])'
   lrresearch sweep --sweep_random=4 --sample='Trainer.batch_size=choice([32, 64, 128])' \\

@@ -63,9 +63,7 @@ def resume_sweep(
     if search_path := list(search_path or manifest.get("gin_search_paths", [])):
         flags["gin_search_paths"] = search_path
     parsed, drawn = parse_samples(flags["samples"], flags["sweep_random"], flags["seed"])
-    check_axes(
-        flags["gin_files"], flags["gin_params"], flags["sweeps"], parsed, drawn, search_path
-    )
+    check_axes(flags["gin_files"], flags["gin_params"], flags["sweeps"], parsed, drawn, search_path)
     if not parsed:  # as a new sweep records them
         for name in ("samples", "sweep_random", "seed"):
             del flags[name]
