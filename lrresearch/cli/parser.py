@@ -61,7 +61,8 @@ examples:
 examples:
   lrresearch list                                    # everything, grouped
   lrresearch list controllers
-  lrresearch list wrappers optimizers""",
+  lrresearch list wrappers optimizers
+  lrresearch list configs                            # the shipped gin files, by --gin_file name""",
 }
 
 
@@ -98,14 +99,10 @@ def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
         help="gin config file: a path, or a shipped file's name (strategies/loss_trend.gin, "
         "see `lrresearch list configs`); repeat to layer files (later ones win)",
     )
-    parser.add_argument(
-        "--gin_search_path",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a folder of yours where --gin_file names and gin `include`s are looked up "
-        "after the working directory and before the shipped files; repeatable",
-    )
+    search_help = "a folder of yours where --gin_file names and gin `include`s are looked "
+    search_help += "up after the working directory, before the shipped files; repeatable"
+    parser.add_argument("--gin_search_path", action="append", default=[], metavar="DIR",
+                        help=search_help)  # fmt: skip
     parser.add_argument(
         "--gin_param",
         action="append",
@@ -138,9 +135,10 @@ def _list_parser(commands: Any) -> None:
     lister = commands.add_parser(
         "list",
         help="list controllers, wrappers, optimizers, datasets, models, losses and metrics "
-        "with their gin names",
+        "with their gin names, and the shipped gin files",
         description="Print what a gin file can name, grouped: each entry's gin spelling "
-        "with its arguments' defaults, and the first sentence of its docstring.",
+        "with its arguments' defaults, and the first sentence of its docstring (configs: "
+        "the shipped gin files by --gin_file name, with their first comment).",
     )
     lister.add_argument(
         "what",
