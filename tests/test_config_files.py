@@ -63,6 +63,10 @@ def test_a_user_file_in_any_folder_includes_shipped_files_and_its_neighbours(els
     assert gin.query_parameter("GradNormController.base_lr") == 0.2
     assert gin.query_parameter("GradNormController.slope") == 0.25
     assert gin.query_parameter("Trainer.steps") == 2000  # from the shipped base.gin
+    write(tmp_path / "mine" / "local.gin", "GradNormController.slop = 0.25")
+    with pytest.raises(config.ConfigError) as e:
+        config.parse([mine], [])
+    assert f"In file \"{mine}\", line 3\n    include 'local.gin'\n" in str(e.value)  # as written
 
 
 def test_search_path_comes_after_the_working_directory_and_before_the_shipped_files(
@@ -79,11 +83,22 @@ def test_search_path_comes_after_the_working_directory_and_before_the_shipped_fi
     write(elsewhere / "strategies" / "loss_trend.gin", "Trainer.controller = @PolyakController()")
     config.parse(["strategies/loss_trend.gin"], [], search_path=[str(ours)])
     assert controller() == "@PolyakController()"  # the user's own file wins
-    # ... and the command says which file it used, since a shipped one has that name.
-    cli._note_shadowed(["strategies/loss_trend.gin", "strategies/dog.gin"], [str(ours)])
-    err = capsys.readouterr().err
-    assert err.startswith("note: --gin_file=strategies/loss_trend.gin is strategies/loss_trend")
-    assert str(files.SHIPPED / "strategies/loss_trend.gin") in err and "dog" not in err
+    # ... and the command says which file it used, since a shipped one has that name;
+    # so it does for an include, a shipped file's too (gin looks in the working
+    # directory first). The user's `strategies/` folder (importable: gin's package
+    # reader would crash on it) does not stop a shipped include it lacks.
+    write(elsewhere / "base.gin", "Trainer.seed = 7")
+    cli._note_shadowed(["strategies/loss_trend.gin", "experiments/iris_logreg.gin"], [str(ours)])
+    notes = capsys.readouterr().err.splitlines()
+    shipped = files.SHIPPED / "experiments/iris_logreg.gin"
+    assert notes == [
+        "note: --gin_file=strategies/loss_trend.gin is strategies/loss_trend.gin, not the "
+        f"shipped {files.SHIPPED / 'strategies/loss_trend.gin'}",
+        f"note: {shipped}:6: include 'base.gin' is base.gin, not the shipped "
+        f"{files.SHIPPED / 'base.gin'}",
+    ]
+    config.parse(["experiments/iris_logreg.gin"], [])
+    assert gin.query_parameter("Trainer.seed") == 7  # gin's rule, now said out loud
     # A sweep looks its files up in its search path too (`sweep.json` records it).
     write(ours / "mine.gin", "include 'strategies/loss_trend.gin'")
     axes = sweep.check_axes(["mine.gin"], [], ["Trainer.seed=[0]"], search_path=[str(ours)])

@@ -25,21 +25,12 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _note_shadowed(gin_files: Sequence[str], search_path: Sequence[str]) -> None:
-    """Says which file a `--gin_file` name means when the user's own file of that name
-    hides a shipped one (`files.resolve`); a missing file is `config.parse`'s error."""
+    """Says which file a `--gin_file` name or an `include` means when the user's own
+    file of that name hides a shipped one (`files.shadowed`)."""
     from lrresearch.config import files
 
-    for name in gin_files:
-        try:
-            found = files.resolve(name, search_path)
-        except FileNotFoundError:
-            continue
-        if found.shadows:
-            print(
-                f"note: --gin_file={name} is {found.path}, not the shipped {found.shadows}",
-                file=sys.stderr,
-                flush=True,
-            )
+    for note in files.shadowed(gin_files, search_path):
+        print(f"note: {note}", file=sys.stderr, flush=True)
 
 
 def _parse_config(args: argparse.Namespace) -> int | None:

@@ -25,6 +25,7 @@ path here is passed to each parse.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -34,6 +35,8 @@ from collections.abc import Iterator, Sequence
 # The one home of the shipped gin files.
 SHIPPED = pathlib.Path(__file__).resolve().parent / "gin"
 SUFFIX = ".gin"
+# An `include` line of a gin file; group 2 is the name.
+INCLUDE = re.compile(r"""^\s*include\s+(['"])(.+?)\1\s*(?:#.*)?$""")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +99,52 @@ def resolve(name: str, search_path: Sequence[str] = ()) -> Found:
     if shipped.is_file() and not _same_file(path, shipped):
         return Found(path, str(shipped))
     return Found(path)
+
+
+def include_folders(gin_file: str) -> list[str]:
+    """Where a gin file's includes are looked for after the working directory: its
+    folder and its nearest enclosing folder named `gin` (so a file in a user's own
+    `gin/experiments/` can `include 'base.gin'` from that `gin/`)."""
+    folder = os.path.dirname(os.path.abspath(gin_file))
+    paths = [folder]
+    probe = folder
+    while True:
+        if os.path.basename(probe) == "gin":
+            paths.append(probe)
+            break
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    return paths
+
+
+def shadowed(gin_files: Sequence[str], search_path: Sequence[str] = ()) -> list[str]:
+    """A note for each `--gin_file` name and `include` (followed through the files) that
+    means a file of the user's where a shipped file has the same name: the user's wins,
+    and the command says so. Missing files are `config.parse`'s to report."""
+    notes, todo, folders = [], [], []
+    for name in gin_files:
+        with contextlib.suppress(FileNotFoundError):
+            found = resolve(name, search_path)
+            if found.shadows:
+                notes.append(f"--gin_file={name} is {found.path}, not the shipped {found.shadows}")
+            todo.append(found.path)
+            folders += [p for p in include_folders(found.path) if p not in folders]
+    prefixes, seen = ["", *folders, *search_path], set()
+    while todo:
+        if (path := todo.pop(0)) in seen or not os.path.isfile(path):
+            continue
+        seen.add(path)
+        with contextlib.suppress(OSError, UnicodeDecodeError), open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if (m := INCLUDE.match(line)) and (target := find(m[2], prefixes)):
+                    todo.append(target)
+                    shipped = SHIPPED / m[2]
+                    if shipped.is_file() and not _same_file(target, shipped):
+                        notes.append(f"{path}:{number}: include {m[2]!r} is {target}, not the "
+                                     f"shipped {shipped}")  # fmt: skip
+    return notes
 
 
 def _same_file(path: str, other: pathlib.Path) -> bool:

@@ -37,7 +37,6 @@ VALUE_HINT = (
 )
 # What gin raises for a file or binding it cannot use (KeyError: an ambiguous name).
 _PARSE_ERRORS = (ValueError, KeyError, SyntaxError, tokenize.TokenError, OSError, ImportError)
-_INCLUDE = re.compile(r"""^\s*include\s+(['"])(.+?)\1\s*(?:#.*)?$""")
 
 # Names a gin file may still bind that are not configurable (any more), with what to
 # bind instead: gin's own "No configurable matching" (a class) or "has denylisted
@@ -128,6 +127,9 @@ def explain(error: Exception, where: str = "") -> str:
     message = str(error).strip() or repr(error)
     if isinstance(error, KeyError):  # str() quotes a KeyError's own message
         message = re.sub(r"""^(["'])(.*?)\1(?=\n|$)""", r"\2", message, count=1, flags=re.S)
+    for rewritten, original in _rewritten.items():  # the include lines as written
+        message = message.replace(rewritten, original)
+    message = message.replace(_RESOLVED, "")
     if where:
         message = f"{where}: {message}"
     if m := re.search(r"No configurable matching (?:reference )?'@?([\w.]+)", message):
@@ -194,23 +196,6 @@ def locate_bindings(selector: str, gin_files: list[str], gin_params: list[str]) 
     return _places(pattern, gin_files, gin_params)
 
 
-def _search_paths(gin_file: str) -> list[str]:
-    """The file's folder and the nearest enclosing folder named `gin`, so an experiment
-    can `include 'base.gin'` or `include 'strategies/grad_norm.gin'`."""
-    folder = os.path.dirname(os.path.abspath(gin_file))
-    paths = [folder]
-    probe = folder
-    while True:
-        if os.path.basename(probe) == "gin":
-            paths.append(probe)
-            break
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    return paths
-
-
 def _read(path: str, where: str) -> str:
     """The text of a gin file, or a ConfigError naming `where` it was asked for."""
     if os.path.isdir(path):
@@ -244,12 +229,6 @@ def _check_closed(text: str, where: Callable[[int], str]) -> None:
         ) from None
 
 
-def _resolve_include(name: str, prefixes: Sequence[str]) -> str | None:
-    """The file gin opens for `include name`: the first search path that holds it, else
-    the shipped file of that name (`files.find`)."""
-    return files.find(name, prefixes)
-
-
 def _check_file(
     path: str, prefixes: Sequence[str], where: str, chain: list[tuple[str, str]], checked: set[str]
 ) -> None:
@@ -263,12 +242,12 @@ def _check_file(
         if module := gin_imports.module_of(line):
             _import(module, f"{path}:{number}", os.path.dirname(os.path.abspath(path)))
             continue
-        if not (m := _INCLUDE.match(line)):
+        if not (m := files.INCLUDE.match(line)):
             continue
-        target = _resolve_include(m.group(2), prefixes)
+        target = files.find(m.group(2), prefixes)
         if target is None:
-            if resource_reader.system_path_file_exists(m.group(2)):
-                continue  # a gin file shipped inside a Python package
+            if _package_resource(m.group(2)):
+                continue  # a gin file shipped inside a Python package, gin's to read
             searched = [p or "the working directory" for p in prefixes]
             raise ConfigError(
                 f"{path}:{number}: include {m.group(2)!r}: no such file in "
@@ -282,6 +261,7 @@ def _check_file(
                 f"include cycle: {cycle}\n  A file cannot include itself, directly or "
                 "through others; remove one of these includes."
             )
+        _targets.setdefault(key, {})[m.group(2)] = target
         if target_key not in checked:
             _check_file(target, prefixes, f"{path}:{number}", steps, checked)
     checked.add(key)
@@ -289,46 +269,68 @@ def _check_file(
 
 class _DropPathNotFound(logging.Filter):
     """Drops gin's `ERROR:root:Path not found: base.gin`: its package-resource reader
-    logs it for every search path an include is not in, found later or not (a missing
-    include is a ConfigError anyway)."""
+    logs it for every file its check is asked about (a missing include is a ConfigError
+    anyway)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.module == "resource_reader" and record.msg == "Path not found: %s")
 
 
-# The folders of the gin files `parse` is reading and the `--gin_search_path` folders,
-# searched for includes after the working directory and before the shipped files
-# (`files.find`). Empty outside `parse`, so gin behaves as usual for everyone else.
-_include_folders: list[str] = []
+# Gin opens a file with the first of its readers whose check passes: `open` from the
+# working directory, then its package-resource reader, which raises TypeError when an
+# include's folder is importable as a namespace package (a user's own `strategies/` on
+# sys.path); gin has no public way to put a reader first. So `parse` hands gin each
+# file as `_RESOLVED + path`, which only `_open_resolved` opens, with every `include`
+# rewritten to the file `_check_file` resolved it to (`_targets`).
+_RESOLVED = "lrresearch-resolved:"
+_targets: dict[str, dict[str, str]] = {}  # {file's real path: {include name: target}}
+_rewritten: dict[str, str] = {}  # {include line gin sees: the line in the file}, for errors
 
 
-def _include_exists(path: str) -> bool:
-    return bool(_include_folders) and _resolve_include(path, _include_folders) is not None
+class _NamedText(io.StringIO):
+    """Text with the file's real path as its `name`: gin's errors name the file."""
+
+    def __init__(self, text: str, name: str) -> None:
+        super().__init__(text)
+        self.name = name
 
 
-def _open_include(path: str) -> io.TextIOWrapper:
-    return open(_resolve_include(path, _include_folders) or path, encoding="utf-8")
+def _is_resolved(name: str) -> bool:
+    return name.startswith(_RESOLVED) and os.path.isfile(name[len(_RESOLVED) :])
 
 
-# Gin opens an include from the working directory (and the paths added with
-# `gin.add_config_file_search_path`), else asks its file readers in turn; this one finds
-# it next to the gin files being parsed, in the search path, or shipped.
-gin.config.register_file_reader(_open_include, _include_exists)
+def _open_resolved(name: str) -> _NamedText:
+    path = name[len(_RESOLVED) :]
+    targets = _targets.get(os.path.realpath(path), {})
+    lines = []
+    for line in _read(path, path).splitlines():
+        if (m := files.INCLUDE.match(line)) and m[2] in targets:
+            target = _RESOLVED + os.path.abspath(targets[m[2]])
+            _rewritten[f"include {target!r}"] = line.strip()
+            line = f"include {target!r}"  # one line for one: line numbers stay
+        lines.append(line)
+    return _NamedText("\n".join(lines) + "\n", path)
+
+
+gin.config.register_file_reader(_open_resolved, _is_resolved)
 
 
 @contextlib.contextmanager
-def _include_search(paths: Sequence[str]) -> Iterator[None]:
-    """Includes resolve in the working directory, then in `paths`; earlier parses'
-    folders do not linger (they could shadow this file's `base.gin`)."""
-    saved = list(_include_folders)
-    _include_folders[:] = ["", *paths]  # never empty while parsing: shipped files too
+def _quiet_lookups() -> Iterator[None]:
     quiet = _DropPathNotFound()
     logging.getLogger().addFilter(quiet)
     try:
         yield
     finally:
-        _include_folders[:] = saved
         logging.getLogger().removeFilter(quiet)
+
+
+def _package_resource(name: str) -> bool:
+    """Whether gin's package-resource reader finds `include name` (`pkg/x.gin`)."""
+    try:
+        return resource_reader.system_path_file_exists(name)
+    except TypeError:  # a namespace package (no __init__.py): gin cannot read it
+        return False
 
 
 def _import(module: str, where: str, gin_folder: str | None) -> None:
@@ -365,15 +367,17 @@ def parse(
             found.append(path := files.resolve(name, search_path).path)
         except FileNotFoundError as e:
             raise ConfigError(str(e)) from None
-        paths += [p for p in _search_paths(path) if p not in paths]
+        paths += [p for p in files.include_folders(path) if p not in paths]
     paths += [p for p in search_path if p not in paths]
     checked: set[str] = set()
-    with _include_search(paths), gin_imports.working_directory_importable():
+    _targets.clear()  # an earlier parse's folders must not resolve this one's includes
+    _rewritten.clear()
+    with _quiet_lookups(), gin_imports.working_directory_importable():
         for path in found:
             _check_file(path, ["", *paths], "--gin_file", [], checked)
         for path in found:
             try:
-                gin.parse_config_file(path)
+                gin.parse_config_file(_RESOLVED + os.path.abspath(path))
             except _PARSE_ERRORS as e:
                 raise ConfigError(explain(e)) from None
         for param in gin_params:
