@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import pathlib
 import re
 
@@ -103,6 +104,28 @@ def test_search_path_comes_after_the_working_directory_and_before_the_shipped_fi
     write(ours / "mine.gin", "include 'strategies/loss_trend.gin'")
     axes = sweep.check_axes(["mine.gin"], [], ["Trainer.seed=[0]"], search_path=[str(ours)])
     assert [name for name, _ in axes] == ["Trainer.seed"]
+
+
+def test_a_sweep_resumes_from_another_folder_with_its_search_path_and_old_spellings(
+    elsewhere, tmp_path, monkeypatch
+):
+    write(tmp_path / "ours" / "mine.gin", "include 'strategies/constant.gin'", "mlp.hidden = (8,)")
+    quick = ["--gin_param=Trainer.steps = 2", "--gin_param=Trainer.eval_every = 0"]
+    argv = ["sweep", f"--logdir={tmp_path}", "--sweep_name=s", "--quiet", "--gin_file=mine.gin",
+            "--gin_search_path=../ours", "--sweep=Trainer.seed=[0]", *quick]  # fmt: skip
+    (tmp_path / "there").mkdir()
+    monkeypatch.chdir(tmp_path / "there")  # --gin_search_path is relative to here
+    assert cli.main(argv) == 0
+    manifest_path = tmp_path / "s" / "sweep.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["gin_search_paths"] == [str(tmp_path / "ours")]  # absolute
+    resume = ["sweep", "--resume", f"--logdir={tmp_path}", "--sweep_name=s", "--quiet"]
+    monkeypatch.chdir(elsewhere)  # mine.gin is found through the recorded search path
+    assert cli.main(resume) == 0
+    # A sweep.json written before the move names the checkout's gin/ folder.
+    manifest.update(gin_files=["gin/strategies/constant.gin"], gin_search_paths=[])
+    manifest_path.write_text(json.dumps(manifest))
+    assert cli.main(resume) == 0
 
 
 def test_the_old_gin_folder_spelling_still_names_the_shipped_file(elsewhere, tmp_path):
