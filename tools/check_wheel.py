@@ -17,13 +17,14 @@ Run by `.ci/run` after the tests (not by pytest: it takes about a minute):
    every shipped gin file by its name (`--gin_file=strategies/x.gin`, in one process:
    TensorFlow starts once), the old `gin/...` spelling and a user's file that includes
    shipped ones, `lrresearch list configs` (every shipped name listed) and
-   `lrresearch board --help`. The shipped names must be exactly the checkout's
-   `lrresearch/config/gin/**/*.gin`.
+   `lrresearch board --help`. The wheel's shipped names must be exactly the
+   checkout's (`lrresearch/config/files.py`: `SHIPPED`, `shipped_names`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -46,9 +47,15 @@ QUICK = (
 
 
 def expected_names() -> list[str]:
-    """The checkout's gin files, as `--gin_file` names them."""
-    root = REPO / "lrresearch" / "config" / "gin"
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.gin"))
+    """The checkout's gin files, as `--gin_file` names them (`files.shipped_names` of
+    the checkout's own package, whatever else is installed)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from lrresearch.config import files
+
+    if not files.SHIPPED.is_relative_to(REPO):
+        raise SystemExit(f"check_wheel: lrresearch is imported from {files.SHIPPED}, not {REPO}")
+    return files.shipped_names()
 
 
 def build_wheel(work: pathlib.Path) -> pathlib.Path:
@@ -58,8 +65,10 @@ def build_wheel(work: pathlib.Path) -> pathlib.Path:
     )
     shutil.copytree(REPO, source, ignore=ignore)
     dist = work / "dist"
-    run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps",
-         "--no-build-isolation", "--quiet", "-w", str(dist)])  # fmt: skip
+    # With setuptools at hand (CPython < 3.12 venvs have it) pip need not fetch it.
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", *isolation,
+         "--quiet", "-w", str(dist)])  # fmt: skip
     (wheel,) = dist.glob("lrresearch-*.whl")
     return wheel
 
