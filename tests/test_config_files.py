@@ -48,6 +48,8 @@ def test_a_shipped_file_is_found_by_name_from_any_folder(elsewhere):
     config.parse(["experiments/grad_norm_adamw_clipped.gin"], [])  # includes shipped files
     assert controller() == "@GradNormController()"
     assert gin.query_parameter("Trainer.clip_norm") == 1.0
+    config.parse([], ["include 'strategies/dog.gin'"])  # a --gin_param's include too
+    assert controller() == "@DoGController()"
 
 
 def test_a_user_file_in_any_folder_includes_shipped_files_and_its_neighbours(elsewhere, tmp_path):

@@ -6,7 +6,7 @@ as t5x and dopamine ship theirs, so a wheel installed anywhere runs
 
 A `--gin_file` NAME is the first of these that exists:
   1. NAME itself, relative to the working directory (or absolute): the user's own file
-     wins over a shipped one of the same name (the CLI then says which it used);
+     wins over a shipped one of the same name;
   2. NAME in each `--gin_search_path` folder, in the order given;
   3. NAME in the shipped folder;
   4. the same three with `.gin` appended, if NAME does not end in `.gin`;
@@ -15,7 +15,9 @@ A `--gin_file` NAME is the first of these that exists:
      sweep's `sweep.json` that recorded it).
 An `include 'NAME'` inside a gin file resolves as gin does (the working directory
 first), then next to the files being parsed (and in their nearest enclosing folder
-named `gin`), then as steps 2, 3 and 5 (`config.parse`).
+named `gin`), then as steps 2 to 5; `config.parse` hands gin the file found. Where a
+user's file hides a shipped one of the same name, the command prints a note
+(`shadowed`).
 
 Gin's own `gin.add_config_file_search_path` (t5x's `--gin_search_paths`) appends to a
 process-wide list that nothing can remove from; a process that parses several configs

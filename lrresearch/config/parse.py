@@ -229,6 +229,14 @@ def _check_closed(text: str, where: Callable[[int], str]) -> None:
         ) from None
 
 
+def _check_include(name: str, prefixes: Sequence[str], where: str) -> None:
+    """Raises ConfigError for `include name`, found in none of `prefixes` nor shipped,
+    unless gin's package-resource reader finds it (`pkg/x.gin`)."""
+    if not _package_resource(name):
+        searched = files.missing(name, [p for p in prefixes if p]).split("; searched ", 1)[1]
+        raise ConfigError(f"{where}: include {name!r}: no such file in {searched}")
+
+
 def _check_file(
     path: str, prefixes: Sequence[str], where: str, chain: list[tuple[str, str]], checked: set[str]
 ) -> None:
@@ -246,13 +254,8 @@ def _check_file(
             continue
         target = files.find(m.group(2), prefixes)
         if target is None:
-            if _package_resource(m.group(2)):
-                continue  # a gin file shipped inside a Python package, gin's to read
-            searched = [p or "the working directory" for p in prefixes]
-            raise ConfigError(
-                f"{path}:{number}: include {m.group(2)!r}: no such file in "
-                + files.missing(m.group(2), searched[1:]).split("; searched ", 1)[1]
-            )
+            _check_include(m.group(2), prefixes, f"{path}:{number}")
+            continue  # a gin file shipped inside a Python package, gin's to read
         steps = [*chain, (key, f"{path}:{number} includes {m.group(2)!r}")]
         seen = [k for k, _ in steps]
         if (target_key := os.path.realpath(target)) in seen:
@@ -389,12 +392,19 @@ def parse_binding(binding: str, where: str) -> None:
     """Parses one binding on top of the current config; a ConfigError names `where`
     (the `--gin_param` or `--sweep` it came from) and what gin could not parse."""
     _check_closed(binding, lambda line: where)
-    with gin_imports.working_directory_importable():
-        for line in binding.splitlines():
+    lines = binding.splitlines()
+    with gin_imports.working_directory_importable(), _quiet_lookups():
+        for number, line in enumerate(lines):
             if module := gin_imports.module_of(line):
                 _import(module, where, None)
+            elif m := files.INCLUDE.match(line):  # as a --gin_file's include
+                if (target := files.find(m[2], [""])) is None:
+                    _check_include(m[2], [""], where)
+                    continue  # a package resource, gin's to read
+                _check_file(target, [""], where, [], set())
+                lines[number] = f"include {_RESOLVED + os.path.abspath(target)!r}"
         try:
-            gin.parse_config(binding)
+            gin.parse_config("\n".join(lines))
         except _PARSE_ERRORS as e:
             raise ConfigError(explain(e, where)) from None
 
