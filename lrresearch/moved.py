@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 import warnings
 from collections.abc import Callable
@@ -149,8 +150,10 @@ def forward(package: str) -> Callable[[str], Any]:
     new = "lrresearch." + BECAME_PACKAGES[package.partition(".")[2]]
 
     def module_getattr(name: str) -> Any:
+        if name.startswith("__") or importlib.util.find_spec(f"{package}.{name}"):
+            raise AttributeError(name)  # a submodule: the import system loads it
         module = importlib.import_module(new)
-        if name.startswith("__") or not hasattr(module, name):
+        if not hasattr(module, name):
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         warnings.warn(
             f"{package}.{name} moved to {new}.{name} (lrresearch 0.2)",

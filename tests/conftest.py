@@ -19,8 +19,10 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator as ea
 
+from lrresearch.config import files
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
-GIN_DIR = REPO / "gin"
+GIN_DIR = files.SHIPPED  # the shipped gin files
 
 
 def default_ctrl_c() -> None:

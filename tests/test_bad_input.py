@@ -11,7 +11,7 @@ import pathlib
 
 import gin
 import pytest
-from conftest import REPO
+from conftest import GIN_DIR, REPO
 
 from lrresearch.cli import commands as cli
 from lrresearch.config import parse as config
@@ -143,11 +143,11 @@ def test_gin_file_that_is_a_directory_or_not_text_is_named(fail, tmp_path):
 
 
 def test_include_resolves_next_to_the_file_after_other_parses(monkeypatch, tmp_path):
-    # Parsing the shipped experiments first must not make their gin/ folder shadow a
+    # Parsing a shipped experiment first must not make the shipped folder shadow a
     # `base.gin` that sits next to a later file (gin's search paths used to accumulate).
     monkeypatch.chdir(tmp_path)
     try:
-        config.parse([str(REPO / "gin/experiments/imbalanced_loss_trend.gin")], [])
+        config.parse([str(GIN_DIR / "experiments/imbalanced_loss_trend.gin")], [])
         write(tmp_path / "base.gin", "Trainer.steps = 7")
         config.parse([write(tmp_path / "mine.gin", "include 'base.gin'")], [])
         assert gin.query_parameter("Trainer.steps") == 7

@@ -103,7 +103,7 @@ def cli_runs(tmp_path_factory) -> dict[str, Result]:
     started = {
         "ok": start(
             [
-                "--gin_file=gin/strategies/grad_norm.gin",
+                "--gin_file=strategies/grad_norm.gin",
                 "--gin_param=Trainer.steps=20",
                 "--gin_param=mlp.hidden=(16,)",
                 f"--logdir={logdir}",
@@ -121,7 +121,7 @@ def cli_runs(tmp_path_factory) -> dict[str, Result]:
         "typo_configurable": start([f"--gin_file={typo_configurable}", f"--logdir={logdir}"]),
         "bad_value": start(
             [
-                "--gin_file=gin/strategies/grad_norm.gin",
+                "--gin_file=strategies/grad_norm.gin",
                 f"--gin_file={bad_value}",
                 f"--logdir={logdir}",
             ]
@@ -210,11 +210,11 @@ def in_repo(monkeypatch):
 
 
 def test_missing_gin_file_is_a_clear_error(in_repo, capsys, tmp_path):
-    code = cli.main(["train", "--gin_file=gin/strategies/gradnorm.gin", f"--logdir={tmp_path}"])
+    code = cli.main(["train", "--gin_file=strategies/gradnorm.gin", f"--logdir={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "no such file" in err and "gin/strategies/gradnorm.gin" in err
-    assert "gin/strategies/grad_norm.gin" in err  # the close name is suggested
+    assert "no such file" in err and "strategies/gradnorm.gin" in err
+    assert "'strategies/grad_norm.gin'" in err  # the close name is suggested
     assert os.listdir(tmp_path) == []
 
 
@@ -237,7 +237,7 @@ def test_loss_trend_without_max_lr_names_the_parameter(in_repo, capsys, tmp_path
     code = cli.main(
         [
             "train",
-            "--gin_file=gin/strategies/loss_trend.gin",
+            "--gin_file=strategies/loss_trend.gin",
             "--gin_param=LossTrendController.max_lr = None",
             f"--logdir={tmp_path}",
         ]
@@ -344,7 +344,7 @@ def test_experiment_run_starts_without_error_lines(tmp_path):
     result = subprocess.run(
         [
             *(sys.executable, "-m", "lrresearch", "train"),
-            "--gin_file=gin/experiments/grad_norm_adamw_clipped.gin",
+            "--gin_file=experiments/grad_norm_adamw_clipped.gin",
             *("--gin_param=Trainer.steps=20", f"--logdir={tmp_path}", "--quiet"),
         ],
         cwd=REPO,

@@ -14,6 +14,7 @@ from conftest import REPO
 
 from lrresearch.cli import commands as cli
 from lrresearch.cli import docgen, listing
+from lrresearch.config import files
 from lrresearch.config import parse as config
 from lrresearch.config import references as gin_references
 from lrresearch.studies import profile as profiling
@@ -78,7 +79,7 @@ def test_every_commands_examples_parse_and_their_gin_bindings_are_valid(name, mo
         finally:
             gin.clear_config()
         for path in gin_files:
-            assert os.path.exists(path), path
+            assert os.path.isfile(files.resolve(path).path), path
 
 
 def exported_controllers() -> list[str]:

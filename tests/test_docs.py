@@ -1,4 +1,4 @@
-"""The docs: generated reference pages match the code; `gin/base.gin` binds every
+"""The docs: generated reference pages match the code; `base.gin` binds every
 default the bindings reference lists; every relative link in the README and docs/
 points at a file that exists."""
 
@@ -72,7 +72,7 @@ def test_every_base_gin_binding_has_a_comment():
 
 
 def test_controllers_guide_names_every_controller_without_a_strategy_file():
-    """The guide's claim: every exported controller has a `gin/strategies/` file that
+    """The guide's claim: every exported controller has a shipped `strategies/` file that
     trains with it, except the ones it names in that sentence."""
     from lrresearch import controllers
 
@@ -85,7 +85,7 @@ def test_controllers_guide_names_every_controller_without_a_strategy_file():
     guide = (REPO / "docs/guide/controllers.md").read_text()
     claim = guide[guide.index("Each controller but") :].split("\n\n", 1)[0]
     named = set(re.findall(r"`(\w+)`", claim))
-    assert without <= named, f"no gin/strategies file, not named in the guide: {without - named}"
+    assert without <= named, f"no strategies/ file, not named in the guide: {without - named}"
 
 
 def markdown_files():

@@ -129,7 +129,7 @@ def test_mnist1d_cnn_experiment_trains_through_the_cli(cache, tmp_path, monkeypa
         code = cli.main(
             [
                 "train",
-                "--gin_file=gin/experiments/mnist1d_cnn.gin",
+                "--gin_file=experiments/mnist1d_cnn.gin",
                 f"--gin_param=mnist1d.num_samples = {SMALL}",
                 f"--gin_param=mnist1d.cache_dir = '{cache}'",
                 "--gin_param=Trainer.steps = 100",

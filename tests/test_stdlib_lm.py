@@ -128,7 +128,7 @@ def train_experiment(logdir, run_name: str, *flags: str):
     """`lrresearch train` of stdlib_transformer.gin with `EXPERIMENT` (+ `flags`)."""
     argv = [
         "train",
-        "--gin_file=gin/experiments/stdlib_transformer.gin",
+        "--gin_file=experiments/stdlib_transformer.gin",
         f"--logdir={logdir}",
         f"--run_name={run_name}",
         "--quiet",

@@ -1,7 +1,7 @@
 """Runs an `lrresearch train` command as a multi-worker cluster on this machine.
 
     python tools/launch_local_workers.py --workers 2 -- \\
-        lrresearch train --gin_file gin/strategies/grad_norm.gin --run_name mw
+        lrresearch train --gin_file strategies/grad_norm.gin --run_name mw
 
 starts one process per worker, each with its own `TF_CONFIG` (the same cluster of
 127.0.0.1 ports, its own task index) and `distribution.strategy = "multi_worker"`

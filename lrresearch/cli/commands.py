@@ -24,6 +24,15 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def _note_shadowed(gin_files: Sequence[str], search_path: Sequence[str]) -> None:
+    """Says which file a `--gin_file` name or an `include` means when the user's own
+    file of that name hides a shipped one (`files.shadowed`)."""
+    from lrresearch.config import files
+
+    for note in files.shadowed(gin_files, search_path):
+        print(f"note: {note}", file=sys.stderr, flush=True)
+
+
 def _parse_config(args: argparse.Namespace) -> int | None:
     """Parses the gin files and bindings, then creates the configured `tf.distribute`
     strategy (before anything else touches TensorFlow's runtime). Returns an exit code
@@ -37,15 +46,17 @@ def _parse_config(args: argparse.Namespace) -> int | None:
     if getattr(args, "resume", False):
         saved = run_config.saved_config(args.logdir, args.run_name)
     try:
+        found = []
         if saved is None or args.gin_file:
-            config.parse(args.gin_file, args.gin_param)
+            _note_shadowed(args.gin_file, args.gin_search_path)
+            found = config.parse(args.gin_file, args.gin_param, args.gin_search_path)
             skipped = []
         else:
             skipped = run_config.parse(saved, args.gin_param)
         if saved is not None and not args.quiet:
             line = run_config.describe(saved, args.gin_param, skipped, args.gin_file)
             print(line, flush=True)
-        args.gin_file = args.gin_file or ([saved] if saved else [])  # where errors point
+        args.gin_file = found or ([saved] if saved else [])  # where errors point
         distribute.get_strategy()
     except config.ConfigError as e:
         return _fail(str(e))
@@ -185,10 +196,16 @@ def sweep(args: argparse.Namespace) -> int:
         return _fail("--resume needs --sweep_name (the sweep to continue)")
     given = {"gin_files": args.gin_file, "sweeps": args.sweep, "samples": args.sample}
     given.update(sweep_random=args.sweep_random, seed=args.seed)
+    _note_shadowed(args.gin_file, args.gin_search_path)
     try:
         if args.resume:
             sweep_dir, points = resume_sweep(
-                args.logdir, args.sweep_name, given, args.gin_param, progress=say
+                args.logdir,
+                args.sweep_name,
+                given,
+                args.gin_param,
+                progress=say,
+                search_path=args.gin_search_path,
             )
         else:
             sweep_dir, points = sweeps.run_sweep(
@@ -201,6 +218,7 @@ def sweep(args: argparse.Namespace) -> int:
                 samples=args.sample,
                 random_points=args.sweep_random,
                 seed=args.seed,
+                search_path=args.gin_search_path,
             )
     except config.ConfigError as e:
         return _fail(str(e))

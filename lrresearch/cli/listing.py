@@ -4,10 +4,10 @@ defaults and a one-line rule.
 Nothing here is written by hand: entries are found in the modules that define them
 (`lrresearch.controllers.__all__`, the gin configurables of `optimizers` and of
 `BUILTIN_MODULES`, sorted by what the trainer does with them (`role`),
-`external_configurables.REGISTERED`, `optimizers.OPTIMIZERS`), the
-defaults come from signatures and the rule is the first sentence of the docstring
-(the same helpers as the generated reference, `docgen`). Groups print in `GROUPS`
-order, entries alphabetically.
+`external_configurables.REGISTERED`, `optimizers.OPTIMIZERS`, the shipped gin files of
+`config.files`), the defaults come from signatures and the rule is the first sentence
+of the docstring (the same helpers as the generated reference, `docgen`), or a gin
+file's first comment. Groups print in `GROUPS` order, entries alphabetically.
 """
 
 from __future__ import annotations
@@ -20,7 +20,16 @@ import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-GROUPS = ("controllers", "wrappers", "optimizers", "datasets", "models", "losses", "metrics")
+GROUPS = (
+    "controllers",
+    "wrappers",
+    "optimizers",
+    "datasets",
+    "models",
+    "losses",
+    "metrics",
+    "configs",
+)
 
 # How each group is bound, printed under its title.
 HOW = {
@@ -31,6 +40,7 @@ HOW = {
     "models": "Trainer.model = @name (called with input_shape and num_classes)",
     "losses": "Trainer.loss = @keras.losses.Name() (or a Keras loss name, or your function)",
     "metrics": "Trainer.metrics = [@keras.metrics.Name(), ...] (or Keras metric names)",
+    "configs": "--gin_file=NAME from any folder, or include 'NAME' in your gin file",
 }
 # Arguments the caller passes itself (a model gets its input shape and classes from the
 # data): not bindings, so not listed.
@@ -159,6 +169,16 @@ def _keras(module: str) -> list[Entry]:
     ]
 
 
+def _configs() -> list[Entry]:
+    """The shipped gin files (`files.SHIPPED`), by the name `--gin_file` takes."""
+    from lrresearch.config import files
+
+    return [
+        Entry(name, "", files.comment_summary(files.SHIPPED / name))
+        for name in files.shipped_names()
+    ]
+
+
 def entries(group: str) -> list[Entry]:
     """The entries of one of `GROUPS`, sorted by gin name."""
     from lrresearch.config.parse import CONFIGURABLE_MODULES
@@ -173,6 +193,7 @@ def entries(group: str) -> list[Entry]:
         "models": lambda: _builtins("models"),
         "losses": lambda: _keras("keras.losses"),
         "metrics": lambda: _keras("keras.metrics") + _builtins("metrics"),
+        "configs": _configs,
     }[group]()
     if group == "optimizers":  # short names first, then classes
         return sorted(found, key=lambda e: (not e.gin.startswith("'"), e.gin))

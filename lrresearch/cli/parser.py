@@ -15,10 +15,10 @@ from typing import Any
 EXAMPLES = {
     "train": """\
 examples:
-  lrresearch train                                   # the built-in default (gin/base.gin)
-  lrresearch train --gin_file=gin/strategies/loss_trend.gin --gin_param='Trainer.steps = 500'
-  lrresearch train --gin_file=gin/experiments/digits_cnn_cyclical.gin --run_name=cnn
-  lrresearch train --gin_file=gin/experiments/digits_cnn_cyclical.gin --run_name=cnn --resume
+  lrresearch train                                   # the built-in default (base.gin)
+  lrresearch train --gin_file=strategies/loss_trend.gin --gin_param='Trainer.steps = 500'
+  lrresearch train --gin_file=experiments/digits_cnn_cyclical.gin --run_name=cnn
+  lrresearch train --gin_file=experiments/digits_cnn_cyclical.gin --run_name=cnn --resume
   lrresearch list controllers                        # what Trainer.controller can be""",
     "profile": """\
 examples:
@@ -27,18 +27,18 @@ examples:
   lrresearch profile --controllers='PolyakController,@MaxChange()' \\
       --gin_param='MaxChange.controller = @PolyakController()'
   lrresearch profile --controllers=GradNormController,@config \\
-      --gin_file=gin/experiments/cosine_restarts_times_nudge.gin   # the file's Product""",
+      --gin_file=experiments/cosine_restarts_times_nudge.gin   # the file's Product""",
     "lr-find": """\
 examples:
   lrresearch lr-find
-  lrresearch lr-find --gin_file=gin/strategies/constant.gin --num_steps=300
+  lrresearch lr-find --gin_file=strategies/constant.gin --num_steps=300
   lrresearch lr-find --binding=WarmupCosineController.base_lr --write_gin=lr.gin""",
     "sweep": """\
 examples:
   lrresearch sweep --sweep='Trainer.seed=[0, 1, 2]'
-  lrresearch sweep --gin_file=gin/strategies/loss_trend.gin \\
+  lrresearch sweep --gin_file=strategies/loss_trend.gin \\
       --sweep='LossTrendController.window=[50, 100, 200]' --sweep='Trainer.seed=[0, 1]'
-  lrresearch sweep --gin_file=gin/strategies/loss_trend.gin --sweep_random=8 --seed=1 \\
+  lrresearch sweep --gin_file=strategies/loss_trend.gin --sweep_random=8 --seed=1 \\
       --sample='LossTrendController.max_lr=loguniform(1e-3, 1)' \\
       --sample='Trainer.batch_size=choice([32, 64, 128])'
   lrresearch sweep --sweep_random=4 --sample='Trainer.batch_size=choice([32, 64, 128])' \\
@@ -61,7 +61,8 @@ examples:
 examples:
   lrresearch list                                    # everything, grouped
   lrresearch list controllers
-  lrresearch list wrappers optimizers""",
+  lrresearch list wrappers optimizers
+  lrresearch list configs                            # the shipped gin files, by --gin_file name""",
 }
 
 
@@ -95,8 +96,13 @@ def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="gin config file; repeat to layer files (later ones win)",
+        help="gin config file: a path, or a shipped file's name (strategies/loss_trend.gin, "
+        "see `lrresearch list configs`); repeat to layer files (later ones win)",
     )
+    search_help = "a folder of yours where --gin_file names and gin `include`s are looked "
+    search_help += "up after the working directory, before the shipped files; repeatable"
+    parser.add_argument("--gin_search_path", action="append", default=[], metavar="DIR",
+                        help=search_help)  # fmt: skip
     parser.add_argument(
         "--gin_param",
         action="append",
@@ -129,9 +135,10 @@ def _list_parser(commands: Any) -> None:
     lister = commands.add_parser(
         "list",
         help="list controllers, wrappers, optimizers, datasets, models, losses and metrics "
-        "with their gin names",
+        "with their gin names, and the shipped gin files",
         description="Print what a gin file can name, grouped: each entry's gin spelling "
-        "with its arguments' defaults, and the first sentence of its docstring.",
+        "with its arguments' defaults, and the first sentence of its docstring (configs: "
+        "the shipped gin files by --gin_file name, with their first comment).",
     )
     lister.add_argument(
         "what",

@@ -22,6 +22,7 @@ import gin
 from gin import resource_reader
 
 from lrresearch.config import arguments as unknown_arguments
+from lrresearch.config import files
 from lrresearch.config import imports as gin_imports
 from lrresearch.config.arguments import parameters_of, suggest
 
@@ -37,7 +38,6 @@ VALUE_HINT = (
 )
 # What gin raises for a file or binding it cannot use (KeyError: an ambiguous name).
 _PARSE_ERRORS = (ValueError, KeyError, SyntaxError, tokenize.TokenError, OSError, ImportError)
-_INCLUDE = re.compile(r"""^\s*include\s+(['"])(.+?)\1\s*(?:#.*)?$""")
 
 # Names a gin file may still bind that are not configurable (any more), with what to
 # bind instead: gin's own "No configurable matching" (a class) or "has denylisted
@@ -128,6 +128,9 @@ def explain(error: Exception, where: str = "") -> str:
     message = str(error).strip() or repr(error)
     if isinstance(error, KeyError):  # str() quotes a KeyError's own message
         message = re.sub(r"""^(["'])(.*?)\1(?=\n|$)""", r"\2", message, count=1, flags=re.S)
+    for rewritten, original in _rewritten.items():  # the include lines as written
+        message = message.replace(rewritten, original)
+    message = message.replace(_RESOLVED, "")
     if where:
         message = f"{where}: {message}"
     if m := re.search(r"No configurable matching (?:reference )?'@?([\w.]+)", message):
@@ -194,23 +197,6 @@ def locate_bindings(selector: str, gin_files: list[str], gin_params: list[str]) 
     return _places(pattern, gin_files, gin_params)
 
 
-def _search_paths(gin_file: str) -> list[str]:
-    """The file's folder and the nearest enclosing folder named `gin`, so an experiment
-    can `include 'base.gin'` or `include 'strategies/grad_norm.gin'`."""
-    folder = os.path.dirname(os.path.abspath(gin_file))
-    paths = [folder]
-    probe = folder
-    while True:
-        if os.path.basename(probe) == "gin":
-            paths.append(probe)
-            break
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    return paths
-
-
 def _read(path: str, where: str) -> str:
     """The text of a gin file, or a ConfigError naming `where` it was asked for."""
     if os.path.isdir(path):
@@ -244,12 +230,12 @@ def _check_closed(text: str, where: Callable[[int], str]) -> None:
         ) from None
 
 
-def _resolve_include(name: str, prefixes: Sequence[str]) -> str | None:
-    """The file gin opens for `include name`: the first search path that holds it."""
-    for prefix in [""] if os.path.isabs(name) else prefixes:
-        if os.path.isfile(candidate := os.path.join(prefix, name)):
-            return candidate
-    return None
+def _check_include(name: str, prefixes: Sequence[str], where: str) -> None:
+    """Raises ConfigError for `include name`, found in none of `prefixes` nor shipped,
+    unless gin's package-resource reader finds it (`pkg/x.gin`)."""
+    if not _package_resource(name):
+        searched = files.missing(name, [p for p in prefixes if p]).split("; searched ", 1)[1]
+        raise ConfigError(f"{where}: include {name!r}: no such file in {searched}")
 
 
 def _check_file(
@@ -265,16 +251,12 @@ def _check_file(
         if module := gin_imports.module_of(line):
             _import(module, f"{path}:{number}", os.path.dirname(os.path.abspath(path)))
             continue
-        if not (m := _INCLUDE.match(line)):
+        if not (m := files.INCLUDE.match(line)):
             continue
-        target = _resolve_include(m.group(2), prefixes)
+        target = files.find(m.group(2), prefixes)
         if target is None:
-            if resource_reader.system_path_file_exists(m.group(2)):
-                continue  # a gin file shipped inside a Python package
-            searched = ", ".join(p or "the working directory" for p in prefixes)
-            raise ConfigError(
-                f"{path}:{number}: include {m.group(2)!r}: no such file in {searched}"
-            )
+            _check_include(m.group(2), prefixes, f"{path}:{number}")
+            continue  # a gin file shipped inside a Python package, gin's to read
         steps = [*chain, (key, f"{path}:{number} includes {m.group(2)!r}")]
         seen = [k for k, _ in steps]
         if (target_key := os.path.realpath(target)) in seen:
@@ -283,6 +265,7 @@ def _check_file(
                 f"include cycle: {cycle}\n  A file cannot include itself, directly or "
                 "through others; remove one of these includes."
             )
+        _targets.setdefault(key, {})[m.group(2)] = target
         if target_key not in checked:
             _check_file(target, prefixes, f"{path}:{number}", steps, checked)
     checked.add(key)
@@ -290,45 +273,68 @@ def _check_file(
 
 class _DropPathNotFound(logging.Filter):
     """Drops gin's `ERROR:root:Path not found: base.gin`: its package-resource reader
-    logs it for every search path an include is not in, found later or not (a missing
-    include is a ConfigError anyway)."""
+    logs it for every file its check is asked about (a missing include is a ConfigError
+    anyway)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.module == "resource_reader" and record.msg == "Path not found: %s")
 
 
-# The folders of the gin files `parse` is reading, searched for includes after the
-# working directory. Empty outside `parse`, so gin behaves as usual for everyone else.
-_include_folders: list[str] = []
+# Gin opens a file with the first of its readers whose check passes: `open` from the
+# working directory, then its package-resource reader, which raises TypeError when an
+# include's folder is importable as a namespace package (a user's own `strategies/` on
+# sys.path); gin has no public way to put a reader first. So `parse` hands gin each
+# file as `_RESOLVED + path`, which only `_open_resolved` opens, with every `include`
+# rewritten to the file `_check_file` resolved it to (`_targets`).
+_RESOLVED = "lrresearch-resolved:"
+_targets: dict[str, dict[str, str]] = {}  # {file's real path: {include name: target}}
+_rewritten: dict[str, str] = {}  # {include line gin sees: the line in the file}, for errors
 
 
-def _include_exists(path: str) -> bool:
-    return bool(_include_folders) and _resolve_include(path, _include_folders) is not None
+class _NamedText(io.StringIO):
+    """Text with the file's real path as its `name`: gin's errors name the file."""
+
+    def __init__(self, text: str, name: str) -> None:
+        super().__init__(text)
+        self.name = name
 
 
-def _open_include(path: str) -> io.TextIOWrapper:
-    return open(_resolve_include(path, _include_folders) or path, encoding="utf-8")
+def _is_resolved(name: str) -> bool:
+    return name.startswith(_RESOLVED) and os.path.isfile(name[len(_RESOLVED) :])
 
 
-# Gin opens an include from the working directory (and the paths added with
-# `gin.add_config_file_search_path`), else asks its file readers in turn; this one finds
-# it next to the gin files being parsed.
-gin.config.register_file_reader(_open_include, _include_exists)
+def _open_resolved(name: str) -> _NamedText:
+    path = name[len(_RESOLVED) :]
+    targets = _targets.get(os.path.realpath(path), {})
+    lines = []
+    for line in _read(path, path).splitlines():
+        if (m := files.INCLUDE.match(line)) and m[2] in targets:
+            target = _RESOLVED + os.path.abspath(targets[m[2]])
+            _rewritten[f"include {target!r}"] = line.strip()
+            line = f"include {target!r}"  # one line for one: line numbers stay
+        lines.append(line)
+    return _NamedText("\n".join(lines) + "\n", path)
+
+
+gin.config.register_file_reader(_open_resolved, _is_resolved)
 
 
 @contextlib.contextmanager
-def _include_search(paths: Sequence[str]) -> Iterator[None]:
-    """Includes resolve in the working directory, then in `paths`; earlier parses'
-    folders do not linger (they could shadow this file's `base.gin`)."""
-    saved = list(_include_folders)
-    _include_folders[:] = paths
+def _quiet_lookups() -> Iterator[None]:
     quiet = _DropPathNotFound()
     logging.getLogger().addFilter(quiet)
     try:
         yield
     finally:
-        _include_folders[:] = saved
         logging.getLogger().removeFilter(quiet)
+
+
+def _package_resource(name: str) -> bool:
+    """Whether gin's package-resource reader finds `include name` (`pkg/x.gin`)."""
+    try:
+        return resource_reader.system_path_file_exists(name)
+    except TypeError:  # a namespace package (no __init__.py): gin cannot read it
+        return False
 
 
 def _import(module: str, where: str, gin_folder: str | None) -> None:
@@ -359,21 +365,14 @@ def _register_configurables() -> None:
         importlib.import_module(module)
 
 
-def _missing_file(path: str) -> ConfigError:
-    hint = ""
-    if os.path.isdir("gin"):
-        known = [
-            os.path.join(root, f)
-            for root, _, files in os.walk("gin")
-            for f in files
-            if f.endswith(".gin")
-        ]
-        hint = suggest(path, known)
-    return ConfigError(f"--gin_file: no such file {path!r}.{hint}")
-
-
-def parse(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
+def parse(
+    gin_files: Sequence[str], gin_params: Sequence[str], search_path: Sequence[str] = ()
+) -> list[str]:
     """Clears earlier bindings, then parses `gin_files` and `gin_params` in order.
+
+    A gin file is found by name (`files.resolve`): the working directory, the
+    `search_path` folders (`--gin_search_path`), then the shipped files; so are the
+    files it includes, next to it first. Returns the paths of the files parsed.
 
     Raises:
       ConfigError: a file is missing or unreadable, includes are circular, an
@@ -383,34 +382,47 @@ def parse(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
     """
     _register_configurables()
     gin.clear_config()
-    paths: list[str] = []
-    for path in gin_files:
-        if not os.path.exists(path):
-            raise _missing_file(path)
-        paths += [p for p in _search_paths(path) if p not in paths]
+    found, paths = [], []
+    for name in gin_files:
+        try:
+            found.append(path := files.resolve(name, search_path).path)
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
+        paths += [p for p in files.include_folders(path) if p not in paths]
+    paths += [p for p in search_path if p not in paths]
     checked: set[str] = set()
-    with _include_search(paths), gin_imports.working_directory_importable():
-        for path in gin_files:
+    _targets.clear()  # an earlier parse's folders must not resolve this one's includes
+    _rewritten.clear()
+    with _quiet_lookups(), gin_imports.working_directory_importable():
+        for path in found:
             _check_file(path, ["", *paths], "--gin_file", [], checked)
-        for path in gin_files:
+        for path in found:
             try:
-                gin.parse_config_file(path)
+                gin.parse_config_file(_RESOLVED + os.path.abspath(path))
             except _PARSE_ERRORS as e:
                 raise ConfigError(explain(e)) from None
         for param in gin_params:
             parse_binding(param, f"--gin_param={param!r}")
+    return found
 
 
 def parse_binding(binding: str, where: str) -> None:
     """Parses one binding on top of the current config; a ConfigError names `where`
     (the `--gin_param` or `--sweep` it came from) and what gin could not parse."""
     _check_closed(binding, lambda line: where)
-    with gin_imports.working_directory_importable():
-        for line in binding.splitlines():
+    lines = binding.splitlines()
+    with gin_imports.working_directory_importable(), _quiet_lookups():
+        for number, line in enumerate(lines):
             if module := gin_imports.module_of(line):
                 _import(module, where, None)
+            elif m := files.INCLUDE.match(line):  # as a --gin_file's include
+                if (target := files.find(m[2], [""])) is None:
+                    _check_include(m[2], [""], where)
+                    continue  # a package resource, gin's to read
+                _check_file(target, [""], where, [], set())
+                lines[number] = f"include {_RESOLVED + os.path.abspath(target)!r}"
         try:
-            gin.parse_config(binding)
+            gin.parse_config("\n".join(lines))
         except _PARSE_ERRORS as e:
             raise ConfigError(explain(e, where)) from None
 

@@ -103,10 +103,12 @@ def check_axes(
     sweeps: Sequence[str],
     samples: Sequence[sampling.Sample] = (),
     drawn: Sequence[list] = (),
+    search_path: Sequence[str] = (),
 ) -> list:
     """The sweep's axes, each `(name, values)`, checked before anything is written:
-    the files and params parse, and so does every grid value and every drawn value
-    (named by its `--sweep` or `--sample`)."""
+    the files (found in `search_path` too, `--gin_search_path`) and params parse, and
+    so does every grid value and every drawn value (named by its `--sweep` or
+    `--sample`)."""
     axes = [parse_sweep(spec) for spec in sweeps]
     if not axes and not samples:
         raise config.ConfigError(
@@ -120,7 +122,7 @@ def check_axes(
             f"--sweep/--sample: {', '.join(twice)} is swept twice; sweep it once"
         )
     try:
-        config.parse(list(gin_files), list(gin_params))
+        config.parse(list(gin_files), list(gin_params), search_path)
         for spec, (name, values) in zip(sweeps, axes, strict=True):
             for value in values:
                 config.parse_binding(f"{name} = {value}", f"--sweep={spec!r}, value {value!r}")
@@ -204,7 +206,7 @@ def _write_manifest(sweep_dir: str, flags: dict[str, Any], points: list[Point]) 
 
 
 def _run_point(
-    point: Point, gin_files, gin_params, sweep_dir: str, stop, resume: bool = False
+    point: Point, flags: dict[str, Any], sweep_dir: str, stop, resume: bool = False
 ) -> tuple[Trainer | None, bool]:
     """Trains one point (with `resume`, continues its run if it has one) and records
     its status. Returns its trainer (None if it was not built) and whether Ctrl-C or
@@ -212,7 +214,9 @@ def _run_point(
     trainer = None
     try:
         config.parse(
-            list(gin_files), [*gin_params, *(f"{n} = {v}" for n, v in point.bindings.items())]
+            flags["gin_files"],
+            [*flags["gin_params"], *(f"{n} = {v}" for n, v in point.bindings.items())],
+            flags.get("gin_search_paths", []),
         )
         trainer = Trainer(strategy=distribute.get_strategy())
         # The run's HParams also name what the sweep varied (mlp.hidden, say, is not
@@ -252,6 +256,7 @@ def run_sweep(
     samples: Sequence[str] = (),
     random_points: int = 0,
     seed: int = 0,
+    search_path: Sequence[str] = (),
 ) -> tuple[str, list[Point]]:
     """Runs every point of the cross product of the `sweeps` and, with `samples`, at
     each of `random_points` draws (seeded by `seed`); a failed point is recorded and
@@ -263,9 +268,11 @@ def run_sweep(
       SweepInterrupted: Ctrl-C or SIGTERM; the runs so far are recorded.
     """
     parsed, drawn = parse_samples(samples, random_points, seed)
-    axes = check_axes(gin_files, gin_params, sweeps, parsed, drawn)
+    axes = check_axes(gin_files, gin_params, sweeps, parsed, drawn, search_path)
     points = plan(axes, parsed, drawn)
     flags = {"gin_files": list(gin_files), "gin_params": list(gin_params), "sweeps": list(sweeps)}
+    if search_path:
+        flags["gin_search_paths"] = [os.path.abspath(p) for p in search_path]
     if parsed:
         flags.update(samples=list(samples), sweep_random=random_points, seed=seed)
     # The sweep's root: no config.gin of its own (each point's run has one), sweep.json.
@@ -298,8 +305,7 @@ def run_points(
             elapsed = time.perf_counter() - start
             eta = f"  ETA {elapsed / ran * (len(todo) - ran):.0f}s" if ran else ""
             progress(f"sweep: run {point.index + 1}/{len(points)} {point.run_name}{eta}")
-            gin_files, gin_params = flags["gin_files"], flags["gin_params"]
-            trainer, interrupted = _run_point(point, gin_files, gin_params, sweep_dir, stop, resume)
+            trainer, interrupted = _run_point(point, flags, sweep_dir, stop, resume)
             ran += 1
             if trainer is not None and point.status in ("ok", "interrupted"):
                 point.run_hparams = trainer.hparams()

@@ -38,6 +38,7 @@ def resume_sweep(
     given: dict[str, Any],
     gin_params: Sequence[str],
     progress: Callable[[str], None] = print,
+    search_path: Sequence[str] = (),
 ) -> tuple[str, list[Point]]:
     """Continues the sweep `<logdir>/<sweep_name>` (see the module docstring).
 
@@ -45,6 +46,8 @@ def resume_sweep(
       given: the other sweep flags of the command, by their `sweep.json` names
         (`FLAGS`); each must be left out or equal the sweep's own.
       gin_params: `--gin_param`s; those beyond the sweep's own apply on top.
+      search_path: `--gin_search_path` folders, in place of the sweep's own if given
+        (where its gin files are found, not what they are: it may change).
 
     Raises:
       config.ConfigError: no sweep there, an unreadable `sweep.json`, a flag that
@@ -58,8 +61,10 @@ def resume_sweep(
     own = list(manifest.get("gin_params", []))
     extra = list(gin_params[len(own) :] if list(gin_params[: len(own)]) == own else gin_params)
     flags["gin_params"] = own + extra
+    if search_path := list(search_path or manifest.get("gin_search_paths", [])):
+        flags["gin_search_paths"] = search_path
     parsed, drawn = parse_samples(flags["samples"], flags["sweep_random"], flags["seed"])
-    check_axes(flags["gin_files"], flags["gin_params"], flags["sweeps"], parsed, drawn)
+    check_axes(flags["gin_files"], flags["gin_params"], flags["sweeps"], parsed, drawn, search_path)
     if not parsed:  # as a new sweep records them
         for name in ("samples", "sweep_random", "seed"):
             del flags[name]

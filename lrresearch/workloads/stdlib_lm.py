@@ -22,7 +22,7 @@ every run on it keeps them in its HParams (`dataset.sha256`, ...).
   `eval/bits_per_byte` with `Trainer.metrics = [@BitsPerByte()]`. A uniform guess over
   the 256 byte values is 8 bits per byte.
 
-See `gin/experiments/stdlib_transformer.gin` for a run.
+See the shipped `experiments/stdlib_transformer.gin` for a run.
 """
 
 from __future__ import annotations

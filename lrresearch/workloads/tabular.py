@@ -1,6 +1,6 @@
 """Small tables that ship with scikit-learn, scaled as LIBSVM's `*_scale` sets are:
 the data sets of the D-Adaptation paper's logistic-regression comparison
-(`gin/experiments/iris_logreg.gin`, `tools/parameter_free_claims.py`).
+(`experiments/iris_logreg.gin`, `tools/parameter_free_claims.py`).
 """
 
 from __future__ import annotations
