@@ -66,6 +66,8 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, dic
     procs = {}
     for name, (_, steps) in RUNS.items():
         shutil.copytree(FIXTURE / name, logdir / name)
+        # 12dd54a left its lock file behind (not committed): users' runs hold one.
+        (logdir / name / ".lock").write_text("pid 14120 (since 2026-12-07T09:44:31)\n")
         procs[name] = lrresearch(
             *("train", "--resume", f"--logdir={logdir}", f"--run_name={name}"),
             f"--gin_param=Trainer.steps = {steps}",

@@ -181,7 +181,6 @@ def test_default_run_config_names_its_controller_and_an_old_none_still_resumes(t
     assert text.startswith("# Resumed at step 4 with bindings that differ (before -> after):\n")
 
 
-
 def test_the_optimizers_arguments_an_older_config_lacks_are_no_difference():
     """Before issue 22 a short name built its optimizer without gin, so an older
     config.gin has no `SGD.*`: the lines today's config lists for it are no difference
