@@ -182,6 +182,38 @@ def test_default_run_config_names_its_controller_and_an_old_none_still_resumes(t
     assert text.startswith("# Resumed at step 4 with bindings that differ (before -> after):\n")
 
 
+def test_the_optimizers_arguments_an_older_config_lacks_are_no_difference():
+    """Before issue 22 a short name built its optimizer without gin, so an older
+    config.gin has no `SGD.*`: the lines today's config lists for it are no difference
+    on resume, unless a binding now sets one of them."""
+    import types
+
+    import gin
+    import keras
+
+    from lrresearch import config, resume
+
+    saved = "Trainer.optimizer = 'sgd'\nTrainer.steps = 60\n"
+    trainer = types.SimpleNamespace(optimizer=keras.optimizers.SGD())
+    now = saved.replace("60", "90") + "SGD.momentum = 0.0\nSGD.nesterov = False\n"
+    assert resume._differences(saved, now, trainer) == ["Trainer.steps: 60 -> 90"]
+    config.parse([], ["SGD.nesterov = True"])
+    try:
+        now = now.replace("nesterov = False", "nesterov = True")
+        assert resume._differences(saved, now, trainer) == [
+            "Trainer.steps: 60 -> 90",
+            "SGD.*: only now (2 bindings)",
+        ]
+        # A config.gin that lists them (today's) compares them line by line, as before.
+        older = saved + "SGD.momentum = 0.0\nSGD.nesterov = False\n"
+        assert resume._differences(older, now, trainer) == [
+            "SGD.nesterov: False -> True",
+            "Trainer.steps: 60 -> 90",
+        ]
+    finally:
+        gin.clear_config()
+
+
 CACHED_INPUT = """
 import gin
 import keras

@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Callable
 
+import gin
 import tensorflow as tf
 
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
@@ -27,6 +28,7 @@ from lrresearch.training.run_dir import (
     OBSOLETE,
     ResumeError,
     binding_differences,
+    parse_bindings,
     read_text,
     recover_checkpoint,
     write_atomically,
@@ -105,7 +107,7 @@ def resume(
                 "starting it from step 0"
             )
         return None
-    differences = _differences(saved, config)
+    differences = _differences(saved, config, trainer)
     if differences:
         say(
             "warning: resuming with bindings that differ from the run's config.gin:\n  "
@@ -119,11 +121,41 @@ def resume(
     return step
 
 
-def _differences(saved: str | None, config: str) -> list[str]:
-    """The bindings of `config` that differ from the run's `saved` config.gin."""
+def _differences(
+    saved: str | None, config: str, trainer: RunnableTrainer | None = None
+) -> list[str]:
+    """The bindings of `config` that differ from the run's `saved` config.gin (what
+    `trainer`'s optimizer's class lists only because this version records it, left out)."""
     if saved is None:
         return []
-    return binding_differences(saved, config, ignore=OBSOLETE)
+    ignore = {*OBSOLETE, *_optimizer_newly_recorded(saved, config, trainer)}
+    return binding_differences(saved, config, ignore=ignore)
+
+
+def _optimizer_newly_recorded(saved: str, config: str, trainer: RunnableTrainer | None) -> set[str]:
+    """The bindings of the optimizer's class (`SGD.*`) that `config` lists and `saved`
+    has none of: versions before issue 22 built a `Trainer.optimizer` short name
+    without gin, so their config.gin has no such lines. Left out unless a binding sets
+    one of them now (then they differ from what the run trained with)."""
+    name = type(getattr(trainer, "optimizer", None)).__name__
+
+    def owned(config_text: str) -> set[str]:
+        bindings = parse_bindings(config_text)
+        return {n for n in bindings if n.rpartition(".")[0].rpartition(".")[2] == name}
+
+    recorded = owned(config)
+    if not recorded or owned(saved) or any(_bound(n) for n in recorded):
+        return set()
+    return recorded
+
+
+def _bound(binding: str) -> bool:
+    """Whether gin binds `binding` (`SGD.momentum`) explicitly, not by its default."""
+    try:
+        gin.query_parameter(binding)
+    except (ValueError, KeyError):  # not bound (or not one configurable by that name)
+        return False
+    return True
 
 
 def _replace_config(
@@ -193,7 +225,7 @@ def _restore(
             tf.get_logger().addFilter(_unrestored_values_filter)
         lines = (str(e).strip() or type(e).__name__).splitlines()
         reason = lines[0][:200] + (" ..." if len(lines) > 1 or len(lines[0]) > 200 else "")
-        differences = _differences(saved, config)
+        differences = _differences(saved, config, trainer)
         name, logdir = os.path.basename(run_dir), os.path.dirname(run_dir) or "."
         raise ResumeError(
             f"cannot resume {run_dir!r} from {os.path.basename(path)}: the checkpoint "

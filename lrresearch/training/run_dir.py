@@ -375,9 +375,10 @@ def binding_differences(
     """The bindings that differ between two operative configs, one line each:
     `name: <before> -> <after>`. A configurable bound on one side only (another
     controller, say) is one line: `GradNormController.*: only before (6 bindings)`.
-    Names in `ignore` (bindings older versions wrote) are left out."""
+    Names in `ignore` (bindings one version writes and another does not) are left out."""
     old, new = parse_bindings(before), parse_bindings(after)
     old = {name: value for name, value in old.items() if name not in ignore}
+    new = {name: value for name, value in new.items() if name not in ignore}
     owners_before = {n.rpartition(".")[0] for n in old}
     owners_after = {n.rpartition(".")[0] for n in new}
     lines, grouped = [], []
