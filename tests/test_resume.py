@@ -191,7 +191,8 @@ def test_the_optimizers_arguments_an_older_config_lacks_are_no_difference():
     import gin
     import keras
 
-    from lrresearch import config, resume
+    from lrresearch.config import parse as config
+    from lrresearch.training import resume
 
     saved = "Trainer.optimizer = 'sgd'\nTrainer.steps = 60\n"
     trainer = types.SimpleNamespace(optimizer=keras.optimizers.SGD())
