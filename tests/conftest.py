@@ -21,6 +21,9 @@ from tensorboard.backend.event_processing import event_accumulator as ea
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 GIN_DIR = REPO / "gin"
+# Holds `user_pkg`, a researcher's own package that gin files `import`; on `sys.path` only
+# for the tests that ask for it (the `user_code` fixture, or PYTHONPATH in a subprocess).
+USER_CODE = REPO / "tests" / "config" / "user_code"
 
 
 def default_ctrl_c() -> None:
@@ -189,6 +192,13 @@ SEED_RUNS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
+
+
+@pytest.fixture
+def user_code(monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """`USER_CODE` on `sys.path` for this test: gin's `import user_pkg.workload` works."""
+    monkeypatch.syspath_prepend(str(USER_CODE))
+    return USER_CODE
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import REPO
 
 from lrresearch.cli import docgen
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("page", sorted(docgen.pages()))

@@ -12,7 +12,8 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import REPO, read_events
+
+from tests.conftest import REPO, read_events
 
 PAGE = REPO / "docs/guide/own-controller.md"
 STEPS = 30

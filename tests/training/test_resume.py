@@ -1,0 +1,258 @@
+"""Exact resume: a run killed with SIGKILL mid-run and resumed equals an uninterrupted
+one (weights, `lr`, `loss/batch`), and TensorBoard's loader shows every step once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lrresearch.cli import commands as cli
+from lrresearch.workloads import tf_data_cache
+from tests.conftest import REPO, Events, default_ctrl_c
+
+PARAMS = [
+    "--gin_param=Trainer.steps = 300",
+    "--gin_param=Trainer.checkpoint_every = 40",
+    "--gin_param=Trainer.steps_per_loop = 10",
+    "--gin_param=Trainer.log_every = 10",
+    "--gin_param=Trainer.deterministic = True",
+    "--gin_param=Trainer.controller = @LossTrendController()",
+    "--gin_param=LossTrendController.window = 20",
+    "--gin_param=LossTrendController.max_lr = 0.2",
+    "--gin_param=mlp.hidden = (32,)",
+]
+
+
+def command(logdir, run_name, *extra):
+    return [
+        sys.executable,
+        "-u",
+        "-m",
+        "lrresearch",
+        "train",
+        f"--logdir={logdir}",
+        f"--run_name={run_name}",
+        *PARAMS,
+        *extra,
+    ]
+
+
+def train(logdir, run_name, *extra):
+    return subprocess.run(
+        command(logdir, run_name, *extra), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def weights(run_dir):
+    reader = tf.train.load_checkpoint(
+        tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    )
+    names = sorted(
+        n
+        for n in reader.get_variable_to_shape_map()
+        if n.startswith("optimizer/_trainable_variables/")
+    )
+    assert names
+    return [reader.get_tensor(n) for n in names]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("resume")
+    full = train(logdir, "full")
+    assert full.returncode == 0, full.stderr
+    # Kill a second run with SIGKILL somewhere after its third checkpoint.
+    process = subprocess.Popen(
+        command(logdir, "cut"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    killed_after = None
+    deadline = time.monotonic() + 240
+    for line in process.stdout:
+        if line.startswith("step 1") and "/300" in line:  # steps 100..190
+            killed_after = int(line.split()[1].split("/")[0])
+            process.send_signal(signal.SIGKILL)
+            break
+        if time.monotonic() > deadline:
+            break
+    process.wait(timeout=30)
+    assert killed_after is not None and process.returncode == -signal.SIGKILL
+    resumed = train(logdir, "cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    return logdir, killed_after, resumed.stdout
+
+
+def test_resume_reports_where_it_continued(runs):
+    _, killed_after, out = runs
+    step = int(out.split("resumed at step ")[1].split(")")[0])
+    assert step % 40 == 0 and 0 < step <= killed_after
+
+
+def test_resumed_run_equals_an_uninterrupted_one(runs):
+    logdir, _, _ = runs
+    for a, b in zip(weights(logdir / "full"), weights(logdir / "cut"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    full, cut = Events(logdir / "full"), Events(logdir / "cut")
+    for tag in ("lr", "loss/batch", "grad/global_norm", "loss/ma_long"):
+        # `scalar` checks one point per step 0, 1, 2, ... (no duplicates, no zig-zag).
+        np.testing.assert_array_equal(full.scalar(tag), cut.scalar(tag), err_msg=tag)
+        assert len(cut.scalar(tag)) == 300
+    assert len(np.unique(full.scalar("lr"))) > 5  # the controller's state mattered
+
+
+def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    result = train(tmp_path, "other", "--resume")
+    assert result.returncode == 2
+    assert "it is not an lrresearch run (no config.gin" in result.stderr
+    assert sorted(os.listdir(tmp_path / "other")) == [".lock", "notes.txt"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, signum):
+    # A run far too long to finish on its own, so the signal always lands mid-training
+    # (a 300-batch run once ended before a busy CI machine delivered it).
+    endless = "--gin_param=Trainer.steps = 1000000"
+    process = subprocess.Popen(
+        command(tmp_path, "int", endless),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_ctrl_c,
+    )
+    try:
+        for line in process.stdout:
+            if line.startswith("step ") and "/1000000" in line:
+                process.send_signal(signum)
+                break
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    at = int(err.split("interrupted at step ")[1].split(":")[0])
+    assert 0 < at < 1000000
+    assert tf.train.latest_checkpoint(str(tmp_path / "int" / "checkpoints")).endswith(f"-{at}")
+    assert len(Events(tmp_path / "int").scalar("lr")) >= at  # flushed up to there
+    resumed = train(tmp_path, "int", "--resume", f"--gin_param=Trainer.steps = {at + 50}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(Events(tmp_path / "int").scalar("lr")) == at + 50
+
+
+def test_default_run_config_names_its_controller_and_an_old_none_still_resumes(tmp_path, capsys):
+    """config.gin records the controller a `Trainer.controller = None` run used; a run
+    written before that (config.gin says None) resumes without a false difference, and
+    config.gin is rewritten with the raised Trainer.steps."""
+    import gin
+
+    from lrresearch.config import parse as config
+    from lrresearch.training.trainer import Trainer
+
+    base = ["Trainer.steps_per_loop = 4", "Trainer.eval_every = 0", "mlp.hidden = (8,)"]
+    base += ["Trainer.checkpoint_every = 4", "Trainer.histogram_every = 0"]
+    saved = tmp_path / "default" / "config.gin"
+    for steps, resume in ((4, False), (6, True)):
+        config.parse([], [*base, f"Trainer.steps = {steps}"])
+        try:
+            Trainer().fit(logdir=str(tmp_path), run_name="default", resume=resume)
+        finally:
+            gin.clear_config()
+        if not resume:
+            text = saved.read_text()
+            assert "Trainer.controller = @GradNormController()\n" in text
+            assert "GradNormController.base_lr = 0.1\n" in text
+            saved.write_text(text.replace("@GradNormController()", "None"))  # an older run
+    out = capsys.readouterr().out
+    assert "resumed at step 4" in out
+    assert "differ from the run's config.gin:\n  Trainer.steps: 4 -> 6\n  (config.gin" in out
+    text = saved.read_text()
+    assert "Trainer.controller = @GradNormController()\n" in text
+    assert "Trainer.steps = 6\n" in text and "Trainer.steps = 4\n" not in text
+    assert text.startswith("# Resumed at step 4 with bindings that differ (before -> after):\n")
+
+
+CACHED_INPUT = """
+import gin
+import keras
+import tensorflow as tf
+
+
+@gin.configurable
+def cached_line(cache_file="cache/line"):
+    x = tf.random.stateless_uniform((20000, 4), seed=(1, 2))
+    return tf.data.Dataset.from_tensor_slices((x, tf.reduce_sum(x, 1, keepdims=True))).cache(
+        cache_file
+    )
+
+
+@gin.configurable
+def linear(input_shape):
+    inputs = keras.Input(input_shape)
+    return keras.Model(inputs, keras.layers.Dense(1)(inputs))
+"""
+CACHED_RUN = [
+    "import cachepkg", "Trainer.dataset = @cached_line", "Trainer.model = @linear",
+    "Trainer.loss = 'mse'", "Trainer.metrics = []", "Trainer.steps = 1000000",
+    "Trainer.steps_per_loop = 10", "Trainer.log_every = 10", "Trainer.checkpoint_every = 20",
+]  # fmt: skip
+
+
+def test_a_cache_lock_left_by_a_killed_run_is_removed_on_resume(tmp_path, monkeypatch, capsys):
+    # A pipeline that fills a .cache(file) over its first epoch (312 batches), killed in it.
+    (tmp_path / "cachepkg.py").write_text(CACHED_INPUT)
+    (tmp_path / "cache").mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "lrresearch", "train", "--logdir=runs", "--run_name=c",
+         *(f"--gin_param={p}" for p in CACHED_RUN)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        for line in process.stdout:
+            if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= 30:
+                process.send_signal(signal.SIGKILL)
+                break
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL
+    stale = [p for p in (tmp_path / "cache").glob("line_*.lockfile")
+             if not p.with_suffix(".index").exists()]  # fmt: skip
+    assert len(stale) == 1  # the shard being written when the process died
+    monkeypatch.chdir(tmp_path)
+    params = [f"--gin_param={p}" for p in [*CACHED_RUN, "Trainer.steps = 50"]]
+    code = cli.main(["train", "--logdir=runs", "--run_name=c", "--resume", *params])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert (
+        f"resume: removed {os.path.join('cache', stale[0].name)}, the tf.data cache lock" in out.out
+    )
+    assert len(Events(tmp_path / "runs" / "c").scalar("lr")) == 50
+
+
+def test_a_cache_lock_not_left_by_the_runs_own_process_is_kept_and_explained(tmp_path):
+    lock = tmp_path / "line_0.lockfile"
+    lock.write_text("Created at: 1000")  # before the run's previous process started
+    assert tf_data_cache.remove_stale_locks((str(tmp_path / "line"),), 2000.0) == []
+    assert lock.exists()
+    error = tf.errors.AlreadyExistsError(
+        None, None, "There appears to be a concurrent caching iterator running - cache "
+        f"lockfile already exists ('{lock}'). If you are sure no other running TF ..."
+    )  # fmt: skip
+    message = tf_data_cache.explain_lock_error(error, "runs/c")
+    assert f"{lock} exists" in message and "delete the lock" in message
+    assert "--resume --run_name c --logdir runs" in message and len(message.splitlines()) <= 4
