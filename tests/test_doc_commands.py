@@ -14,7 +14,7 @@ import shlex
 import pytest
 
 from lrresearch.cli import parser as cli_parser
-from tests.conftest import REPO
+from tests.support import REPO
 
 PLACEHOLDER = re.compile(r"<[A-Za-z_][A-Za-z_.-]*>")  # <YYYYmmdd-HHMMSS>, <run>: stand-ins
 SHELL_PUNCTUATION = set("();|<>&")

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from lrresearch.cli import docgen
-from tests.conftest import REPO
+from tests.support import REPO
 
 
 @pytest.mark.parametrize("page", sorted(docgen.pages()))

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from lrresearch.cli import commands as cli
 from lrresearch.config import parse as config
-from tests.conftest import BATCH_TAGS, REPO, Events, read_events
+from tests.support import BATCH_TAGS, REPO, Events, read_events
 
 STEPS = 200
 EXAMPLES = {"regression": "mae", "sequence": "accuracy"}  # example -> its eval metric

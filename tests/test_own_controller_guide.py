@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from tests.conftest import REPO, read_events
+from tests.support import REPO, read_events
 
 PAGE = REPO / "docs/guide/own-controller.md"
 STEPS = 30

@@ -19,7 +19,7 @@ from lrresearch.cli import commands as cli
 from lrresearch.config import parse as config
 from lrresearch.logs import event_files
 from lrresearch.training.trainer import Trainer
-from tests.conftest import Events
+from tests.support import Events
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,7 @@ def test_a_run_whose_optimizer_sets_its_step_is_named_and_shown_by_that_step(tmp
     """Prodigy's `lr` multiplies its own step: the run is named `Prodigy-WarmupCosine-
     <time>`, and the progress lines and compare's LR column show the step applied
     (`optimizer/effective_lr`), labelled `step`."""
-    from tests.conftest import GIN_DIR
+    from tests.support import GIN_DIR
 
     bindings = ["Trainer.steps = 4", "Trainer.steps_per_loop = 4", "Trainer.log_every = 4"]
     bindings += ["Trainer.eval_every = 0", "Trainer.histogram_every = 0", "mlp.hidden = (8,)"]

@@ -6,7 +6,6 @@ together once per module and the tests only look at their results.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pathlib
@@ -23,40 +22,23 @@ from lrresearch.cli import commands as cli
 from lrresearch.config import parse as config
 from lrresearch.controllers import Controller
 from lrresearch.logs import quiet
-from tests.conftest import BATCH_TAGS, GIN_DIR, REPO, read_events, snapshot
+from tests.support import (
+    BATCH_TAGS,
+    GIN_DIR,
+    REPO,
+    Finished,
+    finish,
+    read_events,
+    snapshot,
+    start_cli,
+)
 
 TIMEOUT = 120  # seconds per CLI process (a good 20-step run takes ~10 s)
 
 
-@dataclasses.dataclass
-class Result:
-    args: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def start(args: list[str]) -> tuple[list[str], subprocess.Popen]:
+def start(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lrresearch", "train", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return args, proc
-
-
-def finish(started: tuple[list[str], subprocess.Popen]) -> Result:
-    args, proc = started
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    return Result(args, proc.returncode, out, err)
+    return start_cli("train", *args, env=env, stderr=subprocess.PIPE)
 
 
 def write(path: pathlib.Path, lines: list[str]) -> str:
@@ -65,7 +47,7 @@ def write(path: pathlib.Path, lines: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory) -> dict[str, Result]:
+def cli_runs(tmp_path_factory) -> dict[str, Finished]:
     """Four CLI processes, run concurrently: a good run, a run-name clash with an existing
     run directory, an unknown configurable and a bad value in gin files."""
     tmp = tmp_path_factory.mktemp("cli")
@@ -127,19 +109,16 @@ def cli_runs(tmp_path_factory) -> dict[str, Result]:
             ]
         ),
     }
-    results = {name: finish(s) for name, s in started.items()}
+    results = {name: finish(s, TIMEOUT) for name, s in started.items()}
     results["files"] = files  # type: ignore[assignment]
     return results
 
 
-def describe(result: Result) -> str:
-    return (
-        f"args={result.args}\nexit={result.returncode}\nstdout:\n{result.stdout}\n"
-        f"stderr:\n{result.stderr}"
-    )
+def describe(result: Finished) -> str:
+    return result.describe()
 
 
-def error_text(result: Result) -> str:
+def error_text(result: Finished) -> str:
     """The CLI's own error message (stderr minus TensorFlow's start-up chatter)."""
     assert result.returncode == 2, describe(result)
     assert "Traceback" not in result.stderr, describe(result)

@@ -17,7 +17,7 @@ from lrresearch.config import parse as config
 from lrresearch.config import references as gin_references
 from lrresearch.studies import profile as profiling
 from lrresearch.studies import sweep
-from tests.conftest import REPO
+from tests.support import REPO
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:

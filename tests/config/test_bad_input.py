@@ -14,7 +14,7 @@ import pytest
 
 from lrresearch.cli import commands as cli
 from lrresearch.config import parse as config
-from tests.conftest import REPO
+from tests.support import REPO
 
 
 def write(path: pathlib.Path, *lines: str) -> str:

@@ -17,11 +17,15 @@ from lrresearch.controllers import (
     PolyakController,
     Warmup,
 )
-from lrresearch.controllers.signals import MovingAverage, make_signals
+from lrresearch.controllers.signals import make_signals
 from lrresearch.optimizers import MomentumSGD
-from lrresearch.step.batch import batch_signals, set_lr
 from lrresearch.training.trainer import Trainer
-from tests.conftest import Events
+from tests.support import (
+    Events,
+    controlled_regression,
+    regression_batches,
+    regression_grad,
+)
 
 
 def quadratic(dim=6, seed=0):
@@ -104,21 +108,6 @@ def test_hypergradient_runs_in_the_trainer_and_logs_its_signal(tmp_path):
     assert np.ptp(lr) > 1e-4
 
 
-def regression_batches(steps, batch=16, dim=5, seed=1):
-    """Linear-regression minibatches (x, y), float32, one per step."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(steps, batch, dim)).astype(np.float32)
-    true_w = rng.normal(size=dim)
-    y = (x @ true_w + 0.5 + 0.1 * rng.normal(size=(steps, batch))).astype(np.float32)
-    return x, y
-
-
-def regression_grad(w, b, x, y):
-    """Gradient of mean((x w + b - y)^2) / 2, as one flat vector [dw, db]."""
-    residual = x @ w + b - y
-    return np.concatenate([x.T @ residual / len(y), [residual.mean()]])
-
-
 def sgdhd_reference(x, y, w0, lr0, beta, momentum, nesterov):
     """The authors' SGDHD step (gbaydin/hypergradient-descent, hypergrad/sgd_hd.py),
     re-written in numpy float64 on the flat parameter vector [w, b]:
@@ -139,35 +128,6 @@ def sgdhd_reference(x, y, w0, lr0, beta, momentum, nesterov):
         lrs.append(lr)
         weights.append(params)
     return np.array(lrs), np.array(weights)
-
-
-def controlled_regression(x, y, w0, controller, optimizer, dtype=np.float32):
-    """The trainer's per-batch path (batch_signals -> set_lr -> optimizer.apply) on the
-    same regression, compiled; returns (lrs, flat weights after each batch). `dtype`:
-    the weights' and data's."""
-    x, y = x.astype(dtype), y.astype(dtype)
-    w = tf.Variable(w0.astype(dtype), name="w")
-    b = tf.Variable(dtype(0.0), name="b")
-    variables = [w, b]
-    optimizer.build(variables)
-    controller.build(variables)
-    ma_short, ma_long = MovingAverage(10), MovingAverage(100)
-
-    @tf.function
-    def step(t, xb, yb):
-        with tf.GradientTape() as tape:
-            loss = 0.5 * tf.reduce_mean(tf.square(tf.linalg.matvec(xb, w) + b - yb))
-        grads = tape.gradient(loss, variables)
-        lr_variable = optimizer.learning_rate
-        signals = batch_signals(t, loss, grads, variables, ma_short, ma_long, lr_variable)
-        lr, _, _ = set_lr(controller, signals, lr_variable)
-        optimizer.apply(grads, variables)
-        return lr, tf.concat([w, b[None]], 0)
-
-    batches = enumerate(zip(x, y, strict=True))
-    out = [step(tf.constant(t, tf.int64), xb, yb) for t, (xb, yb) in batches]
-    assert step.experimental_get_tracing_count() == 1
-    return np.array([lr for lr, _ in out]), np.array([p for _, p in out])
 
 
 @pytest.mark.parametrize("nesterov", [False, True])

@@ -26,7 +26,7 @@ from lrresearch.controllers import (
 )
 from lrresearch.controllers.signals import make_signals
 from lrresearch.training.trainer import Trainer
-from tests.conftest import Events
+from tests.support import Events
 
 
 def drive(controller, losses, norms=None, feedback=False):

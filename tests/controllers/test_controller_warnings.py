@@ -29,7 +29,7 @@ from lrresearch.controllers import (
 from lrresearch.controllers.compose import LossNudgeFactor
 from lrresearch.controllers.signals import make_signals
 from lrresearch.training.trainer import Trainer
-from tests.conftest import GIN_DIR, read_events
+from tests.support import GIN_DIR, read_events
 
 
 @pytest.mark.parametrize("window", [100_001, 10_000_000, 1_000_000_000])

@@ -1,5 +1,5 @@
 """DoG and DoWG against numpy re-implementations of their reference code, on the
-trainer's per-batch path (`test_adaptive.controlled_regression`): the authors' `DoG`
+trainer's per-batch path (`tests.support.controlled_regression`): the authors' `DoG`
 (formll/dog, `src/dog/dog.py`) and optax's `dowg` (`optax/contrib/_dog.py`), written
 out in float64 on the flat parameter vector `[w, b]` with plain SGD."""
 
@@ -12,9 +12,9 @@ import tensorflow as tf
 
 from lrresearch.controllers import DAdaptSGDController, DoGController, DoWGController
 from lrresearch.controllers.signals import Signals
-from tests.conftest import read_events
-from tests.controllers.test_adaptive import (
+from tests.support import (
     controlled_regression,
+    read_events,
     regression_batches,
     regression_grad,
 )

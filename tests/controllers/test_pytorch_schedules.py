@@ -21,7 +21,7 @@ from lrresearch.controllers import (
     OneCycleController,
 )
 from lrresearch.controllers.signals import make_signals
-from tests.conftest import REPO
+from tests.support import REPO
 
 
 def ours(controller, steps: int) -> np.ndarray:

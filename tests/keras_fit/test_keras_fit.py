@@ -20,19 +20,11 @@ from lrresearch.controllers.base import deserialize_controller, serialize_contro
 from lrresearch.controllers.signals import make_signals
 from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
 from lrresearch.training.trainer import Trainer
-from lrresearch.workloads.data import BatchSampler, digits
+from lrresearch.workloads.data import digits
 from lrresearch.workloads.models import mlp
-from tests.conftest import BATCH_TAGS, REPO, Events
+from tests.support import BATCH_TAGS, REPO, Events, digit_batches
 
 STEPS = 120
-
-
-def digit_batches(steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """`steps` batches of 64 in `Trainer(seed=0, batch_size=64)`'s order, stacked."""
-    data = digits()
-    sampler = BatchSampler(data.x_train, data.y_train, 64, 0)
-    batches = [sampler.next() for _ in range(steps)]
-    return np.stack([b[0].numpy() for b in batches]), np.stack([b[1].numpy() for b in batches])
 
 
 def controlled_mlp(controller: c.Controller, steps_per_execution: int = 1) -> ControlledModel:

@@ -15,7 +15,7 @@ import tensorflow as tf
 from lrresearch import controllers as c
 from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
 from lrresearch.workloads.models import mlp
-from tests.conftest import Events
+from tests.support import Events
 
 BATCHES = 30
 SUMMARY_OPS = {

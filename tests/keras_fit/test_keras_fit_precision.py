@@ -15,7 +15,7 @@ from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
 from lrresearch.step import precision
 from lrresearch.workloads.data import BatchSampler, digits
 from lrresearch.workloads.models import mlp
-from tests.conftest import Events
+from tests.support import Events
 
 BATCHES = 30
 

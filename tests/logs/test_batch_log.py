@@ -16,7 +16,7 @@ from lrresearch.logs import rows as batch_log
 from lrresearch.logs import summaries
 from lrresearch.logs.rows import Block, BlockWriter
 from lrresearch.training import outer_loop as run
-from tests.conftest import read_events, train
+from tests.support import read_events, train
 
 SMALL = {
     "Trainer.steps": 40,

@@ -17,8 +17,7 @@ import tensorflow as tf
 
 from lrresearch.cli import commands as cli
 from lrresearch.logs import board
-from tests.conftest import REPO, default_ctrl_c, train
-from tests.logs.test_tensorboard_server import free_port, get
+from tests.support import REPO, default_ctrl_c, free_port, http_get, train
 
 STEPS = 1500  # > 1,000: TensorBoard's default would serve 1,000 of them
 
@@ -63,7 +62,7 @@ def serving(run: str, *flags: str):
         deadline = time.monotonic() + 90
         while True:
             try:
-                if "lr" in get(port, "/data/plugin/scalars/tags").get(run, {}):
+                if "lr" in http_get(port, "/data/plugin/scalars/tags").get(run, {}):
                     break
             except OSError:
                 pass
@@ -99,7 +98,7 @@ def lr_steps(
     (the data server loads a file in passes; bounded wait)."""
     deadline = time.monotonic() + deadline_seconds
     while True:
-        steps = [p[1] for p in get(port, f"/data/plugin/scalars/scalars?run={run}&tag=lr")]
+        steps = [p[1] for p in http_get(port, f"/data/plugin/scalars/scalars?run={run}&tag=lr")]
         if len(steps) >= count or time.monotonic() > deadline:
             return steps
         time.sleep(0.3)
@@ -108,13 +107,13 @@ def lr_steps(
 def test_board_serves_every_lr_point_of_a_run_longer_than_1000_batches(served):
     port, _ = served
     assert lr_steps(port) == list(range(STEPS))
-    custom = get(port, "/data/plugin/custom_scalars/scalars?run=long&tag=%5Elr%24")
+    custom = http_get(port, "/data/plugin/custom_scalars/scalars?run=long&tag=%5Elr%24")
     assert [p[1] for p in custom["tag_to_events"]["lr"]] == list(range(STEPS))
 
 
 def test_custom_scalars_layout_shows_the_lr_alone_first(served):
     port, _ = served
-    layout = get(port, "/data/plugin/custom_scalars/layout")
+    layout = http_get(port, "/data/plugin/custom_scalars/layout")
     first = layout["category"][0]["chart"][0]
     assert first == {"title": "LR", "multiline": {"tag": ["^lr$"]}}
     charts = [c for cat in layout["category"] for c in cat["chart"]]

@@ -4,15 +4,11 @@ scalars, and one Profile run per controller."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import gin
 import pytest
@@ -20,24 +16,7 @@ import pytest
 from lrresearch.config import parse as config
 from lrresearch.studies import profile as profiling
 from lrresearch.studies.sweep import run_sweep
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port: int, path: str, body: dict | None = None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        raw = response.read()
-        if response.headers.get("Content-Encoding") == "gzip":
-            raw = gzip.decompress(raw)
-        return json.loads(raw)
+from tests.support import free_port, http_get
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +75,7 @@ def server(tmp_path_factory):
         deadline = time.monotonic() + 90
         while True:
             try:
-                tags = get(port, "/data/plugin/scalars/tags")
+                tags = http_get(port, "/data/plugin/scalars/tags")
                 if any("lr" in t for t in tags.values()) and len(tags) >= 2:
                     break
             except OSError:
@@ -115,7 +94,7 @@ def server(tmp_path_factory):
 
 def test_scalars_histograms_and_text_are_served(server):
     port, runs = server
-    scalars = get(port, "/data/plugin/scalars/tags")
+    scalars = http_get(port, "/data/plugin/scalars/tags")
     for run in runs:
         key = f"sweep/{run}"
         assert {
@@ -126,22 +105,22 @@ def test_scalars_histograms_and_text_are_served(server):
             "grad/global_norm",
             "eval/accuracy",
         } <= set(scalars[key]), scalars.get(key)
-    histograms = get(port, "/data/plugin/histograms/tags")
+    histograms = http_get(port, "/data/plugin/histograms/tags")
     assert any(t.startswith("grad/") for t in histograms[f"sweep/{runs[0]}"])
-    text = get(port, "/data/plugin/text/tags")
+    text = http_get(port, "/data/plugin/text/tags")
     assert "config" in text[f"sweep/{runs[0]}"]
-    points = get(port, f"/data/plugin/scalars/scalars?run=sweep/{runs[0]}&tag=lr")
+    points = http_get(port, f"/data/plugin/scalars/scalars?run=sweep/{runs[0]}&tag=lr")
     assert [p[1] for p in points] == list(range(30))
 
 
 def test_hparams_lists_every_run_of_the_sweep(server):
     port, runs = server
-    experiment = get(port, "/data/plugin/hparams/experiment", {"experimentName": ""})
+    experiment = http_get(port, "/data/plugin/hparams/experiment", {"experimentName": ""})
     names = {h["name"] for h in experiment["hparamInfos"]}
     assert {"controller", "seed", "optimizer", "batch_size"} <= names
     metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
     assert {"eval/accuracy", "eval/loss"} <= metrics
-    groups = get(
+    groups = http_get(
         port,
         "/data/plugin/hparams/session_groups",
         {
@@ -163,13 +142,13 @@ def test_hparams_lists_every_run_of_the_sweep(server):
 
 def test_custom_scalars_layout_is_served(server):
     port, _ = server
-    layout = get(port, "/data/plugin/custom_scalars/layout")
+    layout = http_get(port, "/data/plugin/custom_scalars/layout")
     titles = [c["title"] for cat in layout["category"] for c in cat["chart"]]
     assert titles[0] == "LR" and {"Loss moving averages", "Gradient norm"} <= set(titles)
 
 
 def test_profile_plugin_lists_one_run_per_controller(server):
     port, _ = server
-    runs = get(port, "/data/plugin/profile/runs")
+    runs = http_get(port, "/data/plugin/profile/runs")
     controllers = {r.split("/")[1] for r in runs if r.startswith("profile/")}
     assert {"baseline", "ConstantController", "GradNormController"} <= controllers

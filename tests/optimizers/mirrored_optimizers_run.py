@@ -1,5 +1,5 @@
 """Trains each named parameter-free optimizer under `MirroredStrategy` (2 logical CPUs)
-in this fresh process, as `test_parameter_free_optimizers.make_trainer` does on one
+in this fresh process, as `tests.support.parameter_free_trainer` builds it on one
 device, and prints one JSON line: per optimizer, the final weights and whether every
 replica's copy of every variable (slots and scalars too) agrees.
 
@@ -20,7 +20,7 @@ from lrresearch.training import distribute
 config.parse([], ['distribution.strategy = "mirrored"', "distribution.logical_cpus = 2"])
 strategy = distribute.get_strategy()  # before anything else runs TensorFlow ops
 
-from tests.optimizers.test_parameter_free_optimizers import make_trainer  # noqa: E402
+from tests.support import parameter_free_trainer  # noqa: E402
 
 
 def copies_agree(variables) -> bool:
@@ -34,7 +34,7 @@ def copies_agree(variables) -> bool:
 
 report = {}
 for name in sys.argv[1:]:
-    trainer = make_trainer(name, strategy=strategy)
+    trainer = parameter_free_trainer(name, strategy=strategy)
     with tempfile.TemporaryDirectory() as logdir:
         trainer.fit(logdir, quiet=True)
     report[name] = {

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from lrresearch.optimizers import DAdaptAdam, Prodigy
-from tests.controllers.test_adaptive import regression_batches, regression_grad
+from tests.support import regression_batches, regression_grad
 
 STEPS = 60
 ZERO_GRAD_STEPS = (0, 7)  # the first batch (sum |s| = 0: no update), and one later

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from lrresearch.optimizers import Mechanic, WholeStepOptimizer
-from tests.controllers.test_adaptive import regression_batches, regression_grad
+from tests.support import regression_batches, regression_grad
 
 STEPS = 120
 BETAS = (0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)

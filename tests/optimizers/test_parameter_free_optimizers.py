@@ -6,7 +6,6 @@ in Keras's `fit`, and under `MirroredStrategy` (in a fresh process)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
@@ -18,41 +17,23 @@ import tensorflow as tf
 
 from lrresearch.controllers import ConstantController
 from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
-from lrresearch.optimizers import (
-    DAdaptAdam,
-    Mechanic,
-    Prodigy,
-    ScheduleFreeAdamW,
-    ScheduleFreeSGD,
-)
-from lrresearch.training.trainer import Trainer
 from lrresearch.workloads import model_loss as workload
 from lrresearch.workloads.models import mlp
-from tests.conftest import REPO, read_events
-from tests.keras_fit.test_keras_fit import digit_batches
+from tests.support import (
+    PARAMETER_FREE_PER_CALL,
+    PARAMETER_FREE_STEPS,
+    REPO,
+    digit_batches,
+    parameter_free_optimizers,
+    parameter_free_trainer,
+    read_events,
+)
 
-# Each optimizer with the LR it is meant to run at (the D-Adaptation family's lr is a
-# multiplier of its own estimate); Schedule-Free with its own warmup.
-LRS = {
-    "Prodigy": (Prodigy, 1.0),
-    "DAdaptAdam": (DAdaptAdam, 1.0),
-    "Mechanic": (functools.partial(Mechanic, base_optimizer=keras.optimizers.Adam), 0.05),
-    "ScheduleFreeSGD": (functools.partial(ScheduleFreeSGD, warmup_steps=5), 0.5),
-    "ScheduleFreeAdamW": (functools.partial(ScheduleFreeAdamW, warmup_steps=5), 0.01),
-}
-STEPS, PER_CALL = 20, 10
-
-
-def make_trainer(name: str, **kwargs) -> Trainer:
-    cls, lr = LRS[name]
-    args = dict(
-        steps=STEPS, controller=ConstantController(lr), optimizer=cls, steps_per_loop=PER_CALL,
-        histogram_every=0, eval_every=0, checkpoint_every=0,
-        model=functools.partial(mlp, hidden=(16,)),
-    )  # fmt: skip
-    trainer = Trainer(**{**args, **kwargs})
-    trainer.build()
-    return trainer
+# Each optimizer with the LR it is meant to run at; the trainer the tests (and the
+# mirrored run, in its own process) build around it.
+LRS = parameter_free_optimizers()
+STEPS, PER_CALL = PARAMETER_FREE_STEPS, PARAMETER_FREE_PER_CALL
+make_trainer = parameter_free_trainer
 
 
 def weights(trainer) -> list[np.ndarray]:

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from lrresearch.optimizers import ScheduleFreeAdamW, ScheduleFreeSGD
-from tests.controllers.test_adaptive import regression_batches, regression_grad
+from tests.support import regression_batches, regression_grad
 
 STEPS = 80
 ZERO_GRAD_STEPS = (0, 7)  # the first batch, and one later

@@ -12,6 +12,7 @@ from lrresearch.controllers import DoGController
 from lrresearch.step.averaging import PolynomialAverager
 from lrresearch.training.trainer import Trainer
 from lrresearch.workloads import model_loss as workload
+from tests.support import small_trainer
 
 GAMMA = 3.0
 
@@ -19,11 +20,9 @@ GAMMA = 3.0
 def make_trainer(**kwargs) -> Trainer:
     args = dict(
         steps=40, controller=DoGController(), steps_per_loop=1, polynomial_averaging=GAMMA,
-        histogram_every=0, eval_every=0, model=_model,
+        model=_model,
     )  # fmt: skip
-    trainer = Trainer(**{**args, **kwargs})
-    trainer.build()
-    return trainer
+    return small_trainer(build=True, **{**args, **kwargs})
 
 
 def _model(input_shape, num_classes: int):

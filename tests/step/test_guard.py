@@ -12,20 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lrresearch.config import parse as config
 from lrresearch.controllers import ConstantController
 from lrresearch.step.guard import NonFiniteGuard
-from lrresearch.training.trainer import NonFiniteLossError, Trainer
+from lrresearch.training.trainer import NonFiniteLossError
 from lrresearch.workloads.data import digits
-from tests.conftest import Events
-
-
-def small_trainer(**kwargs) -> Trainer:
-    config.parse([], ["mlp.hidden = (16,)"])
-    try:
-        return Trainer(histogram_every=0, eval_every=0, **kwargs)
-    finally:
-        gin.clear_config()
+from tests.support import Events, small_trainer
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -35,6 +26,7 @@ def test_nan_batches_are_skipped_and_later_lrs_cut(tmp_path, jit_compile):
     x[7, 0, 0, 0] = np.nan  # one poisoned example: one NaN batch per epoch
     poisoned = data._replace(x_train=x, y_train=data.y_train[:320])
     trainer = small_trainer(
+        hidden=(16,),
         steps=100,
         batch_size=32,
         steps_per_loop=10,
@@ -62,6 +54,7 @@ def test_nan_batches_are_skipped_and_later_lrs_cut(tmp_path, jit_compile):
 
 def test_diverging_run_stops_with_last_good_checkpoint(tmp_path):
     trainer = small_trainer(
+        hidden=(16,),
         steps=300,
         steps_per_loop=10,
         log_every=10,
@@ -98,9 +91,9 @@ def test_a_logdir_that_cannot_be_created_is_a_clear_error(tmp_path, capsys):
 
 def test_bad_guard_settings_name_the_parameter():
     with pytest.raises(ValueError, match=r"Trainer\.nonfinite_lr_factor"):
-        small_trainer(nonfinite_lr_factor=0.0)
+        small_trainer(hidden=(16,), nonfinite_lr_factor=0.0)
     with pytest.raises(ValueError, match=r"Trainer\.max_consecutive_nonfinite"):
-        small_trainer(max_consecutive_nonfinite=-1)
+        small_trainer(hidden=(16,), max_consecutive_nonfinite=-1)
 
 
 # -- NonFiniteGuard alone ------------------------------------------------------------------

@@ -4,9 +4,6 @@ the update-to-weight ratio (`update/ratio/<variable>`), against numpy."""
 
 from __future__ import annotations
 
-import functools
-
-import gin
 import keras
 import numpy as np
 import pytest
@@ -27,8 +24,7 @@ from lrresearch.controllers.signals import make_signals
 from lrresearch.optimizers import MomentumSGD
 from lrresearch.step.batch import OptimizerHyperparameters, set_lr
 from lrresearch.training.trainer import Trainer
-from lrresearch.workloads.models import mlp
-from tests.conftest import read_events
+from tests.support import read_events, small_trainer
 
 GRADS = np.array([[1.0, -2.0], [0.5, 0.25], [-1.0, 3.0], [2.0, 2.0], [0.1, -0.3]], np.float32)
 W0 = np.array([1.0, 2.0], np.float32)
@@ -164,12 +160,7 @@ def test_composites_pass_the_momentum_on_or_refuse_to_mix():
 
 
 def make_trainer(**kwargs) -> Trainer:
-    gin.clear_config()
-    defaults = dict(
-        steps=12, steps_per_loop=6, histogram_every=0, grad_norm_every=4, eval_every=0,
-        model=functools.partial(mlp, hidden=(8,)),
-    )  # fmt: skip
-    return Trainer(**{**defaults, **kwargs})
+    return small_trainer(**{"steps": 12, "steps_per_loop": 6, "grad_norm_every": 4, **kwargs})
 
 
 def test_trainer_logs_the_cycled_momentum_every_batch_and_only_then(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from lrresearch.config import parse as config
 from lrresearch.logs import summaries
 from lrresearch.training.trainer import Trainer
-from tests.conftest import Events
+from tests.support import Events
 
 PARAMS = [
     "Trainer.steps = 30",

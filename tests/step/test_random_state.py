@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import subprocess
-import sys
 
-import gin
 import keras
 import numpy as np
 import pytest
@@ -21,7 +18,7 @@ from lrresearch.controllers import GradNormController
 from lrresearch.step import random_state
 from lrresearch.training import resume
 from lrresearch.training.trainer import Trainer
-from tests.conftest import REPO, USER_CODE, Events
+from tests.support import REPO, USER_CODE, Events, kill_at_step, small_trainer, start_cli
 
 STEPS, CUT = 8, 3  # batches in all, and where the run is checkpointed and restored
 
@@ -103,21 +100,17 @@ def random_model(input_shape, num_classes, kinds=tuple(LAYERS)):
 
 
 def make_trainer(kinds, jit_compile=False, loss=None) -> Trainer:
-    gin.clear_config()
-    trainer = Trainer(
+    return small_trainer(
+        build=True,
         steps=STEPS,
         controller=GradNormController(base_lr=0.1, slope=0.02),
         batch_size=32,
         steps_per_loop=4,
-        histogram_every=0,
-        eval_every=0,
         jit_compile=jit_compile,
         loss=loss,
         deterministic=True,
         model=functools.partial(random_model, kinds=kinds),
     )
-    trainer.build()
-    return trainer
 
 
 def lrs_and_weights(trainer: Trainer, steps: int) -> tuple[list[float], list[np.ndarray]]:
@@ -233,12 +226,11 @@ Trainer.deterministic = True
 
 
 def start(gin_file, logdir, run_name, *extra) -> subprocess.Popen:
-    command = [sys.executable, "-u", "-m", "lrresearch", "train", f"--gin_file={gin_file}",
-               f"--logdir={logdir}", f"--run_name={run_name}", *extra]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(USER_CODE), str(REPO)]))
-    return subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return start_cli(
+        "train", f"--gin_file={gin_file}", f"--logdir={logdir}", f"--run_name={run_name}",
+        *extra, env=env, stderr=subprocess.PIPE,
+    )  # fmt: skip
 
 
 def final_state(run_dir) -> dict[str, np.ndarray]:
@@ -257,14 +249,7 @@ def test_a_user_dropout_model_killed_and_resumed_through_the_cli_equals_an_unint
     gin_file.write_text(USER_RUN)
     full = start(gin_file, tmp_path, "full")  # alongside the killed run: 2 cores
     cut = start(gin_file, tmp_path, "cut")
-    killed_at = None
-    for line in cut.stdout:
-        if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= 150:
-            cut.send_signal(signal.SIGKILL)
-            killed_at = int(line.split()[1].split("/")[0])
-            break
-    cut.communicate(timeout=60)
-    assert cut.returncode == -signal.SIGKILL and killed_at is not None and killed_at < 300
+    assert kill_at_step(cut, 150) < 300
     out, err = full.communicate(timeout=300)
     assert full.returncode == 0, err[-3000:]
     resumed = start(gin_file, tmp_path, "cut", "--resume")

@@ -22,7 +22,7 @@ from lrresearch.studies.lr_find import (
     valley,
     y_range,
 )
-from tests.conftest import Events
+from tests.support import Events
 
 
 def test_range_ramp_smoothing_and_divergence_match_a_reference():

@@ -17,7 +17,7 @@ import tensorflow as tf
 from lrresearch.cli import commands as cli
 from lrresearch.studies import sweep
 from lrresearch.studies.sweep import parse_sweep, split_values
-from tests.conftest import REPO, Events, default_ctrl_c
+from tests.support import REPO, Events, default_ctrl_c
 
 
 def test_split_values_respects_brackets_and_quotes():

@@ -9,7 +9,6 @@ module fixture while the single-device reference trains in this process.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
@@ -26,7 +25,16 @@ import tensorflow as tf
 
 from lrresearch.config import parse as config
 from lrresearch.training import distribute
-from tests.conftest import BATCH_TAGS, REPO, Events, binding_lines, default_ctrl_c, train
+from tests.support import (
+    BATCH_TAGS,
+    REPO,
+    Events,
+    Finished,
+    binding_lines,
+    default_ctrl_c,
+    finish,
+    train,
+)
 
 TIMEOUT = 300
 STEPS = 60
@@ -43,13 +51,6 @@ PARAMS = {
 MIRRORED = ['distribution.strategy = "mirrored"', "distribution.logical_cpus = 2"]
 
 
-@dataclasses.dataclass
-class Proc:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 def start(command: list[str], tmpdir: pathlib.Path | None = None) -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     if tmpdir is not None:
@@ -64,15 +65,6 @@ def start(command: list[str], tmpdir: pathlib.Path | None = None) -> subprocess.
         text=True,
         preexec_fn=default_ctrl_c,
     )
-
-
-def finish(proc: subprocess.Popen) -> Proc:
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    return Proc(proc.returncode, out, err)
 
 
 def launcher(logdir: pathlib.Path, run_name: str, params: list[str]) -> list[str]:
@@ -145,8 +137,8 @@ def runs(tmp_path_factory):
     return logdir, single, done
 
 
-def describe(proc: Proc) -> str:
-    return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+def describe(proc: Finished) -> str:
+    return proc.describe()
 
 
 def mirrored_report(runs) -> dict:
@@ -321,7 +313,7 @@ def test_ctrl_c_stops_every_worker_at_one_step_and_resume_continues(tmp_path):
         out, err = process.communicate(timeout=TIMEOUT)
     finally:
         process.kill()
-    proc = Proc(process.returncode, line + out, err)
+    proc = Finished(list(process.args), process.returncode, line + out, err)
     assert proc.returncode == 130, describe(proc)
     steps = {int(n) for n in re.findall(r"interrupted at step (\d+):", proc.stdout)}
     assert len(re.findall(r"interrupted at step", proc.stdout)) == 2, describe(proc)

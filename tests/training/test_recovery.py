@@ -8,9 +8,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import uuid
 
 import numpy as np
@@ -19,7 +17,7 @@ import pytest
 from lrresearch.cli import commands as cli
 from lrresearch.logs import event_files
 from lrresearch.training import run_dir as rundir
-from tests.conftest import REPO, Events
+from tests.support import Events, kill_at_step, run_cli, start_cli
 
 STEPS, EVERY = 3000, 1000
 PARAMS = [
@@ -37,34 +35,19 @@ PARAMS = [
 TAGS = ("lr", "loss/batch", "grad/global_norm", "loss/ma_long")
 
 
-def command(logdir, run_name, *extra):
+def train_args(logdir, run_name, *extra) -> list[str]:
     flags = [f"--gin_param={p}" for p in PARAMS]
-    return [sys.executable, "-u", "-m", "lrresearch", "train", f"--logdir={logdir}",
-            f"--run_name={run_name}", *flags, *extra]  # fmt: skip
+    return ["train", f"--logdir={logdir}", f"--run_name={run_name}", *flags, *extra]
 
 
 def train(logdir, run_name, *extra):
-    return subprocess.run(
-        command(logdir, run_name, *extra), cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    return run_cli(*train_args(logdir, run_name, *extra))
 
 
 def kill_at(logdir, run_name, at_least):
     """Starts a run and SIGKILLs it at its first progress line at step >= `at_least`;
     returns the step that line reported."""
-    process = subprocess.Popen(
-        command(logdir, run_name), cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    try:
-        for line in process.stdout:
-            if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= at_least:
-                process.send_signal(signal.SIGKILL)
-                process.wait(timeout=30)
-                return int(line.split()[1].split("/")[0])
-    finally:
-        process.kill()
-    raise AssertionError(f"{run_name} ended before step {at_least}")
+    return kill_at_step(start_cli(*train_args(logdir, run_name)), at_least)
 
 
 def raw_lr_steps(run_dir):
@@ -129,10 +112,7 @@ def test_kill_before_the_first_checkpoint_resume_starts_again(full):
 def test_a_second_writer_of_a_run_is_refused(full):
     logdir, _ = full
     run_dir = logdir / "busy"
-    first = subprocess.Popen(
-        command(logdir, "busy", "--gin_param=Trainer.steps = 1000000"), cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    first = start_cli(*train_args(logdir, "busy", "--gin_param=Trainer.steps = 1000000"))
     try:
         for line in first.stdout:
             if line.startswith("step "):

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ import tensorflow as tf
 
 from lrresearch.cli import commands as cli
 from lrresearch.workloads import tf_data_cache
-from tests.conftest import REPO, Events, default_ctrl_c
+from tests.support import REPO, Events, default_ctrl_c, kill_at_step, run_cli, start_cli
 
 PARAMS = [
     "--gin_param=Trainer.steps = 300",
@@ -30,24 +28,12 @@ PARAMS = [
 ]
 
 
-def command(logdir, run_name, *extra):
-    return [
-        sys.executable,
-        "-u",
-        "-m",
-        "lrresearch",
-        "train",
-        f"--logdir={logdir}",
-        f"--run_name={run_name}",
-        *PARAMS,
-        *extra,
-    ]
+def train_args(logdir, run_name, *extra) -> list[str]:
+    return ["train", f"--logdir={logdir}", f"--run_name={run_name}", *PARAMS, *extra]
 
 
 def train(logdir, run_name, *extra):
-    return subprocess.run(
-        command(logdir, run_name, *extra), cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    return run_cli(*train_args(logdir, run_name, *extra))
 
 
 def weights(run_dir):
@@ -68,25 +54,8 @@ def runs(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("resume")
     full = train(logdir, "full")
     assert full.returncode == 0, full.stderr
-    # Kill a second run with SIGKILL somewhere after its third checkpoint.
-    process = subprocess.Popen(
-        command(logdir, "cut"),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    killed_after = None
-    deadline = time.monotonic() + 240
-    for line in process.stdout:
-        if line.startswith("step 1") and "/300" in line:  # steps 100..190
-            killed_after = int(line.split()[1].split("/")[0])
-            process.send_signal(signal.SIGKILL)
-            break
-        if time.monotonic() > deadline:
-            break
-    process.wait(timeout=30)
-    assert killed_after is not None and process.returncode == -signal.SIGKILL
+    # Kill a second run with SIGKILL after its second checkpoint (step 80).
+    killed_after = kill_at_step(start_cli(*train_args(logdir, "cut")), 100)
     resumed = train(logdir, "cut", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     return logdir, killed_after, resumed.stdout
@@ -124,13 +93,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, signum):
     # A run far too long to finish on its own, so the signal always lands mid-training
     # (a 300-batch run once ended before a busy CI machine delivered it).
     endless = "--gin_param=Trainer.steps = 1000000"
-    process = subprocess.Popen(
-        command(tmp_path, "int", endless),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_ctrl_c,
+    process = start_cli(
+        *train_args(tmp_path, "int", endless), stderr=subprocess.PIPE, preexec_fn=default_ctrl_c
     )
     try:
         for line in process.stdout:
@@ -216,20 +180,11 @@ def test_a_cache_lock_left_by_a_killed_run_is_removed_on_resume(tmp_path, monkey
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
-    process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "lrresearch", "train", "--logdir=runs", "--run_name=c",
-         *(f"--gin_param={p}" for p in CACHED_RUN)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    process = start_cli(
+        "train", "--logdir=runs", "--run_name=c", *(f"--gin_param={p}" for p in CACHED_RUN),
+        cwd=tmp_path, env=env,
     )  # fmt: skip
-    try:
-        for line in process.stdout:
-            if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= 30:
-                process.send_signal(signal.SIGKILL)
-                break
-        process.wait(timeout=30)
-    finally:
-        process.kill()
-    assert process.returncode == -signal.SIGKILL
+    kill_at_step(process, 30)
     stale = [p for p in (tmp_path / "cache").glob("line_*.lockfile")
              if not p.with_suffix(".index").exists()]  # fmt: skip
     assert len(stale) == 1  # the shard being written when the process died

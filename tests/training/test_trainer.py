@@ -29,11 +29,12 @@ from lrresearch.controllers.signals import make_signals
 from lrresearch.training.trainer import NonFiniteLossError, RunDirExistsError, Trainer
 from lrresearch.workloads.data import digits
 from lrresearch.workloads.models import mlp
-from tests.conftest import (
+from tests.support import (
     BATCH_TAGS,
     GIN_DIR,
     SEED_RUNS,
     read_events,
+    small_trainer,
     snapshot,
     train,
     windowed_mean,
@@ -366,15 +367,7 @@ def test_run_dir_layout_and_checkpoint_holds_controller_state(seed_run):
 
 
 def tiny_trainer() -> Trainer:
-    gin.clear_config()
-    return Trainer(
-        steps=2,
-        controller=ConstantController(lr=0.05),
-        steps_per_loop=2,
-        histogram_every=0,
-        eval_every=0,
-        model=functools.partial(mlp, hidden=(8,)),
-    )
+    return small_trainer(steps=2, controller=ConstantController(lr=0.05), steps_per_loop=2)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import tensorflow as tf
 from lrresearch.config import parse as config
 from lrresearch.controllers import ConstantController
 from lrresearch.training.trainer import Trainer
-from tests.conftest import read_events, train
+from tests.support import read_events, train
 
 PARAMS = {
     "Trainer.steps": 60,

@@ -20,7 +20,7 @@ from lrresearch.workloads.data import (
     npz_file,
     synthetic,
 )
-from tests.conftest import REPO
+from tests.support import REPO
 
 
 def test_digits_shapes_range_and_split():

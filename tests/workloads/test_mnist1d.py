@@ -16,7 +16,7 @@ import pytest
 
 from lrresearch.cli import commands as cli
 from lrresearch.workloads import data, models
-from tests.conftest import REPO, read_events
+from tests.support import REPO, read_events
 
 SMALL = 500  # examples: 400 train, 100 eval
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 from lrresearch.cli import commands as cli
 from lrresearch.training.arguments import variable_names
 from lrresearch.workloads import stdlib_lm
-from tests.conftest import REPO, read_events
+from tests.support import REPO, read_events
 
 
 def test_corpus_is_the_fixed_file_list_read_twice_the_same():

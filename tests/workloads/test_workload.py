@@ -6,9 +6,6 @@ checkpointed; and the trainer's handling of model factories, losses and metrics.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 
 import gin
@@ -22,7 +19,7 @@ from lrresearch.training.trainer import Trainer
 from lrresearch.workloads import data
 from lrresearch.workloads import model_loss as workload
 from lrresearch.workloads.inputs import make_inputs
-from tests.conftest import BATCH_TAGS, Events
+from tests.support import BATCH_TAGS, Events, kill_at_step, run_cli, start_cli
 
 USER_MODULE = textwrap.dedent(
     '''
@@ -101,27 +98,16 @@ def workspace(tmp_path_factory):
 
 
 def train(folder, *flags, popen=False):
-    command = [sys.executable, "-u", "-m", "lrresearch", "train", "--logdir=runs", *flags]
     if popen:
-        return subprocess.Popen(command, cwd=folder, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)  # fmt: skip
-    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+        return start_cli("train", "--logdir=runs", *flags, cwd=folder)
+    return run_cli("train", "--logdir=runs", *flags, cwd=folder)
 
 
 @pytest.fixture(scope="module")
 def runs(workspace):
     full = train(workspace, "--gin_file=experiment.gin", "--run_name=full")
     assert full.returncode == 0, full.stderr
-    process = train(workspace, "--gin_file=experiment.gin", "--run_name=cut", popen=True)
-    try:
-        for line in process.stdout:
-            if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= 700:
-                process.send_signal(signal.SIGKILL)
-                break
-        process.wait(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == -signal.SIGKILL
+    kill_at_step(train(workspace, "--gin_file=experiment.gin", "--run_name=cut", popen=True), 700)
     resumed = train(workspace, "--gin_file=experiment.gin", "--run_name=cut", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "(resumed at step 500)" in resumed.stdout
