@@ -7,11 +7,27 @@ The helpers the tests share (reading events, a small trainer, the CLI in a subpr
 from __future__ import annotations
 
 import pathlib
+import subprocess
 from collections.abc import Callable
 
 import pytest
 
-from tests.support import GIN_DIR, SEED_RUNS, USER_CODE, Run, train
+from tests.support import (
+    GIN_DIR,
+    RESUMABLE_EVERY,
+    SEED_RUNS,
+    USER_CODE,
+    Events,
+    Resumable,
+    Run,
+    finish,
+    kill_at_step,
+    raw_lr_steps,
+    resumable_args,
+    run_cli,
+    start_cli,
+    train,
+)
 
 
 @pytest.fixture
@@ -34,3 +50,20 @@ def seed_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Run]:
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def resumable(tmp_path_factory: pytest.TempPathFactory) -> Resumable:
+    """The resumable run (`tests.support.RESUMABLE_PARAMS`) trained whole and, alongside
+    it (2 cores), killed well past its first checkpoint and resumed: once per session, for
+    tests/training/test_recovery.py and test_resume.py."""
+    logdir = tmp_path_factory.mktemp("resumable")
+    whole = start_cli(*resumable_args(logdir, "full"), stderr=subprocess.PIPE)
+    killed_at = kill_at_step(start_cli(*resumable_args(logdir, "late")), RESUMABLE_EVERY + 300)
+    index = (logdir / "late" / "checkpoints").glob("*.index")
+    saved = max(int(p.name.split("-")[-1].split(".")[0]) for p in index)
+    on_disk = raw_lr_steps(logdir / "late")
+    full = finish(whole)
+    assert full.returncode == 0, full.describe()
+    resumed = run_cli(*resumable_args(logdir, "late", "--resume"))
+    return Resumable(logdir, Events(logdir / "full"), killed_at, saved, on_disk, resumed)

@@ -420,6 +420,59 @@ def finish(process: subprocess.Popen, timeout: float = 300) -> Finished:
     return Finished(list(map(str, process.args)), process.returncode, out, err)
 
 
+# -- the resumable run ---------------------------------------------------------------------
+
+# A LossTrend run that checkpoints every RESUMABLE_EVERY batches, trained whole and killed
+# and resumed once per session (the `resumable` fixture) for the resume and recovery tests.
+RESUMABLE_STEPS, RESUMABLE_EVERY = 3000, 1000
+RESUMABLE_PARAMS = [
+    f"Trainer.steps = {RESUMABLE_STEPS}",
+    f"Trainer.checkpoint_every = {RESUMABLE_EVERY}",
+    "Trainer.steps_per_loop = 10",
+    "Trainer.log_every = 100",
+    "Trainer.eval_every = 500",
+    "Trainer.deterministic = True",
+    "Trainer.controller = @LossTrendController()",
+    "LossTrendController.window = 20",
+    "LossTrendController.max_lr = 0.2",
+    "mlp.hidden = (32,)",
+]
+
+
+def resumable_args(logdir: str | os.PathLike, run_name: str, *extra: str) -> list[str]:
+    """`train` arguments of the resumable run (`extra`: more flags, `--resume` say)."""
+    flags = [f"--gin_param={p}" for p in RESUMABLE_PARAMS]
+    return ["train", f"--logdir={logdir}", f"--run_name={run_name}", *flags, *extra]
+
+
+def raw_lr_steps(run_dir: str | os.PathLike) -> np.ndarray:
+    """Steps of every `lr` event in the files as written (no loader purging)."""
+    from tensorboard.compat.proto import event_pb2
+
+    from lrresearch.logs import event_files
+
+    steps = []
+    for path in event_files.event_files(str(run_dir)):
+        for _, data in event_files.read_records(path)[0]:
+            event = event_pb2.Event.FromString(data)
+            steps += [event.step for v in event.summary.value if v.tag == "lr"]
+    return np.array(steps)
+
+
+@dataclasses.dataclass
+class Resumable:
+    """The resumable run trained whole (`logdir/full`) and the same run SIGKILLed at step
+    `killed_at` (`logdir/late`), its newest checkpoint then at `saved`, the `lr` steps its
+    files held at that moment, and its `--resume` to the end."""
+
+    logdir: pathlib.Path
+    full: Events
+    killed_at: int
+    saved: int
+    on_disk_when_killed: np.ndarray
+    resumed: subprocess.CompletedProcess
+
+
 # -- TensorBoard's HTTP API ---------------------------------------------------------------
 
 

@@ -17,49 +17,32 @@ import pytest
 from lrresearch.cli import commands as cli
 from lrresearch.logs import event_files
 from lrresearch.training import run_dir as rundir
-from tests.support import Events, kill_at_step, run_cli, start_cli
+from tests.support import (
+    RESUMABLE_EVERY,
+    RESUMABLE_PARAMS,
+    RESUMABLE_STEPS,
+    Events,
+    kill_at_step,
+    raw_lr_steps,
+    resumable_args,
+    run_cli,
+    start_cli,
+)
 
-STEPS, EVERY = 3000, 1000
-PARAMS = [
-    f"Trainer.steps = {STEPS}",
-    f"Trainer.checkpoint_every = {EVERY}",
-    "Trainer.steps_per_loop = 10",
-    "Trainer.log_every = 100",
-    "Trainer.eval_every = 500",
-    "Trainer.deterministic = True",
-    "Trainer.controller = @LossTrendController()",
-    "LossTrendController.window = 20",
-    "LossTrendController.max_lr = 0.2",
-    "mlp.hidden = (32,)",
-]
+# The session's resumable run (`resumable` in conftest.py): trained whole, and killed well
+# past its first checkpoint and resumed, once for this module and test_resume.py.
+STEPS, EVERY, PARAMS = RESUMABLE_STEPS, RESUMABLE_EVERY, RESUMABLE_PARAMS
 TAGS = ("lr", "loss/batch", "grad/global_norm", "loss/ma_long")
 
 
-def train_args(logdir, run_name, *extra) -> list[str]:
-    flags = [f"--gin_param={p}" for p in PARAMS]
-    return ["train", f"--logdir={logdir}", f"--run_name={run_name}", *flags, *extra]
-
-
 def train(logdir, run_name, *extra):
-    return run_cli(*train_args(logdir, run_name, *extra))
+    return run_cli(*resumable_args(logdir, run_name, *extra))
 
 
 def kill_at(logdir, run_name, at_least):
     """Starts a run and SIGKILLs it at its first progress line at step >= `at_least`;
     returns the step that line reported."""
-    return kill_at_step(start_cli(*train_args(logdir, run_name)), at_least)
-
-
-def raw_lr_steps(run_dir):
-    """Steps of every `lr` event in the files as written (no loader purging)."""
-    from tensorboard.compat.proto import event_pb2
-
-    steps = []
-    for path in event_files.event_files(str(run_dir)):
-        for _, data in event_files.read_records(path)[0]:
-            event = event_pb2.Event.FromString(data)
-            steps += [event.step for v in event.summary.value if v.tag == "lr"]
-    return np.array(steps)
+    return kill_at_step(start_cli(*resumable_args(logdir, run_name)), at_least)
 
 
 def assert_equals_uninterrupted(run_dir, full):
@@ -71,24 +54,18 @@ def assert_equals_uninterrupted(run_dir, full):
 
 
 @pytest.fixture(scope="module")
-def full(tmp_path_factory):
-    logdir = tmp_path_factory.mktemp("recovery")
-    result = train(logdir, "full")
-    assert result.returncode == 0, result.stderr
-    return logdir, Events(logdir / "full")
+def full(resumable):
+    return resumable.logdir, resumable.full
 
 
-def test_kill_well_past_a_checkpoint_resumes_without_duplicated_points(full):
-    logdir, reference = full
-    killed = kill_at(logdir, "late", EVERY + 300)
+def test_kill_well_past_a_checkpoint_resumes_without_duplicated_points(resumable):
+    logdir, reference = resumable.logdir, resumable.full
+    killed, saved, on_disk = resumable.killed_at, resumable.saved, resumable.on_disk_when_killed
     run_dir = logdir / "late"
-    saved = max(
-        int(p.split("-")[-1].split(".")[0]) for p in glob.glob(f"{run_dir}/checkpoints/*.index")
-    )
-    on_disk = raw_lr_steps(run_dir)
+    assert killed >= EVERY + 300
     # The setup this test is about: points past the checkpoint reached the disk.
     assert saved < killed and on_disk.max() > saved, (saved, killed, on_disk.max())
-    resumed = train(logdir, "late", "--resume")
+    resumed = resumable.resumed
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at step {saved})" in resumed.stdout
     assert f"events logged after step {saved}" in resumed.stdout
@@ -112,7 +89,7 @@ def test_kill_before_the_first_checkpoint_resume_starts_again(full):
 def test_a_second_writer_of_a_run_is_refused(full):
     logdir, _ = full
     run_dir = logdir / "busy"
-    first = start_cli(*train_args(logdir, "busy", "--gin_param=Trainer.steps = 1000000"))
+    first = start_cli(*resumable_args(logdir, "busy", "--gin_param=Trainer.steps = 1000000"))
     try:
         for line in first.stdout:
             if line.startswith("step "):

@@ -13,7 +13,16 @@ import tensorflow as tf
 
 from lrresearch.cli import commands as cli
 from lrresearch.workloads import tf_data_cache
-from tests.support import REPO, Events, default_ctrl_c, kill_at_step, run_cli, start_cli
+from tests.support import (
+    REPO,
+    RESUMABLE_EVERY,
+    RESUMABLE_STEPS,
+    Events,
+    default_ctrl_c,
+    kill_at_step,
+    run_cli,
+    start_cli,
+)
 
 PARAMS = [
     "--gin_param=Trainer.steps = 300",
@@ -50,32 +59,28 @@ def weights(run_dir):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    logdir = tmp_path_factory.mktemp("resume")
-    full = train(logdir, "full")
-    assert full.returncode == 0, full.stderr
-    # Kill a second run with SIGKILL after its second checkpoint (step 80).
-    killed_after = kill_at_step(start_cli(*train_args(logdir, "cut")), 100)
-    resumed = train(logdir, "cut", "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    return logdir, killed_after, resumed.stdout
+def runs(resumable):
+    """The session's resumable run (conftest.py): whole (`full`), and SIGKILLed well past
+    its first checkpoint and resumed (`late`)."""
+    assert resumable.resumed.returncode == 0, resumable.resumed.stderr
+    return resumable.logdir, resumable.killed_at, resumable.resumed.stdout
 
 
 def test_resume_reports_where_it_continued(runs):
     _, killed_after, out = runs
     step = int(out.split("resumed at step ")[1].split(")")[0])
-    assert step % 40 == 0 and 0 < step <= killed_after
+    assert step % RESUMABLE_EVERY == 0 and 0 < step <= killed_after
 
 
 def test_resumed_run_equals_an_uninterrupted_one(runs):
     logdir, _, _ = runs
-    for a, b in zip(weights(logdir / "full"), weights(logdir / "cut"), strict=True):
+    for a, b in zip(weights(logdir / "full"), weights(logdir / "late"), strict=True):
         np.testing.assert_array_equal(a, b)
-    full, cut = Events(logdir / "full"), Events(logdir / "cut")
+    full, cut = Events(logdir / "full"), Events(logdir / "late")
     for tag in ("lr", "loss/batch", "grad/global_norm", "loss/ma_long"):
         # `scalar` checks one point per step 0, 1, 2, ... (no duplicates, no zig-zag).
         np.testing.assert_array_equal(full.scalar(tag), cut.scalar(tag), err_msg=tag)
-        assert len(cut.scalar(tag)) == 300
+        assert len(cut.scalar(tag)) == RESUMABLE_STEPS
     assert len(np.unique(full.scalar("lr"))) > 5  # the controller's state mattered
 
 
