@@ -86,7 +86,7 @@ def test_kill_before_the_first_checkpoint_resume_starts_again(full):
     assert len(Events(logdir / "early").text("config")) == 1
 
 
-def test_a_second_writer_of_a_run_is_refused(full):
+def test_a_second_writer_of_a_run_is_refused(full, capsys):
     logdir, _ = full
     run_dir = logdir / "busy"
     first = start_cli(*resumable_args(logdir, "busy", "--gin_param=Trainer.steps = 1000000"))
@@ -94,14 +94,14 @@ def test_a_second_writer_of_a_run_is_refused(full):
         for line in first.stdout:
             if line.startswith("step "):
                 break
-        second = train(logdir, "busy", "--resume")
+        code, second = resume_in_process(logdir, "busy", capsys)  # this process: the second
         assert first.poll() is None  # still training: the refusal was the lock's
     finally:
         first.kill()
         first.wait(timeout=30)
-    assert second.returncode == 2
-    assert f"is in use by pid {first.pid}" in second.stderr
-    assert "Traceback" not in second.stderr
+    assert code == 2
+    assert f"is in use by pid {first.pid}" in second.err
+    assert "Traceback" not in second.err
     assert len(event_files.event_files(str(run_dir))) == 1  # the second wrote nothing
 
 

@@ -3,7 +3,9 @@ one (weights, `lr`, `loss/batch`), and TensorBoard's loader shows every step onc
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pathlib
 import signal
 import subprocess
 
@@ -18,9 +20,10 @@ from tests.support import (
     RESUMABLE_EVERY,
     RESUMABLE_STEPS,
     Events,
+    Finished,
     default_ctrl_c,
+    finish,
     kill_at_step,
-    run_cli,
     start_cli,
 )
 
@@ -39,10 +42,6 @@ PARAMS = [
 
 def train_args(logdir, run_name, *extra) -> list[str]:
     return ["train", f"--logdir={logdir}", f"--run_name={run_name}", *PARAMS, *extra]
-
-
-def train(logdir, run_name, *extra):
-    return run_cli(*train_args(logdir, run_name, *extra))
 
 
 def weights(run_dir):
@@ -84,39 +83,80 @@ def test_resumed_run_equals_an_uninterrupted_one(runs):
     assert len(np.unique(full.scalar("lr"))) > 5  # the controller's state mattered
 
 
-def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
+def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    result = train(tmp_path, "other", "--resume")
-    assert result.returncode == 2
-    assert "it is not an lrresearch run (no config.gin" in result.stderr
+    code = cli.main(train_args(tmp_path, "other", "--resume"))
+    assert code == 2
+    assert "it is not an lrresearch run (no config.gin" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "other")) == [".lock", "notes.txt"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, signum):
+SIGNALS = {"ctrl_c": signal.SIGINT, "sigterm": signal.SIGTERM}
+
+
+@dataclasses.dataclass
+class Interrupted:
+    """A run stopped by a signal: exit code, stderr, newest checkpoint and `lr` points
+    then; and its `--resume` to 50 batches past the step it stopped at."""
+
+    run_dir: pathlib.Path
+    returncode: int
+    stderr: str
+    checkpoint: str | None
+    lr_points: int
+    resumed: Finished | None = None
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> dict[str, Interrupted]:
+    """One run per signal in SIGNALS, started together (2 cores), each sent its signal at
+    its first progress line, then resumed together."""
+    logdir = tmp_path_factory.mktemp("interrupted")
     # A run far too long to finish on its own, so the signal always lands mid-training
     # (a 300-batch run once ended before a busy CI machine delivered it).
     endless = "--gin_param=Trainer.steps = 1000000"
-    process = start_cli(
-        *train_args(tmp_path, "int", endless), stderr=subprocess.PIPE, preexec_fn=default_ctrl_c
-    )
-    try:
-        for line in process.stdout:
-            if line.startswith("step ") and "/1000000" in line:
-                process.send_signal(signum)
-                break
-        _, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 130, err
-    at = int(err.split("interrupted at step ")[1].split(":")[0])
+    started = {
+        name: start_cli(
+            *train_args(logdir, name, endless), stderr=subprocess.PIPE, preexec_fn=default_ctrl_c
+        )
+        for name in SIGNALS
+    }
+    out = {}
+    for name, process in started.items():
+        try:
+            for line in process.stdout:
+                if line.startswith("step ") and "/1000000" in line:
+                    process.send_signal(SIGNALS[name])
+                    break
+            _, err = process.communicate(timeout=60)
+        finally:
+            process.kill()
+        run_dir = logdir / name
+        checkpoint = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+        lr_points = len(Events(run_dir).scalar("lr")) if process.returncode == 130 else 0
+        out[name] = Interrupted(run_dir, process.returncode, err, checkpoint, lr_points)
+    resuming = {}
+    for name, stopped in out.items():
+        if stopped.returncode == 130:
+            at = int(stopped.stderr.split("interrupted at step ")[1].split(":")[0])
+            extra = ("--resume", f"--gin_param=Trainer.steps = {at + 50}")
+            resuming[name] = start_cli(*train_args(logdir, name, *extra), stderr=subprocess.PIPE)
+    for name, process in resuming.items():
+        out[name].resumed = finish(process)
+    return out
+
+
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(interrupted, name):
+    stopped = interrupted[name]
+    assert stopped.returncode == 130, stopped.stderr
+    at = int(stopped.stderr.split("interrupted at step ")[1].split(":")[0])
     assert 0 < at < 1000000
-    assert tf.train.latest_checkpoint(str(tmp_path / "int" / "checkpoints")).endswith(f"-{at}")
-    assert len(Events(tmp_path / "int").scalar("lr")) >= at  # flushed up to there
-    resumed = train(tmp_path, "int", "--resume", f"--gin_param=Trainer.steps = {at + 50}")
-    assert resumed.returncode == 0, resumed.stderr
-    assert len(Events(tmp_path / "int").scalar("lr")) == at + 50
+    assert stopped.checkpoint.endswith(f"-{at}")
+    assert stopped.lr_points >= at  # flushed up to there
+    assert stopped.resumed.returncode == 0, stopped.resumed.stderr
+    assert len(Events(stopped.run_dir).scalar("lr")) == at + 50
 
 
 def test_default_run_config_names_its_controller_and_an_old_none_still_resumes(tmp_path, capsys):
