@@ -10,10 +10,12 @@ import pathlib
 import subprocess
 from collections.abc import Callable
 
+import gin
 import pytest
 
 from tests.support import (
     GIN_DIR,
+    PROFILE_COMPOSED,
     RESUMABLE_EVERY,
     SEED_RUNS,
     USER_CODE,
@@ -67,3 +69,33 @@ def resumable(tmp_path_factory: pytest.TempPathFactory) -> Resumable:
     assert full.returncode == 0, full.describe()
     resumed = run_cli(*resumable_args(logdir, "late", "--resume"))
     return Resumable(logdir, Events(logdir / "full"), killed_at, saved, on_disk, resumed)
+
+
+@pytest.fixture(scope="session")
+def profile_run(tmp_path_factory: pytest.TempPathFactory):
+    """`(out_dir, rows)` of one small real `lrresearch profile` of two built-in
+    controllers, the gin config's controller and a scoped one (plus the constant-LR rows):
+    once per session, for tests/studies/test_profiling.py and the TensorBoard server test."""
+    from lrresearch.config import parse as config
+    from lrresearch.studies import profile as profiling
+
+    config.parse([], [*PROFILE_COMPOSED, "LossTrendController.max_lr = 0.5"])
+    try:
+        return profiling.profile(
+            [
+                "GradNormController",
+                "DoGController",
+                "@config",
+                "@smooth/MaxChange()",
+                "@MaxChange()",
+            ],
+            optimizers=["MomentumSGD"],
+            logdir=str(tmp_path_factory.mktemp("profile")),
+            rounds=3,
+            block_batches=20,
+            trace_batches=12,
+            warmup_batches=10,
+            progress=lambda message: None,
+        )
+    finally:
+        gin.clear_config()

@@ -473,6 +473,22 @@ class Resumable:
     resumed: subprocess.CompletedProcess
 
 
+# -- the profile ---------------------------------------------------------------------------
+
+# The bindings of the session's small real profile (the `profile_run` fixture).
+PROFILE_SMALL = [
+    "mlp.hidden = (16,)",
+    "Trainer.steps_per_loop = 5",
+    "Trainer.histogram_every = 10",
+]
+PROFILE_COMPOSED = [
+    *PROFILE_SMALL,
+    "Trainer.controller = @MaxChange()",
+    "MaxChange.controller = @PolyakController()",
+    "smooth/MaxChange.max_change_ratio = 0.01",
+]
+
+
 # -- TensorBoard's HTTP API ---------------------------------------------------------------
 
 

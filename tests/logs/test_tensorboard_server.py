@@ -5,22 +5,20 @@ scalars, and one Profile run per controller."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
-import gin
 import pytest
 
-from lrresearch.config import parse as config
-from lrresearch.studies import profile as profiling
 from lrresearch.studies.sweep import run_sweep
 from tests.support import free_port, http_get
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, profile_run):
     logdir = tmp_path_factory.mktemp("tb")
     small = [
         "Trainer.steps = 30",
@@ -38,20 +36,7 @@ def server(tmp_path_factory):
         progress=lambda m: None,
     )
     assert all(p.result for p in points)
-    config.parse([], small)
-    try:
-        profiling.profile(
-            ["GradNormController"],
-            logdir=str(logdir),
-            run_name="profile",
-            rounds=1,
-            block_batches=10,
-            trace_batches=4,
-            warmup_batches=10,
-            progress=lambda m: None,
-        )
-    finally:
-        gin.clear_config()
+    shutil.copytree(profile_run[0], logdir / "profile")  # the session's profile (conftest.py)
     port = free_port()
     process = subprocess.Popen(
         [

@@ -21,47 +21,12 @@ from lrresearch.config import references as gin_references
 from lrresearch.controllers import LossTrendController, MaxChange, PolyakController
 from lrresearch.studies import profile as profiling
 from lrresearch.training.trainer import Trainer
+from tests.support import PROFILE_COMPOSED, PROFILE_SMALL
 
-SMALL = [
-    "mlp.hidden = (16,)",
-    "Trainer.steps_per_loop = 5",
-    "Trainer.histogram_every = 10",
-]
-
-
-COMPOSED = [
-    *SMALL,
-    "Trainer.controller = @MaxChange()",
-    "MaxChange.controller = @PolyakController()",
-    "smooth/MaxChange.max_change_ratio = 0.01",
-]
-
-
-@pytest.fixture(scope="module")
-def profile_run(tmp_path_factory):
-    """One small real profile of two built-in controllers, the gin config's controller
-    and a scoped one (plus the constant-LR rows)."""
-    config.parse([], [*COMPOSED, "LossTrendController.max_lr = 0.5"])
-    try:
-        out_dir, rows = profiling.profile(
-            [
-                "GradNormController",
-                "DoGController",
-                "@config",
-                "@smooth/MaxChange()",
-                "@MaxChange()",
-            ],
-            optimizers=["MomentumSGD"],
-            logdir=str(tmp_path_factory.mktemp("profile")),
-            rounds=3,
-            block_batches=20,
-            trace_batches=12,
-            warmup_batches=10,
-            progress=lambda message: None,
-        )
-    finally:
-        gin.clear_config()
-    return out_dir, rows
+# `profile_run` (conftest.py, shared with tests/logs/test_tensorboard_server.py): one small
+# real profile of two built-in controllers, the gin config's controller and a scoped one
+# (plus the constant-LR rows), with these bindings.
+SMALL, COMPOSED = PROFILE_SMALL, PROFILE_COMPOSED
 
 
 def test_profile_reports_every_controller_against_the_bare_baseline(profile_run):
