@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.support import REPO, read_events
 
@@ -50,6 +51,7 @@ def norm_ema(norms: np.ndarray, decay: float) -> np.ndarray:
     return np.array(out)
 
 
+@pytest.mark.subprocess
 def test_the_page_runs_as_written(tmp_path):
     text = PAGE.read_text()
     files = page_files(text)

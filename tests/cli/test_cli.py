@@ -127,6 +127,7 @@ def error_text(result: Finished) -> str:
     return m.group(0)
 
 
+@pytest.mark.subprocess
 def test_train_prints_run_dir_first_and_summary_last(cli_runs):
     result = cli_runs["ok"]
     assert result.returncode == 0, describe(result)
@@ -147,6 +148,7 @@ def test_train_prints_run_dir_first_and_summary_last(cli_runs):
     assert os.listdir(os.path.join(run_dir, "checkpoints"))
 
 
+@pytest.mark.subprocess
 def test_existing_run_name_exits_2_and_leaves_it_untouched(cli_runs):
     result = cli_runs["clash"]
     message = error_text(result)
@@ -156,6 +158,7 @@ def test_existing_run_name_exits_2_and_leaves_it_untouched(cli_runs):
     assert snapshot(existing) == cli_runs["files"]["before_clash"]
 
 
+@pytest.mark.subprocess
 def test_unknown_configurable_names_file_line_and_suggests(cli_runs):
     message = error_text(cli_runs["typo_configurable"])
     path = cli_runs["files"]["typo_configurable"]
@@ -165,6 +168,7 @@ def test_unknown_configurable_names_file_line_and_suggests(cli_runs):
     assert "Did you mean 'GradNormController'" in message
 
 
+@pytest.mark.subprocess
 def test_bad_value_names_binding_and_where_it_was_bound(cli_runs):
     message = error_text(cli_runs["bad_value"])
     assert "Trainer.batch_size" in message
@@ -172,6 +176,7 @@ def test_bad_value_names_binding_and_where_it_was_bound(cli_runs):
     assert f"{cli_runs['files']['bad_value']}:4" in message
 
 
+@pytest.mark.subprocess
 def test_no_run_directory_left_by_failed_configs(cli_runs):
     # Only the successful run made a directory; config errors fail before.
     assert sorted(os.listdir(cli_runs["files"]["logdir"])) == ["existing", "first"]
@@ -318,6 +323,7 @@ def test_gin_file_parses_and_builds(name, tmp_path, monkeypatch):
 # -- a quiet start ----------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_experiment_run_starts_without_error_lines(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     result = subprocess.run(

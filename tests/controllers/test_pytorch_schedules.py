@@ -280,6 +280,7 @@ def test_bad_momentum_arguments_name_the_parameter(make, message):
         make()
 
 
+@pytest.mark.subprocess
 def test_torch_parity_tool_without_torch_says_how_to_point_it_at_torch():
     if importlib.util.find_spec("torch") is not None:
         pytest.skip("torch is installed here")

@@ -439,6 +439,8 @@ def test_the_config_records_the_gin_bound_arguments():
     assert (rebuilt.window, rebuilt.max_lr) == (7, 0.3)
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_fit_under_mirrored_strategy_matches_one_device(tmp_path):
     """`tests/keras_fit/keras_mirrored_run.py` (a fresh process: the CPU is split into 2 logical
     devices before TensorFlow starts) fits the same batches on one device and under

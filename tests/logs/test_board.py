@@ -104,6 +104,8 @@ def lr_steps(
         time.sleep(0.3)
 
 
+@pytest.mark.subprocess
+@pytest.mark.server
 def test_board_serves_every_lr_point_of_a_run_longer_than_1000_batches(served):
     port, _ = served
     assert lr_steps(port) == list(range(STEPS))
@@ -111,6 +113,8 @@ def test_board_serves_every_lr_point_of_a_run_longer_than_1000_batches(served):
     assert [p[1] for p in custom["tag_to_events"]["lr"]] == list(range(STEPS))
 
 
+@pytest.mark.subprocess
+@pytest.mark.server
 def test_custom_scalars_layout_shows_the_lr_alone_first(served):
     port, _ = served
     layout = http_get(port, "/data/plugin/custom_scalars/layout")
@@ -120,6 +124,8 @@ def test_custom_scalars_layout_shows_the_lr_alone_first(served):
     assert sum("^lr$" in c["multiline"]["tag"] for c in charts) == 1, charts
 
 
+@pytest.mark.subprocess
+@pytest.mark.server
 def test_ctrl_c_stops_tensorboard_and_its_data_server(served):
     port, process = served
     lr_steps(port)  # fully loaded, so the data server is up
@@ -161,6 +167,8 @@ def test_several_logdirs_become_one_named_logdir_spec(tmp_path):
         board.tensorboard_command(["a,b", "c"], 6006, "127.0.0.1")
 
 
+@pytest.mark.subprocess
+@pytest.mark.server
 def test_board_takes_tensorboards_logdir_spec(tmp_path):
     logdir = tmp_path / "runs"
     with tf.summary.create_file_writer(str(logdir / "tiny")).as_default():
@@ -192,6 +200,7 @@ def test_board_directories_from_logdir_and_logdir_spec_must_not_conflict(capsys)
         assert says in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_while_board_starts_exits_130_with_one_line():
     process = start_board("--logdir", "no-such-dir-yet", "--port", str(free_port()))
     time.sleep(1.0)  # TensorFlow's import alone takes longer

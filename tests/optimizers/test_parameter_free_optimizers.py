@@ -53,7 +53,9 @@ def mirrored():
 
 
 @pytest.fixture(scope="module", params=list(LRS))
-def logged(request, tmp_path_factory, mirrored):
+def logged(request, tmp_path_factory):
+    if any("mirrored" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("mirrored")  # started first: it trains alongside these runs
     trainer = make_trainer(request.param)
     result = trainer.fit(str(tmp_path_factory.mktemp("optimizers")), quiet=True)
     return request.param, trainer, read_events(result.run_dir), result
@@ -173,6 +175,8 @@ def test_in_keras_fit(logged, tmp_path):
         np.testing.assert_array_equal(a, b.numpy())
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_mirrored_matches_single_device(logged, mirrored):
     name, trainer, _, _ = logged
     out, err = mirrored.communicate(timeout=600) if mirrored.returncode is None else ("", "")

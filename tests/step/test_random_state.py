@@ -242,6 +242,7 @@ def final_state(run_dir) -> dict[str, np.ndarray]:
     return {n: reader.get_tensor(n) for n in names}
 
 
+@pytest.mark.subprocess
 def test_a_user_dropout_model_killed_and_resumed_through_the_cli_equals_an_uninterrupted_run(
     tmp_path,
 ):

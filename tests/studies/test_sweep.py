@@ -137,6 +137,7 @@ def test_random_sweep_records_every_drawn_value_in_sweep_json_and_hparams(tmp_pa
     )
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_stops_a_sweep_and_sweep_resume_finishes_it(tmp_path, capsys):
     sweep_dir = tmp_path / "s"
     flags = ["--sweep_name=s", "--gin_param=Trainer.steps = 1000000"]

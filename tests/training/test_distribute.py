@@ -155,6 +155,8 @@ def assert_same_series(single: Events, other: Events) -> None:
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-7, err_msg=tag)
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_mirrored_matches_single_device(runs):
     _, single, _ = runs
     report = mirrored_report(runs)
@@ -173,6 +175,8 @@ def test_mirrored_matches_single_device(runs):
         np.testing.assert_allclose(final[f"arr_{i}"], want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_mirrored_replicas_agree_on_lr_and_weights(runs):
     report = mirrored_report(runs)
     assert len(report["lr_copies"]) == 2
@@ -184,6 +188,8 @@ def test_mirrored_replicas_agree_on_lr_and_weights(runs):
     assert report["python_ops"] == []
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_mirrored_dropout_resumes_exactly(runs):
     report = mirrored_report(runs)["random_resume"]
     assert report["warning"] is None
@@ -193,6 +199,8 @@ def test_mirrored_dropout_resumes_exactly(runs):
     assert first == second and first[1] == 10
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_mirrored_writes_each_summary_once(runs):
     report = mirrored_report(runs)
     files = glob.glob(os.path.join(report["run_dir"], "events.out.tfevents.*"))
@@ -211,6 +219,8 @@ def test_mirrored_writes_each_summary_once(runs):
     assert runs[1].events.hparams()["replicas"] == 1
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_batch_not_divisible_by_replicas_is_a_clear_error(runs):
     logdir, _, done = runs
     proc = done["odd_batch"]
@@ -220,6 +230,8 @@ def test_batch_not_divisible_by_replicas_is_a_clear_error(runs):
     assert not (logdir / "odd").exists() or not any((logdir / "odd").iterdir())
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_multi_worker_without_tf_config_says_how_to_launch(runs):
     logdir, _, done = runs
     proc = done["no_tf_config"]
@@ -228,6 +240,8 @@ def test_multi_worker_without_tf_config_says_how_to_launch(runs):
     assert not (logdir / "no_tf_config").exists()
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_multi_worker_chief_writes_the_run(runs):
     logdir, single, done = runs
     proc = done["multi_worker"]
@@ -261,6 +275,8 @@ def test_multi_worker_chief_writes_the_run(runs):
     ]
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_multi_worker_checkpoint_restores_the_single_device_weights(runs):
     """The chief's last checkpoint, restored into a single-device trainer, holds the
     weights, step and controller state of the single-device run."""
@@ -284,6 +300,8 @@ def test_multi_worker_checkpoint_restores_the_single_device_weights(runs):
     assert restored.current_lr() == pytest.approx(single.trainer.current_lr(), rel=1e-5)
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_failed_chief_stops_the_other_worker_and_keeps_the_run(runs):
     """Relaunching into the existing run: the chief refuses (runs are never
     overwritten); the launcher stops the waiting worker and exits with the code."""
@@ -298,6 +316,8 @@ def test_failed_chief_stops_the_other_worker_and_keeps_the_run(runs):
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
+@pytest.mark.subprocess
+@pytest.mark.distributed
 def test_ctrl_c_stops_every_worker_at_one_step_and_resume_continues(tmp_path):
     """Ctrl-C on the launcher: the workers agree on a step, the chief saves its
     checkpoint there, every process exits 130; `--resume` continues from it."""

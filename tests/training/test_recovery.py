@@ -29,6 +29,8 @@ from tests.support import (
     start_cli,
 )
 
+pytestmark = [pytest.mark.subprocess]
+
 # The session's resumable run (`resumable` in conftest.py): trained whole, and killed well
 # past its first checkpoint and resumed, once for this module and test_resume.py.
 STEPS, EVERY, PARAMS = RESUMABLE_STEPS, RESUMABLE_EVERY, RESUMABLE_PARAMS

@@ -65,12 +65,14 @@ def runs(resumable):
     return resumable.logdir, resumable.killed_at, resumable.resumed.stdout
 
 
+@pytest.mark.subprocess
 def test_resume_reports_where_it_continued(runs):
     _, killed_after, out = runs
     step = int(out.split("resumed at step ")[1].split(")")[0])
     assert step % RESUMABLE_EVERY == 0 and 0 < step <= killed_after
 
 
+@pytest.mark.subprocess
 def test_resumed_run_equals_an_uninterrupted_one(runs):
     logdir, _, _ = runs
     for a, b in zip(weights(logdir / "full"), weights(logdir / "late"), strict=True):
@@ -147,6 +149,7 @@ def interrupted(tmp_path_factory) -> dict[str, Interrupted]:
     return out
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("name", list(SIGNALS))
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(interrupted, name):
     stopped = interrupted[name]
@@ -217,6 +220,7 @@ CACHED_RUN = [
 ]  # fmt: skip
 
 
+@pytest.mark.subprocess
 def test_a_cache_lock_left_by_a_killed_run_is_removed_on_resume(tmp_path, monkeypatch, capsys):
     # A pipeline that fills a .cache(file) over its first epoch (312 batches), killed in it.
     (tmp_path / "cachepkg.py").write_text(CACHED_INPUT)

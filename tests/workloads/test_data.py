@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -20,7 +18,7 @@ from lrresearch.workloads.data import (
     npz_file,
     synthetic,
 )
-from tests.support import REPO
+from tests.support import run_cli
 
 
 def test_digits_shapes_range_and_split():
@@ -311,25 +309,18 @@ def test_npz_file_warns_about_values_whose_float32_square_overflows(tmp_path):
         npz_file(save(tmp_path, name="fine.npz", x=x, y=np.arange(20) % 2))
 
 
+@pytest.mark.subprocess
 def test_train_cli_refuses_a_typo_label_with_exit_2(tmp_path):
     y = digit_like_labels(200)
     y[17] = 100000
     path = save(tmp_path, x=np.random.default_rng(0).normal(size=(200, 4)), y=y)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lrresearch",
-            "train",
-            "--gin_param=Trainer.dataset = @npz_file",
-            f"--gin_param=npz_file.path = '{path}'",
-            f"--logdir={tmp_path / 'runs'}",
-            "--quiet",
-        ],
-        cwd=REPO,
+    proc = run_cli(
+        "train",
+        "--gin_param=Trainer.dataset = @npz_file",
+        f"--gin_param=npz_file.path = '{path}'",
+        f"--logdir={tmp_path / 'runs'}",
+        "--quiet",
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
