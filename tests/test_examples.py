@@ -22,6 +22,8 @@ from lrresearch.cli import commands as cli
 from lrresearch.config import parse as config
 from tests.support import BATCH_TAGS, REPO, Events, read_events
 
+pytestmark = [pytest.mark.slow]
+
 STEPS = 200
 EXAMPLES = {"regression": "mae", "sequence": "accuracy"}  # example -> its eval metric
 

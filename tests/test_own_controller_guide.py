@@ -16,6 +16,8 @@ import pytest
 
 from tests.support import REPO, read_events
 
+pytestmark = [pytest.mark.slow]
+
 PAGE = REPO / "docs/guide/own-controller.md"
 STEPS = 30
 

@@ -39,6 +39,7 @@ def sample_run() -> tuple[list[str], list[str]]:
     return shlex.split(command[2:])[1:], lines
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_sample_output_has_the_shape_of_a_real_run_and_plausible_numbers(tmp_path):
     args, shown = sample_run()

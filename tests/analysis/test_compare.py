@@ -49,6 +49,7 @@ def two_runs(tmp_path_factory):
     return logdir, runs
 
 
+@pytest.mark.slow
 def test_compare_table_matches_the_events(two_runs, tmp_path, capsys):
     logdir, runs = two_runs
     assert (
@@ -101,6 +102,7 @@ def damage(run: str, dest: pathlib.Path, kind: str) -> tuple[str, int, int, int]
     return path, offset, intact, lr_steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kind", "says"),
     [
@@ -203,6 +205,7 @@ def test_compare_warns_about_steps_logged_twice_and_uses_the_last_value(tmp_path
     assert line in (tmp_path / "out" / "compare.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_run_whose_optimizer_sets_its_step_is_named_and_shown_by_that_step(tmp_path, capsys):
     """Prodigy's `lr` multiplies its own step: the run is named `Prodigy-WarmupCosine-
     <time>`, and the progress lines and compare's LR column show the step applied

@@ -127,6 +127,7 @@ def error_text(result: Finished) -> str:
     return m.group(0)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_train_prints_run_dir_first_and_summary_last(cli_runs):
     result = cli_runs["ok"]
@@ -148,6 +149,7 @@ def test_train_prints_run_dir_first_and_summary_last(cli_runs):
     assert os.listdir(os.path.join(run_dir, "checkpoints"))
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_existing_run_name_exits_2_and_leaves_it_untouched(cli_runs):
     result = cli_runs["clash"]
@@ -158,6 +160,7 @@ def test_existing_run_name_exits_2_and_leaves_it_untouched(cli_runs):
     assert snapshot(existing) == cli_runs["files"]["before_clash"]
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_unknown_configurable_names_file_line_and_suggests(cli_runs):
     message = error_text(cli_runs["typo_configurable"])
@@ -168,6 +171,7 @@ def test_unknown_configurable_names_file_line_and_suggests(cli_runs):
     assert "Did you mean 'GradNormController'" in message
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_bad_value_names_binding_and_where_it_was_bound(cli_runs):
     message = error_text(cli_runs["bad_value"])
@@ -176,6 +180,7 @@ def test_bad_value_names_binding_and_where_it_was_bound(cli_runs):
     assert f"{cli_runs['files']['bad_value']}:4" in message
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_no_run_directory_left_by_failed_configs(cli_runs):
     # Only the successful run made a directory; config errors fail before.
@@ -293,6 +298,7 @@ def last_binding(path: pathlib.Path, key: str) -> str | None:
     return value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", GIN_FILES)
 def test_gin_file_parses_and_builds(name, tmp_path, monkeypatch):
     from lrresearch.training.trainer import Trainer
@@ -323,6 +329,7 @@ def test_gin_file_parses_and_builds(name, tmp_path, monkeypatch):
 # -- a quiet start ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_experiment_run_starts_without_error_lines(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}

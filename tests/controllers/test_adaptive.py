@@ -299,6 +299,7 @@ def plateau_reference(metrics, lr, patience, factor, cooldown, min_lr, threshold
     return np.array(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patience,cooldown", [(10, 0), (25, 5), (0, 3)])
 def test_plateau_matches_reduce_lr_on_plateau(patience, cooldown):
     rng = np.random.default_rng(patience)

@@ -157,6 +157,7 @@ def polyak_runs(tmp_path_factory):
     return trainers
 
 
+@pytest.mark.slow
 def test_polyak_state_warning_appears_in_a_compiled_run_stuck_at_lr_zero(polyak_runs):
     stuck = polyak_runs["stuck"]
     assert float(stuck.optimizer.learning_rate.numpy()) == 0.0
@@ -167,6 +168,7 @@ def test_polyak_state_warning_appears_in_a_compiled_run_stuck_at_lr_zero(polyak_
     assert int(polyak_runs["healthy"].controller.zero_lr_batches.numpy()) == 0
 
 
+@pytest.mark.slow
 def test_polyak_counters_are_checkpointed(polyak_runs, tmp_path):
     controller = polyak_runs["stuck"].controller
     path = tf.train.Checkpoint(controller=controller).save(str(tmp_path / "ckpt"))
@@ -226,6 +228,7 @@ def test_a_schedule_length_left_at_none_is_the_run_length(make, binding, length)
         make().set_run_length(None)
 
 
+@pytest.mark.slow
 def test_warmup_cosine_gin_decays_over_trainer_steps_and_follows_them_on_resume(tmp_path, capsys):
     """The shipped warmup_cosine.gin: its LR sequence is optax's with decay_steps =
     Trainer.steps; a resume that raises Trainer.steps stretches the schedule (the LR

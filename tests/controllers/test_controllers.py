@@ -153,6 +153,7 @@ def optax_warmup_cosine(steps, init_value, peak_value, warmup_steps, decay_steps
 F32_HALF_ULP = 2.0**-24  # the relative error of rounding a float64 to float32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "base_lr,warmup_steps,decay_steps,init_lr,end_lr",
     [
@@ -392,6 +393,7 @@ LOSS_TREND_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kwargs", "hits_bounds"), LOSS_TREND_CASES)
 def test_loss_trend_matches_reference_rule(kwargs, hits_bounds):
     n = 400 if kwargs.get("window", 100) == 100 else 300

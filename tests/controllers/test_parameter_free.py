@@ -106,6 +106,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_matches_the_reference_over_many_steps(case):
     make, reference, kwargs = CASES[case]
@@ -201,6 +202,7 @@ def test_bad_arguments_name_the_parameter(make, message):
         make()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["DoGController", "DoWGController", "DAdaptSGDController"])
 def test_a_resumed_run_continues_from_the_same_x0_and_sums(tmp_path, name):
     """`x_0`, the running maximum and the sums are in the checkpoint: a run stopped at

@@ -44,6 +44,7 @@ def noisy_losses(n=500, seed=0):
 CASES = [(1, "window"), (7, "window"), (64, "window"), (1, "ema"), (7, "ema"), (64, "ema")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("window", "kind"), CASES)
 def test_moving_average_matches_reference(window, kind):
     values = noisy_losses()

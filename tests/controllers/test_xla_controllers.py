@@ -253,6 +253,7 @@ def test_every_exported_controller_has_an_xla_case() -> None:
     assert not missing, f"add XLA cases for {sorted(missing)} to CASES"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in CASES if c.split("-")[0] not in NOT_XLA])
 def test_xla_gives_the_same_lr_sequence(case: str) -> None:
     data = synthetic_signals(STEPS)

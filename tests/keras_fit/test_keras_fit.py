@@ -65,6 +65,7 @@ CONTROLLERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONTROLLERS))
 def test_fit_gives_the_trainers_lr_sequence(tmp_path, name):
     make_controller, diagnostic = CONTROLLERS[name]
@@ -105,6 +106,7 @@ def test_controller_state_is_saved_with_the_model(tmp_path):
     assert any("guard/skipped" in n for n in names), names
 
 
+@pytest.mark.slow
 def test_fit_logs_the_epoch_mean_of_the_batch_losses_and_compiled_metrics(tmp_path):
     """`History`, Keras's TensorBoard callback and `EarlyStopping` see the real loss:
     per epoch the mean of `loss/batch` (equal batches), not the 0 of an untouched loss
@@ -247,6 +249,7 @@ class StateAfter(keras.callbacks.Callback):
             self.values = {k: v.numpy() for k, v in self.model.controller_state().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_controller", [loss_trend, composed])
 def test_training_resumed_from_a_keras_save_gives_the_uninterrupted_lrs(tmp_path, make_controller):
     x, y = digit_batches(SAVE_AT + RESUME)
@@ -285,6 +288,7 @@ def test_training_resumed_from_a_keras_save_gives_the_uninterrupted_lrs(tmp_path
             )
 
 
+@pytest.mark.slow
 def test_the_guides_keras_resume_recipe_logs_each_step_once(tmp_path):
     """Saved after 8 batches, the run logged 12 (as a process killed after batch 11
     leaves it); the model restored from the `.keras` file goes on from step 8."""
@@ -313,6 +317,7 @@ def built(wrapped: ControlledModel) -> ControlledModel:
     return wrapped
 
 
+@pytest.mark.slow
 def test_loading_another_controllers_state_names_both_and_the_fix(tmp_path):
     path = tmp_path / "trend10.weights.h5"
     data, saver = small_controlled_model(c.LossTrendController(window=10, max_lr=0.5))
@@ -439,6 +444,7 @@ def test_the_config_records_the_gin_bound_arguments():
     assert (rebuilt.window, rebuilt.max_lr) == (7, 0.3)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.distributed
 def test_fit_under_mirrored_strategy_matches_one_device(tmp_path):

@@ -66,6 +66,7 @@ def graph_ops(model: ControlledModel) -> set[str]:
     return ops
 
 
+@pytest.mark.slow
 def test_blocks_of_seven_give_every_step_once_as_one_per_call(tmp_path):
     seven, one = tiny(7), tiny(1)
     fit(seven, tmp_path / "seven")
@@ -102,6 +103,7 @@ def test_a_writer_set_by_the_caller_still_gets_the_summaries(tmp_path):
     assert graph_ops(model) & SUMMARY_OPS  # the detector sees summary ops when present
 
 
+@pytest.mark.slow
 def test_the_buffer_is_not_saved(tmp_path):
     model = tiny(5)
     fit(model, tmp_path / "logs", 10)

@@ -88,6 +88,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("policy", "rtol"), [("mixed_float16", 5e-3), ("mixed_bfloat16", 3e-2)])
 def test_fit_under_mixed_precision_sees_and_applies_the_unscaled_gradients(runs, policy, rtol):
     (_, events, weights), (model, low, low_weights) = runs["off"], runs[policy]
@@ -102,6 +103,7 @@ def test_fit_under_mixed_precision_sees_and_applies_the_unscaled_gradients(runs,
     assert model.traces == 1 and int(model.optimizer.iterations.numpy()) == BATCHES
 
 
+@pytest.mark.slow
 def test_precision_tags_only_with_float16_loss_scaling(runs):
     model, events, _ = runs["mixed_float16"]
     assert np.all(events.scalar("precision/loss_scale") == 2.0**15)

@@ -45,6 +45,7 @@ def state(model: keras.Model) -> list[np.ndarray]:
     return [v.numpy().copy() for v in (*model.variables, *model.optimizer.variables)]
 
 
+@pytest.mark.slow
 def test_range_test_in_fit_restores_weights_and_optimizer_bit_for_bit():
     model = compiled_model(keras.optimizers.Adam(1e-3))
     model.fit(batches().take(5), verbose=0, shuffle=False)  # moments, iterations=5, BN statistics

@@ -104,6 +104,7 @@ def lr_steps(
         time.sleep(0.3)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.server
 def test_board_serves_every_lr_point_of_a_run_longer_than_1000_batches(served):
@@ -113,6 +114,7 @@ def test_board_serves_every_lr_point_of_a_run_longer_than_1000_batches(served):
     assert [p[1] for p in custom["tag_to_events"]["lr"]] == list(range(STEPS))
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.server
 def test_custom_scalars_layout_shows_the_lr_alone_first(served):
@@ -124,6 +126,7 @@ def test_custom_scalars_layout_shows_the_lr_alone_first(served):
     assert sum("^lr$" in c["multiline"]["tag"] for c in charts) == 1, charts
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.server
 def test_ctrl_c_stops_tensorboard_and_its_data_server(served):
@@ -167,6 +170,7 @@ def test_several_logdirs_become_one_named_logdir_spec(tmp_path):
         board.tensorboard_command(["a,b", "c"], 6006, "127.0.0.1")
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.server
 def test_board_takes_tensorboards_logdir_spec(tmp_path):

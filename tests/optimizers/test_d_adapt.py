@@ -183,6 +183,7 @@ def reference_for(cls, kwargs):
     return (prodigy_reference if cls is Prodigy else dadapt_adam_reference), renamed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_matches_the_authors_step_with_zero_gradients_and_lr(case, data):
     cls, kwargs = CASES[case]
@@ -216,6 +217,7 @@ def test_first_applied_step_is_at_d0_and_counts_for_bias_correction(data):
     assert dlr[1] == pytest.approx(1e-6 * math.sqrt(1 - 0.999) / (1 - 0.9), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_xla_gives_the_same_weights(data):
     lrs = lrs_per_batch(12)
     for cls, kwargs in (CASES["prodigy-decoupled-bias-slice"], CASES["dadapt-coupled"]):

@@ -122,6 +122,7 @@ CASES = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_matches_the_reference_with_an_lr_changing_every_batch(problem, case):
     """Weights, `optimizer/effective_lr` and `optimizer/scale` of every batch, zero-gradient

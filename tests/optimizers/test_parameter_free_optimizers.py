@@ -29,6 +29,8 @@ from tests.support import (
     read_events,
 )
 
+pytestmark = [pytest.mark.slow]
+
 # Each optimizer with the LR it is meant to run at; the trainer the tests (and the
 # mirrored run, in its own process) build around it.
 LRS = parameter_free_optimizers()

@@ -77,6 +77,7 @@ def test_evaluation_uses_the_average_and_leaves_the_weights(stepped):
         v.assign(w)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_holds_the_average_and_resumes_exactly(tmp_path):
     a = make_trainer()
     a.run_steps(10)

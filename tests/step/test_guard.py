@@ -19,6 +19,7 @@ from lrresearch.workloads.data import digits
 from tests.support import Events, small_trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_nan_batches_are_skipped_and_later_lrs_cut(tmp_path, jit_compile):
     data = digits()

@@ -163,6 +163,7 @@ def make_trainer(**kwargs) -> Trainer:
     return small_trainer(**{"steps": 12, "steps_per_loop": 6, "grad_norm_every": 4, **kwargs})
 
 
+@pytest.mark.slow
 def test_trainer_logs_the_cycled_momentum_every_batch_and_only_then(tmp_path):
     ctrl = CyclicController(base_lr=0.01, max_lr=0.1, step_size_up=3, cycle_momentum=True)
     trainer = make_trainer(controller=ctrl, optimizer="momentum")
@@ -199,6 +200,7 @@ def run_blocks(trainer, logdir, blocks, poison_block=None):
     return read_events(logdir), weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_update_ratio_is_the_applied_update_over_the_weights(tmp_path, optimizer):
     poison = tf.Variable(False, trainable=False)

@@ -42,6 +42,7 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("policy", "rtol"), [("mixed_float16", 5e-3), ("mixed_bfloat16", 3e-2)])
 def test_controllers_see_the_unscaled_loss_and_gradient_norm(runs, policy, rtol):
     reference, low = runs["off"][1], runs[policy][1]
@@ -93,6 +94,7 @@ def test_loss_scale_is_logged_every_batch_and_halves_after_each_overflow(overflo
         assert events.acc.SummaryMetadata(tag).summary_description == summaries.DESCRIPTIONS[tag]
 
 
+@pytest.mark.slow
 def test_precision_tags_only_with_float16_loss_scaling(runs):
     assert np.all(runs["mixed_float16"][1].scalar("precision/loss_scale") == 2.0**15)
     assert np.all(runs["mixed_float16"][1].scalar("precision/overflow") == 0)

@@ -158,11 +158,13 @@ def test_each_random_layer_has_its_state_found(kind):
     assert [id(s) for s in random_state.find_states(model)] == [id(s) for s in expected]
 
 
+@pytest.mark.slow
 def test_every_random_layer_and_a_loss_generator_resume_exactly(tmp_path):
     # One model holds them all: a generator left out of the checkpoint changes the rest.
     assert_resumes_exactly(tuple(LAYERS), tmp_path)
 
 
+@pytest.mark.slow
 def test_random_layers_resume_exactly_under_xla(tmp_path):
     # Small: XLA compiles for ~10 s per trainer here; the state update is the same.
     assert_resumes_exactly(("dropout", "tf_random_generator"), tmp_path, jit_compile=True)
@@ -242,6 +244,7 @@ def final_state(run_dir) -> dict[str, np.ndarray]:
     return {n: reader.get_tensor(n) for n in names}
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_user_dropout_model_killed_and_resumed_through_the_cli_equals_an_uninterrupted_run(
     tmp_path,

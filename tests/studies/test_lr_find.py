@@ -106,6 +106,7 @@ def test_fastai_suggestions_read_the_trimmed_curve_up_to_divergence():
     assert 1e-3 < found["valley"] < 0.5 and np.isfinite(found["slide"])
 
 
+@pytest.mark.slow
 def test_lr_find_command_writes_plot_summaries_and_binding(tmp_path, capsys):
     gin_out = tmp_path / "suggested.gin"
     argv = [

@@ -29,6 +29,7 @@ from tests.support import PROFILE_COMPOSED, PROFILE_SMALL
 SMALL, COMPOSED = PROFILE_SMALL, PROFILE_COMPOSED
 
 
+@pytest.mark.slow
 def test_profile_reports_every_controller_against_the_bare_baseline(profile_run):
     _, rows = profile_run
     # Gin references are labelled as written; `@config` by the reference bound to
@@ -52,6 +53,7 @@ def test_profile_reports_every_controller_against_the_bare_baseline(profile_run)
         assert r.device.startswith(("CPU: ", "GPU: "))
 
 
+@pytest.mark.slow
 def test_profile_reports_the_state_each_row_adds(profile_run):
     _, rows = profile_run
     extra = {r.controller: r.extra_state_bytes for r in rows if not r.xla}
@@ -68,6 +70,7 @@ def test_profile_reports_the_state_each_row_adds(profile_run):
     assert extra["ConstantController"] == extra["GradNormController"] == 0
 
 
+@pytest.mark.slow
 def test_profile_writes_csv_markdown_and_png(profile_run):
     out_dir, rows = profile_run
     with open(os.path.join(out_dir, "overhead.csv")) as f:
@@ -87,6 +90,7 @@ def test_profile_writes_csv_markdown_and_png(profile_run):
     assert not os.path.exists(os.path.join(out_dir, ".timing"))
 
 
+@pytest.mark.slow
 def test_profile_writes_one_trace_per_variant(profile_run):
     out_dir, rows = profile_run
     xla = ["ConstantController_XLA_no_summaries", "ConstantController_XLA"]
@@ -101,6 +105,7 @@ def test_profile_writes_one_trace_per_variant(profile_run):
     assert not glob.glob(os.path.join(out_dir, xla[0], "events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_profile_names_a_references_folder_without_at_parentheses_or_slash(profile_run):
     out_dir, _ = profile_run
     for folder in ("MaxChange", "smooth.MaxChange"):
@@ -119,6 +124,7 @@ def test_folder_names_drop_what_a_path_cannot_hold_and_never_collide():
     ]
 
 
+@pytest.mark.slow
 def test_profile_attributes_controller_and_summary_ops(profile_run):
     _, rows = profile_run
     by_name = {r.controller: r for r in rows if not r.xla}
@@ -133,6 +139,7 @@ def test_profile_attributes_controller_and_summary_ops(profile_run):
     assert by_name["DoGController"].controller_us > by_name["ConstantController"].controller_us
 
 
+@pytest.mark.slow
 def test_scope_times_split_a_real_trace(tmp_path):
     config.parse([], SMALL)
     try:

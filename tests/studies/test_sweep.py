@@ -44,6 +44,7 @@ def test_parse_sweep():
         parse_sweep("[0, 1]")
 
 
+@pytest.mark.slow
 def test_sweep_runs_the_cross_product_and_reports_failures(tmp_path, capsys):
     argv = [
         "sweep",
@@ -100,6 +101,7 @@ def hparams_experiment(sweep_dir, intervals: bool = False) -> dict[str, list | t
     return found
 
 
+@pytest.mark.slow
 def test_random_sweep_records_every_drawn_value_in_sweep_json_and_hparams(tmp_path, capsys):
     argv = [
         *("sweep", f"--logdir={tmp_path}", "--sweep_name=r", "--quiet"),
@@ -137,6 +139,7 @@ def test_random_sweep_records_every_drawn_value_in_sweep_json_and_hparams(tmp_pa
     )
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_ctrl_c_stops_a_sweep_and_sweep_resume_finishes_it(tmp_path, capsys):
     sweep_dir = tmp_path / "s"

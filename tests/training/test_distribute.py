@@ -155,6 +155,7 @@ def assert_same_series(single: Events, other: Events) -> None:
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-7, err_msg=tag)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.distributed
 def test_mirrored_matches_single_device(runs):
@@ -175,6 +176,7 @@ def test_mirrored_matches_single_device(runs):
         np.testing.assert_allclose(final[f"arr_{i}"], want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.distributed
 def test_mirrored_replicas_agree_on_lr_and_weights(runs):
@@ -188,6 +190,7 @@ def test_mirrored_replicas_agree_on_lr_and_weights(runs):
     assert report["python_ops"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.distributed
 def test_mirrored_dropout_resumes_exactly(runs):
@@ -199,6 +202,7 @@ def test_mirrored_dropout_resumes_exactly(runs):
     assert first == second and first[1] == 10
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.distributed
 def test_mirrored_writes_each_summary_once(runs):
@@ -219,6 +223,7 @@ def test_mirrored_writes_each_summary_once(runs):
     assert runs[1].events.hparams()["replicas"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.distributed
 def test_batch_not_divisible_by_replicas_is_a_clear_error(runs):
@@ -230,6 +235,7 @@ def test_batch_not_divisible_by_replicas_is_a_clear_error(runs):
     assert not (logdir / "odd").exists() or not any((logdir / "odd").iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.distributed
 def test_multi_worker_without_tf_config_says_how_to_launch(runs):
@@ -240,6 +246,7 @@ def test_multi_worker_without_tf_config_says_how_to_launch(runs):
     assert not (logdir / "no_tf_config").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.distributed
 def test_multi_worker_chief_writes_the_run(runs):
@@ -275,6 +282,7 @@ def test_multi_worker_chief_writes_the_run(runs):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.distributed
 def test_multi_worker_checkpoint_restores_the_single_device_weights(runs):
@@ -300,6 +308,7 @@ def test_multi_worker_checkpoint_restores_the_single_device_weights(runs):
     assert restored.current_lr() == pytest.approx(single.trainer.current_lr(), rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.distributed
 def test_failed_chief_stops_the_other_worker_and_keeps_the_run(runs):
@@ -316,6 +325,7 @@ def test_failed_chief_stops_the_other_worker_and_keeps_the_run(runs):
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.distributed
 def test_ctrl_c_stops_every_worker_at_one_step_and_resume_continues(tmp_path):

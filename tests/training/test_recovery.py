@@ -29,6 +29,8 @@ from tests.support import (
     start_cli,
 )
 
+pytestmark = [pytest.mark.slow]
+
 pytestmark = [pytest.mark.subprocess]
 
 # The session's resumable run (`resumable` in conftest.py): trained whole, and killed well

@@ -65,6 +65,7 @@ def runs(resumable):
     return resumable.logdir, resumable.killed_at, resumable.resumed.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_resume_reports_where_it_continued(runs):
     _, killed_after, out = runs
@@ -72,6 +73,7 @@ def test_resume_reports_where_it_continued(runs):
     assert step % RESUMABLE_EVERY == 0 and 0 < step <= killed_after
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_resumed_run_equals_an_uninterrupted_one(runs):
     logdir, _, _ = runs
@@ -149,6 +151,7 @@ def interrupted(tmp_path_factory) -> dict[str, Interrupted]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize("name", list(SIGNALS))
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(interrupted, name):
@@ -162,6 +165,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(interrupted, name):
     assert len(Events(stopped.run_dir).scalar("lr")) == at + 50
 
 
+@pytest.mark.slow
 def test_default_run_config_names_its_controller_and_an_old_none_still_resumes(tmp_path, capsys):
     """config.gin records the controller a `Trainer.controller = None` run used; a run
     written before that (config.gin says None) resumes without a false difference, and
@@ -220,6 +224,7 @@ CACHED_RUN = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_cache_lock_left_by_a_killed_run_is_removed_on_resume(tmp_path, monkeypatch, capsys):
     # A pipeline that fills a .cache(file) over its first epoch (312 batches), killed in it.

@@ -100,6 +100,7 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 # -- per-batch tags ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SEEDS)
 def test_every_batch_tag_has_one_point_per_batch(seed_run, name):
     run = seed_run(name)
@@ -116,6 +117,7 @@ def test_every_batch_tag_has_one_point_per_batch(seed_run, name):
     assert np.all(run.events.scalar("lr") > 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SEEDS)
 def test_tags_are_exact_without_scope_prefixes(seed_run, name):
     run = seed_run(name)
@@ -165,6 +167,7 @@ def test_tags_are_exact_without_scope_prefixes(seed_run, name):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SEEDS)
 def test_histograms_and_grad_norms_at_cadence(seed_run, name):
     run = seed_run(name)
@@ -197,6 +200,7 @@ def test_histograms_and_grad_norms_at_cadence(seed_run, name):
     np.testing.assert_allclose(np.sqrt((per_var**2).sum(axis=0)), global_norm, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SEEDS)
 def test_eval_at_cadence_and_matches_final_model(seed_run, name):
     run = seed_run(name)
@@ -216,6 +220,7 @@ def test_eval_at_cadence_and_matches_final_model(seed_run, name):
     assert accuracy > 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SEEDS)
 def test_config_text_summary_and_file(seed_run, name):
     run = seed_run(name)
@@ -239,6 +244,7 @@ def test_config_text_summary_and_file(seed_run, name):
                 assert float(m.group(1)) == pytest.approx(value), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SEEDS)
 def test_loss_moving_averages_are_windowed_means(seed_run, name):
     run = seed_run(name)
@@ -256,6 +262,7 @@ def test_loss_moving_averages_are_windowed_means(seed_run, name):
 # -- the seed rules, recomputed from the logged signals ----------------------------------------
 
 
+@pytest.mark.slow
 def test_grad_norm_lr_follows_rule(seed_run):
     run = seed_run("grad_norm")
     p = run.params
@@ -275,6 +282,7 @@ def test_grad_norm_lr_follows_rule(seed_run):
     np.testing.assert_array_equal(run.events.scalar("controller/low_norm"), low.astype(F32))
 
 
+@pytest.mark.slow
 def test_loss_trend_lr_follows_rule(seed_run):
     run = seed_run("loss_trend")
     p = run.params
@@ -308,6 +316,7 @@ def test_loss_trend_lr_follows_rule(seed_run):
     assert np.any(np.isclose(lr, hi, rtol=1e-6)) and np.any(np.isclose(lr, lo, rtol=1e-6))
 
 
+@pytest.mark.slow
 def test_cyclical_lr_follows_rule(seed_run):
     run = seed_run("cyclical")
     p = run.params
@@ -325,6 +334,7 @@ def test_cyclical_lr_follows_rule(seed_run):
 # -- run directory ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SEEDS)
 def test_default_run_name(seed_run, name):
     run = seed_run(name)
@@ -335,6 +345,7 @@ def test_default_run_name(seed_run, name):
     datetime.datetime.strptime(m.group(1), "%Y%m%d-%H%M%S")
 
 
+@pytest.mark.slow
 def test_run_dir_layout_and_checkpoint_holds_controller_state(seed_run):
     run = seed_run("loss_trend")
     p = run.params
@@ -388,6 +399,7 @@ def tiny_runs(tmp_path_factory):
     return trainer, logdir, first, second
 
 
+@pytest.mark.slow
 def test_two_runs_in_the_same_second_get_distinct_dirs(tiny_runs):
     _, logdir, first, second = tiny_runs
     assert first.run_dir != second.run_dir
@@ -400,6 +412,7 @@ def test_two_runs_in_the_same_second_get_distinct_dirs(tiny_runs):
     assert os.path.basename(first.run_dir) == "Constant-20240102-030405"
 
 
+@pytest.mark.slow
 def test_existing_run_name_is_refused_and_untouched(tiny_runs):
     trainer, logdir, first, _ = tiny_runs
     before = snapshot(first.run_dir)
@@ -491,6 +504,7 @@ class FlakyController(Controller):
         return ControllerOutput(lr, {})
 
 
+@pytest.mark.slow
 def test_guard_keeps_previous_lr_and_logged_lr_is_applied(tmp_path):
     steps = 12
     gin.clear_config()
@@ -632,6 +646,7 @@ def loop_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_compiled_loops_traced_once_over_several_blocks(loop_runs):
     run, compiled = loop_runs[7]
     sizes = compiled.batches_per_call
@@ -679,6 +694,7 @@ SUMMARY_OPS = {
 }
 
 
+@pytest.mark.slow
 def test_compiled_loops_have_no_python_summary_or_host_ops(loop_runs):
     """Per-batch logging on (the run's events hold every batch), yet the compiled
     loops, while bodies included, hold no summary op and no host transfer."""
@@ -699,6 +715,7 @@ def test_compiled_loops_have_no_python_summary_or_host_ops(loop_runs):
     assert {"TensorListSetItem", "AssignVariableOp"} <= all_ops, sorted(all_ops)
 
 
+@pytest.mark.slow
 def test_steps_per_loop_does_not_change_results(loop_runs):
     (a, _), (b, compiled_b) = loop_runs[7], loop_runs[1]
     assert compiled_b.batches_per_call == [1] * 30

@@ -44,6 +44,7 @@ def runs(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_xla_run_logs_the_same_batches_and_values(runs):
     plain, xla = runs[False].events, runs[True].events
     assert xla.tags == plain.tags
@@ -62,6 +63,7 @@ def test_xla_run_logs_the_same_batches_and_values(runs):
         np.testing.assert_array_equal(got[..., 2].sum(-1), want[..., 2].sum(-1))
 
 
+@pytest.mark.slow
 def test_xla_loop_is_compiled_once(runs):
     """The loop's XLA program does not depend on any variable's value (a `var[i]` read
     would make it a compile-time constant: one compilation per call)."""

@@ -309,6 +309,7 @@ def test_npz_file_warns_about_values_whose_float32_square_overflows(tmp_path):
         npz_file(save(tmp_path, name="fine.npz", x=x, y=np.arange(20) % 2))
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_train_cli_refuses_a_typo_label_with_exit_2(tmp_path):
     y = digit_like_labels(200)

@@ -122,6 +122,7 @@ def test_torch_init_draws_weights_and_biases_as_pytorch_does(factory):
         factory((40,), 10, init="he")
 
 
+@pytest.mark.slow
 def test_mnist1d_cnn_experiment_trains_through_the_cli(cache, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     gin.clear_config()

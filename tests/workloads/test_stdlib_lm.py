@@ -152,6 +152,7 @@ def experiment(tmp_path_factory):
     return logdir, train_experiment(logdir, "lm")
 
 
+@pytest.mark.slow
 def test_experiment_gin_trains_and_logs_bits_per_byte(experiment):
     _, events = experiment
     loss = events.scalar("loss/batch")
@@ -181,6 +182,7 @@ def final_checkpoint(run_dir) -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.slow
 def test_transformer_resumed_halfway_equals_an_uninterrupted_run(experiment):
     logdir, full = experiment
     # Without the histograms (~4 s of tracing per run); they must not change training.
@@ -200,6 +202,7 @@ def test_transformer_resumed_halfway_equals_an_uninterrupted_run(experiment):
     assert len(np.unique(full.scalar("lr"))) > 50  # the LR moved every batch
 
 
+@pytest.mark.slow
 def test_transformer_histograms_and_norms_are_named_by_layer(experiment):
     _, events = experiment
     model = stdlib_lm.byte_transformer((32,), layers=1, width=64, heads=4, context=32)

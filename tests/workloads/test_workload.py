@@ -117,6 +117,7 @@ def runs(workspace):
     return {name: Events(workspace / "runs" / name) for name in ("full", "cut", "again")}
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_every_batch_tag_has_one_point_per_batch(runs):
     events = runs["full"]
@@ -128,6 +129,7 @@ def test_every_batch_tag_has_one_point_per_batch(runs):
     assert loss[-100:].mean() < 0.5 * loss[:100].mean()
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_lr_is_the_gradient_norm_rule_of_the_logged_norms(runs):
     events = runs["full"]
@@ -137,6 +139,7 @@ def test_lr_is_the_gradient_norm_rule_of_the_logged_norms(runs):
     assert (norm < 0.05).any() or len(np.unique(np.round(want, 4))) > 20  # the rule moved
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_sigkilled_run_resumes_to_the_uninterrupted_series(runs):
     for tag in ("lr", "loss/batch", "grad/global_norm", "loss/ma_long"):
@@ -144,6 +147,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_series(runs):
     np.testing.assert_array_equal(runs["cut"].values("eval/mae"), runs["full"].values("eval/mae"))
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_the_runs_config_gin_reproduces_it(workspace, runs):
     assert (
@@ -153,6 +157,7 @@ def test_the_runs_config_gin_reproduces_it(workspace, runs):
         np.testing.assert_array_equal(runs["again"].scalar(tag), runs["full"].scalar(tag), tag)
 
 
+@pytest.mark.slow
 def test_a_pipeline_that_cannot_be_checkpointed_is_refused_before_training(
     workspace, monkeypatch, capsys
 ):
