@@ -57,18 +57,27 @@ def seed_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Run]:
 @pytest.fixture(scope="session")
 def resumable(tmp_path_factory: pytest.TempPathFactory) -> Resumable:
     """The resumable run (`tests.support.RESUMABLE_PARAMS`) trained whole and, alongside
-    it (2 cores), killed well past its first checkpoint and resumed: once per session, for
-    tests/training/test_recovery.py and test_resume.py."""
+    it (2 cores), killed well past its first checkpoint (`late`) and before it (`early`),
+    both then resumed: once per session, for tests/training/test_recovery.py and
+    test_resume.py."""
     logdir = tmp_path_factory.mktemp("resumable")
     whole = start_cli(*resumable_args(logdir, "full"), stderr=subprocess.PIPE)
-    killed_at = kill_at_step(start_cli(*resumable_args(logdir, "late")), RESUMABLE_EVERY + 300)
+    early = start_cli(*resumable_args(logdir, "early"))
+    late = start_cli(*resumable_args(logdir, "late"))
+    kill_at_step(early, 100)
+    early_checkpoints = sorted(p.name for p in (logdir / "early" / "checkpoints").glob("*"))
+    killed_at = kill_at_step(late, RESUMABLE_EVERY + 300)
     index = (logdir / "late" / "checkpoints").glob("*.index")
     saved = max(int(p.name.split("-")[-1].split(".")[0]) for p in index)
     on_disk = raw_lr_steps(logdir / "late")
     full = finish(whole)
     assert full.returncode == 0, full.describe()
+    resuming_early = start_cli(*resumable_args(logdir, "early", "--resume"), stderr=subprocess.PIPE)
     resumed = run_cli(*resumable_args(logdir, "late", "--resume"))
-    return Resumable(logdir, Events(logdir / "full"), killed_at, saved, on_disk, resumed)
+    early_resumed = finish(resuming_early)
+    full_events = Events(logdir / "full")
+    return Resumable(logdir, full_events, killed_at, saved, on_disk, resumed, early_checkpoints,
+                     early_resumed)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

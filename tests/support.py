@@ -461,9 +461,10 @@ def raw_lr_steps(run_dir: str | os.PathLike) -> np.ndarray:
 
 @dataclasses.dataclass
 class Resumable:
-    """The resumable run trained whole (`logdir/full`) and the same run SIGKILLed at step
+    """The resumable run trained whole (`logdir/full`); the same run SIGKILLed at step
     `killed_at` (`logdir/late`), its newest checkpoint then at `saved`, the `lr` steps its
-    files held at that moment, and its `--resume` to the end."""
+    files held at that moment, and its `--resume` to the end; and the same run SIGKILLed
+    at step 100 (`logdir/early`), the files in its `checkpoints/` then, and its `--resume`."""
 
     logdir: pathlib.Path
     full: Events
@@ -471,6 +472,8 @@ class Resumable:
     saved: int
     on_disk_when_killed: np.ndarray
     resumed: subprocess.CompletedProcess
+    early_checkpoints: list[str]
+    early_resumed: Finished
 
 
 # -- the profile ---------------------------------------------------------------------------

@@ -16,9 +16,7 @@ import pytest
 from lrresearch.studies.sweep import run_sweep
 from tests.support import free_port, http_get
 
-pytestmark = [pytest.mark.slow]
-
-pytestmark = [pytest.mark.subprocess, pytest.mark.server]
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.server]
 
 
 @pytest.fixture(scope="module")

@@ -22,16 +22,13 @@ from tests.support import (
     RESUMABLE_PARAMS,
     RESUMABLE_STEPS,
     Events,
-    kill_at_step,
     raw_lr_steps,
     resumable_args,
     run_cli,
     start_cli,
 )
 
-pytestmark = [pytest.mark.slow]
-
-pytestmark = [pytest.mark.subprocess]
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
 # The session's resumable run (`resumable` in conftest.py): trained whole, and killed well
 # past its first checkpoint and resumed, once for this module and test_resume.py.
@@ -41,12 +38,6 @@ TAGS = ("lr", "loss/batch", "grad/global_norm", "loss/ma_long")
 
 def train(logdir, run_name, *extra):
     return run_cli(*resumable_args(logdir, run_name, *extra))
-
-
-def kill_at(logdir, run_name, at_least):
-    """Starts a run and SIGKILLs it at its first progress line at step >= `at_least`;
-    returns the step that line reported."""
-    return kill_at_step(start_cli(*resumable_args(logdir, run_name)), at_least)
 
 
 def assert_equals_uninterrupted(run_dir, full):
@@ -77,11 +68,10 @@ def test_kill_well_past_a_checkpoint_resumes_without_duplicated_points(resumable
     assert sorted(raw_lr_steps(run_dir)) == list(range(STEPS))  # in the files themselves
 
 
-def test_kill_before_the_first_checkpoint_resume_starts_again(full):
-    logdir, reference = full
-    kill_at(logdir, "early", 100)
-    assert not glob.glob(str(logdir / "early" / "checkpoints" / "*.index"))
-    resumed = train(logdir, "early", "--resume")
+def test_kill_before_the_first_checkpoint_resume_starts_again(resumable):
+    logdir, reference = resumable.logdir, resumable.full
+    assert not [name for name in resumable.early_checkpoints if name.endswith(".index")]
+    resumed = resumable.early_resumed
     assert resumed.returncode == 0, resumed.stderr
     assert "has no checkpoint (it stopped before its first): starting it from step 0" in (
         resumed.stdout

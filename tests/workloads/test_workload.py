@@ -6,6 +6,7 @@ checkpointed; and the trainer's handling of model factories, losses and metrics.
 from __future__ import annotations
 
 import os
+import subprocess
 import textwrap
 
 import gin
@@ -20,7 +21,7 @@ from lrresearch.training.trainer import Trainer
 from lrresearch.workloads import data
 from lrresearch.workloads import model_loss as workload
 from lrresearch.workloads.inputs import make_inputs
-from tests.support import BATCH_TAGS, Events, kill_at_step, run_cli, start_cli
+from tests.support import BATCH_TAGS, Events, finish, kill_at_step, run_cli, start_cli
 
 USER_MODULE = textwrap.dedent(
     '''
@@ -106,13 +107,19 @@ def train(folder, *flags, popen=False):
 
 @pytest.fixture(scope="module")
 def runs(workspace):
-    full = train(workspace, "--gin_file=experiment.gin", "--run_name=full")
-    assert full.returncode == 0, full.stderr
+    """The run whole (`full`); killed at step 700 and resumed (`cut`); and trained again
+    from `full`'s config.gin (`again`). Two at a time (2 cores; deterministic runs)."""
+    whole = start_cli("train", "--logdir=runs", "--gin_file=experiment.gin", "--run_name=full",
+                      cwd=workspace, stderr=subprocess.PIPE)  # fmt: skip
     kill_at_step(train(workspace, "--gin_file=experiment.gin", "--run_name=cut", popen=True), 700)
+    full = finish(whole)
+    assert full.returncode == 0, full.stderr
+    again = start_cli("train", "--logdir=runs", "--gin_file=runs/full/config.gin",
+                      "--run_name=again", cwd=workspace, stderr=subprocess.PIPE)  # fmt: skip
     resumed = train(workspace, "--gin_file=experiment.gin", "--run_name=cut", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "(resumed at step 500)" in resumed.stdout
-    again = train(workspace, "--gin_file=runs/full/config.gin", "--run_name=again")
+    again = finish(again)
     assert again.returncode == 0, again.stderr
     return {name: Events(workspace / "runs" / name) for name in ("full", "cut", "again")}
 
