@@ -142,6 +142,7 @@ def test_ctrl_c_stops_tensorboard_and_its_data_server(served):
         os.killpg(process.pid, 0)  # nothing left in TensorBoard's process group
 
 
+@pytest.mark.slow
 def test_the_last_line_of_a_run_says_how_to_view_it(long_run):
     logdir, run = long_run
     line = run.result.summary_line()
