@@ -8,12 +8,12 @@ import re
 
 import gin
 import pytest
-from conftest import GIN_DIR, REPO
 
 from lrresearch.cli import docgen
 from lrresearch.cli.docstrings import gin_value
 from lrresearch.config import parse as config
 from lrresearch.training.arguments import DEFAULT_CONTROLLER
+from tests.support import GIN_DIR, REPO
 
 # The one place this file finds the base configuration.
 BASE_GIN = GIN_DIR / "base.gin"

@@ -13,7 +13,7 @@ import ast
 import functools
 import re
 
-from conftest import REPO
+from tests.support import REPO
 
 PACKAGE = REPO / "lrresearch"
 

@@ -14,9 +14,9 @@ import warnings
 from typing import Any
 
 import pytest
-from conftest import REPO
 
 from lrresearch import moved
+from tests.support import REPO
 
 # Always public (docs/changes.md, issue 23): besides what the docs name.
 PROMISED = (

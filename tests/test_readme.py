@@ -11,9 +11,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
 from lrresearch.config import files
+from tests.support import REPO
 
 README = (REPO / "README.md").read_text()
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
@@ -40,6 +40,8 @@ def sample_run() -> tuple[list[str], list[str]]:
     return shlex.split(command[2:])[1:], lines
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sample_output_has_the_shape_of_a_real_run_and_plausible_numbers(tmp_path):
     args, shown = sample_run()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")

@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 # Each command's `--help` ends with these (argparse epilogs, printed as written).
-# tests/test_cli.py parses every line that starts with `lrresearch`, gin bindings included.
+# tests/cli/test_cli.py parses every line that starts with `lrresearch`, gin bindings included.
 EXAMPLES = {
     "train": """\
 examples:

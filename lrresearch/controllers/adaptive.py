@@ -262,7 +262,7 @@ class HypergradientController(Controller):
     gradients with ratios of past LRs: `check_optimizer` refuses them (measured against
     SGDHD with momentum 0.9: LRs 2% apart on the softmax regression of
     `tools/check_hypergradient_reference.py`, up to 6x on the linear regression of
-    `tests/test_adaptive.py`, 63% in issue 11). `tools/check_hypergradient_reference.py`
+    `tests/controllers/test_adaptive.py`, 63% in issue 11). `tools/check_hypergradient_reference.py`
     compares with the authors' SGDHD and AdamHD. The dot product uses the loss's
     gradient (`Signals.grads`, before clipping, without an optimizer's own weight
     decay), as SGDHD does when its `weight_decay` is 0.

@@ -9,7 +9,7 @@ the same values, metadata and tensor encoding the op writes (`tensor_content`, a
 `AsProtoTensorContent`), built from precomputed byte prefixes and the rows' raw float32
 bytes; the writer imports the events with `ImportEvent` in one compiled loop.
 TensorBoard's loaders see the same tags, steps, values and metadata (its
-`EventAccumulator` reads every value of an event; `tests/test_batch_log.py` checks the
+`EventAccumulator` reads every value of an event; `tests/logs/test_batch_log.py` checks the
 bytes against the op's).
 
 Protobuf wire format used: a field's key is `number << 3 | wire type` as a varint;
