@@ -1,6 +1,6 @@
 """lrresearch: per-batch learning-rate control for TensorFlow, in-graph, seen in TensorBoard.
 
-The public names load lazily, so `lrresearch.cli` can configure TensorFlow's logging
+The public names load lazily, so `lrresearch.cli.commands` can configure TensorFlow's logging
 before TensorFlow is imported.
 """
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from lrresearch import moved
 
 __version__ = "0.1.0"
 
@@ -19,14 +21,15 @@ _EXPORTS = {
     "GradNormController": "lrresearch.controllers",
     "LossTrendController": "lrresearch.controllers",
     "WarmupCosineController": "lrresearch.controllers",
-    "MovingAverage": "lrresearch.signals",
-    "Signals": "lrresearch.signals",
-    "make_signals": "lrresearch.signals",
-    "Trainer": "lrresearch.trainer",
+    "MovingAverage": "lrresearch.controllers.signals",
+    "Signals": "lrresearch.controllers.signals",
+    "make_signals": "lrresearch.controllers.signals",
+    "Trainer": "lrresearch.training.trainer",
     "ControlledModel": "lrresearch.keras_fit",
     "PerBatchSummaries": "lrresearch.keras_fit",
 }
 __all__ = sorted(_EXPORTS)
+moved.install()
 
 
 def __getattr__(name: str) -> Any:

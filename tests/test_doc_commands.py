@@ -12,9 +12,9 @@ import re
 import shlex
 
 import pytest
-from conftest import REPO
 
-from lrresearch import cli_parser
+from lrresearch.cli import parser as cli_parser
+from tests.support import REPO
 
 PLACEHOLDER = re.compile(r"<[A-Za-z_][A-Za-z_.-]*>")  # <YYYYmmdd-HHMMSS>, <run>: stand-ins
 SHELL_PUNCTUATION = set("();|<>&")

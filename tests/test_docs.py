@@ -1,14 +1,22 @@
-"""The docs: generated reference pages match the code; every relative link in the
-README and docs/ points at a file that exists."""
+"""The docs: generated reference pages match the code; `base.gin` binds every
+default the bindings reference lists; every relative link in the README and docs/
+points at a file that exists."""
 
 from __future__ import annotations
 
 import re
 
+import gin
 import pytest
-from conftest import REPO
 
-from lrresearch import docgen
+from lrresearch.cli import docgen
+from lrresearch.cli.docstrings import gin_value
+from lrresearch.config import parse as config
+from lrresearch.training.arguments import DEFAULT_CONTROLLER
+from tests.support import GIN_DIR, REPO
+
+# The one place this file finds the base configuration.
+BASE_GIN = GIN_DIR / "base.gin"
 
 
 @pytest.mark.parametrize("page", sorted(docgen.pages()))
@@ -27,6 +35,57 @@ def test_every_tag_written_in_the_code_is_in_the_tag_reference():
     for tag in written:
         family = tag.rsplit("/", 1)[0] + "/<"
         assert f"`{tag}`" in text or family in text, tag
+
+
+def base_gin_bindings() -> dict[str, str]:
+    """`{binding: value as gin writes it}` of base.gin's `Trainer.*` and
+    `distribution.*` lines, parsed by gin itself."""
+    names = re.findall(r"^((?:Trainer|distribution)\.\w+)\s*=", BASE_GIN.read_text(), re.M)
+    gin.clear_config()
+    try:
+        config.parse([str(BASE_GIN)], [])
+        return {name: gin_value(gin.query_parameter(name)) for name in names}
+    finally:
+        gin.clear_config()
+
+
+def test_base_gin_binds_every_trainer_and_distribution_default():
+    """The bindings reference says base.gin binds each of its rows to the row's
+    default: the same defaults (`docgen.trainer_bindings`, read from the signatures)."""
+    expected = {name: default for name, (default, _) in docgen.trainer_bindings().items()}
+    # `Trainer.controller = None` means the default controller; base.gin names it.
+    expected["Trainer.controller"] = f"@{DEFAULT_CONTROLLER.__name__}()"
+    bound = base_gin_bindings()
+    assert sorted(set(expected) - set(bound)) == [], "unbound in base.gin"
+    assert sorted(set(bound) - set(expected)) == [], "bound in base.gin, not a default"
+    differ = {
+        name: (bound[name], expected[name]) for name in expected if bound[name] != expected[name]
+    }
+    assert differ == {}, "base.gin value, signature default"
+
+
+def test_every_base_gin_binding_has_a_comment():
+    """Each default in base.gin says its unit or its choices, where users read it."""
+    for line in BASE_GIN.read_text().splitlines():
+        if re.match(r"(Trainer|distribution)\.\w+\s*=", line):
+            assert "#" in line, f"base.gin: no comment on {line!r}"
+
+
+def test_controllers_guide_names_every_controller_without_a_strategy_file():
+    """The guide's claim: every exported controller has a shipped `strategies/` file that
+    trains with it, except the ones it names in that sentence."""
+    from lrresearch import controllers
+
+    files = docgen._strategy_files()
+    without = {
+        n
+        for n in controllers.__all__
+        if n not in files and n not in ("Controller", "ControllerOutput")
+    }
+    guide = (REPO / "docs/guide/controllers.md").read_text()
+    claim = guide[guide.index("Each controller but") :].split("\n\n", 1)[0]
+    named = set(re.findall(r"`(\w+)`", claim))
+    assert without <= named, f"no strategies/ file, not named in the guide: {without - named}"
 
 
 def markdown_files():

@@ -17,9 +17,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import BATCH_TAGS, REPO, Events, read_events
 
-from lrresearch import cli, config
+from lrresearch.cli import commands as cli
+from lrresearch.config import parse as config
+from tests.support import BATCH_TAGS, REPO, Events, read_events
+
+pytestmark = [pytest.mark.slow]
 
 STEPS = 200
 EXAMPLES = {"regression": "mae", "sequence": "accuracy"}  # example -> its eval metric

@@ -12,7 +12,11 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import REPO, read_events
+import pytest
+
+from tests.support import REPO, read_events
+
+pytestmark = [pytest.mark.slow]
 
 PAGE = REPO / "docs/guide/own-controller.md"
 STEPS = 30
@@ -49,6 +53,7 @@ def norm_ema(norms: np.ndarray, decay: float) -> np.ndarray:
     return np.array(out)
 
 
+@pytest.mark.subprocess
 def test_the_page_runs_as_written(tmp_path):
     text = PAGE.read_text()
     files = page_files(text)

@@ -1,6 +1,6 @@
 """The README as a user runs it: the sample output of "A run" is what its command prints
 today, line by line, speeds and times aside (the run is seeded, its other numbers are
-checked to 5%); the experiment it shows is the file in gin/experiments/."""
+checked to 5%); the experiment it shows is the shipped file of that name."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+
+from lrresearch.config import files
+from tests.support import REPO
 
 README = (REPO / "README.md").read_text()
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
@@ -38,6 +40,8 @@ def sample_run() -> tuple[list[str], list[str]]:
     return shlex.split(command[2:])[1:], lines
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sample_output_has_the_shape_of_a_real_run_and_plausible_numbers(tmp_path):
     args, shown = sample_run()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -59,6 +63,6 @@ def test_sample_output_has_the_shape_of_a_real_run_and_plausible_numbers(tmp_pat
 
 
 def test_the_experiment_shown_is_the_file():
-    name = re.search(r"this one is\s+`(gin/experiments/[\w.]+)`", README).group(1)
+    name = re.search(r"this one is\s+`(experiments/[\w.]+)`", README).group(1)
     block = re.search(r"## An experiment\n.*?```gin\n(.*?)```", README, re.S).group(1)
-    assert block == (REPO / name).read_text(), f"copy {name} into the README"
+    assert block == (files.SHIPPED / name).read_text(), f"copy {name} into the README"

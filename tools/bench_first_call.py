@@ -45,8 +45,9 @@ import tensorflow as tf
 from cli_rate import train_rate
 from measured_page import write_page
 
-from lrresearch import batch_log, summaries
-from lrresearch.trainer import Trainer
+from lrresearch.logs import rows as batch_log
+from lrresearch.logs import summaries
+from lrresearch.training.trainer import Trainer
 
 PAGE = "docs/benchmarks/first_call.md"
 GROUPS = frozenset({"histograms", "grad_norms"})  # due on the default run's first call
@@ -60,7 +61,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def fresh(logdir: str) -> tuple[Trainer, tf.summary.SummaryWriter]:
-    """A built default trainer logging to a new writer (as `run.fit` sets it up)."""
+    """A built default trainer logging to a new writer (as `outer_loop.fit` sets it up)."""
     trainer = Trainer()
     trainer.build()
     writer = summaries.create_writer(tempfile.mkdtemp(dir=logdir))

@@ -37,7 +37,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch import profiling, summaries
 from lrresearch.controllers import (
     ConstantController,
     Controller,
@@ -45,10 +44,12 @@ from lrresearch.controllers import (
     GradNormController,
     LossTrendController,
 )
-from lrresearch.data import Dataset, split
 from lrresearch.keras_fit import ControlledModel, PerBatchSummaries
-from lrresearch.models import mlp
-from lrresearch.trainer import Trainer
+from lrresearch.logs import summaries
+from lrresearch.studies import profile as profiling
+from lrresearch.training.trainer import Trainer
+from lrresearch.workloads.data import Dataset, split
+from lrresearch.workloads.models import mlp
 
 SIZES = {
     # name: (input features, hidden layers, classes, batch size, examples)

@@ -16,7 +16,7 @@ a `Trainer` with the workload's model, data, optimizer and the default
   xla           bare, compiled with XLA (`Trainer.jit_compile = True`)
   xla+rule+log  rule+log, compiled with XLA
   cli           (default MLP only) the real `lrresearch train --gin_param='Trainer.steps
-                = <block>'`, run through `lrresearch.cli.main` in this process: its
+                = <block>'`, run through `lrresearch.cli.commands.main` in this process: its
                 steady-state steps/s as its summary line reports it (after the first
                 call; evaluations and checkpoints left out), `tools/cli_rate.py`
 
@@ -55,10 +55,10 @@ from bench_workloads import SEED_CONTROLLERS, WORKLOADS, per_round, time_rounds
 from cli_rate import CliBlock
 from measured_page import write_page
 
-from lrresearch import profiling
 from lrresearch.controllers import ConstantController, Controller, GradNormController
-from lrresearch.models import mlp
-from lrresearch.trainer import Trainer
+from lrresearch.studies import profile as profiling
+from lrresearch.training.trainer import Trainer
+from lrresearch.workloads.models import mlp
 
 PAGE = "docs/benchmarks/logging.md"
 TARGET_DEFAULT, TARGET_XLA, TARGET_LOG, TARGET_CLI = 0.97, 1.3, 0.97, 0.9

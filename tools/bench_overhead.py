@@ -38,7 +38,7 @@ OPTIMIZERS = (
 
 PARAMETER_FREE_CONTROLLERS = "ConstantController,DoGController,DoWGController,DAdaptSGDController"
 CNN_INTRO = (
-    "The same on the MNIST-1D CNN (`gin/experiments/mnist1d_cnn.gin`: batches of 100, "
+    "The same on the MNIST-1D CNN (`experiments/mnist1d_cnn.gin`: batches of 100, "
     "histograms off) with plain SGD, the optimizer DoG, DoWG and D-Adapt SGD are "
     "defined on (D-Adapt SGD refuses another), for the parameter-free methods only: "
     "the baseline here is SGD, the Adam row the anchor of the Adam-based optimizers, "
@@ -47,7 +47,7 @@ CNN_INTRO = (
 
 CLI_INTRO = (
     "The default run as users start it, `lrresearch train` (GradNorm, every batch "
-    "logged, evaluations and checkpoints at their cadences), through `lrresearch.cli."
+    "logged, evaluations and checkpoints at their cadences), through `lrresearch.cli.commands."
     "main` in this process: its steady-state steps/s as its summary line reports it "
     "(after the first call; evaluation and checkpoint time left out), against the "
     "bare loop (`ConstantController`, no summaries), in interleaved rounds."
@@ -58,7 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    from lrresearch import cli
+    from lrresearch.cli import commands as cli
 
     with tempfile.TemporaryDirectory() as logdir:
         code = cli.main(
@@ -67,7 +67,7 @@ def main() -> int:
         )  # fmt: skip
         print(f"\n{CNN_INTRO}\n", flush=True)
         code = code or cli.main(
-            ["profile", "--gin_file=gin/experiments/mnist1d_cnn.gin",
+            ["profile", "--gin_file=experiments/mnist1d_cnn.gin",
              "--gin_param=Trainer.histogram_every = 0", "--gin_param=Trainer.optimizer = 'sgd'",
              f"--rounds={args.rounds}",
              "--block_batches=200", f"--controllers={PARAMETER_FREE_CONTROLLERS}",

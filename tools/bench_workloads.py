@@ -6,7 +6,7 @@ against Keras `model.fit` with and without a hand-written per-batch LR callback.
 Workloads (Adam, float32, one CPU/GPU device):
   mnist1d-cnn       `mnist1d_cnn` (BatchNorm, 25 channels) on `@mnist1d` (4,000 training
                     examples of 40 features), batch 100
-  byte-transformer  `byte_transformer` as in gin/experiments/stdlib_transformer.gin (2
+  byte-transformer  `byte_transformer` as in experiments/stdlib_transformer.gin (2
                     pre-LN blocks, width 128, 4 heads, context 128) on `stdlib_bytes`
                     through tf.data, batch 32, sparse cross-entropy from logits
 
@@ -57,7 +57,6 @@ import tensorflow as tf
 from bench_keras import Block, fit_block, keras_dataset, per_batch_lr_callbacks, trainer_block
 from measured_page import write_page
 
-from lrresearch import profiling
 from lrresearch.controllers import (
     ConstantController,
     Controller,
@@ -65,14 +64,15 @@ from lrresearch.controllers import (
     GradNormController,
     LossTrendController,
 )
-from lrresearch.data import mnist1d
-from lrresearch.models import mnist1d_cnn
-from lrresearch.trainer import Trainer
+from lrresearch.studies import profile as profiling
+from lrresearch.training.trainer import Trainer
+from lrresearch.workloads.data import mnist1d
+from lrresearch.workloads.models import mnist1d_cnn
 from lrresearch.workloads.stdlib_lm import byte_transformer, stdlib_bytes
 
 PAGE = "docs/benchmarks/workloads.md"
 BASE_LR = 1e-3  # ours-bare's constant LR; the Keras callback's LR moves around it
-# The seed rules at Adam scale (their gin/strategies defaults are SGD-scale).
+# The seed rules at Adam scale (their strategies/*.gin defaults are SGD-scale).
 SEED_CONTROLLERS: dict[str, Callable[[], Controller]] = {
     "GradNorm": lambda: GradNormController(base_lr=2e-3, low_norm_lr=2e-3, slope=1e-4, min_lr=2e-4),
     "LossTrend": lambda: LossTrendController(initial_lr=1e-3, min_lr=1e-5, max_lr=3e-3),

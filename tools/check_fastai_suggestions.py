@@ -32,8 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from lrresearch import config
-from lrresearch import lr_find as finder
+from lrresearch.config import parse as config
+from lrresearch.studies import lr_find as finder
 
 RTOL = 1e-6
 
@@ -142,7 +142,7 @@ def main() -> int:
         print(done.stderr, file=sys.stderr)
         return 2
     theirs = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"fastai {theirs.pop('version')}; ours: lrresearch.lr_find.suggest_all\n")
+    print(f"fastai {theirs.pop('version')}; ours: lrresearch.studies.lr_find.suggest_all\n")
     head = ["curve", "points", "valley ours", "valley fastai", "slide ours", "slide fastai"]
     head += ["steepest ours", "steep fastai", "min10 ours", "minimum fastai"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))

@@ -36,9 +36,9 @@ import numpy as np
 import tensorflow as tf
 
 from lrresearch.controllers import HypergradientController
+from lrresearch.controllers.signals import MovingAverage
 from lrresearch.optimizers import MomentumSGD
-from lrresearch.signals import MovingAverage
-from lrresearch.step import batch_signals, set_lr
+from lrresearch.step.batch import batch_signals, set_lr
 
 LR_TOLERANCE, WEIGHT_TOLERANCE = 1e-4, 1e-3
 CLASSES, FEATURES, BATCH = 4, 20, 32

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from lrresearch.controllers import WarmupCosineController
-from lrresearch.signals import make_signals
+from lrresearch.controllers.signals import make_signals
 
 TOLERANCE = 1.2e-7
 

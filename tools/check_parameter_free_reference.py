@@ -52,8 +52,8 @@ import tensorflow as tf
 from measured_page import run_and_write
 
 from lrresearch.controllers import DAdaptSGDController, DoGController, DoWGController
-from lrresearch.signals import MovingAverage
-from lrresearch.step import batch_signals, set_lr
+from lrresearch.controllers.signals import MovingAverage
+from lrresearch.step.batch import batch_signals, set_lr
 
 TOLERANCE = 1e-5
 CLASSES, FEATURES, BATCH = 4, 20, 32

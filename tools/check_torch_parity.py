@@ -34,7 +34,7 @@ from lrresearch.controllers import (
     CyclicController,
     OneCycleController,
 )
-from lrresearch.signals import make_signals
+from lrresearch.controllers.signals import make_signals
 
 # torch's schedulers import triton (a GPU compiler, unused here), whose extension
 # segfaulted on import (torch 2.14) in a process that had loaded TensorFlow: hide it.

@@ -1,10 +1,10 @@
 """The steady-state steps/s of the real `lrresearch train` path, for the benchmarks.
 
-`cli_block` runs the CLI's own entry point, `lrresearch.cli.main(["train", ...])`, in
+`cli_block` runs the CLI's own entry point, `lrresearch.cli.commands.main(["train", ...])`, in
 this process (the same parse, `Trainer`, `fit`, writer, evaluations, checkpoints and
 progress as a user's run) and reads the rate from the summary line it prints: the
 steps/s after the first call (which traces), with evaluation and checkpoint time left
-out (`run._Loop._rate`). As a `bench_keras.Block`, it interleaves with the other
+out (`outer_loop._Loop._rate`). As a `bench_keras.Block`, it interleaves with the other
 variants of a benchmark, so the CLI and the loop the benchmark times cannot drift
 apart unseen (issue 22: the CLI ran at a quarter of the figure the benchmark reported).
 """
@@ -19,7 +19,7 @@ import tempfile
 import gin
 from bench_keras import Block
 
-from lrresearch import cli
+from lrresearch.cli import commands as cli
 
 SUMMARY = re.compile(r"\(([\d,]+) steps/s after a ([\d.]+) s first call")
 
@@ -71,7 +71,7 @@ def cli_against_bare(batches: int = 6000, rounds: int = 5) -> str:
     from bench_workloads import per_round, time_rounds
 
     from lrresearch.controllers import ConstantController
-    from lrresearch.trainer import Trainer
+    from lrresearch.training.trainer import Trainer
 
     gin.clear_config()  # the default configuration, whatever ran before
     bare_trainer = Trainer(steps=1, controller=ConstantController(lr=0.1))

@@ -1,7 +1,7 @@
 """Runs an `lrresearch train` command as a multi-worker cluster on this machine.
 
     python tools/launch_local_workers.py --workers 2 -- \\
-        lrresearch train --gin_file gin/strategies/grad_norm.gin --run_name mw
+        lrresearch train --gin_file strategies/grad_norm.gin --run_name mw
 
 starts one process per worker, each with its own `TF_CONFIG` (the same cluster of
 127.0.0.1 ports, its own task index) and `distribution.strategy = "multi_worker"`
@@ -145,7 +145,7 @@ def launch(command: list[str], workers: int, timeout: float) -> int:
 
 def _stop_gracefully(processes: list[subprocess.Popen]) -> None:
     """One SIGINT to each worker: they agree on a step, save a checkpoint there and
-    exit 130 (see `lrresearch.distribute.CoordinatedStop`); killed after `GRACE` s."""
+    exit 130 (see `lrresearch.training.distribute.CoordinatedStop`); killed after `GRACE` s."""
     print(f"launch: stopping the workers; up to {GRACE:.0f} s to save a checkpoint", flush=True)
     for p in processes:
         if p.poll() is None:

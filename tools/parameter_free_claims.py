@@ -4,7 +4,7 @@ written to `docs/results-parameter-free.md`.
 1. **D-Adaptation** (Defazio & Mishchenko, ICML 2023, section 7.1): on multinomial
    logistic regression over LIBSVM tables (batches of 16, 100 epochs), D-Adapt Adam at
    lr 1 matches Adam with its LR tuned over a grid, in training accuracy (about 98% on
-   Iris). Here on Iris and Wine (`gin/experiments/iris_logreg.gin`; scikit-learn's
+   Iris). Here on Iris and Wine (`experiments/iris_logreg.gin`; scikit-learn's
    copies, scaled to [-1, 1] as LIBSVM's `*.scale` files), with Prodigy, D-Adapt SGD and
    DoG, and SGD over its own grid, next to them.
 2. **DoG** (Ivgi, Hinder & Carmon, ICML 2023): without tuning, DoG comes close to SGD at
@@ -36,7 +36,7 @@ SEEDS = (0, 1, 2)
 ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 SGD_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
 TABLES = {"iris": 900, "wine": 1100}  # batches: 100 epochs of N // 16 batches
-IRIS_GIN = "gin/experiments/iris_logreg.gin"
+IRIS_GIN = "experiments/iris_logreg.gin"  # shipped: found by name from any folder
 NO_EXTRAS = ("Trainer.histogram_every = 0", "Trainer.checkpoint_every = 0")
 
 
@@ -86,8 +86,7 @@ def _accuracy(runner: Runner, gin_file: str, params: Sequence[str], seeds) -> li
 
 def _grid_rows(runner, gin_file, common, optimizer, grid, seeds) -> dict[float, list[float]]:
     return {
-        lr: _accuracy(runner, gin_file, (*common, *constant(optimizer, lr)), seeds)
-        for lr in grid
+        lr: _accuracy(runner, gin_file, (*common, *constant(optimizer, lr)), seeds) for lr in grid
     }
 
 
@@ -116,9 +115,9 @@ def dog_section(runner: Runner, seeds: Sequence[int], quick: bool) -> None:
          "with batch norm as the authors advise), on the same batches; final test "
          "accuracy.\n")  # fmt: skip
     cases = {
-        "default MLP, 8x8 digits (2,000 batches)": ("gin/base.gin", (*NO_EXTRAS,), 2000, 1e-6),
+        "default MLP, 8x8 digits (2,000 batches)": ("base.gin", (*NO_EXTRAS,), 2000, 1e-6),
         "MNIST-1D CNN (3,000 batches of 100)": (
-            "gin/experiments/mnist1d_cnn.gin", (*NO_EXTRAS, "Trainer.eval_every = 0"), 3000, 1e-4),
+            "experiments/mnist1d_cnn.gin", (*NO_EXTRAS, "Trainer.eval_every = 0"), 3000, 1e-4),
     }  # fmt: skip
     for label, (gin_file, common, steps, reps) in cases.items():
         common = (*common, f"Trainer.steps = {steps // 20 if quick else steps}")

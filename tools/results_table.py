@@ -3,7 +3,7 @@ several seeds, and prints a markdown table; then checks one published claim.
 
 Tasks: scikit-learn's digits (MLP 64-128-10) and the synthetic imbalanced, noisy task
 (`synthetic(imbalance=10, label_noise=0.1)`, MLP 64-64). Each controller uses its
-`gin/strategies/*.gin` file on top of `gin/base.gin`, with `Trainer.steps = 2000` (so
+shipped `strategies/*.gin` file on top of `base.gin`, with `Trainer.steps = 2000` (so
 the 2000-batch schedules end with the run), SGD, batch 64, eval every 100 batches.
 Reported: final eval loss and accuracy (mean +- std over seeds) and the batches until
 eval accuracy first reached the task's target (median over the seeds that reached
@@ -36,8 +36,9 @@ import tensorflow as tf
 from measured_page import write_page
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from lrresearch import config
-from lrresearch.trainer import Trainer
+from lrresearch.config import files
+from lrresearch.config import parse as config
+from lrresearch.training.trainer import Trainer
 
 LINES: list[str] = []
 
@@ -48,7 +49,7 @@ def emit(line: str = "") -> None:
     LINES.append(line)
 
 
-GIN = pathlib.Path(__file__).resolve().parent.parent / "gin"
+GIN = files.SHIPPED
 TASKS = {
     "digits": (["Trainer.dataset = @digits"], 0.95),
     "synthetic": (
@@ -96,8 +97,8 @@ def run(gin_files: list[str], params: list[str], logdir: str) -> tuple[np.ndarra
 
 def results(strategies: list[pathlib.Path], seeds: list[int], logdir: str) -> None:
     emit(
-        f"## Every strategy on the built-in tasks\n\nEach `gin/strategies/*.gin` on top of "
-        f"`gin/base.gin`, 2,000 batches of SGD (batch 64, eval every 100), seeds "
+        f"## Every strategy on the built-in tasks\n\nEach `strategies/*.gin` on top of "
+        f"`base.gin`, 2,000 batches of SGD (batch 64, eval every 100), seeds "
         f"{', '.join(map(str, seeds))}; digits with the MLP 64-128-10, and the synthetic "
         "task with 10x class imbalance and 10% label noise (MLP 20-64-4). Final eval "
         "metrics are mean +- std over seeds; batches to target is the median over the "

@@ -24,8 +24,9 @@ import numpy as np
 from measured_page import run_and_write
 from tensorboard.backend.event_processing import event_accumulator as ea
 
-from lrresearch import config, summaries
-from lrresearch.trainer import Trainer
+from lrresearch.config import parse as config
+from lrresearch.logs import summaries
+from lrresearch.training.trainer import Trainer
 
 INTRO = (
     "A long run with the default per-batch summaries: resident memory must stay flat and "

@@ -6,7 +6,7 @@
    corpus, the bytes `eval/bits_per_byte` is measured on), given the training part:
    `8 * (len(C(train + held_out)) - len(C(train))) / len(held_out)` bits per byte; and
    alone, `8 * len(C(held_out)) / len(held_out)`.
-2. The model's curve: `gin/experiments/stdlib_transformer.gin` trained by the real CLI
+2. The model's curve: `experiments/stdlib_transformer.gin` trained by the real CLI
    (`lrresearch train`, one TensorFlow thread per run) with Schedule-Free AdamW (no
    schedule to tie to a horizon, so every eval of one run is the result at that
    budget), at two sizes, each stopped by Ctrl-C after `--minutes` (a resumable run).
@@ -42,7 +42,7 @@ from typing import NamedTuple
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-GIN_FILE = ROOT / "gin/experiments/stdlib_transformer.gin"
+GIN_FILE = "experiments/stdlib_transformer.gin"  # shipped: found by name
 PAGE = "docs/results-transformer-vs-compressors.md"
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
@@ -206,7 +206,7 @@ def model_section(rows: list[tuple[Size, np.ndarray, np.ndarray, float, int]],
                   gzip_bits: float, minutes: float) -> list[str]:  # fmt: skip
     lines = [
         "\n## The model's curve\n",
-        "`gin/experiments/stdlib_transformer.gin` (batches of 32 windows of 128 bytes) "
+        "`experiments/stdlib_transformer.gin` (batches of 32 windows of 128 bytes) "
         "with Schedule-Free AdamW (200 warmup batches, then constant; eval with its "
         f"averaged weights), one TensorFlow thread per run, {len(rows)} run(s) side by side "
         f"under `nice`, each stopped by Ctrl-C after {minutes:g} minutes (or at its "

@@ -6,8 +6,8 @@ answered; written to `docs/results-workloads.md`.
    as in the repository's `get_model_args`), with Keras's and PyTorch's default
    initialization, all with the paper's Adam at a constant 1e-2, batches of 100, 6,000
    batches; final test accuracy.
-2. Every kind of rule on the byte-level transformer (`gin/experiments/
-   stdlib_transformer.gin`) and the MNIST-1D CNN (`gin/experiments/mnist1d_cnn.gin`):
+2. Every kind of rule on the byte-level transformer (`experiments/
+   stdlib_transformer.gin`) and the MNIST-1D CNN (`experiments/mnist1d_cnn.gin`):
    warmup-cosine tuned over a small grid of peak LRs (seed 0, then 3 seeds at the best
    peak), the three seed rules, OneCycle, hypergradient (Adam-HD) and Polyak (SGD, the
    method's own optimizer). Final `eval/bits_per_byte` or test accuracy (mean +- std)
@@ -31,7 +31,6 @@ import argparse
 import concurrent.futures as futures
 import multiprocessing
 import os
-import pathlib
 import tempfile
 import time
 from collections.abc import Sequence
@@ -42,7 +41,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from mnist1d_reference import AUTHORS, NOTEBOOK, PAPER, anchor_specs
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 LINES: list[str] = []
 SPIKE_WINDOW, SPIKE_RATIO, SPIKE_NATS = 50, 3.0, 0.2
 
@@ -96,8 +94,8 @@ def _train(job: Job, metric: str, logdir: str) -> Outcome:
     import tensorflow as tf
     from tensorboard.backend.event_processing import event_accumulator as ea
 
-    from lrresearch import config
-    from lrresearch.trainer import Trainer
+    from lrresearch.config import parse as config
+    from lrresearch.training.trainer import Trainer
 
     start = time.perf_counter()
     config.parse([job.gin_file], [*job.params, f"Trainer.seed = {job.seed}"])
@@ -160,7 +158,7 @@ def _schedule(steps: int, peak: float) -> tuple[str, ...]:
 def rules(steps: int, peak: float) -> dict[str, tuple[str, ...]]:
     """The strategies compared on a workload, given the tuned warmup-cosine peak.
 
-    The `gin/strategies` files are written for SGD at LR ~0.1 over 2,000 batches. For
+    The shipped `strategies/*.gin` files are written for SGD at LR ~0.1 over 2,000 batches. For
     Adam every LR-valued number of a seed rule (LRs, bounds, `GradNorm.slope`) is
     multiplied by `s = peak / 0.1`, and every batch count by `steps / 2000`."""
     s, b = peak / 0.1, steps / 2000
@@ -242,7 +240,7 @@ def workloads(quick: bool) -> dict[str, Workload]:
     return {
         "lm": Workload(
             "byte-level transformer (stdlib_transformer.gin)",
-            str(ROOT / "gin/experiments/stdlib_transformer.gin"),
+            "experiments/stdlib_transformer.gin",
             (f"Trainer.steps = {lm_steps}", f"Trainer.eval_every = {lm_steps // 4}", *no_extras),
             lm_steps,
             "eval/bits_per_byte",
@@ -251,7 +249,7 @@ def workloads(quick: bool) -> dict[str, Workload]:
         ),
         "cnn": Workload(
             "MNIST-1D CNN with BatchNorm (mnist1d_cnn.gin)",
-            str(ROOT / "gin/experiments/mnist1d_cnn.gin"),
+            "experiments/mnist1d_cnn.gin",
             (f"Trainer.steps = {cnn_steps}", "Trainer.eval_every = 500", *no_extras),
             cnn_steps,
             "eval/accuracy",

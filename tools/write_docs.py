@@ -1,4 +1,4 @@
-"""Writes the reference pages under `docs/reference/` from the code (`lrresearch.docgen`).
+"""Writes the reference pages under `docs/reference/` from the code (`lrresearch.cli.docgen`).
 
 Run after changing a tag, a controller's docstring or signature, a `Trainer` argument
 or a CLI flag: `python tools/write_docs.py`. `tests/test_docs.py` fails until the pages
@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main() -> int:
-    from lrresearch import docgen
+    from lrresearch.cli import docgen
 
     changed = 0
     for relative, text in docgen.pages().items():

@@ -11,14 +11,9 @@ import gin
 import keras
 import tensorflow as tf
 
-from lrresearch.controllers.base import (
-    Controller,
-    ControllerOutput,
-    check_int,
-    check_number,
-    check_positive,
-)
-from lrresearch.signals import Signals
+from lrresearch.checks import check_int, check_number, check_positive
+from lrresearch.controllers.base import Controller, ControllerOutput
+from lrresearch.controllers.signals import Signals
 
 
 @gin.configurable
@@ -61,7 +56,7 @@ class PolyakController(Controller):
       PolyakController.f_star = 0.0                 # a lower bound of the loss
 
       >>> from lrresearch.controllers import PolyakController
-      >>> from lrresearch.signals import make_signals
+      >>> from lrresearch.controllers.signals import make_signals
       >>> c = PolyakController(c=0.5, max_lr=1.0)
       >>> round(float(c.compute(make_signals(0, loss=0.5, global_norm=2.0)).lr), 4)
       0.25
@@ -267,7 +262,7 @@ class HypergradientController(Controller):
     gradients with ratios of past LRs: `check_optimizer` refuses them (measured against
     SGDHD with momentum 0.9: LRs 2% apart on the softmax regression of
     `tools/check_hypergradient_reference.py`, up to 6x on the linear regression of
-    `tests/test_adaptive.py`, 63% in issue 11). `tools/check_hypergradient_reference.py`
+    `tests/controllers/test_adaptive.py`, 63% in issue 11). `tools/check_hypergradient_reference.py`
     compares with the authors' SGDHD and AdamHD. The dot product uses the loss's
     gradient (`Signals.grads`, before clipping, without an optimizer's own weight
     decay), as SGDHD does when its `weight_decay` is 0.

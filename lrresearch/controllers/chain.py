@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import gin
 import tensorflow as tf
 
-from lrresearch.controllers.base import Controller, ControllerOutput, check_int
+from lrresearch.checks import check_int
+from lrresearch.controllers.base import Controller, ControllerOutput
 from lrresearch.controllers.compose import Composite, check_controller, nested
-from lrresearch.signals import Signals
+from lrresearch.controllers.signals import Signals
 
 
 @gin.configurable

@@ -18,14 +18,9 @@ import gin
 import keras
 import tensorflow as tf
 
-from lrresearch.controllers.base import (
-    Controller,
-    ControllerOutput,
-    check_int,
-    check_number,
-    check_positive,
-)
-from lrresearch.signals import Signals
+from lrresearch.checks import check_int, check_number, check_positive
+from lrresearch.controllers.base import Controller, ControllerOutput
+from lrresearch.controllers.signals import Signals
 
 
 def check_controller(owner: str, name: str, value: object) -> None:

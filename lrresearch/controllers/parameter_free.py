@@ -23,13 +23,9 @@ from typing import TYPE_CHECKING, Any
 import gin
 import tensorflow as tf
 
-from lrresearch.controllers.base import (
-    Controller,
-    ControllerOutput,
-    check_interval,
-    check_positive,
-)
-from lrresearch.signals import Signals
+from lrresearch.checks import check_interval, check_positive
+from lrresearch.controllers.base import Controller, ControllerOutput
+from lrresearch.controllers.signals import Signals
 
 if TYPE_CHECKING:
     import keras

@@ -12,17 +12,15 @@ import math
 import gin
 import tensorflow as tf
 
+from lrresearch.checks import check_int, check_number, check_positive
 from lrresearch.controllers.base import (
     Controller,
     ControllerOutput,
     check_cycle_momentum,
-    check_int,
-    check_number,
-    check_positive,
     length_warning,
     run_length,
 )
-from lrresearch.signals import Signals, make_signals
+from lrresearch.controllers.signals import Signals, make_signals
 
 
 def _step64(signals: Signals) -> tf.Tensor:

@@ -7,16 +7,9 @@ import math
 import gin
 import tensorflow as tf
 
-from lrresearch.controllers.base import (
-    Controller,
-    ControllerOutput,
-    check_int,
-    check_number,
-    check_positive,
-    length_warning,
-    run_length,
-)
-from lrresearch.signals import Signals, make_signals
+from lrresearch.checks import check_int, check_number, check_positive
+from lrresearch.controllers.base import Controller, ControllerOutput, length_warning, run_length
+from lrresearch.controllers.signals import Signals, make_signals
 
 
 @gin.configurable
@@ -31,7 +24,7 @@ class ConstantController(Controller):
       ConstantController.lr = 0.05
 
       >>> from lrresearch.controllers import ConstantController
-      >>> from lrresearch.signals import make_signals
+      >>> from lrresearch.controllers.signals import make_signals
       >>> round(float(ConstantController(lr=0.05).compute(make_signals(0, 2.3)).lr), 6)
       0.05
     """
@@ -74,7 +67,7 @@ class WarmupCosineController(Controller):
       WarmupCosineController.warmup_steps = 100     # batches; decays to Trainer.steps
 
       >>> from lrresearch.controllers import WarmupCosineController
-      >>> from lrresearch.signals import make_signals
+      >>> from lrresearch.controllers.signals import make_signals
       >>> c = WarmupCosineController(base_lr=0.1, warmup_steps=100, decay_steps=2000)
       >>> [round(float(c.compute(make_signals(t, 1.0)).lr), 4) for t in (0, 50, 100, 2000)]
       [0.0, 0.05, 0.1, 0.0]
@@ -201,7 +194,7 @@ class WSDController(Controller):
       WSDController.decay_shape = '1-sqrt'
 
       >>> from lrresearch.controllers import WSDController
-      >>> from lrresearch.signals import make_signals
+      >>> from lrresearch.controllers.signals import make_signals
       >>> c = WSDController(peak_lr=0.1, warmup_steps=10, stable_steps=80, decay_steps=10,
       ...                   decay_shape="linear")
       >>> [round(float(c.compute(make_signals(t, 1.0)).lr), 4) for t in (0, 5, 50, 95, 100)]

@@ -13,15 +13,10 @@ import math
 import gin
 import tensorflow as tf
 
-from lrresearch.controllers.base import (
-    Controller,
-    ControllerOutput,
-    check_int,
-    check_number,
-    check_positive,
-)
+from lrresearch.checks import check_int, check_number, check_positive
+from lrresearch.controllers.base import Controller, ControllerOutput
 from lrresearch.controllers.compose import LossNudgeFactor, Product
-from lrresearch.signals import Signals, update_slot
+from lrresearch.controllers.signals import Signals, update_slot
 
 
 @gin.configurable
@@ -47,7 +42,7 @@ class GradNormController(Controller):
       GradNormController.slope = 0.005
 
       >>> from lrresearch.controllers import GradNormController
-      >>> from lrresearch.signals import make_signals
+      >>> from lrresearch.controllers.signals import make_signals
       >>> c = GradNormController()
       >>> [round(float(c.compute(make_signals(0, 1.0, norm)).lr), 4) for norm in (0, 2, 100)]
       [0.11, 0.09, 0.01]

@@ -50,7 +50,7 @@ class ShortName:
         self.builds = f"keras.optimizers.{class_name}(learning_rate=lr{arguments})"
 
     def __call__(self, lr: float) -> keras.optimizers.Optimizer:
-        from lrresearch import external_configurables  # registers Keras's classes
+        from lrresearch import keras_classes as external_configurables  # registers Keras's classes
 
         selector = f"keras.optimizers.{self.class_name}"
         assert selector in external_configurables.REGISTERED, selector

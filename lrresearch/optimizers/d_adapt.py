@@ -27,7 +27,7 @@ import gin
 import keras
 import tensorflow as tf
 
-from lrresearch.controllers.base import check_int, check_number
+from lrresearch.checks import check_int, check_number
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 STATE_DTYPE = tf.float64  # the authors' scalars are Python floats

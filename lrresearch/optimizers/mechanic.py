@@ -20,7 +20,7 @@ import gin
 import keras
 import tensorflow as tf
 
-from lrresearch.controllers.base import check_nonnegative, check_number, check_positive
+from lrresearch.checks import check_nonnegative, check_number, check_positive
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 BaseSpec = str | Callable[..., keras.optimizers.Optimizer] | dict[str, Any]

@@ -14,7 +14,7 @@ import gin
 import keras
 from keras import ops
 
-from lrresearch.controllers.base import check_number
+from lrresearch.checks import check_number
 
 
 @keras.saving.register_keras_serializable(package="lrresearch")

@@ -24,12 +24,7 @@ import gin
 import keras
 import tensorflow as tf
 
-from lrresearch.controllers.base import (
-    check_int,
-    check_interval,
-    check_nonnegative,
-    check_number,
-)
+from lrresearch.checks import check_int, check_interval, check_nonnegative, check_number
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 

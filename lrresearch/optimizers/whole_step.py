@@ -15,7 +15,7 @@ gradient (dense; `None` as zeros), in the cross-replica context:
   every replica's copy.
 
 `step_summaries()` gives the scalars the trainer and `ControlledModel` log for each
-batch after the update, as `optimizer/<name>` (see `lrresearch.summaries.TAGS`), e.g.
+batch after the update, as `optimizer/<name>` (see `lrresearch.logs.summaries.TAGS`), e.g.
 `optimizer/effective_lr`, the step size the update applied.
 
 An optimizer whose weights to evaluate are not the ones it trains (Schedule-Free's

@@ -22,7 +22,7 @@ every run on it keeps them in its HParams (`dataset.sha256`, ...).
   `eval/bits_per_byte` with `Trainer.metrics = [@BitsPerByte()]`. A uniform guess over
   the 256 byte values is 8 bits per byte.
 
-See `gin/experiments/stdlib_transformer.gin` for a run.
+See the shipped `experiments/stdlib_transformer.gin` for a run.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def stdlib_bytes(
 
 
 # The corpus depends on the Python it is read from, which the gin bindings do not say:
-# the trainer records this in the run's HParams (`lrresearch.inputs.data_info`).
+# the trainer records this in the run's HParams (`lrresearch.workloads.inputs.data_info`).
 stdlib_bytes.info = corpus_info
 
 

@@ -1,6 +1,6 @@
 """Small tables that ship with scikit-learn, scaled as LIBSVM's `*_scale` sets are:
 the data sets of the D-Adaptation paper's logistic-regression comparison
-(`gin/experiments/iris_logreg.gin`, `tools/parameter_free_claims.py`).
+(`experiments/iris_logreg.gin`, `tools/parameter_free_claims.py`).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import gin
 import numpy as np
 
-from lrresearch.data import DataError, Dataset, split
+from lrresearch.workloads.data import DataError, Dataset, split
 
 # `name` -> scikit-learn's loader, all bundled with scikit-learn (no download).
 TABLES = ("iris", "wine", "breast_cancer")

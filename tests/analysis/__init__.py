@@ -1,0 +1,1 @@
+"""Tests of `lrresearch.analysis`: `compare` and what it reads."""

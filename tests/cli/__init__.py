@@ -1,0 +1,1 @@
+"""Tests of `lrresearch.cli`: the command line, run for real, and its help."""

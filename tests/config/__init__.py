@@ -1,0 +1,1 @@
+"""Tests of `lrresearch.config`: gin parsing, errors that name the place, users' modules."""

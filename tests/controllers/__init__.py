@@ -1,0 +1,1 @@
+"""Tests of `lrresearch.controllers`, against independent numpy references."""

@@ -1,0 +1,1 @@
+"""Tests of `lrresearch.keras_fit`: `ControlledModel` and `PerBatchSummaries` in Keras `fit`."""

@@ -1,0 +1,1 @@
+"""Tests of `lrresearch.logs`: summaries, the row buffer, event files, TensorBoard serving them."""

@@ -1,0 +1,1 @@
+"""Tests of `lrresearch.optimizers`, against numpy transcriptions of the authors' code."""

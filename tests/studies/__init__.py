@@ -1,0 +1,1 @@
+"""Tests of `lrresearch.studies`: sweep, sampling, profile, lr-find."""

@@ -1,0 +1,1 @@
+"""Tests of `lrresearch.training`: the trainer, its loops, resume, recovery, distribution."""

@@ -1,0 +1,1 @@
+"""Tests of `lrresearch.workloads`: data, models, losses and metrics, the built-in workloads."""
