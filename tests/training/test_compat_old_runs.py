@@ -10,17 +10,15 @@ holds while those move.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import pathlib
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.support import REPO, read_events
+from tests.support import REPO, Finished, finish, read_events, start_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 
@@ -35,33 +33,17 @@ def lrresearch(*args: str, cwd: pathlib.Path) -> subprocess.Popen:
     """`python -m lrresearch ARGS` with this checkout first on the path, from `cwd`."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.Popen(
-        [sys.executable, "-m", "lrresearch", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_cli(*args, cwd=cwd, env=env, stderr=subprocess.PIPE)
 
 
-@dataclasses.dataclass
-class Done:
-    returncode: int
-    out: str  # stdout and stderr
-
-    def check(self) -> Done:
-        assert self.returncode == 0, self.out
-        return self
-
-
-def finish(proc: subprocess.Popen) -> Done:
-    out, err = proc.communicate(timeout=300)
-    return Done(proc.returncode, out + err)
+def output(done: Finished) -> str:
+    """stdout and stderr of a run that must have exited 0."""
+    assert done.returncode == 0, done.describe()
+    return done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
-def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, dict[str, Done]]:
+def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, dict[str, Finished]]:
     """Copies of both runs, each resumed to its new `Trainer.steps` (both processes at
     once); returns their logdir and each resume's exit code and output."""
     logdir = tmp_path_factory.mktemp("resumed")
@@ -82,7 +64,7 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, dic
 def test_an_old_run_resumes_from_its_checkpoint(resumed, name):
     logdir, done = resumed
     at, steps = RUNS[name]
-    out = done[name].check().out
+    out = output(done[name])
     assert f"(resumed at step {at})" in out
     old, new = read_events(FIXTURE / name), read_events(logdir / name)
     # One loss per batch 0..steps-1: the resume continued at the checkpoint's step
@@ -117,12 +99,12 @@ def test_the_loss_trend_controller_continues_its_lr(resumed):
 def test_a_checkpoint_without_random_state_restores_with_a_warning(resumed):
     _, done = resumed
     at, _ = RUNS["loss_trend_dropout"]
-    lines = done["loss_trend_dropout"].out.splitlines()
+    lines = output(done["loss_trend_dropout"]).splitlines()
     warnings = [line for line in lines if RANDOM_WARNING in line]
     assert len(warnings) == 1
     assert f"ckpt-{at} " in warnings[0] and "3 random generator(s)" in warnings[0]
     # A model without random layers has no random stream to lose: no warning.
-    assert RANDOM_WARNING not in done["default"].out
+    assert RANDOM_WARNING not in output(done["default"])
 
 
 def test_compare_reads_old_and_resumed_runs(resumed, tmp_path):
@@ -133,7 +115,7 @@ def test_compare_reads_old_and_resumed_runs(resumed, tmp_path):
     runs = [logdir / name for name in RUNS] + [untouched / name for name in RUNS]
     out_dir = tmp_path / "comparison"
     done = finish(lrresearch("compare", *map(str, runs), f"--out={out_dir}", cwd=tmp_path))
-    out = done.check().out
+    out = output(done)
     with open(out_dir / "compare.csv") as f:
         rows = list(csv.DictReader(f))
     for run, row in zip(runs, rows, strict=True):
