@@ -13,7 +13,6 @@ file's first comment. Groups print in `GROUPS` order, entries alphabetically.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import re
 import textwrap
@@ -181,10 +180,9 @@ def _configs() -> list[Entry]:
 
 def entries(group: str) -> list[Entry]:
     """The entries of one of `GROUPS`, sorted by gin name."""
-    from lrresearch.config.parse import CONFIGURABLE_MODULES
+    from lrresearch.config.parse import register_configurables
 
-    for module in CONFIGURABLE_MODULES:  # config.configurables scans what is imported
-        importlib.import_module(module)
+    register_configurables()  # config.configurables scans what is imported
     found = {
         "controllers": lambda: _controllers(standalone=True),
         "wrappers": lambda: _controllers(standalone=False),

@@ -359,7 +359,7 @@ CONFIGURABLE_MODULES = (
 )
 
 
-def _register_configurables() -> None:
+def register_configurables() -> None:
     """Imports every module with gin configurables, so names resolve."""
     for module in CONFIGURABLE_MODULES:
         importlib.import_module(module)
@@ -380,7 +380,7 @@ def parse(
         configurable or parameter, or does not parse. The message names the file and
         line, or the `--gin_param`.
     """
-    _register_configurables()
+    register_configurables()
     gin.clear_config()
     found, paths = [], []
     for name in gin_files:
