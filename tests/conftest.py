@@ -1,11 +1,19 @@
-"""Shared fixtures: short training runs trained once per session, and `user_code`.
+"""Shared fixtures: short training runs trained once per session, and `user_code`; and
+how the suite is split between pytest-xdist's worker processes.
 
 The helpers the tests share (reading events, a small trainer, the CLI in a subprocess,
 ...) are in `tests/support.py`; fixtures are here, so pytest finds them for every folder.
+
+**Workers.** `pytest` runs the suite in worker processes (`-n auto --dist loadscope` in
+`pyproject.toml`; `-n 0` runs it in one process). A session fixture is built once per
+*worker*, so every test file is one group (its module fixtures are built once) and the
+files that share an expensive session fixture are one group (`SHARED_RUNS`): a worker
+never trains a run another worker already trained.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 from collections.abc import Callable
@@ -30,6 +38,41 @@ from tests.support import (
     start_cli,
     train,
 )
+
+
+# Session fixture -> the test files that use it: they run in one worker.
+SHARED_RUNS = {
+    "seed_run": ("training/test_trainer.py", "optimizers/test_parameter_free_optimizers.py"),
+    "resumable": ("training/test_recovery.py", "training/test_resume.py"),
+    "profile_run": ("studies/test_profiling.py", "logs/test_tensorboard_server.py"),
+}
+# Workers for `-n auto`: one per core, at most this many (each imports TensorFlow and
+# trains with its own thread pools; more than a few only adds memory).
+MAX_WORKERS = 4
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per CPU core available to this process, 1 to `MAX_WORKERS`."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, MAX_WORKERS))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """pytest-xdist's scheduler for `--dist loadscope`, with the scope of a test being its
+    file, or its `SHARED_RUNS` fixture for the files that share one (xdist's own
+    `loadgroup` marks are ignored under pytest >= 9.2, which keeps node ids elsewhere)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    group_of = {f"tests/{file}": name for name, files in SHARED_RUNS.items() for file in files}
+
+    class SharedRunScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return group_of.get(file, file)
+
+    return SharedRunScheduling(config, log)
 
 
 @pytest.fixture
