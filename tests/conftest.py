@@ -39,7 +39,6 @@ from tests.support import (
     train,
 )
 
-
 # Session fixture -> the test files that use it: they run in one worker.
 SHARED_RUNS = {
     "seed_run": ("training/test_trainer.py", "optimizers/test_parameter_free_optimizers.py"),
