@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+from lrresearch.cli import tune_command
 from lrresearch.cli.parser import build_parser
 
 # Before TensorFlow loads: its C++ start-up chatter hides the run's own output.
@@ -311,6 +312,7 @@ _NAME_FLAGS = {
     "profile": "run_name",
     "lr-find": "run_name",
     "sweep": "sweep_name",
+    "tune": "study_name",
 }
 
 
@@ -333,6 +335,7 @@ def _run(args: argparse.Namespace, started: list[bool]) -> int:
         "profile": profile,
         "lr-find": lr_find,
         "sweep": sweep,
+        "tune": tune_command.tune,
         "compare": compare,
         "board": board,
         "list": list_command,

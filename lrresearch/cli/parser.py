@@ -416,6 +416,7 @@ def _board_parser(commands: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from lrresearch import __version__
+    from lrresearch.cli import study_parser
 
     parser = argparse.ArgumentParser(
         prog="lrresearch",
@@ -431,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         _sweep_parser,
         _compare_parser,
         _board_parser,
+        study_parser.tune_parser,
     ):
         add(commands)
     _list_parser(commands)

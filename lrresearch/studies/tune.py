@@ -349,7 +349,7 @@ class _Worker:
             )
         except TrainingStopped as e:
             _write_pruned(os.path.join(self.study_dir, run), e, self.settings)
-            self.progress(f"  pruned at step {e.step}: {e.reason}")
+            self.progress(f"  pruned: {e.reason}")
             raise optuna.TrialPruned(str(e.reason)) from None
         except Exception as e:  # a failed trial must not end the study
             raise self._failed(trial, e) from None
@@ -441,6 +441,12 @@ def interrupted_message(
     lines.append(f"continue the study (to {settings.trials} trials) with:")
     lines.append(f"    {shlex.join(command)}")
     return "\n".join(lines)
+
+
+def finished_count(study_dir: str, spec: StudySpec, settings: Settings) -> int:
+    """The study's finished trials (COMPLETE + PRUNED)."""
+    study = load_study(study_dir, spec, settings)
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def finish(study_dir: str, spec: StudySpec, settings: Settings) -> str:
