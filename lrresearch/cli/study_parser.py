@@ -93,7 +93,7 @@ def tune_parser(commands: Any) -> None:
     )
     # Hidden: a worker started by --workers (no final table), and the heartbeat in
     # seconds that a new study records (tests use 1 to find a killed worker quickly).
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--heartbeat", type=int, default=tune.HEARTBEAT_SECONDS, help=argparse.SUPPRESS
     )

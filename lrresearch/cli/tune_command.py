@@ -87,10 +87,13 @@ def _run(args: argparse.Namespace, study_dir: str, spec: Any, settings: Any, say
     from lrresearch.studies import tune, tune_workers
 
     if args.workers == 1:
-        tune.run_worker(study_dir, spec, settings, say)
+        tune.run_worker(study_dir, spec, settings, say, args.worker or 0)
         return
-    command = tune_workers.worker_command(study_dir, spec.name, settings.storage, args.quiet)
-    codes = tune_workers.run_workers([command] * args.workers, say)
+    commands = [
+        tune_workers.worker_command(i, study_dir, spec.name, settings.storage, args.quiet)
+        for i in range(args.workers)
+    ]
+    codes = tune_workers.run_workers(commands, say)
     if 130 in codes or any(c < 0 for c in codes):
         raise tune.TuneInterrupted(tune.interrupted_message(study_dir, spec, settings, None))
     if failed := [c for c in codes if c]:
@@ -107,13 +110,13 @@ def tune(args: argparse.Namespace) -> int:
     say = (lambda message: None) if args.quiet else (lambda m: print(m, flush=True))
     if args.resume and not args.study_name:
         return _fail("--resume needs --study_name (the study to continue or join)")
-    if args.workers < 1 or (args.worker and args.workers != 1):
+    if args.workers < 1 or (args.worker is not None and args.workers != 1):
         return _fail(f"--workers must be >= 1, got {args.workers}")
     if args.heartbeat < 1:
         return _fail(f"--heartbeat must be >= 1 (seconds), got {args.heartbeat}")
     try:
         study_dir, spec, settings = _start(args)
-        if not args.worker:
+        if args.worker is None:
             where = masked(settings.storage_url(study_dir))
             say(f"tune: study {study_dir} ({settings.trials} trials, storage {where})")
         _run(args, study_dir, spec, settings, say)
@@ -122,7 +125,7 @@ def tune(args: argparse.Namespace) -> int:
     except (RunDirExistsError, OSError, ValueError) as e:
         return _fail(str(e))
     except tune.TuneInterrupted as e:
-        if args.worker:
+        if args.worker is not None:
             return _fail(str(e).splitlines()[0], code=130)
         print(tune.finish(study_dir, spec, settings), flush=True)
         return _fail(str(e), code=130)
@@ -130,7 +133,7 @@ def tune(args: argparse.Namespace) -> int:
         return _fail("tune: interrupted before the study started", code=130)
     except RuntimeError as e:
         return _fail(str(e), code=1)
-    if args.worker:
+    if args.worker is not None:
         return 0
     print(tune.finish(study_dir, spec, settings), flush=True)
     finished = tune.finished_count(study_dir, spec, settings)

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gin
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -40,7 +41,7 @@ from lrresearch.studies import sweep, tune_report, tune_storage
 from lrresearch.studies.sampling import literal
 from lrresearch.studies.tune_space import SearchSpace, parse_search
 from lrresearch.training import distribute
-from lrresearch.training.outer_loop import StopRun, TrainingStopped
+from lrresearch.training.outer_loop import StopRun, TrainingInterrupted, TrainingStopped
 from lrresearch.training.run_dir import write_atomically
 from lrresearch.training.trainer import Trainer
 
@@ -222,12 +223,20 @@ def join(logdir: str, study_name: str, storage_url: str | None) -> tuple[str, St
     return study_dir, *from_flags(flags)
 
 
-def _sampler(settings: Settings, space: SearchSpace) -> optuna.samplers.BaseSampler:
+def _sampler(
+    settings: Settings, space: SearchSpace, started: int, worker: int
+) -> optuna.samplers.BaseSampler:
+    """The `--sampler`. A study's first process draws from `--seed` itself; a worker
+    or a resumed study from a seed made of it, the trials so far (`started`) and the
+    worker's index, so that two workers (or a resumed study) never repeat its draws."""
+    seed = settings.seed
+    if seed is not None and (started, worker) != (0, 0):
+        seed = int(np.random.SeedSequence([seed, started, worker]).generate_state(1)[0])
     if settings.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=settings.seed)
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
     if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=settings.seed)
-    return optuna.samplers.TPESampler(seed=settings.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def _pruner(settings: Settings, spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -248,13 +257,16 @@ def _pruner(settings: Settings, spec: StudySpec) -> optuna.pruners.BasePruner:
     )
 
 
-def load_study(study_dir: str, spec: StudySpec, settings: Settings) -> optuna.Study:
+def load_study(
+    study_dir: str, spec: StudySpec, settings: Settings, worker: int = 0
+) -> optuna.Study:
     """The study in its storage, with the sampler and pruner of its settings."""
     storage = tune_storage.open_storage(settings.storage_url(study_dir), settings.heartbeat)
+    started = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
     return optuna.load_study(
         study_name=spec.name,
         storage=storage,
-        sampler=_sampler(settings, spec.space()),
+        sampler=_sampler(settings, spec.space(), started, worker),
         pruner=_pruner(settings, spec),
     )
 
@@ -270,6 +282,7 @@ class _Worker:
     progress: Callable[[str], None]
     stop: distribute.StopOnSignal
     current: int | None = None  # the number of the trial in hand
+    stopped_at: int | None = None  # the step Ctrl-C stopped its run at
 
     def tally(self) -> dict[str, int]:
         trials = self.study.get_trials(deepcopy=False)
@@ -347,6 +360,9 @@ class _Worker:
             result = trainer.fit(
                 logdir=self.study_dir, run_name=run, quiet=True, resume=resume, on_eval=on_eval
             )
+        except TrainingInterrupted:
+            self.stopped_at = int(trainer.step.numpy())
+            raise
         except TrainingStopped as e:
             _write_pruned(os.path.join(self.study_dir, run), e, self.settings)
             self.progress(f"  pruned: {e.reason}")
@@ -355,6 +371,8 @@ class _Worker:
             raise self._failed(trial, e) from None
         if metric not in result.evals:
             raise self._failed(trial, ValueError(f"the run ended with no eval/{metric}"))
+        if result.began:
+            self.progress(f"  resumed {run} from its checkpoint at step {result.began}")
         self.progress(f"  {result.summary_line()}")
         return result.evals[metric]
 
@@ -408,14 +426,16 @@ def run_worker(
     spec: StudySpec,
     settings: Settings,
     progress: Callable[[str], None] = print,
+    worker: int = 0,
 ) -> None:
-    """Runs trials of the study until it has `settings.trials` finished.
+    """Runs trials of the study until it has `settings.trials` finished (`worker`: the
+    index of a `--workers` process, which seeds its sampler apart).
 
     Raises:
       TuneInterrupted: Ctrl-C or SIGTERM; the trial in hand is re-queued to resume.
       config.ConfigError: `--metric` is not among the runs' evaluations.
     """
-    study = load_study(study_dir, spec, settings)
+    study = load_study(study_dir, spec, settings, worker)
     with distribute.StopOnSignal() as stop:
         worker = _Worker(study, study_dir, spec, settings, progress, stop)
         try:
@@ -424,6 +444,8 @@ def run_worker(
             stop.requested = True
         if stop.requested:
             requeued = tune_storage.requeue(study, worker.current)
+            if requeued and worker.stopped_at is not None:
+                requeued += f" stopped at step {worker.stopped_at}"
             raise TuneInterrupted(interrupted_message(study_dir, spec, settings, requeued))
 
 
@@ -433,7 +455,7 @@ def interrupted_message(
     """What an interrupted study did, and the command that continues it."""
     lines = [f"tune interrupted: the study is in {study_dir}"]
     if requeued:
-        lines.append(f"  {requeued}: stopped with its checkpoint, queued to resume")
+        lines.append(f"  {requeued}, checkpoint saved: queued to resume from it")
     command = ["lrresearch", "tune", "--resume", "--study_name", spec.name]
     command += ["--logdir", os.path.dirname(study_dir) or "."]
     if settings.storage:

@@ -51,6 +51,8 @@ def table(study: optuna.Study, space: SearchSpace, metric: str, direction: str) 
             state += f" at step {max(t.intermediate_values)}"
         if error := t.user_attrs.get("error"):
             state += f": {error}"
+        elif t.state == TrialState.FAIL:
+            state += ": stopped (Ctrl-C, or its worker died)"
         if "retry_history" in t.system_attrs:
             state += f" (re-run of trial {t.system_attrs['retry_history'][-1]})"
         run = t.user_attrs.get("run", "")

@@ -49,7 +49,7 @@ def open_storage(url: str, heartbeat: int) -> RDBStorage:
     """
     import sqlalchemy.exc
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # tune prints its own lines
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # tune prints its own lines
     shown = masked(url)
     try:
         with warnings.catch_warnings():

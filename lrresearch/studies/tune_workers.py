@@ -28,10 +28,10 @@ def cores() -> int:
 
 
 def worker_command(
-    study_dir: str, study_name: str, storage: str | None, quiet: bool = False
+    index: int, study_dir: str, study_name: str, storage: str | None, quiet: bool = False
 ) -> list[str]:
-    """The command line of one worker."""
-    command = [sys.executable, "-u", "-m", "lrresearch", "tune", "--resume", "--worker"]
+    """The command line of worker `index` (0, 1, ...)."""
+    command = [sys.executable, "-u", "-m", "lrresearch", "tune", "--resume", f"--worker={index}"]
     command += ["--study_name", study_name, "--logdir", os.path.dirname(study_dir) or "."]
     if storage:
         command += ["--storage", storage]
