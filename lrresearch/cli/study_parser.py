@@ -28,7 +28,7 @@ needs every axis discrete (choice, or an int range)."""
 
 def tune_parser(commands: Any) -> None:
     """`lrresearch tune`: an Optuna study, every trial a run directory."""
-    from lrresearch.studies import tune
+    from lrresearch.studies import tune_study as tune
 
     parser = commands.add_parser(
         "tune",

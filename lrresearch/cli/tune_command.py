@@ -53,7 +53,7 @@ def _given(args: argparse.Namespace, settings: Any, spec: Any) -> None:
 def _start(args: argparse.Namespace) -> tuple[str, Any, Any]:
     """The study: joined (`--resume`) or created; `(folder, spec, settings)`."""
     from lrresearch.config import parse as config
-    from lrresearch.studies import tune
+    from lrresearch.studies import tune_study as tune
 
     if args.resume:
         study_dir, spec, settings = tune.join(args.logdir, args.study_name, args.storage)
@@ -94,10 +94,11 @@ def _run(args: argparse.Namespace, study_dir: str, spec: Any, settings: Any, say
         for i in range(args.workers)
     ]
     codes = tune_workers.run_workers(commands, say)
-    if 130 in codes or any(c < 0 for c in codes):
+    if 130 in codes:  # Ctrl-C or SIGTERM, forwarded to every worker
         raise tune.TuneInterrupted(tune.interrupted_message(study_dir, spec, settings, None))
-    if failed := [c for c in codes if c]:
-        raise RuntimeError(f"{len(failed)} of {args.workers} workers failed (exit {failed[0]})")
+    if failed := [f"w{i} exit {c}" for i, c in enumerate(codes) if c]:
+        # A worker that died leaves its trial to the others (after its heartbeat stops).
+        say(f"tune: workers that did not end cleanly: {', '.join(failed)}")
 
 
 def tune(args: argparse.Namespace) -> int:
@@ -131,8 +132,6 @@ def tune(args: argparse.Namespace) -> int:
         return _fail(str(e), code=130)
     except KeyboardInterrupt:
         return _fail("tune: interrupted before the study started", code=130)
-    except RuntimeError as e:
-        return _fail(str(e), code=1)
     if args.worker is not None:
         return 0
     print(tune.finish(study_dir, spec, settings), flush=True)
@@ -142,4 +141,10 @@ def tune(args: argparse.Namespace) -> int:
         f"lrresearch board {study_dir}",
         flush=True,
     )
-    return 0 if finished >= settings.trials else 1
+    if finished < settings.trials:
+        return _fail(
+            f"tune: the study has {finished} of its {settings.trials} trials finished; continue "
+            f"it with: {tune.resume_command(study_dir, spec, settings)}",
+            code=1,
+        )
+    return 0
