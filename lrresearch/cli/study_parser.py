@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lrresearch.cli.parser import _add_gin_flags, _add_output_flags
+from lrresearch.cli.flags import add_gin_flags, add_output_flags
 
 TUNE_EXAMPLES = """\
 examples:
@@ -42,7 +42,7 @@ def tune_parser(commands: Any) -> None:
         "default) and the HParams experiment.",
         epilog=TUNE_EXAMPLES,
     )
-    _add_gin_flags(parser)
+    add_gin_flags(parser)
     parser.add_argument(
         "--search",
         action="append",
@@ -83,7 +83,7 @@ def tune_parser(commands: Any) -> None:
     parser.add_argument(
         "--seed", type=int, default=None, help="seed of the sampler (not of training)"
     )
-    _add_output_flags(parser, "--study_name", "tune-<YYYYmmdd-HHMMSS>")
+    add_output_flags(parser, "--study_name", "tune-<YYYYmmdd-HHMMSS>")
     parser.add_argument(
         "--resume",
         action="store_true",

@@ -8,6 +8,8 @@ import re
 import sys
 from typing import Any
 
+from lrresearch.cli.errors import fail as _fail
+
 # A --metric whose larger values are better (the default --direction maximizes it).
 _HIGHER_IS_BETTER = re.compile(r"acc|auc|precision|recall|f1|iou|top", re.IGNORECASE)
 
@@ -102,7 +104,6 @@ def _run(args: argparse.Namespace, study_dir: str, spec: Any, settings: Any, say
 
 
 def tune(args: argparse.Namespace) -> int:
-    from lrresearch.cli.commands import _fail
     from lrresearch.config import parse as config
     from lrresearch.studies import tune
     from lrresearch.studies.tune_storage import masked
