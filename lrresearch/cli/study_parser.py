@@ -53,8 +53,14 @@ def tune_parser(commands: Any) -> None:
     )
     parser.add_argument("--trials", type=int, default=None, metavar="N",
                         help="finished trials (complete + pruned) the study stops at; "
-                        "required for a new study")  # fmt: skip
-    parser.add_argument("--sampler", choices=tune.SAMPLERS, default="tpe")
+                        "required for a new study (no default)")  # fmt: skip
+    parser.add_argument(
+        "--sampler",
+        choices=tune.SAMPLERS,
+        default="tpe",
+        help="Optuna's TPESampler, RandomSampler, or GridSampler (every combination of "
+        "discrete axes, at most --trials of them)",
+    )
     parser.add_argument(
         "--metric", default="eval/loss", help="the eval tag whose final value is the objective"
     )
@@ -81,9 +87,13 @@ def tune_parser(commands: Any) -> None:
                         help="worker processes on this machine, each with cores // K "
                         "TensorFlow threads")  # fmt: skip
     parser.add_argument(
-        "--seed", type=int, default=None, help="seed of the sampler (not of training)"
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the sampler, not of training (default: none, a random seed)",
     )
-    add_output_flags(parser, "--study_name", "tune-<YYYYmmdd-HHMMSS>")
+    logdir_help = "parent of the study folder (default: runs)"
+    add_output_flags(parser, "--study_name", "tune-<YYYYmmdd-HHMMSS>", logdir_help)
     parser.add_argument(
         "--resume",
         action="store_true",
