@@ -86,6 +86,7 @@ def _start(args: argparse.Namespace) -> tuple[str, Any, Any]:
 
 def _run(args: argparse.Namespace, study_dir: str, spec: Any, settings: Any, say: Any) -> None:
     """Trains the study's trials here, or in `--workers` processes."""
+    from lrresearch.config import parse as config
     from lrresearch.studies import tune, tune_workers
 
     if args.workers == 1:
@@ -98,6 +99,8 @@ def _run(args: argparse.Namespace, study_dir: str, spec: Any, settings: Any, say
     codes = tune_workers.run_workers(commands, say)
     if 130 in codes:  # Ctrl-C or SIGTERM, forwarded to every worker
         raise tune.TuneInterrupted(tune.interrupted_message(study_dir, spec, settings, None))
+    if 2 in codes:  # bad input found by a worker (its error is above)
+        raise config.ConfigError("a worker stopped on bad input (its error is above)")
     if failed := [f"w{i} exit {c}" for i, c in enumerate(codes) if c]:
         # A worker that died leaves its trial to the others (after its heartbeat stops).
         say(f"tune: workers that did not end cleanly: {', '.join(failed)}")
@@ -127,8 +130,9 @@ def tune(args: argparse.Namespace) -> int:
     except (RunDirExistsError, OSError, ValueError) as e:
         return _fail(str(e))
     except tune.TuneInterrupted as e:
-        if args.worker is not None:
-            return _fail(str(e).splitlines()[0], code=130)
+        if args.worker is not None:  # the parent prints how to continue
+            lines = str(e).splitlines()
+            return _fail(lines[1].strip() if len(lines) > 2 else lines[0], code=130)
         print(tune.finish(study_dir, spec, settings), flush=True)
         return _fail(str(e), code=130)
     except KeyboardInterrupt:

@@ -65,9 +65,8 @@ def run_workers(
     for relay in relays:
         relay.start()
     pids = ", ".join(f"w{i} pid {p.pid}" for i, p in enumerate(processes))
-    progress(
-        f"tune: {len(processes)} workers ({pids}), {env['TF_NUM_INTRAOP_THREADS']} threads each"
-    )
+    threads = env["TF_NUM_INTRAOP_THREADS"]
+    progress(f"tune: {len(processes)} workers ({pids}), {threads} TensorFlow threads each")
 
     def forward(signum: int, frame: Any) -> None:
         del frame
