@@ -60,6 +60,7 @@ def _start(args: argparse.Namespace) -> tuple[str, Any, Any]:
     if args.resume:
         study_dir, spec, settings = tune.join(args.logdir, args.study_name, args.storage)
         _given(args, settings, spec)
+        tune.check(spec, settings)  # its gin files may have changed since
         return study_dir, spec, settings
     if args.trials is None:
         raise config.ConfigError("tune needs --trials N, the number of trials to finish")
