@@ -109,8 +109,15 @@ def load_study(
     study_dir: str, spec: StudySpec, settings: Settings, worker: int = 0
 ) -> optuna.Study:
     """The study in its storage, with the sampler and pruner of its settings."""
-    storage = tune_storage.open_storage(settings.storage_url(study_dir), settings.heartbeat)
-    started = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
+    url = settings.storage_url(study_dir)
+    storage = tune_storage.open_storage(url, settings.heartbeat)
+    try:
+        started = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
+    except KeyError:
+        raise config.ConfigError(
+            f"tune: no study {spec.name!r} in the storage {tune_storage.masked(url)} (named "
+            f"by {study_dir}/study.json); was it deleted? Start a new study"
+        ) from None
     return optuna.load_study(
         study_name=spec.name,
         storage=storage,
@@ -173,9 +180,10 @@ class _Worker:
         if sum(t.number < trial.number for t in ahead) >= self.settings.trials:
             trial.set_user_attr("surplus", True)
             raise _SurplusError
-        bindings, values = self.spec.space().suggest(trial)
+        space = self.spec.space()
+        bindings, values = space.suggest(trial)
         previous = trial.user_attrs.get("run")  # a re-queued trial: its run resumes
-        run_name = previous or self.spec.space().run_name(trial.number, bindings, values)
+        run_name = previous or space.run_name(trial.number, bindings, values)
         trial.set_user_attr("run", run_name)
         n = self.tally()
         again = f" (resuming {previous})" if previous else ""
@@ -188,7 +196,10 @@ class _Worker:
         finally:
             gin.clear_config()
 
-    def _train(self, trial: optuna.Trial, bindings: dict[str, str], run: str, resume: bool):
+    def _train(
+        self, trial: optuna.Trial, bindings: dict[str, str], run: str, resume: bool
+    ) -> float:
+        """Trains (or, with `resume`, continues) the trial's run; its final metric."""
         metric = self.settings.metric.removeprefix("eval/")
         try:
             config.parse(
