@@ -66,7 +66,7 @@ def run_workers(
         relay.start()
     pids = ", ".join(f"w{i} pid {p.pid}" for i, p in enumerate(processes))
     threads = env["TF_NUM_INTRAOP_THREADS"]
-    progress(f"tune: {len(processes)} workers ({pids}); TensorFlow intra-op threads: {threads} each")
+    progress(f"tune: {len(processes)} workers ({pids}); TF intra-op threads: {threads} each")
 
     def forward(signum: int, frame: Any) -> None:
         del frame
