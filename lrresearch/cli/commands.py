@@ -195,7 +195,7 @@ def sweep(args: argparse.Namespace) -> int:
     if args.resume and not args.sweep_name:
         return _fail("--resume needs --sweep_name (the sweep to continue)")
     given = {"gin_files": args.gin_file, "sweeps": args.sweep, "samples": args.sample}
-    given.update(sweep_random=args.sweep_random, seed=args.seed)
+    given.update(sweep_random=args.sweep_random, seed=args.seed, methods=args.method)
     _note_shadowed(args.gin_file, args.gin_search_path)
     try:
         if args.resume:
@@ -219,6 +219,7 @@ def sweep(args: argparse.Namespace) -> int:
                 random_points=args.sweep_random,
                 seed=args.seed,
                 search_path=args.gin_search_path,
+                methods=args.method,
             )
     except config.ConfigError as e:
         return _fail(str(e))
