@@ -26,9 +26,10 @@ for any study that searches per method.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from lrresearch.config import files
 from lrresearch.config import parse as config
@@ -72,6 +73,20 @@ class Space:
     def layers(self) -> tuple[config.Layer, ...]:
         """What `config.parse` takes as `then` for this space."""
         return (self.method.layer(),) if self.method else ()
+
+    @contextlib.contextmanager
+    def named_in_errors(self) -> Iterator[None]:
+        """A ConfigError raised inside (checking this space's axes) also names the
+        method whose config it was checked under."""
+        try:
+            yield
+        except config.ConfigError as e:
+            if self.method is None:
+                raise
+            raise config.ConfigError(
+                f"{e}\n  (checked under {self.method.flag}; an axis for one method only "
+                f"is written NAME:Configurable.param=...)"
+            ) from None
 
 
 def split_parts(source: str) -> list[str]:

@@ -215,10 +215,11 @@ def plan_sweep(
     for space in spaces:
         own = space.axes["--sample"]
         parsed, drawn = parse_samples(own, random_points if own else 0, seed)
-        checked = check_axes(
-            flags["gin_files"], flags["gin_params"], space.axes["--sweep"], parsed, drawn,
-            search_path, space.layers(),
-        )  # fmt: skip
+        with space.named_in_errors():
+            checked = check_axes(
+                flags["gin_files"], flags["gin_params"], space.axes["--sweep"], parsed, drawn,
+                search_path, space.layers(),
+            )  # fmt: skip
         points += plan(checked, parsed, drawn, space.name, start=len(points))
         samples += parsed
     return points, samples
