@@ -66,7 +66,7 @@ def test_parse_method_sorts_files_from_bindings_in_order(tmp_path, monkeypatch):
     ],
 )
 def test_parse_method_errors_name_the_flag(spec, expected):
-    with pytest.raises(config.ConfigError, match="^--method=") as error:
+    with pytest.raises(config.ConfigError, match=r"^--method=") as error:
         methods.parse_method(spec)
     assert expected in str(error.value) and repr(spec) in str(error.value)
 
@@ -135,9 +135,12 @@ def test_plan_sweep_draws_per_method_with_common_samples_paired():
     assert [p.index for p in points] == list(range(12))
     assert points[0].run_name.startswith("000-const-seed=0-lr=")
     assert points[4].run_name.startswith("004-gn-seed=0-batch_size=")
+
     # The common sample draws the same values for every method (a paired comparison).
-    sizes = [[p.sampled["Trainer.batch_size"] for p in points if p.method == m] for m in ("const", "gn")]
-    assert sizes[0] == sizes[1]
+    def sizes(method: str) -> list:
+        return [p.sampled["Trainer.batch_size"] for p in points if p.method == method]
+
+    assert sizes("const") == sizes("gn")
     assert all("ConstantController.lr" not in p.bindings for p in points if p.method != "const")
     assert [s.name for s in samples].count("Trainer.batch_size") == 3
     assert points[0].hparams()["method"] == "const"
@@ -183,7 +186,7 @@ def method_sweep(tmp_path_factory):
         assert cli.main(argv) == 0
     finally:
         gin.clear_config()
-    return logdir / "m", argv
+    return logdir / "m"
 
 
 RUNS = ["000-const-seed=0-lr=0.03", "001-const-seed=1-lr=0.03",
@@ -192,7 +195,7 @@ RUNS = ["000-const-seed=0-lr=0.03", "001-const-seed=1-lr=0.03",
 
 @pytest.mark.slow
 def test_each_method_runs_its_own_axes_with_its_own_config(method_sweep):
-    sweep_dir, _ = method_sweep
+    sweep_dir = method_sweep
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == RUNS
     manifest = json.loads((sweep_dir / "sweep.json").read_text())
     assert manifest["methods"] == [CONST, GRAD_NORM]
@@ -212,7 +215,7 @@ def test_each_method_runs_its_own_axes_with_its_own_config(method_sweep):
 
 @pytest.mark.slow
 def test_each_run_trained_at_its_methods_lr(method_sweep):
-    sweep_dir, _ = method_sweep
+    sweep_dir = method_sweep
     for run in RUNS:
         events = Events(sweep_dir / run)
         lr, norm = events.scalar("lr"), events.scalar("grad/global_norm")
@@ -229,7 +232,7 @@ def test_each_run_trained_at_its_methods_lr(method_sweep):
 def test_the_hparams_experiment_lists_the_method(method_sweep):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    sweep_dir, _ = method_sweep
+    sweep_dir = method_sweep
     content = Events(sweep_dir).acc.SummaryMetadata("_hparams_/experiment").plugin_data.content
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
     infos = {info.name: info for info in experiment.hparam_infos}
@@ -239,7 +242,7 @@ def test_the_hparams_experiment_lists_the_method(method_sweep):
 
 @pytest.mark.slow
 def test_sweep_resume_rebuilds_a_points_method_from_sweep_json(method_sweep, tmp_path, capsys):
-    sweep_dir, argv = method_sweep
+    sweep_dir = method_sweep
     copy = tmp_path / "m"
     shutil.copytree(sweep_dir, copy)
     manifest = json.loads((copy / "sweep.json").read_text())
