@@ -31,6 +31,8 @@ import dataclasses
 import re
 from collections.abc import Iterator, Mapping, Sequence
 
+import gin
+
 from lrresearch.config import files
 from lrresearch.config import parse as config
 
@@ -219,3 +221,42 @@ def spaces(methods: Sequence[Method], axes: Mapping[str, Sequence[str]]) -> list
         )
         for method in chosen
     ]
+
+
+def _bound(selector: str) -> str | None:
+    """The current gin value of `selector`, as gin source; None if it is not bound."""
+    try:
+        return repr(gin.query_parameter(selector))
+    except (ValueError, KeyError):
+        return None
+
+
+def overridden(
+    gin_files: Sequence[str],
+    gin_params: Sequence[str],
+    methods: Sequence[Method],
+    search_path: Sequence[str] = (),
+) -> list[str]:
+    """A note for each `--gin_param` whose value a method's files or bindings replace
+    (the method is parsed on top): a method's file that includes `base.gin` sets every
+    default again, which a researcher rarely means. Bindings that do not parse are left
+    to the sweep's own checks (no note)."""
+    selectors = [m[1] for p in gin_params if (m := re.match(r"\s*([\w./]+)\s*=", p))]
+    notes = []
+    try:
+        config.parse(gin_files, gin_params, search_path)
+        before = {selector: _bound(selector) for selector in selectors}
+        for method in methods:
+            config.parse(gin_files, gin_params, search_path, [method.layer()])
+            for selector, value in before.items():
+                if (after := _bound(selector)) != value:
+                    notes.append(
+                        f"{method.flag} sets {selector} = {after} over the --gin_param's "
+                        f"{value} (a method comes after the --gin_params; a file that "
+                        "includes base.gin belongs in --gin_file)"
+                    )
+    except config.ConfigError:
+        pass
+    finally:
+        gin.clear_config()
+    return notes

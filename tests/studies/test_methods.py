@@ -146,6 +146,25 @@ def test_plan_sweep_draws_per_method_with_common_samples_paired():
     assert points[0].hparams()["method"] == "const"
 
 
+def test_a_gin_param_that_a_method_binds_again_is_noted():
+    params = ["Trainer.steps = 20", "mlp.hidden = (8,)", "Trainer.seed = 3"]
+    # The experiment includes base.gin: every default again, over the --gin_params.
+    experiment, own = methods.parse_methods(
+        ["x=experiments/grad_norm_adamw_clipped.gin", f"{GRAD_NORM}; Trainer.seed = 4"]
+    )
+    notes = methods.overridden([], params, [experiment, own])
+    assert notes[0].startswith(
+        f"{experiment.flag} sets Trainer.steps = 2000 over the --gin_param's 20 (a method"
+    )
+    assert [note.split(" sets ")[1].split(" over")[0] for note in notes] == [
+        "Trainer.steps = 2000",
+        "mlp.hidden = (128,)",
+        "Trainer.seed = 0",
+        "Trainer.seed = 4",
+    ]
+    assert methods.overridden([], params, methods.parse_methods([CONST, GRAD_NORM])) == []
+
+
 def test_sweep_refusals_name_the_method_and_write_nothing(tmp_path, capsys):
     def refused(*flags: str) -> str:
         argv = ["sweep", f"--logdir={tmp_path}", "--sweep_name=s", *BASE, *flags]
