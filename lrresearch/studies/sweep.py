@@ -366,7 +366,7 @@ def run_points(
     for point in points:
         for key, value in point.run_hparams.items():
             hparam_values.setdefault(key, []).append(value)
-    _finish(sweep, hparam_values, {s.name: s.distribution for s in samples})
+    _finish(sweep, hparam_values, sampling.domains(list(samples)))
     if interrupted:
         raise SweepInterrupted(interrupted_message(sweep_dir, points), sweep_dir, points)
 

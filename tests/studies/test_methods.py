@@ -11,7 +11,7 @@ import pytest
 
 from lrresearch.cli import commands as cli
 from lrresearch.config import parse as config
-from lrresearch.studies import methods, sweep
+from lrresearch.studies import methods, sampling, sweep
 from tests.support import Events
 
 BASE = [
@@ -144,6 +144,17 @@ def test_plan_sweep_draws_per_method_with_common_samples_paired():
     assert all("ConstantController.lr" not in p.bindings for p in points if p.method != "const")
     assert [s.name for s in samples].count("Trainer.batch_size") == 3
     assert points[0].hparams()["method"] == "const"
+
+
+def test_a_binding_sampled_by_two_methods_spans_both_intervals_in_hparams():
+    specs = ["a:X.lr=loguniform(1e-3, 1e-2)", "b:X.lr=loguniform(1e-2, 1e-1)", "Y.k=uniform(0, 1)"]
+    specs += ["a:Z.n=intuniform(1, 4)", "b:Z.n=uniform(0, 1)", "a:C.c=choice([1, 2])"]
+    found = sampling.domains([sampling.parse_sample(methods.split_scope(s)[1]) for s in specs])
+    assert found == {
+        "X.lr": sampling.Distribution("loguniform", 1e-3, 1e-1),
+        "Y.k": sampling.Distribution("uniform", 0, 1),
+        "C.c": sampling.Distribution("choice", choices=("1", "2")),
+    }  # Z.n's kinds differ: its values drawn are listed instead
 
 
 def test_a_gin_param_that_a_method_binds_again_is_noted():
