@@ -79,15 +79,15 @@ class Space:
     @contextlib.contextmanager
     def named_in_errors(self) -> Iterator[None]:
         """A ConfigError raised inside (checking this space's axes) also names the
-        method whose config it was checked under."""
+        method whose config it was checked under, unless it names it already."""
         try:
             yield
         except config.ConfigError as e:
-            if self.method is None:
+            if self.method is None or self.method.flag in str(e):
                 raise
             raise config.ConfigError(
-                f"{e}\n  (checked under {self.method.flag}; an axis for one method only "
-                f"is written NAME:Configurable.param=...)"
+                f"{e}\n  (an axis of {self.method.flag}, checked under its config; give "
+                "an axis to one method only with NAME:Configurable.param=...)"
             ) from None
 
 

@@ -209,19 +209,19 @@ def plan_sweep(
     axes = {"--sweep": flags.get("sweeps", []), "--sample": flags.get("samples", [])}
     random_points, seed = flags.get("sweep_random", 0), flags.get("seed", 0)
     spaces = study_methods.spaces(methods, axes)
-    every = [spec for space in spaces for spec in space.axes["--sample"]]
-    parse_samples(every, random_points, seed)  # the flags fit together (the draws are cheap)
     points, samples = [], []
     for space in spaces:
-        own = space.axes["--sample"]
-        parsed, drawn = parse_samples(own, random_points if own else 0, seed)
         with space.named_in_errors():
+            own = space.axes["--sample"]
+            parsed, drawn = parse_samples(own, random_points if own else 0, seed)
             checked = check_axes(
                 flags["gin_files"], flags["gin_params"], space.axes["--sweep"], parsed, drawn,
                 search_path, space.layers(),
             )  # fmt: skip
         points += plan(checked, parsed, drawn, space.name, start=len(points))
         samples += parsed
+    every = [spec for space in spaces for spec in space.axes["--sample"]]
+    parse_samples(every, random_points, seed)  # the flags fit together (the draws are cheap)
     return points, samples
 
 

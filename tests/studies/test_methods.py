@@ -198,7 +198,10 @@ def test_sweep_refusals_name_the_method_and_write_nothing(tmp_path, capsys):
     assert "'gm' names no --method; the methods are const" in err
     # An unprefixed axis is checked under every method's config, named in the error.
     err = refused(f"--method={CONST}", "--sweep=ConstantController.lrr=[0.1]")
-    assert "lrr" in err and f"checked under --method={CONST!r}" in err
+    assert "lrr" in err and f"(an axis of --method={CONST!r}, checked under its" in err
+    sample = "--sample=const:ConstantController.lr=uniform(1, 0)"
+    err = refused(f"--method={CONST}", "--sweep_random=2", sample)
+    assert "uniform needs low < high" in err and f"--method={CONST!r}" in err
 
 
 @pytest.fixture(scope="module")
