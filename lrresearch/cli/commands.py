@@ -33,9 +33,9 @@ def _note_shadowed(gin_files: Sequence[str], search_path: Sequence[str]) -> None
         print(f"note: {note}", file=sys.stderr, flush=True)
 
 
-def _note_overridden(args: argparse.Namespace) -> None:
-    """Says which `--gin_param`s a sweep's `--method` binds again (`methods.overridden`);
-    a bad `--method` is the sweep's to report."""
+def _note_methods(args: argparse.Namespace) -> None:
+    """Says which `--gin_param`s a sweep's `--method` binds again (`methods.overridden`)
+    and which of its files hide shipped ones; a bad `--method` is the sweep's to report."""
     from lrresearch.config import parse as config
     from lrresearch.studies import methods
 
@@ -45,6 +45,7 @@ def _note_overridden(args: argparse.Namespace) -> None:
         parsed = methods.parse_methods(args.method, args.gin_search_path)
     except config.ConfigError:
         return
+    _note_shadowed([name for m in parsed for name in m.gin_files], args.gin_search_path)
     for note in methods.overridden(args.gin_file, args.gin_param, parsed, args.gin_search_path):
         print(f"note: {note}", file=sys.stderr, flush=True)
 
@@ -213,7 +214,7 @@ def sweep(args: argparse.Namespace) -> int:
     given = {"gin_files": args.gin_file, "sweeps": args.sweep, "samples": args.sample}
     given.update(sweep_random=args.sweep_random, seed=args.seed, methods=args.method)
     _note_shadowed(args.gin_file, args.gin_search_path)
-    _note_overridden(args)
+    _note_methods(args)
     try:
         if args.resume:
             sweep_dir, points = resume_sweep(
