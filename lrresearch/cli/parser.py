@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lrresearch.cli import sweep_parser
+
 # Each command's `--help` ends with these (argparse epilogs, printed as written).
 # tests/cli/test_cli.py parses every line that starts with `lrresearch`, gin bindings included.
 EXAMPLES = {
@@ -33,25 +35,7 @@ examples:
   lrresearch lr-find
   lrresearch lr-find --gin_file=strategies/constant.gin --num_steps=300
   lrresearch lr-find --binding=WarmupCosineController.base_lr --write_gin=lr.gin""",
-    "sweep": """\
-examples:
-  lrresearch sweep --sweep='Trainer.seed=[0, 1, 2]'
-  lrresearch sweep --gin_file=strategies/loss_trend.gin \\
-      --sweep='LossTrendController.window=[50, 100, 200]' --sweep='Trainer.seed=[0, 1]'
-  lrresearch sweep --gin_file=strategies/loss_trend.gin --sweep_random=8 --seed=1 \\
-      --sample='LossTrendController.max_lr=loguniform(1e-3, 1)' \\
-      --sample='Trainer.batch_size=choice([32, 64, 128])'
-  lrresearch sweep --sweep_random=4 --sample='Trainer.batch_size=choice([32, 64, 128])' \\
-      --sweep='Trainer.controller=[@GradNormController(), @ConstantController()]'
-  lrresearch sweep --resume --sweep_name=sweep-20250101-120000   # after Ctrl-C
-
-distributions for --sample (gin syntax; each binding has its own seeded generator):
-  uniform(low, high)         a float in [low, high)
-  loguniform(low, high)      a float, each decade equally likely (0 < low)
-  intuniform(low, high)      an int in [low, high], both included
-  logintuniform(low, high)   an int in [low, high], log-uniform (1 <= low)
-  choice([v1, v2, ...])      one of the gin values (numbers, strings, @Name(), tuples)
-With --sweep as well, every grid combination runs at the same drawn points.""",
+    "sweep": sweep_parser.EXAMPLES,
     "compare": """\
 examples:
   lrresearch compare runs/sweep-20250101-120000      # every run of a sweep
@@ -272,57 +256,8 @@ def _lr_find_parser(commands: Any) -> None:
 
 
 def _sweep_parser(commands: Any) -> None:
-    """`lrresearch sweep`: the cross product of gin bindings."""
-    sweep = commands.add_parser(
-        "sweep",
-        help="run a grid (--sweep) and/or random points (--sweep_random, --sample) of gin "
-        "bindings, one run directory per point",
-        description="Run every combination of the --sweep values (and, with "
-        "--sweep_random=N, each at N points drawn from the --sample distributions), one "
-        "after another, each as `lrresearch train` would, into one sweep directory; a "
-        "failed run is reported at the end and does not stop the others. The sweep "
-        "directory carries sweep.json (every point's bindings and drawn values) and the "
-        "HParams experiment, so TensorBoard's HParams tab lists every run.",
-    )
-    _add_gin_flags(sweep)
-    sweep.add_argument(
-        "--sweep",
-        action="append",
-        default=[],
-        metavar="BINDING=[V1, V2]",
-        help="e.g. 'Trainer.seed=[0, 1, 2]' or "
-        "'Trainer.controller=[@GradNormController(), @LossTrendController()]';"
-        " repeat for a cross product",
-    )
-    sweep.add_argument(
-        "--sweep_random",
-        type=int,
-        default=0,
-        metavar="N",
-        help="draw N random points from the --sample distributions (0: grid only)",
-    )
-    sweep.add_argument(
-        "--sample",
-        action="append",
-        default=[],
-        metavar="BINDING=DIST(...)",
-        help="e.g. 'LossTrendController.max_lr=loguniform(1e-3, 1)' or "
-        "'Trainer.batch_size=choice([32, 64, 128])'; repeatable; needs --sweep_random",
-    )
-    sweep.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the --sample draws (not of training: sweep Trainer.seed for that)",
-    )
-    _add_output_flags(sweep, "--sweep_name", "sweep-<YYYYmmdd-HHMMSS>")
-    sweep.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the sweep <logdir>/<sweep_name> with its own flags (its sweep.json): "
-        "finished runs are skipped, a stopped one resumes from its checkpoint, the rest "
-        "run; --gin_params apply on top; needs --sweep_name",
-    )
+    """`lrresearch sweep` (its flags in `sweep_parser`)."""
+    sweep_parser.add_sweep_parser(commands, _add_gin_flags, _add_output_flags)
 
 
 def _compare_parser(commands: Any) -> None:
