@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import re
+import tokenize
 from typing import Any
 
 from gin import config_parser
@@ -75,7 +76,8 @@ class RunConfig:
 
 
 def parse_bindings(text: str, filename: str = CONFIG_FILE) -> dict[str, str]:
-    """`{binding: canonical source}` of gin text; raises SyntaxError/ValueError."""
+    """`{binding: canonical source}` of gin text; raises SyntaxError, ValueError or
+    tokenize.TokenError (a file cut inside a value)."""
     out: dict[str, str] = {}
     for statement in config_parser.ConfigParser(text, _Delegate()):
         if isinstance(statement, config_parser.BindingStatement):
@@ -96,7 +98,7 @@ def read_config(run: str) -> RunConfig:
         return RunConfig(run, None, f"no {CONFIG_FILE}")
     try:
         return RunConfig(run, parse_bindings(text, path))
-    except (SyntaxError, ValueError) as e:
+    except (SyntaxError, ValueError, tokenize.TokenError) as e:  # a cut or edited file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return RunConfig(run, None, f"{CONFIG_FILE} does not parse: {first}")
 

@@ -99,8 +99,8 @@ def plot_groups(
     for ax, (tag, label, log, _) in zip(axes, panels, strict=True):
         for band in (b for b in bands if b.panel == tag):
             colour = colours[[g.label for g in groups].index(band.label)]
-            label = f"{band.label} (n={band.n})"
-            ax.plot(band.x, band.mean, color=colour, linewidth=1.2, label=label)
+            legend = f"{band.label} (n={band.n})"
+            ax.plot(band.x, band.mean, color=colour, linewidth=1.2, label=legend)
             if band.n > 1:
                 ax.fill_between(
                     band.x, band.mean - band.std, band.mean + band.std, color=colour, alpha=0.2
