@@ -342,6 +342,7 @@ def compare(
         raise DamagedRunError(damage_report(damaged))
     runs = find_runs(paths)
     names = [os.path.join(out_dir, f"compare.{ext}") for ext in ("md", "csv", "png")]
+    opts.check_export_target([*names, *opts.outputs(out_dir)])
     for name in [*names, *opts.outputs(out_dir)]:
         if os.path.exists(name):
             raise FileExistsError(

@@ -54,10 +54,22 @@ class CompareOptions:
             export.check_export(self.export)
 
     def outputs(self, out_dir: str) -> list[str]:
+        """The files written besides compare.md/.csv/.png and the export."""
         names = ["compare_groups.csv"]
         if self.sensitivity is not None:
             names += ["sensitivity.md", "sensitivity.csv", "sensitivity.png"]
         return [os.path.join(out_dir, name) for name in names]
+
+    def check_export_target(self, written: Sequence[str]) -> None:
+        """ValueError if `--export` names one of the files `compare` writes."""
+        same = [
+            w for w in written if self.export and os.path.abspath(w) == os.path.abspath(self.export)
+        ]
+        if same:
+            raise ValueError(
+                f"compare --export={self.export!r} is one of compare's own outputs; "
+                "name another file"
+            )
 
 
 @dataclasses.dataclass
@@ -125,12 +137,8 @@ def _curves(
 
 
 def markdown(grouped: Grouped) -> str:
-    """The group table, and the runs that are groups of their own for want of a config."""
-    text = group_stats.group_table(grouped.summaries, grouped.targets)
-    alone = [g for g in grouped.groups if g.note]
-    if alone:
-        text += "\n\n" + "\n".join(f"- {g.label}" for g in alone)
-    return text
+    """The group table (a run without a readable config.gin says so in its label)."""
+    return group_stats.group_table(grouped.summaries, grouped.targets)
 
 
 def write(

@@ -4,6 +4,7 @@ and the export, checked against numpy on the runs' event files (TensorBoard's lo
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import sys
@@ -11,7 +12,15 @@ import sys
 import numpy as np
 import pytest
 
-from lrresearch.analysis import axes, bindings, compare, group_plot, groups, sensitivity
+from lrresearch.analysis import (
+    axes,
+    bindings,
+    compare,
+    group_plot,
+    group_stats,
+    groups,
+    sensitivity,
+)
 from lrresearch.cli import commands as cli
 from lrresearch.studies.sweep import run_sweep
 from tests.support import REPO, read_events
@@ -301,3 +310,56 @@ def test_x_time_removes_the_stop_of_a_resumed_run():
     series = compare.Series(np.arange(4), np.zeros(4), np.array([100.0, 101, 150, 151]))
     axis = axes.XAxis("time", origin=100.0, starts=((149.5, 48.5),))
     np.testing.assert_allclose(axis.of(series), [0, 1, 1.5, 2.5])
+
+
+def test_group_labels_name_the_method_and_the_bindings_that_differ(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    entries = []
+    configs = []
+    for index, (method, lr, seed) in enumerate(
+        [
+            ("cosine", "0.1", "0"),
+            ("cosine", "0.1", "1"),
+            ("cosine", "0.3", "0"),
+            ("mine", "0.1", "0"),
+        ]
+    ):
+        run = f"{index:03d}-{method}"
+        entries.append({"run": run, "method": method, "bindings": {}})
+        bound = {"Trainer.seed": seed, "X.lr": lr, "Trainer.steps": "30"}
+        configs.append(bindings.RunConfig(str(sweep / run), bound))
+    (sweep / "sweep.json").write_text(json.dumps({"points": entries}))
+    configs.append(bindings.RunConfig(str(tmp_path / "keras_run"), None, "no config.gin"))
+    found = groups.group_runs(configs)
+    assert [(g.label, g.members) for g in found] == [
+        ("cosine lr=0.1", [0, 1]),
+        ("cosine lr=0.3", [2]),
+        ("mine", [3]),
+        ("keras_run (no config.gin: a group of its own)", [4]),
+    ]
+    # Without a manifest: the differing bindings only.
+    os.remove(sweep / "sweep.json")
+    assert [g.label for g in groups.group_runs(configs[:4])] == ["lr=0.1", "lr=0.3"]
+    by = groups.group_runs(configs[:4], group_by=["Trainer.seed", "Y.unbound"])
+    assert [g.label for g in by] == ["seed=0, unbound=(unbound)", "seed=1, unbound=(unbound)"]
+
+
+def test_lr_range_within_x_pct_of_the_best_is_measured_in_decades():
+    stats = [group_stats.Stat(m, 0.0, 2) for m in (1.0, 0.5, 0.52, 0.9)]
+    curve = sensitivity.Curve("s", "X.lr", [1e-3, 1e-2, 1e-1, 1.0], stats, [[0]] * 4)
+    assert curve.best(higher=False) == 1
+    assert curve.width_decades(higher=False, within_pct=10) == pytest.approx(1.0)
+    assert curve.width_decades(higher=False, within_pct=1) == 0.0
+    assert curve.best(higher=True) == 0  # accuracy-like: the largest mean
+
+
+def test_x_examples_needs_the_runs_batch_size(tmp_path, capsys):
+    run = tmp_path / "runs" / "old"
+    shutil.copytree(REPO / "tests" / "fixtures" / "runs_12dd54a" / "default", run)
+    os.remove(run / "config.gin")
+    out = tmp_path / "out"
+    assert cli.main(["compare", str(run), f"--out={out}", "--x=examples"]) == 2
+    err = capsys.readouterr().err
+    assert str(run) in err and "Trainer.batch_size" in err and "--x=steps" in err
+    assert not out.exists()
