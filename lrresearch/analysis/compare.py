@@ -34,6 +34,7 @@ from lrresearch.analysis.curves import (  # noqa: F401  (compare.load, compare.s
 )
 from lrresearch.analysis.run_labels import labels, line_styles
 from lrresearch.logs import event_files
+from lrresearch.logs.run_layout import CONFIG_FILE
 
 
 class DamagedRunError(ValueError):
@@ -143,7 +144,7 @@ def find_damage(paths: Sequence[str]) -> list[FileDamage]:
 
 def _steps_wanted(run: str) -> int | None:
     try:
-        with open(os.path.join(run, "config.gin")) as f:
+        with open(os.path.join(run, CONFIG_FILE)) as f:
             match = re.search(r"^Trainer\.steps\s*=\s*(\d+)\s*$", f.read(), re.MULTILINE)
     except OSError:
         return None

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from lrresearch.analysis import (
     axes,
@@ -306,10 +307,35 @@ M:
         assert broken.bindings is None and "config.gin does not parse" in broken.problem
 
 
-def test_x_time_removes_the_stop_of_a_resumed_run():
-    series = compare.Series(np.arange(4), np.zeros(4), np.array([100.0, 101, 150, 151]))
-    axis = axes.XAxis("time", origin=100.0, starts=((149.5, 48.5),))
-    np.testing.assert_allclose(axis.of(series), [0, 1, 1.5, 2.5])
+def write_events(path, start: float, points: list[tuple[int, float]]) -> None:
+    """An event file whose first record (as a writer opens it) is at wall time `start`,
+    then `lr` = 0.1 at each (step, wall time)."""
+    from tensorflow.core.framework import summary_pb2
+    from tensorflow.core.util import event_pb2
+
+    plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+    scalar = summary_pb2.SummaryMetadata(plugin_data=plugin)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        first = event_pb2.Event(wall_time=start, file_version="brain.Event:2")
+        writer.write(first.SerializeToString())
+        for step, wall in points:
+            value = summary_pb2.Summary.Value(
+                tag="lr", metadata=scalar, tensor=tf.make_tensor_proto(np.float32(0.1))
+            )
+            summary = summary_pb2.Summary(value=[value])
+            event = event_pb2.Event(step=step, wall_time=wall, summary=summary)
+            writer.write(event.SerializeToString())
+
+
+def test_x_time_removes_the_stop_of_a_resumed_run(tmp_path):
+    # Killed after step 4 at t=1000.5; resumed: its writer opens at t=2000.0.
+    write_events(tmp_path / "events.out.tfevents.1000.vm.1.v2", 1000.0,
+                 [(s, 1000.1 + 0.1 * s) for s in range(5)])  # fmt: skip
+    write_events(tmp_path / "events.out.tfevents.2000.vm.2.v2", 2000.0,
+                 [(s, 2000.1 + 0.1 * (s - 5)) for s in range(5, 10)])  # fmt: skip
+    data = compare.load(str(tmp_path))
+    axis = axes.x_axis("time", str(tmp_path), bindings.read_config(str(tmp_path)), data)
+    np.testing.assert_allclose(axis.of(data["lr"]), 0.1 * np.arange(10), atol=1e-4)
 
 
 def test_group_labels_name_the_method_and_the_bindings_that_differ(tmp_path):
