@@ -13,7 +13,9 @@ each run as its own line otherwise.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
 from collections.abc import Sequence
 
 from lrresearch.analysis import axes, export, group_plot, group_stats, sensitivity
@@ -50,6 +52,13 @@ class CompareOptions:
             raise ValueError(f"compare --x={self.x!r}: must be one of {', '.join(axes.X_KINDS)}")
         if not self.within_pct > 0:
             raise ValueError(f"compare --within_pct must be > 0, got {self.within_pct}")
+        for name in self.sensitivity or ():
+            if os.path.exists(name) or not re.fullmatch(r"[\w./]*\w\.\w+", name):
+                raise ValueError(
+                    f"compare --sensitivity={name!r}: not a gin binding (Configurable.param); "
+                    "give a binding with `=`, or put --sensitivity after the run folders "
+                    "(a bare --sensitivity takes the next word as its binding)"
+                )
         if self.export:
             export.check_export(self.export)
 
@@ -95,6 +104,7 @@ def prepare(
     """The groups and what is drawn of them; ValueError naming the flag and run at
     fault. `steps_to`: per run, `{column: steps to that target or None}`."""
     configs = [read_config(run) for run in runs]
+    _check_group_by(configs, opts.group_by)
     groups = group_runs(configs, opts.group_by, names)
     group_of = [""] * len(runs)
     for group in groups:
@@ -109,6 +119,17 @@ def prepare(
         curves = _curves(configs, data, opts, tags)
     targets = list(steps_to[0]) if steps_to else []
     return Grouped(configs, groups, group_of, xaxes, summaries, targets, curves)
+
+
+def _check_group_by(configs: Sequence[RunConfig], group_by: Sequence[str]) -> None:
+    """ValueError for a `--group_by` binding no run binds, with the closest that some do."""
+    bound = {b for c in configs for b in (c.bindings or {})}
+    bound |= {b.rsplit("/", 1)[-1] for b in bound}
+    for name in group_by:
+        if name not in bound:
+            close = difflib.get_close_matches(name, sorted(bound), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ValueError(f"compare --group_by={name!r}: no run's config.gin binds it{hint}")
 
 
 def _curves(

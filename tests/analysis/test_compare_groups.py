@@ -267,15 +267,26 @@ def test_export_writes_every_point_of_every_run_and_never_overwrites(sweeps, tmp
     assert not (tmp_path / "out3").exists()
 
 
-def test_export_errors_name_the_flag_and_the_fix(tmp_path, capsys, monkeypatch):
-    run = str(REPO / "tests" / "fixtures" / "runs_12dd54a")
-    assert cli.main(["compare", run, f"--out={tmp_path}", f"--export={tmp_path}/x.json"]) == 2
-    assert "--export=" in capsys.readouterr().err
+def test_bad_flags_are_one_screen_errors_naming_the_flag_before_anything_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    runs = str(REPO / "tests" / "fixtures" / "runs_12dd54a")  # two old runs, no LR swept
+    out = tmp_path / "out"
+    for flags, says in [
+        ([f"--export={tmp_path}/x.json"], ["--export=", ".csv or .parquet"]),
+        (["--group_by=Trainer.optimzer"], ["--group_by=", "did you mean Trainer.optimizer"]),
+        (["--sensitivity", runs], ["--sensitivity=", "not a gin binding"]),
+        (["--sensitivity"], ["--sensitivity", "no LR-valued binding", "--sensitivity="]),
+        (["--sensitivity", "--metric=eval/mae"], ["--metric=", "eval/loss"]),
+    ]:
+        assert cli.main(["compare", runs, f"--out={out}", *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) <= 3 and all(s in err for s in says), (flags, err)
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
-    assert cli.main(["compare", run, f"--out={tmp_path}", f"--export={tmp_path}/x.parquet"]) == 2
+    assert cli.main(["compare", runs, f"--out={out}", f"--export={tmp_path}/x.parquet"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'lrresearch[parquet]'" in err and ".csv" in err
-    assert not os.listdir(tmp_path)
+    assert not out.exists() and os.listdir(tmp_path) == []
 
 
 def test_config_gin_is_read_with_gins_parser(tmp_path):
