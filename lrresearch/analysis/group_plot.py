@@ -33,6 +33,7 @@ class Band:
 
     panel: str
     label: str
+    group: int  # index into the groups drawn (its colour)
     x: np.ndarray
     mean: np.ndarray
     std: np.ndarray
@@ -60,14 +61,14 @@ def group_bands(
     """Every group's `Band` in every panel whose tag all its runs have."""
     bands = []
     for tag, _, _, smoothed in panels:
-        for group in groups:
+        for index, group in enumerate(groups):
             series = [_series(data[i], tag) for i in group.members]
             if any(s is None or not len(s.steps) for s in series):
                 continue
             xs = [xaxes[i].of(s) for i, s in zip(group.members, series, strict=True)]
             ys = [smooth(s.values) if smoothed else s.values for s in series]
             x, mean, std = mean_band(xs, ys)
-            bands.append(Band(tag, group.label, x, mean, std, len(series)))
+            bands.append(Band(tag, group.label, index, x, mean, std, len(series)))
     return bands
 
 
@@ -98,7 +99,7 @@ def plot_groups(
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), sharex=True)
     for ax, (tag, label, log, _) in zip(axes, panels, strict=True):
         for band in (b for b in bands if b.panel == tag):
-            colour = colours[[g.label for g in groups].index(band.label)]
+            colour = colours[band.group]
             legend = f"{band.label} (n={band.n})"
             ax.plot(band.x, band.mean, color=colour, linewidth=1.2, label=legend)
             if band.n > 1:

@@ -71,10 +71,7 @@ class CompareOptions:
 
     def check_export_target(self, written: Sequence[str]) -> None:
         """ValueError if `--export` names one of the files `compare` writes."""
-        same = [
-            w for w in written if self.export and os.path.abspath(w) == os.path.abspath(self.export)
-        ]
-        if same:
+        if self.export and os.path.abspath(self.export) in map(os.path.abspath, written):
             raise ValueError(
                 f"compare --export={self.export!r} is one of compare's own outputs; "
                 "name another file"

@@ -91,9 +91,11 @@ def _label(groups: list[Group], names: Sequence[str], grouped_by: bool) -> None:
         for group in peers:
             clash = [p for p in peers if all(p.bindings[b] == group.bindings[b] for b in first)]
             extra = _differing(clash, common=False) if len(clash) > 1 else []
-            shown.append([b for b in sorted({*first, *extra}) if b in group.bindings])
+            shown.append(sorted({*first, *extra}))
         for group, keys in zip(peers, shown, strict=True):
-            parts = [f"{_param(b, keys)}={short_value(group.bindings[b])}" for b in keys]
+            parts = [
+                f"{_param(b, keys)}={short_value(group.bindings.get(b, UNBOUND))}" for b in keys
+            ]
             names_ = [names[i] for g in peers for i in g.members]
             group.label = " ".join(filter(None, [method, ", ".join(parts)]))
             group.label = group.label or _common_name(names_)
