@@ -31,7 +31,10 @@ def add_compare_parser(commands: Any) -> None:
         "paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="runs, or sweeps of runs"
     )
     comp.add_argument(
-        "--out", default=None, help="folder for compare.md/.csv/.png (default: the first path)"
+        "--out",
+        default=None,
+        help="folder for compare.md/.csv/.png, compare_groups.csv and sensitivity.* "
+        "(default: the first path)",
     )
     comp.add_argument(
         "--target_accuracy",
@@ -90,7 +93,7 @@ def _add_group_flags(comp: argparse.ArgumentParser) -> None:
         metavar="BINDING",
         help="also write sensitivity.md/.csv/.png: the final --metric against each swept "
         "LR-valued binding (parameter lr, learning_rate, *_lr, eta...), or the BINDING "
-        "named (repeatable); parameter-free strategies as a horizontal band",
+        "named (repeatable); parameter-free strategies as a horizontal band (default: off)",
     )
     comp.add_argument(
         "--within_pct",
@@ -104,7 +107,8 @@ def _add_group_flags(comp: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="write every scalar point of every run as one tidy table (run, group, step, "
-        "tag, value, wall_time) to FILE, .csv or .parquet (pyarrow; never overwritten)",
+        "tag, value, wall_time) to FILE, .csv or .parquet (pyarrow; never overwritten) "
+        "(default: no export)",
     )
 
 
