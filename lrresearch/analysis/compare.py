@@ -342,13 +342,7 @@ def compare(
     if damaged and not allow_damaged:
         raise DamagedRunError(damage_report(damaged))
     runs = find_runs(paths)
-    names = [os.path.join(out_dir, f"compare.{ext}") for ext in ("md", "csv", "png")]
-    opts.check_export_target([*names, *opts.outputs(out_dir)])
-    for name in [*names, *opts.outputs(out_dir)]:
-        if os.path.exists(name):
-            raise FileExistsError(
-                f"compare: {name!r} exists and is never overwritten; pass another --out"
-            )
+    names = _outputs(out_dir, opts)
     repeated: list[dict[str, np.ndarray]] = [{} for _ in runs]
     data = [load(run, seen) for run, seen in zip(runs, repeated, strict=True)]
     rows = [
@@ -357,10 +351,7 @@ def compare(
     ]
     run_names = labels(runs)
     targets = (f"steps to acc >= {target_accuracy:g}", f"steps to loss <= {target_loss:g}")
-    steps_to = [
-        dict(zip(targets, (r.steps_to_target_accuracy, r.steps_to_target_loss), strict=True))
-        for r in rows
-    ]
+    steps_to = [dict(zip(targets, _steps_to(r), strict=True)) for r in rows]
     grouped = grouping.prepare(runs, run_names, data, steps_to, opts)
     for row, run, name, group in zip(rows, runs, run_names, grouped.group_of, strict=True):
         row.run, row.group = name, group
@@ -384,6 +375,23 @@ def compare(
     else:
         plot(runs, data, names[2], grouped.xaxes, X_LABELS[opts.x])
     return markdown + (f"\n\n{sensitivity_md}" if sensitivity_md else ""), rows
+
+
+def _outputs(out_dir: str, opts: grouping.CompareOptions) -> list[str]:
+    """compare.md, .csv and .png in `out_dir`; FileExistsError if any of those or of the
+    options' files exists, ValueError if `--export` names one of them."""
+    names = [os.path.join(out_dir, f"compare.{ext}") for ext in ("md", "csv", "png")]
+    opts.check_export_target([*names, *opts.outputs(out_dir)])
+    for name in [*names, *opts.outputs(out_dir)]:
+        if os.path.exists(name):
+            raise FileExistsError(
+                f"compare: {name!r} exists and is never overwritten; pass another --out"
+            )
+    return names
+
+
+def _steps_to(row: RunSummary) -> tuple[int | None, int | None]:
+    return row.steps_to_target_accuracy, row.steps_to_target_loss
 
 
 def _write(names: Sequence[str], markdown: str, rows: Sequence[RunSummary]) -> None:
