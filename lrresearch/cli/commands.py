@@ -264,8 +264,18 @@ def sweep(args: argparse.Namespace) -> int:
 
 def compare(args: argparse.Namespace) -> int:
     from lrresearch.analysis import compare as comparing
+    from lrresearch.analysis.grouped import CompareOptions
+    from lrresearch.cli.compare_parser import sensitivity_bindings
 
     out = args.out or args.paths[0]
+    options = CompareOptions(
+        group_by=tuple(args.group_by),
+        x=args.x,
+        metric=args.metric,
+        sensitivity=sensitivity_bindings(args.sensitivity),
+        within_pct=args.within_pct,
+        export=args.export,
+    )
     try:
         markdown, _ = comparing.compare(
             args.paths,
@@ -274,11 +284,15 @@ def compare(args: argparse.Namespace) -> int:
             args.target_loss,
             args.change_pct,
             allow_damaged=args.allow_damaged,
+            options=options,
         )
-    except (FileNotFoundError, FileExistsError, KeyError, comparing.DamagedRunError) as e:
-        return _fail(str(e))
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+        return _fail(str(e))  # DamagedRunError is a ValueError
     print(markdown)
-    print(f"wrote compare.md, compare.csv and compare.png to {out}", flush=True)
+    written = "compare.md, compare.csv, compare_groups.csv and compare.png"
+    if options.sensitivity is not None:
+        written += ", sensitivity.md, sensitivity.csv and sensitivity.png"
+    print(f"wrote {written} to {out}" + (f"; exported to {args.export}" if args.export else ""))
     return 0
 
 

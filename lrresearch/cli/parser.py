@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from lrresearch.cli import sweep_parser
+from lrresearch.cli.compare_parser import add_compare_parser
 
 # Each command's `--help` ends with these (argparse epilogs, printed as written).
 # tests/cli/test_cli.py parses every line that starts with `lrresearch`, gin bindings included.
@@ -38,9 +39,12 @@ examples:
     "sweep": sweep_parser.EXAMPLES,
     "compare": """\
 examples:
-  lrresearch compare runs/sweep-20250101-120000      # every run of a sweep
+  lrresearch compare runs/sweep-20250101-120000      # every run of a sweep, seeds grouped
   lrresearch compare runs/GradNorm-20250101-120000 \\
-      runs/LossTrend-20250101-120500 --out=comparison --target_accuracy=0.9""",
+      runs/LossTrend-20250101-120500 --out=comparison --target_accuracy=0.9
+  lrresearch compare runs/sweep-20250101-120000 --group_by=Trainer.controller
+  lrresearch compare runs/sweep-20250101-120000 --sensitivity --metric=eval/accuracy
+  lrresearch compare runs/sweep-20250101-120000 --x=examples --export=points.parquet""",
     "list": """\
 examples:
   lrresearch list                                    # everything, grouped
@@ -260,48 +264,6 @@ def _sweep_parser(commands: Any) -> None:
     sweep_parser.add_sweep_parser(commands, _add_gin_flags, _add_output_flags)
 
 
-def _compare_parser(commands: Any) -> None:
-    """`lrresearch compare`: tables and plots of runs."""
-    comp = commands.add_parser(
-        "compare",
-        help="table and plots comparing runs or sweeps (read with TensorBoard's loader)",
-        description="For each run (a directory with an `lr` series, or the runs one level "
-        "below a sweep directory): final and best eval metrics, steps to a target, mean "
-        "LR, number of LR changes larger than --change_pct, time per step; and PNG plots "
-        "of LR, smoothed loss and gradient norm against step for all runs.",
-    )
-    comp.add_argument(
-        "paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="runs, or sweeps of runs"
-    )
-    comp.add_argument(
-        "--out", default=None, help="folder for compare.md/.csv/.png (default: the first path)"
-    )
-    comp.add_argument(
-        "--target_accuracy",
-        type=float,
-        default=0.95,
-        help="'steps to target' counts batches until eval/accuracy reaches this",
-    )
-    comp.add_argument(
-        "--target_loss",
-        type=float,
-        default=0.2,
-        help="'steps to target' counts batches until eval/loss falls to this",
-    )
-    comp.add_argument(
-        "--change_pct",
-        type=float,
-        default=10.0,
-        help="an LR change larger than this percentage counts as a change",
-    )
-    comp.add_argument(
-        "--allow_damaged",
-        action="store_true",
-        help="compare runs with truncated or damaged event files up to the damage "
-        "(marked 'damaged'); without it they are an error (exit 2)",
-    )
-
-
 def _board_parser(commands: Any) -> None:
     """`lrresearch board`: TensorBoard serving every batch."""
     board = commands.add_parser(
@@ -364,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         _profile_parser,
         _lr_find_parser,
         _sweep_parser,
-        _compare_parser,
+        add_compare_parser,
         _board_parser,
     ):
         add(commands)
