@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import pathlib
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import gin
 import pytest
@@ -150,3 +150,12 @@ def profile_run(tmp_path_factory: pytest.TempPathFactory):
         )
     finally:
         gin.clear_config()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for this session (`tests/postgres.py`): its URL."""
+    from tests.postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url

@@ -22,19 +22,23 @@ import numpy as np
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.compat.proto import event_pb2
 
+from lrresearch.analysis import grouped as grouping
+from lrresearch.analysis.axes import X_LABELS, XAxis
+from lrresearch.analysis.curves import (  # noqa: F401  (compare.load, compare.smooth, ...)
+    LR_TAGS,
+    Series,
+    applied_lr,
+    duplicate_warning,
+    load,
+    smooth,
+)
 from lrresearch.analysis.run_labels import labels, line_styles
 from lrresearch.logs import event_files
+from lrresearch.logs.run_layout import CONFIG_FILE
 
 
 class DamagedRunError(ValueError):
     """Event files that TensorBoard's loader would read only in part."""
-
-
-@dataclasses.dataclass
-class Series:
-    steps: np.ndarray
-    values: np.ndarray
-    wall_times: np.ndarray
 
 
 def find_runs(paths: Sequence[str]) -> list[str]:
@@ -140,7 +144,7 @@ def find_damage(paths: Sequence[str]) -> list[FileDamage]:
 
 def _steps_wanted(run: str) -> int | None:
     try:
-        with open(os.path.join(run, "config.gin")) as f:
+        with open(os.path.join(run, CONFIG_FILE)) as f:
             match = re.search(r"^Trainer\.steps\s*=\s*(\d+)\s*$", f.read(), re.MULTILINE)
     except OSError:
         return None
@@ -164,61 +168,6 @@ def _has_scalar(run: str, tag: str) -> bool:
     return tag in acc.Tags()["tensors"]
 
 
-def load(run: str, duplicates: dict[str, np.ndarray] | None = None) -> dict[str, Series]:
-    """Every scalar series of `run`, one point per step, in step order. A step logged
-    more than once (a restart that did not trim the event files, as `--resume` does)
-    keeps the value written last, the restarted run's; `duplicates` (if given) gets,
-    per such tag, the steps that were logged more than once."""
-    import tensorflow as tf
-
-    acc = ea.EventAccumulator(run, size_guidance={ea.TENSORS: 0})
-    acc.Reload()
-    out = {}
-    for tag in acc.Tags()["tensors"]:
-        if acc.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
-            continue
-        events = acc.Tensors(tag)
-        steps = np.array([e.step for e in events], dtype=np.int64)
-        # The last event of each step: unique over the reversed order, then step order.
-        _, last = np.unique(steps[::-1], return_index=True)
-        keep = len(steps) - 1 - last
-        if len(keep) < len(steps) and duplicates is not None:
-            counts = np.bincount(np.searchsorted(steps[keep], steps), minlength=len(keep))
-            duplicates[tag] = steps[keep][counts > 1]
-        out[tag] = Series(
-            steps[keep],
-            np.array([float(tf.make_ndarray(events[i].tensor_proto)) for i in keep]),
-            np.array([events[i].wall_time for i in keep]),
-        )
-    return out
-
-
-def duplicate_warning(run: str, duplicates: dict[str, np.ndarray]) -> str:
-    """One line: the run, the tag (`lr` first) and steps logged more than once, the
-    value used, and the fix."""
-    tag = "lr" if "lr" in duplicates else sorted(duplicates)[0]
-    steps = duplicates[tag]
-    others = f" (and {len(duplicates) - 1} other tags alike)" if len(duplicates) > 1 else ""
-    return (
-        f"warning: {run}: `{tag}` has {len(steps)} steps logged more than once (steps "
-        f"{steps[0]}..{steps[-1]}){others}: a run restarted from a save without trimming "
-        "its event files; compared with the value logged last at each step (restart with "
-        "`lrresearch train --resume`, or Keras's PerBatchSummaries(logdir, resume=True), "
-        "which trim them)"
-    )
-
-
-def smooth(values: np.ndarray, beta: float = 0.98) -> np.ndarray:
-    """Bias-corrected EMA (TensorBoard-like smoothing), NaN-tolerant."""
-    out, ema, n = np.empty(len(values)), 0.0, 0
-    for i, v in enumerate(values):
-        if np.isfinite(v):
-            n += 1
-            ema = beta * ema + (1 - beta) * v
-        out[i] = ema / (1 - beta**n) if n else np.nan
-    return out
-
-
 @dataclasses.dataclass
 class RunSummary:
     run: str
@@ -236,17 +185,8 @@ class RunSummary:
     damaged: str = ""
     # The tag of the LR columns: `lr`, or `optimizer/effective_lr` (`LR_TAGS`).
     lr_tag: str = "lr"
-
-
-# The LR a run applied: the step an optimizer with its own step size logs (its `lr` is
-# a multiplier of it), else the `lr` tag.
-LR_TAGS = ("optimizer/effective_lr", "lr")
-
-
-def applied_lr(series: dict[str, Series]) -> tuple[str, Series]:
-    """The tag and series of the LR the run applied (`LR_TAGS`' first present)."""
-    tag = next(t for t in LR_TAGS if t in series)
-    return tag, series[tag]
+    # The label of the run's group (`groups.group_runs`): compare_groups.csv's `group`.
+    group: str = ""
 
 
 def summarize(
@@ -318,10 +258,14 @@ def table(
 
 
 def plot(
-    runs: Sequence[str], data: Sequence[dict[str, Series]], path: str
+    runs: Sequence[str],
+    data: Sequence[dict[str, Series]],
+    path: str,
+    xaxes: Sequence[XAxis] | None = None,
+    x_label: str = X_LABELS["steps"],
 ) -> list[tuple[str, tuple[float, ...], str]]:
-    """Writes the three panels to `path`; returns each run's (label, colour, line
-    style) as drawn in the LR panel."""
+    """Writes the three panels to `path`, against `xaxes` (default: steps); returns
+    each run's (label, colour, line style) as drawn in the LR panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -336,13 +280,14 @@ def plot(
         ("grad/global_norm", "global gradient norm (log)", True, False),
     ]
     for ax, (tag, label, log, smoothed) in zip(axes, panels, strict=True):
-        for name, (colour, style), series in zip(names, styles, data, strict=True):
+        xs = xaxes or [XAxis("steps")] * len(runs)
+        for name, (colour, style), series, x in zip(names, styles, data, xs, strict=True):
             if tag not in series:
                 continue
             own = tag == "lr" and applied_lr(series)[0] != "lr"
             s = applied_lr(series)[1] if tag == "lr" else series[tag]
             ax.plot(
-                s.steps,
+                x.of(s),
                 smooth(s.values) if smoothed else s.values,
                 label=name + (" (step size)" if own else ""),
                 color=colour,
@@ -353,7 +298,7 @@ def plot(
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("batch (step)")
+    axes[-1].set_xlabel(x_label)
     axes[0].legend(fontsize=7, loc="best")
     axes[0].set_title("lrresearch runs compared")
     fig.tight_layout()
@@ -371,19 +316,25 @@ def compare(
     change_pct: float = 10.0,
     allow_damaged: bool = False,
     warn: Callable[[str], None] | None = None,
+    options: grouping.CompareOptions | None = None,
 ) -> tuple[str, list[RunSummary]]:
-    """Writes `compare.md`, `compare.csv` and `compare.png` into `out_dir` (created if
-    needed; existing files of those names are an error). Returns the markdown.
+    """Writes `compare.md`, `compare.csv`, `compare.png` and `compare_groups.csv` into
+    `out_dir` (created if needed; existing files of those names are an error), and what
+    `options` asks for (`grouped.CompareOptions`: groups, x axis, sensitivity, export).
+    Returns the markdown: the groups' table (mean ± std over seeds), then the runs'.
 
     Raises `DamagedRunError` if an event file is truncated or fails a checksum, unless
     `allow_damaged`: then the runs are compared up to the damage, marked in the table
-    and the csv's `damaged` column, and the damage is listed below the table.
+    and the csv's `damaged` column, and the damage is listed below the table. Raises
+    ValueError for options that do not fit the runs, before anything is written.
 
     Rows and legend entries are named by each run's shortest unique path
     (`run_labels.labels`). A
     run with steps logged more than once is compared with the last value of each step
     and `warn`ed about (one line; default: stderr), also below the table."""
     warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+    opts = options or grouping.CompareOptions()
+    opts.check()
     for path in paths:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"compare: no such directory {path!r}")
@@ -391,23 +342,22 @@ def compare(
     if damaged and not allow_damaged:
         raise DamagedRunError(damage_report(damaged))
     runs = find_runs(paths)
-    os.makedirs(out_dir, exist_ok=True)
-    names = [os.path.join(out_dir, f"compare.{ext}") for ext in ("md", "csv", "png")]
-    for name in names:
-        if os.path.exists(name):
-            raise FileExistsError(
-                f"compare: {name!r} exists and is never overwritten; pass another --out"
-            )
+    names = _outputs(out_dir, opts)
     repeated: list[dict[str, np.ndarray]] = [{} for _ in runs]
     data = [load(run, seen) for run, seen in zip(runs, repeated, strict=True)]
     rows = [
         summarize(r, d, target_accuracy, target_loss, change_pct)
         for r, d in zip(runs, data, strict=True)
     ]
-    for row, run, name in zip(rows, runs, labels(runs), strict=True):
-        row.run = name
+    run_names = labels(runs)
+    targets = (f"steps to acc >= {target_accuracy:g}", f"steps to loss <= {target_loss:g}")
+    steps_to = [dict(zip(targets, _steps_to(r), strict=True)) for r in rows]
+    grouped = grouping.prepare(runs, run_names, data, steps_to, opts)
+    for row, run, name, group in zip(rows, runs, run_names, grouped.group_of, strict=True):
+        row.run, row.group = name, group
         row.damaged = "; ".join(d.short() for d in damaged if d.run == os.path.normpath(run))
     markdown = table(rows, target_accuracy, target_loss, change_pct)
+    markdown = grouping.markdown(grouped) + "\n\nRuns:\n\n" + markdown
     warnings = [duplicate_warning(r, seen) for r, seen in zip(runs, repeated, strict=True) if seen]
     for line in warnings:
         warn(line)
@@ -417,6 +367,35 @@ def compare(
         markdown += "\n\nDamaged event files (compared up to the damage):\n\n" + "\n".join(
             f"- {d.describe()}" for d in damaged
         )
+    os.makedirs(out_dir, exist_ok=True)
+    _write(names, markdown, rows)
+    sensitivity_md = grouping.write(grouped, runs, run_names, data, out_dir, opts)
+    if grouping.draws_groups(grouped):
+        grouping.plot(grouped, data, names[2], opts)
+    else:
+        plot(runs, data, names[2], grouped.xaxes, X_LABELS[opts.x])
+    return markdown + (f"\n\n{sensitivity_md}" if sensitivity_md else ""), rows
+
+
+def _outputs(out_dir: str, opts: grouping.CompareOptions) -> list[str]:
+    """compare.md, .csv and .png in `out_dir`; FileExistsError if any of those or of the
+    options' files exists, ValueError if `--export` names one of them."""
+    names = [os.path.join(out_dir, f"compare.{ext}") for ext in ("md", "csv", "png")]
+    opts.check_export_target([*names, *opts.outputs(out_dir)])
+    for name in [*names, *opts.outputs(out_dir)]:
+        if os.path.exists(name):
+            raise FileExistsError(
+                f"compare: {name!r} exists and is never overwritten; pass another --out"
+            )
+    return names
+
+
+def _steps_to(row: RunSummary) -> tuple[int | None, int | None]:
+    return row.steps_to_target_accuracy, row.steps_to_target_loss
+
+
+def _write(names: Sequence[str], markdown: str, rows: Sequence[RunSummary]) -> None:
+    """compare.md and compare.csv (one row per run)."""
     with open(names[0], "w") as f:
         f.write(markdown + "\n")
     with open(names[1], "w", newline="") as f:
@@ -424,5 +403,3 @@ def compare(
         writer.writeheader()
         for r in rows:
             writer.writerow(dataclasses.asdict(r))
-    plot(runs, data, names[2])
-    return markdown, rows

@@ -24,6 +24,23 @@ def _note_shadowed(gin_files: Sequence[str], search_path: Sequence[str]) -> None
         print(f"note: {note}", file=sys.stderr, flush=True)
 
 
+def _note_methods(args: argparse.Namespace) -> None:
+    """Says which `--gin_param`s a sweep's `--method` binds again (`methods.overridden`)
+    and which of its files hide shipped ones; a bad `--method` is the sweep's to report."""
+    from lrresearch.config import parse as config
+    from lrresearch.studies import methods
+
+    if args.resume or not args.method:
+        return
+    try:
+        parsed = methods.parse_methods(args.method, args.gin_search_path)
+    except config.ConfigError:
+        return
+    _note_shadowed([name for m in parsed for name in m.gin_files], args.gin_search_path)
+    for note in methods.overridden(args.gin_file, args.gin_param, parsed, args.gin_search_path):
+        print(f"note: {note}", file=sys.stderr, flush=True)
+
+
 def _parse_config(args: argparse.Namespace) -> int | None:
     """Parses the gin files and bindings, then creates the configured `tf.distribute`
     strategy (before anything else touches TensorFlow's runtime). Returns an exit code
@@ -186,8 +203,9 @@ def sweep(args: argparse.Namespace) -> int:
     if args.resume and not args.sweep_name:
         return _fail("--resume needs --sweep_name (the sweep to continue)")
     given = {"gin_files": args.gin_file, "sweeps": args.sweep, "samples": args.sample}
-    given.update(sweep_random=args.sweep_random, seed=args.seed)
+    given.update(sweep_random=args.sweep_random, seed=args.seed, methods=args.method)
     _note_shadowed(args.gin_file, args.gin_search_path)
+    _note_methods(args)
     try:
         if args.resume:
             sweep_dir, points = resume_sweep(
@@ -210,6 +228,7 @@ def sweep(args: argparse.Namespace) -> int:
                 random_points=args.sweep_random,
                 seed=args.seed,
                 search_path=args.gin_search_path,
+                methods=args.method,
             )
     except config.ConfigError as e:
         return _fail(str(e))
@@ -236,8 +255,18 @@ def sweep(args: argparse.Namespace) -> int:
 
 def compare(args: argparse.Namespace) -> int:
     from lrresearch.analysis import compare as comparing
+    from lrresearch.analysis.grouped import CompareOptions
+    from lrresearch.cli.compare_parser import sensitivity_bindings
 
     out = args.out or args.paths[0]
+    options = CompareOptions(
+        group_by=tuple(args.group_by),
+        x=args.x,
+        metric=args.metric,
+        sensitivity=sensitivity_bindings(args.sensitivity),
+        within_pct=args.within_pct,
+        export=args.export,
+    )
     try:
         markdown, _ = comparing.compare(
             args.paths,
@@ -246,11 +275,15 @@ def compare(args: argparse.Namespace) -> int:
             args.target_loss,
             args.change_pct,
             allow_damaged=args.allow_damaged,
+            options=options,
         )
-    except (FileNotFoundError, FileExistsError, KeyError, comparing.DamagedRunError) as e:
-        return _fail(str(e))
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+        return _fail(str(e))  # DamagedRunError is a ValueError
     print(markdown)
-    print(f"wrote compare.md, compare.csv and compare.png to {out}", flush=True)
+    written = "compare.md, compare.csv, compare_groups.csv and compare.png"
+    if options.sensitivity is not None:
+        written += ", sensitivity.md, sensitivity.csv and sensitivity.png"
+    print(f"wrote {written} to {out}" + (f"; exported to {args.export}" if args.export else ""))
     return 0
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lrresearch.cli import study_parser
+from lrresearch.cli import study_parser, sweep_parser
+from lrresearch.cli.compare_parser import add_compare_parser
 from lrresearch.cli.flags import add_gin_flags as _add_gin_flags
 from lrresearch.cli.flags import add_output_flags as _add_output_flags
 
@@ -37,30 +38,15 @@ examples:
   lrresearch lr-find
   lrresearch lr-find --gin_file=strategies/constant.gin --num_steps=300
   lrresearch lr-find --binding=WarmupCosineController.base_lr --write_gin=lr.gin""",
-    "sweep": """\
-examples:
-  lrresearch sweep --sweep='Trainer.seed=[0, 1, 2]'
-  lrresearch sweep --gin_file=strategies/loss_trend.gin \\
-      --sweep='LossTrendController.window=[50, 100, 200]' --sweep='Trainer.seed=[0, 1]'
-  lrresearch sweep --gin_file=strategies/loss_trend.gin --sweep_random=8 --seed=1 \\
-      --sample='LossTrendController.max_lr=loguniform(1e-3, 1)' \\
-      --sample='Trainer.batch_size=choice([32, 64, 128])'
-  lrresearch sweep --sweep_random=4 --sample='Trainer.batch_size=choice([32, 64, 128])' \\
-      --sweep='Trainer.controller=[@GradNormController(), @ConstantController()]'
-  lrresearch sweep --resume --sweep_name=sweep-20250101-120000   # after Ctrl-C
-
-distributions for --sample (gin syntax; each binding has its own seeded generator):
-  uniform(low, high)         a float in [low, high)
-  loguniform(low, high)      a float, each decade equally likely (0 < low)
-  intuniform(low, high)      an int in [low, high], both included
-  logintuniform(low, high)   an int in [low, high], log-uniform (1 <= low)
-  choice([v1, v2, ...])      one of the gin values (numbers, strings, @Name(), tuples)
-With --sweep as well, every grid combination runs at the same drawn points.""",
+    "sweep": sweep_parser.EXAMPLES,
     "compare": """\
 examples:
-  lrresearch compare runs/sweep-20250101-120000      # every run of a sweep
+  lrresearch compare runs/sweep-20250101-120000      # every run of a sweep, seeds grouped
   lrresearch compare runs/GradNorm-20250101-120000 \\
-      runs/LossTrend-20250101-120500 --out=comparison --target_accuracy=0.9""",
+      runs/LossTrend-20250101-120500 --out=comparison --target_accuracy=0.9
+  lrresearch compare runs/sweep-20250101-120000 --group_by=Trainer.controller
+  lrresearch compare runs/sweep-20250101-120000 --sensitivity --metric=eval/accuracy
+  lrresearch compare runs/sweep-20250101-120000 --x=examples --export=points.parquet""",
     "list": """\
 examples:
   lrresearch list                                    # everything, grouped
@@ -238,99 +224,8 @@ def _lr_find_parser(commands: Any) -> None:
 
 
 def _sweep_parser(commands: Any) -> None:
-    """`lrresearch sweep`: the cross product of gin bindings."""
-    sweep = commands.add_parser(
-        "sweep",
-        help="run a grid (--sweep) and/or random points (--sweep_random, --sample) of gin "
-        "bindings, one run directory per point",
-        description="Run every combination of the --sweep values (and, with "
-        "--sweep_random=N, each at N points drawn from the --sample distributions), one "
-        "after another, each as `lrresearch train` would, into one sweep directory; a "
-        "failed run is reported at the end and does not stop the others. The sweep "
-        "directory carries sweep.json (every point's bindings and drawn values) and the "
-        "HParams experiment, so TensorBoard's HParams tab lists every run.",
-    )
-    _add_gin_flags(sweep)
-    sweep.add_argument(
-        "--sweep",
-        action="append",
-        default=[],
-        metavar="BINDING=[V1, V2]",
-        help="e.g. 'Trainer.seed=[0, 1, 2]' or "
-        "'Trainer.controller=[@GradNormController(), @LossTrendController()]';"
-        " repeat for a cross product",
-    )
-    sweep.add_argument(
-        "--sweep_random",
-        type=int,
-        default=0,
-        metavar="N",
-        help="draw N random points from the --sample distributions (0: grid only)",
-    )
-    sweep.add_argument(
-        "--sample",
-        action="append",
-        default=[],
-        metavar="BINDING=DIST(...)",
-        help="e.g. 'LossTrendController.max_lr=loguniform(1e-3, 1)' or "
-        "'Trainer.batch_size=choice([32, 64, 128])'; repeatable; needs --sweep_random",
-    )
-    sweep.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the --sample draws (not of training: sweep Trainer.seed for that)",
-    )
-    _add_output_flags(sweep, "--sweep_name", "sweep-<YYYYmmdd-HHMMSS>")
-    sweep.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the sweep <logdir>/<sweep_name> with its own flags (its sweep.json): "
-        "finished runs are skipped, a stopped one resumes from its checkpoint, the rest "
-        "run; --gin_params apply on top; needs --sweep_name",
-    )
-
-
-def _compare_parser(commands: Any) -> None:
-    """`lrresearch compare`: tables and plots of runs."""
-    comp = commands.add_parser(
-        "compare",
-        help="table and plots comparing runs or sweeps (read with TensorBoard's loader)",
-        description="For each run (a directory with an `lr` series, or the runs one level "
-        "below a sweep directory): final and best eval metrics, steps to a target, mean "
-        "LR, number of LR changes larger than --change_pct, time per step; and PNG plots "
-        "of LR, smoothed loss and gradient norm against step for all runs.",
-    )
-    comp.add_argument(
-        "paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="runs, or sweeps of runs"
-    )
-    comp.add_argument(
-        "--out", default=None, help="folder for compare.md/.csv/.png (default: the first path)"
-    )
-    comp.add_argument(
-        "--target_accuracy",
-        type=float,
-        default=0.95,
-        help="'steps to target' counts batches until eval/accuracy reaches this",
-    )
-    comp.add_argument(
-        "--target_loss",
-        type=float,
-        default=0.2,
-        help="'steps to target' counts batches until eval/loss falls to this",
-    )
-    comp.add_argument(
-        "--change_pct",
-        type=float,
-        default=10.0,
-        help="an LR change larger than this percentage counts as a change",
-    )
-    comp.add_argument(
-        "--allow_damaged",
-        action="store_true",
-        help="compare runs with truncated or damaged event files up to the damage "
-        "(marked 'damaged'); without it they are an error (exit 2)",
-    )
+    """`lrresearch sweep` (its flags in `sweep_parser`)."""
+    sweep_parser.add_sweep_parser(commands, _add_gin_flags, _add_output_flags)
 
 
 def _board_parser(commands: Any) -> None:
@@ -395,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         _profile_parser,
         _lr_find_parser,
         _sweep_parser,
-        _compare_parser,
+        add_compare_parser,
         _board_parser,
         study_parser.tune_parser,
     ):

@@ -9,6 +9,7 @@ names in lrresearch's modules, `external_configurables` and the imported modules
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import io
 import logging
@@ -359,6 +360,22 @@ CONFIGURABLE_MODULES = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """Gin files, then bindings, parsed on top of what came before (`parse`'s `then`):
+    a sweep's `--method`. `flag` names it in errors (`--method='cosine=...'`)."""
+
+    gin_files: tuple[str, ...] = ()
+    gin_params: tuple[str, ...] = ()
+    flag: str = "--gin_file"
+
+    def where(self, binding: str) -> str:
+        """How an error names `binding`: `--gin_param='...'`, or the layer's flag."""
+        if self.flag == "--gin_file":
+            return f"--gin_param={binding!r}"
+        return f"{self.flag}, binding {binding!r}"
+
+
 def register_configurables() -> None:
     """Imports every module with gin configurables, so names resolve."""
     for module in CONFIGURABLE_MODULES:
@@ -366,9 +383,13 @@ def register_configurables() -> None:
 
 
 def parse(
-    gin_files: Sequence[str], gin_params: Sequence[str], search_path: Sequence[str] = ()
+    gin_files: Sequence[str],
+    gin_params: Sequence[str],
+    search_path: Sequence[str] = (),
+    then: Sequence[Layer] = (),
 ) -> list[str]:
-    """Clears earlier bindings, then parses `gin_files` and `gin_params` in order.
+    """Clears earlier bindings, then parses `gin_files` and `gin_params` in order, then
+    each of the `then` layers' files and bindings (a sweep's `--method`, on top).
 
     A gin file is found by name (`files.resolve`): the working directory, the
     `search_path` folders (`--gin_search_path`), then the shipped files; so are the
@@ -382,28 +403,33 @@ def parse(
     """
     register_configurables()
     gin.clear_config()
-    found, paths = [], []
-    for name in gin_files:
-        try:
-            found.append(path := files.resolve(name, search_path).path)
-        except FileNotFoundError as e:
-            raise ConfigError(str(e)) from None
-        paths += [p for p in files.include_folders(path) if p not in paths]
+    layers = [Layer(tuple(gin_files), tuple(gin_params)), *then]
+    found: list[list[str]] = [[] for _ in layers]
+    paths: list[str] = []
+    for layer, layer_found in zip(layers, found, strict=True):
+        for name in layer.gin_files:
+            try:
+                layer_found.append(path := files.resolve(name, search_path).path)
+            except FileNotFoundError:
+                raise ConfigError(files.missing(name, search_path, layer.flag)) from None
+            paths += [p for p in files.include_folders(path) if p not in paths]
     paths += [p for p in search_path if p not in paths]
     checked: set[str] = set()
     _targets.clear()  # an earlier parse's folders must not resolve this one's includes
     _rewritten.clear()
     with _quiet_lookups(), gin_imports.working_directory_importable():
-        for path in found:
-            _check_file(path, ["", *paths], "--gin_file", [], checked)
-        for path in found:
-            try:
-                gin.parse_config_file(_RESOLVED + os.path.abspath(path))
-            except _PARSE_ERRORS as e:
-                raise ConfigError(explain(e)) from None
-        for param in gin_params:
-            parse_binding(param, f"--gin_param={param!r}")
-    return found
+        for layer, layer_found in zip(layers, found, strict=True):
+            for path in layer_found:
+                _check_file(path, ["", *paths], layer.flag, [], checked)
+        for layer, layer_found in zip(layers, found, strict=True):
+            for path in layer_found:
+                try:
+                    gin.parse_config_file(_RESOLVED + os.path.abspath(path))
+                except _PARSE_ERRORS as e:
+                    raise ConfigError(explain(e)) from None
+            for param in layer.gin_params:
+                parse_binding(param, layer.where(param))
+    return [path for layer_found in found for path in layer_found]
 
 
 def parse_binding(binding: str, where: str) -> None:

@@ -192,3 +192,19 @@ def sample_values(sample: Sample, seed: int, n: int) -> list[Any]:
     """`n` draws of `sample`, the same for the same `seed` and binding name."""
     rng = np.random.default_rng([seed, zlib.crc32(sample.name.encode())])
     return sample.distribution.draw(rng, n)
+
+
+def domains(samples: list[Sample]) -> dict[str, Distribution]:
+    """Each sampled binding's distribution for the HParams experiment: one binding
+    sampled by several `--method`s from intervals of one kind spans them all; from
+    different kinds, it is left out (its values drawn are listed instead)."""
+    found: dict[str, Distribution | None] = {}
+    for sample in samples:
+        dist, seen = sample.distribution, found.get(sample.name, sample.distribution)
+        if seen is None or seen.kind != dist.kind or dist.kind == "choice":
+            found[sample.name] = dist if seen == dist else None
+        else:
+            found[sample.name] = Distribution(
+                dist.kind, min(seen.low, dist.low), max(seen.high, dist.high)
+            )
+    return {name: dist for name, dist in found.items() if dist is not None}

@@ -13,6 +13,11 @@ differ only in what the grid varies); draw `i` of every combination runs before 
 and in the HParams experiment under its binding name, as an interval for the numeric
 distributions and the values drawn for `choice`.
 
+`--method=NAME=SOURCE` (`methods`) makes whole methods one axis: each method runs the
+cross product of the unprefixed axes and its own (`--sweep='NAME:binding=[...]'`),
+its runs named `NNN-NAME-...`, its name recorded in `sweep.json` and as the `method`
+hparam.
+
 Ctrl-C (or SIGTERM) stops a sweep after the run it lands in: that run stops after its
 current compiled call and saves its checkpoint, as `lrresearch train` does; the sweep
 directory still gets `sweep.json` (every point, with its status) and the HParams
@@ -34,6 +39,7 @@ from typing import Any
 import gin
 
 from lrresearch.config import parse as config
+from lrresearch.studies import methods as study_methods
 from lrresearch.studies import sampling
 from lrresearch.studies.experiment import write_experiment
 from lrresearch.studies.sampling import split_values
@@ -65,7 +71,8 @@ class Point:
     """One run of a sweep: its bindings (gin source), run name and outcome.
 
     `sampled` holds the values drawn for `--sample`s (numbers, or the gin source of a
-    `choice`). `status` is "not run", "ok", "failed" or "interrupted"."""
+    `choice`). `status` is "not run", "ok", "failed" or "interrupted". `method` is its
+    `--method`'s name ("" without one)."""
 
     index: int
     bindings: dict[str, str]
@@ -76,10 +83,12 @@ class Point:
     status: str = "not run"
     stopped_at: int | None = None  # the interrupted run's checkpoint step
     run_hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # the run's own
+    method: str = ""
 
     def hparams(self) -> dict[str, bool | int | float | str]:
-        """Every swept binding under its gin name, for the HParams dashboard."""
-        return {name: sampling.literal(source) for name, source in self.bindings.items()}
+        """Every swept binding under its gin name, and `method`, for HParams."""
+        found = {name: sampling.literal(source) for name, source in self.bindings.items()}
+        return {"method": self.method, **found} if self.method else found
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -102,13 +111,14 @@ def check_axes(
     samples: Sequence[sampling.Sample] = (),
     drawn: Sequence[list] = (),
     search_path: Sequence[str] = (),
+    then: Sequence[config.Layer] = (),
 ) -> list:
     """The sweep's axes, each `(name, values)`, checked before anything is written:
-    the files (found in `search_path` too, `--gin_search_path`) and params parse, and
-    so does every grid value and every drawn value (named by its `--sweep` or
-    `--sample`)."""
+    the files (found in `search_path` too, `--gin_search_path`) and params parse, then
+    `then` (a `--method`'s), and so does every grid value and every drawn value under
+    them (named by its `--sweep` or `--sample`)."""
     axes = [parse_sweep(spec) for spec in sweeps]
-    if not axes and not samples:
+    if not axes and not samples and not then:
         raise config.ConfigError(
             "give at least one --sweep, e.g. --sweep='Trainer.seed=[0, 1]', or "
             "--sweep_random=N with a --sample"
@@ -120,7 +130,7 @@ def check_axes(
             f"--sweep/--sample: {', '.join(twice)} is swept twice; sweep it once"
         )
     try:
-        config.parse(list(gin_files), list(gin_params), search_path)
+        config.parse(list(gin_files), list(gin_params), search_path, then)
         for spec, (name, values) in zip(sweeps, axes, strict=True):
             for value in values:
                 config.parse_binding(f"{name} = {value}", f"--sweep={spec!r}, value {value!r}")
@@ -162,9 +172,12 @@ def plan(
     axes: Sequence[tuple[str, list[str]]],
     samples: Sequence[sampling.Sample] = (),
     drawn: Sequence[list] = (),
+    method: str = "",
+    start: int = 0,
 ) -> list[Point]:
     """The points: every grid combination, at each of the drawn points (draw-major),
-    named `NNN-<param=value>-...` (floats drawn with 3 significant digits)."""
+    named `NNN-<param=value>-...` (floats drawn with 3 significant digits), or
+    `NNN-<method>-<param=value>-...`, numbered from `start`."""
     grid = list(itertools.product(*(values for _, values in axes)))
     draws = range(len(drawn[0])) if samples else [None]
     points = []
@@ -178,9 +191,36 @@ def plan(
                 bindings[sample.name] = sample.distribution.gin(value)
                 sampled[sample.name] = value
                 labels.append(_label(sample.name, bindings[sample.name], value))
-            index = len(points)
-            points.append(Point(index, bindings, f"{index:03d}-{'-'.join(labels)}", sampled))
+            index = start + len(points)
+            name = "-".join([f"{index:03d}", *([method] if method else []), *labels])
+            points.append(Point(index, bindings, name, sampled, method=method))
     return points
+
+
+def plan_sweep(
+    flags: dict[str, Any], search_path: Sequence[str] = ()
+) -> tuple[list[Point], list[sampling.Sample]]:
+    """Every point of the sweep that `flags` (as `sweep.json` records them) describe,
+    method by method in flag order, and the `--sample`s; each method's config and
+    axes are checked (`check_axes`) before anything is written."""
+    methods = study_methods.parse_methods(flags.get("methods", []), search_path)
+    axes = {"--sweep": flags.get("sweeps", []), "--sample": flags.get("samples", [])}
+    random_points, seed = flags.get("sweep_random", 0), flags.get("seed", 0)
+    spaces = study_methods.spaces(methods, axes)
+    points, samples = [], []
+    for space in spaces:
+        with space.named_in_errors():
+            own = space.axes["--sample"]
+            parsed, drawn = parse_samples(own, random_points if own else 0, seed)
+            checked = check_axes(
+                flags["gin_files"], flags["gin_params"], space.axes["--sweep"], parsed, drawn,
+                search_path, space.layers(),
+            )  # fmt: skip
+        points += plan(checked, parsed, drawn, space.name, start=len(points))
+        samples += parsed
+    every = [spec for space in spaces for spec in space.axes["--sample"]]
+    parse_samples(every, random_points, seed)  # the flags fit together (the draws are cheap)
+    return points, samples
 
 
 def _write_manifest(sweep_dir: str, flags: dict[str, Any], points: list[Point]) -> None:
@@ -191,6 +231,7 @@ def _write_manifest(sweep_dir: str, flags: dict[str, Any], points: list[Point]) 
         "points": [
             {
                 "run": p.run_name,
+                **({"method": p.method} if p.method else {}),
                 "bindings": p.bindings,
                 "sampled": p.sampled,
                 "status": p.status,
@@ -210,12 +251,12 @@ def _run_point(
     its status. Returns its trainer (None if it was not built) and whether Ctrl-C or
     SIGTERM asked the sweep to stop."""
     trainer = None
-    try:
-        config.parse(
-            flags["gin_files"],
-            [*flags["gin_params"], *(f"{n} = {v}" for n, v in point.bindings.items())],
-            flags.get("gin_search_paths", []),
-        )
+    search_path = flags.get("gin_search_paths", [])
+    bindings = config.Layer((), tuple(f"{n} = {v}" for n, v in point.bindings.items()), "--sweep")
+    try:  # its method's files and bindings (if any) on top of the base, then its own
+        methods = study_methods.parse_methods(flags.get("methods", []), search_path)
+        layers = [*(m.layer() for m in methods if m.name == point.method), bindings]
+        config.parse(flags["gin_files"], flags["gin_params"], search_path, layers)
         trainer = Trainer(strategy=distribute.get_strategy())
         # The run's HParams also name what the sweep varied (mlp.hidden, say, is not
         # among the trainer's own): one dict for the run's header and the experiment.
@@ -255,24 +296,28 @@ def run_sweep(
     random_points: int = 0,
     seed: int = 0,
     search_path: Sequence[str] = (),
+    methods: Sequence[str] = (),
 ) -> tuple[str, list[Point]]:
     """Runs every point of the cross product of the `sweeps` and, with `samples`, at
-    each of `random_points` draws (seeded by `seed`); a failed point is recorded and
-    the sweep goes on. Returns the sweep directory and the points.
+    each of `random_points` draws (seeded by `seed`), per `--method` in `methods` if
+    any (`plan_sweep`); a failed point is recorded and the sweep goes on. Returns the
+    sweep directory and the points.
 
     Raises:
-      config.ConfigError: a file, param, `--sweep` value or `--sample` does not parse
-        (nothing is written).
+      config.ConfigError: a file, param, `--method`, `--sweep` value or `--sample`
+        does not parse (nothing is written).
       SweepInterrupted: Ctrl-C or SIGTERM; the runs so far are recorded.
     """
-    parsed, drawn = parse_samples(samples, random_points, seed)
-    axes = check_axes(gin_files, gin_params, sweeps, parsed, drawn, search_path)
-    points = plan(axes, parsed, drawn)
     flags = {"gin_files": list(gin_files), "gin_params": list(gin_params), "sweeps": list(sweeps)}
+    flags.update(samples=list(samples), sweep_random=random_points, seed=seed)
+    if methods:
+        flags["methods"] = list(methods)
+    points, parsed = plan_sweep(flags, search_path)
     if search_path:
         flags["gin_search_paths"] = [os.path.abspath(p) for p in search_path]
-    if parsed:
-        flags.update(samples=list(samples), sweep_random=random_points, seed=seed)
+    if not parsed:  # recorded only when drawn from
+        for name in ("samples", "sweep_random", "seed"):
+            del flags[name]
     # The sweep's root: no config.gin of its own (each point's run has one), sweep.json.
     with open_run(logdir, sweep_name, "sweep", name_flag="--sweep_name") as sweep:
         progress(f"sweep directory: {sweep.path} ({len(points)} runs)")
@@ -314,11 +359,12 @@ def run_points(
             _write_manifest(sweep_dir, flags, points)  # a killed sweep knows what ran
             if interrupted:
                 break
-    hparam_values: dict[str, list] = {}
+    # Every method's name, run or not: the HParams filter lists them all.
+    hparam_values = {"method": [p.method for p in points]} if flags.get("methods") else {}
     for point in points:
         for key, value in point.run_hparams.items():
             hparam_values.setdefault(key, []).append(value)
-    write_experiment(sweep, hparam_values, {s.name: s.distribution for s in samples})
+    write_experiment(sweep, hparam_values, sampling.domains(list(samples)))
     if interrupted:
         raise SweepInterrupted(interrupted_message(sweep_dir, points), sweep_dir, points)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lrresearch.config import parse as config
-from lrresearch.studies.sweep import Point, check_axes, parse_samples, run_points
+from lrresearch.studies.sweep import Point, plan_sweep, run_points
 from lrresearch.training.open_run import open_run
 from lrresearch.training.run_dir import run_path
 
@@ -29,6 +29,7 @@ FLAGS = {
     "samples": ("--sample", []),
     "sweep_random": ("--sweep_random", 0),
     "seed": ("--seed", 0),
+    "methods": ("--method", []),
 }
 
 
@@ -63,11 +64,12 @@ def resume_sweep(
     flags["gin_params"] = own + extra
     if search_path := list(search_path or manifest.get("gin_search_paths", [])):
         flags["gin_search_paths"] = search_path
-    parsed, drawn = parse_samples(flags["samples"], flags["sweep_random"], flags["seed"])
-    check_axes(flags["gin_files"], flags["gin_params"], flags["sweeps"], parsed, drawn, search_path)
+    _, parsed = plan_sweep(flags, search_path)  # the sweep's own points are kept
     if not parsed:  # as a new sweep records them
         for name in ("samples", "sweep_random", "seed"):
             del flags[name]
+    if not flags["methods"]:
+        del flags["methods"]
     points = [_point(i, entry) for i, entry in enumerate(manifest["points"])]
     counts = {s: sum(p.status == s for p in points) for s in ("ok", "failed")}
     # One process continues a sweep: it holds the sweep's lock, as a new sweep does.
@@ -92,6 +94,7 @@ def _point(index: int, entry: dict[str, Any]) -> Point:
         error=entry.get("error", ""),
         status=entry.get("status", "not run"),
         run_hparams=entry.get("hparams", {}),
+        method=entry.get("method", ""),
     )
 
 

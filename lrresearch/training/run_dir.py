@@ -27,8 +27,7 @@ from collections.abc import Collection
 
 import tensorflow as tf
 
-# The run's operative config, import lines included (the run layout in README.md).
-CONFIG_FILE = "config.gin"
+from lrresearch.logs.run_layout import CONFIG_FILE  # noqa: F401  (run_dir.CONFIG_FILE)
 
 # Bindings an older version wrote into config.gin that this one does not take, with why.
 OBSOLETE = {

@@ -65,8 +65,9 @@ def test_every_commands_examples_parse_and_their_gin_bindings_are_valid(name, mo
         try:
             config.parse(gin_files, gin_params)
             if name == "sweep" and not args.resume:  # a resumed sweep has its own flags
-                samples, drawn = sweep.parse_samples(args.sample, args.sweep_random, args.seed)
-                sweep.check_axes(gin_files, gin_params, args.sweep, samples, drawn)
+                flags = {"gin_files": gin_files, "gin_params": gin_params, "sweeps": args.sweep}
+                flags.update(samples=args.sample, sweep_random=args.sweep_random, seed=args.seed)
+                sweep.plan_sweep({**flags, "methods": args.method})  # every method's axes
             if name == "profile" and args.controllers:
                 for controller in args.controllers.split(","):
                     reference = gin_references.expand_config(controller, "--controllers")
