@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Sequence
 
+from lrresearch.cli import tune_command
+from lrresearch.cli.errors import fail as _fail
 from lrresearch.cli.parser import build_parser
 
 # Before TensorFlow loads: its C++ start-up chatter hides the run's own output.
 from lrresearch.logs import quiet
-
-# gin appends "In call to configurable 'X' (<function X at 0x...>)" to errors raised
-# inside a configurable; our messages already name what is at fault.
-_GIN_CALL_NOTE = re.compile(r"\n\s*In call to configurable '[^']*' \(<[^>]*>\)")
-
-
-def _fail(message: str, code: int = 2) -> int:
-    message = _GIN_CALL_NOTE.sub("", message)
-    print(f"lrresearch: error: {message}", file=sys.stderr, flush=True)
-    return code
 
 
 def _note_shadowed(gin_files: Sequence[str], search_path: Sequence[str]) -> None:
@@ -344,6 +335,7 @@ _NAME_FLAGS = {
     "profile": "run_name",
     "lr-find": "run_name",
     "sweep": "sweep_name",
+    "tune": "study_name",
 }
 
 
@@ -366,6 +358,7 @@ def _run(args: argparse.Namespace, started: list[bool]) -> int:
         "profile": profile,
         "lr-find": lr_find,
         "sweep": sweep,
+        "tune": tune_command.tune,
         "compare": compare,
         "board": board,
         "list": list_command,

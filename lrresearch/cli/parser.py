@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lrresearch.cli import sweep_parser
+from lrresearch.cli import study_parser, sweep_parser
 from lrresearch.cli.compare_parser import add_compare_parser
+from lrresearch.cli.flags import add_gin_flags as _add_gin_flags
+from lrresearch.cli.flags import add_output_flags as _add_output_flags
 
 # Each command's `--help` ends with these (argparse epilogs, printed as written).
 # tests/cli/test_cli.py parses every line that starts with `lrresearch`, gin bindings included.
@@ -76,44 +78,6 @@ class HelpFormatter(argparse.HelpFormatter):
             return text
         shown = "none" if action.default == [] else "%(default)s"
         return f"{text} (default: {shown})".strip()
-
-
-def _add_gin_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--gin_file",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="gin config file: a path, or a shipped file's name (strategies/loss_trend.gin, "
-        "see `lrresearch list configs`); repeat to layer files (later ones win)",
-    )
-    search_help = "a folder of yours where --gin_file names and gin `include`s are looked "
-    search_help += "up after the working directory, before the shipped files; repeatable"
-    parser.add_argument("--gin_search_path", action="append", default=[], metavar="DIR",
-                        help=search_help)  # fmt: skip
-    parser.add_argument(
-        "--gin_param",
-        action="append",
-        default=[],
-        metavar="BINDING",
-        help="a gin binding such as 'Trainer.steps = 500'; repeatable, applied after the files",
-    )
-
-
-def _add_output_flags(
-    parser: argparse.ArgumentParser,
-    name_flag: str,
-    default_name: str,
-    logdir_help: str = "parent of the run directory (default: runs)",
-) -> None:
-    """`--logdir`, the output directory's name flag and `--quiet`, shared by commands."""
-    parser.add_argument("--logdir", default="runs", help=logdir_help)
-    parser.add_argument(
-        name_flag,
-        default=None,
-        help=f"directory name (default: {default_name}); an existing one is never overwritten",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _list_parser(commands: Any) -> None:
@@ -328,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         _sweep_parser,
         add_compare_parser,
         _board_parser,
+        study_parser.tune_parser,
     ):
         add(commands)
     _list_parser(commands)

@@ -121,10 +121,11 @@ class Sample:
     spec: str
     name: str
     distribution: Distribution
+    flag_name: str = "--sample"  # `lrresearch tune` reads the same syntax as --search
 
     @property
     def flag(self) -> str:
-        return f"--sample={self.spec!r}"
+        return f"{self.flag_name}={self.spec!r}"
 
 
 def _numbers(kind: str, inner: str, flag: str) -> tuple[float, float]:
@@ -159,14 +160,15 @@ def _numbers(kind: str, inner: str, flag: str) -> tuple[float, float]:
     return low, high
 
 
-def parse_sample(spec: str) -> Sample:
-    """`'LossTrendController.max_lr=loguniform(1e-3, 1)'` -> its `Sample`.
+def parse_sample(spec: str, flag_name: str = "--sample") -> Sample:
+    """`'LossTrendController.max_lr=loguniform(1e-3, 1)'` -> its `Sample` (errors name
+    the flag as `flag_name`).
 
     Raises:
       SampleError: the text is not `Configurable.param=kind(...)`, the kind is
         unknown, or its arguments are not valid for it.
     """
-    flag = f"--sample={spec!r}"
+    flag = f"{flag_name}={spec!r}"
     match = re.fullmatch(r"\s*([\w./]+)\s*=\s*(\w+)\s*\((.*)\)\s*", spec, re.DOTALL)
     if not match:
         raise SampleError(
@@ -181,9 +183,9 @@ def parse_sample(spec: str) -> Sample:
     if kind == "choice":
         example = "e.g. --sample='Trainer.batch_size=choice([32, 64, 128])'"
         choices = split_values(inner, flag, example)
-        return Sample(spec, name, Distribution(kind, choices=tuple(choices)))
+        return Sample(spec, name, Distribution(kind, choices=tuple(choices)), flag_name)
     low, high = _numbers(kind, inner, flag)
-    return Sample(spec, name, Distribution(kind, low, high))
+    return Sample(spec, name, Distribution(kind, low, high), flag_name)
 
 
 def sample_values(sample: Sample, seed: int, n: int) -> list[Any]:

@@ -27,7 +27,6 @@ experiment of the runs started, and `SweepInterrupted` says how to continue.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import itertools
 import json
 import os
@@ -38,12 +37,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import gin
-import tensorflow as tf
 
 from lrresearch.config import parse as config
-from lrresearch.logs import summaries
 from lrresearch.studies import methods as study_methods
 from lrresearch.studies import sampling
+from lrresearch.studies.experiment import write_experiment
 from lrresearch.studies.sampling import split_values
 from lrresearch.training import distribute
 from lrresearch.training.open_run import OpenRun, open_run
@@ -366,43 +364,9 @@ def run_points(
     for point in points:
         for key, value in point.run_hparams.items():
             hparam_values.setdefault(key, []).append(value)
-    _finish(sweep, hparam_values, sampling.domains(list(samples)))
+    write_experiment(sweep, hparam_values, sampling.domains(list(samples)))
     if interrupted:
         raise SweepInterrupted(interrupted_message(sweep_dir, points), sweep_dir, points)
-
-
-def _finish(
-    sweep: OpenRun, hparam_values: dict[str, list], drawn_from: dict[str, sampling.Distribution]
-) -> None:
-    """The HParams experiment of the runs started, in the sweep root: a binding drawn
-    from a numeric distribution as its interval, everything else as the values seen
-    (as `summaries.write_experiment_config`, which knows no intervals)."""
-    from tensorboard.plugins.hparams import api as hp
-
-    params = []
-    for name, values in hparam_values.items():
-        values = list(dict.fromkeys(values))
-        dist = drawn_from.get(name)
-        scalars = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if dist is not None and dist.kind != "choice":
-            if dist.is_int:
-                domain = hp.IntInterval(int(dist.low), int(dist.high))
-            else:
-                domain = hp.RealInterval(float(dist.low), float(dist.high))
-            params.append(hp.HParam(name, domain))
-        elif values and (all(isinstance(v, str) for v in values) or len(scalars) == len(values)):
-            params.append(hp.HParam(name, hp.Discrete(values)))
-        else:
-            params.append(hp.HParam(name))
-    # TensorBoard keeps the first metadata of a tag, which holds the experiment: a
-    # resumed sweep's experiment replaces the earlier one (the root holds nothing else).
-    for path in glob.glob(os.path.join(sweep.path, "events.out.tfevents.*")):
-        os.remove(path)
-    with sweep.writer.as_default():  # opened here, after the old files went
-        metrics = [hp.Metric(tag, display_name=tag) for tag in summaries.HPARAM_METRICS]
-        hp.hparams_config(hparams=params, metrics=metrics)
-        tf.summary.experimental.write_raw_pb(summaries.custom_scalars_layout(), step=0)
-    sweep.close()
 
 
 def interrupted_message(sweep_dir: str, points: Sequence[Point]) -> str:

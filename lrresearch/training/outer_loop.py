@@ -48,6 +48,24 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM: a checkpoint was saved and summaries flushed."""
 
 
+class StopRun(Exception):  # noqa: N818 (a request, not an error)
+    """Raised by an `on_eval` callback to end the run after this evaluation (a pruned
+    trial of `lrresearch tune`); the loop then saves and raises `TrainingStopped`."""
+
+
+class TrainingStopped(Exception):  # noqa: N818 (as TrainingInterrupted)
+    """An `on_eval` callback stopped the run (its `StopRun` is `reason`) after `step`
+    batches: summaries flushed and a checkpoint saved, as on Ctrl-C."""
+
+    def __init__(self, step: int, reason: StopRun):
+        super().__init__(f"stopped at step {step}: {reason}")
+        self.step, self.reason = step, reason
+
+
+# Called after each evaluation with (batches trained, {"loss": ..., "<metric>": ...}).
+EvalCallback = Callable[[int, dict[str, float]], None]
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What a finished run reports (also printed as the one-line summary).
@@ -104,6 +122,7 @@ def fit(
     quiet: bool = False,
     operative_config: Callable[[], str] | None = None,
     resume_run: bool = False,
+    on_eval: EvalCallback | None = None,
 ) -> TrainResult:
     """Trains `trainer.cadences.steps` batches into a run directory under `logdir`.
 
@@ -141,7 +160,7 @@ def fit(
                 + _replicas(trainer.strategy)
                 + ("" if chief else worker_note)
             )
-            return _Loop(trainer, run, began, config, say, worker).run()
+            return _Loop(trainer, run, began, config, say, worker, on_eval).run()
         except (tf.errors.OpError, OSError) as e:
             if (message := tf_data_cache.explain_lock_error(e, run.path)) is not None:
                 raise tf_data_cache.CacheLockError(message) from None
@@ -193,11 +212,13 @@ class _Loop:
         config: str,
         say: Callable[..., None],
         worker: str,
+        on_eval: EvalCallback | None = None,
     ):
         self.trainer, self.run_dir, self.began = trainer, run.path, began
         self.open_run, self.cadences = run, trainer.cadences
         self.config, self.say, self.chief, self.worker = config, say, run.chief, worker
         self.done = began or 0
+        self.on_eval = on_eval
         self.evals: dict[str, float] = {}
         self.warned: set[str] = set()
         self.loss = tf.constant(float("nan"))
@@ -262,6 +283,8 @@ class _Loop:
                     finished = True
                 except KeyboardInterrupt:
                     self._interrupted()
+                except StopRun as e:
+                    self._stopped(e)
         finally:
             # When something already failed (a full disk, say), a failing flush must not
             # hide it; after a clean finish, a failing flush is the error. Either way the
@@ -306,6 +329,8 @@ class _Loop:
         for name, value in self.evals.items():
             summaries.scalar(f"eval/{name}", value, self.done - 1)
         self.side_seconds += time.perf_counter() - began
+        if self.on_eval is not None:  # may raise StopRun (`_stopped`)
+            self.on_eval(self.done, dict(self.evals))
 
     def _checkpoint(self, last: bool) -> None:
         # The last checkpoint is saved after the run's summaries are all written.
@@ -374,6 +399,12 @@ class _Loop:
             f"{self.run_dir}; continue with --resume --run_name "
             f"{os.path.basename(self.run_dir)}"
         ) from None
+
+    def _stopped(self, reason: StopRun) -> None:
+        """The `on_eval` callback ended the run: saved like an interrupted one."""
+        self._flush()
+        self.save(self.done)
+        raise TrainingStopped(self.done, reason) from None
 
     def _flush(self) -> None:
         """Writes the pending block of per-batch summaries and flushes the writer: the

@@ -359,6 +359,7 @@ class Trainer(InnerLoop):
         quiet: bool = False,
         operative_config: Callable[[], str] | None = None,
         resume: bool = False,
+        on_eval: run.EvalCallback | None = None,
     ) -> TrainResult:
         """Trains `steps` batches into a run directory under `logdir` (`outer_loop`).
 
@@ -372,8 +373,11 @@ class Trainer(InnerLoop):
         controller, moving averages, step, input position, random streams), first
         cutting from its event files what the interrupted process logged after it; a
         run with no checkpoint starts again from step 0, one that does not exist starts.
+        `on_eval(batches_trained, evals)` is called after each evaluation (a host call
+        at the eval cadence); it may raise `outer_loop.StopRun` to end the run there,
+        saved as on Ctrl-C, and `fit` then raises `outer_loop.TrainingStopped`.
         """
-        return run.fit(self, logdir, run_name, quiet, operative_config, resume)
+        return run.fit(self, logdir, run_name, quiet, operative_config, resume, on_eval)
 
     def hparams(self) -> dict[str, bool | int | float | str]:
         """The run's HParams (`arguments.hparams`)."""
