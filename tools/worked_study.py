@@ -1,0 +1,247 @@
+"""The worked study of docs/guide/worked-study.md, run through the CLI as a user would:
+"does my rule beat a tuned warmup-cosine and Prodigy on MNIST-1D over 3 seeds, and how
+sensitive is each to its LR?"
+
+Every step is an `lrresearch ...` command run as a subprocess from the study folder
+(default `runs/worked-study-<YYYYmmdd-HHMMSS>`, never overwritten), printed first:
+
+1. the user's rule: `my_rules.py` from docs/guide/own-controller.md and a gin file
+   binding it (`mine.gin`), copied into the study folder;
+2. `lrresearch sweep --method ...`: each method's LR over a grid, over seeds (Prodigy
+   over seeds only), then `lrresearch compare --sensitivity`;
+3. `lrresearch tune` (TPE, `Trainer.seed = 0`) of each tunable method's LR;
+4. `lrresearch sweep --method ...` at the tuned LRs over 3 other seeds, then
+   `lrresearch compare`.
+
+Then it writes the result page (default docs/results-worked-study.md, its plots under
+docs/worked-study/) from the tables and PNGs `compare` and `tune` wrote
+(tools/worked_study_page.py).
+
+Run: `python tools/worked_study.py` (about 20 minutes on 2 CPU cores);
+`--quick --page=/tmp/page.md` runs the same steps at a tiny budget into a temp folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from worked_study_page import Step, write_page
+
+REPO = Path(__file__).resolve().parent.parent
+OWN_CONTROLLER_PAGE = REPO / "docs/guide/own-controller.md"
+WORKLOAD = "experiments/mnist1d_mlp.gin"
+METRIC = "eval/accuracy"
+# The user's gin file for their rule (my_rules.py is the guide's, unchanged). Adam, as
+# the workload's other methods: target_norm ~ the median gradient norm of this MLP early on.
+MINE_GIN = """\
+# My rule (docs/guide/own-controller.md) on the MNIST-1D MLP's Adam.
+import my_rules
+
+Trainer.controller = @NormEMAController()
+NormEMAController.target_norm = 1.0
+NormEMAController.decay = 0.9
+"""
+LR_BINDING = {"mine": "NormEMAController.base_lr", "cosine": "WarmupCosineController.base_lr"}
+SOURCE = {"mine": "mine.gin", "cosine": "strategies/warmup_cosine.gin"}
+PRODIGY = "strategies/prodigy.gin"  # parameter-free: its LR multiplier stays at 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How much the study trains: batches per run, eval cadence (batches), the LR grid
+    of the sensitivity sweep, its seeds, tune trials per method, tune workers, and the
+    seeds of the final comparison (not the tuning seed 0)."""
+
+    steps: int
+    eval_every: int
+    grid: tuple[float, ...]
+    sensitivity_seeds: tuple[int, ...]
+    trials: int
+    workers: int
+    final_seeds: tuple[int, ...]
+    warmup: int  # WarmupCosineController.warmup_steps (the shipped file's 100 at full size)
+
+
+FULL = Budget(1500, 250, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), (0, 1, 2), 8, 2, (1, 2, 3), 100)
+MEDIUM = Budget(800, 200, (1e-3, 1e-2, 1e-1), (0, 1, 2), 4, 2, (1, 2, 3), 100)
+QUICK = Budget(24, 8, (3e-3, 3e-2), (0, 1), 2, 1, (1, 2), 4)
+
+
+def values(xs: tuple[float, ...] | tuple[int, ...]) -> str:
+    return "[" + ", ".join(f"{x:g}" for x in xs) + "]"
+
+
+def common(budget: Budget) -> list[str]:
+    """The flags every training command shares: the workload and the budget."""
+    return [
+        f"--gin_file={WORKLOAD}",
+        f"--gin_param=Trainer.steps = {budget.steps}",
+        f"--gin_param=Trainer.eval_every = {budget.eval_every}",
+    ]
+
+
+def cosine_source(budget: Budget, lr: float | None = None) -> str:
+    """The warmup-cosine method: the shipped file, its warmup fitted to the budget."""
+    parts = [SOURCE["cosine"]]
+    if budget.warmup != FULL.warmup:
+        parts.append(f"WarmupCosineController.warmup_steps = {budget.warmup}")
+    if lr is not None:
+        parts.append(f"{LR_BINDING['cosine']} = {lr:g}")
+    return "; ".join(parts)
+
+
+def sensitivity_sweep(budget: Budget) -> list[str]:
+    return [
+        "sweep",
+        *common(budget),
+        "--method=mine=mine.gin",
+        f"--method=cosine={cosine_source(budget)}",
+        f"--method=prodigy={PRODIGY}",
+        f"--sweep=mine:{LR_BINDING['mine']}={values(budget.grid)}",
+        f"--sweep=cosine:{LR_BINDING['cosine']}={values(budget.grid)}",
+        f"--sweep=Trainer.seed={values(budget.sensitivity_seeds)}",
+        "--sweep_name=sensitivity",
+        "--quiet",
+    ]
+
+
+def tune(budget: Budget, method: str) -> list[str]:
+    lo, hi = min(budget.grid), max(budget.grid)
+    files = [SOURCE[method]]
+    params = ["--gin_param=Trainer.seed = 0"]
+    if method == "cosine" and budget.warmup != FULL.warmup:
+        params.append(f"--gin_param=WarmupCosineController.warmup_steps = {budget.warmup}")
+    return [
+        "tune",
+        *common(budget),
+        *(f"--gin_file={f}" for f in files),
+        *params,
+        f"--search={LR_BINDING[method]}=loguniform({lo:g}, {hi:g})",
+        f"--trials={budget.trials}",
+        "--sampler=tpe",
+        "--seed=0",
+        f"--metric={METRIC}",
+        f"--workers={budget.workers}",
+        f"--study_name=tune-{method}",
+        "--quiet",
+    ]
+
+
+def final_sweep(budget: Budget, best: dict[str, float]) -> list[str]:
+    mine = f"mine.gin; {LR_BINDING['mine']} = {best['mine']:g}"
+    return [
+        "sweep",
+        *common(budget),
+        f"--method=mine={mine}",
+        f"--method=cosine={cosine_source(budget, best['cosine'])}",
+        f"--method=prodigy={PRODIGY}",
+        f"--sweep=Trainer.seed={values(budget.final_seeds)}",
+        "--sweep_name=final",
+        "--quiet",
+    ]
+
+
+def compare(sweep: str, out: str, sensitivity: bool) -> list[str]:
+    flags = ["--sensitivity"] if sensitivity else []
+    return ["compare", f"runs/{sweep}", f"--out={out}", *flags, f"--metric={METRIC}"]
+
+
+def best_lr(study_dir: Path, binding: str) -> float:
+    """The searched value of the best COMPLETE trial: the first such row of tune.md,
+    which lists the trials best first (what a user reads off the table)."""
+    lines = (study_dir / "tune.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| trial |"))
+    names = [c.strip() for c in header.strip("|").split("|")]
+    for line in lines[lines.index(header) + 2 :]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == len(names) and cells[names.index("state")] == "COMPLETE":
+            return float(cells[names.index(binding)])
+    raise SystemExit(f"{study_dir}/tune.md has no COMPLETE trial: every trial failed")
+
+
+def run(argv: list[str], cwd: Path, steps: list[Step]) -> None:
+    """Runs `lrresearch ARGV` in `cwd` as a subprocess, printed first; timed into `steps`."""
+    shown = "lrresearch " + shlex.join(argv)
+    print(f"\n$ {shown}", flush=True)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    start = time.monotonic()
+    code = subprocess.run([sys.executable, "-m", "lrresearch", *argv], cwd=cwd, env=env).returncode
+    steps.append(Step(shown, time.monotonic() - start))
+    if code:
+        raise SystemExit(f"worked study: `{shown}` exited {code} in {cwd}; see its output above")
+
+
+def user_files(folder: Path) -> None:
+    """The user's rule as they would have it: my_rules.py from the own-controller guide
+    (its `<!-- file: my_project/my_rules.py -->` block) and mine.gin."""
+    page = OWN_CONTROLLER_PAGE.read_text()
+    found = re.search(r"<!-- file: my_project/my_rules.py -->\n```python\n(.*?)```", page, re.S)
+    if not found:
+        raise SystemExit(f"{OWN_CONTROLLER_PAGE} no longer has a my_rules.py block")
+    (folder / "my_rules.py").write_text(found.group(1))
+    (folder / "mine.gin").write_text(MINE_GIN)
+
+
+def study(folder: Path, budget: Budget) -> tuple[list[Step], dict[str, float]]:
+    """Runs every step in `folder`; returns the steps (command, wall time) and the tuned LRs."""
+    steps: list[Step] = []
+    user_files(folder)
+    run(sensitivity_sweep(budget), folder, steps)
+    run(compare("sensitivity", "sensitivity-compare", True), folder, steps)
+    best = {}
+    for method in ("mine", "cosine"):
+        run(tune(budget, method), folder, steps)
+        best[method] = best_lr(folder / "runs" / f"tune-{method}", LR_BINDING[method])
+    run(final_sweep(budget, best), folder, steps)
+    run(compare("final", "final-compare", False), folder, steps)
+    return steps, best
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", help="the study folder (default: runs/worked-study-<date>; "
+                   "with --quick a new temp folder); never overwritten")
+    p.add_argument("--page", default=str(REPO / "docs/results-worked-study.md"),
+                   help="the result page; its plots go to worked-study/ next to it")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a tiny budget, for the test")
+    size.add_argument("--medium", action="store_true", help="about 4 minutes, to size the budget")
+    p.add_argument("--note", default="", help="a line for the page's top (e.g. a medium run)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    budget = QUICK if args.quick else MEDIUM if args.medium else FULL
+    if args.out:
+        folder = Path(args.out).resolve()
+    elif args.quick:
+        folder = Path(tempfile.mkdtemp(prefix="worked-study-")) / "study"
+    else:
+        folder = Path("runs", time.strftime("worked-study-%Y%m%d-%H%M%S")).resolve()
+    if folder.exists():
+        sys.exit(f"worked study: {folder} exists; give a new --out (a study is never overwritten)")
+    folder.mkdir(parents=True)
+    print(f"study folder: {folder}", flush=True)
+    load_start, start = os.getloadavg(), time.monotonic()
+    steps, best = study(folder, budget)
+    write_page(
+        Path(args.page), folder, budget, steps, best,
+        command=shlex.join(["python", "tools/worked_study.py", *(argv or sys.argv[1:])]),
+        load=(load_start, os.getloadavg()), total=time.monotonic() - start, note=args.note,
+    )
+    print(f"\nresult page: {args.page}")
+
+
+if __name__ == "__main__":
+    main()
