@@ -71,9 +71,15 @@ class Budget:
     warmup: int  # WarmupCosineController.warmup_steps (the shipped file's 100 at full size)
 
 
-FULL = Budget(1500, 250, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), (0, 1, 2), 8, 2, (1, 2, 3), 100)
+# Sized from the medium run (docs/results-worked-study.md, 2026-12-07): 38 runs of 800
+# batches took 317 s of training commands (8.4 s a run) at a load average of about 4
+# on 2 cores; one 1,000-batch run alone takes 3.5 s in its process (1.4 s of it the
+# first, tracing call; ~600 batches/s after). FULL: 33 + 2 x 10 + 9 = 62 runs of 2,000
+# batches, ~1.5 s + 2,000 / 600 s = ~5 s a run alone: ~5-6 min on a quiet machine, ~13
+# at the medium run's load (x 2.4), with 6 processes' start-up (~5 s each): under 20.
+FULL = Budget(2000, 250, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), (0, 1, 2), 10, 2, (1, 2, 3), 100)
 MEDIUM = Budget(800, 200, (1e-3, 1e-2, 1e-1), (0, 1, 2), 4, 2, (1, 2, 3), 100)
-QUICK = Budget(24, 8, (3e-3, 3e-2), (0, 1), 2, 1, (1, 2), 4)
+QUICK = Budget(16, 8, (3e-3, 3e-2), (0, 1), 1, 1, (1, 2), 4)
 
 
 def values(xs: tuple[float, ...] | tuple[int, ...]) -> str:
@@ -89,13 +95,13 @@ def common(budget: Budget) -> list[str]:
     ]
 
 
-def cosine_source(budget: Budget, lr: float | None = None) -> str:
+def cosine_source(budget: Budget, lr: float | str | None = None) -> str:
     """The warmup-cosine method: the shipped file, its warmup fitted to the budget."""
     parts = [SOURCE["cosine"]]
     if budget.warmup != FULL.warmup:
         parts.append(f"WarmupCosineController.warmup_steps = {budget.warmup}")
     if lr is not None:
-        parts.append(f"{LR_BINDING['cosine']} = {lr:g}")
+        parts.append(f"{LR_BINDING['cosine']} = {number(lr)}")
     return "; ".join(parts)
 
 
@@ -136,8 +142,14 @@ def tune(budget: Budget, method: str) -> list[str]:
     ]
 
 
-def final_sweep(budget: Budget, best: dict[str, float]) -> list[str]:
-    mine = f"mine.gin; {LR_BINDING['mine']} = {best['mine']:g}"
+def number(x: float | str) -> str:
+    """A value as the commands show it: `0.003` (a str, e.g. a guide's `<mine_lr>`, as is)."""
+    return x if isinstance(x, str) else f"{x:g}"
+
+
+def final_sweep(budget: Budget, best: dict[str, float | str]) -> list[str]:
+    """The three methods at their tuned LRs (`best`: method -> LR) over the final seeds."""
+    mine = f"mine.gin; {LR_BINDING['mine']} = {number(best['mine'])}"
     return [
         "sweep",
         *common(budget),
@@ -168,17 +180,41 @@ def best_lr(study_dir: Path, binding: str) -> float:
     raise SystemExit(f"{study_dir}/tune.md has no COMPLETE trial: every trial failed")
 
 
-def run(argv: list[str], cwd: Path, steps: list[Step]) -> None:
-    """Runs `lrresearch ARGV` in `cwd` as a subprocess, printed first; timed into `steps`."""
+def run(argv: list[str], cwd: Path, steps: list[Step], in_process: bool = False) -> None:
+    """Runs `lrresearch ARGV` in `cwd`, printed first, timed into `steps`: as a
+    subprocess, or with `in_process` through the CLI's entry point in this process (the
+    same argument list and code; no TensorFlow start-up per command: for the test)."""
     shown = "lrresearch " + shlex.join(argv)
     print(f"\n$ {shown}", flush=True)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     start = time.monotonic()
-    code = subprocess.run([sys.executable, "-m", "lrresearch", *argv], cwd=cwd, env=env).returncode
+    if in_process:
+        code = run_here(argv, cwd)
+    else:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        argv = [sys.executable, "-m", "lrresearch", *argv]
+        code = subprocess.run(argv, cwd=cwd, env=env).returncode
     steps.append(Step(shown, time.monotonic() - start))
     if code:
         raise SystemExit(f"worked study: `{shown}` exited {code} in {cwd}; see its output above")
+
+
+def run_here(argv: list[str], cwd: Path) -> int:
+    """`lrresearch ARGV` in this process from `cwd` (on `sys.path`, as `python -m` puts
+    the working directory, for the user's `import my_rules`); its exit code."""
+    import gin
+
+    from lrresearch.cli import commands
+
+    before = os.getcwd()
+    os.chdir(cwd)
+    if str(cwd) not in sys.path:
+        sys.path.insert(0, str(cwd))
+    try:
+        return commands.main(argv)
+    finally:
+        gin.clear_config()
+        os.chdir(before)
 
 
 def user_files(folder: Path) -> None:
@@ -192,30 +228,48 @@ def user_files(folder: Path) -> None:
     (folder / "mine.gin").write_text(MINE_GIN)
 
 
-def study(folder: Path, budget: Budget) -> tuple[list[Step], dict[str, float]]:
+def study(
+    folder: Path, budget: Budget, in_process: bool = False
+) -> tuple[list[Step], dict[str, float]]:
     """Runs every step in `folder`; returns the steps (command, wall time) and the tuned LRs."""
     steps: list[Step] = []
+
+    def step(argv: list[str]) -> None:
+        run(argv, folder, steps, in_process)
+
     user_files(folder)
-    run(sensitivity_sweep(budget), folder, steps)
-    run(compare("sensitivity", "sensitivity-compare", True), folder, steps)
+    step(sensitivity_sweep(budget))
+    step(compare("sensitivity", "sensitivity-compare", True))
     best = {}
     for method in ("mine", "cosine"):
-        run(tune(budget, method), folder, steps)
+        step(tune(budget, method))
         best[method] = best_lr(folder / "runs" / f"tune-{method}", LR_BINDING[method])
-    run(final_sweep(budget, best), folder, steps)
-    run(compare("final", "final-compare", False), folder, steps)
+    step(final_sweep(budget, best))
+    step(compare("final", "final-compare", False))
     return steps, best
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", help="the study folder (default: runs/worked-study-<date>; "
-                   "with --quick a new temp folder); never overwritten")
-    p.add_argument("--page", default=str(REPO / "docs/results-worked-study.md"),
-                   help="the result page; its plots go to worked-study/ next to it")
+    p.add_argument(
+        "--out",
+        help="the study folder (default: runs/worked-study-<date>; "
+        "with --quick a new temp folder); never overwritten",
+    )
+    p.add_argument(
+        "--page",
+        default=str(REPO / "docs/results-worked-study.md"),
+        help="the result page; its plots go to worked-study/ next to it",
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a tiny budget, for the test")
     size.add_argument("--medium", action="store_true", help="about 4 minutes, to size the budget")
+    p.add_argument(
+        "--in_process",
+        action="store_true",
+        help="run each command through the CLI's entry point in this process "
+        "instead of a subprocess (same commands, no start-up each: for the test)",
+    )
     p.add_argument("--note", default="", help="a line for the page's top (e.g. a medium run)")
     return p.parse_args(argv)
 
@@ -230,15 +284,26 @@ def main(argv: list[str] | None = None) -> None:
     else:
         folder = Path("runs", time.strftime("worked-study-%Y%m%d-%H%M%S")).resolve()
     if folder.exists():
-        sys.exit(f"worked study: {folder} exists; give a new --out (a study is never overwritten)")
+        print(
+            f"worked study: --out {folder} exists; give a new folder (a study is never "
+            "overwritten), or leave --out out for runs/worked-study-<date>",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     folder.mkdir(parents=True)
     print(f"study folder: {folder}", flush=True)
     load_start, start = os.getloadavg(), time.monotonic()
-    steps, best = study(folder, budget)
+    steps, best = study(folder, budget, args.in_process)
     write_page(
-        Path(args.page), folder, budget, steps, best,
+        Path(args.page),
+        folder,
+        budget,
+        steps,
+        best,
         command=shlex.join(["python", "tools/worked_study.py", *(argv or sys.argv[1:])]),
-        load=(load_start, os.getloadavg()), total=time.monotonic() - start, note=args.note,
+        load=(load_start, os.getloadavg()),
+        total=time.monotonic() - start,
+        note=args.note,
     )
     print(f"\nresult page: {args.page}")
 

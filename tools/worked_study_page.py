@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 REPO = Path(__file__).resolve().parent.parent
 METRIC_COLUMN = "final_eval/accuracy"  # compare_groups.csv: _mean, _std, _count
 GUIDE = "guide/worked-study.md"
+# Two-sided 5% points of Student's t by degrees of freedom (n1 + n2 - 2 for two groups).
+T_5PCT = {2: 4.303, 4: 2.776, 6: 2.447, 8: 2.306, 10: 2.228, 18: 2.101}
 
 
 class Step(NamedTuple):
@@ -32,8 +34,11 @@ def machine() -> str:
     model, memory = platform.processor() or platform.machine(), ""
     try:
         info = Path("/proc/cpuinfo").read_text()
-        model = next(line.split(":", 1)[1].strip() for line in info.splitlines()
-                     if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        )
         kb = int(Path("/proc/meminfo").read_text().split()[1])
         memory = f", {kb / 2**20:.0f} GB"
     except (OSError, StopIteration, ValueError, IndexError):
@@ -49,9 +54,11 @@ def versions() -> str:
 
 def commit() -> str:
     """The lrresearch commit, with `+ uncommitted changes` when the tree is dirty."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True
+        ).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     dirty = git("status", "--porcelain", "--untracked-files=no")
@@ -80,6 +87,7 @@ def answer(groups: list[dict[str, str]], sensitivity: list[dict[str, str]], n_se
     """What the final table and the sensitivity table say, and no more: the ranking of
     the seed means with their std, whether the gap exceeds the spread, and each
     strategy's LR range within 10% of its best."""
+
     def stats(row: dict[str, str]) -> tuple[float, float]:
         std = row[f"{METRIC_COLUMN}_std"]
         return float(row[f"{METRIC_COLUMN}_mean"]), float(std) if std else float("nan")
@@ -87,27 +95,40 @@ def answer(groups: list[dict[str, str]], sensitivity: list[dict[str, str]], n_se
     ranked = sorted(groups, key=lambda r: -stats(r)[0])
     cells = [f"{r['group']} {stats(r)[0]:.3f} ± {stats(r)[1]:.3f}" for r in ranked]
     (m1, s1), (m2, s2) = stats(ranked[0]), stats(ranked[1])
-    gap, spread = m1 - m2, max(s1, s2)
-    verdict = (
-        "larger than either std, a difference these seeds show"
-        if gap > spread
-        else "within one std, a difference these seeds cannot show"
-    )
+    n1, n2 = int(ranked[0]["n"]), int(ranked[1]["n"])
+    gap, se = m1 - m2, math.sqrt(s1**2 / n1 + s2**2 / n2)  # Welch's standard error
+    df = n1 + n2 - 2
+    critical = T_5PCT.get(df, 2.0)
+    if gap >= critical * se:
+        verdict = f"above the two-sided 5% point of Student's t, {df} df ({critical})"
+    elif gap >= se:
+        verdict = f"suggestive, below the two-sided 5% point of Student's t, {df} df ({critical})"
+    else:
+        verdict = "within the noise of these seeds"
     text = (
         f"At the tuned LRs, over {n_seeds} seeds not used for tuning, the final eval "
-        f"accuracy (mean ± std, n = {ranked[0]['n']}) ranks {'; '.join(cells)}. "
-        f"The gap between the first two, {gap:.3f}, is {verdict}; with n = {n_seeds} the "
-        "std itself is rough (its own relative error is about "
-        f"{1 / math.sqrt(2 * (n_seeds - 1)):.0%})."
+        f"accuracy (mean ± sample std, n = {ranked[0]['n']}) ranks {'; '.join(cells)}. "
+        f"The gap between the first two is {gap:.3f}, {gap / se:.1f} standard errors of the "
+        f"difference (sqrt(s1²/n1 + s2²/n2) = {se:.3f}): {verdict}. With n = {n_seeds} "
+        f"each std is itself uncertain by about {1 / math.sqrt(2 * (n_seeds - 1)):.0%}, and "
+        "one workload at one short budget says nothing about others."
     )
-    widths = {}
+    grids: dict[str, list[float]] = {}
     for row in sensitivity:
-        widths.setdefault(row["strategy"], (row["best_lr"], row["decades_within_10pct"]))
-    parts = [
-        f"{s}: best LR {lr}, within 10% of its best over {w} decades of the grid"
-        if lr else f"{s}: tuning-free (no LR swept)"
-        for s, (lr, w) in widths.items()
-    ]
+        if row["lr"]:
+            grids.setdefault(row["strategy"], []).append(float(row["lr"]))
+    parts = []
+    for row in {r["strategy"]: r for r in sensitivity}.values():
+        name, lr = row["strategy"], row["best_lr"]
+        if not lr:
+            parts.append(f"{name}: tuning-free (no LR swept), {float(row['mean']):.3f}")
+            continue
+        edge = float(lr) in (min(grids[name]), max(grids[name]))
+        parts.append(
+            f"{name}: best grid LR {lr}"
+            + (" (at the grid's edge: the best may lie beyond it)" if edge else "")
+            + f", within 10% of its best over {float(row['decades_within_10pct']):.2f} decades"
+        )
     if parts:
         text += " LR sensitivity (seed means on the grid): " + "; ".join(parts) + "."
     return text
@@ -134,16 +155,26 @@ def copy_plots(folder: Path, images: Path) -> dict[str, str]:
     """Copies compare's PNGs next to the page; `{name: path relative to the page}`."""
     images.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name, source in (("compare", "final-compare/compare.png"),
-                         ("sensitivity", "sensitivity-compare/sensitivity.png")):
+    for name, source in (
+        ("compare", "final-compare/compare.png"),
+        ("sensitivity", "sensitivity-compare/sensitivity.png"),
+    ):
         shutil.copyfile(folder / source, images / f"{name}.png")
         out[name] = f"{images.name}/{name}.png"
     return out
 
 
-def write_page(page: Path, folder: Path, budget: Any, steps: list[Step], best: dict[str, float],
-               command: str, load: tuple[tuple[float, ...], tuple[float, ...]], total: float,
-               note: str = "") -> None:
+def write_page(
+    page: Path,
+    folder: Path,
+    budget: Any,
+    steps: list[Step],
+    best: dict[str, float],
+    command: str,
+    load: tuple[tuple[float, ...], tuple[float, ...]],
+    total: float,
+    note: str = "",
+) -> None:
     """Writes the result page from the study folder's compare and tune outputs."""
     plots = copy_plots(folder, page.parent / "worked-study")
     groups = read_csv(folder / "final-compare/compare_groups.csv")
