@@ -263,7 +263,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a tiny budget, for the test")
-    size.add_argument("--medium", action="store_true", help="about 4 minutes, to size the budget")
+    size.add_argument("--medium", action="store_true", help="a medium budget, to size the full one")
     p.add_argument(
         "--in_process",
         action="store_true",

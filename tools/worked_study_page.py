@@ -176,6 +176,7 @@ def write_page(
     note: str = "",
 ) -> None:
     """Writes the result page from the study folder's compare and tune outputs."""
+    code = commit()  # before the plots overwrite committed copies
     plots = copy_plots(folder, page.parent / "worked-study")
     groups = read_csv(folder / "final-compare/compare_groups.csv")
     sens = read_csv(folder / "sensitivity-compare/sensitivity.csv")
@@ -192,7 +193,7 @@ def write_page(
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- Machine: {machine()}",
-        f"- Versions: {versions()}; lrresearch {commit()}",
+        f"- Versions: {versions()}; lrresearch {code}",
         f"- Study folder: `{folder}`",
         f"- Budget: {arithmetic(budget, steps)}",
         f"- Wall time: {total / 60:.1f} min; load average (1, 5, 15 min) start, end: {loads}",
