@@ -71,12 +71,15 @@ class Budget:
     warmup: int  # WarmupCosineController.warmup_steps (the shipped file's 100 at full size)
 
 
-# Sized from the medium run (docs/results-worked-study.md, 2026-12-07): 38 runs of 800
-# batches took 317 s of training commands (8.4 s a run) at a load average of about 4
-# on 2 cores; one 1,000-batch run alone takes 3.5 s in its process (1.4 s of it the
-# first, tracing call; ~600 batches/s after). FULL: 33 + 2 x 10 + 9 = 62 runs of 2,000
-# batches, ~1.5 s + 2,000 / 600 s = ~5 s a run alone: ~5-6 min on a quiet machine, ~13
-# at the medium run's load (x 2.4), with 6 processes' start-up (~5 s each): under 20.
+SIZING = (
+    "sized from a medium run (`--medium`, 2026-12-07, on this machine shared with two "
+    "other jobs): 38 runs of 800 batches took 317 s of training commands, 8.4 s a run, at "
+    "a load average of about 4 on 2 cores; one 1,000-batch MNIST-1D MLP run alone takes "
+    "3.5 s in its process (1.4 s of it the first, tracing call; ~600 batches/s after). "
+    "The full budget, 33 + 2 x 10 + 9 = 62 runs of 2,000 batches, is then ~1.5 s + "
+    "2,000 / 600 s = ~5 s a run alone, ~5-6 min on a quiet machine, ~13 min at the medium "
+    "run's load (x 2.4), plus ~5 s of start-up for each of the 6 commands: under 20 min"
+)
 FULL = Budget(2000, 250, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), (0, 1, 2), 10, 2, (1, 2, 3), 100)
 MEDIUM = Budget(800, 200, (1e-3, 1e-2, 1e-1), (0, 1, 2), 4, 2, (1, 2, 3), 100)
 QUICK = Budget(16, 8, (3e-3, 3e-2), (0, 1), 1, 1, (1, 2), 4)
@@ -304,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         load=(load_start, os.getloadavg()),
         total=time.monotonic() - start,
         note=args.note,
+        sizing=SIZING,
     )
     print(f"\nresult page: {args.page}")
 

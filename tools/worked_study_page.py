@@ -174,6 +174,7 @@ def write_page(
     load: tuple[tuple[float, ...], tuple[float, ...]],
     total: float,
     note: str = "",
+    sizing: str = "",
 ) -> None:
     """Writes the result page from the study folder's compare and tune outputs."""
     code = commit()  # before the plots overwrite committed copies
@@ -196,6 +197,7 @@ def write_page(
         f"- Versions: {versions()}; lrresearch {code}",
         f"- Study folder: `{folder}`",
         f"- Budget: {arithmetic(budget, steps)}",
+        *([f"- Sizing: {sizing}."] if sizing else []),
         f"- Wall time: {total / 60:.1f} min; load average (1, 5, 15 min) start, end: {loads}",
         "",
         "## The answer",
