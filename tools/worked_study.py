@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from worked_study_page import Step, write_page
+from worked_study_page import Step, commit, write_page
 
 REPO = Path(__file__).resolve().parent.parent
 OWN_CONTROLLER_PAGE = REPO / "docs/guide/own-controller.md"
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     folder.mkdir(parents=True)
     print(f"study folder: {folder}", flush=True)
-    load_start, start = os.getloadavg(), time.monotonic()
+    load_start, start, code = os.getloadavg(), time.monotonic(), commit()
     steps, best = study(folder, budget, args.in_process)
     write_page(
         Path(args.page),
@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         load=(load_start, os.getloadavg()),
         total=time.monotonic() - start,
         note=args.note,
-        sizing=SIZING,
+        sizing="" if args.quick else SIZING,
+        code=code,
     )
     print(f"\nresult page: {args.page}")
 

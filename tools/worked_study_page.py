@@ -175,9 +175,11 @@ def write_page(
     total: float,
     note: str = "",
     sizing: str = "",
+    code: str = "",
 ) -> None:
-    """Writes the result page from the study folder's compare and tune outputs."""
-    code = commit()  # before the plots overwrite committed copies
+    """Writes the result page from the study folder's compare and tune outputs; `code`:
+    the lrresearch commit the study started at (default: now, `commit()`)."""
+    code = code or commit()  # before the plots overwrite committed copies
     plots = copy_plots(folder, page.parent / "worked-study")
     groups = read_csv(folder / "final-compare/compare_groups.csv")
     sens = read_csv(folder / "sensitivity-compare/sensitivity.csv")
