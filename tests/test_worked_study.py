@@ -97,6 +97,9 @@ def test_the_sensitivity_table_is_compares_and_the_answer_ranks_its_means(quick)
     answer = text.split("## The answer")[1].split("##")[0]
     mean = float(best["final_eval/accuracy_mean"])
     assert re.search(rf"ranks {best['group']} {mean:.3f} ±", answer)
+    means = {g["group"]: float(g["final_eval/accuracy_mean"]) for g in groups}
+    for other in ("cosine", "prodigy"):  # my rule against each, from compare's means
+        assert f"mine - {other} = {means['mine'] - means[other]:+.3f} (" in answer
 
 
 @pytest.mark.slow

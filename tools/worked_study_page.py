@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 REPO = Path(__file__).resolve().parent.parent
 METRIC_COLUMN = "final_eval/accuracy"  # compare_groups.csv: _mean, _std, _count
 GUIDE = "guide/worked-study.md"
-# Two-sided 5% points of Student's t by degrees of freedom (n1 + n2 - 2 for two groups).
-T_5PCT = {2: 4.303, 4: 2.776, 6: 2.447, 8: 2.306, 10: 2.228, 18: 2.101}
+# Two-sided 5% points of Student's t by whole degrees of freedom (more than 10: 10's).
+T_5PCT = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
 class Step(NamedTuple):
@@ -83,35 +83,47 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def answer(groups: list[dict[str, str]], sensitivity: list[dict[str, str]], n_seeds: int) -> str:
-    """What the final table and the sensitivity table say, and no more: the ranking of
-    the seed means with their std, whether the gap exceeds the spread, and each
-    strategy's LR range within 10% of its best."""
+def stats(row: dict[str, str]) -> tuple[float, float, int]:
+    """`(mean, sample std, n)` of the final eval accuracy of a compare_groups.csv row."""
+    std = row[f"{METRIC_COLUMN}_std"]
+    return float(row[f"{METRIC_COLUMN}_mean"]), float(std) if std else math.nan, int(row["n"])
 
-    def stats(row: dict[str, str]) -> tuple[float, float]:
-        std = row[f"{METRIC_COLUMN}_std"]
-        return float(row[f"{METRIC_COLUMN}_mean"]), float(std) if std else float("nan")
 
-    ranked = sorted(groups, key=lambda r: -stats(r)[0])
-    cells = [f"{r['group']} {stats(r)[0]:.3f} ± {stats(r)[1]:.3f}" for r in ranked]
-    (m1, s1), (m2, s2) = stats(ranked[0]), stats(ranked[1])
-    n1, n2 = int(ranked[0]["n"]), int(ranked[1]["n"])
-    gap, se = m1 - m2, math.sqrt(s1**2 / n1 + s2**2 / n2)  # Welch's standard error
-    df = n1 + n2 - 2
-    critical = T_5PCT.get(df, 2.0)
-    if gap >= critical * se:
-        verdict = f"above the two-sided 5% point of Student's t, {df} df ({critical})"
-    elif gap >= se:
-        verdict = f"suggestive, below the two-sided 5% point of Student's t, {df} df ({critical})"
+def difference(a: dict[str, str], b: dict[str, str]) -> str:
+    """`a - b` of the group means in Welch's standard errors, and what that says at the
+    two-sided 5% level of Student's t with Welch-Satterthwaite degrees of freedom
+    (rounded down: conservative)."""
+    (ma, sa, na), (mb, sb, nb) = stats(a), stats(b)
+    va, vb = sa**2 / na, sb**2 / nb
+    gap, se = ma - mb, math.sqrt(va + vb)
+    df = max(1, int((va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))))
+    critical = T_5PCT[min(df, len(T_5PCT)) - 1]
+    if abs(gap) >= critical * se:
+        verdict = f"beyond the 5% point of Welch's t, {df} df: {critical}"
+    elif abs(gap) >= se:
+        verdict = f"suggestive, inside the 5% point of Welch's t, {df} df: {critical}"
     else:
         verdict = "within the noise of these seeds"
+    return f"{a['group']} - {b['group']} = {gap:+.3f} ({gap / se:+.1f} standard errors: {verdict})"
+
+
+def answer(
+    groups: list[dict[str, str]], sensitivity: list[dict[str, str]], n_seeds: int, mine: str
+) -> str:
+    """What the final table and the sensitivity table say, and no more: the ranking of
+    the seed means with their std; the differences of `mine` (a group name) from each
+    other method in standard errors; each strategy's best grid LR and the width of the
+    LR range within 10% of its best."""
+    ranked = sorted(groups, key=lambda r: -stats(r)[0])
+    cells = [f"{r['group']} {stats(r)[0]:.3f} ± {stats(r)[1]:.3f}" for r in ranked]
+    own = next(r for r in groups if r["group"] == mine)
+    gaps = [difference(own, r) for r in ranked if r is not own]
     text = (
         f"At the tuned LRs, over {n_seeds} seeds not used for tuning, the final eval "
         f"accuracy (mean ± sample std, n = {ranked[0]['n']}) ranks {'; '.join(cells)}. "
-        f"The gap between the first two is {gap:.3f}, {gap / se:.1f} standard errors of the "
-        f"difference (sqrt(s1²/n1 + s2²/n2) = {se:.3f}): {verdict}. With n = {n_seeds} "
-        f"each std is itself uncertain by about {1 / math.sqrt(2 * (n_seeds - 1)):.0%}, and "
-        "one workload at one short budget says nothing about others."
+        f"My rule against the others: {'; '.join(gaps)}. With n = {n_seeds} each std is "
+        f"itself uncertain by about {1 / math.sqrt(2 * (n_seeds - 1)):.0%}, and one "
+        "workload at one short budget says nothing about others."
     )
     grids: dict[str, list[float]] = {}
     for row in sensitivity:
@@ -204,7 +216,7 @@ def write_page(
         "",
         "## The answer",
         "",
-        answer(groups, sens, len(budget.final_seeds)),
+        answer(groups, sens, len(budget.final_seeds), mine="mine"),
         "",
         "## Tuned comparison",
         "",
