@@ -147,3 +147,15 @@ def test_an_existing_study_folder_is_never_overwritten(tmp_path):
     assert done.returncode == 2
     assert "--out" in done.stderr and "exists" in done.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_a_stopped_step_names_the_command_that_continues_it():
+    q = worked_study.QUICK
+    assert worked_study.resume(worked_study.sensitivity_sweep(q)) == (
+        "lrresearch sweep --resume --sweep_name=sensitivity"
+    )
+    assert worked_study.resume(worked_study.tune(q, "mine")) == (
+        "lrresearch tune --resume --study_name=tune-mine"
+    )
+    again = worked_study.compare("final", "final-compare", False)
+    assert worked_study.resume(again) == "lrresearch " + shlex.join(again)

@@ -186,7 +186,9 @@ def best_lr(study_dir: Path, binding: str) -> float:
 def run(argv: list[str], cwd: Path, steps: list[Step], in_process: bool = False) -> None:
     """Runs `lrresearch ARGV` in `cwd`, printed first, timed into `steps`: as a
     subprocess, or with `in_process` through the CLI's entry point in this process (the
-    same argument list and code; no TensorFlow start-up per command: for the test)."""
+    same argument list and code; no TensorFlow start-up per command: for the test).
+    On Ctrl-C the command (in the same process group) stops at its own checkpoint, and
+    this waits for it, then says how to continue."""
     shown = "lrresearch " + shlex.join(argv)
     print(f"\n$ {shown}", flush=True)
     start = time.monotonic()
@@ -195,11 +197,31 @@ def run(argv: list[str], cwd: Path, steps: list[Step], in_process: bool = False)
     else:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        argv = [sys.executable, "-m", "lrresearch", *argv]
-        code = subprocess.run(argv, cwd=cwd, env=env).returncode
+        process = subprocess.Popen([sys.executable, "-m", "lrresearch", *argv], cwd=cwd, env=env)
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            code = process.wait()  # never killed: it saves its checkpoint and exits 130
     steps.append(Step(shown, time.monotonic() - start))
+    if code == 130:
+        print(
+            f"worked study: Ctrl-C stopped `{shown}`; what it finished is kept in {cwd}. "
+            f"Continue there with `{resume(argv)}`, then the later commands of "
+            "docs/guide/worked-study.md (this script never reuses a study folder).",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     if code:
         raise SystemExit(f"worked study: `{shown}` exited {code} in {cwd}; see its output above")
+
+
+def resume(argv: list[str]) -> str:
+    """The command that continues `lrresearch ARGV` after a stop."""
+    name = {"sweep": "--sweep_name", "tune": "--study_name"}.get(argv[0])
+    for flag in argv:
+        if name and flag.startswith(name + "="):
+            return f"lrresearch {argv[0]} --resume {flag}"
+    return "lrresearch " + shlex.join(argv)  # compare: run it again
 
 
 def run_here(argv: list[str], cwd: Path) -> int:
