@@ -43,11 +43,11 @@ def table(study: optuna.Study, space: SearchSpace, metric: str, direction: str) 
     """Markdown: trial number, run, each searched binding, the metric, the state."""
     names = [s.name for s in space.samples]
     lines = [
-        f"| trial | run | {' | '.join(names)} | {metric} | state |",
+        f"| trial | run | {''.join(f'{n} | ' for n in names)}{metric} | state |",
         "|---:|---|" + "---:|" * len(names) + "---:|---|",
     ]
     for t in shown_trials(study, direction):
-        params = " | ".join(_cell(t.params.get(n, "")) for n in names)
+        params = "".join(f"{_cell(t.params.get(n, ''))} | " for n in names)
         value = _cell(t.value) if t.value is not None else ""
         state = t.state.name
         if t.state == TrialState.PRUNED and t.intermediate_values:
@@ -59,7 +59,7 @@ def table(study: optuna.Study, space: SearchSpace, metric: str, direction: str) 
         if "retry_history" in t.system_attrs:
             state += f" (re-run of trial {t.system_attrs['retry_history'][-1]})"
         run = t.user_attrs.get("run", "")
-        lines.append(f"| {t.number} | {run} | {params} | {value} | {state} |")
+        lines.append(f"| {t.number} | {run} | {params}{value} | {state} |")
     return "\n".join(lines)
 
 
