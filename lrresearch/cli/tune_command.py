@@ -123,9 +123,9 @@ def tune(args: argparse.Namespace) -> int:
     if args.heartbeat < 1:
         return _fail(f"--heartbeat must be >= 1 (seconds), got {args.heartbeat}")
     try:
-        from lrresearch.cli.commands import _note_methods
+        from lrresearch.cli.notes import note_methods
 
-        _note_methods(args)  # a --gin_param a --method binds again, a file hiding a shipped one
+        note_methods(args)  # a --gin_param a --method binds again, a file hiding a shipped one
         study_dir, spec, settings = _start(args)
         if args.worker is None:
             where = masked(settings.storage_url(study_dir))
@@ -148,8 +148,7 @@ def tune(args: argparse.Namespace) -> int:
     print(tune.finish(study_dir, spec, settings), flush=True)
     finished, total = tune.finished_count(study_dir, spec, settings)
     print(
-        f"tune: {finished}/{total} trials finished -> {study_dir}; "
-        f"lrresearch board {study_dir}",
+        f"tune: {finished}/{total} trials finished -> {study_dir}; lrresearch board {study_dir}",
         flush=True,
     )
     if finished < total:

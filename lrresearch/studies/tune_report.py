@@ -75,9 +75,7 @@ def best_line(study: optuna.Study, space: SearchSpace, metric: str, direction: s
     )
 
 
-def report(
-    studies: list[tuple[Arm, optuna.Study]], metric: str, direction: str
-) -> str:
+def report(studies: list[tuple[Arm, optuna.Study]], metric: str, direction: str) -> str:
     """The study's text: its table, or per method a section with its best trial and
     its table."""
     if len(studies) == 1 and studies[0][0].method is None:

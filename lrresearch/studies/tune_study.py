@@ -117,9 +117,7 @@ def _check_arm(spec: StudySpec, settings: Settings, arm: Arm) -> None:
         )
     samples, values = list(space.samples), space.example_values()
     layers = arm.layers({})[:-1]
-    sweep.check_axes(
-        spec.gin_files, spec.gin_params, (), samples, values, spec.search_path, layers
-    )
+    sweep.check_axes(spec.gin_files, spec.gin_params, (), samples, values, spec.search_path, layers)
     if settings.pruner != "none" and cadence(spec, arm)[1] == 0:
         raise config.ConfigError(
             f"--pruner {settings.pruner} needs evaluations during each run; bind "
