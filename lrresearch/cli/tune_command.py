@@ -129,7 +129,8 @@ def tune(args: argparse.Namespace) -> int:
         study_dir, spec, settings = _start(args)
         if args.worker is None:
             where = masked(settings.storage_url(study_dir))
-            say(f"tune: study {study_dir} ({settings.trials} trials, storage {where})")
+            per = " per method" if spec.methods else ""
+            say(f"tune: study {study_dir} ({settings.trials} trials{per}, storage {where})")
         _run(args, study_dir, spec, settings, say)
     except config.ConfigError as e:
         return _fail(str(e))

@@ -20,7 +20,7 @@ import pytest
 
 from lrresearch.analysis import bindings, groups
 from lrresearch.cli import commands as cli
-from lrresearch.studies import tune_methods
+from lrresearch.studies import tune_methods, tune_storage, tune_study
 from tests.support import Events
 
 TINY = [
@@ -197,3 +197,21 @@ def test_bad_methods_exit_2_before_anything_is_written(tmp_path, capsys, extra, 
     for name in names:
         assert name in err
     assert not logdir.exists() or not any(logdir.iterdir())
+
+
+def test_a_shared_storage_knows_a_method_study_by_its_name(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/shared.db"
+    spec = tune_study.StudySpec(
+        "", (), tuple(TINY), (SEARCH[0].removeprefix("--search="),), (), (CONST, FIXED)
+    )
+    tune_study.create(str(tmp_path / "a"), "m", spec, tune_study.Settings(2, storage=url))
+    storage = tune_storage.open_storage(url, 10)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert names == {"m/const", "m/fixed"}
+    # Another machine joins by the study's name: the flags are on each method's study.
+    assert tune_storage.study_flags(storage, "m", url)["study"]["methods"] == [CONST, FIXED]
+    # A new study of that name in the same storage is refused before anything is written.
+    code = cli.main(tune_args(tmp_path / "b", f"--method={CONST}", SEARCH[0], "--trials=1",
+                              f"--storage={url}"))  # fmt: skip
+    assert code == 2 and "already in --storage" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
