@@ -8,6 +8,11 @@ one run directory per trial, `NNN-<param=value>-...` with NNN the trial number, 
 as `sweep` trains a point. TensorBoard, `compare` and `train --resume` read them as any
 run.
 
+With `--method`s (`tune_methods`), each method is its own Optuna study
+`<study_name>/<method>` with its own search space and `Settings.trials`, its runs named
+`<method>-NNN-...` in the same folder; a worker takes the method with the fewest
+finished + running trials next.
+
 A worker (`run_worker`) asks Optuna for trials until `Settings.trials` are finished
 (COMPLETE or PRUNED; failed trials do not count) across every worker. Faults:
   * every running trial sends a heartbeat (`Settings.heartbeat` seconds); a worker that

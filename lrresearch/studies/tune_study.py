@@ -58,7 +58,8 @@ class Settings:
     """How a study runs (the same for every study of a `tune` command).
 
     Attributes:
-      trials: finished trials (COMPLETE + PRUNED) the study stops at.
+      trials: finished trials (COMPLETE + PRUNED) the study stops at, per method with
+        `--method` (1 for a method with nothing to search).
       metric: the eval tag whose final value is the objective (`eval/loss`).
       seed: seeds the sampler, not training (None: Optuna's random seed).
       storage: an SQLAlchemy URL; None is `sqlite:///<study folder>/study.db`.
