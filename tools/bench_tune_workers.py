@@ -36,8 +36,8 @@ INTRO = (
     "`lrresearch tune` on a fixed study (the default digits MLP, `strategies/warmup_cosine.gin`, "
     "its `base_lr` drawn log-uniformly by the random sampler, a fixed seed), the whole "
     "command timed as a user waits for it, configurations interleaved round by round; "
-    "trials per minute and the ratio to 1 worker in the same round. See "
-    "[sweeps: tune](../guide/sweeps.md#how-many-workers) for what it means for `--workers`."
+    "trials per minute and the ratio to 1 worker in the same round. What it means for "
+    "`--workers`: [studies on several workers](../guide/studies.md#how-many-workers)."
 )
 SEARCH = "WarmupCosineController.base_lr=loguniform(1e-3, 1e-1)"
 
