@@ -20,7 +20,7 @@ from tests.support import Events, Finished, finish, start_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.database]
 
-STEPS = 600  # batches per trial, checkpointed every 100: long enough to kill mid-trial
+STEPS = 400  # batches per trial, checkpointed every 100: long enough to kill mid-trial
 PARAMS = [
     "mlp.hidden = (8,)",
     f"Trainer.steps = {STEPS}",
