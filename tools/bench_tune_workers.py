@@ -2,7 +2,7 @@
 users run, in a subprocess, on a fixed small study; SQLite (the default storage) and,
 with `--postgres`, 2 workers on a throwaway PostgreSQL server.
 
-    python tools/bench_tune_workers.py [--rounds 3] [--trials 8] [--steps 1000] [--postgres]
+    python tools/bench_tune_workers.py [--rounds 3] [--trials 8] [--steps 2000] [--postgres]
     python tools/bench_tune_workers.py --quick [--postgres]  # a smoke run, page not written
 
 Every round runs each configuration once, back to back (1 worker, 2 workers, ...), and
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=8, help="trials per study")
-    parser.add_argument("--steps", type=int, default=1000, help="batches per trial")
+    parser.add_argument("--steps", type=int, default=2000, help="batches per trial")
     parser.add_argument("--postgres", action="store_true", help="also 2 workers on PostgreSQL")
     parser.add_argument("--quick", action="store_true", help="1 round, 2 trials of 50 batches")
     args = parser.parse_args(argv)
