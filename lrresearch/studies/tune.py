@@ -19,7 +19,8 @@ A worker (`run_worker`) asks Optuna for trials until `Settings.trials` are finis
     dies (SIGKILL) leaves its trial RUNNING until another worker, or `--resume`, finds
     it stale (`optuna.storages.fail_stale_trials`, before each trial): it becomes FAIL
     and a copy is queued (`RetryHeartbeatStaleTrialCallback`), which resumes the killed
-    trial's run directory from its checkpoint (user attribute "run");
+    trial's run directory from its checkpoint (user attribute "run") if it is on this
+    machine's disk, else trains again from step 0 under its own trial number's name;
   * Ctrl-C or SIGTERM stops the current trial after its compiled call, with its
     checkpoint: the trial becomes FAIL, is queued in the same way, and `TuneInterrupted`
     says how to continue.
@@ -203,14 +204,13 @@ class _Worker:
             trial.set_user_attr("surplus", True)
             raise _SurplusError
         bindings, values = arm.space.suggest(trial)
-        previous = trial.user_attrs.get("run")  # a re-queued trial: its run resumes
+        previous, again = self._previous_run(trial)
         run_name = previous or arm.run_name(trial.number, bindings, values)
         trial.set_user_attr("run", run_name)
         if arm.method:
             trial.set_user_attr("method", arm.name)
             tune_methods.record_run(self.study_dir, run_name, arm.name, trial.number)
         n = self.tally(self.study)
-        again = f" (resuming {previous})" if previous else ""
         of = f" of {arm.name}" if arm.method else ""
         self.progress(
             f"tune: trial {trial.number}{of} ({n['finished']}/{target} finished) {run_name}{again}"
@@ -219,6 +219,20 @@ class _Worker:
             return self._train(trial, bindings, run_name, previous is not None)
         finally:
             gin.clear_config()
+
+    def _previous_run(self, trial: optuna.Trial) -> tuple[str | None, str]:
+        """A re-queued trial's run (None: a new run) and the note that says so. The
+        killed worker may have been on another machine, its run directory on that
+        machine's disk: the trial then trains again from step 0 under its own number's
+        name, so that the two folders, copied together, never merge into one run."""
+        previous = trial.user_attrs.get("run")
+        if previous is None:
+            return None, ""
+        if os.path.isdir(os.path.join(self.study_dir, previous)):
+            return previous, f" (resuming {previous})"
+        return None, (
+            f" (re-run of {previous}, whose run directory is not on this machine: from step 0)"
+        )
 
     def _train(
         self, trial: optuna.Trial, bindings: dict[str, str], run: str, resume: bool
