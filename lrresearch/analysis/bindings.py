@@ -115,8 +115,11 @@ def is_seed(binding: str) -> bool:
 
 def short_value(source: str) -> str:
     """A value source as a label shows it: `@GradNormController()` -> `GradNormController`,
-    `'relu'` -> `relu`."""
+    `'relu'` -> `relu`, a float drawn by a study `0.044303752452182654` -> `0.0443` (4
+    significant digits; the group itself is keyed by the full value)."""
     value = re.sub(r"^@|\(\)$", "", source.strip())
+    if re.fullmatch(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?", value) and not value.isdigit():
+        return f"{float(value):.4g}"
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == "'" else value
 
 

@@ -9,36 +9,12 @@ from collections.abc import Sequence
 
 from lrresearch.cli import tune_command
 from lrresearch.cli.errors import fail as _fail
+from lrresearch.cli.notes import note_methods as _note_methods
+from lrresearch.cli.notes import note_shadowed as _note_shadowed
 from lrresearch.cli.parser import build_parser
 
 # Before TensorFlow loads: its C++ start-up chatter hides the run's own output.
 from lrresearch.logs import quiet
-
-
-def _note_shadowed(gin_files: Sequence[str], search_path: Sequence[str]) -> None:
-    """Says which file a `--gin_file` name or an `include` means when the user's own
-    file of that name hides a shipped one (`files.shadowed`)."""
-    from lrresearch.config import files
-
-    for note in files.shadowed(gin_files, search_path):
-        print(f"note: {note}", file=sys.stderr, flush=True)
-
-
-def _note_methods(args: argparse.Namespace) -> None:
-    """Says which `--gin_param`s a sweep's `--method` binds again (`methods.overridden`)
-    and which of its files hide shipped ones; a bad `--method` is the sweep's to report."""
-    from lrresearch.config import parse as config
-    from lrresearch.studies import methods
-
-    if args.resume or not args.method:
-        return
-    try:
-        parsed = methods.parse_methods(args.method, args.gin_search_path)
-    except config.ConfigError:
-        return
-    _note_shadowed([name for m in parsed for name in m.gin_files], args.gin_search_path)
-    for note in methods.overridden(args.gin_file, args.gin_param, parsed, args.gin_search_path):
-        print(f"note: {note}", file=sys.stderr, flush=True)
 
 
 def _parse_config(args: argparse.Namespace) -> int | None:

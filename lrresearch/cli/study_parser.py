@@ -7,6 +7,14 @@ from typing import Any
 
 from lrresearch.cli.flags import add_gin_flags, add_output_flags
 
+METHOD_HELP = (
+    "a whole method as one arm of the study: NAME=SOURCE, as sweep --method (gin files "
+    "and bindings separated by ';', on top of the --gin_file/--gin_param config), e.g. "
+    "'cosine=strategies/warmup_cosine.gin'; repeatable: each method is its own Optuna "
+    "study <study_name>/NAME with the unprefixed --search axes and its own "
+    "(NAME:Configurable.param=...), --trials trials, runs named NAME-NNN-..."
+)
+
 TUNE_EXAMPLES = """\
 examples:
   lrresearch tune --gin_file=strategies/warmup_cosine.gin \\
@@ -16,6 +24,10 @@ examples:
       --search='Trainer.batch_size=choice([32, 64, 128])' --trials=40 --workers=2 \\
       --metric=eval/accuracy --pruner=median
   lrresearch tune --resume --study_name=wc             # after Ctrl-C or a killed worker
+  lrresearch tune --study_name=vs --trials=10 --method=cosine=strategies/warmup_cosine.gin \
+      --method='gn=strategies/grad_norm.gin' --search='Trainer.seed=choice([0, 1, 2])' \
+      --search='cosine:WarmupCosineController.base_lr=loguniform(1e-4, 1e-1)' \
+      --search='gn:GradNormController.base_lr=loguniform(1e-3, 1)'   # 10 trials each
   lrresearch tune --gin_file=strategies/warmup_cosine.gin --study_name=pg --trials=40 \\
       --search='WarmupCosineController.base_lr=loguniform(1e-4, 1e-1)' \\
       --storage=postgresql://me@dbhost:5432/studies  # then, on other machines:
@@ -23,7 +35,9 @@ examples:
 
 --search takes sweep --sample's distributions: uniform(low, high), loguniform(low, high),
 intuniform(low, high), logintuniform(low, high), choice([v1, v2, ...]). --sampler grid
-needs every axis discrete (choice, or an int range)."""
+needs every axis discrete (choice, or an int range). With --method, each method is its own
+Optuna study <study_name>/<NAME> with --trials trials of its own; a method that no
+--search applies to runs one trial (its config is fixed)."""
 
 
 def tune_parser(commands: Any) -> None:
@@ -49,11 +63,14 @@ def tune_parser(commands: Any) -> None:
         default=[],
         metavar="BINDING=DIST(...)",
         help="a binding and its distribution, as sweep --sample: e.g. "
-        "'WarmupCosineController.base_lr=loguniform(1e-4, 1e-1)'; repeatable",
+        "'WarmupCosineController.base_lr=loguniform(1e-4, 1e-1)'; repeatable; "
+        "'NAME:BINDING=DIST(...)' for --method NAME only",
     )
+    parser.add_argument("--method", action="append", default=[], metavar="NAME=SOURCE",
+                        help=METHOD_HELP)  # fmt: skip
     parser.add_argument("--trials", type=int, default=None, metavar="N",
-                        help="finished trials (complete + pruned) the study stops at; "
-                        "required for a new study (no default)")  # fmt: skip
+                        help="finished trials (complete + pruned) the study stops at, per "
+                        "method with --method; required for a new study (no default)")  # fmt: skip
     parser.add_argument(
         "--sampler",
         choices=tune.SAMPLERS,

@@ -36,6 +36,7 @@ def _given(args: argparse.Namespace, settings: Any, spec: Any) -> None:
         "--gin_file": (args.gin_file, [], list(spec.gin_files)),
         "--gin_param": (args.gin_param, [], list(spec.gin_params)),
         "--search": (args.search, [], list(spec.search)),
+        "--method": (args.method, [], list(spec.methods)),
         "--trials": (args.trials, None, settings.trials),
         "--sampler": (args.sampler, "tpe", settings.sampler),
         "--metric": (args.metric, "eval/loss", settings.metric),
@@ -70,6 +71,7 @@ def _start(args: argparse.Namespace) -> tuple[str, Any, Any]:
         gin_params=tuple(args.gin_param),
         search=tuple(args.search),
         search_path=tuple(os.path.abspath(p) for p in args.gin_search_path),
+        methods=tuple(args.method),
     )
     settings = tune.Settings(
         trials=args.trials,
@@ -121,10 +123,14 @@ def tune(args: argparse.Namespace) -> int:
     if args.heartbeat < 1:
         return _fail(f"--heartbeat must be >= 1 (seconds), got {args.heartbeat}")
     try:
+        from lrresearch.cli.notes import note_methods
+
+        note_methods(args)  # a --gin_param a --method binds again, a file hiding a shipped one
         study_dir, spec, settings = _start(args)
         if args.worker is None:
             where = masked(settings.storage_url(study_dir))
-            say(f"tune: study {study_dir} ({settings.trials} trials, storage {where})")
+            per = " per method" if spec.methods else ""
+            say(f"tune: study {study_dir} ({settings.trials} trials{per}, storage {where})")
         _run(args, study_dir, spec, settings, say)
     except config.ConfigError as e:
         return _fail(str(e))
@@ -141,15 +147,14 @@ def tune(args: argparse.Namespace) -> int:
     if args.worker is not None:
         return 0
     print(tune.finish(study_dir, spec, settings), flush=True)
-    finished = tune.finished_count(study_dir, spec, settings)
+    finished, total = tune.finished_count(study_dir, spec, settings)
     print(
-        f"tune: {finished}/{settings.trials} trials finished -> {study_dir}; "
-        f"lrresearch board {study_dir}",
+        f"tune: {finished}/{total} trials finished -> {study_dir}; lrresearch board {study_dir}",
         flush=True,
     )
-    if finished < settings.trials:
+    if finished < total:
         return _fail(
-            f"tune: the study has {finished} of its {settings.trials} trials finished; continue "
+            f"tune: the study has {finished} of its {total} trials finished; continue "
             f"it with: {tune.resume_command(study_dir, spec, settings)}",
             code=1,
         )

@@ -8,13 +8,19 @@ one run directory per trial, `NNN-<param=value>-...` with NNN the trial number, 
 as `sweep` trains a point. TensorBoard, `compare` and `train --resume` read them as any
 run.
 
+With `--method`s (`tune_methods`), each method is its own Optuna study
+`<study_name>/<method>` with its own search space and `Settings.trials`, its runs named
+`<method>-NNN-...` in the same folder; a worker takes the method with the fewest
+finished + running trials next.
+
 A worker (`run_worker`) asks Optuna for trials until `Settings.trials` are finished
 (COMPLETE or PRUNED; failed trials do not count) across every worker. Faults:
   * every running trial sends a heartbeat (`Settings.heartbeat` seconds); a worker that
     dies (SIGKILL) leaves its trial RUNNING until another worker, or `--resume`, finds
     it stale (`optuna.storages.fail_stale_trials`, before each trial): it becomes FAIL
     and a copy is queued (`RetryHeartbeatStaleTrialCallback`), which resumes the killed
-    trial's run directory from its checkpoint (user attribute "run");
+    trial's run directory from its checkpoint (user attribute "run") if it is on this
+    machine's disk, else trains again from step 0 under its own trial number's name;
   * Ctrl-C or SIGTERM stops the current trial after its compiled call, with its
     checkpoint: the trial becomes FAIL, is queued in the same way, and `TuneInterrupted`
     says how to continue.
@@ -36,8 +42,9 @@ import optuna
 from optuna.trial import TrialState
 
 from lrresearch.config import parse as config
-from lrresearch.studies import tune_report, tune_storage
+from lrresearch.studies import tune_methods, tune_report, tune_storage
 from lrresearch.studies.sampling import literal
+from lrresearch.studies.tune_methods import Arm
 from lrresearch.studies.tune_space import SearchSpace
 from lrresearch.studies.tune_study import Settings, StudySpec, cadence
 from lrresearch.training import distribute
@@ -72,27 +79,29 @@ class _SurplusError(Exception):
 
 
 def _sampler(
-    settings: Settings, space: SearchSpace, started: int, worker: int
+    settings: Settings, space: SearchSpace, started: int, worker: int, index: int = 0
 ) -> optuna.samplers.BaseSampler:
     """The `--sampler`. A study's first process draws from `--seed` itself; a worker
-    or a resumed study from a seed made of it, the trials so far (`started`) and the
-    worker's index, so that two workers (or a resumed study) never repeat its draws."""
+    or a resumed study from a seed made of it, the trials so far (`started`), the
+    worker's index and the method's (`index`), so that two workers (or a resumed
+    study, or two methods) never repeat its draws."""
     seed = settings.seed
-    if seed is not None and (started, worker) != (0, 0):
-        seed = int(np.random.SeedSequence([seed, started, worker]).generate_state(1)[0])
-    if settings.sampler == "grid":
+    if seed is not None and (started, worker, index) != (0, 0, 0):
+        key = [seed, started, worker, *([index] if index else [])]
+        seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+    if settings.sampler == "grid" and space.samples:
         return optuna.samplers.GridSampler(space.grid(), seed=seed)
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def _pruner(settings: Settings, spec: StudySpec) -> optuna.pruners.BasePruner:
+def _pruner(settings: Settings, spec: StudySpec, arm: Arm) -> optuna.pruners.BasePruner:
     """The `--pruner`, its resource counted in batches trained: Hyperband from one
-    evaluation to the whole run (`Trainer.steps` of the base configuration)."""
+    evaluation to the whole run (`Trainer.steps` of the arm's base configuration)."""
     if settings.pruner == "none":
         return optuna.pruners.NopPruner()
-    steps, eval_every = cadence(spec)
+    steps, eval_every = cadence(spec, arm)
     if settings.pruner == "median":
         # The median needs a few finished trials; a trial's first eval is noisy.
         startup = min(5, max(1, settings.trials // 4))
@@ -105,32 +114,36 @@ def _pruner(settings: Settings, spec: StudySpec) -> optuna.pruners.BasePruner:
     )
 
 
-def load_study(
+def load_studies(
     study_dir: str, spec: StudySpec, settings: Settings, worker: int = 0
-) -> optuna.Study:
-    """The study in its storage, with the sampler and pruner of its settings."""
+) -> list[tuple[Arm, optuna.Study]]:
+    """Each arm's study in the storage (one per `--method`, one without), with the
+    sampler and pruner of the settings."""
     url = settings.storage_url(study_dir)
     storage = tune_storage.open_storage(url, settings.heartbeat)
-    try:
-        started = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
-    except KeyError:
-        raise config.ConfigError(
-            f"tune: no study {spec.name!r} in the storage {tune_storage.masked(url)} (named "
-            f"by {study_dir}/study.json); was it deleted? Start a new study"
-        ) from None
-    return optuna.load_study(
-        study_name=spec.name,
-        storage=storage,
-        sampler=_sampler(settings, spec.space(), started, worker),
-        pruner=_pruner(settings, spec),
-    )
+    loaded = []
+    for index, arm in enumerate(spec.arms()):
+        name = arm.study_name(spec.name)
+        try:
+            started = len(optuna.load_study(study_name=name, storage=storage).trials)
+        except KeyError:
+            raise config.ConfigError(
+                f"tune: no study {name!r} in the storage {tune_storage.masked(url)} (named "
+                f"by {study_dir}/study.json); was it deleted? Start a new study"
+            ) from None
+        sampler = _sampler(settings, arm.space, started, worker, index)
+        pruner = _pruner(settings, spec, arm)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        loaded.append((arm, study))
+    return loaded
 
 
 @dataclasses.dataclass
 class _Worker:
-    """One process's share of a study: its trials, asked one at a time."""
+    """One process's share of a study: its trials, asked one at a time, each of the
+    method (`arm`) with the fewest finished + running trials."""
 
-    study: optuna.Study
+    studies: list[tuple[Arm, optuna.Study]]
     study_dir: str
     spec: StudySpec
     settings: Settings
@@ -138,9 +151,11 @@ class _Worker:
     stop: distribute.StopOnSignal
     current: int | None = None  # the number of the trial in hand
     stopped_at: int | None = None  # the step Ctrl-C stopped its run at
+    arm: Arm | None = None  # the method of the trial in hand (asked or last asked)
+    study: optuna.Study | None = None  # its study
 
-    def tally(self) -> dict[str, int]:
-        trials = self.study.get_trials(deepcopy=False)
+    def tally(self, study: optuna.Study) -> dict[str, int]:
+        trials = study.get_trials(deepcopy=False)
         return {
             "finished": sum(t.state in FINISHED for t in trials),
             "running": sum(t.state == TrialState.RUNNING for t in trials),
@@ -148,20 +163,27 @@ class _Worker:
         }
 
     def run(self) -> None:
-        """Trials until the study has its `trials` finished (or as many failed)."""
+        """Trials until every arm has its trials finished (or as many failed)."""
         while not self.stop.requested:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)
-            n = self.tally()
-            if n["finished"] >= self.settings.trials:
+            counts, given_up = [], []
+            for arm, study in self.studies:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+                n, target = self.tally(study), arm.target(self.settings.trials)
+                if n["failed"] >= target and n["finished"] < target:
+                    given_up.append(f"{arm.name or 'the study'}: {n['failed']} trials failed")
+                    target = 0  # no more trials of it
+                counts.append((n["finished"] + n["running"], target, n["finished"] >= target))
+            if all(done for *_, done in counts):
+                if given_up:
+                    self.progress(f"tune: {'; '.join(given_up)}; stopping (see tune.md)")
                 return
-            if n["failed"] >= self.settings.trials:
-                self.progress(f"tune: {n['failed']} trials failed; stopping (see tune.md)")
-                return
-            if n["finished"] + n["running"] >= self.settings.trials:
+            index = tune_methods.pick([(started, target) for started, target, _ in counts])
+            if index is None:
                 self._wait()  # others' trials may still fail (or die) and be re-queued
                 continue
+            self.arm, self.study = self.studies[index]
             self.study.optimize(self.objective, n_trials=1, catch=(_TrialError, _SurplusError))
             self.current = None
 
@@ -174,27 +196,43 @@ class _Worker:
 
     def objective(self, trial: optuna.Trial) -> float:
         self.current = trial.number
+        arm, target = self.arm, self.arm.target(self.settings.trials)
         ahead = self.study.get_trials(
             deepcopy=False, states=(*FINISHED, TrialState.RUNNING)
         )  # one more than needed when workers asked at once: not trained
-        if sum(t.number < trial.number for t in ahead) >= self.settings.trials:
+        if sum(t.number < trial.number for t in ahead) >= target:
             trial.set_user_attr("surplus", True)
             raise _SurplusError
-        space = self.spec.space()
-        bindings, values = space.suggest(trial)
-        previous = trial.user_attrs.get("run")  # a re-queued trial: its run resumes
-        run_name = previous or space.run_name(trial.number, bindings, values)
+        bindings, values = arm.space.suggest(trial)
+        previous, again = self._previous_run(trial)
+        run_name = previous or arm.run_name(trial.number, bindings, values)
         trial.set_user_attr("run", run_name)
-        n = self.tally()
-        again = f" (resuming {previous})" if previous else ""
+        if arm.method:
+            trial.set_user_attr("method", arm.name)
+            tune_methods.record_run(self.study_dir, run_name, arm.name, trial.number)
+        n = self.tally(self.study)
+        of = f" of {arm.name}" if arm.method else ""
         self.progress(
-            f"tune: trial {trial.number} ({n['finished']}/{self.settings.trials} "
-            f"finished) {run_name}{again}"
+            f"tune: trial {trial.number}{of} ({n['finished']}/{target} finished) {run_name}{again}"
         )
         try:
             return self._train(trial, bindings, run_name, previous is not None)
         finally:
             gin.clear_config()
+
+    def _previous_run(self, trial: optuna.Trial) -> tuple[str | None, str]:
+        """A re-queued trial's run (None: a new run) and the note that says so. The
+        killed worker may have been on another machine, its run directory on that
+        machine's disk: the trial then trains again from step 0 under its own number's
+        name, so that the two folders, copied together, never merge into one run."""
+        previous = trial.user_attrs.get("run")
+        if previous is None:
+            return None, ""
+        if os.path.isdir(os.path.join(self.study_dir, previous)):
+            return previous, f" (resuming {previous})"
+        return None, (
+            f" (re-run of {previous}, whose run directory is not on this machine: from step 0)"
+        )
 
     def _train(
         self, trial: optuna.Trial, bindings: dict[str, str], run: str, resume: bool
@@ -202,13 +240,13 @@ class _Worker:
         """Trains (or, with `resume`, continues) the trial's run; its final metric."""
         metric = self.settings.metric.removeprefix("eval/")
         try:
-            config.parse(
-                list(self.spec.gin_files),
-                [*self.spec.gin_params, *(f"{k} = {v}" for k, v in bindings.items())],
-                self.spec.search_path,
-            )
+            spec = self.spec
+            layers = self.arm.layers(bindings)  # the method's files and bindings, then these
+            config.parse(list(spec.gin_files), list(spec.gin_params), spec.search_path, layers)
             trainer = Trainer(strategy=distribute.get_strategy())
-            trainer.extra_hparams = {name: literal(source) for name, source in bindings.items()}
+            method = {"method": self.arm.name} if self.arm.method else {}
+            drawn = {name: literal(source) for name, source in bindings.items()}
+            trainer.extra_hparams = {**method, **drawn}
             trainer.build()
         except (ValueError, RuntimeError) as e:
             raise self._failed(trial, e) from None
@@ -296,15 +334,17 @@ def run_worker(
       TuneInterrupted: Ctrl-C or SIGTERM; the trial in hand is re-queued to resume.
       config.ConfigError: `--metric` is not among the runs' evaluations.
     """
-    study = load_study(study_dir, spec, settings, worker)
+    studies = load_studies(study_dir, spec, settings, worker)
     with distribute.StopOnSignal() as stop:
-        worker = _Worker(study, study_dir, spec, settings, progress, stop)
+        worker = _Worker(studies, study_dir, spec, settings, progress, stop)
         try:
             worker.run()
         except KeyboardInterrupt:
             stop.requested = True
         if stop.requested:
-            requeued = tune_storage.requeue(study, worker.current)
+            requeued = None
+            if worker.study is not None:  # the study of the trial in hand
+                requeued = tune_storage.requeue(worker.study, worker.current)
             if requeued and worker.stopped_at is not None:
                 requeued += f" stopped at step {worker.stopped_at}"
             raise TuneInterrupted(interrupted_message(study_dir, spec, settings, requeued))
@@ -326,19 +366,26 @@ def interrupted_message(
     lines = [f"tune interrupted: the study is in {study_dir}"]
     if requeued:
         lines.append(f"  {requeued}, checkpoint saved: queued to resume from it")
-    lines.append(f"continue the study (to {settings.trials} trials) with:")
+    per = " per method" if spec.methods else ""
+    lines.append(f"continue the study (to {settings.trials} trials{per}) with:")
     lines.append(f"    {resume_command(study_dir, spec, settings)}")
     return "\n".join(lines)
 
 
-def finished_count(study_dir: str, spec: StudySpec, settings: Settings) -> int:
-    """The study's finished trials (COMPLETE + PRUNED)."""
-    study = load_study(study_dir, spec, settings)
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+def finished_count(study_dir: str, spec: StudySpec, settings: Settings) -> tuple[int, int]:
+    """The study's finished trials (COMPLETE + PRUNED, each method's up to its target)
+    and the number it stops at (`--trials` per method; 1 for a method with nothing to
+    search)."""
+    done = total = 0
+    for arm, study in load_studies(study_dir, spec, settings):
+        target = arm.target(settings.trials)
+        done += min(target, len(study.get_trials(deepcopy=False, states=FINISHED)))
+        total += target
+    return done, total
 
 
 def finish(study_dir: str, spec: StudySpec, settings: Settings) -> str:
     """Writes `tune.md` and the HParams experiment in the study folder; returns the
-    table (best trial first)."""
-    study = load_study(study_dir, spec, settings)
-    return tune_report.finish(study, study_dir, spec.space(), settings.metric, settings.direction)
+    tables (per method: its best trial, then every trial, best first)."""
+    studies = load_studies(study_dir, spec, settings)
+    return tune_report.finish(studies, study_dir, settings.metric, settings.direction)

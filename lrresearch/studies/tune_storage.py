@@ -82,8 +82,8 @@ def open_storage(url: str, heartbeat: int) -> RDBStorage:
 def check_new(storage: RDBStorage, study_name: str, url: str) -> None:
     """A new study's name must not be taken in a shared storage."""
     studies = optuna.get_all_study_summaries(storage, include_best_trial=False)
-    names = [s.study_name for s in studies]
-    if study_name in names:
+    names = [s.study_name for s in studies]  # a study with --method: <name>/<method>
+    if any(name == study_name or name.startswith(f"{study_name}/") for name in names):
         raise StorageError(
             f"--study_name {study_name}: a study of that name is already in --storage "
             f"{masked(url)}; join it with --resume, or pick another --study_name"
@@ -91,14 +91,14 @@ def check_new(storage: RDBStorage, study_name: str, url: str) -> None:
 
 
 def study_flags(storage: RDBStorage, study_name: str, url: str) -> dict[str, Any]:
-    """The flags the study's creator stored (`study.json`'s content)."""
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise StorageError(
-            f"--study_name {study_name}: no such study in --storage {masked(url)}"
-        ) from None
-    flags = study.user_attrs.get("flags")
+    """The flags the study's creator stored (`study.json`'s content), on the study of
+    that name or, with `--method`, on each `<study_name>/<method>`."""
+    studies = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    own = [s for s in studies if s.study_name.split("/")[0] == study_name]
+    own.sort(key=lambda s: s.study_name != study_name)  # with --method: <name>/<method>
+    if not own:
+        raise StorageError(f"--study_name {study_name}: no such study in --storage {masked(url)}")
+    flags = own[0].user_attrs.get("flags")
     if flags is None:
         raise StorageError(
             f"--study_name {study_name} in --storage {masked(url)} was not made by "

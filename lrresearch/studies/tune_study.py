@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from lrresearch.config import parse as config
 
 if TYPE_CHECKING:
+    from lrresearch.studies.tune_methods import Arm
     from lrresearch.studies.tune_space import SearchSpace
 
 # The parser reads these (`cli/study_parser.py`): this module imports TensorFlow,
@@ -29,19 +30,27 @@ HEARTBEAT_SECONDS = 10  # a dead worker's trial is found stale after 2x this
 
 @dataclasses.dataclass(frozen=True)
 class StudySpec:
-    """One Optuna study's own inputs: its name in the storage, the gin configuration
-    every trial starts from, and the search space (`--search` flags)."""
+    """A study's own inputs: its name (the folder's, and in the storage), the gin
+    configuration every trial starts from, the search space (`--search` flags) and the
+    `--method`s (each its own Optuna study, `tune_methods`)."""
 
     name: str
     gin_files: tuple[str, ...]
     gin_params: tuple[str, ...]
     search: tuple[str, ...]
     search_path: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
 
     def space(self) -> SearchSpace:
         from lrresearch.studies.tune_space import parse_search
 
         return parse_search(self.search)
+
+    def arms(self) -> list[Arm]:
+        """One per `--method` (one in all without), each with its search space."""
+        from lrresearch.studies.tune_methods import arms
+
+        return arms(self.methods, self.search, self.search_path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +58,8 @@ class Settings:
     """How a study runs (the same for every study of a `tune` command).
 
     Attributes:
-      trials: finished trials (COMPLETE + PRUNED) the study stops at.
+      trials: finished trials (COMPLETE + PRUNED) the study stops at, per method with
+        `--method` (1 for a method with nothing to search).
       metric: the eval tag whose final value is the objective (`eval/loss`).
       seed: seeds the sampler, not training (None: Optuna's random seed).
       storage: an SQLAlchemy URL; None is `sqlite:///<study folder>/study.db`.
@@ -69,13 +79,12 @@ class Settings:
         return self.storage or f"sqlite:///{os.path.abspath(study_dir)}/study.db"
 
 
-def check(spec: StudySpec, settings: Settings) -> SearchSpace:
+def check(spec: StudySpec, settings: Settings) -> list[Arm]:
     """Every flag of the study checked before anything is written or trained: the
-    search space (and the grid's), the settings, the gin files and each `--search`
-    binding at its ends. Raises `config.ConfigError` naming the flag."""
-    from lrresearch.studies import sweep
-
-    space = spec.space()
+    `--method`s, the search spaces (and the grid's), the settings, the gin files and
+    each `--search` binding at its ends, under each method's config. Returns the
+    arms; raises `config.ConfigError` naming the flag (and the method)."""
+    arms = spec.arms()
     if settings.trials < 1:
         raise config.ConfigError(f"--trials must be >= 1, got {settings.trials}")
     for flag, value, allowed in (
@@ -90,29 +99,43 @@ def check(spec: StudySpec, settings: Settings) -> SearchSpace:
             f"--metric must be an eval tag, eval/loss or eval/<metric> (eval/accuracy), "
             f"got {settings.metric!r}"
         )
-    if settings.sampler == "grid" and settings.trials > space.grid_size():
+    for arm in arms:
+        with arm.named_in_errors():
+            _check_arm(spec, settings, arm)
+    return arms
+
+
+def _check_arm(spec: StudySpec, settings: Settings, arm: Arm) -> None:
+    """One method's (or the study's) grid, its config and `--search` bindings at
+    their ends (under the method's files and bindings), and its evaluations."""
+    from lrresearch.studies import sweep
+
+    space = arm.space
+    if settings.sampler == "grid" and arm.target(settings.trials) > space.grid_size():
         raise config.ConfigError(
             f"--trials {settings.trials} is more than the {space.grid_size()} points of "
             f"the --sampler grid; give --trials {space.grid_size()} or fewer"
         )
     samples, values = list(space.samples), space.example_values()
-    sweep.check_axes(spec.gin_files, spec.gin_params, (), samples, values, spec.search_path)
-    if settings.pruner != "none" and cadence(spec)[1] == 0:
+    layers = arm.layers({})[:-1]
+    sweep.check_axes(spec.gin_files, spec.gin_params, (), samples, values, spec.search_path, layers)
+    if settings.pruner != "none" and cadence(spec, arm)[1] == 0:
         raise config.ConfigError(
             f"--pruner {settings.pruner} needs evaluations during each run; bind "
             "Trainer.eval_every (batches), e.g. --gin_param='Trainer.eval_every = 100'"
         )
-    return space
 
 
-def cadence(spec: StudySpec) -> tuple[int, int]:
-    """`(Trainer.steps, Trainer.eval_every)` of the study's base configuration."""
+def cadence(spec: StudySpec, arm: Arm | None = None) -> tuple[int, int]:
+    """`(Trainer.steps, Trainer.eval_every)` of the study's base configuration, under
+    `arm`'s method if given."""
     import gin
 
     from lrresearch.training.trainer import Trainer
 
+    layers = arm.layers({})[:-1] if arm else []
     try:
-        config.parse(list(spec.gin_files), list(spec.gin_params), spec.search_path)
+        config.parse(list(spec.gin_files), list(spec.gin_params), spec.search_path, layers)
         trainer = Trainer()
         return trainer.cadences.steps, trainer.cadences.eval_every
     finally:
@@ -150,10 +173,11 @@ def create(
         flags = flags_json(spec, settings)
         write_atomically(os.path.join(root.path, "study.json"), json.dumps(flags, indent=2))
         storage = tune_storage.open_storage(settings.storage_url(root.path), settings.heartbeat)
-        study = optuna.create_study(
-            study_name=spec.name, storage=storage, direction=settings.direction
-        )
-        study.set_user_attr("flags", flags)
+        for arm in spec.arms():
+            study = optuna.create_study(
+                study_name=arm.study_name(spec.name), storage=storage, direction=settings.direction
+            )
+            study.set_user_attr("flags", flags)
     return root.path, spec
 
 

@@ -400,3 +400,13 @@ def test_x_examples_needs_the_runs_batch_size(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(run) in err and "Trainer.batch_size" in err and "--x=steps" in err
     assert not out.exists()
+
+
+def test_labels_show_a_drawn_float_with_four_significant_digits():
+    from lrresearch.analysis.bindings import short_value
+
+    assert short_value("0.044303752452182654") == "0.0443"
+    assert short_value("-2.5e-05") == "-2.5e-05"
+    assert [short_value(v) for v in ("100", "(8,)", "@GradNormController()", "'relu'")] == [
+        "100", "(8,)", "GradNormController", "relu"
+    ]  # fmt: skip
