@@ -43,11 +43,13 @@ def machine() -> str:
         memory = f", {kb / 2**20:.0f} GB"
     except (OSError, StopIteration, ValueError, IndexError):
         pass
-    return f"{model}, {os.cpu_count()} logical cores{memory}"
+    return (
+        f"{model}, {os.cpu_count()} logical cores{memory}; {platform.system()} {platform.release()}"
+    )
 
 
 def versions() -> str:
-    names = ("tensorflow", "keras", "optuna")
+    names = ("tensorflow", "keras", "tensorboard", "optuna")
     found = [f"{n} {importlib.metadata.version(n)}" for n in names]
     return f"Python {platform.python_version()}, " + ", ".join(found)
 
@@ -200,6 +202,8 @@ def write_page(
     loads = " / ".join(f"{a:.2f}, {b:.2f}" for a, b in zip(load[0], load[1], strict=True))
     lines = [
         "# Worked study: my rule against tuned warmup-cosine and Prodigy on MNIST-1D",
+        "",
+        "<!-- Written by `python tools/worked_study.py`; re-run it to refresh this page. -->",
         "",
         *([f"**{note}**", ""] if note else []),
         f"Written by `{command}` ([the guide]({GUIDE}) explains every step). "
