@@ -72,13 +72,13 @@ class Budget:
 
 
 SIZING = (
-    "sized from a medium run (`--medium`, 2026-12-07, on this machine shared with two "
-    "other jobs): 38 runs of 800 batches took 317 s of training commands, 8.4 s a run, at "
-    "a load average of about 4 on 2 cores; one 1,000-batch MNIST-1D MLP run alone takes "
-    "3.5 s in its process (1.4 s of it the first, tracing call; ~600 batches/s after). "
-    "The full budget, 33 + 2 x 10 + 9 = 62 runs of 2,000 batches, is then ~1.5 s + "
-    "2,000 / 600 s = ~5 s a run alone, ~5-6 min on a quiet machine, ~13 min at the medium "
-    "run's load (x 2.4), plus ~5 s of start-up for each of the 6 commands: under 20 min"
+    "sized from `--medium` runs on this 2-core machine (2026-12-07): 38 runs of 800 "
+    "batches took 182 s of training commands (4.8 s a run) at a load average of about "
+    "1.2, and 317 s (8.4 s a run) at about 4, with other jobs running; a lone 1,000-batch "
+    "run trains at ~600 batches/s after a 1.4 s first (tracing) call. So a run costs "
+    "~3.5 s + batches / 600 s; the full budget, 33 + 2 x 10 + 9 = 62 runs of 2,000 "
+    "batches, ~6.8 s a run, is ~7 min of training on a quiet machine plus ~1 min for the "
+    "6 commands' start-up and the compares, and ~14 min at a load of 4: under 20 min"
 )
 FULL = Budget(2000, 250, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), (0, 1, 2), 10, 2, (1, 2, 3), 100)
 MEDIUM = Budget(800, 200, (1e-3, 1e-2, 1e-1), (0, 1, 2), 4, 2, (1, 2, 3), 100)
