@@ -73,11 +73,11 @@ GIN = textwrap.dedent(
     Trainer.loss = @log_cosh
     Trainer.metrics = ['mae']
     Trainer.batch_size = 32
-    Trainer.steps = 1500
+    Trainer.steps = 750
     Trainer.steps_per_loop = 10
     Trainer.log_every = 100
-    Trainer.eval_every = 250
-    Trainer.checkpoint_every = 500
+    Trainer.eval_every = 125
+    Trainer.checkpoint_every = 250
     Trainer.histogram_every = 0
     Trainer.deterministic = True
     Trainer.controller = @GradNormController()
@@ -107,18 +107,18 @@ def train(folder, *flags, popen=False):
 
 @pytest.fixture(scope="module")
 def runs(workspace):
-    """The run whole (`full`); killed at step 700 and resumed (`cut`); and trained again
+    """The run whole (`full`); killed at step 350 and resumed (`cut`); and trained again
     from `full`'s config.gin (`again`). Two at a time (2 cores; deterministic runs)."""
     whole = start_cli("train", "--logdir=runs", "--gin_file=experiment.gin", "--run_name=full",
                       cwd=workspace, stderr=subprocess.PIPE)  # fmt: skip
-    kill_at_step(train(workspace, "--gin_file=experiment.gin", "--run_name=cut", popen=True), 700)
+    kill_at_step(train(workspace, "--gin_file=experiment.gin", "--run_name=cut", popen=True), 350)
     full = finish(whole)
     assert full.returncode == 0, full.stderr
     again = start_cli("train", "--logdir=runs", "--gin_file=runs/full/config.gin",
                       "--run_name=again", cwd=workspace, stderr=subprocess.PIPE)  # fmt: skip
     resumed = train(workspace, "--gin_file=experiment.gin", "--run_name=cut", "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert "(resumed at step 500)" in resumed.stdout
+    assert "(resumed at step 250)" in resumed.stdout
     again = finish(again)
     assert again.returncode == 0, again.stderr
     return {name: Events(workspace / "runs" / name) for name in ("full", "cut", "again")}
@@ -129,7 +129,7 @@ def runs(workspace):
 def test_every_batch_tag_has_one_point_per_batch(runs):
     events = runs["full"]
     for tag in (*BATCH_TAGS, "guard/skipped", "guard/lr_rejected", "controller/low_norm"):
-        assert len(events.scalar(tag)) == 1500, tag
+        assert len(events.scalar(tag)) == 750, tag
     assert {"eval/loss", "eval/mae"} <= events.tags
     assert len(events.values("eval/mae")) == 6
     loss = events.scalar("loss/batch")
