@@ -126,11 +126,17 @@ def _lines(
                 continue
             rest = tuple((b, bound.get(b)) for b in swept if b != binding)
             at.setdefault(rest, {}).setdefault(value, []).append(i)
+        # The label names only the other swept bindings that tell this strategy's lines
+        # apart (a binding with one value here, e.g. the init_lr a method's file sets,
+        # says nothing).
+        differing = {b for b, _ in next(iter(at), ())} if len(at) > 1 else set()
+        differing = {b for b in differing if len({dict(r).get(b) for r in at}) > 1}
         for rest, by_value in at.items():
             if len(by_value) < 2:
                 continue
             values = sorted(by_value)
-            label = ", ".join([strategy.label, *(f"{b}={short_value(v)}" for b, v in rest if v)])
+            shown = [f"{b}={short_value(v)}" for b, v in rest if v and b in differing]
+            label = ", ".join([strategy.label, *shown])
             stats = [Stat.of([finals[i] for i in by_value[v]]) for v in values]
             lines.append(Curve(label, binding, values, stats, [by_value[v] for v in values]))
     return lines

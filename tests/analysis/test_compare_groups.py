@@ -410,3 +410,25 @@ def test_labels_show_a_drawn_float_with_four_significant_digits():
     assert [short_value(v) for v in ("100", "(8,)", "@GradNormController()", "'relu'")] == [
         "100", "(8,)", "GradNormController", "relu"
     ]  # fmt: skip
+
+
+def test_a_sensitivity_line_is_not_labelled_by_a_binding_it_holds_fixed():
+    """Cosine swept over base_lr with init_lr 0, and a parameter-free run binding another
+    init_lr (Prodigy's file): init_lr is 'swept' across the runs, yet the cosine line is
+    labelled by what tells its own lines apart, nothing."""
+    from lrresearch.analysis import sensitivity
+    from lrresearch.analysis.bindings import RunConfig
+
+    cosine = [
+        RunConfig(f"c{lr}{seed}", {"W.base_lr": lr, "W.init_lr": "0.0", "Trainer.seed": seed})
+        for lr in ("0.01", "0.1")
+        for seed in ("0", "1")
+    ]
+    prodigy = [RunConfig("p", {"W.base_lr": "1.0", "W.init_lr": "1e-06", "O.d0": "1e-06"})]
+    configs = cosine + prodigy
+    swept = sensitivity.swept_lr_bindings(configs)
+    assert swept == ["W.base_lr", "W.init_lr"]
+    lines = sensitivity.curves(configs, [0.5, 0.6, 0.7, 0.8, 0.4], swept)
+    (cosine_line,) = [c for c in lines if c.binding == "W.base_lr" and len(c.values) == 2]
+    assert "init_lr" not in cosine_line.strategy
+    np.testing.assert_allclose([s.mean for s in cosine_line.stats], [0.55, 0.75])
