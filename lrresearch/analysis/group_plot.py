@@ -29,7 +29,11 @@ PANELS = (
 
 @dataclasses.dataclass(frozen=True)
 class Band:
-    """One group's curve in one panel: x, mean and std (NaN for n = 1) over `n` runs."""
+    """One group's curve in one panel over `n` runs: x, mean and std (NaN for n = 1).
+
+    On a log panel (LR, gradient norm) `mean` is the geometric mean and `std` the std
+    of the natural log, so the band `low..high` is mean / exp(std) .. mean * exp(std) and stays
+    positive; elsewhere mean ± std."""
 
     panel: str
     label: str
@@ -38,6 +42,15 @@ class Band:
     mean: np.ndarray
     std: np.ndarray
     n: int
+    log: bool = False
+
+    @property
+    def low(self) -> np.ndarray:
+        return self.mean / np.exp(self.std) if self.log else self.mean - self.std
+
+    @property
+    def high(self) -> np.ndarray:
+        return self.mean * np.exp(self.std) if self.log else self.mean + self.std
 
 
 def mean_band(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -60,15 +73,20 @@ def group_bands(
 ) -> list[Band]:
     """Every group's `Band` in every panel whose tag all its runs have."""
     bands = []
-    for tag, _, _, smoothed in panels:
+    for tag, _, log, smoothed in panels:
         for index, group in enumerate(groups):
             series = [_series(data[i], tag) for i in group.members]
             if any(s is None or not len(s.steps) for s in series):
                 continue
             xs = [xaxes[i].of(s) for i, s in zip(group.members, series, strict=True)]
             ys = [smooth(s.values) if smoothed else s.values for s in series]
-            x, mean, std = mean_band(xs, ys)
-            bands.append(Band(tag, group.label, index, x, mean, std, len(series)))
+            if log:  # a log axis: the mean and std of the log (values > 0 there)
+                tiny = np.finfo(np.float64).tiny
+                x, mean, std = mean_band(xs, [np.log(np.maximum(y, tiny)) for y in ys])
+                mean = np.exp(mean)
+            else:
+                x, mean, std = mean_band(xs, ys)
+            bands.append(Band(tag, group.label, index, x, mean, std, len(series), log))
     return bands
 
 
@@ -103,16 +121,17 @@ def plot_groups(
             legend = f"{band.label} (n={band.n})"
             ax.plot(band.x, band.mean, color=colour, linewidth=1.2, label=legend)
             if band.n > 1:
-                ax.fill_between(
-                    band.x, band.mean - band.std, band.mean + band.std, color=colour, alpha=0.2
-                )
+                ax.fill_between(band.x, band.low, band.high, color=colour, alpha=0.2)
         ax.set_ylabel(label)
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel(x_label)
     axes[0].legend(fontsize=7, loc="best")
-    axes[0].set_title("lrresearch groups compared: mean ± sample std (ddof=1) over seeds")
+    axes[0].set_title(
+        "lrresearch groups compared: mean ± sample std (ddof=1) over seeds "
+        "(log panels: geometric mean, band times or divided by exp(std of log))"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -432,3 +432,22 @@ def test_a_sensitivity_line_is_not_labelled_by_a_binding_it_holds_fixed():
     (cosine_line,) = [c for c in lines if c.binding == "W.base_lr" and len(c.values) == 2]
     assert "init_lr" not in cosine_line.strategy
     np.testing.assert_allclose([s.mean for s in cosine_line.stats], [0.55, 0.75])
+
+
+def test_a_log_panels_band_is_the_geometric_mean_and_stays_positive():
+    from lrresearch.analysis import group_plot
+    from lrresearch.analysis.curves import Series
+    from lrresearch.analysis.groups import Group
+
+    steps = np.arange(4)
+    norms = [np.array([1.0, 0.01, 2.0, 1e-4]), np.array([1.0, 1.0, 0.5, 1.0])]
+    data = [{"grad/global_norm": Series(steps, v, steps.astype(float))} for v in norms]
+    group = Group(label="g", members=[0, 1], bindings={})
+    xaxes = [type("X", (), {"of": staticmethod(lambda s: s.steps.astype(float))})()] * 2
+    panel = ("grad/global_norm", "norm", True, False)
+    (band,) = group_plot.group_bands([group], data, xaxes, [panel])
+    logs = np.log(np.stack(norms))
+    np.testing.assert_allclose(band.mean, np.exp(logs.mean(0)), rtol=1e-12)
+    np.testing.assert_allclose(band.std, logs.std(0, ddof=1), rtol=1e-12)
+    assert (band.low > 0).all() and (band.low <= band.mean).all() and (band.high >= band.mean).all()
+    assert (np.stack(norms).mean(0) - np.stack(norms).std(0, ddof=1) < 0).any()  # mean - std would
