@@ -80,10 +80,12 @@ def group_bands(
                 continue
             xs = [xaxes[i].of(s) for i, s in zip(group.members, series, strict=True)]
             ys = [smooth(s.values) if smoothed else s.values for s in series]
-            if log:  # a log axis: the mean and std of the log (values > 0 there)
+            if log:  # a log axis: the mean and std of the log, where every run is > 0
                 tiny = np.finfo(np.float64).tiny
                 x, mean, std = mean_band(xs, [np.log(np.maximum(y, tiny)) for y in ys])
-                mean = np.exp(mean)
+                _, positive, _ = mean_band(xs, [(y > 0).astype(np.float64) for y in ys])
+                mean = np.where(positive == 1.0, np.exp(mean), np.nan)  # NaN: not drawn
+                std = np.where(positive == 1.0, std, np.nan)
             else:
                 x, mean, std = mean_band(xs, ys)
             bands.append(Band(tag, group.label, index, x, mean, std, len(series), log))
@@ -129,8 +131,8 @@ def plot_groups(
     axes[-1].set_xlabel(x_label)
     axes[0].legend(fontsize=7, loc="best")
     axes[0].set_title(
-        "lrresearch groups compared: mean ± sample std (ddof=1) over seeds "
-        "(log panels: geometric mean, band times or divided by exp(std of log))"
+        "groups: mean ± sample std (ddof=1) over seeds; log panels: geometric mean",
+        fontsize=10,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -451,3 +451,7 @@ def test_a_log_panels_band_is_the_geometric_mean_and_stays_positive():
     np.testing.assert_allclose(band.std, logs.std(0, ddof=1), rtol=1e-12)
     assert (band.low > 0).all() and (band.low <= band.mean).all() and (band.high >= band.mean).all()
     assert (np.stack(norms).mean(0) - np.stack(norms).std(0, ddof=1) < 0).any()  # mean - std would
+    # An LR of exactly 0 (a warmup from init_lr = 0) has no log: not drawn, not a 1e-308.
+    data[0]["grad/global_norm"] = Series(steps, np.array([0.0, 1.0, 1.0, 1.0]), steps * 1.0)
+    (band,) = group_plot.group_bands([group], data, xaxes, [panel])
+    assert np.isnan(band.mean[0]) and np.isfinite(band.mean[1:]).all()
