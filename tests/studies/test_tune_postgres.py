@@ -41,9 +41,9 @@ def wait_for(condition, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-def checkpointed_running_run(url: str, logdirs: dict) -> tuple[str, str] | None:
+def checkpointed_running_run(storage, logdirs: dict) -> tuple[str, str] | None:
     """`(machine, run)` of a RUNNING trial whose run on that machine has a checkpoint."""
-    study = optuna.load_study(study_name=STUDY, storage=url)
+    study = optuna.load_study(study_name=STUDY, storage=storage)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         run = trial.user_attrs.get("run")
         for machine, logdir in logdirs.items():
@@ -80,19 +80,22 @@ def shared_study(tmp_path_factory) -> Shared:
     flags = [f"--gin_param={p}" for p in PARAMS]
     processes = {}
     with postgres_server() as url:
+        # One storage, one connection pool, for all the polling: a URL per call opened
+        # an engine each time, and their idle connections filled max_connections.
+        storage = optuna.storages.RDBStorage(url)
         try:
             processes["a"] = start_cli(
                 "tune", f"--logdir={logdirs['a']}", f"--study_name={STUDY}",
                 f"--storage={url}", *flags, f"--search={SEARCH}", f"--trials={TRIALS}",
                 "--sampler=random", "--seed=0", "--heartbeat=1", stderr=subprocess.PIPE,
             )  # fmt: skip
-            wait_for(lambda: STUDY in optuna.get_all_study_names(storage=url))
+            wait_for(lambda: STUDY in optuna.get_all_study_names(storage=storage))
             processes["b"] = start_cli(
                 "tune", "--resume", f"--logdir={logdirs['b']}", f"--study_name={STUDY}",
                 f"--storage={url}", stderr=subprocess.PIPE,
             )  # fmt: skip
             found = []  # a's first trial, past its first checkpoint, not finished
-            wait_for(lambda: found.append(checkpointed_running_run(url, logdirs)) or found[-1])
+            wait_for(lambda: found.append(checkpointed_running_run(storage, logdirs)) or found[-1])
             machine, run = found[-1]
             processes[machine].send_signal(signal.SIGKILL)
             processes[machine].wait(timeout=60)
@@ -102,7 +105,8 @@ def shared_study(tmp_path_factory) -> Shared:
             for process in processes.values():
                 process.kill()
                 process.wait(timeout=60)
-        trials = optuna.load_study(study_name=STUDY, storage=url).trials
+        trials = optuna.load_study(study_name=STUDY, storage=storage).trials
+        storage.engine.dispose()
     return Shared(trials, logdirs, machine, run, survivor)
 
 
