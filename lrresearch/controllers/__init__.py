@@ -14,6 +14,7 @@ from lrresearch.controllers.compose import (
     Product,
     Warmup,
 )
+from lrresearch.controllers.follow_lr import DecayFollowsLR
 from lrresearch.controllers.parameter_free import (
     DAdaptSGDController,
     DoGController,
@@ -47,6 +48,7 @@ __all__ = [
     "CyclicController",
     "CyclicalController",
     "DAdaptSGDController",
+    "DecayFollowsLR",
     "DoGController",
     "DoWGController",
     "GradNormController",
