@@ -128,11 +128,15 @@ def _train(params: tuple[str, ...], seed: int, logdir: str) -> Outcome:
     )
 
 
+def window_mean(norm: np.ndarray, start: float, end: float) -> float:
+    """The mean of `norm` over the batches from fraction `start` to `end` of the run."""
+    n = len(norm)
+    return float(np.mean(norm[int(start * n) : int(end * n)]))
+
+
 def rise(norm: np.ndarray, last: float = 0.05) -> float:
     """`mean(norm over the last `last` of the batches) / mean(norm over 75-80%)`."""
-    n = len(norm)
-    reference = norm[int(0.75 * n) : int(0.80 * n)]
-    return float(np.mean(norm[int((1 - last) * n) :]) / np.mean(reference))
+    return window_mean(norm, 1 - last, 1.0) / window_mean(norm, 0.75, 0.80)
 
 
 def mean_std(values: Sequence[float], digits: int = 3) -> str:
@@ -201,16 +205,19 @@ def report(results: dict[str, list[Outcome]], seeds: Sequence[int]) -> None:
     """The table and what it shows."""
     emit(
         "| arm | rise: last 5% / 75-80% | last 20% / 75-80% | per seed (last 5%) | "
-        "final eval/accuracy | s per run |"
+        "norm at 75-80% | norm over the last 5% | final eval/accuracy | s per run |"
     )
-    emit("|---|---:|---:|---|---:|---:|")
-    rises = {}
+    emit("|---|---:|---:|---|---:|---:|---:|---:|")
+    rises, ends = {}, {}
     for label, outcomes in results.items():
         rises[label] = [rise(o.norm) for o in outcomes]
+        ends[label] = [window_mean(o.norm, 0.95, 1.0) for o in outcomes]
+        middles = [window_mean(o.norm, 0.75, 0.80) for o in outcomes]
         last20 = [rise(o.norm, 0.20) for o in outcomes]
         per_seed = ", ".join(f"{r:.2f}" for r in rises[label])
         emit(
             f"| {label} | {mean_std(rises[label], 2)} | {mean_std(last20, 2)} | {per_seed} | "
+            f"{mean_std(middles, 4)} | {mean_std(ends[label], 4)} | "
             f"{mean_std([o.accuracy for o in outcomes])} | "
             f"{np.mean([o.seconds for o in outcomes]):.0f} |"
         )
@@ -239,8 +246,9 @@ def report(results: dict[str, list[Outcome]], seeds: Sequence[int]) -> None:
         emit(
             f"- {label}: {np.mean(values):.2f}x, above 1 in {sum(v > 1.0 for v in values)} "
             f"of {len(values)} seeds, lower than the constant arm's in {lower} of "
-            f"{len(values)} seeds (same seed); final accuracy "
-            f"{accuracy[label] - accuracy['constant']:+.3f} against the constant arm."
+            f"{len(values)} seeds (same seed); its norm over the last 5% is "
+            f"{np.mean(ends[label]) / np.mean(ends['constant']):.2f}x the constant arm's; "
+            f"final accuracy {accuracy[label] - accuracy['constant']:+.3f} against it."
         )
 
 

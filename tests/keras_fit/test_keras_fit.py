@@ -393,6 +393,7 @@ def every_controller() -> list[c.Controller]:
         c.CyclicController(0.01, 0.2, step_size_up=2, step_size_down=3, mode="triangular2"),
         c.CyclicalController(0.02, 0.2, cycle_length=5, nudge_below_loss=2.5, nudge_factor=1.5),
         c.DAdaptSGDController(c=0.9, d0=1e-3, growth_rate=1.5),
+        c.DecayFollowsLR(c.PolyakController(max_lr=2.0), weight_decay=0.01, power=2.0),
         c.DoGController(reps_rel=1e-4, c=0.9),
         c.DoWGController(init_estim_sq_dist=1e-2),
         c.GradNormController(base_lr=0.2, slope=0.1),
