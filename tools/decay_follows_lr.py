@@ -281,11 +281,12 @@ def main() -> None:
         return
     from measured_page import write_page
 
-    plot(results, os.path.join(os.path.dirname(os.path.dirname(__file__)), FIGURE))
     emit()
     emit(f"![grad/global_norm and the weight decay per arm]({os.path.basename(FIGURE)})")
     title = "Weight decay that follows the LR: does the gradient norm still rise at the end?"
+    # The page first: it records the commit, which the new figure would mark as dirty.
     print(write_page(PAGE, title, "\n".join(LINES), time.perf_counter() - start))
+    plot(results, os.path.join(os.path.dirname(os.path.dirname(__file__)), FIGURE))
 
 
 if __name__ == "__main__":
