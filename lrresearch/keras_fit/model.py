@@ -264,7 +264,8 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
             raise ValueError(
                 f"ControlledModel: the controller sets the optimizer's "
                 f"{sorted(self.controller.optimizer_hyperparameters)} every batch, which "
-                f"only `lrresearch train` supports so far; set cycle_momentum=False"
+                f"only `lrresearch train` supports so far; set cycle_momentum=False, or "
+                f"unwrap DecayFollowsLR (a constant weight_decay on the optimizer)"
             )
         self.controller.check_optimizer(self.optimizer)
         for message in self.controller.run_warnings(None):

@@ -240,3 +240,11 @@ def test_the_trainer_logs_the_decay_it_applies_every_batch(tmp_path):
     np.testing.assert_allclose(events.scalar("optimizer/weight_decay"), want, rtol=2**-23)
     assert len(lrs) == 12 and lrs[0] == 0.0 and max(lrs) == pytest.approx(0.01)
     assert all(f.experimental_get_tracing_count() == 1 for f in trainer.loops.values())
+
+
+def test_controlled_model_refuses_it_naming_the_fix():
+    from lrresearch.keras_fit import ControlledModel
+
+    model = ControlledModel(keras.Sequential([keras.layers.Dense(1)]), DecayFollowsLR(schedule()))
+    with pytest.raises(ValueError, match=r"\['weight_decay'\].*unwrap DecayFollowsLR"):
+        model.compile(optimizer=keras.optimizers.AdamW(0.1), loss="mse")
