@@ -114,6 +114,11 @@ CASES: dict[str, Factory] = {
     "MaxChange(CosineRestarts)": lambda: ctl.MaxChange(
         ctl.CosineRestartsController(base_lr=0.1, T_0=20), max_change_ratio=0.05
     ),
+    "DecayFollowsLR(Product(CosineCycle, LossNudgeFactor))": lambda: ctl.DecayFollowsLR(
+        ctl.Product(ctl.CosineCycleController(1e-3, 1e-2, 40), ctl.LossNudgeFactor(1.0, 1.5)),
+        weight_decay=0.05,
+        power=2,
+    ),  # the running max of the LR, a variable
     "Clamp(MaxChange(Product(Plateau, LossNudgeFactor)))": lambda: ctl.Clamp(
         ctl.MaxChange(
             ctl.Product(
