@@ -141,9 +141,10 @@ class PiecewiseConstantController(Controller):
 
     def compute(self, signals: Signals) -> ControllerOutput:
         t = tf.cast(signals.step, tf.int64)
-        boundaries = tf.constant(self.boundaries, tf.int64)
+        # `[..., None]`: a step of any shape (a vector of steps, in tests) broadcasts.
+        boundaries, t = tf.constant(self.boundaries, tf.int64), t[..., None]
         before = t > boundaries if self.at_boundary == "previous" else t >= boundaries
-        piece = tf.reduce_sum(tf.cast(before, tf.int32))
+        piece = tf.reduce_sum(tf.cast(before, tf.int32), axis=-1)
         lr = tf.gather(tf.constant(self.values, tf.float64), piece)
         return ControllerOutput(tf.cast(lr, tf.float32), {"piece": tf.cast(piece, tf.float32)})
 
@@ -267,7 +268,7 @@ class MultiStepController(Controller):
 
     def compute(self, signals: Signals) -> ControllerOutput:
         t = tf.cast(signals.step, tf.int64)
-        passed = tf.cast(t >= tf.constant(self.milestones, tf.int64), tf.float64)
-        decays = tf.reduce_sum(passed)
+        passed = tf.cast(t[..., None] >= tf.constant(self.milestones, tf.int64), tf.float64)
+        decays = tf.reduce_sum(passed, axis=-1)  # a step of any shape broadcasts
         lr = self.base_lr * tf.pow(tf.constant(self.gamma, tf.float64), decays)
         return ControllerOutput(tf.cast(lr, tf.float32), {"decays": tf.cast(decays, tf.float32)})
