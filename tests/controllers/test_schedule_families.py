@@ -12,6 +12,8 @@ settings.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from lrresearch.controllers import (
     StepController,
 )
 from lrresearch.controllers.signals import make_signals
+from tests.support import REPO
 
 # One float32 rounding of the float64 value, and a little for the float64 roundings in
 # which ours and the transcription differ (a recursive product: ~1e-13 relative).
@@ -348,3 +351,17 @@ def test_all_families_run_in_one_traced_function_without_retracing_or_host_calls
 def test_bad_arguments_name_the_binding(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.subprocess
+def test_the_reference_check_without_a_reference_says_how_to_get_it_in_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "tools/check_schedule_families_reference.py",
+         f"--jax_python={tmp_path}/none/bin/python"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == (
+        f"{tmp_path}/none/bin/python does not exist: a venv with jax and optax (pip install "
+        "optax), then pass its path (see --help)"
+    )
