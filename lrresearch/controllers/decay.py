@@ -187,7 +187,10 @@ class PolynomialDecayController(Controller):
         owner = "PolynomialDecayController"
         check_nonnegative(owner, initial_lr=initial_lr, end_lr=end_lr)
         if not (initial_lr > 0 or end_lr > 0):
-            raise ValueError(f"{owner}.initial_lr and {owner}.end_lr are both 0: no LR to train at")
+            raise ValueError(
+                f"{owner}.end_lr must be > 0 when {owner}.initial_lr is 0 (the LR would "
+                f"stay 0), got {end_lr!r}; raise one of them"
+            )
         if decay_steps is not None:
             check_int(owner, "decay_steps", decay_steps, 1)
         check_positive(owner, power=power)

@@ -32,7 +32,11 @@ def _check_batches(owner: str, name: str, values: object, minimum: int, strict: 
     if not isinstance(values, (list, tuple)) or not values:
         raise ValueError(f"{owner}.{name} must be a non-empty list of batches, got {values!r}")
     for i, value in enumerate(values):
-        check_int(owner, f"{name}[{i}]", value, minimum)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(
+                f"{owner}.{name} must be ints >= {minimum} (batches), got {list(values)!r} "
+                f"({name}[{i}] = {value!r})"
+            )
     for i, (low, high) in enumerate(itertools.pairwise(values)):
         if high < low or (strict and high == low):
             order = "increasing" if strict else "non-decreasing"
@@ -114,8 +118,14 @@ class PiecewiseConstantController(Controller):
                 f"{len(boundaries) + 1} LRs, got {values!r}"
             )
         for i, value in enumerate(values):
-            check_nonnegative(owner, **{f"values[{i}]": value})
-        check_positive(owner, **{"values[0]": values[0]})
+            check = check_positive if i == 0 else check_nonnegative
+            try:
+                check(owner, **{f"values[{i}]": value})
+            except ValueError as error:  # named by the binding, for the config's error
+                message = str(error).replace(f"{owner}.values[{i}]", f"values[{i}]")
+                raise ValueError(
+                    f"{owner}.values must be LRs, got {list(values)!r}: {message}"
+                ) from None
         if at_boundary not in AT_BOUNDARY:
             raise ValueError(
                 f"{owner}.at_boundary must be 'previous' (Keras) or 'next' (optax), "

@@ -331,7 +331,7 @@ def test_all_families_run_in_one_traced_function_without_retracing_or_host_calls
         (lambda: InverseSqrtController(linear_warmup=1), "InverseSqrtController.linear_warmup"),
         (lambda: PolynomialDecayController(decay_steps=0), "PolynomialDecayController.decay_steps"),
         (lambda: PolynomialDecayController(power=-1.0), "PolynomialDecayController.power"),
-        (lambda: PolynomialDecayController(0.0, end_lr=0.0), "PolynomialDecayController.initial"),
+        (lambda: PolynomialDecayController(0.0, end_lr=0.0), "PolynomialDecayController.end_lr"),
         (lambda: PolynomialDecayController(cycle="yes"), "PolynomialDecayController.cycle"),
         (lambda: ExponentialDecayController(decay_rate=0.0), "ExponentialDecayController.decay_r"),
         (lambda: ExponentialDecayController(staircase=1), "ExponentialDecayController.staircase"),
@@ -339,13 +339,19 @@ def test_all_families_run_in_one_traced_function_without_retracing_or_host_calls
         (lambda: InverseTimeDecayController(decay_steps=2.5), "InverseTimeDecayController.decay_"),
         (lambda: PiecewiseConstantController([20, 10], [1.0, 0.1, 0.01]), r"sort it: \[10, 20\]"),
         (lambda: PiecewiseConstantController([10], [1.0]), "PiecewiseConstantController.values"),
-        (lambda: PiecewiseConstantController([10], [1.0, -0.1]), r"values\[1\] must be >= 0"),
+        (
+            lambda: PiecewiseConstantController([10], [1.0, -0.1]),
+            r"values must be LRs, got \[1.0, -0.1\]: values\[1\] must be >= 0",
+        ),
         (lambda: PiecewiseConstantController(at_boundary="after"), "at_boundary must be"),
         (lambda: StepController(step_size=0), "StepController.step_size must be an int >= 1"),
         (lambda: StepController(gamma=0.0), "StepController.gamma must be > 0"),
         (lambda: MultiStepController(milestones=[30, 10]), "MultiStepController.milestones must"),
         (lambda: MultiStepController(milestones=[]), "MultiStepController.milestones must"),
-        (lambda: MultiStepController(milestones=[-1]), r"milestones\[0\] must be an int >= 0"),
+        (
+            lambda: MultiStepController(milestones=[-1]),
+            r"milestones must be ints >= 0 \(batches\), got \[-1\]",
+        ),
     ],
 )
 def test_bad_arguments_name_the_binding(make, message):
