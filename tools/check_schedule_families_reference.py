@@ -322,7 +322,11 @@ def main() -> int:
 INTRO = (
     "The schedule families against the references' own code, every batch from 0 to past "
     "the horizon (`tools/check_schedule_families_reference.py`; its docstring says how each "
-    "reference is run). Ours is the float32 LR the trainer applies; the references run in "
+    "reference is run). transformers does not import without regex, huggingface_hub and "
+    "more, nor t5x.utils without flax, seqio and orbax: their schedule functions are exec'd "
+    "from their own source files (transformers' wheel, t5x's repository at the commit named "
+    "below), and driven by torch's LambdaLR and jax. Ours is the float32 LR the trainer "
+    "applies; the references run in "
     "float64 (Keras with float64 arguments, optax with `jax_enable_x64`, PyTorch and "
     "transformers in Python floats), except t5x, which returns float32. One float32 rounding "
     'is 2^-24 = 5.96e-8 relative. "float32 unequal" counts the batches whose LR is not the '
