@@ -133,9 +133,9 @@ class PolynomialDecayController(Controller):
     For batch index `t` (0-based), with `s = max(t - transition_begin, 0)` and
     `T = decay_steps`: `lr = (initial_lr - end_lr) * (1 - p)**power + end_lr`, where
       * `p = min(s, T) / T` (after the decay the LR stays at `end_lr`), or
-      * with `cycle`, `p = s / (T * c)`, `c = ceil(s / T)` (1 at `s = 0`): each time the
-        decay ends (at `end_lr`) it starts again from `initial_lr` over a longer
-        span, `c * T` batches, as Keras does.
+      * with `cycle`, `p = s / (T * c)`, `c = ceil(s / T)` (1 at `s = 0`), as Keras
+        does: the LR reaches `end_lr` at every multiple of `T`, and the next batch
+        jumps back up onto a decay from `initial_lr` that ends one multiple later.
 
     From the references: Keras `PolynomialDecay(initial_learning_rate, decay_steps,
     end_learning_rate, power, cycle)` maps name for name (`initial_lr`, `decay_steps`,
@@ -151,7 +151,7 @@ class PolynomialDecayController(Controller):
         `fit`, where the run's length is unknown).
       end_lr: the LR at the end (>= 0; above `initial_lr` it rises, as a warmup).
       power: the polynomial's power (> 0; 1 is linear).
-      cycle: restart the decay from `initial_lr` over a longer span (Keras's `cycle`).
+      cycle: after each end, jump back up onto a longer decay (Keras's `cycle`).
       transition_begin: batches held at `initial_lr` before the decay starts (>= 0).
 
     Examples:
