@@ -14,6 +14,12 @@ from lrresearch.controllers.compose import (
     Product,
     Warmup,
 )
+from lrresearch.controllers.decay import (
+    ExponentialDecayController,
+    InverseSqrtController,
+    InverseTimeDecayController,
+    PolynomialDecayController,
+)
 from lrresearch.controllers.follow_lr import DecayFollowsLR
 from lrresearch.controllers.parameter_free import (
     DAdaptSGDController,
@@ -36,6 +42,11 @@ from lrresearch.controllers.seed import (
     GradNormController,
     LossTrendController,
 )
+from lrresearch.controllers.steps import (
+    MultiStepController,
+    PiecewiseConstantController,
+    StepController,
+)
 
 __all__ = [
     "Chain",
@@ -51,15 +62,22 @@ __all__ = [
     "DecayFollowsLR",
     "DoGController",
     "DoWGController",
+    "ExponentialDecayController",
     "GradNormController",
     "HypergradientController",
+    "InverseSqrtController",
+    "InverseTimeDecayController",
     "LossNudgeFactor",
     "LossTrendController",
     "MaxChange",
+    "MultiStepController",
     "OneCycleController",
+    "PiecewiseConstantController",
     "PlateauController",
     "PolyakController",
+    "PolynomialDecayController",
     "Product",
+    "StepController",
     "WSDController",
     "Warmup",
     "WarmupCosineController",

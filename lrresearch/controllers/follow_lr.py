@@ -11,6 +11,11 @@ from lrresearch.checks import check_nonnegative, check_positive
 from lrresearch.controllers.base import Controller, ControllerOutput
 from lrresearch.controllers.chain import Chain
 from lrresearch.controllers.compose import Clamp, MaxChange, Warmup, _Wrapper, check_controller
+from lrresearch.controllers.decay import (
+    ExponentialDecayController,
+    InverseTimeDecayController,
+    PolynomialDecayController,
+)
 from lrresearch.controllers.pytorch import (
     CosineRestartsController,
     CyclicController,
@@ -18,6 +23,11 @@ from lrresearch.controllers.pytorch import (
 )
 from lrresearch.controllers.schedules import ConstantController, WarmupCosineController
 from lrresearch.controllers.signals import Signals
+from lrresearch.controllers.steps import (
+    MultiStepController,
+    PiecewiseConstantController,
+    StepController,
+)
 from lrresearch.optimizers.weight_decay import weight_decay_attribute, weight_decay_value
 
 OWNER = "DecayFollowsLR"
@@ -31,9 +41,10 @@ def known_peak_lr(controller: Controller) -> float | None:
     rule of your own) gives that; the built-in schedules their peak argument
     (`ConstantController.lr`, `WarmupCosineController.base_lr`,
     `OneCycleController.max_lr`, `CyclicController.max_lr`,
-    `CosineRestartsController.base_lr`); `Warmup` and `MaxChange` their controller's
-    (they never raise it), `Clamp` the smaller of its controller's and its `max_lr`,
-    `Chain` the largest of its parts' when every part's is known.
+    `CosineRestartsController.base_lr`; the decay families' first LR, a growing one's
+    bound, `PiecewiseConstantController`'s largest value); `Warmup` and `MaxChange`
+    their controller's (they never raise it), `Clamp` the smaller of its controller's
+    and its `max_lr`, `Chain` the largest of its parts' when every part's is known.
     """
     stated = getattr(controller, "peak_lr", None)
     if isinstance(stated, (int, float)) and not isinstance(stated, bool):
@@ -46,6 +57,21 @@ def known_peak_lr(controller: Controller) -> float | None:
         return controller.max_lr
     if isinstance(controller, CosineRestartsController):
         return controller.base_lr
+    return _decay_family_peak(controller)
+
+
+def _decay_family_peak(controller: Controller) -> float | None:
+    """`known_peak_lr` of the decay families (`decay.py`, `steps.py`) and the wrappers."""
+    if isinstance(controller, (InverseTimeDecayController, PolynomialDecayController)):
+        return max(controller.initial_lr, getattr(controller, "end_lr", 0.0))
+    if isinstance(controller, ExponentialDecayController):
+        if controller.decay_rate <= 1:
+            return max(controller.initial_lr, controller.end_lr or 0.0)
+        return controller.end_lr  # a growing LR: its bound, if any
+    if isinstance(controller, PiecewiseConstantController):
+        return max(controller.values)
+    if isinstance(controller, (StepController, MultiStepController)):
+        return controller.initial_lr if controller.gamma <= 1 else None
     if isinstance(controller, (Warmup, MaxChange)):
         return known_peak_lr(controller.base)
     if isinstance(controller, Clamp):

@@ -15,7 +15,10 @@ from lrresearch.controllers import (
     Clamp,
     ConstantController,
     DecayFollowsLR,
+    ExponentialDecayController,
+    InverseSqrtController,
     LossNudgeFactor,
+    MultiStepController,
     OneCycleController,
     PolyakController,
     Product,
@@ -141,6 +144,10 @@ def test_known_peaks_of_the_built_ins_and_their_wrappers():
     assert known_peak_lr(Chain([ConstantController(0.1), schedule()], [5])) == 0.1
     assert known_peak_lr(Chain([PolyakController(), schedule()], [5])) is None
     assert known_peak_lr(nudged()) is None
+    assert known_peak_lr(InverseSqrtController(peak_lr=0.3)) == 0.3
+    assert known_peak_lr(ExponentialDecayController(0.2, decay_rate=0.5)) == 0.2
+    assert known_peak_lr(ExponentialDecayController(0.2, decay_rate=2.0)) is None
+    assert known_peak_lr(MultiStepController(0.4, milestones=[10], gamma=0.1)) == 0.4
 
 
 def test_the_running_max_is_a_variable_updated_in_graph():
