@@ -89,7 +89,9 @@ class DecayFollowsLR(_Wrapper):
     its LR: `weight_decay_t = weight_decay * (lr_t / reference_lr) ** power`.
 
     The LR, its diagnostics and any momentum the controller sets pass through
-    unchanged; the decay is logged as `optimizer/weight_decay`. What the decay does per
+    unchanged; the decay is logged as `optimizer/weight_decay`. It follows the LR of
+    the controller it wraps: make it the outermost wrapper (inside a `Warmup` or a
+    `Product` it would not see their factor). What the decay does per
     batch depends on what the optimizer multiplies it by. Keras 3 applies it decoupled,
     before the update: `w -= w * weight_decay_t * lr_t` (`_apply_weight_decay` in
     `keras/src/optimizers/base_optimizer.py`), so the EFFECTIVE per-step decay is
