@@ -2,7 +2,6 @@
 
 from lrresearch.controllers.adaptive import (
     HypergradientController,
-    PlateauController,
     PolyakController,
 )
 from lrresearch.controllers.base import Controller, ControllerOutput
@@ -19,6 +18,7 @@ from lrresearch.controllers.parameter_free import (
     DoGController,
     DoWGController,
 )
+from lrresearch.controllers.plateau import PlateauController
 from lrresearch.controllers.pytorch import (
     CosineRestartsController,
     CyclicController,

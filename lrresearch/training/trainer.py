@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch.controllers import Controller
+from lrresearch.controllers import Controller, evaluation
 from lrresearch.controllers.signals import MovingAverage
 from lrresearch.logs.rows import BlockWriter
 from lrresearch.optimizers import make_optimizer, whole_step
@@ -199,6 +199,11 @@ class Trainer(InnerLoop):
             self.optimizer.build(self.variables)
             self.averager = averaging.make(self.polynomial_averaging, self.model.variables)
         self.controller.check_optimizer(self.optimizer)
+        # A rule that watches eval/<name>: logged by this run? (an error names it if not)
+        evals = None if self.eval_dataset is None else evaluation.directions(self.metrics)
+        every = self.cadences.eval_every
+        before_end = (self.steps - 1) // every if every else 0
+        evaluation.bind(self.controller, evals or {}, evaluations=before_end)
         # Momentum / weight decay as variables, only if the controller sets them.
         self.hyperparameters = OptimizerHyperparameters(
             self.optimizer, self.controller.optimizer_hyperparameters
