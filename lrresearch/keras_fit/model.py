@@ -81,6 +81,7 @@ from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.controllers.signals import MovingAverage, Signals
 from lrresearch.keras_fit.eval_weights import EvalWeightsMixin
+from lrresearch.keras_fit.eval_monitor import EvalMonitorMixin
 from lrresearch.keras_fit.log import log_row
 from lrresearch.optimizers import whole_step
 from lrresearch.step import precision, random_state
@@ -97,7 +98,7 @@ from lrresearch.step.guard import NonFiniteGuard
 
 
 @keras.saving.register_keras_serializable(package="lrresearch")
-class ControlledModel(EvalWeightsMixin, keras.Model):
+class ControlledModel(EvalMonitorMixin, EvalWeightsMixin, keras.Model):
     """Wraps `model`; `fit` sets the LR every batch from `controller`, in-graph.
 
     Compile it with an optimizer whose `learning_rate` is a plain float (the controller

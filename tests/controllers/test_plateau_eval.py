@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from lrresearch.controllers import PlateauController, Warmup, evaluation
 from lrresearch.controllers.signals import make_signals
+from tests.support import keras_callback_lrs
 
 # Evaluation values with improvements, exact ties, gains below min_delta, NaN, and a
 # long flat tail so the LR reaches min_lr.
@@ -41,23 +42,6 @@ def keras_transcription(values, lr, mode, patience, factor, cooldown, min_delta,
                 lr = float(np.float32(max(lr * factor, min_lr)))  # the float32 variable
                 counter, wait = cooldown, 0
         out.append(lr)
-    return np.array(out, dtype=np.float32)
-
-
-def keras_callback_lrs(values, lr, mode, patience, factor, cooldown, min_delta, min_lr):
-    """Keras's own `ReduceLROnPlateau`, its `on_epoch_end` fed `val_metric` per epoch."""
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), loss="mse")
-    callback = keras.callbacks.ReduceLROnPlateau(
-        monitor="val_metric", factor=factor, patience=patience, mode=mode,
-        min_delta=min_delta, cooldown=cooldown, min_lr=min_lr,
-    )  # fmt: skip
-    callback.set_model(model)
-    callback.on_train_begin()
-    out = []
-    for epoch, value in enumerate(values):
-        callback.on_epoch_end(epoch, {"val_metric": value})
-        out.append(float(model.optimizer.learning_rate.numpy()))
     return np.array(out, dtype=np.float32)
 
 
