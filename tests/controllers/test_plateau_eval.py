@@ -45,10 +45,13 @@ def keras_transcription(values, lr, mode, patience, factor, cooldown, min_delta,
     return np.array(out, dtype=np.float32)
 
 
-def driven(controller, values, batches_between=2):
-    """Our controller in one traced step: each value handed over (host), then
-    `batches_between` batches; the LR and `reduced` of the batch after each value."""
-    step = tf.function(lambda: controller.compute(make_signals(0, 1.0)), autograph=False)
+def driven(controller, values, batches_between=2, jit=False):
+    """Our controller in one traced step (compiled by XLA with `jit`): each value handed
+    over (host), then `batches_between` batches; the LR and `reduced` of the batch after
+    each value."""
+    step = tf.function(
+        lambda: controller.compute(make_signals(0, 1.0)), autograph=False, jit_compile=jit
+    )
     lrs, reduced, later = [], [], []
     for value in values:
         evaluation.observe(controller, {"accuracy": value})
@@ -63,18 +66,18 @@ def driven(controller, values, batches_between=2):
     return np.array(lrs, dtype=np.float32), np.array(reduced)
 
 
-CASES = [  # mode, patience, factor, cooldown, min_delta, min_lr
-    ("max", 2, 0.5, 0, 1e-4, 0.0),
-    ("max", 1, 0.3, 2, 0.0, 0.01),
-    ("max", 0, 0.5, 1, 0.05, 0.02),
-    ("min", 3, 0.1, 0, 1e-4, 1e-3),
-    ("min", 1, 0.7, 3, 0.0, 0.0),
+CASES = [  # mode, patience, factor, cooldown, min_delta, min_lr, XLA
+    ("max", 2, 0.5, 0, 1e-4, 0.0, False),
+    ("max", 1, 0.3, 2, 0.0, 0.01, True),
+    ("max", 0, 0.5, 1, 0.05, 0.02, False),
+    ("min", 3, 0.1, 0, 1e-4, 1e-3, False),
+    ("min", 1, 0.7, 3, 0.0, 0.0, False),
 ]
 
 
-@pytest.mark.parametrize("mode,patience,factor,cooldown,min_delta,min_lr", CASES)
+@pytest.mark.parametrize("mode,patience,factor,cooldown,min_delta,min_lr,jit", CASES)
 def test_eval_plateau_matches_keras_reduce_lr_on_plateau(
-    mode, patience, factor, cooldown, min_delta, min_lr
+    mode, patience, factor, cooldown, min_delta, min_lr, jit
 ):
     values = RISING if mode == "max" else FALLING
     args = (0.1, mode, patience, factor, cooldown, min_delta, min_lr)
@@ -84,7 +87,7 @@ def test_eval_plateau_matches_keras_reduce_lr_on_plateau(
         initial_lr=0.1, monitor="eval/accuracy", mode=mode, patience=patience,
         factor=factor, cooldown=cooldown, min_delta=min_delta, min_lr=min_lr,
     )  # fmt: skip
-    lrs, reduced = driven(controller, values)
+    lrs, reduced = driven(controller, values, jit=jit)
     np.testing.assert_array_equal(lrs, want)
     assert want[-1] < 0.1  # it did cut
     before = np.concatenate([[np.float32(0.1)], want[:-1]])
