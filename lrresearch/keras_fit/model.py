@@ -80,8 +80,8 @@ import tensorflow as tf
 from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.controllers.signals import MovingAverage, Signals
-from lrresearch.keras_fit.eval_weights import EvalWeightsMixin
 from lrresearch.keras_fit.eval_monitor import EvalMonitorMixin
+from lrresearch.keras_fit.eval_weights import EvalWeightsMixin
 from lrresearch.keras_fit.log import log_row
 from lrresearch.optimizers import whole_step
 from lrresearch.step import precision, random_state

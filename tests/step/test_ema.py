@@ -139,6 +139,7 @@ def ema_runs(tmp_path_factory):
     """An XLA trainer with `EMA(num_updates)` stepped one batch at a time, its weights
     before training and after every batch; checkpointed at batch 10; a second trainer
     restored there and stepped as far."""
+
     def build():
         trainer = small_trainer(eval_every=1, **EMA_TRAINER)  # gin cleared: then bound
         gin.bind_parameter("EMA.decay", DECAY)
