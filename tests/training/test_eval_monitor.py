@@ -21,7 +21,7 @@ PLATEAU = dict(
 def trainer(**kwargs):
     args = dict(
         steps=STEPS, steps_per_loop=8, eval_every=EVAL_EVERY, checkpoint_every=STOP_AT,
-        deterministic=True, controller=PlateauController(**PLATEAU),
+        controller=PlateauController(**PLATEAU),
     )  # fmt: skip
     return small_trainer(**{**args, **kwargs})
 
