@@ -1,7 +1,7 @@
 """`Trainer.weight_averaging = 'ema'`: each warmup rule against a numpy transcription of
 its reference (Keras's `use_ema`, optax's `ema(debias=True)`, TF's
-`ExponentialMovingAverage(num_updates)`) over many steps, in-graph; Keras's own
-optimizer EMA; a trainer (under XLA) that evaluates and checkpoints the average and
+`ExponentialMovingAverage(num_updates)`) over many steps, in-graph under XLA; Keras's own
+optimizer EMA; a trainer that evaluates and checkpoints the average and
 resumes exactly; the bindings checked."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_each_warmup_matches_its_reference_over_many_steps(warmup):
     seed = tf.Variable(7, dtype=tf.int64)  # an integer state: copied, not averaged
     ema = EMA([weights, seed], decay=DECAY, warmup=warmup)
 
-    @tf.function(autograph=False)
+    @tf.function(autograph=False, jit_compile=True)  # in-graph, under XLA
     def step(x):
         weights.assign(x)
         seed.assign_add(1)
@@ -112,8 +112,7 @@ def test_polynomial_averaging_alone_still_means_polynomial():
 # -- in a trainer ---------------------------------------------------------------------
 
 EMA_TRAINER = dict(
-    steps=30, controller=ConstantController(0.3), steps_per_loop=1, jit_compile=True,
-    weight_averaging="ema",
+    steps=30, controller=ConstantController(0.3), steps_per_loop=1, weight_averaging="ema",
 )  # fmt: skip
 
 
@@ -136,7 +135,7 @@ def numpy_eval(params: list[np.ndarray], data) -> float:
 
 @pytest.fixture(scope="module")
 def ema_runs(tmp_path_factory):
-    """An XLA trainer with `EMA(num_updates)` stepped one batch at a time, its weights
+    """A trainer with `EMA(num_updates)` stepped one batch at a time, its weights
     before training and after every batch; checkpointed at batch 10; a second trainer
     restored there and stepped as far."""
 
