@@ -13,6 +13,12 @@ from lrresearch.controllers.compose import (
     Product,
     Warmup,
 )
+from lrresearch.controllers.decay import (
+    ExponentialDecayController,
+    InverseSqrtController,
+    InverseTimeDecayController,
+    PolynomialDecayController,
+)
 from lrresearch.controllers.parameter_free import (
     DAdaptSGDController,
     DoGController,
@@ -35,6 +41,11 @@ from lrresearch.controllers.seed import (
     GradNormController,
     LossTrendController,
 )
+from lrresearch.controllers.steps import (
+    MultiStepController,
+    PiecewiseConstantController,
+    StepController,
+)
 
 __all__ = [
     "Chain",
@@ -49,15 +60,22 @@ __all__ = [
     "DAdaptSGDController",
     "DoGController",
     "DoWGController",
+    "ExponentialDecayController",
     "GradNormController",
     "HypergradientController",
+    "InverseSqrtController",
+    "InverseTimeDecayController",
     "LossNudgeFactor",
     "LossTrendController",
     "MaxChange",
+    "MultiStepController",
     "OneCycleController",
+    "PiecewiseConstantController",
     "PlateauController",
     "PolyakController",
+    "PolynomialDecayController",
     "Product",
+    "StepController",
     "WSDController",
     "Warmup",
     "WarmupCosineController",

@@ -408,6 +408,13 @@ def every_controller() -> list[c.Controller]:
         c.Warmup(c.ConstantController(0.2), warmup_steps=4, shape="exponential"),
         c.WarmupCosineController(0.2, warmup_steps=2, decay_steps=6),
         c.WSDController(0.2, 2, 2, 3, "cosine", "1-sqrt", 0.1),
+        c.InverseSqrtController(0.2, 2, 3, True, 1e-3),
+        c.PolynomialDecayController(0.2, 2, 0.01, 2.0, True, 1),
+        c.ExponentialDecayController(0.2, 2, 0.5, True, 1, 0.05),
+        c.InverseTimeDecayController(0.2, 2, 0.5, True),
+        c.PiecewiseConstantController([1, 3], [0.2, 0.1, 0.05], "next"),
+        c.StepController(0.2, 2, 0.5),
+        c.MultiStepController(0.2, [1, 3, 3], 0.5),
     ]
 
 
