@@ -12,7 +12,7 @@ from lrresearch.controllers import PlateauController
 from lrresearch.training.outer_loop import StopRun, TrainingStopped
 from tests.support import read_events, small_trainer
 
-STEPS, EVAL_EVERY, STOP_AT = 48, 4, 24
+STEPS, EVAL_EVERY, STOP_AT = 32, 4, 24
 PLATEAU = dict(
     initial_lr=0.5, monitor="eval/loss", patience=1, cooldown=1, factor=0.5, min_delta=0.02
 )
