@@ -14,6 +14,7 @@ from lrresearch.controllers.compose import (
     Product,
     Warmup,
 )
+from lrresearch.controllers.keras_schedule import ScheduleController
 from lrresearch.controllers.parameter_free import (
     DAdaptSGDController,
     DoGController,
@@ -58,6 +59,7 @@ __all__ = [
     "PlateauController",
     "PolyakController",
     "Product",
+    "ScheduleController",
     "WSDController",
     "Warmup",
     "WarmupCosineController",
