@@ -185,7 +185,7 @@ def probe(schedule: Callable[[tf.Tensor], Any], dtype: tf.DType) -> float:
     traced = tf.function(call, autograph=False)
     try:
         concrete = traced.get_concrete_function(tf.TensorSpec([], dtype))
-    except Exception as error:  # noqa: BLE001  (the user's code: any error, explained)
+    except Exception as error:  # the user's code: any error, explained
         raise ValueError(_trace_message(what, dtype, error)) from None
     output = concrete.structured_outputs
     if not isinstance(output, tf.Tensor) or not (

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -106,6 +107,12 @@ CASES: dict[str, Factory] = {
             ctl.PolyakController(max_lr=0.5),
         ],
         boundaries=[50, 120],
+    ),
+    # A Keras schedule (its warmup branch is a `tf.cond`) run as a controller.
+    "ScheduleController": lambda: ctl.ScheduleController(
+        keras.optimizers.schedules.CosineDecay(
+            1e-3, 150, alpha=0.1, warmup_target=0.1, warmup_steps=30
+        )
     ),
     "Warmup(Polyak)": lambda: ctl.Warmup(ctl.PolyakController(max_lr=0.5), warmup_steps=40),
     "Clamp(LossTrend)": lambda: ctl.Clamp(
