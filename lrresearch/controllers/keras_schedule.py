@@ -50,22 +50,19 @@ class ScheduleController(Controller):
     `ScheduleController.schedule` and the fix.
 
     Args:
-      schedule: one of
-        * a `keras.optimizers.schedules.LearningRateSchedule` instance: Keras's
-          (`CosineDecay` with warmup, `ExponentialDecay`, `PiecewiseConstantDecay`,
-          `PolynomialDecay`, `InverseTimeDecay`, `CosineDecayRestarts`) or your own
-          subclass;
-        * in gin, `@keras.optimizers.schedules.CosineDecay()` (every Keras schedule is
-          registered under its Keras name) or your own `@gin.configurable` schedule
-          class from a module your gin file imports; a class without the `()` is built
-          with its bindings;
-        * a serialized schedule, `keras.optimizers.schedules.serialize(schedule)`'s
-          `{"class_name": ..., "config": ...}` (your own class registered with
-          `keras.saving.register_keras_serializable`, or imported before);
-        * a function of the step written with TF ops, e.g. optax-style
-          `lambda step: 0.1 * 0.5 ** tf.cast(step // 1000, tf.float32)`. It works
-          everywhere but cannot be saved in a config (`get_config` says so): under
-          `model.save`, use a schedule class.
+      schedule: a `keras.optimizers.schedules.LearningRateSchedule` instance, Keras's
+        (`CosineDecay` with warmup, `ExponentialDecay`, `PiecewiseConstantDecay`,
+        `PolynomialDecay`, `InverseTimeDecay`, `CosineDecayRestarts`) or your own
+        subclass; in gin, `@keras.optimizers.schedules.CosineDecay()` (every Keras
+        schedule is registered under its Keras name) or your own `@gin.configurable`
+        schedule class from a module your gin file imports (a class without the `()`
+        is built with its bindings); a serialized schedule,
+        `keras.optimizers.schedules.serialize(schedule)`'s `{"class_name": ...,
+        "config": ...}` (your own class registered with
+        `keras.saving.register_keras_serializable`, or imported before); or a function
+        of the step written with TF ops, e.g. optax-style `lambda step: 0.1 * 0.5 **
+        tf.cast(step // 1000, tf.float32)`, which runs everywhere but has no config to
+        save (`get_config` says so; under `model.save`, use a schedule class).
       step_dtype: the dtype of the step tensor passed: "int64" (Keras's, the default),
         "float32" or "float64" (for a function written for a float step).
 
