@@ -205,20 +205,24 @@ def probe(schedule: Callable[[tf.Tensor], Any], dtype: tf.DType) -> float:
 
 def _trace_message(what: str, dtype: tf.DType, error: Exception) -> str:
     """Why `what` could not be traced on a symbolic step, and the fix."""
-    hint = ""
+    fix = (
+        "write it with TF ops on the step (tf.where / tf.cond or keras.ops.where / "
+        "keras.ops.cond instead of a Python `if`; no .numpy() or float(step)), as Keras's "
+        "own schedules are"
+    )
     if isinstance(error, tf.errors.OperatorNotAllowedInGraphError):
-        hint = (
+        fix = (
             "it branches in Python on the step tensor (`if step < ...`), which cannot run "
-            "inside the compiled step; "
+            f"inside the compiled step; {fix}"
         )
     elif dtype.is_integer and isinstance(error, TypeError):
-        hint = f"pass {OWNER}.step_dtype = 'float32' if it computes with a float step, or "
+        fix = f"pass {OWNER}.step_dtype = 'float32' if it computes with a float step, or {fix}"
+    elif not isinstance(error, (TypeError, NotImplementedError)):
+        fix = "check the schedule's arguments; it must return the LR of the step it is given"
     return (
         f"{OWNER}.schedule = {what} cannot run inside the compiled step: called on a "
         f"symbolic {dtype.name} scalar step it raised {type(error).__name__}: "
-        f"{_first_line(error)}\n  Fix: {hint}write it with TF ops on the step (tf.where / "
-        f"tf.cond or keras.ops.where / keras.ops.cond instead of a Python `if`; no "
-        f".numpy() or float(step)), as Keras's own schedules are"
+        f"{_first_line(error)}\n  Fix: {fix}"
     )
 
 

@@ -338,3 +338,24 @@ def test_a_users_schedule_class_from_gin_trains_and_logs_its_lr(tmp_path, monkey
     assert "import user_halving_schedule" in config
     assert "ScheduleController.schedule = @HalvingAfterWarmup()" in config
     gin.clear_config()
+
+
+def test_a_bad_argument_of_a_keras_schedule_from_gin_names_its_binding(tmp_path):
+    from lrresearch.config import parse as config
+
+    gin_file = tmp_path / "bad.gin"
+    gin_file.write_text(
+        "Trainer.controller = @ScheduleController()\n"
+        "ScheduleController.schedule = @keras.optimizers.schedules.CosineDecay()\n"
+        "keras.optimizers.schedules.CosineDecay.initial_learning_rate = 0.1\n"
+        "keras.optimizers.schedules.CosineDecay.decay_steps = 0\n"
+    )
+    try:
+        config.parse([str(gin_file)], [])
+        with pytest.raises(ValueError) as caught:
+            gin.query_parameter("Trainer.controller").scoped_configurable_fn()
+    finally:
+        gin.clear_config()
+    text = config.explain_call_error(caught.value, [str(gin_file)], [])
+    assert text.startswith("keras.optimizers.schedules.CosineDecay.decay_steps: Argument")
+    assert f"bound at: {gin_file}:4" in text
