@@ -18,7 +18,7 @@ import gin
 import keras
 import tensorflow as tf
 
-from lrresearch.controllers.base import Controller, ControllerOutput
+from lrresearch.controllers.base import Controller, ControllerOutput, length_warning
 from lrresearch.controllers.signals import Signals
 
 OWNER = "ScheduleController"
@@ -41,7 +41,9 @@ class ScheduleController(Controller):
     Logging, the LR guard, composition (`Warmup`, `Product`, `Clamp`, `MaxChange`,
     `Chain`, where a part sees the step from its own start) and checkpoints are those
     of any controller; a schedule has no state to save. A batch the non-finite guard
-    skips still counts in `t` (Keras's own `iterations` would not advance).
+    skips still counts in `t` (Keras's own `iterations` would not advance). Its lengths
+    are the schedule's own; Keras's schedules that end (`CosineDecay`, `PolynomialDecay`
+    without `cycle`) warn before the run when they end before it or are cut by it.
 
     The schedule is traced once when the controller is built, on a symbolic scalar
     step and without AutoGraph, as the compiled loop runs it: a schedule that cannot
@@ -109,6 +111,30 @@ class ScheduleController(Controller):
         # `tf.Module` with variables would be checkpointed with the controller.
         self.schedule = as_schedule(schedule)
         self.initial_lr = probe(self.schedule, STEP_DTYPES[step_dtype])
+        self.run_span: tuple[int | None, str] = (None, "Trainer.steps")
+
+    def set_run_length(self, steps: int | None, span: str = "Trainer.steps") -> dict[str, int]:
+        """Records the run's length for `run_warnings`; a schedule's lengths are its
+        own arguments, so nothing follows it."""
+        self.run_span = (steps, span)
+        return {}
+
+    def run_warnings(self, steps: int | None) -> list[str]:
+        """For Keras's schedules with an end (`CosineDecay`, `PolynomialDecay` without
+        `cycle`): warns when it ends before the run or the run cuts it, as the
+        built-in schedules do."""
+        span, name = self.run_span if self.run_span[0] is not None else (steps, "Trainer.steps")
+        end = schedule_end(self.schedule)
+        if span is None or end is None:
+            return []
+        binding, length, warmup = end
+        dtype = STEP_DTYPES[self.step_dtype]
+        final, last = (float(self.schedule(tf.constant(t, dtype))) for t in (length, span - 1))
+        prefix = f"keras.optimizers.schedules.{type(self.schedule).__name__}"
+        fix = f"set {prefix}.decay_steps = {span - warmup}"
+        if span <= warmup:
+            fix = f"lower {prefix}.warmup_steps (the run ends inside the warmup)"
+        return length_warning(binding, length, span, name, f"LR {final:.3g}", last, fix)
 
     def get_config(self) -> dict[str, Any]:
         """The schedule serialized by Keras (`schedule_config`), the step dtype and the
@@ -127,6 +153,21 @@ class ScheduleController(Controller):
         step = tf.cast(signals.step, STEP_DTYPES[self.step_dtype])
         lr = tf.reshape(tf.cast(self.schedule(step), tf.float32), [])
         return ControllerOutput(lr, {})
+
+
+def schedule_end(schedule: Any) -> tuple[str, int, int] | None:
+    """(the bindings that sum to its length, the length in batches, the warmup in it)
+    for a Keras schedule that ends; None for one that does not, or is not Keras's."""
+    prefix = f"keras.optimizers.schedules.{type(schedule).__name__}"
+    if isinstance(schedule, keras.optimizers.schedules.CosineDecay):
+        decay = int(schedule.decay_steps)
+        if schedule.warmup_target is None:
+            return f"{prefix}.decay_steps", decay, 0
+        warmup = int(schedule.warmup_steps)
+        return f"{prefix}.warmup_steps + decay_steps", warmup + decay, warmup
+    if isinstance(schedule, keras.optimizers.schedules.PolynomialDecay) and not schedule.cycle:
+        return f"{prefix}.decay_steps", int(schedule.decay_steps), 0
+    return None
 
 
 def as_schedule(value: Any) -> Callable[[tf.Tensor], Any]:

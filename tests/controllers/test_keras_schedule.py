@@ -359,3 +359,25 @@ def test_a_bad_argument_of_a_keras_schedule_from_gin_names_its_binding(tmp_path)
     text = config.explain_call_error(caught.value, [str(gin_file)], [])
     assert text.startswith("keras.optimizers.schedules.CosineDecay.decay_steps: Argument")
     assert f"bound at: {gin_file}:4" in text
+
+
+def test_a_keras_schedule_that_ends_warns_when_the_run_outlasts_or_cuts_it():
+    warm_cosine = ctl.ScheduleController(
+        S.CosineDecay(0.0, 1900, warmup_target=0.1, warmup_steps=100)
+    )
+    assert warm_cosine.run_warnings(2000) == []
+    [longer] = warm_cosine.run_warnings(3000)
+    assert "warmup_steps + decay_steps = 2000 ends before Trainer.steps = 3000" in longer
+    assert longer.endswith("set keras.optimizers.schedules.CosineDecay.decay_steps = 2900")
+    [inside_warmup] = warm_cosine.run_warnings(40)
+    assert "cut by Trainer.steps = 40" in inside_warmup and "at LR 0.039" in inside_warmup
+    assert "lower keras.optimizers.schedules.CosineDecay.warmup_steps" in inside_warmup
+    [cut] = ctl.ScheduleController(S.PolynomialDecay(0.1, 100)).run_warnings(50)
+    assert cut.endswith("set keras.optimizers.schedules.PolynomialDecay.decay_steps = 50")
+    # Inside a Chain the span is the part's own.
+    chain = ctl.Chain([ctl.ConstantController(0.1), warm_cosine], [100])
+    chain.set_run_length(2100)
+    assert chain.run_warnings(2100) == []
+    # Schedules without an end, and ControlledModel's unknown length, never warn.
+    assert ctl.ScheduleController(S.ExponentialDecay(0.1, 10, 0.5)).run_warnings(5) == []
+    assert ctl.ScheduleController(S.CosineDecay(0.1, 10)).run_warnings(None) == []
