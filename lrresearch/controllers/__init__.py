@@ -19,6 +19,7 @@ from lrresearch.controllers.decay import (
     InverseTimeDecayController,
     PolynomialDecayController,
 )
+from lrresearch.controllers.keras_schedule import ScheduleController
 from lrresearch.controllers.parameter_free import (
     DAdaptSGDController,
     DoGController,
@@ -75,6 +76,7 @@ __all__ = [
     "PolyakController",
     "PolynomialDecayController",
     "Product",
+    "ScheduleController",
     "StepController",
     "WSDController",
     "Warmup",
