@@ -2,7 +2,6 @@
 
 from lrresearch.controllers.adaptive import (
     HypergradientController,
-    PlateauController,
     PolyakController,
 )
 from lrresearch.controllers.base import Controller, ControllerOutput
@@ -21,11 +20,13 @@ from lrresearch.controllers.decay import (
     PolynomialDecayController,
 )
 from lrresearch.controllers.follow_lr import DecayFollowsLR
+from lrresearch.controllers.keras_schedule import ScheduleController
 from lrresearch.controllers.parameter_free import (
     DAdaptSGDController,
     DoGController,
     DoWGController,
 )
+from lrresearch.controllers.plateau import PlateauController
 from lrresearch.controllers.pytorch import (
     CosineRestartsController,
     CyclicController,
@@ -77,6 +78,7 @@ __all__ = [
     "PolyakController",
     "PolynomialDecayController",
     "Product",
+    "ScheduleController",
     "StepController",
     "WSDController",
     "Warmup",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -120,6 +121,12 @@ CASES: dict[str, Factory] = {
                 ctl.MultiStepController(0.1, [3, 9, 9], 0.5),
             ],
             boundaries=[40, 60, 80, 100, 120, 140],
+        )
+    ),
+    # A Keras schedule (its warmup branch is a `tf.cond`) run as a controller.
+    "ScheduleController": lambda: ctl.ScheduleController(
+        keras.optimizers.schedules.CosineDecay(
+            1e-3, 150, alpha=0.1, warmup_target=0.1, warmup_steps=30
         )
     ),
     "Warmup(Polyak)": lambda: ctl.Warmup(ctl.PolyakController(max_lr=0.5), warmup_steps=40),

@@ -403,8 +403,12 @@ def every_controller() -> list[c.Controller]:
         c.MaxChange(c.OneCycleController(0.5, total_steps=8), max_change_ratio=0.1),
         c.OneCycleController(0.5, total_steps=10, three_phase=True),
         c.PlateauController(initial_lr=0.2, monitor="loss", patience=1, factor=0.5),
+        c.PlateauController(initial_lr=0.2, monitor="val_loss", patience=1, min_delta=0.1),
         c.PolyakController(c=0.3, max_lr=0.8),
         c.Product(c.ConstantController(0.1), c.LossNudgeFactor(2.5, 3.0)),
+        c.ScheduleController(
+            keras.optimizers.schedules.CosineDecay(0.2, 5, 0.1, warmup_target=0.3, warmup_steps=2)
+        ),
         c.Warmup(c.ConstantController(0.2), warmup_steps=4, shape="exponential"),
         c.WarmupCosineController(0.2, warmup_steps=2, decay_steps=6),
         c.WSDController(0.2, 2, 2, 3, "cosine", "1-sqrt", 0.1),
