@@ -16,6 +16,7 @@ from lrresearch.controllers.decay import (
     InverseTimeDecayController,
     PolynomialDecayController,
 )
+from lrresearch.controllers.keras_schedule import ScheduleController
 from lrresearch.controllers.pytorch import (
     CosineRestartsController,
     CyclicController,
@@ -42,7 +43,8 @@ def known_peak_lr(controller: Controller) -> float | None:
     (`ConstantController.lr`, `WarmupCosineController.base_lr`,
     `OneCycleController.max_lr`, `CyclicController.max_lr`,
     `CosineRestartsController.base_lr`; the decay families' first LR, a growing one's
-    bound, `PiecewiseConstantController`'s largest value); `Warmup` and `MaxChange`
+    bound, `PiecewiseConstantController`'s largest value; a `ScheduleController` of
+    one of Keras's own schedules, by its arguments); `Warmup` and `MaxChange`
     their controller's (they never raise it), `Clamp` the smaller of its controller's
     and its `max_lr`, `Chain` the largest of its parts' when every part's is known.
     """
@@ -72,6 +74,8 @@ def _decay_family_peak(controller: Controller) -> float | None:
         return max(controller.values)
     if isinstance(controller, (StepController, MultiStepController)):
         return controller.initial_lr if controller.gamma <= 1 else None
+    if isinstance(controller, ScheduleController):
+        return _keras_schedule_peak(controller.schedule)
     if isinstance(controller, (Warmup, MaxChange)):
         return known_peak_lr(controller.base)
     if isinstance(controller, Clamp):
@@ -80,6 +84,26 @@ def _decay_family_peak(controller: Controller) -> float | None:
     if isinstance(controller, Chain):
         peaks = [known_peak_lr(part) for part in controller.parts]
         return None if None in peaks else max(peaks)
+    return None
+
+
+def _keras_schedule_peak(schedule: object) -> float | None:
+    """The peak of one of Keras's own schedules, by its arguments (not of a subclass,
+    which may compute something else); None otherwise."""
+    schedules = keras.optimizers.schedules
+    kind = type(schedule)
+    first = getattr(schedule, "initial_learning_rate", None)
+    if kind is schedules.CosineDecay:
+        return max(float(first), float(schedule.warmup_target or 0.0))
+    if kind is schedules.CosineDecayRestarts:
+        return float(first) if schedule._m_mul <= 1 else None
+    if kind in (schedules.ExponentialDecay, schedules.InverseTimeDecay):
+        growing = kind is schedules.ExponentialDecay and schedule.decay_rate > 1
+        return None if growing else float(first)
+    if kind is schedules.PolynomialDecay:
+        return max(float(first), float(schedule.end_learning_rate))
+    if kind is schedules.PiecewiseConstantDecay:
+        return max(float(v) for v in schedule.values)
     return None
 
 

@@ -22,6 +22,7 @@ from lrresearch.controllers import (
     OneCycleController,
     PolyakController,
     Product,
+    ScheduleController,
     Warmup,
     WarmupCosineController,
     WSDController,
@@ -148,6 +149,17 @@ def test_known_peaks_of_the_built_ins_and_their_wrappers():
     assert known_peak_lr(ExponentialDecayController(0.2, decay_rate=0.5)) == 0.2
     assert known_peak_lr(ExponentialDecayController(0.2, decay_rate=2.0)) is None
     assert known_peak_lr(MultiStepController(0.4, milestones=[10], gamma=0.1)) == 0.4
+    schedules = keras.optimizers.schedules
+    warm = schedules.CosineDecay(0.0, 100, warmup_target=0.2, warmup_steps=10)
+    assert known_peak_lr(ScheduleController(warm)) == 0.2
+    assert (
+        known_peak_lr(ScheduleController(schedules.PiecewiseConstantDecay([5], [0.1, 0.3]))) == 0.3
+    )
+
+    class Own(schedules.ExponentialDecay):  # a subclass may compute anything
+        pass
+
+    assert known_peak_lr(ScheduleController(Own(0.1, 10, 0.5))) is None
 
 
 def test_the_running_max_is_a_variable_updated_in_graph():
