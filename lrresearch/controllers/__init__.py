@@ -35,6 +35,7 @@ from lrresearch.controllers.seed import (
     GradNormController,
     LossTrendController,
 )
+from lrresearch.controllers.timm import TimmCosineController
 
 __all__ = [
     "Chain",
@@ -58,6 +59,7 @@ __all__ = [
     "PlateauController",
     "PolyakController",
     "Product",
+    "TimmCosineController",
     "WSDController",
     "Warmup",
     "WarmupCosineController",
