@@ -24,6 +24,7 @@ FOLLOW_A_REFERENCE = {
     "OneCycleController",
     "PlateauController",
     "PolyakController",
+    "TimmCosineController",
     "Warmup",
     "WarmupCosineController",
 }

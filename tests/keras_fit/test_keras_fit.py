@@ -404,6 +404,7 @@ def every_controller() -> list[c.Controller]:
         c.PlateauController(initial_lr=0.2, monitor="loss", patience=1, factor=0.5),
         c.PolyakController(c=0.3, max_lr=0.8),
         c.Product(c.ConstantController(0.1), c.LossNudgeFactor(2.5, 3.0)),
+        c.TimmCosineController(0.2, 3, 0.01, 2.0, 0.5, 3, 1, noise_range_t=(2, 6), noise_seed=3),
         c.Warmup(c.ConstantController(0.2), warmup_steps=4, shape="exponential"),
         c.WarmupCosineController(0.2, warmup_steps=2, decay_steps=6),
         c.WSDController(0.2, 2, 2, 3, "cosine", "1-sqrt", 0.1),
