@@ -19,7 +19,7 @@ NOISE_TYPES = ("normal", "uniform")
 # Host-side tables, built once before the step is traced: the cycles' first steps
 # (cycle_mul != 1) and the noise of every batch of the noise window.
 MAX_CYCLES = 100_000
-MAX_NOISE_STEPS = 2_000_000  # float64: 16 MB, ~20 s of drawing at ~10 us a batch here
+MAX_NOISE_STEPS = 2_000_000  # float64: 16 MB; drawn at 20-45 us a batch here: 40-90 s
 _NO_HORIZON = 2**53  # steps beyond any run: cycles are tabled up to here when unknown
 
 
@@ -49,7 +49,8 @@ class TimmCosineController(Controller):
     reproduced on the host by `torch_random.py`, no torch needed), drawn for the whole
     window before the step is traced and read in-graph by step: the same numbers as
     timm, a pure function of `(noise_seed, t)`, so a resumed run draws what an
-    uninterrupted one does. Its cost: ~10 us of host time and 8 bytes per noisy step.
+    uninterrupted one does. Its cost: 20-45 us of host time (measured on 2 shared EPYC
+    cores) and 8 bytes per noisy batch, once per run.
     The cycle index comes from a table of the cycles' first steps computed with
     timm's own float `log` (TensorFlow's differs in the last bit, which moves a cycle's
     start at exact boundaries).
@@ -256,6 +257,7 @@ class TimmCosineController(Controller):
         t_curr = tf.maximum(tf.cast(u, tf.float64) - tf.gather(offsets, index), 0.0)
         return cycle, tf.gather(lengths, index), t_curr, tf.gather(gammas, index)
 
+    @tf.autograph.experimental.do_not_convert  # host work: AutoGraph only slows it
     def _cycle_tables(self) -> tuple[tuple[tf.Tensor, ...], int | None]:
         """The cycles' first steps (int64, from cycle 1) and, per cycle from 0, `T_i`,
         its start as timm subtracts it, and `cycle_decay**i` (float64), computed with
@@ -290,6 +292,7 @@ class TimmCosineController(Controller):
         value = tf.gather(table, tf.clip_by_value(index, 0, table.shape[0] - 1))
         return tf.where(inside, value, tf.constant(0.0, tf.float64))
 
+    @tf.autograph.experimental.do_not_convert  # host work: AutoGraph only slows it
     def _noise_table(self) -> tuple[int, tf.Tensor]:
         """The first noisy batch and the noise of every batch of the window (float64),
         drawn once per window (an open window ends with the run)."""
@@ -310,7 +313,7 @@ class TimmCosineController(Controller):
             if end - first > MAX_NOISE_STEPS:
                 raise ValueError(
                     f"{OWNER}.noise_range_t spans {end - first:,} noisy batches, more than "
-                    f"{MAX_NOISE_STEPS:,} (drawn before training, ~10 us each); end the "
+                    f"{MAX_NOISE_STEPS:,} (drawn before training, 20-45 us each); end the "
                     f"window earlier with noise_range_t = (start, end)"
                 )
             values = timm_noise_table(first, end, *self.noise)
