@@ -26,8 +26,8 @@ _NO_HORIZON = 2**53  # steps beyond any run: cycles are tabled up to here when u
 @gin.configurable
 class TimmCosineController(Controller):
     """timm's `CosineLRScheduler(t_in_epochs=False)` stepped once per batch: cosine with
-    restarts (unlike `CosineRestartsController`, PyTorch's SGDR: with cycle decay,
-    k-decay, a cycle limit, warmup and LR noise).
+    restarts like `CosineRestartsController` (PyTorch's SGDR), plus timm's cycle decay,
+    k-decay, cycle limit, warmup and LR noise.
 
     Batch `t` (0-based) trains at the LR timm's training loop gives the optimizer
     before update `t + 1`: the LR set at construction for `t = 0`, then the LR of
