@@ -55,6 +55,10 @@ class TimmCosineController(Controller):
     timm's own float `log` (TensorFlow's differs in the last bit, which moves a cycle's
     start at exact boundaries).
 
+    Logs `controller/cycle` (the cycle index `i`, `cycle_limit` past the last),
+    `controller/warmup` (1 in the warmup) and `controller/noise` (`n`, 0 outside the
+    window).
+
     Differences from timm: `base_lr` is an argument (timm reads the optimizer's LR);
     with `cycle_mul < 1` the steps past the cycles' finite total train at `lr_min`
     (timm raises `math domain error`); batch 0 is never noisy, as in timm (the LR set
