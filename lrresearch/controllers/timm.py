@@ -165,6 +165,8 @@ class TimmCosineController(Controller):
         argument = self.t_initial_argument
         self.t_initial = run_length(OWNER, "t_initial", argument, rest, 1)
         self.run_span = (steps, span)
+        if self.noise_window is not None and steps is not None:
+            self._noise_range()  # a window too long to draw is an error before training
         return {} if argument is not None else {f"{OWNER}.t_initial": self.t_initial}
 
     def schedule_length(self) -> float:
@@ -296,30 +298,36 @@ class TimmCosineController(Controller):
         value = tf.gather(table, tf.clip_by_value(index, 0, table.shape[0] - 1))
         return tf.where(inside, value, tf.constant(0.0, tf.float64))
 
+    def _noise_range(self) -> tuple[int, int]:
+        """The first noisy batch and the end of the ones to draw: the window, cut at the
+        run's end when it is known (an open window ends there)."""
+        start, end = self.noise_window
+        steps = self.run_span[0]
+        if end is None and steps is None:
+            raise ValueError(
+                f"{OWNER}.noise_range_t = {start} (noise from batch {start} on) needs "
+                f"the run's length, which is unknown (Keras fit, or the controller used "
+                f"without a Trainer); bind {OWNER}.noise_range_t = ({start}, <end batch>), "
+                f"or call set_run_length(steps) first"
+            )
+        end = steps if end is None else end if steps is None else min(end, steps)
+        first = max(start, 1)  # batch 0 trains at the LR set at construction, noise-free
+        if end - first > MAX_NOISE_STEPS:
+            raise ValueError(
+                f"{OWNER}.noise_range_t spans {end - first:,} noisy batches, more than "
+                f"{MAX_NOISE_STEPS:,} (drawn before training, 20-45 us each); end the "
+                f"window earlier with {OWNER}.noise_range_t = (start, end)"
+            )
+        return first, end
+
     @tf.autograph.experimental.do_not_convert  # host work: AutoGraph only slows it
     def _noise_table(self) -> tuple[int, tf.Tensor]:
-        """The first noisy batch and the noise of every batch of the window (float64),
-        drawn once per window (an open window ends with the run)."""
-        start, end = self.noise_window
-        if end is None:
-            end = self.run_span[0]
-            if end is None:
-                raise ValueError(
-                    f"{OWNER}.noise_range_t = {start} (noise from batch {start} on) needs "
-                    f"the run's length, which is unknown (Keras fit, or the controller used "
-                    f"without a Trainer); bind {OWNER}.noise_range_t = ({start}, <end batch>), "
-                    f"or call set_run_length(steps) first"
-                )
-        first = max(start, 1)  # batch 0 trains at the LR set at construction, noise-free
+        """The first noisy batch and the noise of every batch to draw (float64), drawn
+        once per range."""
+        first, end = self._noise_range()
         key = ("noise", first, end)
         cached = self.__dict__.get("_noise_cache")
         if cached is None or cached[0] != key:
-            if end - first > MAX_NOISE_STEPS:
-                raise ValueError(
-                    f"{OWNER}.noise_range_t spans {end - first:,} noisy batches, more than "
-                    f"{MAX_NOISE_STEPS:,} (drawn before training, 20-45 us each); end the "
-                    f"window earlier with noise_range_t = (start, end)"
-                )
             values = timm_noise_table(first, end, *self.noise)
             with tf.init_scope():  # an eager constant, captured by the traced step
                 cached = (key, (first, tf.constant(values, tf.float64)))

@@ -210,6 +210,15 @@ def test_unknown_run_length_names_the_binding_and_the_fix():
         open_window.compute(make_signals(3, 1.0))
 
 
+def test_the_noise_is_drawn_up_to_the_run_end_and_a_window_too_long_to_draw_is_refused():
+    cut = TimmCosineController(t_initial=10, noise_range_t=(5, 10**12))
+    cut.set_run_length(50)
+    assert cut._noise_range() == (5, 50)
+    endless = TimmCosineController(t_initial=10, noise_range_t=0)
+    with pytest.raises(ValueError, match=r"noise_range_t spans 2,999,999 noisy batches"):
+        endless.set_run_length(3_000_000)
+
+
 def test_t_initial_none_takes_the_run_after_a_warmup_prefix_and_warns_on_a_cut_schedule():
     controller = TimmCosineController(warmup_t=20, warmup_prefix=True)
     assert controller.set_run_length(200) == {"TimmCosineController.t_initial": 180}
