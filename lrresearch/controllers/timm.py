@@ -82,7 +82,8 @@ class TimmCosineController(Controller):
         `(start, end)` (noise for `start <= t < end`); numbers of batches.
       noise_pct: the noise's bound, `|n| < noise_pct` (> 0).
       noise_std: the normal noise's standard deviation (> 0).
-      noise_seed: the seed; step `t` draws from `noise_seed + t` (int >= 0).
+      noise_seed: the seed; batch `t` draws from `noise_seed + t` (int >= 0), so seeds
+        `s` and `s + 1` draw the same noise one batch apart, as in timm.
       noise_type: "normal" (timm's default) or "uniform" (timm's `Scheduler` takes it;
         `CosineLRScheduler` does not pass it on: set `scheduler.noise_type`).
 
