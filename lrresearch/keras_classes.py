@@ -1,4 +1,5 @@
-"""Keras classes a gin file may name: optimizers, losses and metrics, in one place.
+"""Keras classes a gin file may name: optimizers, LR schedules, losses and metrics, in
+one place.
 
 As gin's own `gin/tf/external_configurables.py`: registering third-party classes is
 this module's only job, so it happens once, when `config.parse` imports it. A gin file
@@ -9,6 +10,8 @@ then writes them under their Keras spelling::
     Trainer.loss = @keras.losses.Huber()
     keras.losses.Huber.delta = 0.5
     Trainer.metrics = [@keras.metrics.MeanAbsoluteError()]
+    ScheduleController.schedule = @keras.optimizers.schedules.CosineDecay()
+    keras.optimizers.schedules.CosineDecay.decay_steps = 1000
 
 Losses and metrics that share a class name (`MeanSquaredError`, `BinaryCrossentropy`,
 ...) need the `keras.losses.` or `keras.metrics.` prefix; gin calls the short name
@@ -30,6 +33,14 @@ _OPTIMIZERS = (
     "Adamax",
     "Nadam",
     "Lion",
+)
+_SCHEDULES = (
+    "CosineDecay",
+    "CosineDecayRestarts",
+    "ExponentialDecay",
+    "InverseTimeDecay",
+    "PiecewiseConstantDecay",
+    "PolynomialDecay",
 )
 _LOSSES = (
     "MeanSquaredError",
@@ -82,7 +93,9 @@ def _register(module_name: str, class_names: tuple[str, ...]) -> list[str]:
 
     A name that is already registered (by a caller that did it before this module
     existed) is left as it is: gin refuses a second registration."""
-    module = getattr(keras, module_name.rpartition(".")[2])
+    module = keras
+    for attribute in module_name.split(".")[1:]:  # keras.optimizers.schedules
+        module = getattr(module, attribute)
     names = []
     for class_name in class_names:
         selector = f"{module_name}.{class_name}"
@@ -96,6 +109,7 @@ def _register(module_name: str, class_names: tuple[str, ...]) -> list[str]:
 
 REGISTERED: tuple[str, ...] = (
     *_register("keras.optimizers", _OPTIMIZERS),
+    *_register("keras.optimizers.schedules", _SCHEDULES),
     *_register("keras.losses", _LOSSES),
     *_register("keras.metrics", _METRICS),
 )

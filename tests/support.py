@@ -334,6 +334,26 @@ def controlled_regression(x, y, w0, controller, optimizer, dtype=np.float32):
     return np.array([lr for lr, _ in out]), np.array([p for _, p in out])
 
 
+def keras_callback_lrs(values, lr, mode, patience, factor, cooldown, min_delta, min_lr):
+    """Keras's own `ReduceLROnPlateau`, its `on_epoch_end` fed `val_metric = values[i]`
+    at epoch `i`: the optimizer's LR after each epoch, float32."""
+    import keras
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), loss="mse")
+    callback = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_metric", factor=factor, patience=patience, mode=mode,
+        min_delta=min_delta, cooldown=cooldown, min_lr=min_lr,
+    )  # fmt: skip
+    callback.set_model(model)
+    callback.on_train_begin()
+    out = []
+    for epoch, value in enumerate(values):
+        callback.on_epoch_end(epoch, {"val_metric": value})
+        out.append(float(model.optimizer.learning_rate.numpy()))
+    return np.array(out, dtype=np.float32)
+
+
 # -- the CLI in a subprocess --------------------------------------------------------------
 
 

@@ -49,7 +49,9 @@ def names_in(text: str) -> set[str]:
             if name != "as":
                 found.add(f"{module}.{name}")
     for alias in ALIAS.findall(text):
-        found |= {f"lrresearch.{name}" for name in re.findall(rf"\b{alias}\.(\w+)", text)}
+        # Not after a "-" or "/": `follows-lr.md` in a link is a file, not `lr.md`.
+        used = re.findall(rf"(?<![-/\w]){alias}\.(\w+)", text)
+        found |= {f"lrresearch.{name}" for name in used}
     return found
 
 

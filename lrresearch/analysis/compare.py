@@ -32,6 +32,7 @@ from lrresearch.analysis.curves import (  # noqa: F401  (compare.load, compare.s
     load,
     smooth,
 )
+from lrresearch.analysis.panels import PANELS, figure, finish
 from lrresearch.analysis.run_labels import labels, line_styles
 from lrresearch.logs import event_files
 from lrresearch.logs.run_layout import CONFIG_FILE
@@ -266,20 +267,11 @@ def plot(
 ) -> list[tuple[str, tuple[float, ...], str]]:
     """Writes the three panels to `path`, against `xaxes` (default: steps); returns
     each run's (label, colour, line style) as drawn in the LR panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names, styles = labels(runs), line_styles(runs)
 
-    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
-    panels = [
-        ("lr", "learning rate (log)", True, False),
-        ("loss/batch", "batch loss, smoothed (EMA 0.98)", False, True),
-        ("grad/global_norm", "global gradient norm (log)", True, False),
-    ]
-    for ax, (tag, label, log, smoothed) in zip(axes, panels, strict=True):
+    panels = PANELS
+    fig, axes = figure(panels, height=10 / 3)
+    for ax, (tag, _, _, smoothed) in zip(axes, panels, strict=True):
         xs = xaxes or [XAxis("steps")] * len(runs)
         for name, (colour, style), series, x in zip(names, styles, data, xs, strict=True):
             if tag not in series:
@@ -294,17 +286,8 @@ def plot(
                 linestyle=style,
                 linewidth=1.2,
             )
-        ax.set_ylabel(label)
-        if log:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[-1].set_xlabel(x_label)
-    axes[0].legend(fontsize=7, loc="best")
-    axes[0].set_title("lrresearch runs compared")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    finish(fig, axes, panels, x_label, "lrresearch runs compared", path)
     drawn = [(line.get_label(), line.get_color(), line.get_linestyle()) for line in axes[0].lines]
-    plt.close(fig)
     return drawn
 
 

@@ -18,13 +18,7 @@ import numpy as np
 from lrresearch.analysis.axes import XAxis
 from lrresearch.analysis.curves import Series, applied_lr, smooth
 from lrresearch.analysis.groups import Group
-
-# (tag, y label, log y, smoothed); the LR panel draws the LR each run applied.
-PANELS = (
-    ("lr", "learning rate (log)", True, False),
-    ("loss/batch", "batch loss, smoothed (EMA 0.98)", False, True),
-    ("grad/global_norm", "global gradient norm (log)", True, False),
-)
+from lrresearch.analysis.panels import PANELS, figure, finish
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,37 +100,21 @@ def plot_groups(
 ) -> list[Band]:
     """Writes the panels (LR, smoothed batch loss, gradient norm, and `metric` if the
     runs have it) to `path`; returns the bands drawn (tests read the plotted data)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [*PANELS]
     if any(metric in d for d in data):
         panels.append((metric, metric, False, False))
     bands = group_bands(groups, data, xaxes, panels)
     colours = _colours(len(groups))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), sharex=True)
-    for ax, (tag, label, log, _) in zip(axes, panels, strict=True):
+    fig, axes = figure(panels)
+    for ax, (tag, _, _, _) in zip(axes, panels, strict=True):
         for band in (b for b in bands if b.panel == tag):
             colour = colours[band.group]
             legend = f"{band.label} (n={band.n})"
             ax.plot(band.x, band.mean, color=colour, linewidth=1.2, label=legend)
             if band.n > 1:
                 ax.fill_between(band.x, band.low, band.high, color=colour, alpha=0.2)
-        ax.set_ylabel(label)
-        if log:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[-1].set_xlabel(x_label)
-    axes[0].legend(fontsize=7, loc="best")
-    axes[0].set_title(
-        "groups: mean ± sample std (ddof=1) over seeds; log panels: geometric mean",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = "groups: mean ± sample std (ddof=1) over seeds; log panels: geometric mean"
+    finish(fig, axes, panels, x_label, title, path)
     return bands
 
 

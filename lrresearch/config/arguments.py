@@ -21,7 +21,10 @@ import gin
 def explain(message: str, gin_files: list[str], gin_params: list[str]) -> str:
     """For Keras's "Argument(s) not recognized: {'bogus': 1}" (an optimizer taking
     `**kwargs`, so gin accepted the binding): the bindings that passed them, each with
-    its place and the class's parameters; "" for any other message."""
+    its place and the class's parameters; for Keras's own argument checks, see
+    `_keras_check`; "" for any other message."""
+    if m := re.search(r"Argument `(\w+)` must\b", message):
+        return _keras_check(message, m.group(1), gin_files, gin_params)
     m = re.search(r"Argument\(s\) not recognized: \{(.*)\}", message)
     if not m:
         return ""
@@ -40,6 +43,32 @@ def explain(message: str, gin_files: list[str], gin_params: list[str]) -> str:
                 f"remove the binding or fix its name{hint}"
             )
     return "\n".join(lines)
+
+
+def _keras_check(message: str, argument: str, gin_files: list[str], gin_params: list[str]) -> str:
+    """Keras's own check of a class a gin file builds ("Argument `decay_steps` must be
+    > 0. Received: decay_steps=0", from `@keras.optimizers.schedules.CosineDecay()`),
+    which names neither the class nor the binding: prefixed with the Keras binding of
+    `argument`, with where it is bound; "" when no Keras class's binding of it is found."""
+    pattern = re.compile(rf"^\s*(?:[\w.]*/)?([A-Za-z_][\w.]*)\.{re.escape(argument)}\s*=")
+    found = [
+        (place, owner)
+        for place, text in _matching_lines(pattern, gin_files, gin_params)
+        if _is_keras(owner := pattern.match(text).group(1))  # type: ignore[union-attr]
+    ]
+    if not found:
+        return ""
+    places = ", ".join(place for place, _ in found)
+    return f"{found[-1][1]}.{argument}: {message}\n  bound at: {places}"
+
+
+def _is_keras(configurable: str) -> bool:
+    """Whether gin's `configurable` is a class or function of Keras itself."""
+    try:
+        target = gin.get_configurable(configurable)
+    except (KeyError, ValueError):
+        return False
+    return getattr(target, "__module__", "").split(".")[0] == "keras"
 
 
 def parameters_of(configurable: str) -> list[str]:

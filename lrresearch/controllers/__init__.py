@@ -2,7 +2,6 @@
 
 from lrresearch.controllers.adaptive import (
     HypergradientController,
-    PlateauController,
     PolyakController,
 )
 from lrresearch.controllers.base import Controller, ControllerOutput
@@ -14,11 +13,20 @@ from lrresearch.controllers.compose import (
     Product,
     Warmup,
 )
+from lrresearch.controllers.decay import (
+    ExponentialDecayController,
+    InverseSqrtController,
+    InverseTimeDecayController,
+    PolynomialDecayController,
+)
+from lrresearch.controllers.follow_lr import DecayFollowsLR
+from lrresearch.controllers.keras_schedule import ScheduleController
 from lrresearch.controllers.parameter_free import (
     DAdaptSGDController,
     DoGController,
     DoWGController,
 )
+from lrresearch.controllers.plateau import PlateauController
 from lrresearch.controllers.pytorch import (
     CosineRestartsController,
     CyclicController,
@@ -35,6 +43,11 @@ from lrresearch.controllers.seed import (
     GradNormController,
     LossTrendController,
 )
+from lrresearch.controllers.steps import (
+    MultiStepController,
+    PiecewiseConstantController,
+    StepController,
+)
 from lrresearch.controllers.timm import TimmCosineController
 
 __all__ = [
@@ -48,17 +61,26 @@ __all__ = [
     "CyclicController",
     "CyclicalController",
     "DAdaptSGDController",
+    "DecayFollowsLR",
     "DoGController",
     "DoWGController",
+    "ExponentialDecayController",
     "GradNormController",
     "HypergradientController",
+    "InverseSqrtController",
+    "InverseTimeDecayController",
     "LossNudgeFactor",
     "LossTrendController",
     "MaxChange",
+    "MultiStepController",
     "OneCycleController",
+    "PiecewiseConstantController",
     "PlateauController",
     "PolyakController",
+    "PolynomialDecayController",
     "Product",
+    "ScheduleController",
+    "StepController",
     "TimmCosineController",
     "WSDController",
     "Warmup",

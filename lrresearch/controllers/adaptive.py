@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from lrresearch.checks import check_int, check_number, check_positive
 from lrresearch.controllers.base import Controller, ControllerOutput
+from lrresearch.controllers.plateau import PlateauController  # noqa: F401 (its home until issue 25)
 from lrresearch.controllers.signals import Signals
 
 
@@ -131,113 +132,6 @@ class PolyakController(Controller):
             self.previous.assign(tf.where(finite & (lr > 0.0), lr, self.previous))
         lr = tf.where(finite, lr, gap)  # let the guard see a bad loss
         return ControllerOutput(lr, {"polyak": polyak, "gap": gap})
-
-
-@gin.configurable
-class PlateauController(Controller):
-    """Per-batch reduce-on-plateau, with `torch.optim.lr_scheduler.ReduceLROnPlateau`'s
-    logic (mode "min", relative threshold) applied to a loss moving average every batch.
-
-    A batch is an improvement if `metric < best * (1 - threshold)`. After more than
-    `patience` batches without one, `lr = max(lr * factor, min_lr)` and `cooldown`
-    batches follow during which bad batches are not counted. A non-finite metric is
-    ignored (no count, no change).
-
-    Args:
-      initial_lr: starting LR.
-      monitor: "loss_ma_long", "loss_ma_short" or "loss" (the batch loss: noisy).
-      patience: batches without improvement before a cut.
-      factor: multiplier of a cut (0 < factor < 1).
-      cooldown: batches after a cut during which bad batches are not counted.
-      min_lr: floor.
-      threshold: relative improvement that counts.
-
-    Examples:
-      Trainer.controller = @PlateauController()
-      PlateauController.initial_lr = 0.1
-      PlateauController.patience = 150              # batches
-      PlateauController.cooldown = 50               # batches
-
-    References:
-      PyTorch, `torch.optim.lr_scheduler.ReduceLROnPlateau`
-      (https://pytorch.org/docs/stable/generated/torch.optim.lr_scheduler.ReduceLROnPlateau.html).
-    """
-
-    def __init__(
-        self,
-        initial_lr: float = 0.1,
-        monitor: str = "loss_ma_long",
-        patience: int = 200,
-        factor: float = 0.5,
-        cooldown: int = 0,
-        min_lr: float = 1e-5,
-        threshold: float = 1e-4,
-        name: str | None = None,
-    ):
-        super().__init__(name=name)
-        owner = "PlateauController"
-        check_positive(owner, initial_lr=initial_lr, factor=factor)
-        check_int(owner, "patience", patience, 0)
-        check_int(owner, "cooldown", cooldown, 0)
-        check_number(owner, "min_lr", min_lr)
-        check_number(owner, "threshold", threshold)
-        if factor >= 1:
-            raise ValueError(f"{owner}.factor must be < 1, got {factor!r}")
-        if monitor not in ("loss_ma_long", "loss_ma_short", "loss"):
-            raise ValueError(
-                f"{owner}.monitor must be 'loss_ma_long', 'loss_ma_short' or 'loss', "
-                f"got {monitor!r}"
-            )
-        if not 0 <= min_lr <= initial_lr:
-            raise ValueError(f"{owner}.min_lr ({min_lr}) must be in [0, initial_lr]")
-        self.initial_lr, self.monitor, self.patience = float(initial_lr), monitor, patience
-        self.factor, self.cooldown, self.min_lr = float(factor), cooldown, float(min_lr)
-        self.threshold = float(threshold)
-        self.lr = tf.Variable(self.initial_lr, trainable=False, name="lr")
-        self.best = tf.Variable(float("inf"), trainable=False, name="best")
-        self.num_bad = tf.Variable(0, dtype=tf.int64, trainable=False, name="num_bad")
-        self.cooldown_left = tf.Variable(0, dtype=tf.int64, trainable=False, name="cooldown_left")
-
-    def run_warnings(self, steps: int | None) -> list[str]:
-        """Warns when the run is too short for a single cut."""
-        # The first batch always improves on best = inf; the earliest cut is at batch
-        # patience + 1.
-        if steps is None or self.patience + 1 < steps:
-            return []
-        return [
-            f"PlateauController.patience = {self.patience} leaves no room for a cut in "
-            f"Trainer.steps = {steps} batches (the earliest is at batch patience + 1), so "
-            f"the LR stays at initial_lr = {self.initial_lr:g}; lower "
-            f"PlateauController.patience"
-        ]
-
-    def compute(self, signals: Signals) -> ControllerOutput:
-        metric = tf.cast(getattr(signals, self.monitor), tf.float32)
-        finite = tf.math.is_finite(metric)
-        better = metric < self.best * (1.0 - self.threshold)
-        best = tf.where(finite & better, metric, self.best)
-        num_bad = tf.where(better, tf.constant(0, tf.int64), self.num_bad + 1)
-        cooling = self.cooldown_left > 0
-        cooldown_left = tf.where(cooling, self.cooldown_left - 1, self.cooldown_left)
-        num_bad = tf.where(cooling, tf.constant(0, tf.int64), num_bad)
-        cut = num_bad > self.patience
-        new_lr = tf.maximum(self.lr * self.factor, self.min_lr)
-        reduced = cut & (self.lr - new_lr > 1e-8)
-        lr = tf.where(reduced, new_lr, self.lr)
-        cooldown_left = tf.where(cut, tf.constant(self.cooldown, tf.int64), cooldown_left)
-        num_bad = tf.where(cut, tf.constant(0, tf.int64), num_bad)
-        # A non-finite metric changes nothing.
-        self.best.assign(best)
-        self.num_bad.assign(tf.where(finite, num_bad, self.num_bad))
-        self.cooldown_left.assign(tf.where(finite, cooldown_left, self.cooldown_left))
-        self.lr.assign(tf.where(finite, lr, self.lr))
-        return ControllerOutput(
-            self.lr.read_value(),
-            {
-                "best": self.best.read_value(),
-                "bad_batches": tf.cast(self.num_bad, tf.float32),
-            },
-        )
 
 
 @gin.configurable

@@ -80,8 +80,10 @@ import tensorflow as tf
 from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import deserialize_controller, serialize_controller
 from lrresearch.controllers.signals import MovingAverage, Signals
+from lrresearch.keras_fit.eval_monitor import EvalMonitorMixin
 from lrresearch.keras_fit.eval_weights import EvalWeightsMixin
 from lrresearch.keras_fit.log import log_row
+from lrresearch.keras_fit.schedule_lr import choose_controller
 from lrresearch.optimizers import whole_step
 from lrresearch.step import precision, random_state
 from lrresearch.step.batch import (
@@ -97,18 +99,20 @@ from lrresearch.step.guard import NonFiniteGuard
 
 
 @keras.saving.register_keras_serializable(package="lrresearch")
-class ControlledModel(EvalWeightsMixin, keras.Model):
+class ControlledModel(EvalMonitorMixin, EvalWeightsMixin, keras.Model):
     """Wraps `model`; `fit` sets the LR every batch from `controller`, in-graph.
 
-    Compile it with an optimizer whose `learning_rate` is a plain float (the controller
-    assigns it every batch) and a loss; metrics as usual. `fit`'s logs (progress bar,
+    Compile it with an optimizer, whose LR the controller assigns every batch (with no
+    controller, a Keras `LearningRateSchedule` LR runs as one: `keras_fit.schedule_lr`),
+    and a loss; metrics as usual. `fit`'s logs (progress bar,
     `History`, callbacks such as `EarlyStopping` and Keras's `TensorBoard`) carry the
     epoch's running mean of `loss/batch` (weighted by batch size, as Keras does) and
     the compiled metrics; sample and class weights weight the loss the controller sees.
 
     Args:
       model: the Keras model being trained.
-      controller: the per-batch LR strategy; its state is saved with the weights.
+      controller: the per-batch LR strategy, its state saved with the weights; None:
+        the compiled optimizer's schedule, as `ScheduleController(schedule)`.
       loss_ma_short: window of the short loss moving average, in batches.
       loss_ma_long: window of the long loss moving average, in batches.
       loss_ma_kind: "window" or "ema", as the trainer's (see `MovingAverage`).
@@ -122,7 +126,7 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
     def __init__(
         self,
         model: keras.Model,
-        controller: Controller,
+        controller: Controller | None = None,
         loss_ma_short: int = 10,
         loss_ma_long: int = 100,
         loss_ma_kind: str = "window",
@@ -149,14 +153,14 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
         # first step; a model built at construction (Sequential with an Input,
         # functional) has them now, so its controller state exists for load_weights.
         self._controller_built = bool(getattr(model, "built", False) and model.variables)
-        if self._controller_built:
+        if self._controller_built and controller is not None:
             controller.build(model.trainable_variables)
 
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "model": keras.saving.serialize_keras_object(self.inner),
-            "controller": serialize_controller(self.controller),
+            "controller": self.controller and serialize_controller(self.controller),
             "loss_ma_short": self.ma_short.window,
             "loss_ma_long": self.ma_long.window,
             "loss_ma_kind": self.ma_short.kind,
@@ -170,7 +174,8 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
         model = keras.saving.deserialize_keras_object(
             config.pop("model"), custom_objects=custom_objects
         )
-        return cls(model, deserialize_controller(config.pop("controller")), **config)
+        controller = config.pop("controller")
+        return cls(model, controller and deserialize_controller(controller), **config)
 
     def controller_state(self) -> dict[str, tf.Variable]:
         """The controller's and the moving averages' variables by attribute path
@@ -259,12 +264,14 @@ class ControlledModel(EvalWeightsMixin, keras.Model):
         )
         if self.loss_scale is not None:  # a recompile keeps the batch index
             self.loss_scale.overflows.assign(overflows)
+        choose_controller(self)  # the optimizer's schedule, if it has one
         if self.controller.optimizer_hyperparameters:
             # Keras saves the optimizer's config, where a per-batch variable does not fit.
             raise ValueError(
                 f"ControlledModel: the controller sets the optimizer's "
                 f"{sorted(self.controller.optimizer_hyperparameters)} every batch, which "
-                f"only `lrresearch train` supports so far; set cycle_momentum=False"
+                f"only `lrresearch train` supports so far; set cycle_momentum=False, or "
+                f"unwrap DecayFollowsLR (a constant weight_decay on the optimizer)"
             )
         self.controller.check_optimizer(self.optimizer)
         for message in self.controller.run_warnings(None):
@@ -427,7 +434,7 @@ def _is_variable(value: object) -> bool:
 def _state(*modules: tuple[str, tf.Module]) -> dict[str, tf.Variable]:
     """The variables of each `(prefix, module)` by attribute path, sorted by attribute."""
     state = {}
-    for prefix, module in modules:
+    for prefix, module in [m for m in modules if m[1] is not None]:  # None: no controller yet
         for path, variable in module._flatten(predicate=_is_variable, with_path=True):
             state[".".join(map(str, (prefix, *path)))] = variable
     return state

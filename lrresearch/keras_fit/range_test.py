@@ -7,7 +7,10 @@ in-graph inside Keras's compiled train function, exactly as in `lrresearch lr-fi
 batch and could not run `steps_per_execution` batches per call). Python reads one flag
 after each compiled call to stop at divergence. Afterwards every variable of the model
 (weights, BatchNorm statistics, RNG seeds) and of its optimizer (slots, iterations,
-learning rate) is put back as it was, bit for bit.
+learning rate) is put back as it was, bit for bit. An optimizer whose LR is a Keras
+`LearningRateSchedule` ramps a float LR variable put in the schedule's place for the
+test (`keras_fit.schedule_lr.float_learning_rate`); afterwards the schedule, the same
+object, is its LR again and the variable is gone.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import tensorflow as tf
 from lrresearch.analysis.lr_curve import LRFindResult, finish
 from lrresearch.controllers.lr_range import LRRangeController
 from lrresearch.keras_fit.model import ControlledModel
+from lrresearch.keras_fit.schedule_lr import float_learning_rate, optimizer_schedule
 
 
 class _StopAtDivergence(keras.callbacks.Callback):
@@ -55,7 +59,8 @@ def lr_find(
     fewer than `num_steps` batches.
 
     Args:
-      model: a compiled `keras.Model` whose optimizer has a float `learning_rate`.
+      model: a compiled `keras.Model`; its optimizer's `learning_rate` a float or a
+        `LearningRateSchedule` (set aside during the test, then put back).
       dataset: batched, as passed to `fit` (`(x, y)` or `(x, y, sample_weight)`).
       start_lr, end_lr: the ramp's ends, in the optimizer's LR units.
       num_steps: batches in the ramp (at least 2).
@@ -72,7 +77,7 @@ def lr_find(
 
     Raises:
       NoDescentError: the loss did not descend (its `.result` holds the curve).
-      ValueError: an uncompiled model, or an optimizer with a `LearningRateSchedule`.
+      ValueError: an uncompiled model, or an LR that is a callable without arguments.
 
     Examples:
       >>> model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
@@ -85,29 +90,31 @@ def lr_find(
     if not optimizer.built:
         # What `fit` would do first; its fresh slots are then part of the saved state.
         optimizer.build(model.trainable_variables)
-    saved = [v.numpy() for v in (*model.variables, *optimizer.variables)]
+    variables = [*model.variables, *optimizer.variables]  # before a schedule is set aside
+    saved = [v.numpy() for v in variables]
     try:
-        optimizer.iterations.assign(0)  # the ramp's batch index starts at 0
-        wrapped = ControlledModel(model, controller)
-        wrapped.compile(
-            optimizer=optimizer,
-            loss=model.loss,
-            loss_weights=getattr(model, "loss_weights", None),
-            steps_per_execution=steps_per_execution,
-        )
-        wrapped.fit(
-            dataset.repeat(),
-            steps_per_epoch=num_steps,
-            epochs=1,
-            verbose=0,
-            shuffle=False,  # a dataset is the user's to shuffle; Keras warns otherwise
-            callbacks=[_StopAtDivergence(controller)],
-        )
-        batches = int(optimizer.iterations.numpy()) + int(wrapped.guard.skipped.numpy())
-        if wrapped.loss_scale is not None:  # float16 batches whose gradients overflowed
-            batches += int(wrapped.loss_scale.overflows.numpy())
+        with float_learning_rate(optimizer):
+            optimizer.iterations.assign(0)  # the ramp's batch index starts at 0
+            wrapped = ControlledModel(model, controller)
+            wrapped.compile(
+                optimizer=optimizer,
+                loss=model.loss,
+                loss_weights=getattr(model, "loss_weights", None),
+                steps_per_execution=steps_per_execution,
+            )
+            wrapped.fit(
+                dataset.repeat(),
+                steps_per_epoch=num_steps,
+                epochs=1,
+                verbose=0,
+                shuffle=False,  # a dataset is the user's to shuffle; Keras warns otherwise
+                callbacks=[_StopAtDivergence(controller)],
+            )
+            batches = int(optimizer.iterations.numpy()) + int(wrapped.guard.skipped.numpy())
+            if wrapped.loss_scale is not None:  # float16 batches whose gradients overflowed
+                batches += int(wrapped.loss_scale.overflows.numpy())
     finally:
-        for variable, value in zip((*model.variables, *optimizer.variables), saved, strict=True):
+        for variable, value in zip(variables, saved, strict=True):
             variable.assign(value)
     return finish(controller, min(batches, num_steps), spell="{}".format)
 
@@ -121,11 +128,5 @@ def _check_compiled(model: keras.Model) -> keras.optimizers.Optimizer:
             "model.compile(optimizer=keras.optimizers.SGD(0.1), loss=...); got an "
             "uncompiled model"
         )
-    # A float LR is a variable the controller assigns; a schedule's is a tensor.
-    if not isinstance(optimizer.learning_rate, keras.Variable):
-        raise ValueError(
-            "lr_find: the optimizer's learning_rate is a schedule; the range test sets "
-            "the LR itself. Compile with a float learning_rate for the test (e.g. "
-            "keras.optimizers.SGD(0.1)), then with the schedule built from its suggestion"
-        )
+    optimizer_schedule(optimizer, "lr_find")  # refuses an LR that is a callable without arguments
     return optimizer

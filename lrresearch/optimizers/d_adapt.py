@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from lrresearch.checks import check_int, check_number
+from lrresearch.optimizers.weight_decay import decay_coefficient
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 STATE_DTYPE = tf.float64  # the authors' scalars are Python floats
@@ -101,6 +102,9 @@ class _AdaptiveAdam(WholeStepOptimizer):
     """What `Prodigy` and `DAdaptAdam` share: arguments, the scalar state, Adam's second
     moment, the bias-corrected step size and the final weight update."""
 
+    # The decay a controller may set every batch (`lrresearch.optimizers.weight_decay`).
+    weight_decay_attribute = "decay_rate"
+
     def __init__(self, learning_rate: float, name: str, settings: dict[str, Any], **kwargs):
         """`settings`: the authors' arguments by our names, checked and kept for
         `get_config` (a `growth_rate` of inf as None)."""
@@ -163,8 +167,9 @@ class _AdaptiveAdam(WholeStepOptimizer):
         out = []
         for g, var in zip(grads, variables, strict=True):
             g = tf.cast(g, var.dtype)
-            if self.decay_rate and not self.decouple:
-                g = g + self.decay_rate * tf.convert_to_tensor(var)
+            decay = decay_coefficient(self.decay_rate, var.dtype)
+            if decay is not None and not self.decouple:
+                g = g + decay * tf.convert_to_tensor(var)
             out.append(g)
         return out
 
@@ -183,8 +188,9 @@ class _AdaptiveAdam(WholeStepOptimizer):
             dtype = var.dtype
             old = tf.convert_to_tensor(var)
             new = old
-            if self.decay_rate and self.decouple:
-                new = new + tf.cast(-self.decay_rate * dlr, dtype) * new
+            decay = decay_coefficient(self.decay_rate, STATE_DTYPE)
+            if decay is not None and self.decouple:
+                new = new + tf.cast(-decay * dlr, dtype) * new
             denominator = tf.sqrt(moment) + tf.cast(eps, dtype)
             new = new + tf.cast(scale, dtype) * direction / denominator
             self.assign(var, tf.where(proceed, new, old))

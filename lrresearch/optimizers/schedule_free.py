@@ -25,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from lrresearch.checks import check_int, check_interval, check_nonnegative, check_number
+from lrresearch.optimizers.weight_decay import decay_coefficient
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 
@@ -69,6 +70,8 @@ class _ScheduleFree(WholeStepOptimizer):
     """
 
     _beta_attribute: str
+    # The decay a controller may set every batch (`lrresearch.optimizers.weight_decay`).
+    weight_decay_attribute = "decay_at_y"
 
     def __init__(
         self,
@@ -231,7 +234,7 @@ class _ScheduleFree(WholeStepOptimizer):
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
-            "weight_decay": self.decay_at_y,
+            "weight_decay": float(self.decay_at_y),
             "warmup_steps": self.warmup_steps,
             "r": self.r,
             "weight_lr_power": self.weight_lr_power,
@@ -299,9 +302,10 @@ class ScheduleFreeSGD(_ScheduleFree):
     def _direction(
         self, grad: tf.Tensor, variable: keras.Variable, index: int, step: tf.Tensor
     ) -> tf.Tensor:
-        if not self.decay_at_y:
+        decay = decay_coefficient(self.decay_at_y, variable.dtype)
+        if decay is None:
             return grad
-        return grad + self.decay_at_y * tf.convert_to_tensor(variable)
+        return grad + decay * tf.convert_to_tensor(variable)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "momentum": self.momentum}
@@ -403,8 +407,9 @@ class ScheduleFreeAdamW(_ScheduleFree):
         beta_2 = tf.constant(self.beta_2, tf.float64)
         bias_correction = tf.cast(1 - tf.pow(beta_2, step + 1), dtype)
         direction = grad / (tf.sqrt(new_exp_avg_sq / bias_correction) + self.epsilon)
-        if self.decay_at_y:
-            direction = direction + self.decay_at_y * tf.convert_to_tensor(variable)
+        decay = decay_coefficient(self.decay_at_y, dtype)
+        if decay is not None:
+            direction = direction + decay * tf.convert_to_tensor(variable)
         return direction
 
     def get_config(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from lrresearch.controllers import Controller, ControllerOutput
 from lrresearch.controllers.base import momentum_attribute
 from lrresearch.controllers.signals import MovingAverage, Signals, global_norm
 from lrresearch.logs import summaries
+from lrresearch.optimizers.weight_decay import weight_decay_attribute
 
 if TYPE_CHECKING:
     import keras
@@ -114,8 +115,11 @@ class OptimizerHyperparameters(tf.Module):
     traced, as Python floats baked into the graph. Here the one the controller sets is
     replaced by a float32 `tf.Variable` before the first trace: `beta_1` and
     `weight_decay` by the variable (Keras only computes with them), SGD's `momentum`
-    by a `_TraceTimeNonzero` around it (Keras branches on it in Python). Not saved in
-    checkpoints: the controller sets every value before the batch uses it.
+    by a `_TraceTimeNonzero` around it (Keras branches on it in Python); the weight
+    decay is the attribute `lrresearch.optimizers.weight_decay.weight_decay_attribute`
+    names (Schedule-Free's and Prodigy's own decay, which they read through
+    `decay_coefficient`). Not saved in checkpoints: the controller sets every value
+    before the batch uses it.
 
     Attributes:
       variables_by_name: `{"momentum": variable, ...}`, logged as `optimizer/<name>`.
@@ -125,9 +129,12 @@ class OptimizerHyperparameters(tf.Module):
         super().__init__(name="optimizer_hyperparameters")
         self.variables_by_name: dict[str, tf.Variable] = {}
         for name in sorted(names):
-            attribute = momentum_attribute(optimizer) if name == "momentum" else name
+            attribute = {
+                "momentum": momentum_attribute(optimizer),
+                "weight_decay": weight_decay_attribute(optimizer),
+            }.get(name)
             value = getattr(optimizer, attribute, None) if attribute else None
-            if name not in ("momentum", "weight_decay") or value is None:
+            if value is None:
                 raise ValueError(
                     f"Trainer.controller sets the optimizer's {name}, which "
                     f"{type(optimizer).__name__} does not have (or has as None); pick an "

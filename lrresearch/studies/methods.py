@@ -35,6 +35,7 @@ import gin
 
 from lrresearch.config import files
 from lrresearch.config import parse as config
+from lrresearch.studies import sampling
 
 NAME = re.compile(r"[A-Za-z][\w.-]*")
 EXAMPLE = "e.g. --method='cosine=strategies/warmup_cosine.gin'"
@@ -94,23 +95,7 @@ class Space:
 def split_parts(source: str) -> list[str]:
     """`'a.gin; X.y = "p;q"; Z.w = [1; 2]'` -> its parts, split at each `;` outside
     quotes and brackets, stripped; empty parts (a trailing `;`) are dropped."""
-    parts, depth, quote, current = [], 0, "", ""
-    for char in source:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == ";" and depth == 0:
-            parts.append(current.strip())
-            current = ""
-            continue
-        current += char
-    parts.append(current.strip())
-    return [part for part in parts if part]
+    return [part for part in sampling.split_top_level(source, ";") if part]
 
 
 def is_gin_file(part: str) -> bool:

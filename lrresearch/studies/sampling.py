@@ -35,6 +35,28 @@ class SampleError(config.ConfigError):
     """A `--sample` that cannot be drawn from; the message names the flag and the fix."""
 
 
+def split_top_level(text: str, separator: str) -> list[str]:
+    """`text` split at each `separator` outside quotes and brackets, each part stripped
+    (empty parts kept): `split_top_level("a, f(b, c), 'd,e'", ",")` ->
+    `["a", "f(b, c)", "'d,e'"]`."""
+    parts, depth, quote, current = [], 0, "", ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append(current.strip())
+            current = ""
+            continue
+        current += char
+    return [*parts, current.strip()]
+
+
 def split_values(
     text: str, flag: str = "--sweep", example: str = "e.g. --sweep='Trainer.seed=[0, 1, 2]'"
 ) -> list[str]:
@@ -45,23 +67,9 @@ def split_values(
     text = text.strip()
     if not (text.startswith("[") and text.endswith("]")):
         raise SampleError(f"{flag}: the values must be a list in brackets, got {text!r}; {example}")
-    items, depth, quote, current = [], 0, "", ""
-    for char in text[1:-1]:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == "," and depth == 0:
-            items.append(current.strip())
-            current = ""
-            continue
-        current += char
-    if current.strip():
-        items.append(current.strip())
+    items = split_top_level(text[1:-1], ",")
+    if items and not items[-1]:
+        items.pop()  # a trailing comma
     if not all(items):
         raise SampleError(f"{flag}: the list {text!r} has an empty value")
     if not items:

@@ -25,6 +25,7 @@ from typing import Any
 import gin
 import tensorflow as tf
 
+from lrresearch.controllers import evaluation
 from lrresearch.logs import summaries
 from lrresearch.logs.rows import BlockWriter
 from lrresearch.optimizers import whole_step
@@ -324,6 +325,8 @@ class _Loop:
         if evals is None:  # no held-out data
             return
         self.evals = evals
+        # A rule watching eval/<name> takes it now; the next batch acts on it.
+        evaluation.observe(self.trainer.controller, evals)
         if self.log is not None:  # the event file stays in step order
             self.log.wait()
         for name, value in self.evals.items():

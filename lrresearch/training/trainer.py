@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lrresearch.controllers import Controller
+from lrresearch.controllers import Controller, evaluation
 from lrresearch.controllers.signals import MovingAverage
 from lrresearch.logs.rows import BlockWriter
 from lrresearch.optimizers import make_optimizer, whole_step
@@ -107,6 +107,10 @@ class Trainer(InnerLoop):
       nonfinite_lr_factor: every skipped batch multiplies all later LRs by this.
       polynomial_averaging: gamma (>= 0; DoG's authors use 8) of a weight average that
         evaluation and checkpoints use (`lrresearch.step.averaging`); None: none.
+      weight_averaging: the weight average that evaluation and checkpoints use:
+        "polynomial" (gamma from `polynomial_averaging`, which alone also means it),
+        "ema" (`EMA.decay`, `EMA.warmup`: Keras's `use_ema`, optax's `ema`, TF's
+        `ExponentialMovingAverage`; see `lrresearch.step.averaging`) or None.
       strategy: the `tf.distribute` strategy (not a gin binding: the CLI passes the
         one `distribution.strategy` configures); None trains on one device.
     """
@@ -139,6 +143,7 @@ class Trainer(InnerLoop):
         max_consecutive_nonfinite: int = 10,
         nonfinite_lr_factor: float = 0.5,
         polynomial_averaging: float | None = None,
+        weight_averaging: str | None = None,
         strategy: tf.distribute.Strategy | None = None,
     ):
         _validate(locals())
@@ -146,6 +151,7 @@ class Trainer(InnerLoop):
         self.steps, self.controller, self.optimizer_spec = steps, controller, optimizer
         self.batch_size, self.seed, self.steps_per_loop = batch_size, seed, steps_per_loop
         self.jit_compile, self.polynomial_averaging = jit_compile, polynomial_averaging
+        self.weight_averaging = weight_averaging
         # When calls stop and what is due after them (`outer_loop` asks it too).
         self.cadences = Cadences.resolve(
             steps, steps_per_loop, eval_every, checkpoint_every, histogram_every,
@@ -197,8 +203,15 @@ class Trainer(InnerLoop):
             self.variables = list(self.model.trainable_variables)
             self.optimizer = make_optimizer(self.optimizer_spec, self.controller.initial_lr)
             self.optimizer.build(self.variables)
-            self.averager = averaging.make(self.polynomial_averaging, self.model.variables)
+            self.averager = averaging.make(
+                self.weight_averaging, self.polynomial_averaging, self.model.variables
+            )
         self.controller.check_optimizer(self.optimizer)
+        # A rule that watches eval/<name>: logged by this run? (an error names it if not)
+        evals = None if self.eval_dataset is None else evaluation.directions(self.metrics)
+        every = self.cadences.eval_every
+        before_end = (self.steps - 1) // every if every else 0
+        evaluation.bind(self.controller, evals or {}, evaluations=before_end)
         # Momentum / weight decay as variables, only if the controller sets them.
         self.hyperparameters = OptimizerHyperparameters(
             self.optimizer, self.controller.optimizer_hyperparameters

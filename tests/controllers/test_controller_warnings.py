@@ -16,11 +16,15 @@ from lrresearch.controllers import (
     CosineRestartsController,
     CyclicalController,
     GradNormController,
+    InverseSqrtController,
     LossTrendController,
     MaxChange,
+    MultiStepController,
     OneCycleController,
+    PiecewiseConstantController,
     PlateauController,
     PolyakController,
+    PolynomialDecayController,
     Product,
     Warmup,
     WarmupCosineController,
@@ -86,6 +90,31 @@ def test_schedules_warn_when_the_warmup_outlasts_the_run():
     (warning,) = warm.run_warnings(steps=26)
     assert "Warmup.warmup_steps = 50" in warning and "gets 0.5 of it" in warning
     assert warm.run_warnings(steps=51) == []
+    rsqrt = InverseSqrtController(peak_lr=0.1, warmup_steps=100)
+    (warning,) = rsqrt.run_warnings(steps=100)
+    assert warning.startswith("InverseSqrtController.warmup_steps = 100 is not over in")
+    assert rsqrt.run_warnings(steps=101) == []
+
+
+def test_piecewise_and_multistep_warn_about_changes_the_run_never_reaches():
+    """A Keras boundary's new value starts one batch after it; optax's and PyTorch's at it."""
+    keras_like = PiecewiseConstantController([500, 1999], [0.1, 0.01, 0.001])
+    (warning,) = keras_like.run_warnings(steps=2000)
+    assert warning == (
+        "PiecewiseConstantController.boundaries[1] = 1999 is not reached in Trainer.steps "
+        "= 2000 batches, so the LR never changes there; lower it or raise Trainer.steps"
+    )
+    optax_like = PiecewiseConstantController([500, 1999], [0.1, 0.01, 0.001], "next")
+    assert optax_like.run_warnings(steps=2000) == []
+    milestones = MultiStepController(milestones=[500, 2000, 2500])
+    warnings = milestones.run_warnings(steps=2000)
+    assert [w.split(" is ")[0] for w in warnings] == [
+        "MultiStepController.milestones[1] = 2000",
+        "MultiStepController.milestones[2] = 2500",
+    ]
+    chained = Chain([ConstantController(0.1), MultiStepController(milestones=[500])], [1600])
+    chained.set_run_length(2000)  # the part runs 400 batches of its own
+    assert "in Chain.controllers[1]'s span = 400 batches" in chained.run_warnings(2000)[0]
 
 
 def test_chain_warns_about_a_boundary_beyond_the_run_and_forwards_its_parts():
@@ -192,6 +221,7 @@ def warmup_cosine_lrs(steps, base_lr, warmup, decay_steps):
         (lambda: WarmupCosineController(0.1, 10, 2000), "WarmupCosineController.decay_steps"),
         (lambda: OneCycleController(0.1, 2000), "OneCycleController.total_steps"),
         (lambda: WSDController(0.1, 100, 1500, 400), "WSDController.warmup_steps + stable"),
+        (lambda: PolynomialDecayController(0.1, 2000), "PolynomialDecayController.decay_steps"),
         (lambda: MaxChange(Warmup(OneCycleController(0.1, 2000)), 0.1), "OneCycleController"),
     ],
 )
@@ -214,6 +244,11 @@ def test_a_schedule_that_ends_before_the_run_or_is_cut_by_it_warns(controller, b
         ),
         (lambda: OneCycleController(0.1), "OneCycleController.total_steps", "total_steps"),
         (lambda: WSDController(0.1, 100), "WSDController.stable_steps", "stable_steps"),
+        (
+            lambda: PolynomialDecayController(0.1),
+            "PolynomialDecayController.decay_steps",
+            "decay_steps",
+        ),
     ],
 )
 def test_a_schedule_length_left_at_none_is_the_run_length(make, binding, length):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -110,6 +111,27 @@ CASES: dict[str, Factory] = {
         ],
         boundaries=[50, 120],
     ),
+    # The schedule families (decay.py, steps.py) in turn, each moving within its span.
+    "Chain(InverseSqrt, Polynomial, Exponential, InverseTime, Piecewise, Step, MultiStep)": (
+        lambda: ctl.Chain(
+            [
+                ctl.InverseSqrtController(0.1, 10, 5, True, 1e-8),
+                ctl.PolynomialDecayController(0.1, 7, 1e-3, 2.0, True, 3),
+                ctl.ExponentialDecayController(0.1, 5, 0.7, True, 4, 0.02),
+                ctl.InverseTimeDecayController(0.1, 3, 0.5, False),
+                ctl.PiecewiseConstantController([5, 12], [0.1, 0.05, 0.01], "next"),
+                ctl.StepController(0.1, 4, 0.8),
+                ctl.MultiStepController(0.1, [3, 9, 9], 0.5),
+            ],
+            boundaries=[40, 60, 80, 100, 120, 140],
+        )
+    ),
+    # A Keras schedule (its warmup branch is a `tf.cond`) run as a controller.
+    "ScheduleController": lambda: ctl.ScheduleController(
+        keras.optimizers.schedules.CosineDecay(
+            1e-3, 150, alpha=0.1, warmup_target=0.1, warmup_steps=30
+        )
+    ),
     "Warmup(Polyak)": lambda: ctl.Warmup(ctl.PolyakController(max_lr=0.5), warmup_steps=40),
     "Clamp(LossTrend)": lambda: ctl.Clamp(
         ctl.LossTrendController(initial_lr=1e-3, window=5, max_lr=1e-2), min_lr=5e-4, max_lr=2e-3
@@ -117,6 +139,11 @@ CASES: dict[str, Factory] = {
     "MaxChange(CosineRestarts)": lambda: ctl.MaxChange(
         ctl.CosineRestartsController(base_lr=0.1, T_0=20), max_change_ratio=0.05
     ),
+    "DecayFollowsLR(Product(CosineCycle, LossNudgeFactor))": lambda: ctl.DecayFollowsLR(
+        ctl.Product(ctl.CosineCycleController(1e-3, 1e-2, 40), ctl.LossNudgeFactor(1.0, 1.5)),
+        weight_decay=0.05,
+        power=2,
+    ),  # the running max of the LR, a variable
     "Clamp(MaxChange(Product(Plateau, LossNudgeFactor)))": lambda: ctl.Clamp(
         ctl.MaxChange(
             ctl.Product(

@@ -393,6 +393,7 @@ def every_controller() -> list[c.Controller]:
         c.CyclicController(0.01, 0.2, step_size_up=2, step_size_down=3, mode="triangular2"),
         c.CyclicalController(0.02, 0.2, cycle_length=5, nudge_below_loss=2.5, nudge_factor=1.5),
         c.DAdaptSGDController(c=0.9, d0=1e-3, growth_rate=1.5),
+        c.DecayFollowsLR(c.PolyakController(max_lr=2.0), weight_decay=0.01, power=2.0),
         c.DoGController(reps_rel=1e-4, c=0.9),
         c.DoWGController(init_estim_sq_dist=1e-2),
         c.GradNormController(base_lr=0.2, slope=0.1),
@@ -402,12 +403,23 @@ def every_controller() -> list[c.Controller]:
         c.MaxChange(c.OneCycleController(0.5, total_steps=8), max_change_ratio=0.1),
         c.OneCycleController(0.5, total_steps=10, three_phase=True),
         c.PlateauController(initial_lr=0.2, monitor="loss", patience=1, factor=0.5),
+        c.PlateauController(initial_lr=0.2, monitor="val_loss", patience=1, min_delta=0.1),
         c.PolyakController(c=0.3, max_lr=0.8),
         c.Product(c.ConstantController(0.1), c.LossNudgeFactor(2.5, 3.0)),
+        c.ScheduleController(
+            keras.optimizers.schedules.CosineDecay(0.2, 5, 0.1, warmup_target=0.3, warmup_steps=2)
+        ),
         c.TimmCosineController(0.2, 3, 0.01, 2.0, 0.5, 3, 1, noise_range_t=(2, 6), noise_seed=3),
         c.Warmup(c.ConstantController(0.2), warmup_steps=4, shape="exponential"),
         c.WarmupCosineController(0.2, warmup_steps=2, decay_steps=6),
         c.WSDController(0.2, 2, 2, 3, "cosine", "1-sqrt", 0.1),
+        c.InverseSqrtController(0.2, 2, 3, True, 1e-3),
+        c.PolynomialDecayController(0.2, 2, 0.01, 2.0, True, 1),
+        c.ExponentialDecayController(0.2, 2, 0.5, True, 1, 0.05),
+        c.InverseTimeDecayController(0.2, 2, 0.5, True),
+        c.PiecewiseConstantController([1, 3], [0.2, 0.1, 0.05], "next"),
+        c.StepController(0.2, 2, 0.5),
+        c.MultiStepController(0.2, [1, 3, 3], 0.5),
     ]
 
 

@@ -83,10 +83,10 @@ def test_a_curve_without_descent_names_the_keyword_arguments():
     assert caught.value.result is not None and np.isnan(caught.value.result.valley_lr)
 
 
-def test_uncompiled_model_and_schedule_are_refused():
+def test_uncompiled_model_and_an_lr_callable_without_arguments_are_refused():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="must be compiled"):
         lr_find(model, batches())
-    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 100, 0.5)
-    with pytest.raises(ValueError, match="learning_rate is a schedule"):
-        lr_find(compiled_model(keras.optimizers.SGD(schedule)), batches())
+    # A schedule is set aside for the test (tests/keras_fit/test_keras_schedule_fit.py).
+    with pytest.raises(ValueError, match="lr_find: the optimizer's learning_rate is a callable"):
+        lr_find(compiled_model(keras.optimizers.SGD(lambda: 0.1)), batches())
