@@ -48,6 +48,7 @@ from lrresearch.controllers.steps import (
     PiecewiseConstantController,
     StepController,
 )
+from lrresearch.controllers.timm import TimmCosineController
 
 __all__ = [
     "Chain",
@@ -80,6 +81,7 @@ __all__ = [
     "Product",
     "ScheduleController",
     "StepController",
+    "TimmCosineController",
     "WSDController",
     "Warmup",
     "WarmupCosineController",

@@ -31,6 +31,7 @@ FOLLOW_A_REFERENCE = {
     "OneCycleController",
     "PlateauController",
     "PolyakController",
+    "TimmCosineController",
     "Warmup",
     "WarmupCosineController",
 }

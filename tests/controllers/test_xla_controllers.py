@@ -94,6 +94,9 @@ CASES: dict[str, Factory] = {
         initial_lr=0.1, monitor="loss", patience=5, min_lr=1e-3
     ),
     "PolyakController": lambda: ctl.PolyakController(c=0.5, f_star=0.6, max_lr=1.0),
+    "TimmCosineController": lambda: ctl.TimmCosineController(
+        0.1, 30, 1e-3, 1.5, 0.7, 4, 10, 1e-3, True, 1.5, noise_range_t=(20, 150)
+    ),
     "WarmupCosineController": lambda: ctl.WarmupCosineController(
         base_lr=0.1, warmup_steps=20, decay_steps=STEPS, init_lr=1e-3, end_lr=1e-3
     ),

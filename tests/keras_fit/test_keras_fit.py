@@ -409,6 +409,7 @@ def every_controller() -> list[c.Controller]:
         c.ScheduleController(
             keras.optimizers.schedules.CosineDecay(0.2, 5, 0.1, warmup_target=0.3, warmup_steps=2)
         ),
+        c.TimmCosineController(0.2, 3, 0.01, 2.0, 0.5, 3, 1, noise_range_t=(2, 6), noise_seed=3),
         c.Warmup(c.ConstantController(0.2), warmup_steps=4, shape="exponential"),
         c.WarmupCosineController(0.2, warmup_steps=2, decay_steps=6),
         c.WSDController(0.2, 2, 2, 3, "cosine", "1-sqrt", 0.1),
