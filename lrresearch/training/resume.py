@@ -10,6 +10,7 @@ point per step.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -128,8 +129,34 @@ def _differences(
     `trainer`'s optimizer's class lists only because this version records it, left out)."""
     if saved is None:
         return []
-    ignore = {*OBSOLETE, *_optimizer_newly_recorded(saved, config, trainer)}
+    ignore = {
+        *OBSOLETE,
+        *_optimizer_newly_recorded(saved, config, trainer),
+        *_defaults_newly_recorded(saved, config),
+    }
     return binding_differences(saved, config, ignore=ignore)
+
+
+def _defaults_newly_recorded(saved: str, config: str) -> set[str]:
+    """The bindings `config` records at their parameter's default that the run's
+    config.gin lacks although it binds that configurable: a parameter added since the
+    run was written (`Trainer.weight_averaging = None`), whose default keeps what the
+    run did, so it is no change."""
+    old, new = parse_bindings(saved), parse_bindings(config)
+    owners = {name.rpartition(".")[0] for name in old}
+    found = set()
+    for name in new.keys() - old.keys():
+        owner, _, parameter = name.rpartition(".")
+        if owner not in owners:
+            continue
+        try:
+            signature = inspect.signature(gin.get_configurable(owner.rpartition("/")[2]))
+        except (ValueError, TypeError, KeyError):
+            continue
+        default = getattr(signature.parameters.get(parameter), "default", inspect.Parameter.empty)
+        if default is not inspect.Parameter.empty and repr(default) == new[name]:
+            found.add(name)
+    return found
 
 
 def _optimizer_newly_recorded(saved: str, config: str, trainer: RunnableTrainer | None) -> set[str]:

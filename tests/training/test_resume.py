@@ -231,6 +231,23 @@ def test_the_optimizers_arguments_an_older_config_lacks_are_no_difference():
         gin.clear_config()
 
 
+def test_a_parameter_added_since_the_run_at_its_default_is_no_difference():
+    """A config.gin written before `Trainer.weight_averaging` existed lacks it: today's
+    `Trainer.weight_averaging = None` (its default) is no change on resume; any other
+    value is, and so is a new parameter of a configurable the run did not bind."""
+    from lrresearch.training import resume
+    from lrresearch.training.trainer import Trainer  # noqa: F401  (registers Trainer)
+
+    saved = "Trainer.steps = 60\nTrainer.polynomial_averaging = None\n"
+    now = saved + "Trainer.weight_averaging = None\n"
+    assert resume._differences(saved, now) == []
+    ema = saved + "Trainer.weight_averaging = 'ema'\n"
+    assert resume._differences(saved, ema) == ["Trainer.weight_averaging: (unset) -> 'ema'"]
+    assert resume._differences(saved, now + "EMA.decay = 0.999\n") == [
+        "EMA.*: only now (1 bindings)"
+    ]
+
+
 CACHED_INPUT = """
 import gin
 import keras
