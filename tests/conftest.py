@@ -45,6 +45,25 @@ SHARED_RUNS = {
     "resumable": ("training/test_recovery.py", "training/test_resume.py"),
     "profile_run": ("studies/test_profiling.py", "logs/test_tensorboard_server.py"),
 }
+# The longest scopes (a SHARED_RUNS group or a file), longest first, as measured with
+# `pytest --durations=0` (CONTRIBUTING.md, "Workers"): a worker takes them first, so that
+# neither worker is left with a long one at the end while the other idles (xdist orders
+# by the number of tests, which put the 56 s worked study, 6 tests, near the end). Order
+# only: any scope not listed runs after these, as xdist orders it.
+LONGEST_FIRST = (
+    "resumable",
+    "seed_run",
+    "tests/training/test_distribute.py",
+    "profile_run",
+    "tests/test_worked_study.py",
+    "tests/studies/test_tune.py",
+    "tests/keras_fit/test_keras_fit.py",
+    "tests/cli/test_cli.py",
+    "tests/step/test_random_state.py",
+    "tests/workloads/test_workload.py",
+    "tests/test_examples.py",
+    "tests/controllers/test_xla_controllers.py",
+)
 # Workers for `-n auto`: one per core, at most this many (each imports TensorFlow and
 # trains with its own thread pools; more than a few only adds memory).
 MAX_WORKERS = 4
@@ -61,7 +80,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """pytest-xdist's scheduler for `--dist loadscope`, with the scope of a test being its
     file, or its `SHARED_RUNS` fixture for the files that share one (xdist's own
-    `loadgroup` marks are ignored under pytest >= 9.2, which keeps node ids elsewhere)."""
+    `loadgroup` marks are ignored under pytest >= 9.2, which keeps node ids elsewhere);
+    the `LONGEST_FIRST` scopes are handed out first."""
     from xdist.scheduler import LoadScopeScheduling
 
     group_of = {f"tests/{file}": name for name, files in SHARED_RUNS.items() for file in files}
@@ -70,6 +90,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
         def _split_scope(self, nodeid: str) -> str:
             file = nodeid.split("::", 1)[0]
             return group_of.get(file, file)
+
+        def _assign_work_unit(self, node) -> None:
+            for scope in LONGEST_FIRST:  # the longest scope still waiting goes next
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+                    break
+            super()._assign_work_unit(node)
 
     return SharedRunScheduling(config, log)
 

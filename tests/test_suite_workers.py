@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import pathlib
 
-from tests.conftest import SHARED_RUNS
+from tests.conftest import LONGEST_FIRST, SHARED_RUNS
 
 TESTS = pathlib.Path(__file__).parent
 
@@ -29,3 +29,11 @@ def test_every_file_using_a_session_run_shares_its_worker():
             f"{fixture} is used by {sorted(using)}; SHARED_RUNS lists {sorted(files)}: "
             "list every file that uses it, or each worker trains it again"
         )
+
+
+def test_every_longest_first_scope_exists():
+    """A renamed or deleted file in `LONGEST_FIRST` would be skipped without a word."""
+    for scope in LONGEST_FIRST:
+        exists = scope in SHARED_RUNS or (TESTS.parent / scope).is_file()
+        assert exists, f"LONGEST_FIRST lists {scope}: no such SHARED_RUNS group or file"
+    assert len(set(LONGEST_FIRST)) == len(LONGEST_FIRST)
