@@ -4,7 +4,8 @@ several seeds, and prints a markdown table; then checks one published claim.
 Tasks: scikit-learn's digits (MLP 64-128-10) and the synthetic imbalanced, noisy task
 (`synthetic(imbalance=10, label_noise=0.1)`, MLP 64-64). Each controller uses its
 shipped `strategies/*.gin` file on top of `base.gin`, with `Trainer.steps = 2000` (so
-the 2000-batch schedules end with the run), SGD, batch 64, eval every 100 batches.
+the 2000-batch schedules end with the run), SGD unless the file picks its optimizer, batch
+64, eval every 100 batches.
 Reported: final eval loss and accuracy (mean +- std over seeds) and the batches until
 eval accuracy first reached the task's target (median over the seeds that reached
 it, and how many did). Events are read back with TensorBoard's loader.
@@ -66,8 +67,7 @@ COMMON = [
     "Trainer.steps = 2000",
     "Trainer.eval_every = 100",
     "Trainer.histogram_every = 0",
-    "Trainer.optimizer = 'sgd'",
-]
+]  # the optimizer: base.gin's SGD, unless the strategy file picks its own (Prodigy, AdamW)
 
 
 def eval_series(run_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,7 +98,8 @@ def run(gin_files: list[str], params: list[str], logdir: str) -> tuple[np.ndarra
 def results(strategies: list[pathlib.Path], seeds: list[int], logdir: str) -> None:
     emit(
         f"## Every strategy on the built-in tasks\n\nEach `strategies/*.gin` on top of "
-        f"`base.gin`, 2,000 batches of SGD (batch 64, eval every 100), seeds "
+        f"`base.gin`, 2,000 batches of SGD, or of the optimizer the strategy file picks "
+        "(batch 64, eval every 100), seeds "
         f"{', '.join(map(str, seeds))}; digits with the MLP 64-128-10, and the synthetic "
         "task with 10x class imbalance and 10% label noise (MLP 20-64-4). Final eval "
         "metrics are mean +- std over seeds; batches to target is the median over the "
