@@ -37,6 +37,7 @@ from typing import NamedTuple
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+from train_in_pool import init_worker, train_and_read
 
 PAGE = "docs/results-decay-follows-lr.md"
 FIGURE = "docs/results-decay-follows-lr.png"
@@ -90,41 +91,16 @@ class Outcome(NamedTuple):
     seconds: float
 
 
-def _init_worker() -> None:
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-
-
 def _train(params: tuple[str, ...], seed: int, logdir: str) -> Outcome:
     """Runs one arm and seed in this process and reads its events back."""
-    import gin
-    import tensorflow as tf
-    from tensorboard.backend.event_processing import event_accumulator as ea
-
-    from lrresearch.config import parse as config
-    from lrresearch.training.trainer import Trainer
-
-    start = time.perf_counter()
-    config.parse([GIN_FILE], [*params, f"Trainer.seed = {seed}"])
-    try:
-        run_dir = Trainer().fit(logdir=logdir, quiet=True).run_dir
-    finally:
-        gin.clear_config()
-    acc = ea.EventAccumulator(run_dir, size_guidance={ea.TENSORS: 0})
-    acc.Reload()
-
-    def values(tag: str) -> np.ndarray:
-        return np.array([float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)])
-
-    has_decay = "optimizer/weight_decay" in acc.Tags()["tensors"]
+    tags = ("grad/global_norm", "lr", "optimizer/weight_decay", "eval/accuracy")
+    values, seconds = train_and_read(GIN_FILE, params, seed, logdir, tags)
     return Outcome(
-        values("grad/global_norm"),
-        values("lr"),
-        values("optimizer/weight_decay") if has_decay else None,
-        float(values("eval/accuracy")[-1]),
-        time.perf_counter() - start,
+        values["grad/global_norm"],
+        values["lr"],
+        values.get("optimizer/weight_decay"),
+        float(values["eval/accuracy"][-1]),
+        seconds,
     )
 
 
@@ -193,7 +169,7 @@ def load_note() -> str:
 def run_all(steps: int, seeds: Sequence[int], jobs: int, logdir: str) -> dict[str, list[Outcome]]:
     """Every arm and seed on a pool of `jobs` processes."""
     context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(jobs, context, initializer=_init_worker) as pool:
+    with futures.ProcessPoolExecutor(jobs, context, initializer=init_worker) as pool:
         submitted = {
             label: [pool.submit(_train, params, seed, logdir) for seed in seeds]
             for label, params in arms(steps).items()

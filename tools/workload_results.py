@@ -40,6 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 from mnist1d_reference import AUTHORS, NOTEBOOK, PAPER, anchor_specs
+from train_in_pool import init_worker, train_and_read
 
 LINES: list[str] = []
 SPIKE_WINDOW, SPIKE_RATIO, SPIKE_NATS = 50, 3.0, 0.2
@@ -81,35 +82,12 @@ def spikes(loss: np.ndarray) -> int:
     return int(np.sum(flags & ~np.r_[False, flags[:-1]]))
 
 
-def _init_worker() -> None:
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-
-
 def _train(job: Job, metric: str, logdir: str) -> Outcome:
     """Runs one job in this process and reads its events back."""
-    import gin
-    import tensorflow as tf
-    from tensorboard.backend.event_processing import event_accumulator as ea
-
-    from lrresearch.config import parse as config
-    from lrresearch.training.trainer import Trainer
-
-    start = time.perf_counter()
-    config.parse([job.gin_file], [*job.params, f"Trainer.seed = {job.seed}"])
-    try:
-        run_dir = Trainer().fit(logdir=logdir, quiet=True).run_dir
-    finally:
-        gin.clear_config()
-    acc = ea.EventAccumulator(run_dir, size_guidance={ea.TENSORS: 0})
-    acc.Reload()
-
-    def values(tag: str) -> np.ndarray:
-        return np.array([float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)])
-
-    return Outcome(values("loss/batch"), float(values(metric)[-1]), time.perf_counter() - start)
+    values, seconds = train_and_read(
+        job.gin_file, job.params, job.seed, logdir, ("loss/batch", metric)
+    )
+    return Outcome(values["loss/batch"], float(values[metric][-1]), seconds)
 
 
 class Runner:
@@ -118,7 +96,7 @@ class Runner:
     def __init__(self, jobs: int, logdir: str):
         self.logdir, self.done = logdir, {}
         context = multiprocessing.get_context("spawn")
-        self.pool = futures.ProcessPoolExecutor(jobs, context, initializer=_init_worker)
+        self.pool = futures.ProcessPoolExecutor(jobs, context, initializer=init_worker)
 
     def run(self, batch: Sequence[tuple[Job, str]]) -> list[Outcome]:
         """Runs every (job, metric) not run before, in parallel; returns all outcomes."""
