@@ -13,6 +13,7 @@ calls stop. The workload (model, loss, metrics) is `lrresearch.workloads.model_l
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -221,7 +222,10 @@ class Trainer(InnerLoop):
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.call_capacity = compiled_loop.call_capacity(self)
         self.reset_loops()
-        self.evaluate = tf.function(lambda: self._evaluate())  # per trainer: no retrace warning
+        # TF counts retraces per code object, so the evaluations of several trainers in
+        # one process (a sweep) added up to a false "retracing" warning; a partial has no
+        # code object, and TF counts it by itself: one count per trainer.
+        self.evaluate = tf.function(functools.partial(self._evaluate))
         self.next_step = 0  # `InnerLoop.next_step`: the loop never reads `self.step`
         # Root names as in checkpoints written before these parts had modules of their
         # own, so those checkpoints keep restoring.

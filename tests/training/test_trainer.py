@@ -778,3 +778,32 @@ def test_the_compiled_loop_is_traced_without_autograph(tmp_path, monkeypatch):
     with trainer.logging_to(tf.summary.create_file_writer(str(tmp_path))):
         trainer.run_steps(2)
     assert converted == []
+
+
+@pytest.mark.slow
+def test_trainers_evaluated_in_one_process_log_no_retracing_warning():
+    """A sweep builds a trainer per point in one process: each traces its own evaluation
+    once, which TF counted as retraces of one function (a false "triggered tf.function
+    retracing" warning from the fifth point on)."""
+    import logging
+
+    class Warnings(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    caught = Warnings()
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(caught)
+    try:
+        for _ in range(6):
+            trainer = small_trainer(build=True, steps=1, eval_every=1)
+            trainer.evaluate()
+            assert trainer.evaluate.experimental_get_tracing_count() == 1
+    finally:
+        logger.removeHandler(caught)
+        gin.clear_config()
+    assert not [m for m in caught.messages if "retracing" in m]
