@@ -43,3 +43,9 @@ def check_int(owner: str, name: str, value: object, minimum: int) -> None:
     """Raises ValueError naming `owner.name` unless `value` is an int >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{owner}.{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_bool(owner: str, name: str, value: object) -> None:
+    """Raises ValueError naming `owner.name` unless `value` is True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be True or False, got {value!r}")

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from lrresearch.checks import (  # noqa: F401  (the controller author's checks, as documented)
+    check_bool,
     check_int,
     check_interval,
     check_nonnegative,

@@ -13,18 +13,9 @@ from __future__ import annotations
 import gin
 import tensorflow as tf
 
-from lrresearch.checks import check_int, check_nonnegative, check_positive
+from lrresearch.checks import check_bool, check_int, check_nonnegative, check_positive
 from lrresearch.controllers.base import Controller, ControllerOutput, length_warning, run_length
-from lrresearch.controllers.signals import Signals, make_signals
-
-
-def _step64(signals: Signals) -> tf.Tensor:
-    return tf.cast(signals.step, tf.float64)
-
-
-def _check_staircase(owner: str, staircase: object) -> None:
-    if not isinstance(staircase, bool):
-        raise ValueError(f"{owner}.staircase must be True or False, got {staircase!r}")
+from lrresearch.controllers.signals import Signals, make_signals, step64
 
 
 @gin.configurable
@@ -94,8 +85,7 @@ class InverseSqrtController(Controller):
         check_int(owner, "warmup_steps", warmup_steps, 0)
         if timescale is not None:
             check_int(owner, "timescale", timescale, 1)
-        if not isinstance(linear_warmup, bool):
-            raise ValueError(f"{owner}.linear_warmup must be True or False, got {linear_warmup!r}")
+        check_bool(owner, "linear_warmup", linear_warmup)
         check_nonnegative(owner, min_lr=min_lr)
         self.peak_lr, self.min_lr = float(peak_lr), float(min_lr)
         self.warmup_steps, self.linear_warmup = warmup_steps, linear_warmup
@@ -114,7 +104,7 @@ class InverseSqrtController(Controller):
         ]
 
     def compute(self, signals: Signals) -> ControllerOutput:
-        t = _step64(signals)
+        t = step64(signals)
         w, s = self.warmup_steps, float(self.timescale)
         warm = tf.ones_like(t)
         if self.linear_warmup and w > 0:
@@ -194,8 +184,7 @@ class PolynomialDecayController(Controller):
         if decay_steps is not None:
             check_int(owner, "decay_steps", decay_steps, 1)
         check_positive(owner, power=power)
-        if not isinstance(cycle, bool):
-            raise ValueError(f"{owner}.cycle must be True or False, got {cycle!r}")
+        check_bool(owner, "cycle", cycle)
         check_int(owner, "transition_begin", transition_begin, 0)
         self.initial_lr, self.end_lr, self.power = float(initial_lr), float(end_lr), float(power)
         self.cycle, self.transition_begin = cycle, transition_begin
@@ -229,7 +218,7 @@ class PolynomialDecayController(Controller):
         owner = "PolynomialDecayController"
         if self.decay_steps is None:
             run_length(owner, "decay_steps", None, None, 1)  # raises
-        s = tf.maximum(_step64(signals) - self.transition_begin, 0.0)
+        s = tf.maximum(step64(signals) - self.transition_begin, 0.0)
         span = float(self.decay_steps)
         if self.cycle:
             cycles = tf.where(tf.equal(s, 0.0), tf.ones_like(s), tf.math.ceil(s / span))
@@ -303,7 +292,7 @@ class ExponentialDecayController(Controller):
         owner = "ExponentialDecayController"
         check_positive(owner, initial_lr=initial_lr, decay_rate=decay_rate)
         check_int(owner, "decay_steps", decay_steps, 1)
-        _check_staircase(owner, staircase)
+        check_bool(owner, "staircase", staircase)
         check_int(owner, "transition_begin", transition_begin, 0)
         if end_lr is not None:
             check_nonnegative(owner, end_lr=end_lr)
@@ -313,7 +302,7 @@ class ExponentialDecayController(Controller):
         self.end_lr = None if end_lr is None else float(end_lr)
 
     def compute(self, signals: Signals) -> ControllerOutput:
-        s = _step64(signals) - self.transition_begin
+        s = step64(signals) - self.transition_begin
         p = s / self.decay_steps
         if self.staircase:
             p = tf.floor(p)
@@ -371,12 +360,12 @@ class InverseTimeDecayController(Controller):
         owner = "InverseTimeDecayController"
         check_positive(owner, initial_lr=initial_lr, decay_rate=decay_rate)
         check_int(owner, "decay_steps", decay_steps, 1)
-        _check_staircase(owner, staircase)
+        check_bool(owner, "staircase", staircase)
         self.initial_lr, self.decay_rate = float(initial_lr), float(decay_rate)
         self.decay_steps, self.staircase = decay_steps, staircase
 
     def compute(self, signals: Signals) -> ControllerOutput:
-        p = _step64(signals) / self.decay_steps
+        p = step64(signals) / self.decay_steps
         if self.staircase:
             p = tf.floor(p)
         lr = self.initial_lr / (1.0 + self.decay_rate * p)

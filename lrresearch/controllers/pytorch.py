@@ -12,7 +12,7 @@ import math
 import gin
 import tensorflow as tf
 
-from lrresearch.checks import check_int, check_number, check_positive
+from lrresearch.checks import check_bool, check_int, check_number, check_positive
 from lrresearch.controllers.base import (
     Controller,
     ControllerOutput,
@@ -20,16 +20,11 @@ from lrresearch.controllers.base import (
     length_warning,
     run_length,
 )
-from lrresearch.controllers.signals import Signals, make_signals
-
-
-def _step64(signals: Signals) -> tf.Tensor:
-    return tf.cast(signals.step, tf.float64)
+from lrresearch.controllers.signals import Signals, make_signals, step64
 
 
 def _check_momenta(owner: str, cycle_momentum: object, **momenta: float) -> None:
-    if not isinstance(cycle_momentum, bool):
-        raise ValueError(f"{owner}.cycle_momentum must be True or False, got {cycle_momentum!r}")
+    check_bool(owner, "cycle_momentum", cycle_momentum)
     for name, value in momenta.items():
         check_number(owner, name, value)
         if not 0.0 <= value < 1.0:
@@ -178,7 +173,7 @@ class OneCycleController(Controller):
     def compute(self, signals: Signals) -> ControllerOutput:
         if self.total_steps is None:
             run_length("OneCycleController", "total_steps", None, None, 2)  # raises
-        t = tf.minimum(_step64(signals), self.total_steps - 1.0)
+        t = tf.minimum(step64(signals), self.total_steps - 1.0)
         lr = momentum = tf.constant(0.0, tf.float64)
         phase_index = tf.constant(0.0, tf.float64)
         chosen = tf.constant(False)
@@ -293,7 +288,7 @@ class CyclicController(Controller):
             check_cycle_momentum("CyclicController", optimizer)
 
     def compute(self, signals: Signals) -> ControllerOutput:
-        t = _step64(signals)
+        t = step64(signals)
         cycle = tf.floor(1.0 + t / self.total_size)
         x = 1.0 + t / self.total_size - cycle
         scale = tf.where(

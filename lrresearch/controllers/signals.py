@@ -37,6 +37,12 @@ class Signals(NamedTuple):
     grads: tuple[tf.Tensor, ...] = ()
 
 
+def step64(signals: Signals) -> tf.Tensor:
+    """The batch index as a float64 scalar, for schedules computed in float64 and rounded
+    to float32 once (as PyTorch's and Keras's with float64 arguments)."""
+    return tf.cast(signals.step, tf.float64)
+
+
 def make_signals(
     step: int | tf.Tensor,
     loss: float | tf.Tensor,

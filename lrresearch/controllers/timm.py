@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import gin
 import tensorflow as tf
 
-from lrresearch.checks import check_int, check_nonnegative, check_number, check_positive
+from lrresearch.checks import check_bool, check_int, check_nonnegative, check_number, check_positive
 from lrresearch.controllers.base import Controller, ControllerOutput, length_warning, run_length
 from lrresearch.controllers.signals import Signals, make_signals
 from lrresearch.controllers.torch_random import timm_noise_table
@@ -142,8 +142,7 @@ class TimmCosineController(Controller):
         check_int(OWNER, "warmup_t", warmup_t, 0)
         check_int(OWNER, "noise_seed", noise_seed, 0)
         check_nonnegative(OWNER, lr_min=lr_min, warmup_lr_init=warmup_lr_init)
-        if not isinstance(warmup_prefix, bool):
-            raise ValueError(f"{OWNER}.warmup_prefix must be True or False, got {warmup_prefix!r}")
+        check_bool(OWNER, "warmup_prefix", warmup_prefix)
         if noise_type not in NOISE_TYPES:
             raise ValueError(f"{OWNER}.noise_type must be one of {NOISE_TYPES}, got {noise_type!r}")
         self.noise_window = _noise_window(noise_range_t)
