@@ -105,6 +105,17 @@ class Controller(tf.Module):
         step is traced (for rules that watch the weights); a no-op by default."""
         del variables
 
+    def known_peak_lr(self) -> float | None:
+        """Host-side: the largest LR this controller gives over any run, when its
+        arguments say it, else None (a rule that reacts to the loss or the gradients).
+        By default a float attribute `peak_lr` (`WSDController`, `InverseSqrtController`,
+        a rule of your own), else None; schedules and wrappers override it.
+        `DecayFollowsLR` divides by it."""
+        stated = getattr(self, "peak_lr", None)
+        if isinstance(stated, (int, float)) and not isinstance(stated, bool):
+            return float(stated)
+        return None
+
     def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
         """Raises ValueError if this rule cannot be exact with `optimizer` (called by the
         trainer and `ControlledModel` once the optimizer exists); a no-op by default.

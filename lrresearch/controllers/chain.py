@@ -99,6 +99,11 @@ class Chain(Composite):
                 break
         return warnings
 
+    def known_peak_lr(self) -> float | None:
+        """The largest of its parts', when every part's is known."""
+        peaks = [part.known_peak_lr() for part in self.parts]
+        return None if None in peaks else max(peaks)
+
     def compute(self, signals: Signals) -> ControllerOutput:
         step = tf.cast(signals.step, tf.int64)
         starts = [0, *self.boundaries]

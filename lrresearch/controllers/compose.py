@@ -229,6 +229,10 @@ class Warmup(_Wrapper):
             return self.start_factor + (1.0 - self.start_factor) * progress
         return self.start_factor ** (1.0 - progress)
 
+    def known_peak_lr(self) -> float | None:
+        """Its controller's: the warmup never raises the LR."""
+        return self.base.known_peak_lr()
+
     def compute(self, signals: Signals) -> ControllerOutput:
         out = self.base.compute(signals)
         # float64, rounded once at the end, as the schedules (see WarmupCosineController).
@@ -283,6 +287,11 @@ class Clamp(_Wrapper):
         self.base, self.min_lr, self.max_lr = controller, float(min_lr), float(max_lr)
         self.initial_lr = min(max(controller.initial_lr, self.min_lr), self.max_lr)
 
+    def known_peak_lr(self) -> float | None:
+        """The smaller of its controller's and `max_lr`."""
+        peak = self.base.known_peak_lr()
+        return None if peak is None else min(peak, self.max_lr)
+
     def compute(self, signals: Signals) -> ControllerOutput:
         out = self.base.compute(signals)
         lr = tf.clip_by_value(tf.cast(out.lr, tf.float32), self.min_lr, self.max_lr)
@@ -327,6 +336,10 @@ class MaxChange(_Wrapper):
         check_positive("MaxChange", max_change_ratio=max_change_ratio)
         self.base, self.ratio = controller, float(max_change_ratio)
         self.initial_lr = controller.initial_lr
+
+    def known_peak_lr(self) -> float | None:
+        """Its controller's: a limited change never overshoots it."""
+        return self.base.known_peak_lr()
 
     def compute(self, signals: Signals) -> ControllerOutput:
         out = self.base.compute(signals)

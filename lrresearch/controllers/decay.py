@@ -214,6 +214,10 @@ class PolynomialDecayController(Controller):
             binding = "PolynomialDecayController.transition_begin + decay_steps"
         return length_warning(binding, length, span, name, f"end_lr = {self.end_lr:g}", last)
 
+    def known_peak_lr(self) -> float | None:
+        """The larger of `initial_lr` and `end_lr`."""
+        return max(self.initial_lr, self.end_lr)
+
     def compute(self, signals: Signals) -> ControllerOutput:
         owner = "PolynomialDecayController"
         if self.decay_steps is None:
@@ -301,6 +305,12 @@ class ExponentialDecayController(Controller):
         self.transition_begin = transition_begin
         self.end_lr = None if end_lr is None else float(end_lr)
 
+    def known_peak_lr(self) -> float | None:
+        """`initial_lr` (or a larger `end_lr`); a growing LR's bound `end_lr`, if any."""
+        if self.decay_rate <= 1:
+            return max(self.initial_lr, self.end_lr or 0.0)
+        return self.end_lr  # a growing LR: its bound, if any
+
     def compute(self, signals: Signals) -> ControllerOutput:
         s = step64(signals) - self.transition_begin
         p = s / self.decay_steps
@@ -363,6 +373,10 @@ class InverseTimeDecayController(Controller):
         check_bool(owner, "staircase", staircase)
         self.initial_lr, self.decay_rate = float(initial_lr), float(decay_rate)
         self.decay_steps, self.staircase = decay_steps, staircase
+
+    def known_peak_lr(self) -> float | None:
+        """Its `initial_lr`."""
+        return self.initial_lr
 
     def compute(self, signals: Signals) -> ControllerOutput:
         p = step64(signals) / self.decay_steps

@@ -9,102 +9,17 @@ import tensorflow as tf
 
 from lrresearch.checks import check_nonnegative, check_positive
 from lrresearch.controllers.base import Controller, ControllerOutput
-from lrresearch.controllers.chain import Chain
-from lrresearch.controllers.compose import Clamp, MaxChange, Warmup, _Wrapper, check_controller
-from lrresearch.controllers.decay import (
-    ExponentialDecayController,
-    InverseTimeDecayController,
-    PolynomialDecayController,
-)
-from lrresearch.controllers.keras_schedule import ScheduleController
-from lrresearch.controllers.pytorch import (
-    CosineRestartsController,
-    CyclicController,
-    OneCycleController,
-)
-from lrresearch.controllers.schedules import ConstantController, WarmupCosineController
+from lrresearch.controllers.compose import _Wrapper, check_controller
 from lrresearch.controllers.signals import Signals
-from lrresearch.controllers.steps import (
-    MultiStepController,
-    PiecewiseConstantController,
-    StepController,
-)
 from lrresearch.optimizers.weight_decay import weight_decay_attribute, weight_decay_value
 
 OWNER = "DecayFollowsLR"
 
 
 def known_peak_lr(controller: Controller) -> float | None:
-    """The largest LR `controller` gives over any run, when its arguments say it (host-
-    side), else None (a rule that reacts to the loss or the gradients).
-
-    A controller that states it as a float attribute `peak_lr` (`WSDController`, or a
-    rule of your own) gives that; the built-in schedules their peak argument
-    (`ConstantController.lr`, `WarmupCosineController.base_lr`,
-    `OneCycleController.max_lr`, `CyclicController.max_lr`,
-    `CosineRestartsController.base_lr`; the decay families' first LR, a growing one's
-    bound, `PiecewiseConstantController`'s largest value; a `ScheduleController` of
-    one of Keras's own schedules, by its arguments); `Warmup` and `MaxChange`
-    their controller's (they never raise it), `Clamp` the smaller of its controller's
-    and its `max_lr`, `Chain` the largest of its parts' when every part's is known.
-    """
-    stated = getattr(controller, "peak_lr", None)
-    if isinstance(stated, (int, float)) and not isinstance(stated, bool):
-        return float(stated)
-    if isinstance(controller, ConstantController):
-        return controller.initial_lr
-    if isinstance(controller, WarmupCosineController):
-        return max(controller.base_lr, controller.init_lr, controller.end_lr)
-    if isinstance(controller, (OneCycleController, CyclicController)):
-        return controller.max_lr
-    if isinstance(controller, CosineRestartsController):
-        return controller.base_lr
-    return _decay_family_peak(controller)
-
-
-def _decay_family_peak(controller: Controller) -> float | None:
-    """`known_peak_lr` of the decay families (`decay.py`, `steps.py`) and the wrappers."""
-    if isinstance(controller, (InverseTimeDecayController, PolynomialDecayController)):
-        return max(controller.initial_lr, getattr(controller, "end_lr", 0.0))
-    if isinstance(controller, ExponentialDecayController):
-        if controller.decay_rate <= 1:
-            return max(controller.initial_lr, controller.end_lr or 0.0)
-        return controller.end_lr  # a growing LR: its bound, if any
-    if isinstance(controller, PiecewiseConstantController):
-        return max(controller.values)
-    if isinstance(controller, (StepController, MultiStepController)):
-        return controller.initial_lr if controller.gamma <= 1 else None
-    if isinstance(controller, ScheduleController):
-        return _keras_schedule_peak(controller.schedule)
-    if isinstance(controller, (Warmup, MaxChange)):
-        return known_peak_lr(controller.base)
-    if isinstance(controller, Clamp):
-        peak = known_peak_lr(controller.base)
-        return None if peak is None else min(peak, controller.max_lr)
-    if isinstance(controller, Chain):
-        peaks = [known_peak_lr(part) for part in controller.parts]
-        return None if None in peaks else max(peaks)
-    return None
-
-
-def _keras_schedule_peak(schedule: object) -> float | None:
-    """The peak of one of Keras's own schedules, by its arguments (not of a subclass,
-    which may compute something else); None otherwise."""
-    schedules = keras.optimizers.schedules
-    kind = type(schedule)
-    first = getattr(schedule, "initial_learning_rate", None)
-    if kind is schedules.CosineDecay:
-        return max(float(first), float(schedule.warmup_target or 0.0))
-    if kind is schedules.CosineDecayRestarts:
-        return float(first) if schedule._m_mul <= 1 else None
-    if kind in (schedules.ExponentialDecay, schedules.InverseTimeDecay):
-        growing = kind is schedules.ExponentialDecay and schedule.decay_rate > 1
-        return None if growing else float(first)
-    if kind is schedules.PolynomialDecay:
-        return max(float(first), float(schedule.end_learning_rate))
-    if kind is schedules.PiecewiseConstantDecay:
-        return max(float(v) for v in schedule.values)
-    return None
+    """The largest LR `controller` gives over any run, when its arguments say it
+    (`Controller.known_peak_lr`), else None."""
+    return controller.known_peak_lr()
 
 
 @gin.configurable

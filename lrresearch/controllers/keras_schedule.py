@@ -149,6 +149,10 @@ class ScheduleController(Controller):
         `as_schedule` (not read as a nested controller)."""
         return cls(**config)
 
+    def known_peak_lr(self) -> float | None:
+        """The peak of one of Keras's own schedules, by its arguments; None otherwise."""
+        return keras_schedule_peak(self.schedule)
+
     def compute(self, signals: Signals) -> ControllerOutput:
         step = tf.cast(signals.step, STEP_DTYPES[self.step_dtype])
         lr = tf.reshape(tf.cast(self.schedule(step), tf.float32), [])
@@ -348,3 +352,23 @@ def _subclasses(cls: type) -> Iterator[type]:
     for sub in cls.__subclasses__():
         yield sub
         yield from _subclasses(sub)
+
+
+def keras_schedule_peak(schedule: object) -> float | None:
+    """The peak of one of Keras's own schedules, by its arguments (not of a subclass,
+    which may compute something else); None otherwise."""
+    schedules = keras.optimizers.schedules
+    kind = type(schedule)
+    first = getattr(schedule, "initial_learning_rate", None)
+    if kind is schedules.CosineDecay:
+        return max(float(first), float(schedule.warmup_target or 0.0))
+    if kind is schedules.CosineDecayRestarts:
+        return float(first) if schedule._m_mul <= 1 else None
+    if kind in (schedules.ExponentialDecay, schedules.InverseTimeDecay):
+        growing = kind is schedules.ExponentialDecay and schedule.decay_rate > 1
+        return None if growing else float(first)
+    if kind is schedules.PolynomialDecay:
+        return max(float(first), float(schedule.end_learning_rate))
+    if kind is schedules.PiecewiseConstantDecay:
+        return max(float(v) for v in schedule.values)
+    return None

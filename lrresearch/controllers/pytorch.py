@@ -170,6 +170,10 @@ class OneCycleController(Controller):
             return end + (start - end) / 2.0 * (tf.cos(math.pi * pct) + 1.0)
         return (end - start) * pct + start
 
+    def known_peak_lr(self) -> float | None:
+        """Its `max_lr`."""
+        return self.max_lr
+
     def compute(self, signals: Signals) -> ControllerOutput:
         if self.total_steps is None:
             run_length("OneCycleController", "total_steps", None, None, 2)  # raises
@@ -287,6 +291,10 @@ class CyclicController(Controller):
         if self.cycle_momentum:
             check_cycle_momentum("CyclicController", optimizer)
 
+    def known_peak_lr(self) -> float | None:
+        """Its `max_lr`."""
+        return self.max_lr
+
     def compute(self, signals: Signals) -> ControllerOutput:
         t = step64(signals)
         cycle = tf.floor(1.0 + t / self.total_size)
@@ -399,6 +407,10 @@ class CosineRestartsController(Controller):
         if self.T_mult == 1:
             return self.T_0 * n
         return self.T_0 * (tf.pow(tf.constant(self.T_mult, tf.int64), n) - 1) // (self.T_mult - 1)
+
+    def known_peak_lr(self) -> float | None:
+        """Its `base_lr`."""
+        return self.base_lr
 
     def compute(self, signals: Signals) -> ControllerOutput:
         t = tf.cast(signals.step, tf.int64)

@@ -34,6 +34,10 @@ class ConstantController(Controller):
         check_positive("ConstantController", lr=lr)
         self.initial_lr = float(lr)
 
+    def known_peak_lr(self) -> float | None:
+        """Its `lr`."""
+        return self.initial_lr
+
     def compute(self, signals: Signals) -> ControllerOutput:
         del signals
         return ControllerOutput(tf.constant(self.initial_lr, tf.float32), {})
@@ -128,6 +132,10 @@ class WarmupCosineController(Controller):
             binding = "WarmupCosineController.decay_steps"
             warnings += length_warning(binding, length, span, name, end, last)
         return warnings
+
+    def known_peak_lr(self) -> float | None:
+        """The largest of `base_lr`, `init_lr` and `end_lr`."""
+        return max(self.base_lr, self.init_lr, self.end_lr)
 
     def compute(self, signals: Signals) -> ControllerOutput:
         # float64, rounded to float32 once at the end: in float32 the cosine tail towards

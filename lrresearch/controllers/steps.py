@@ -149,6 +149,10 @@ class PiecewiseConstantController(Controller):
         owner = "PiecewiseConstantController"
         return _unreached(owner, "boundaries", self.boundaries, span, name, delay)
 
+    def known_peak_lr(self) -> float | None:
+        """The largest of its `values`."""
+        return max(self.values)
+
     def compute(self, signals: Signals) -> ControllerOutput:
         t = tf.cast(signals.step, tf.int64)
         # `[..., None]`: a step of any shape (a vector of steps, in tests) broadcasts.
@@ -207,6 +211,10 @@ class StepController(Controller):
         check_int(owner, "step_size", step_size, 1)
         self.base_lr, self.step_size, self.gamma = float(base_lr), step_size, float(gamma)
         self.initial_lr = self.base_lr
+
+    def known_peak_lr(self) -> float | None:
+        """Its LR at batch 0, unless `gamma > 1` grows it without bound."""
+        return self.initial_lr if self.gamma <= 1 else None
 
     def compute(self, signals: Signals) -> ControllerOutput:
         decays = tf.cast(tf.cast(signals.step, tf.int64) // self.step_size, tf.float64)
@@ -275,6 +283,10 @@ class MultiStepController(Controller):
         """Warns about milestones the run never reaches."""
         span, name = self.run_span if self.run_span[0] is not None else (steps, "Trainer.steps")
         return _unreached("MultiStepController", "milestones", self.milestones, span, name)
+
+    def known_peak_lr(self) -> float | None:
+        """Its LR at batch 0, unless `gamma > 1` grows it without bound."""
+        return self.initial_lr if self.gamma <= 1 else None
 
     def compute(self, signals: Signals) -> ControllerOutput:
         t = tf.cast(signals.step, tf.int64)
