@@ -20,7 +20,10 @@ from tests.support import Events, Finished, finish, start_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess, pytest.mark.database]
 
-STEPS = 400  # batches per trial, checkpointed every 100: long enough to kill mid-trial
+# Batches per trial, checkpointed every 100. On a quiet machine 400 batches of this MLP
+# took ~0.2 s after the first checkpoint, and a trial finished between being seen
+# RUNNING and the SIGKILL (CI, 2026-12-07): 3,000 leave seconds to kill it mid-trial.
+STEPS = 3000
 PARAMS = [
     "mlp.hidden = (8,)",
     f"Trainer.steps = {STEPS}",
