@@ -1,0 +1,149 @@
+"""A results script's training runs, each one kept: named run directories under a
+logdir that stays (not a temporary one), and a JSON per finished run holding what was
+read back from its event files, so a second invocation (after a crash, a Ctrl-C, or to
+add runs) trains only what is missing (tools/lr_insensitivity.py, tools/warmup_free.py).
+
+A run killed half-way is continued from its last checkpoint, as `lrresearch train
+--resume` does (from step 0 if it saved none); a finished run is never trained again.
+The JSON of a run records its gin file, bindings and seed; a later invocation whose
+run of the same name differs stops with the file to remove, never mixing results.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from train_in_pool import init_worker, read_tags, train
+
+RESULTS = "results"  # <logdir>/results/<run name>.json
+
+
+class Spec(NamedTuple):
+    """One run: its directory name under the logdir, experiment file, bindings, seed."""
+
+    name: str
+    gin_file: str
+    params: tuple[str, ...]
+    seed: int
+
+
+class Result(NamedTuple):
+    """What a finished run logged: `series[tag] = (steps, values)` for each tag read
+    (int64 steps, float64 values), its run directory and the seconds it took."""
+
+    spec: Spec
+    run_dir: str
+    series: dict[str, tuple[np.ndarray, np.ndarray]]
+    seconds: float
+
+    def last(self, tag: str) -> tuple[int, float]:
+        """`(step, value)` of the last point of `tag` (KeyError if never logged)."""
+        steps, values = self.series[tag]
+        return int(steps[-1]), float(values[-1])
+
+    def total(self, tag: str) -> float:
+        """The last value of a counter such as `guard/skipped`, 0 if never logged."""
+        return self.last(tag)[1] if tag in self.series else 0.0
+
+
+def _record(spec: Spec) -> dict[str, Any]:
+    return {"name": spec.name, "gin_file": spec.gin_file, "params": list(spec.params),
+            "seed": spec.seed}  # fmt: skip
+
+
+def _path(logdir: str, name: str) -> str:
+    return os.path.join(logdir, RESULTS, name + ".json")
+
+
+def run_one(spec: Spec, logdir: str, tags: tuple[str, ...], whole: tuple[str, ...]) -> Result:
+    """Trains `spec` as `<logdir>/<spec.name>` (resumed if a killed process left it),
+    reads `tags` back from its event files (every point of the tags in `whole`, the
+    last point of the others) and writes its JSON (atomically: a JSON exists only for
+    a run that finished)."""
+    start = time.perf_counter()
+    run_dir = train(spec.gin_file, spec.params, spec.seed, logdir, spec.name, resume=True)
+    series = {
+        tag: (steps, values) if tag in whole else (steps[-1:], values[-1:])
+        for tag, (steps, values) in read_tags(run_dir, tags).items()
+    }
+    seconds = time.perf_counter() - start
+    data = {
+        **_record(spec),
+        "run_dir": os.path.relpath(run_dir, logdir),
+        "seconds": seconds,
+        "series": {t: {"steps": s.tolist(), "values": v.tolist()} for t, (s, v) in series.items()},
+    }
+    path = _path(logdir, spec.name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f)
+    os.replace(path + ".tmp", path)
+    return Result(spec, run_dir, series, seconds)
+
+
+class StaleResultError(Exception):
+    """A kept result whose run was configured differently from the run asked for."""
+
+
+def load(spec: Spec, logdir: str) -> Result | None:
+    """The kept result of `spec`, None if it has not finished; `StaleResultError` if a run
+    of that name was trained with other bindings."""
+    path = _path(logdir, spec.name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    if {k: data[k] for k in _record(spec)} != _record(spec):
+        raise StaleResultError(
+            f"{path} holds run {spec.name!r} trained with other bindings than this "
+            f"script asks for now; remove it and {os.path.join(logdir, spec.name)} "
+            "(or pass another --logdir) to train it again"
+        )
+    series = {
+        t: (np.array(s["steps"], np.int64), np.array(s["values"], np.float64))
+        for t, s in data["series"].items()
+    }
+    return Result(spec, os.path.join(logdir, data["run_dir"]), series, data["seconds"])
+
+
+def run_all(
+    specs: Sequence[Spec],
+    logdir: str,
+    tags: Sequence[str],
+    jobs: int,
+    whole: Sequence[str] = (),
+) -> tuple[dict[str, Result], dict[str, str]]:
+    """Every spec's result (`tags` read back, every point of those in `whole`, the last
+    of the others), training the missing ones on `jobs` worker processes (one
+    TensorFlow thread each); returns `(results by name, errors by name)`: a run that
+    raised is reported, not retried, and the others go on."""
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two runs share a name: {sorted(n for n in names if names.count(n) > 1)}")
+    results = {s.name: r for s in specs if (r := load(s, logdir)) is not None}
+    missing = [s for s in specs if s.name not in results]
+    print(f"{len(results)} of {len(specs)} runs kept in {logdir}; training {len(missing)}",
+          flush=True)  # fmt: skip
+    errors: dict[str, str] = {}
+    if not missing:
+        return results, errors
+    context = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(jobs, context, initializer=init_worker) as pool:
+        pending = {pool.submit(run_one, s, logdir, tuple(tags), tuple(whole)): s for s in missing}
+        for done, future in enumerate(futures.as_completed(pending), 1):
+            spec = pending[future]
+            try:
+                results[spec.name] = future.result()
+            except Exception as error:  # reported on the page; the others go on
+                errors[spec.name] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            state = errors.get(spec.name) or f"{results[spec.name].seconds:.0f} s"
+            print(f"[{done}/{len(missing)}] {spec.name}: {state}", file=sys.stderr, flush=True)
+    return results, errors
