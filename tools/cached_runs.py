@@ -89,6 +89,22 @@ def run_one(spec: Spec, logdir: str, tags: tuple[str, ...], whole: tuple[str, ..
     return Result(spec, run_dir, series, seconds)
 
 
+def has_configurable(name: str | None) -> bool:
+    """Whether this lrresearch registers `name` with gin (None: nothing needed), as a
+    run's gin file would find it: after importing the trainer, which imports every
+    optimizer and controller."""
+    if name is None:
+        return True
+    import gin
+
+    import lrresearch.training.trainer  # noqa: F401 - registers the configurables
+
+    try:
+        return gin.get_configurable(name) is not None
+    except ValueError:
+        return False
+
+
 class StaleResultError(Exception):
     """A kept result whose run was configured differently from the run asked for."""
 

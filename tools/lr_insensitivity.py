@@ -4,17 +4,18 @@
 The claim (Schaipp et al., ICML 2024): MoMo and MoMo-Adam keep their final accuracy over
 four decades of LR where SGD-momentum and Adam collapse. The authors' record (MNIST, an
 MLP with two hidden layers of 100, batches of 128, 10 epochs, a constant LR, 3 runs;
-`fabian-sp/step-back` `configs/mnist_mlp.json` and `stepback/records/mnist_mlp.csv`):
+`fabian-sp/step-back`@6d033ec9, `configs/mnist_mlp.json` and `stepback/records/mnist_mlp.csv`):
 MoMo 97.65-97.97% validation accuracy for every lr in 0.1..1000, SGD-M 9.8% at lr >= 10.
 
 Here: the same grids of constant LRs, on the digits MLP (`base.gin`) and the MNIST-1D MLP
 (`experiments/mnist1d_mlp.gin`), for SGD-M and Adam, MoMo and MoMo-Adam, and NGN and
-AdaGrad-Norm (LR controllers on plain SGD) on SGD-M's grid; 3 seeds; the final
+AdaGrad-Norm (LR controllers on plain SGD; NGN-M, NGN with momentum 0.9, on Keras's
+heavy ball) on SGD-M's grid; 3 seeds; the final
 `eval/accuracy` read back from each run's event files with TensorBoard's loader.
 
 Run: `python tools/lr_insensitivity.py` (`--jobs 2`; the runs and a JSON per finished
 run stay under `--logdir`, so a second invocation trains only what is missing);
-`--quick` trains a few short runs with one seed and only prints.
+`--quick` trains a few short runs with one seed and only prints (`--page`: writes it too).
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ from typing import NamedTuple
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-from cached_runs import Result, Spec, run_all
+from cached_runs import Result, Spec, has_configurable, run_all
 
+QUICK_NOTE = (
+    "**A quick run** (`--quick`: a few short runs, one seed): a smoke test of "
+    "the script, not the study; the study is the command without `--quick`."
+)
 PAGE, CSV, FIGURE = (f"docs/results-lr-insensitivity.{ext}" for ext in ("md", "csv", "png"))
 SEEDS = (0, 1, 2)
 METRIC, SKIPPED = "eval/accuracy", "guard/skipped"
@@ -68,6 +73,9 @@ METHODS = {
     "ngn": Method("NGN", "NGNController", SGD_GRID, lambda lr: (
         "Trainer.optimizer = 'sgd'", "Trainer.controller = @NGNController()",
         f"NGNController.lr = {lr!r}")),
+    "ngn_m": Method("NGN-M", "NGNController", SGD_GRID, lambda lr: (
+        "Trainer.optimizer = 'momentum'", "Trainer.controller = @NGNController()",
+        f"NGNController.lr = {lr!r}", f"NGNController.momentum = {BETA}")),
     "adagrad_norm": Method("AdaGrad-Norm", "AdaGradNormController", SGD_GRID, lambda lr: (
         "Trainer.optimizer = 'sgd'", "Trainer.controller = @AdaGradNormController()",
         f"AdaGradNormController.lr = {lr!r}")),
@@ -124,19 +132,8 @@ def specs(ws: dict[str, Workload], methods: Sequence[str], seeds: Sequence[int])
 
 def available(methods: Sequence[str]) -> tuple[list[str], list[str]]:
     """`(methods this lrresearch has, those whose class it lacks)`."""
-    import gin
-
-    import lrresearch  # noqa: F401 - registers the configurables
-
-    def has(name: str | None) -> bool:
-        try:
-            return name is None or gin.get_configurable(name) is not None
-        except ValueError:
-            return False
-
-    return [m for m in methods if has(METHODS[m].needs)], [
-        m for m in methods if not has(METHODS[m].needs)
-    ]
+    has = {m: has_configurable(METHODS[m].needs) for m in methods}
+    return [m for m in methods if has[m]], [m for m in methods if not has[m]]
 
 
 def insensitive_range(
@@ -317,8 +314,15 @@ def page(tables, ws, seeds, missing, errors, logdir: str) -> str:
         "evaluated on its last finite weights; '(n skipped)' is the last `guard/skipped` "
         "summed over the seeds. SGD-M is the authors' `torch.optim.SGD(lr, momentum=0.9, "
         "dampening=0.9)`, run as Keras's `SGD(momentum=0.9)` at lr x 0.1 (the same steps "
-        "at a constant LR); MoMo, MoMo-Adam, NGN and AdaGrad-Norm at their defaults but "
-        "the LR.",
+        "at a constant LR); MoMo, MoMo-Adam, NGN, NGN-M and AdaGrad-Norm at their "
+        "defaults but the LR (MoMo's lower bound 0, no online estimate, as the authors' "
+        "MNIST runs).",
+        "",
+        "The grids (constant LRs): MoMo, SGD-M, NGN, NGN-M, AdaGrad-Norm "
+        + ", ".join(f"{lr:g}" for lr in SGD_GRID)
+        + " (the authors': MoMo 0.001..1000, SGD-M 0.001..100); Adam and MoMo-Adam "
+        + ", ".join(f"{lr:g}" for lr in ADAM_GRID)
+        + " (the authors' own).",
         "",
         f"**Insensitivity** (defined once, `insensitive_range` in `tools/lr_insensitivity.py`): "
         f"the longest run of consecutive grid LRs that holds a method's best LR and whose "
@@ -349,6 +353,11 @@ def page(tables, ws, seeds, missing, errors, logdir: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs, one seed; prints")
+    parser.add_argument(
+        "--page",
+        action="store_true",
+        help="with --quick, write the page anyway (marked as a quick run)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument(
         "--logdir", default=None, help="where the runs stay (default runs/lr_insensitivity[_quick])"
@@ -367,8 +376,10 @@ def main() -> None:
     results, errors = run_all(specs(ws, methods, seeds), logdir, (METRIC, SKIPPED), args.jobs)
     tables = {wk: {m: cells(results, wk, m, seeds) for m in methods} for wk in ws}
     text = page(tables, ws, seeds, missing, errors, logdir)
+    if args.quick:
+        text = QUICK_NOTE + "\n\n" + text
     print(text)
-    if not args.quick:
+    if args.page or not args.quick:
         from measured_page import write_page
 
         write_csv(results, ws, methods, seeds, logdir, CSV)

@@ -13,7 +13,7 @@ files with TensorBoard's loader.
 
 Run: `python tools/warmup_free.py` (`--jobs 2`; the runs and a JSON per finished run stay
 under `--logdir`, so a second invocation trains only what is missing); `--quick` trains
-a few short runs with one seed and only prints.
+a few short runs with one seed and only prints (`--page`: writes it too).
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import workload_results
-from cached_runs import Result, Spec, run_all
+from cached_runs import Result, Spec, has_configurable, run_all
 
+QUICK_NOTE = (
+    "**A quick run** (`--quick`: a few short runs, one seed): a smoke test of "
+    "the script, not the study; the study is the command without `--quick`."
+)
 PAGE, CSV, FIGURE = (f"docs/results-warmup-free.{ext}" for ext in ("md", "csv", "png"))
 SEEDS = (0, 1, 2)
 LOSS, METRIC, SKIPPED = "loss/batch", "eval/bits_per_byte", "guard/skipped"
@@ -50,17 +54,6 @@ def arms(steps: int) -> dict[str, tuple[str, str | None, tuple[str, ...]]]:
         "sf_radam": ("Schedule-Free RAdam, no warmup", "ScheduleFreeRAdam", (
             "Trainer.optimizer = @ScheduleFreeRAdam", *CONSTANT)),
     }  # fmt: skip
-
-
-def available(needs: str | None) -> bool:
-    import gin
-
-    import lrresearch  # noqa: F401 - registers the configurables
-
-    try:
-        return needs is None or gin.get_configurable(needs) is not None
-    except ValueError:
-        return False
 
 
 def specs(keys: Sequence[str], w: workload_results.Workload, seeds: Sequence[int]) -> list[Spec]:
@@ -205,6 +198,11 @@ def page(runs, labels, w, seeds, missing, errors, logdir: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs, one seed; prints")
+    parser.add_argument(
+        "--page",
+        action="store_true",
+        help="with --quick, write the page anyway (marked as a quick run)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--logdir", default=None, help="default runs/warmup_free[_quick]")
     args = parser.parse_args()
@@ -213,7 +211,7 @@ def main() -> None:
     w = workload_results.workloads(args.quick)["lm"]
     table_ = arms(w.steps)
     labels = {k: v[0] for k, v in table_.items()}
-    missing = {k: v[1] for k, v in table_.items() if not available(v[1])}
+    missing = {k: v[1] for k, v in table_.items() if not has_configurable(v[1])}
     keys = [k for k in table_ if k not in missing]
     start = time.perf_counter()
     results, errors = run_all(specs(keys, w, seeds), logdir, (LOSS, METRIC, SKIPPED), args.jobs,
@@ -224,8 +222,10 @@ def main() -> None:
         if all(f"lm-{k}-s{s}" in results for s in seeds)
     }
     text = page(runs, labels, w, seeds, missing, errors, logdir)
+    if args.quick:
+        text = QUICK_NOTE + "\n\n" + text
     print(text)
-    if not args.quick:
+    if args.page or not args.quick:
         from measured_page import write_page
 
         write_csv(runs, logdir, CSV)
