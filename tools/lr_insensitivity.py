@@ -65,7 +65,8 @@ class Method(NamedTuple):
 # One line per method; a method whose class is not in this lrresearch is listed on the
 # page as not run. SGD-M is the authors' `torch.optim.SGD(lr, momentum=0.9, dampening=0.9)`
 # (the buffer is an average of gradients, as MoMo's): with a constant LR that is
-# Keras's SGD(momentum=0.9) at lr * (1 - 0.9).
+# Keras's SGD(momentum=0.9) at lr * (1 - 0.9), but for the first step (PyTorch's buffer
+# starts at the first gradient undamped).
 METHODS = {
     "sgdm": Method("SGD-M", None, SGD_GRID,
                    lambda lr: constant("'momentum'", round(lr * (1 - BETA), 12))),
@@ -306,7 +307,8 @@ def page(tables, ws, seeds, missing, errors, logdir: str) -> str:
     lines = [__doc__.split("\n\n", 1)[1].split("\nRun:")[0].strip(), ""]
     lines += [
         f"Every run trains with a constant LR (the authors' runs used `lr_schedule: constant`), "
-        f"seeds {list(seeds)}; the cell is the mean +- std over seeds of the **last "
+        f"seeds {list(seeds)}; the cell is the mean +- std (`np.std`, ddof 0) over seeds of "
+        "the **last "
         f"`{METRIC}`**, logged at the run's last batch (step `Trainer.steps - 1`), in %. "
         "The non-finite guard keeps the grid's LR (`Trainer.nonfinite_lr_factor = 1.0`) and "
         "never stops a run (`Trainer.max_consecutive_nonfinite = Trainer.steps`): where the "
@@ -314,8 +316,9 @@ def page(tables, ws, seeds, missing, errors, logdir: str) -> str:
         "evaluated on its last finite weights; '(n skipped)' is the last `guard/skipped` "
         "summed over the seeds. SGD-M is the authors' `torch.optim.SGD(lr, momentum=0.9, "
         "dampening=0.9)`, run as Keras's `SGD(momentum=0.9)` at lr x 0.1 (the same steps "
-        "at a constant LR); MoMo, MoMo-Adam, NGN, NGN-M and AdaGrad-Norm at their "
-        "defaults but the LR (MoMo's lower bound 0, no online estimate, as the authors' "
+        "at a constant LR, but for the first: PyTorch's buffer starts at the whole first "
+        "gradient, Keras's at a tenth of it); MoMo, MoMo-Adam, NGN, NGN-M and AdaGrad-Norm "
+        "at their defaults but the LR (MoMo's lower bound 0, no online estimate, as the authors' "
         "MNIST runs).",
         "",
         "The grids (constant LRs): MoMo, SGD-M, NGN, NGN-M, AdaGrad-Norm "

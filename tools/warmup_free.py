@@ -169,7 +169,8 @@ def plot(runs: dict[str, list[Result]], labels: dict[str, str], path: str) -> No
 def page(runs, labels, w, seeds, missing, errors, logdir: str) -> str:
     lines = [__doc__.split("\n\n", 1)[1].split("\nRun:")[0].strip(), ""]
     lines += [
-        f"{w.steps} batches, seeds {list(seeds)}; the reported value is the **last "
+        f"{w.steps} batches, seeds {list(seeds)} (mean +- std over them, `np.std`, ddof 0); "
+        "the reported value is the **last "
         f"`{METRIC}`**, logged at step {w.steps - 1} (the trainer evaluates Schedule-Free's "
         "averaged weights, `x`). The same configuration's row in "
         "[results-workloads.md](results-workloads.md) (the byte-level transformer table) is "
