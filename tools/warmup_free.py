@@ -196,6 +196,15 @@ def page(runs, labels, w, seeds, missing, errors, logdir: str) -> str:
     return "\n".join(lines)
 
 
+def cost_line(results: dict[str, Result]) -> str:
+    """The runs' own time: a page written from kept runs took less than they did."""
+    seconds = sum(r.seconds for r in results.values())
+    return (
+        f"{len(results)} runs, {seconds / 60:.1f} min of training and reading back in "
+        "all (summed over runs, each on one TensorFlow thread, several at a time)."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs, one seed; prints")
@@ -223,6 +232,7 @@ def main() -> None:
         if all(f"lm-{k}-s{s}" in results for s in seeds)
     }
     text = page(runs, labels, w, seeds, missing, errors, logdir)
+    text += "\n\n" + cost_line(results)
     if args.quick:
         text = QUICK_NOTE + "\n\n" + text
     print(text)
