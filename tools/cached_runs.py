@@ -136,30 +136,65 @@ def run_all(
     tags: Sequence[str],
     jobs: int,
     whole: Sequence[str] = (),
+    minutes: float | None = None,
 ) -> tuple[dict[str, Result], dict[str, str]]:
     """Every spec's result (`tags` read back, every point of those in `whole`, the last
-    of the others), training the missing ones on `jobs` worker processes (one
-    TensorFlow thread each); returns `(results by name, errors by name)`: a run that
-    raised is reported, not retried, and the others go on."""
+    of the others), training the missing ones in `specs` order on `jobs` worker
+    processes (one TensorFlow thread each); returns `(results by name, errors by name)`:
+    a run that raised is reported, not retried, and the others go on. With `minutes`,
+    no run starts after that many minutes (the started ones finish): the caller says
+    which runs are missing."""
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"two runs share a name: {sorted(n for n in names if names.count(n) > 1)}")
     results = {s.name: r for s in specs if (r := load(s, logdir)) is not None}
-    missing = [s for s in specs if s.name not in results]
-    print(f"{len(results)} of {len(specs)} runs kept in {logdir}; training {len(missing)}",
+    queue = [s for s in specs if s.name not in results]
+    print(f"{len(results)} of {len(specs)} runs kept in {logdir}; training {len(queue)}",
           flush=True)  # fmt: skip
     errors: dict[str, str] = {}
-    if not missing:
+    if not queue:
         return results, errors
+    stop = None if minutes is None else time.monotonic() + 60 * minutes
     context = multiprocessing.get_context("spawn")
     with futures.ProcessPoolExecutor(jobs, context, initializer=init_worker) as pool:
-        pending = {pool.submit(run_one, s, logdir, tuple(tags), tuple(whole)): s for s in missing}
-        for done, future in enumerate(futures.as_completed(pending), 1):
-            spec = pending[future]
-            try:
-                results[spec.name] = future.result()
-            except Exception as error:  # reported on the page; the others go on
-                errors[spec.name] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
-            state = errors.get(spec.name) or f"{results[spec.name].seconds:.0f} s"
-            print(f"[{done}/{len(missing)}] {spec.name}: {state}", file=sys.stderr, flush=True)
+        running: dict[futures.Future, Spec] = {}
+        total, done = len(queue), 0
+        while queue or running:
+            while queue and len(running) < jobs and (stop is None or time.monotonic() < stop):
+                spec = queue.pop(0)
+                running[pool.submit(run_one, spec, logdir, tuple(tags), tuple(whole))] = spec
+            if not running:
+                print(f"{len(queue)} runs not started: the {minutes:g} minutes are up",
+                      flush=True)  # fmt: skip
+                break
+            finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for future in finished:
+                spec, done = running.pop(future), done + 1
+                try:
+                    results[spec.name] = future.result()
+                except Exception as error:  # reported on the page; the others go on
+                    errors[spec.name] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+                state = errors.get(spec.name) or f"{results[spec.name].seconds:.0f} s"
+                print(f"[{done}/{total}] {spec.name}: {state}", file=sys.stderr, flush=True)
     return results, errors
+
+
+def cost_line(
+    results: dict[str, Result], specs: Sequence[Spec], errors: dict[str, str], minutes: float | None
+) -> str:
+    """What ran, for the page: the runs' own time (a page written from kept runs took
+    less than they did) and the runs asked for that did not run."""
+    seconds = sum(r.seconds for r in results.values())
+    line = (f"{len(results)} of {len(specs)} runs finished, {seconds / 60:.1f} min of training "
+            "and reading back in all (summed over runs, each on one TensorFlow thread, "
+            "several at a time).")  # fmt: skip
+    not_run = [s.name for s in specs if s.name not in results and s.name not in errors]
+    if not_run:
+        why = f"`--minutes {minutes:g}` ran out" if minutes is not None else "interrupted"
+        line += (
+            f" **Not run** ({why}): {len(not_run)} runs, "
+            + ", ".join(f"`{n}`" for n in not_run[:10])
+            + (" ..." if len(not_run) > 10 else "")
+            + "."
+        )
+    return line

@@ -30,7 +30,7 @@ from typing import NamedTuple
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-from cached_runs import Result, Spec, has_configurable, run_all
+from cached_runs import Result, Spec, cost_line, has_configurable, run_all
 
 QUICK_NOTE = (
     "**A quick run** (`--quick`: a few short runs, one seed): a smoke test of "
@@ -125,9 +125,12 @@ def run_name(workload: str, method: str, lr: float, seed: int) -> str:
 
 
 def specs(ws: dict[str, Workload], methods: Sequence[str], seeds: Sequence[int]) -> list[Spec]:
+    """The runs in the order they are trained: a workload's every run before the next
+    one's, and within a workload one seed of every cell before the next seed (a run cut
+    short by `--minutes` leaves whole workloads and whole seeds)."""
     return [
         Spec(run_name(wk, mk, lr, s), w.gin_file, (*common(w), *METHODS[mk].bindings(lr)), s)
-        for wk, w in ws.items() for mk in methods for lr in METHODS[mk].grid for s in seeds
+        for wk, w in ws.items() for s in seeds for mk in methods for lr in METHODS[mk].grid
     ]  # fmt: skip
 
 
@@ -163,6 +166,7 @@ class Cell(NamedTuple):
 
     accuracy: list[float]
     skipped: float
+    seeds: int  # the seeds asked for; `accuracy` may hold fewer
 
     @property
     def mean(self) -> float:
@@ -174,7 +178,8 @@ def cells(results: dict[str, Result], workload: str, method: str, seeds) -> dict
     for lr in METHODS[method].grid:
         runs = [results.get(run_name(workload, method, lr, s)) for s in seeds]
         runs = [r for r in runs if r is not None and METRIC in r.series]
-        out[lr] = Cell([100 * r.last(METRIC)[1] for r in runs], sum(r.total(SKIPPED) for r in runs))
+        accuracy = [100 * r.last(METRIC)[1] for r in runs]
+        out[lr] = Cell(accuracy, sum(r.total(SKIPPED) for r in runs), len(seeds))
     return out
 
 
@@ -184,6 +189,8 @@ def _cell_text(cell: Cell | None) -> str:
     if not cell.accuracy:
         return "not run"
     mark = f" ({cell.skipped:.0f} skipped)" if cell.skipped else ""
+    if len(cell.accuracy) < cell.seeds:
+        mark += f" ({len(cell.accuracy)} of {cell.seeds} seeds)"
     return f"{np.mean(cell.accuracy):.1f} +- {np.std(cell.accuracy):.1f}{mark}"
 
 
@@ -204,7 +211,7 @@ def ranges(table: dict[str, dict[float, Cell]]) -> dict[str, tuple[float, float,
     """Per method with every LR run: `(best LR, lowest LR, highest LR, decades)`."""
     out = {}
     for method, row in table.items():
-        if all(c.accuracy for c in row.values()):
+        if all(len(c.accuracy) == c.seeds for c in row.values()):
             lrs, means = list(row), [c.mean for c in row.values()]
             out[method] = (lrs[int(np.nanargmax(means))], *insensitive_range(lrs, means))
     return out
@@ -353,15 +360,6 @@ def page(tables, ws, seeds, missing, errors, logdir: str) -> str:
     return "\n".join(lines)
 
 
-def cost_line(results: dict[str, Result]) -> str:
-    """The runs' own time: a page written from kept runs took less than they did."""
-    seconds = sum(r.seconds for r in results.values())
-    return (
-        f"{len(results)} runs, {seconds / 60:.1f} min of training and reading back in "
-        "all (summed over runs, each on one TensorFlow thread, several at a time)."
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs, one seed; prints")
@@ -379,16 +377,23 @@ def main() -> None:
         default="digits,mnist1d",
         help="comma-separated, of: " + ", ".join(workloads(False)),
     )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="start no run after this many minutes; the page says what ran",
+    )
     args = parser.parse_args()  # fmt: skip
     seeds = SEEDS[:1] if args.quick else SEEDS
     logdir = args.logdir or ("runs/lr_insensitivity" + ("_quick" if args.quick else ""))
     ws = {k: v for k, v in workloads(args.quick).items() if k in args.workloads.split(",")}
     methods, missing = available(list(METHODS))
     start = time.perf_counter()
-    results, errors = run_all(specs(ws, methods, seeds), logdir, (METRIC, SKIPPED), args.jobs)
+    wanted = specs(ws, methods, seeds)
+    results, errors = run_all(wanted, logdir, (METRIC, SKIPPED), args.jobs, minutes=args.minutes)
     tables = {wk: {m: cells(results, wk, m, seeds) for m in methods} for wk in ws}
     text = page(tables, ws, seeds, missing, errors, logdir)
-    text += "\n\n" + cost_line(results)
+    text += "\n\n" + cost_line(results, wanted, errors, args.minutes)
     if args.quick:
         text = QUICK_NOTE + "\n\n" + text
     print(text)

@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import workload_results
-from cached_runs import Result, Spec, has_configurable, run_all
+from cached_runs import Result, Spec, cost_line, has_configurable, run_all
 
 QUICK_NOTE = (
     "**A quick run** (`--quick`: a few short runs, one seed): a smoke test of "
@@ -196,15 +196,6 @@ def page(runs, labels, w, seeds, missing, errors, logdir: str) -> str:
     return "\n".join(lines)
 
 
-def cost_line(results: dict[str, Result]) -> str:
-    """The runs' own time: a page written from kept runs took less than they did."""
-    seconds = sum(r.seconds for r in results.values())
-    return (
-        f"{len(results)} runs, {seconds / 60:.1f} min of training and reading back in "
-        "all (summed over runs, each on one TensorFlow thread, several at a time)."
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs, one seed; prints")
@@ -215,6 +206,12 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--logdir", default=None, help="default runs/warmup_free[_quick]")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="start no run after this many minutes; the page says what ran",
+    )
     args = parser.parse_args()
     seeds = SEEDS[:1] if args.quick else SEEDS
     logdir = args.logdir or ("runs/warmup_free" + ("_quick" if args.quick else ""))
@@ -224,15 +221,16 @@ def main() -> None:
     missing = {k: v[1] for k, v in table_.items() if not has_configurable(v[1])}
     keys = [k for k in table_ if k not in missing]
     start = time.perf_counter()
-    results, errors = run_all(specs(keys, w, seeds), logdir, (LOSS, METRIC, SKIPPED), args.jobs,
-                              whole=(LOSS, METRIC))  # fmt: skip
+    wanted = specs(keys, w, seeds)
+    results, errors = run_all(wanted, logdir, (LOSS, METRIC, SKIPPED), args.jobs,
+                              whole=(LOSS, METRIC), minutes=args.minutes)  # fmt: skip
     runs = {
         k: [results[f"lm-{k}-s{s}"] for s in seeds]
         for k in keys
         if all(f"lm-{k}-s{s}" in results for s in seeds)
     }
     text = page(runs, labels, w, seeds, missing, errors, logdir)
-    text += "\n\n" + cost_line(results)
+    text += "\n\n" + cost_line(results, wanted, errors, args.minutes)
     if args.quick:
         text = QUICK_NOTE + "\n\n" + text
     print(text)
