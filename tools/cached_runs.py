@@ -191,10 +191,7 @@ def cost_line(
     not_run = [s.name for s in specs if s.name not in results and s.name not in errors]
     if not_run:
         why = f"`--minutes {minutes:g}` ran out" if minutes is not None else "interrupted"
-        line += (
-            f" **Not run** ({why}): {len(not_run)} runs, "
-            + ", ".join(f"`{n}`" for n in not_run[:10])
-            + (" ..." if len(not_run) > 10 else "")
-            + "."
-        )
+        more = f" and {len(not_run) - 10} more" if len(not_run) > 10 else ""
+        names = ", ".join(f"`{n}`" for n in not_run[:10])
+        line += f" **Not run** ({why}): {len(not_run)} runs: {names}{more}."
     return line
