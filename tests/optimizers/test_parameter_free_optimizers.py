@@ -78,7 +78,15 @@ def test_effective_step_is_logged_every_batch(logged):
         np.testing.assert_allclose(effective, np.maximum(scale, 0) * lr, rtol=1e-6)
         return
     assert events.scalar("loss/batch")[-5:].mean() < events.scalar("loss/batch")[:5].mean()
-    if name.startswith("ScheduleFree"):  # the optimizer's own warmup over 5 batches
+    if name == "ScheduleFreeRAdam":  # RAdam's rectification: 0 for 4 batches, then < 1
+        k = np.arange(1, STEPS + 1)
+        rho_inf = 2 / (1 - 0.999) - 1
+        rho = rho_inf - 2 * k * 0.999**k / (1 - 0.999**k)
+        rect = np.sqrt(np.clip((rho - 4) * (rho - 2) * rho_inf, 0, None)
+                       / ((rho_inf - 4) * (rho_inf - 2) * rho))  # fmt: skip
+        np.testing.assert_allclose(effective, lr * np.where(rho > 4, rect, 0), rtol=1e-6)
+        assert np.all(effective[:4] == 0) and effective[4] > 0
+    elif name.startswith("ScheduleFree"):  # the optimizer's own warmup over 5 batches
         np.testing.assert_allclose(effective, lr * np.minimum(1, np.arange(1, STEPS + 1) / 5))
     else:  # the step applied is d0 * lr, then the d of the batch before (lr 1)
         d = events.scalar("optimizer/d")
