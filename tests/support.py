@@ -248,6 +248,7 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
         ScheduleFreeAdamW,
         ScheduleFreeRAdam,
         ScheduleFreeSGD,
+        ScheduleFreeWrapper,
     )
 
     return {
@@ -257,6 +258,10 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
         "ScheduleFreeSGD": (functools.partial(ScheduleFreeSGD, warmup_steps=5), 0.5),
         "ScheduleFreeAdamW": (functools.partial(ScheduleFreeAdamW, warmup_steps=5), 0.01),
         "ScheduleFreeRAdam": (ScheduleFreeRAdam, 0.01),
+        "ScheduleFreeWrapper": (
+            functools.partial(ScheduleFreeWrapper, base_optimizer="adam"),
+            0.01,
+        ),
     }
 
 

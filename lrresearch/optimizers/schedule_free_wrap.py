@@ -185,6 +185,6 @@ class ScheduleFreeWrapper(_ScheduleFree):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         del config["warmup_steps"]
+        config["weight_decay_at_y"] = config.pop("weight_decay")
         base = self.base_spec or keras.optimizers.serialize(self.base_optimizer)
-        return {**config, "weight_decay_at_y": config.pop("weight_decay"),
-                "base_optimizer": base, "momentum": self.momentum}  # fmt: skip
+        return {**config, "base_optimizer": base, "momentum": self.momentum}
