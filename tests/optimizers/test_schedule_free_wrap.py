@@ -207,6 +207,30 @@ def test_wrapper_matches_the_authors_step_and_eval(case, data):
     assert int(optimizer.base_optimizer.iterations.numpy()) == STEPS  # once per batch
 
 
+def test_wrapper_checkpoint_holds_the_base_state(tmp_path):
+    """The base's slots and counter are saved with the wrapper and restored (the resumed
+    run's weights: `test_parameter_free_optimizers.py`'s checkpoint test)."""
+
+    def trained(steps: int) -> tuple[ScheduleFreeWrapper, tf.Variable]:
+        w = tf.Variable([1.0, -2.0], dtype=tf.float64)
+        optimizer = ScheduleFreeWrapper(0.1, "adam")
+        optimizer.build([w])
+        for _ in range(steps):
+            optimizer.apply([tf.constant([0.5, 0.25], tf.float64)], [w])
+        return optimizer, w
+
+    optimizer, w = trained(3)
+    path = tf.train.Checkpoint(optimizer=optimizer, w=w).save(str(tmp_path / "ckpt"))
+    saved = {name for name, _ in tf.train.list_variables(path)}
+    assert "optimizer/base_optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE" in saved
+    restored, w2 = trained(0)
+    tf.train.Checkpoint(optimizer=restored, w=w2).restore(path).assert_consumed()
+    base, base2 = optimizer.base_optimizer, restored.base_optimizer
+    assert int(base2.iterations.numpy()) == 3 and len(base2.variables) == len(base.variables)
+    for ours, theirs in zip(base2.variables, base.variables, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
 # -- RAdam ----------------------------------------------------------------------------------
 
 RADAM_CASES = {
