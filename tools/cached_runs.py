@@ -63,22 +63,21 @@ def _path(logdir: str, name: str) -> str:
     return os.path.join(logdir, RESULTS, name + ".json")
 
 
-def run_one(spec: Spec, logdir: str, tags: tuple[str, ...], whole: tuple[str, ...]) -> Result:
-    """Trains `spec` as `<logdir>/<spec.name>` (resumed if a killed process left it),
-    reads `tags` back from its event files (every point of the tags in `whole`, the
-    last point of the others) and writes its JSON (atomically: a JSON exists only for
-    a run that finished)."""
-    start = time.perf_counter()
-    run_dir = train(spec.gin_file, spec.params, spec.seed, logdir, spec.name, resume=True)
-    series = {
+def _read(run_dir: str, tags: Sequence[str], whole: Sequence[str]) -> dict:
+    return {
         tag: (steps, values) if tag in whole else (steps[-1:], values[-1:])
         for tag, (steps, values) in read_tags(run_dir, tags).items()
     }
-    seconds = time.perf_counter() - start
+
+
+def _write(spec: Spec, logdir: str, run_dir: str, seconds: float, series: dict, read) -> None:
+    """The run's JSON, atomically (a JSON exists only for a run that finished); `read`:
+    the tags asked for and those kept whole, so a later ask for more reads them again."""
     data = {
         **_record(spec),
         "run_dir": os.path.relpath(run_dir, logdir),
         "seconds": seconds,
+        "read": {"tags": sorted(read[0]), "whole": sorted(read[1])},
         "series": {t: {"steps": s.tolist(), "values": v.tolist()} for t, (s, v) in series.items()},
     }
     path = _path(logdir, spec.name)
@@ -86,6 +85,17 @@ def run_one(spec: Spec, logdir: str, tags: tuple[str, ...], whole: tuple[str, ..
     with open(path + ".tmp", "w") as f:
         json.dump(data, f)
     os.replace(path + ".tmp", path)
+
+
+def run_one(spec: Spec, logdir: str, tags: tuple[str, ...], whole: tuple[str, ...]) -> Result:
+    """Trains `spec` as `<logdir>/<spec.name>` (resumed if a killed process left it),
+    reads `tags` back from its event files (every point of the tags in `whole`, the
+    last point of the others) and writes its JSON."""
+    start = time.perf_counter()
+    run_dir = train(spec.gin_file, spec.params, spec.seed, logdir, spec.name, resume=True)
+    series = _read(run_dir, tags, whole)
+    seconds = time.perf_counter() - start
+    _write(spec, logdir, run_dir, seconds, series, (tags, whole))
     return Result(spec, run_dir, series, seconds)
 
 
@@ -109,9 +119,12 @@ class StaleResultError(Exception):
     """A kept result whose run was configured differently from the run asked for."""
 
 
-def load(spec: Spec, logdir: str) -> Result | None:
+def load(
+    spec: Spec, logdir: str, tags: Sequence[str] = (), whole: Sequence[str] = ()
+) -> Result | None:
     """The kept result of `spec`, None if it has not finished; `StaleResultError` if a run
-    of that name was trained with other bindings."""
+    of that name was trained with other bindings. Tags not kept (or kept as their last
+    point only, and now wanted `whole`) are read again from the run's event files."""
     path = _path(logdir, spec.name)
     if not os.path.exists(path):
         return None
@@ -123,11 +136,19 @@ def load(spec: Spec, logdir: str) -> Result | None:
             f"script asks for now; remove it and {os.path.join(logdir, spec.name)} "
             "(or pass another --logdir) to train it again"
         )
+    run_dir = os.path.join(logdir, data["run_dir"])
+    read = data.get("read", {"tags": list(data["series"]), "whole": []})
+    if not (set(tags) <= set(read["tags"]) and set(whole) <= set(read["whole"])):
+        # Asked for more than was kept: read the finished run's event files again.
+        tags, whole = set(tags) | set(read["tags"]), set(whole) | set(read["whole"])
+        series = _read(run_dir, sorted(tags), whole)
+        _write(spec, logdir, run_dir, data["seconds"], series, (tags, whole))
+        return Result(spec, run_dir, series, data["seconds"])
     series = {
         t: (np.array(s["steps"], np.int64), np.array(s["values"], np.float64))
         for t, s in data["series"].items()
     }
-    return Result(spec, os.path.join(logdir, data["run_dir"]), series, data["seconds"])
+    return Result(spec, run_dir, series, data["seconds"])
 
 
 def run_all(
@@ -147,7 +168,7 @@ def run_all(
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"two runs share a name: {sorted(n for n in names if names.count(n) > 1)}")
-    results = {s.name: r for s in specs if (r := load(s, logdir)) is not None}
+    results = {s.name: r for s in specs if (r := load(s, logdir, tags, whole)) is not None}
     queue = [s for s in specs if s.name not in results]
     print(f"{len(results)} of {len(specs)} runs kept in {logdir}; training {len(queue)}",
           flush=True)  # fmt: skip

@@ -2,11 +2,14 @@
 written to `docs/results-warmup-free.md` (with a CSV of every run and a plot next to it).
 
 The claim (facebookresearch/schedule_free, `radam_schedulefree.py`): Schedule-Free RAdam
-needs no LR warmup. Three arms on `experiments/stdlib_transformer.gin`, configured as
+needs no LR warmup. Four arms on `experiments/stdlib_transformer.gin`, configured as
 `tools/workload_results.py` runs its "Schedule-Free AdamW (lr 0.003, 10% warmup)" row
 (400 batches, LR 0.003 tuned there for warmup-cosine, a constant controller): that row
-itself; Schedule-Free AdamW without warmup, the control that shows what warmup buys; and
-Schedule-Free RAdam without warmup at the same LR. 3 seeds; the final
+itself; Schedule-Free AdamW without warmup, the control that shows what warmup buys;
+Schedule-Free RAdam without warmup at the same LR; and at that grid's next LR, 0.01,
+because RAdam's rectification multiplies the LR by a factor that grows from 0 over
+thousands of batches (the step applied is read back as `optimizer/effective_lr`).
+3 seeds; the final
 `eval/bits_per_byte` and the loss of every batch (`loss/batch`, the first 100 batches
 plotted, spikes counted by `workload_results.spikes`), read back from each run's event
 files with TensorBoard's loader.
@@ -36,7 +39,9 @@ QUICK_NOTE = (
 PAGE, CSV, FIGURE = (f"docs/results-warmup-free.{ext}" for ext in ("md", "csv", "png"))
 SEEDS = (0, 1, 2)
 LOSS, METRIC, SKIPPED = "loss/batch", "eval/bits_per_byte", "guard/skipped"
+EFFECTIVE = "optimizer/effective_lr"  # the step size the optimizer applied, per batch
 PEAK = 3e-3  # the warmup-cosine peak tuned in tools/workload_results.py
+HIGHER = 1e-2  # the next LR of workload_results' grid: RAdam's rectification is a ramp
 EARLY = 100  # batches: the start of training, where warmup acts
 ROW = "Schedule-Free AdamW (lr 0.003, 10% warmup)"  # workload_results' row
 CONSTANT = ("Trainer.controller = @ConstantController()", f"ConstantController.lr = {PEAK}")
@@ -53,6 +58,10 @@ def arms(steps: int) -> dict[str, tuple[str, str | None, tuple[str, ...]]]:
             *CONSTANT)),
         "sf_radam": ("Schedule-Free RAdam, no warmup", "ScheduleFreeRAdam", (
             "Trainer.optimizer = @ScheduleFreeRAdam", *CONSTANT)),
+        "sf_radam_higher": (f"Schedule-Free RAdam, no warmup, lr {HIGHER:g}",
+                            "ScheduleFreeRAdam", (
+            "Trainer.optimizer = @ScheduleFreeRAdam", CONSTANT[0],
+            f"ConstantController.lr = {HIGHER}")),
     }  # fmt: skip
 
 
@@ -101,6 +110,25 @@ def window_table(runs: dict[str, list[Result]], labels: dict[str, str]) -> list[
         lines.append(
             f"| {10 * i}-{10 * i + 9} | " + " | ".join(f"{m[i]:.3f}" for m in means.values()) + " |"
         )
+    return lines
+
+
+def effective_table(runs: dict[str, list[Result]], labels: dict[str, str]) -> list[str]:
+    """The step size each arm applied (`optimizer/effective_lr`, mean over seeds) at a
+    few batches and on average over the run: warmup's ramp, and RAdam's rectification."""
+    steps = [
+        b
+        for b in (0, 4, 10, 40, 100, 200, 399)
+        if b < len(next(iter(runs.values()))[0].series[LOSS][1])
+    ]
+    lines = ["| arm | " + " | ".join(f"batch {b}" for b in steps) + " | mean over the run |",
+             "|---|" + "---:|" * (len(steps) + 1)]  # fmt: skip
+    for key, results in runs.items():
+        if not all(EFFECTIVE in r.series for r in results):
+            continue
+        lr = np.mean([r.series[EFFECTIVE][1] for r in results], axis=0)
+        cells = [f"{lr[b]:.3g}" for b in steps] + [f"{lr.mean():.3g}"]
+        lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -186,6 +214,8 @@ def page(runs, labels, w, seeds, missing, errors, logdir: str) -> str:
     ]
     if runs:
         lines += [*table(runs, labels), "", verdict(runs, labels), "",
+                  f"The step size applied (`{EFFECTIVE}`, mean over seeds):", "",
+                  *effective_table(runs, labels), "",
                   f"Mean `loss/batch` (nats) per 10 batches over the first {EARLY}, mean over "
                   "seeds:", "", *window_table(runs, labels), "",
                   f"![loss curves]({os.path.basename(FIGURE)})", ""]  # fmt: skip
@@ -222,8 +252,8 @@ def main() -> None:
     keys = [k for k in table_ if k not in missing]
     start = time.perf_counter()
     wanted = specs(keys, w, seeds)
-    results, errors = run_all(wanted, logdir, (LOSS, METRIC, SKIPPED), args.jobs,
-                              whole=(LOSS, METRIC), minutes=args.minutes)  # fmt: skip
+    results, errors = run_all(wanted, logdir, (LOSS, METRIC, SKIPPED, EFFECTIVE), args.jobs,
+                              whole=(LOSS, METRIC, EFFECTIVE), minutes=args.minutes)  # fmt: skip
     runs = {
         k: [results[f"lm-{k}-s{s}"] for s in seeds]
         for k in keys
