@@ -400,10 +400,11 @@ def main() -> None:
     if args.page or not args.quick:
         from measured_page import write_page
 
+        seconds = time.perf_counter() - start
+        # The page first: its header names the commit, clean until the CSV and plot change.
+        print("wrote", write_page(PAGE, "LR insensitivity", text, seconds))
         write_csv(results, ws, methods, seeds, logdir, CSV)
         plot(tables, ws, FIGURE)
-        seconds = time.perf_counter() - start
-        print("wrote", write_page(PAGE, "LR insensitivity", text, seconds))
 
 
 if __name__ == "__main__":
