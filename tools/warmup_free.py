@@ -129,7 +129,18 @@ def effective_table(runs: dict[str, list[Result]], labels: dict[str, str]) -> li
         lr = np.mean([r.series[EFFECTIVE][1] for r in results], axis=0)
         cells = [f"{lr[b]:.3g}" for b in steps] + [f"{lr.mean():.3g}"]
         lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
-    return lines
+    return [*lines, "", ramp_sentence(runs, labels)]
+
+
+def ramp_sentence(runs: dict[str, list[Result]], labels: dict[str, str]) -> str:
+    """Each arm's mean step over the run as a multiple of the first arm's."""
+    mean = {k: float(np.mean([r.series[EFFECTIVE][1].mean() for r in rs]))
+            for k, rs in runs.items() if all(EFFECTIVE in r.series for r in rs)}  # fmt: skip
+    if not mean:
+        return ""
+    (base_key, base), *others = mean.items()
+    return (f"Mean step over the run, as a multiple of {labels[base_key]}'s ({base:.3g}): "
+            + "; ".join(f"{labels[k]} {v / base:.2f}x" for k, v in others) + ".")  # fmt: skip
 
 
 def verdict(runs: dict[str, list[Result]], labels: dict[str, str]) -> str:
