@@ -6,8 +6,8 @@ Each returns the step size of its paper for plain SGD, `x_{t+1} = x_t - lr_t g_t
 exact with `Trainer.optimizer = 'sgd'`. On another optimizer the LR scales that
 optimizer's update instead, a variant rather than the method: `check_optimizer` warns
 once, as for DoG (the rule stays well defined, since it reads only the loss and the
-gradient). NGN's momentum form is not an LR rule (its step size reads the momentum
-buffer's norm): it is the optimizer `NGNMomentum` (`lrresearch/optimizers/ngn_momentum.py`).
+gradient). NGN's momentum form, NGN-M, is Keras's heavy ball at a scaled NGN step
+(`NGNController(momentum=beta)`, which then refuses any other optimizer).
 
 The scalar arithmetic is float64 and the LR is rounded to float32 once; AdaGrad-Norm's
 sum of squared gradient norms is a float64 variable (in float32 a sum of ~1e5 batches
@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 import gin
 import tensorflow as tf
 
-from lrresearch.checks import check_nonnegative, check_number, check_positive
+from lrresearch.checks import check_interval, check_nonnegative, check_number, check_positive
 from lrresearch.controllers.base import Controller, ControllerOutput
-from lrresearch.controllers.parameter_free import _not_plain_sgd
+from lrresearch.controllers.parameter_free import _not_plain_sgd, _sgd_momentum, describe_optimizer
 from lrresearch.controllers.signals import Signals
 
 if TYPE_CHECKING:
@@ -79,8 +79,17 @@ class NGNController(_PlainSGDRule):
     a negative or unbounded step below 0, which we do not follow: no step, the loss is
     at its bound). A NaN/Inf loss or gradient gives a NaN LR, which the guard skips.
 
-    Exact with plain SGD (`Trainer.optimizer = 'sgd'`); on another optimizer it warns
-    once. Its momentum form (NGN-M) is the optimizer `NGNMomentum`.
+    With `momentum = beta > 0` it is NGN-M (Islamov et al. 2025, Algorithm 1), the step
+    size in a heavy ball: `x_{k+1} = x_k - (1 - beta) gamma_k g_k + beta (x_k - x_{k-1})`,
+    `gamma_k` NGN's step size above (from the current gradient). That is exactly Keras's
+    SGD momentum (`v = beta v - lr g; x += v`, `v_0 = 0`) at `lr_k = (1 - beta) gamma_k`,
+    which this controller then returns: NGN-M is `momentum = beta` with
+    `Trainer.optimizer = @keras.optimizers.SGD` and `keras.optimizers.SGD.momentum = beta`
+    (`'momentum'` for 0.9), and `check_optimizer` refuses any other optimizer (PyTorch's
+    momentum `MomentumSGD`, whose buffer sums past gradients undamped, included).
+
+    Exact with plain SGD (`Trainer.optimizer = 'sgd'`) at `momentum = 0`; on another
+    optimizer it then warns once (the LR scales that optimizer's update, a variant).
 
     Logs `controller/sq_grad_norm` (`||g_t||^2`) and `controller/gap` (`f_t - lb`).
 
@@ -88,11 +97,16 @@ class NGNController(_PlainSGDRule):
       lr: the paper's `sigma` (`c`), the authors' `lr` (0.1, step-back's default): the
         largest step size, given for a zero gradient.
       lb: a lower bound of the batch loss (0 for cross-entropy and squared error).
+      momentum: NGN-M's `beta` in [0, 1) (0: NGN); it must equal the momentum of
+        Keras's SGD, `Trainer.optimizer`.
 
     Examples:
       Trainer.controller = @NGNController()
       Trainer.optimizer = 'sgd'                     # NGN's own update: plain SGD
       NGNController.lr = 1.0
+
+      NGNController.momentum = 0.9                  # NGN-M
+      Trainer.optimizer = 'momentum'                # Keras's SGD(momentum=0.9)
 
       >>> from lrresearch.controllers.signals import make_signals
       >>> c = NGNController(lr=1.0)
@@ -103,19 +117,43 @@ class NGNController(_PlainSGDRule):
       Orvieto, Xiao. "An Adaptive Stochastic Gradient Method with Non-negative
       Gauss-Newton Stepsizes." arXiv 2407.04358, 2024; the authors' code,
       github.com/fabian-sp/step-back (`stepback/optim/ngn.py`, class `NGN`) and
-      github.com/aorvieto/NGN (`train.py`).
+      github.com/aorvieto/NGN (`train.py`). NGN-M: Islamov, Ajroldi, Orvieto, Lucchi.
+      "Enhancing Optimizer Stability: Momentum Adaptation of The NGN Step-size." arXiv
+      2508.15071, 2025 (Algorithm 1).
     """
 
     method = "NGN"
 
-    def __init__(self, lr: float = 0.1, lb: float = 0.0, name: str | None = None):
+    def __init__(
+        self, lr: float = 0.1, lb: float = 0.0, momentum: float = 0.0, name: str | None = None
+    ):
         super().__init__(name=name)
         owner = "NGNController"
         check_positive(owner, lr=lr)
         check_number(owner, "lb", lb)
-        self.lr, self.lb = float(lr), float(lb)
-        self.initial_lr = self.lr
-        self.peak_lr = self.lr  # never exceeded: `known_peak_lr`
+        check_interval(owner, "momentum", momentum, "[0, 1)", "NGN-M's beta (0: NGN)")
+        self.lr, self.lb, self.momentum = float(lr), float(lb), float(momentum)
+        self.initial_lr = (1.0 - self.momentum) * self.lr
+        self.peak_lr = self.initial_lr  # never exceeded: `known_peak_lr`
+
+    def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
+        """At `momentum = 0`: a warning unless plain SGD. NGN-M: refuses every optimizer
+        but Keras's SGD with this momentum (no Nesterov, no weight decay)."""
+        if not self.momentum:
+            super().check_optimizer(optimizer)
+            return
+        form = _sgd_momentum(optimizer)
+        if form is not None and form == ("keras", self.momentum):
+            return
+        beta = self.momentum
+        raise ValueError(
+            f"Trainer.optimizer must be Keras's SGD with momentum {beta} (no Nesterov, no "
+            f"weight decay) under NGNController(momentum={beta}), NGN-M, got "
+            f"{describe_optimizer(optimizer)}: NGN-M is Keras's heavy ball at LR (1 - beta) "
+            f"* gamma_k; set `Trainer.optimizer = @keras.optimizers.SGD` with "
+            f"`keras.optimizers.SGD.momentum = {beta}` (or 'momentum' for 0.9), or "
+            f"`NGNController.momentum = 0` for NGN with 'sgd'"
+        )
 
     def compute(self, signals: Signals) -> ControllerOutput:
         loss, sq_norm, finite = _scalars64(signals)
@@ -124,6 +162,8 @@ class NGNController(_PlainSGDRule):
         # with no division by a zero gap; a zero gradient gives lr, a gap <= 0 gives 0.
         denominator = 1.0 + self.lr / (2.0 * tf.where(gap > 0.0, gap, 1.0)) * sq_norm
         lr = tf.where(gap > 0.0, self.lr / denominator, tf.zeros_like(gap))
+        if self.momentum:
+            lr = (1.0 - self.momentum) * lr
         lr = tf.where(finite, lr, tf.constant(float("nan"), STATE_DTYPE))
         diagnostics = {"sq_grad_norm": sq_norm, "gap": gap}
         return ControllerOutput(
