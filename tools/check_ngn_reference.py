@@ -115,12 +115,13 @@ def load_stepback_ngn(root: str) -> type:
 def orvieto_branch(root: str, optimizer: str) -> types.CodeType:
     """The body of `elif args.optimizer == '<optimizer>':` in aorvieto/NGN's `train.py`,
     compiled as it is (dedented), up to the next branch."""
-    lines = open(os.path.join(root, "train.py")).read().splitlines()
+    with open(os.path.join(root, "train.py")) as f:
+        lines = f.read().splitlines()
     start = next(i for i, line in enumerate(lines)
                  if line.strip() == f"elif args.optimizer == '{optimizer}':")  # fmt: skip
     indent = len(lines[start]) - len(lines[start].lstrip())
-    end = next(i for i in range(start + 1, len(lines))
-               if lines[i].strip() and len(lines[i]) - len(lines[i].lstrip()) <= indent)  # fmt: skip
+    depth = [len(line) - len(line.lstrip()) for line in lines]
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() and depth[i] <= indent)
     body = textwrap.dedent("\n".join(lines[start + 1 : end]))
     return compile(body, f"{root}/train.py:{start + 2}-{end}", "exec")
 
@@ -133,8 +134,8 @@ def reference_run(kind, kwargs, x, y, w0, refs):
     model = torch.nn.Module()
     model.w = w
     lr, lb, beta = kwargs["lr"], kwargs.get("lb", 0.0), kwargs.get("momentum", 0.0)
-    NGN = refs["NGN"]
-    optimizer = NGN([w], lr=lr) if kind == "stepback" else None
+    ngn = refs["NGN"]  # the class
+    optimizer = ngn([w], lr=lr) if kind == "stepback" else None
     namespace = {"torch": torch, "np": np, "model": model, "avg_grad_1": [None],
                  "grad_norm_squared_sum": 0, "df": [], "epoch": 0,
                  "args": argparse.Namespace(beta1=0.0, lr_decay=False, lr=lr, wd=0.0,
@@ -146,8 +147,8 @@ def reference_run(kind, kwargs, x, y, w0, refs):
         model.zero_grad()
         loss = torch.nn.functional.cross_entropy(torch.tensor(xb) @ w, torch.tensor(yb))
         loss.backward()
-        if float(loss) <= lb:  # the reference's step is then not NGN's (see NGNController)
-            sys.exit(f"{kind} {kwargs}: a batch loss {float(loss):.3g} <= lb; lower lb")
+        if loss.item() <= lb:  # the reference's step is then not NGN's (see NGNController)
+            sys.exit(f"{kind} {kwargs}: a batch loss {loss.item():.3g} <= lb; lower lb")
         if kind == "stepback":
             optimizer.step(loss=loss.detach() - lb)  # NGN on f - lb
             eta = optimizer.state["step_size_list"][-1]
@@ -158,7 +159,7 @@ def reference_run(kind, kwargs, x, y, w0, refs):
         elif kind == "ngn_m":  # Algorithm 1, gamma_k from step-back's NGN on a copy
             copy = torch.nn.Parameter(w.detach().clone())
             copy.grad = w.grad.detach().clone()
-            probe = NGN([copy], lr=lr)
+            probe = ngn([copy], lr=lr)
             probe.step(loss=loss.detach() - lb)
             eta = (1 - beta) * probe.state["step_size_list"][-1]
             with torch.no_grad():
@@ -176,13 +177,17 @@ def reference_run(kind, kwargs, x, y, w0, refs):
     return np.array(etas), np.array(weights)
 
 
-def describe(path: str) -> str:
-    """`path`'s sha256 (first 12 hex digits), and its repository's commit if it is a git
-    checkout."""
-    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:12]
+def describe(path: str, stated: str | None) -> str:
+    """`path`'s sha256 (first 12 hex digits), and its repository's commit: git's when it
+    is a checkout, else `stated` (`--*_commit`, the commit the file was taken from)."""
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:12]
     done = subprocess.run(["git", "-C", os.path.dirname(path), "rev-parse", "HEAD"],
                           capture_output=True, text=True, check=False)  # fmt: skip
-    commit = f", commit {done.stdout.strip()[:12]}" if done.returncode == 0 else ""
+    if done.returncode == 0:
+        commit = f", commit {done.stdout.strip()[:12]}"
+    else:
+        commit = f", from commit {stated} (as stated)" if stated else ", commit unknown"
     return f"{path} (sha256 {digest}{commit})"
 
 
@@ -191,6 +196,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--stepback", required=True, help="a checkout of fabian-sp/step-back")
     parser.add_argument("--orvieto_ngn", required=True, help="a checkout of aorvieto/NGN")
+    parser.add_argument("--stepback_commit", help="the commit, if --stepback is no git checkout")
+    parser.add_argument("--orvieto_commit", help="the commit, if --orvieto_ngn is no git checkout")
     args = parser.parse_args()
     sys.modules.setdefault("triton", None)  # see check_hypergradient_reference.py
     try:
@@ -205,8 +212,8 @@ def main() -> int:
     refs = {"NGN": load_stepback_ngn(args.stepback)}
     refs.update({f"orvieto:{b}": orvieto_branch(args.orvieto_ngn, b) for b in ("ngnm", "adagrad")})
     print(f"versions: torch {torch.__version__}, numpy {np.__version__}")
-    print(f"step-back NGN: {describe(ngn_file)}")
-    print(f"aorvieto/NGN: {describe(train_file)}")
+    print(f"step-back NGN: {describe(ngn_file, args.stepback_commit)}")
+    print(f"aorvieto/NGN: {describe(train_file, args.orvieto_commit)}")
     print(
         f"problem: softmax regression, {FEATURES}+1 x {CLASSES} float64 weights, batch "
         f"{BATCH}, {args.steps} batches, Keras SGD (momentum beta for NGN-M)\n"
