@@ -108,6 +108,7 @@ class NGNController(_PlainSGDRule):
       NGNController.momentum = 0.9                  # NGN-M
       Trainer.optimizer = 'momentum'                # Keras's SGD(momentum=0.9)
 
+      >>> from lrresearch.controllers import NGNController
       >>> from lrresearch.controllers.signals import make_signals
       >>> c = NGNController(lr=1.0)
       >>> round(float(c.compute(make_signals(0, loss=0.5, global_norm=1.0)).lr), 4)
@@ -200,6 +201,7 @@ class AdaGradNormController(_PlainSGDRule):
       AdaGradNormController.lr = 1.0
       AdaGradNormController.b0 = 0.1
 
+      >>> from lrresearch.controllers import AdaGradNormController
       >>> from lrresearch.controllers.signals import make_signals
       >>> c = AdaGradNormController(lr=1.0, b0=0.0)
       >>> round(float(c.compute(make_signals(0, loss=1.0, global_norm=4.0)).lr), 4)
