@@ -159,8 +159,8 @@ class NGNController(_PlainSGDRule):
     def compute(self, signals: Signals) -> ControllerOutput:
         loss, sq_norm, finite = _scalars64(signals)
         gap = loss - self.lb
-        # lr / (1 + lr ||g||^2 / (2 gap)) = 2 gap lr / (2 gap + lr ||g||^2), the form
-        # with no division by a zero gap; a zero gradient gives lr, a gap <= 0 gives 0.
+        # The reference's `lr / (1 + lr / (2 gap) ||g||^2)`, `lr / (2 gap)` taken only
+        # where gap > 0 (no inf/NaN traced); a zero gradient gives lr, a gap <= 0 gives 0.
         denominator = 1.0 + self.lr / (2.0 * tf.where(gap > 0.0, gap, 1.0)) * sq_norm
         lr = tf.where(gap > 0.0, self.lr / denominator, tf.zeros_like(gap))
         if self.momentum:
