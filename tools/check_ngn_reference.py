@@ -61,7 +61,7 @@ INTRO = (
     "`stepback/optim/ngn.py`) and against Orvieto's own `train.py` (aorvieto/NGN, its "
     "`'ngnm'` lines with `beta1 = 0`, executed as they are); NGN-M "
     "(`NGNController(momentum=beta)` with Keras's SGD(momentum=beta)) against a torch "
-    "transcription of the paper's Algorithm 1 (no authors' code published); "
+    "transcription of the paper's Algorithm 1 (we found no authors' code for it); "
     "`AdaGradNormController` against `train.py`'s `'adagrad'` lines (`b0^2 = 1e-2`) and a "
     "torch transcription of Ward et al.'s Algorithm for other `b0`. Same data and initial "
     "weights, float64 weights on both sides. Needs torch in a scratch directory and "
