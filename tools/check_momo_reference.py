@@ -21,7 +21,7 @@ show how far apart the two libraries are. optax exposes no tau: weights only.
 
 Run (lrresearch's venv):
   PYTHONPATH=/tmp/numerics_refpkgs:/tmp/ref_momo:. python tools/check_momo_reference.py
-Exits 1 if a checked row differs by more than 1e-9 (step size or weights).
+Exits 1 if an authors' row differs by more than 1e-9 (step size, lower bound or weights).
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ def torch_arguments(kind: str, kwargs: dict) -> dict:
 
 
 def reference_run(kind, kwargs, schedule, x, y, w0):
-    """The authors' optimizer, float64; (tau per batch, weights after each batch)."""
+    """The authors' optimizer, float64; (tau per batch, weights after each batch, lower
+    bound after each batch)."""
     import torch
     from momo import Momo, MomoAdam
 
@@ -129,7 +130,7 @@ def reference_run(kind, kwargs, schedule, x, y, w0):
         cls = Momo if kind == "momo" else MomoAdam
         optimizer = cls([w], lr=schedule(0, len(x)), **torch_arguments(kind, kwargs))
         group = optimizer.param_groups[0]
-        taus, weights = [], []
+        taus, weights, bounds = [], [], []
         for t, (xb, yb) in enumerate(zip(x, y, strict=True)):
             group["lr"] = schedule(t, len(x))
             before = w.detach().clone()
@@ -139,9 +140,10 @@ def reference_run(kind, kwargs, schedule, x, y, w0):
             optimizer.step(loss=loss)
             taus.append(_tau(optimizer, kind, kwargs, before, w.detach(), group["lr"]))
             weights.append(w.detach().numpy().copy())
+            bounds.append(float(optimizer.lb))
     finally:
         torch.set_default_dtype(previous)
-    return np.array(taus), np.array(weights)
+    return np.array(taus), np.array(weights), np.array(bounds)
 
 
 def _tau(optimizer, kind, kwargs, before, after, lr) -> float:
@@ -243,11 +245,12 @@ def our_run(kind, kwargs, schedule, x, y, w0):
             )
         optimizer.set_batch_loss(loss)
         optimizer.apply(tape.gradient(loss, [w]), [w])
-        return tf.identity(optimizer.effective_lr), tf.identity(w)
+        return tf.identity(optimizer.effective_lr), tf.identity(w), tf.identity(optimizer.lb)
 
     lrs = [schedule(t, len(x)) for t in range(len(x))]
     out = [step(tf.constant(lr, tf.float32), xb, yb) for lr, xb, yb in zip(lrs, x, y, strict=True)]
-    return np.array([float(e) for e, _ in out]), np.array([v.numpy() for _, v in out])
+    taus, weights, bounds = zip(*out, strict=True)
+    return tuple(np.array([np.asarray(v) for v in values]) for values in (taus, weights, bounds))
 
 
 def relative(ours: np.ndarray, reference: np.ndarray) -> float:
@@ -281,24 +284,28 @@ def main() -> int:
         f"problem: softmax regression, {w0.shape[0]} x {w0.shape[1]} float64 weights, "
         f"batch {x.shape[1]}, {args.steps} batches (seed 3)\n"
     )
-    print("| setting | tau range (ours) | max rel tau diff | max rel weight diff "
-          "| optax: max rel weight diff |")  # fmt: skip
-    print("|---|---|---|---|---|")
+    print("| setting | tau range (ours) | lb range (ours) | max rel tau diff | max lb diff "
+          "| max rel weight diff | optax: max rel weight diff |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     failed = False
     for name, kind, kwargs, schedule in CASES:
-        ref_taus, ref_w = reference_run(kind, kwargs, schedule, x, y, w0)
-        taus, weights = our_run(kind, kwargs, schedule, x, y, w0)
+        ref_taus, ref_w, ref_lb = reference_run(kind, kwargs, schedule, x, y, w0)
+        taus, weights, lb = our_run(kind, kwargs, schedule, x, y, w0)
+        lb_diff = float(np.max(np.abs(lb - ref_lb)))
         floor = 1e-6 * np.max(np.abs(ref_taus))  # a tau of 0 is read off as ~1e-17
         tau_diff = float(np.max(np.abs(taus - ref_taus) / np.maximum(np.abs(ref_taus), floor)))
         w_diff = relative(weights, ref_w)
         theirs = optax_weights.get(name)
         optax_diff = "n/a (none in optax)" if theirs is None else f"{relative(theirs, ref_w):.2e}"
-        print(f"| {name} | {taus.min():.4g} .. {taus.max():.4g} | {tau_diff:.2e} "
-              f"| {w_diff:.2e} | {optax_diff} |")  # fmt: skip
-        failed |= tau_diff > TOLERANCE or w_diff > TOLERANCE
+        print(f"| {name} | {taus.min():.4g} .. {taus.max():.4g} | {lb.min():.4g} .. "
+              f"{lb.max():.4g} | {tau_diff:.2e} | {lb_diff:.2e} | {w_diff:.2e} "
+              f"| {optax_diff} |")  # fmt: skip
+        failed |= max(tau_diff, lb_diff, w_diff) > TOLERANCE
     print(
         "\nweight diff: max over batches of max|w - w_authors| / max|w_authors|; the "
-        "authors' tau is read off their update (their code records none)"
+        "authors' tau is read off their update (their code records none: a read-off "
+        "error of ~1e-12 relative); lb diff: max over batches of |lb - lb_authors| (their "
+        "`self.lb`) after each batch"
     )
     return 1 if failed else 0
 

@@ -17,7 +17,7 @@ with weight decay and at a zero momentum (see the classes' docstrings).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import gin
 import keras
@@ -57,7 +57,7 @@ class _MomoBase(WholeStepOptimizer):
     needs_batch_loss = True
     # The decay a controller may set every batch (`lrresearch.optimizers.weight_decay`).
     weight_decay_attribute = "decay_rate"
-    _RANGES: dict[str, tuple[Any, str]] = {
+    _RANGES: ClassVar[dict[str, tuple[Any, str]]] = {
         "learning_rate": (lambda v: v >= 0, ">= 0"),
         "weight_decay": (lambda v: v >= 0, ">= 0"),
         "lower_bound": (lambda v: True, "a number"),
@@ -206,7 +206,7 @@ class MoMo(_MomoBase):
       (`Momo.step`), PyPI `momo-opt`.
     """
 
-    _RANGES = {**_MomoBase._RANGES, "beta": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+    _RANGES: ClassVar = {**_MomoBase._RANGES, "beta": (lambda v: 0 <= v <= 1, "in [0, 1]")}
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import gin
 import keras
@@ -79,7 +79,7 @@ class MoMoAdam(_MomoBase):
       (`MomoAdam.step`), PyPI `momo-opt`.
     """
 
-    _RANGES = {
+    _RANGES: ClassVar = {
         **_MomoBase._RANGES,
         "beta_1": (lambda v: 0 <= v < 1, "in [0, 1)"),
         "beta_2": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -140,7 +140,8 @@ class MoMoAdam(_MomoBase):
             norm.append(_sum64(d * (d / denominator)))
         gamma = tf.convert_to_tensor(self.gamma) * beta_1 + tf.add_n(grad_dot_w) * (1.0 - beta_1)
         self.assign(self.gamma, gamma)
-        self.assign(self.loss_avg, (1.0 - beta_1) * loss + beta_1 * tf.convert_to_tensor(self.loss_avg))
+        loss_avg = (1.0 - beta_1) * loss + beta_1 * tf.convert_to_tensor(self.loss_avg)
+        self.assign(self.loss_avg, loss_avg)
         rho = 1.0 - beta_1**k
         tau, lr_decay = self._step_size(lr, rho, tf.add_n(dot), tf.add_n(norm))
         for w, direction, variable in zip(weights, directions, variables, strict=True):

@@ -312,6 +312,7 @@ class Trainer(InnerLoop):
         groups = (periodic | every_step) if log else frozenset()
         # `update/ratio/` needs the weights before the update: copied on this batch only.
         before = [tf.identity(v.value) for v in self.variables] if "grad_norms" in groups else []
+
         def apply() -> None:  # MoMo reads `loss` (the objective `grads` come from)
             whole_step.hand_batch_loss(self.optimizer, loss)
             self.optimizer.apply(grads, self.variables)
