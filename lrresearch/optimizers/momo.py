@@ -196,6 +196,7 @@ class MoMo(_MomoBase):
         model = lrresearch.ControlledModel(model, ConstantController(1.0))
         model.compile(optimizer=MoMo(), loss="sparse_categorical_crossentropy")
 
+      >>> from lrresearch.optimizers import MoMo
       >>> MoMo(beta=0.8).get_config()["beta"]
       0.8
 

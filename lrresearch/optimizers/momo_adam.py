@@ -69,6 +69,7 @@ class MoMoAdam(_MomoBase):
         Trainer.controller = @ConstantController()
         ConstantController.lr = 0.01   # MoMo-Adam's cap on its step size
 
+      >>> from lrresearch.optimizers import MoMoAdam
       >>> MoMoAdam(beta_2=0.99).get_config()["beta_2"]
       0.99
 
