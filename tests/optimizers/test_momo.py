@@ -3,7 +3,9 @@
 regression with float64 weights `[w, b]`, an LR that changes every batch, zero gradients
 on some batches (the first included), a lower bound above the loss and the online
 estimate's reset; plus the batch loss the trainer and `ControlledModel` hand over (the
-regularized, unscaled loss of the applied batches) and the error of plain `Model.fit`."""
+regularized loss of the applied batches, unscaled under float16 loss scaling) and the
+error of plain `Model.fit`. XLA, checkpoints and MirroredStrategy:
+`test_parameter_free_optimizers.py`, which runs both optimizers in the trainer."""
 
 from __future__ import annotations
 
@@ -223,10 +225,12 @@ def loss_average(losses: np.ndarray, skipped: tuple[int, ...] = ()) -> list[floa
 
 
 @pytest.mark.slow
-def test_the_trainer_hands_over_the_regularized_loss():
+def test_the_trainer_hands_over_the_regularized_unscaled_loss():
+    """Under float16 loss scaling (scale 2^15): the loss, not the scaled one."""
     trainer = small_trainer(
-        optimizer=MoMo, controller=ConstantController(1.0), model=regularized_mlp, build=True
-    )
+        optimizer=MoMo, controller=ConstantController(1.0), model=regularized_mlp,
+        mixed_precision="mixed_float16", build=True,
+    )  # fmt: skip
     x, y = digit_batches(6)
 
     @tf.function
@@ -236,6 +240,7 @@ def test_the_trainer_hands_over_the_regularized_loss():
 
     losses, averages = np.array([step(x[t], y[t]) for t in range(6)]).T
     assert trainer.model.losses  # the regularization, part of the loss
+    assert float(trainer.loss_scale.scale.numpy()) == 2.0**15
     np.testing.assert_allclose(averages, loss_average(losses), rtol=2e-6)
 
 
