@@ -95,7 +95,7 @@ class _MomoBase(WholeStepOptimizer):
 
     def _step_size(
         self, lr: tf.Tensor, rho: tf.Tensor, dot: tf.Tensor, norm: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+    ) -> tuple[tf.Tensor, tf.Tensor | None]:
         """`(tau, lr_decay)` from the new `loss_avg` and `gamma`; updates the lower
         bound (`use_fstar`) and records `tau` as the effective LR.
 
