@@ -248,7 +248,9 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
         MoMoAdam,
         Prodigy,
         ScheduleFreeAdamW,
+        ScheduleFreeRAdam,
         ScheduleFreeSGD,
+        ScheduleFreeWrapper,
     )
 
     return {
@@ -257,6 +259,11 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
         "Mechanic": (functools.partial(Mechanic, base_optimizer=keras.optimizers.Adam), 0.05),
         "ScheduleFreeSGD": (functools.partial(ScheduleFreeSGD, warmup_steps=5), 0.5),
         "ScheduleFreeAdamW": (functools.partial(ScheduleFreeAdamW, warmup_steps=5), 0.01),
+        "ScheduleFreeRAdam": (ScheduleFreeRAdam, 0.01),
+        "ScheduleFreeWrapper": (
+            functools.partial(ScheduleFreeWrapper, base_optimizer="adam"),
+            0.01,
+        ),
         "MoMo": (MoMo, 10.0),  # an LR the Polyak step undercuts within 20 batches
         "MoMoAdam": (MoMoAdam, 0.1),
     }

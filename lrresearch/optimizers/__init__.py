@@ -4,8 +4,9 @@ short names.
 * `MomentumSGD` (`momentum.py`): PyTorch's momentum SGD.
 * The parameter-free optimizers, which set their own step size and log it per batch
   (`WholeStepOptimizer.step_summaries`): `Prodigy`, `DAdaptAdam`, `Mechanic`,
-  `ScheduleFreeSGD`, `ScheduleFreeAdamW`, `MoMo`, `MoMoAdam` (these two need the batch
-  loss, which the trainer and `ControlledModel` hand over).
+  `ScheduleFreeSGD`, `ScheduleFreeAdamW`, `ScheduleFreeRAdam`, `ScheduleFreeWrapper`,
+  `MoMo`, `MoMoAdam` (these two need the batch loss, which the trainer and
+  `ControlledModel` hand over).
 
 Every class is registered with gin (`Trainer.optimizer = @Prodigy`) and with Keras's
 serialization (a compiled `ControlledModel` saves and loads it).
@@ -25,6 +26,8 @@ from lrresearch.optimizers.momentum import MomentumSGD
 from lrresearch.optimizers.momo import MoMo
 from lrresearch.optimizers.momo_adam import MoMoAdam
 from lrresearch.optimizers.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
+from lrresearch.optimizers.schedule_free_radam import ScheduleFreeRAdam
+from lrresearch.optimizers.schedule_free_wrap import ScheduleFreeWrapper
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 __all__ = [
@@ -36,7 +39,9 @@ __all__ = [
     "MomentumSGD",
     "Prodigy",
     "ScheduleFreeAdamW",
+    "ScheduleFreeRAdam",
     "ScheduleFreeSGD",
+    "ScheduleFreeWrapper",
     "WholeStepOptimizer",
     "make_optimizer",
 ]
