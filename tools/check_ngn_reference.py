@@ -1,5 +1,5 @@
-"""Compares `NGNController` (NGN and NGN-M) and `AdaGradNormController` with their
-reference code.
+"""Compares `NGNController` (NGN and NGN-M), `AdaGradNormController` and the optimizer
+`IAM` with their reference code.
 
 References (not dependencies of lrresearch; torch from a scratch directory):
 * NGN: the authors' class `NGN` of fabian-sp/step-back (`stepback/optim/ngn.py`),
@@ -19,6 +19,9 @@ References (not dependencies of lrresearch; torch from a scratch directory):
   `gamma_k` step-back's NGN step size computed by `NGN` itself on a copy.
 * AdaGrad-Norm with other `b0`: a torch transcription of Ward et al.'s Algorithm
   (`b^2 += ||g||^2`, then `x -= lr / b g`); optax has no AdaGrad-Norm transform.
+* IAM: step-back's class `IAM` (`stepback/optim/iam.py`, only on its branch `f-iap`),
+  loaded as `NGN` is; ours runs as the trainer calls it (the loss handed over with
+  `set_batch_loss`, then `apply`), XLA-compiled. Skipped if the checkout has no iam.py.
 
 Both sides train the same softmax regression in float64 (`check_parameter_free_
 reference.problem`, one weight matrix, the bias folded in as a column of ones) on the
@@ -28,6 +31,7 @@ same minibatches from the same initial weights; ours runs the trainer's per-batc
 
 Run (torch in a scratch directory; step-back and aorvieto/NGN checkouts):
   git clone https://github.com/fabian-sp/step-back /tmp/step-back
+  git -C /tmp/step-back checkout origin/f-iap -- stepback/optim/iam.py
   git clone https://github.com/aorvieto/NGN /tmp/NGN
   PYTHONPATH=<torch dir> python tools/check_ngn_reference.py --stepback=/tmp/step-back \
       --orvieto_ngn=/tmp/NGN [--steps=600]
@@ -63,7 +67,8 @@ INTRO = (
     "(`NGNController(momentum=beta)` with Keras's SGD(momentum=beta)) against a torch "
     "transcription of the paper's Algorithm 1 (we found no authors' code for it); "
     "`AdaGradNormController` against `train.py`'s `'adagrad'` lines (`b0^2 = 1e-2`) and a "
-    "torch transcription of Ward et al.'s Algorithm for other `b0`. Same data and initial "
+    "torch transcription of Ward et al.'s Algorithm for other `b0`; the optimizer `IAM` "
+    "against step-back's `IAM` (`stepback/optim/iam.py`, branch `f-iap`). Same data and initial "
     "weights, float64 weights on both sides. Needs torch in a scratch directory and "
     "checkouts of both repositories."
 )
@@ -96,20 +101,20 @@ CASES = [
 ]  # fmt: skip
 
 
-def load_stepback_ngn(root: str) -> type:
-    """step-back's `NGN` class from `root/stepback/optim/ngn.py`, importing only
+def load_stepback(root: str, module: str, cls: str) -> type:
+    """step-back's class `cls` from `root/stepback/optim/<module>.py`, importing only
     `stepback/types.py` besides it (the packages' `__init__`s are not run)."""
     for package in ("stepback", "stepback.optim"):
-        module = types.ModuleType(package)
-        module.__path__ = [os.path.join(root, *package.split("."))]
-        sys.modules[package] = module
-    for name in ("stepback.types", "stepback.optim.ngn"):
+        stub = types.ModuleType(package)
+        stub.__path__ = [os.path.join(root, *package.split("."))]
+        sys.modules[package] = stub
+    for name in ("stepback.types", f"stepback.optim.{module}"):
         path = os.path.join(root, *name.split(".")) + ".py"
         spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["stepback.optim.ngn"].NGN
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[name] = loaded
+        spec.loader.exec_module(loaded)
+    return getattr(sys.modules[f"stepback.optim.{module}"], cls)
 
 
 def orvieto_branch(root: str, optimizer: str) -> types.CodeType:
@@ -177,6 +182,76 @@ def reference_run(kind, kwargs, x, y, w0, refs):
     return np.array(etas), np.array(weights)
 
 
+# IAM (an optimizer): name, our arguments (the cap is IAM's learning_rate, exact in
+# float32), the reference's.
+IAM_CASES = [
+    ("IAM, defaults (lr 1, lmbda 9)", {"learning_rate": 1.0}, {"lr": 1.0}),
+    ("IAM, lr 0.25, lmbda 4", {"learning_rate": 0.25, "lmbda": 4.0}, {"lr": 0.25, "lmbda": 4.0}),
+    ("IAM, lr 4, lmbda 19, lb -0.1",
+     {"learning_rate": 4.0, "lmbda": 19.0, "lower_bound": -0.1},
+     {"lr": 4.0, "lmbda": 19.0, "lb": -0.1}),
+]  # fmt: skip
+
+
+def iam_reference(iam_class, kwargs, x, y, w0):
+    """step-back's IAM: (tau = min(lr, eta) per batch, weights after each batch)."""
+    import torch
+
+    w = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    optimizer = iam_class([w], **kwargs)
+    taus, weights = [], []
+    for xb, yb in zip(x, y, strict=True):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(torch.tensor(xb) @ w, torch.tensor(yb))
+        loss.backward()
+        optimizer.step(loss=loss)
+        taus.append(min(kwargs["lr"], optimizer.state["step_size_list"][-1]))
+        weights.append(w.detach().numpy().copy())
+    return np.array(taus), np.array(weights)
+
+
+def iam_ours(kwargs, x, y, w0):
+    """Our IAM, the loss handed over, one compiled (XLA) step per batch."""
+    import keras
+    import tensorflow as tf
+
+    from lrresearch.optimizers import IAM
+
+    w = tf.Variable(w0, name="w")
+    optimizer = IAM(**kwargs)
+    optimizer.build([w])
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function(jit_compile=True)
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(yb, xb @ w)
+        optimizer.set_batch_loss(loss)
+        optimizer.apply(tape.gradient(loss, [w]), [w])
+        return optimizer.effective_lr + 0.0, tf.identity(w)
+
+    out = [step(xb, yb) for xb, yb in zip(x, y, strict=True)]
+    assert step.experimental_get_tracing_count() == 1
+    return np.array([float(t) for t, _ in out]), np.array([v.numpy() for _, v in out])
+
+
+def iam_rows(iam_class, x, y, w0) -> bool:
+    """Prints the IAM rows; True if one differs by more than TOLERANCE."""
+    failed = False
+    for name, ours_kwargs, ref_kwargs in IAM_CASES:
+        ref_taus, ref_w = iam_reference(iam_class, ref_kwargs, x, y, w0)
+        taus, weights = iam_ours(ours_kwargs, x, y, w0)
+        diff = np.abs(taus - ref_taus)
+        tau_diff = float(np.max(np.where(ref_taus > 0, diff / np.maximum(ref_taus, 1e-300), diff)))
+        w_scale = np.max(np.abs(ref_w), axis=(1, 2))
+        w_diff = float(np.max(np.max(np.abs(weights - ref_w), axis=(1, 2)) / w_scale))
+        capped = int(np.sum(ref_taus == ref_kwargs["lr"]))
+        print(f"| {name} | stepback IAM (XLA) | {taus.min():.4g} .. {taus.max():.4g}, "
+              f"{capped} at the cap | {tau_diff:.2e} | {w_diff:.2e} |")  # fmt: skip
+        failed |= not (tau_diff <= TOLERANCE and w_diff <= TOLERANCE)
+    return failed
+
+
 def describe(path: str, stated: str | None) -> str:
     """`path`'s sha256 (first 12 hex digits), and its repository's commit: git's when it
     is a checkout, else `stated` (`--*_commit`, the commit the file was taken from)."""
@@ -198,6 +273,9 @@ def main() -> int:
     parser.add_argument("--orvieto_ngn", required=True, help="a checkout of aorvieto/NGN")
     parser.add_argument("--stepback_commit", help="the commit, if --stepback is no git checkout")
     parser.add_argument("--orvieto_commit", help="the commit, if --orvieto_ngn is no git checkout")
+    parser.add_argument(
+        "--iam_commit", help="the commit of iam.py (branch f-iap), if not --stepback's"
+    )
     args = parser.parse_args()
     sys.modules.setdefault("triton", None)  # see check_hypergradient_reference.py
     try:
@@ -205,15 +283,21 @@ def main() -> int:
     except ImportError as e:
         sys.exit(f"needs torch (not an lrresearch dependency): {e}")
     ngn_file = os.path.join(args.stepback, "stepback", "optim", "ngn.py")
+    iam_file = os.path.join(args.stepback, "stepback", "optim", "iam.py")  # branch f-iap
     train_file = os.path.join(args.orvieto_ngn, "train.py")
     for path in (ngn_file, train_file):
         if not os.path.exists(path):
             sys.exit(f"{path} does not exist: see the checkouts in this script's docstring")
-    refs = {"NGN": load_stepback_ngn(args.stepback)}
+    refs = {"NGN": load_stepback(args.stepback, "ngn", "NGN")}
+    if os.path.exists(iam_file):
+        refs["IAM"] = load_stepback(args.stepback, "iam", "IAM")
     refs.update({f"orvieto:{b}": orvieto_branch(args.orvieto_ngn, b) for b in ("ngnm", "adagrad")})
     print(f"versions: torch {torch.__version__}, numpy {np.__version__}")
     print(f"step-back NGN: {describe(ngn_file, args.stepback_commit)}")
     print(f"aorvieto/NGN: {describe(train_file, args.orvieto_commit)}")
+    iam_commit = args.iam_commit or args.stepback_commit
+    iam = describe(iam_file, iam_commit) if "IAM" in refs else "not found: IAM rows skipped"
+    print(f"step-back IAM: {iam}")
     print(
         f"problem: softmax regression, {FEATURES}+1 x {CLASSES} float64 weights, batch "
         f"{BATCH}, {args.steps} batches, Keras SGD (momentum beta for NGN-M)\n"
@@ -233,6 +317,8 @@ def main() -> int:
         print(f"| {name} | {kind} | {etas.min():.4g} .. {etas.max():.4g} | {eta_diff:.2e} "
               f"| {w_diff:.2e} |")  # fmt: skip
         failed |= not (eta_diff <= TOLERANCE and w_diff <= TOLERANCE)
+    if "IAM" in refs:
+        failed |= iam_rows(refs["IAM"], x, y, w0)
     print(
         "\nweight diff: max over batches of max|w_ours - w_ref| / max|w_ref|; the LR goes "
         "through the optimizer's float32 learning-rate variable (one rounding per batch)"
@@ -241,5 +327,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    title = "NGN, NGN-M and AdaGrad-Norm against their references"
+    title = "NGN, NGN-M, AdaGrad-Norm and IAM against their references"
     sys.exit(run_and_write(main, "docs/parity/ngn.md", title, INTRO))
