@@ -220,7 +220,8 @@ def iam_ours(kwargs, x, y, w0):
     w = tf.Variable(w0, name="w")
     optimizer = IAM(**kwargs)
     optimizer.build([w])
-    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    # float64, as the reference's (Keras computes a loss in floatx, float32, by default)
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64")
 
     @tf.function(jit_compile=True)
     def step(xb, yb):
