@@ -102,6 +102,7 @@ def ours():
     return results, step.experimental_get_tracing_count()
 
 
+@pytest.mark.slow  # the fixture: ~1.5 s
 @pytest.mark.parametrize("case", CASES)
 def test_matches_the_authors_step(case, ours):
     _, reference_kwargs, offset = CASES[case]
