@@ -242,8 +242,11 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
     import keras
 
     from lrresearch.optimizers import (
+        IAM,
         DAdaptAdam,
         Mechanic,
+        MoMo,
+        MoMoAdam,
         Prodigy,
         ScheduleFreeAdamW,
         ScheduleFreeRAdam,
@@ -262,6 +265,9 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
             functools.partial(ScheduleFreeWrapper, base_optimizer="adam"),
             0.01,
         ),
+        "MoMo": (MoMo, 10.0),  # an LR the Polyak step undercuts within 20 batches
+        "MoMoAdam": (MoMoAdam, 0.1),
+        "IAM": (IAM, 1.0),
     }
 
 

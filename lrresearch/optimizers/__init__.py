@@ -4,7 +4,9 @@ short names.
 * `MomentumSGD` (`momentum.py`): PyTorch's momentum SGD.
 * The parameter-free optimizers, which set their own step size and log it per batch
   (`WholeStepOptimizer.step_summaries`): `Prodigy`, `DAdaptAdam`, `Mechanic`,
-  `ScheduleFreeSGD`, `ScheduleFreeAdamW`, `ScheduleFreeRAdam`, `ScheduleFreeWrapper`.
+  `ScheduleFreeSGD`, `ScheduleFreeAdamW`, `ScheduleFreeRAdam`, `ScheduleFreeWrapper`,
+  `MoMo`, `MoMoAdam`, `IAM` (these three need the batch loss, which the trainer and
+  `ControlledModel` hand over).
 
 Every class is registered with gin (`Trainer.optimizer = @Prodigy`) and with Keras's
 serialization (a compiled `ControlledModel` saves and loads it).
@@ -19,17 +21,23 @@ import gin
 import keras
 
 from lrresearch.optimizers.d_adapt import DAdaptAdam, Prodigy
+from lrresearch.optimizers.iam import IAM
 from lrresearch.optimizers.mechanic import Mechanic
 from lrresearch.optimizers.momentum import MomentumSGD
+from lrresearch.optimizers.momo import MoMo
+from lrresearch.optimizers.momo_adam import MoMoAdam
 from lrresearch.optimizers.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from lrresearch.optimizers.schedule_free_radam import ScheduleFreeRAdam
 from lrresearch.optimizers.schedule_free_wrap import ScheduleFreeWrapper
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 __all__ = [
+    "IAM",
     "OPTIMIZERS",
     "DAdaptAdam",
     "Mechanic",
+    "MoMo",
+    "MoMoAdam",
     "MomentumSGD",
     "Prodigy",
     "ScheduleFreeAdamW",
