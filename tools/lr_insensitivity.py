@@ -310,7 +310,7 @@ def plot(tables: dict[str, dict[str, dict[float, Cell]]], ws, path: str) -> None
     plt.close(fig)
 
 
-def page(tables, ws, seeds, missing, errors, logdir: str) -> str:
+def page(tables, ws, seeds, missing, errors, logdir: str, seconds: dict[str, list[float]]) -> str:
     lines = [__doc__.split("\n\n", 1)[1].split("\nRun:")[0].strip(), ""]
     lines += [
         f"Every run trains with a constant LR (the authors' runs used `lr_schedule: constant`), "
@@ -346,7 +346,10 @@ def page(tables, ws, seeds, missing, errors, logdir: str) -> str:
         "",
     ]
     for wk, table in tables.items():
-        lines += [f"## {ws[wk].name}, {ws[wk].steps:,} batches", "", *grid_table(table), "",
+        cost = (
+            f" ({len(seconds[wk])} runs, {np.mean(seconds[wk]):.0f} s each)" if seconds[wk] else ""
+        )
+        lines += [f"## {ws[wk].name}, {ws[wk].steps:,} batches{cost}", "", *grid_table(table), "",
                   *range_table(table), ""]  # fmt: skip
     lines += [comparison(tables, ws), "", f"![accuracy against LR]({os.path.basename(FIGURE)})", ""]
     if missing:
@@ -392,7 +395,10 @@ def main() -> None:
     wanted = specs(ws, methods, seeds)
     results, errors = run_all(wanted, logdir, (METRIC, SKIPPED), args.jobs, minutes=args.minutes)
     tables = {wk: {m: cells(results, wk, m, seeds) for m in methods} for wk in ws}
-    text = page(tables, ws, seeds, missing, errors, logdir)
+    run_seconds = {
+        wk: [r.seconds for n, r in results.items() if n.startswith(f"{wk}-")] for wk in ws
+    }
+    text = page(tables, ws, seeds, missing, errors, logdir, run_seconds)
     text += "\n\n" + cost_line(results, wanted, errors, args.minutes)
     if args.quick:
         text = QUICK_NOTE + "\n\n" + text
