@@ -4,7 +4,7 @@ short names.
 * `MomentumSGD` (`momentum.py`): PyTorch's momentum SGD.
 * The parameter-free optimizers, which set their own step size and log it per batch
   (`WholeStepOptimizer.step_summaries`): `Prodigy`, `DAdaptAdam`, `Mechanic`,
-  `ScheduleFreeSGD`, `ScheduleFreeAdamW`.
+  `ScheduleFreeSGD`, `ScheduleFreeAdamW`, `COCOB`.
 
 Every class is registered with gin (`Trainer.optimizer = @Prodigy`) and with Keras's
 serialization (a compiled `ControlledModel` saves and loads it).
@@ -18,6 +18,7 @@ from typing import Any
 import gin
 import keras
 
+from lrresearch.optimizers.cocob import COCOB
 from lrresearch.optimizers.d_adapt import DAdaptAdam, Prodigy
 from lrresearch.optimizers.mechanic import Mechanic
 from lrresearch.optimizers.momentum import MomentumSGD
@@ -25,6 +26,7 @@ from lrresearch.optimizers.schedule_free import ScheduleFreeAdamW, ScheduleFreeS
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 __all__ = [
+    "COCOB",
     "OPTIMIZERS",
     "DAdaptAdam",
     "Mechanic",
