@@ -23,19 +23,19 @@ def cocob_reference(grad_fn, p0, lrs, alpha=100.0, eps=1e-8, weight_decay=0.0):
     weights, `||w_{t+1} - w_t|| / ||grad + wd w_t||`, `||w_{t+1} - w_1||` and the counts
     of (coordinates whose gradient changed sign, coordinates whose reward was clipped)."""
     p = p0.copy()
-    L, G, theta, reward, bet = np.full_like(p, eps), *np.zeros((4, p.size))
+    max_g, abs_sum, theta, reward, bet = np.full_like(p, eps), *np.zeros((4, p.size))
     previous = np.zeros_like(p)
     out, sign_changes, clipped = [], 0, 0
     for t, lr in enumerate(lrs):
         grad = grad_fn(t, p) + weight_decay * p
         g = lr * grad
-        L = np.maximum(L, np.abs(g))
-        G = G + np.abs(g)
+        max_g = np.maximum(max_g, np.abs(g))
+        abs_sum = abs_sum + np.abs(g)
         unclipped = reward - g * bet
         clipped += int(np.sum((unclipped < 0) & (reward > 0)))
         reward = np.maximum(unclipped, 0.0)
         theta = theta + g
-        new_bet = -theta / (L * np.maximum(G + L, alpha * L)) * (reward + L)
+        new_bet = -theta / (max_g * np.maximum(abs_sum + max_g, alpha * max_g)) * (reward + max_g)
         step = new_bet - bet
         p, bet = p - bet + new_bet, new_bet
         norm = np.linalg.norm(grad)
