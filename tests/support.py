@@ -242,6 +242,7 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
     import keras
 
     from lrresearch.optimizers import (
+        COCOB,
         DAdaptAdam,
         Mechanic,
         Prodigy,
@@ -255,6 +256,7 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
         "Mechanic": (functools.partial(Mechanic, base_optimizer=keras.optimizers.Adam), 0.05),
         "ScheduleFreeSGD": (functools.partial(ScheduleFreeSGD, warmup_steps=5), 0.5),
         "ScheduleFreeAdamW": (functools.partial(ScheduleFreeAdamW, warmup_steps=5), 0.01),
+        "COCOB": (COCOB, 1.0),
     }
 
 

@@ -78,7 +78,11 @@ def test_effective_step_is_logged_every_batch(logged):
         np.testing.assert_allclose(effective, np.maximum(scale, 0) * lr, rtol=1e-6)
         return
     assert events.scalar("loss/batch")[-5:].mean() < events.scalar("loss/batch")[:5].mean()
-    if name.startswith("ScheduleFree"):  # the optimizer's own warmup over 5 batches
+    if name == "COCOB":  # batch 1 moves each weight by 1/alpha = 0.01 against its gradient
+        distance, norm = events.scalar("optimizer/distance"), events.scalar("grad/global_norm")
+        np.testing.assert_allclose(effective[0] * norm[0], distance[0], rtol=1e-5)
+        assert 0.01 < distance[0] < distance[-1]
+    elif name.startswith("ScheduleFree"):  # the optimizer's own warmup over 5 batches
         np.testing.assert_allclose(effective, lr * np.minimum(1, np.arange(1, STEPS + 1) / 5))
     else:  # the step applied is d0 * lr, then the d of the batch before (lr 1)
         d = events.scalar("optimizer/d")
