@@ -28,12 +28,12 @@ INTRO = (
     "trace of 40 batches (see the profiling guide for how to read them). The "
     "`ConstantController + <optimizer>` rows swap SGD for that optimizer "
     "(`--optimizers`; the Adam row is the anchor for the Adam-based ones); `extra state` is "
-    "the memory each keeps beyond plain SGD's (the model has 9,610 float32 weights, "
-    "37.5 KiB; Mechanic's base here is SGD)."
+    "the memory each keeps beyond plain SGD's, in KiB and in copies of the model's trainable "
+    "weights (9,610 float32 weights, 37.5 KiB; Mechanic's base here is SGD)."
 )
 OPTIMIZERS = (
     "keras.optimizers.Adam,MomentumSGD,Prodigy,DAdaptAdam,Mechanic,ScheduleFreeSGD,"
-    "ScheduleFreeAdamW"
+    "ScheduleFreeAdamW,COCOB"
 )
 
 PARAMETER_FREE_CONTROLLERS = "ConstantController,DoGController,DoWGController,DAdaptSGDController"

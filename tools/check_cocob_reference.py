@@ -26,7 +26,8 @@ optax's weights and gradients.
 Run:
   python tools/check_cocob_reference.py --jax_python=/tmp/numerics_optaxvenv/bin/python \
       --authors_repo=/work/.mirror/bremen79+cocob/repo [--steps=500]
-Exits 1 if a float64 row differs by more than 1e-9 (1e-4 for float32 rows).
+Exits 1 if a float64 row's weights differ by more than 1e-9 (1e-4 for float32 rows), or
+its effective_lr by more than 1e-6 (1e-4).
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ from measured_page import REPO, run_and_write
 from lrresearch.optimizers import COCOB
 
 RUNNER = os.path.join(REPO, "tools", "cocob_references.py")
-TOLERANCE = {False: 1e-9, True: 1e-4}  # float64 rows, float32 rows
+TOLERANCE = {False: 1e-9, True: 1e-4}  # weights: float64 rows, float32 rows
+# effective_lr (logged as float32) against one recomputed from the reference's weights,
+# whose float32 differences lose digits when a step is small next to the weights.
+EFFECTIVE_TOLERANCE = {False: 1e-6, True: 1e-4}
 INTRO = (
     "`COCOB` (COCOB-Backprop, Orabona & Tommasi 2017, Algorithm 2) against optax's "
     "`contrib.cocob` and the authors' TensorFlow 1 `COCOB` (github.com/bremen79/cocob), "
@@ -204,7 +208,8 @@ def main() -> int:
             authors = authors_out[f"{i}/weights"]
             row[1:3] = relative(ours, authors), relative(theirs, authors)
             diffs.append(row[1])
-        failed |= max(diffs[:1] + diffs[2:]) > TOLERANCE[float32] or diffs[1] > 1e-5
+        failed |= max(diffs[:1] + diffs[2:]) > TOLERANCE[float32]
+        failed |= diffs[1] > EFFECTIVE_TOLERANCE[float32]
         print(f"| {name} | " + " | ".join("-" if d is None else f"{d:.2e}" for d in row) + " |")
     first, second = (run["0/weights"] for run in graph_runs)
     print(
