@@ -150,9 +150,9 @@ class COCOB(WholeStepOptimizer):
             if decay is not None:
                 grad = grad + decay * w
             g = tf.cast(learning_rate, variable.dtype) * grad
-            bet = tf.convert_to_tensor(self.bet[i])
-            max_grad = tf.maximum(self.max_grad[i], tf.abs(g))
-            abs_grad_sum = self.abs_grad_sum[i] + tf.abs(g)
+            abs_g, bet = tf.abs(g), tf.convert_to_tensor(self.bet[i])
+            max_grad = tf.maximum(self.max_grad[i], abs_g)
+            abs_grad_sum = self.abs_grad_sum[i] + abs_g
             reward = tf.maximum(self.reward[i] - g * bet, 0.0)
             grad_sum = self.grad_sum[i] + g
             denominator = max_grad * tf.maximum(abs_grad_sum + max_grad, max_grad * self.alpha)
