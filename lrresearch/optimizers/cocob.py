@@ -72,7 +72,8 @@ class COCOB(WholeStepOptimizer):
         `G + L < alpha * L`, which keeps the first steps small (> 0).
       eps: the initial `L` (1e-8, the authors' code and optax; > 0).
       weight_decay: L2 decay added to the gradient before the LR, as optax's
-        `add_decayed_weights` (0; >= 0).
+        `add_decayed_weights` (0; >= 0). Keras's `exclude_from_weight_decay(var_names=
+        [...])` leaves variables out of it, as optax's `mask`.
       name: the optimizer's name.
       **kwargs: Keras's other optimizer arguments (`clipnorm`, `global_clipnorm`, ...).
 
@@ -147,7 +148,7 @@ class COCOB(WholeStepOptimizer):
             w = tf.convert_to_tensor(variable)
             grad = tf.cast(grad, variable.dtype)
             decay = decay_coefficient(self.decay_rate, variable.dtype)
-            if decay is not None:
+            if decay is not None and self._use_weight_decay(variable):  # optax's mask
                 grad = grad + decay * w
             g = tf.cast(learning_rate, variable.dtype) * grad
             abs_g, bet = tf.abs(g), tf.convert_to_tensor(self.bet[i])

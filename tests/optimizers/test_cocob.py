@@ -129,6 +129,23 @@ def test_matches_algorithm_2_with_an_lr_changing_every_batch(problem, case):
         np.testing.assert_array_equal(got[0], np.append(problem[2], 0.0))
 
 
+@pytest.mark.filterwarnings("ignore:Gradients do not exist for variables")
+def test_exclude_from_weight_decay_masks_the_decay_as_optax_mask(problem):
+    """`exclude_from_weight_decay(var_names=["b"])`: the decay reaches `w` only."""
+    x, y, w0, lrs, factor = problem
+    steps, decay = 40, 0.5
+    mask = np.append(np.ones_like(w0), 0.0)
+
+    def grad(t, p):
+        return factor[t] * regression_grad(p[:-1], p[-1], x[t], y[t]) + decay * mask * p
+
+    expected = cocob_reference(grad, np.append(w0, 0.0), lrs[:steps])[0]
+    optimizer = COCOB(weight_decay=decay)
+    optimizer.exclude_from_weight_decay(var_names=["b"])
+    got = run(optimizer, problem, lrs=lrs[:steps])[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
+
+
 def test_first_step_bets_one_alphath_of_the_initial_wealth_against_the_gradient():
     """Batch 1: L = |g|, G = |g|, R = 0, so each coordinate moves by -sign(g) |g| /
     max(2|g|, alpha|g|) = -sign(g) / alpha (at any LR > 0 and any gradient scale)."""
