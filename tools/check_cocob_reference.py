@@ -1,12 +1,16 @@
-"""Compares `COCOB` with optax's `contrib.cocob` and with the authors' own TensorFlow 1
-code, and writes `docs/parity/cocob.md`.
+"""Compares `COCOB` with optax's `contrib.cocob` and with the authors' own code (their
+PyTorch `parameterfree` library and the paper's TensorFlow 1 release), and writes
+`docs/parity/cocob.md`.
 
 References (not lrresearch dependencies), each run in its own process by
 `tools/cocob_references.py`:
   * optax 0.2.8 `optax.contrib.cocob(learning_rate, alpha, eps, weight_decay)` in a
     scratch venv with jax (`--jax_python`), with `jax_enable_x64`; the LR per batch is a
     schedule reading this run's table;
-  * the authors' `COCOB` from github.com/bremen79/cocob (`optimizer/cocob_optimizer.py`,
+  * the authors' PyTorch `COCOB` from their library github.com/bremen79/parameterfree
+    (`parameterfree/cocob.py`, `--parameterfree_repo`; torch from `--torch_path`), which
+    has optax's `lr` (it multiplies the gradient) and coupled `weight_decay`;
+  * the authors' TF1 `COCOB` from github.com/bremen79/cocob (`optimizer/cocob_optimizer.py`,
     `--authors_repo`: a git clone whose HEAD is read, or the file), its `_apply_dense`
     run eagerly; it has no LR and no weight decay and fixes `eps` (its initial `L`) at
     1e-8, so it runs only the rows without them (a constant LR: ignored, see the page).
@@ -25,7 +29,8 @@ optax's weights and gradients.
 
 Run:
   python tools/check_cocob_reference.py --jax_python=/tmp/numerics_optaxvenv/bin/python \
-      --authors_repo=/work/.mirror/bremen79+cocob/repo [--steps=500]
+      --authors_repo=/work/.mirror/bremen79+cocob/repo --torch_path=/tmp/numerics_refpkgs \
+      --parameterfree_repo=/work/.mirror/bremen79+parameterfree/repo [--steps=500]
 Exits 1 if a float64 row's weights differ by more than 1e-9 (1e-4 for float32 rows), or
 its effective_lr by more than 1e-6 (1e-4).
 """
@@ -55,21 +60,23 @@ TOLERANCE = {False: 1e-9, True: 1e-4}  # weights: float64 rows, float32 rows
 EFFECTIVE_TOLERANCE = {False: 1e-6, True: 1e-4}
 INTRO = (
     "`COCOB` (COCOB-Backprop, Orabona & Tommasi 2017, Algorithm 2) against optax's "
-    "`contrib.cocob` and the authors' TensorFlow 1 `COCOB` (github.com/bremen79/cocob), "
-    "same data, initial weights and LR per batch, float64 weights on all sides (float32 "
-    "where the row says so). The authors' code has no LR and no weight decay, so it runs "
-    "the rows at LR 1 without decay (`-`: not run).\n\n"
-    "Where the references differ from each other: the authors' keep the bet `tilde_w` and "
-    "move the weights by `new - tilde_w`; optax keeps the initial weights `w_1` and sets "
-    "`w = w_1 + new`, reading the bet as `w - w_1`. The same numbers, up to float "
-    "rounding (the optax-vs-authors column); they part only if something else moves the "
-    "weights between batches. Both start `L` at `eps` = 1e-8 (the paper: 0, which gives "
-    "0/0 on an all-zero first gradient) and take `max(G + L, alpha L)`. optax adds "
-    "`learning_rate` (it multiplies the gradient, after `weight_decay * w` is added): "
-    "COCOB is invariant to the gradients' scale, so a constant LR changes the weights "
-    "only through `eps` (the `lr 0.01` row matches the authors' at LR 1 to the shown "
-    "difference). Ours follows the authors' form and optax's LR and decay. "
-    "The authors' code runs eagerly here (its `_create_slots` and `_apply_dense` called "
+    "`contrib.cocob` and the authors' own code: their PyTorch library `parameterfree` "
+    "(`COCOB`, with an `lr` and `weight_decay`) and the paper's TensorFlow 1 release "
+    "(github.com/bremen79/cocob: no LR, no weight decay, so it runs only the rows without "
+    "them; `-`: not run). Same data, initial weights and LR per batch, float64 weights on "
+    "all sides (float32 where the row says so).\n\n"
+    "Where the references differ from each other: the TF1 release keeps the bet `tilde_w` "
+    "and moves the weights by `new - tilde_w`; optax and `parameterfree` keep the initial "
+    "weights `x0` and set `w = x0 + new`, reading the bet as `w - x0`. The same numbers, "
+    "up to float rounding; they part only if something else moves the weights between "
+    "batches. All start `L` at `eps` = 1e-8 (the paper: 0, which gives 0/0 on an all-zero "
+    "first gradient) and take `max(G + L, alpha L)`. optax's `learning_rate` and "
+    "`parameterfree`'s `lr` both multiply the gradient, after `weight_decay * w` is added "
+    "(`parameterfree` takes the largest `lr` of its parameter groups): COCOB is invariant "
+    "to the gradients' scale, so a constant LR changes the weights only through `eps` "
+    "(the `lr 0.01` row matches the TF1 code, which has no LR). Ours: the TF1 release's "
+    "arithmetic with that LR and decay.\n\n"
+    "The TF1 code runs eagerly here (its `_create_slots` and `_apply_dense` called "
     "directly), where its ops execute in the order written. As they ran it, `minimize` in a "
     "TF1 graph, its reads and assigns of the same variables carry no control dependencies: "
     "the executor may run an assign before a read written above it, so a run's numbers "
@@ -151,19 +158,43 @@ def relative(ours: np.ndarray, theirs: np.ndarray) -> float:
     return float(np.max(np.max(np.abs(ours - theirs), axis=1) / scale))
 
 
-def authors_file(source: str, scratch: str) -> tuple[str, str]:
-    """The authors' `cocob_optimizer.py` (from a git clone's HEAD, or the file) and
-    where it came from."""
+def repo_file(source: str, file: str, scratch: str) -> tuple[str, str]:
+    """`file` of a git clone's (or bare mirror's) HEAD, written to `scratch`, or `source`
+    itself if it is a file; and where it came from."""
     if os.path.isfile(source):
         return source, source
-    git = ["git", "-C", source]  # a clone or a bare mirror
+    git = ["git", "-C", source]
     commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
                             check=True).stdout.strip()  # fmt: skip
-    text = subprocess.run([*git, "show", "HEAD:optimizer/cocob_optimizer.py"],
-                          capture_output=True, text=True, check=True).stdout  # fmt: skip
-    path = os.path.join(scratch, "cocob_optimizer.py")
+    text = subprocess.run([*git, "show", f"HEAD:{file}"], capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+    path = os.path.join(scratch, file.replace("/", "_"))
     pathlib.Path(path).write_text(text)
-    return path, f"github.com/bremen79/cocob commit {commit[:7]} (optimizer/cocob_optimizer.py)"
+    return path, f"commit {commit[:7]} (`{file}`)"
+
+
+def run_references(args: argparse.Namespace, lrs: list, data: tuple) -> tuple[dict, ...]:
+    """optax's, the authors' PyTorch, the authors' TF1 (eager) and two TF1 graph runs."""
+    every = list(range(len(CASES)))
+    with tempfile.TemporaryDirectory() as scratch:
+        optax_out = reference("optax", args.jax_python, every, lrs, data, scratch)
+        torch_file, torch_origin = repo_file(args.parameterfree_repo, "parameterfree/cocob.py",
+                                             scratch)  # fmt: skip
+        env = {**os.environ, "AUTHORS_PARAMETERFREE": torch_file, "PYTHONPATH": args.torch_path}
+        torch_out = reference("parameterfree", sys.executable, every, lrs, data, scratch, env)
+        source, origin = repo_file(args.authors_repo, "optimizer/cocob_optimizer.py", scratch)
+        env = {**os.environ, "AUTHORS_COCOB": source}
+        authors = [i for i, c in enumerate(CASES) if authors_runs(c)]
+        authors_out = reference("authors", sys.executable, authors, lrs, data, scratch, env)
+        graph_runs = [reference("authors_graph", sys.executable, [0], lrs, data, scratch, env)
+                      for _ in range(2)]  # fmt: skip
+    print(
+        f"versions: {optax_out['version']}; the authors' PyTorch `parameterfree` "
+        f"(github.com/bremen79/parameterfree {torch_origin}) on {torch_out['version']}; the "
+        f"authors' TF1 code (github.com/bremen79/cocob {origin}) on "
+        f"{authors_out['version']}; numpy {np.__version__}"
+    )
+    return optax_out, torch_out, authors_out, graph_runs
 
 
 def main() -> int:
@@ -171,45 +202,41 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--jax_python", default="/tmp/numerics_optaxvenv/bin/python")
     parser.add_argument("--authors_repo", default="/work/.mirror/bremen79+cocob/repo")
+    parser.add_argument("--parameterfree_repo",
+                        default="/work/.mirror/bremen79+parameterfree/repo")  # fmt: skip
+    parser.add_argument("--torch_path", default="/tmp/numerics_refpkgs")
     args = parser.parse_args()
-    for path, fix in [(args.jax_python, "a venv with jax and optax (pip install optax)"),
-                      (args.authors_repo, "fetch github.com/bremen79/cocob")]:  # fmt: skip
+    needed = [
+        (args.jax_python, "a venv with jax and optax (pip install optax)"),
+        (args.authors_repo, "fetch github.com/bremen79/cocob"),
+        (args.parameterfree_repo, "fetch github.com/bremen79/parameterfree"),
+        (os.path.join(args.torch_path, "torch"), "pip install --target DIR torch"),
+    ]
+    for path, fix in needed:
         if not os.path.exists(path):
             sys.exit(f"{path} does not exist: {fix}, then pass its path (see --help)")
     data = problem(args.steps)
     lrs = [np.array([c[2](t) for t in range(args.steps)], np.float32) for c in CASES]
-    with tempfile.TemporaryDirectory() as scratch:
-        optax_out = reference("optax", args.jax_python, list(range(len(CASES))), lrs, data,
-                              scratch)  # fmt: skip
-        source, origin = authors_file(args.authors_repo, scratch)
-        ran_by_authors = [i for i, c in enumerate(CASES) if authors_runs(c)]
-        env = {**os.environ, "AUTHORS_COCOB": source}
-        authors_out = reference("authors", sys.executable, ran_by_authors, lrs, data, scratch,
-                                env)  # fmt: skip
-        graph_runs = [reference("authors_graph", sys.executable, [0], lrs, data, scratch, env)
-                      for _ in range(2)]  # fmt: skip
-    print(f"versions: {optax_out['version']}; authors' code: {origin}, run on "
-          f"{authors_out['version']}; numpy {np.__version__}")  # fmt: skip
+    optax_out, torch_out, authors_out, graph_runs = run_references(args, lrs, data)
     x, _, w0 = data
     print(f"problem: softmax regression, {w0.shape[0]} x {w0.shape[1]} weights, batch "
           f"{x.shape[1]}, {args.steps} batches\n")  # fmt: skip
-    print("| setting | ours vs optax | ours vs authors | optax vs authors | effective_lr vs "
-          "optax's |")  # fmt: skip
-    print("|---|---|---|---|---|")
+    print("| setting | ours vs optax | ours vs authors' PyTorch | ours vs authors' TF1 | "
+          "optax vs authors' TF1 | effective_lr vs optax's |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     failed = False
     for i, (name, kwargs, _, float32) in enumerate(CASES):
         ours, effective = our_run(kwargs, lrs[i], data, np.float32 if float32 else np.float64)
         theirs = optax_out[f"{i}/weights"]
         moved = np.linalg.norm(np.diff(np.concatenate([w0[None], theirs]), axis=0), axis=(1, 2))
         expected = moved / optax_out[f"{i}/grad_norms"]
-        diffs = [relative(ours, theirs), float(np.max(np.abs(effective - expected) / expected))]
-        row = [diffs[0], None, None, diffs[1]]
-        if i in ran_by_authors:
+        row = [relative(ours, theirs), relative(ours, torch_out[f"{i}/weights"]), None, None,
+               float(np.max(np.abs(effective - expected) / expected))]  # fmt: skip
+        if f"{i}/weights" in authors_out:
             authors = authors_out[f"{i}/weights"]
-            row[1:3] = relative(ours, authors), relative(theirs, authors)
-            diffs.append(row[1])
-        failed |= max(diffs[:1] + diffs[2:]) > TOLERANCE[float32]
-        failed |= diffs[1] > EFFECTIVE_TOLERANCE[float32]
+            row[2:4] = relative(ours, authors), relative(theirs, authors)
+        failed |= max(d for d in row[:3] if d is not None) > TOLERANCE[float32]
+        failed |= row[4] > EFFECTIVE_TOLERANCE[float32]
         print(f"| {name} | " + " | ".join("-" if d is None else f"{d:.2e}" for d in row) + " |")
     first, second = (run["0/weights"] for run in graph_runs)
     print(

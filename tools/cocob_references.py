@@ -4,6 +4,8 @@
   python tools/cocob_references.py authors SPEC.npz OUT.npz  (TensorFlow; AUTHORS_COCOB
                                                               names cocob_optimizer.py)
   python tools/cocob_references.py authors_graph SPEC.npz OUT.npz     (the same, in a graph)
+  python tools/cocob_references.py parameterfree SPEC.npz OUT.npz     (torch on PYTHONPATH;
+                                               AUTHORS_PARAMETERFREE names its cocob.py)
 
 SPEC holds the problem (`x`, `y`, `w0`, float64) and per setting `<i>/lrs` plus
 `<i>/settings` (`[alpha, eps, weight_decay, float32]`); OUT gets `<i>/weights` (after
@@ -108,6 +110,38 @@ def run_authors(spec: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def run_parameterfree(spec: dict) -> dict[str, np.ndarray]:
+    """The authors' PyTorch `COCOB` from their `parameterfree` library (the file
+    AUTHORS_PARAMETERFREE names): `lr` multiplies the gradient after `weight_decay * w`
+    is added, as optax's; the LR set in `param_groups[0]["lr"]` before every batch."""
+    sys.modules.setdefault("triton", None)  # torch's optimizers import it; unused here
+    import torch
+
+    path = os.environ["AUTHORS_PARAMETERFREE"]
+    module_spec = importlib.util.spec_from_file_location("parameterfree_cocob", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    out = {}
+    for key, lrs, alpha, eps, weight_decay, float32 in settings(spec):
+        dtype = np.float32 if float32 else np.float64
+        w = torch.nn.Parameter(torch.tensor(spec["w0"].astype(dtype)))
+        optimizer = module.COCOB([w], alpha=float(alpha), eps=float(eps),
+                                 weight_decay=float(weight_decay))  # fmt: skip
+        weights, norms = [], []
+        for t in range(len(lrs)):
+            optimizer.param_groups[0]["lr"] = float(lrs[t])
+            optimizer.zero_grad()
+            logits = torch.tensor(spec["x"][t].astype(dtype)) @ w
+            loss = torch.nn.functional.cross_entropy(logits, torch.tensor(spec["y"][t]))
+            loss.backward()
+            norms.append(float(torch.linalg.norm(w.grad + weight_decay * w.detach())))
+            optimizer.step()
+            weights.append(w.detach().numpy().copy())
+        out[f"{key}/weights"], out[f"{key}/grad_norms"] = np.array(weights), np.array(norms)
+    out["version"] = np.array(f"torch {torch.__version__}")
+    return out
+
+
 def run_authors_graph(spec: dict) -> dict[str, np.ndarray]:
     """The authors' `COCOB` as they ran it, `minimize` in a TF1 graph on reference
     variables (on resource variables it runs too). Its reads and assigns of a variable
@@ -139,13 +173,11 @@ def run_authors_graph(spec: dict) -> dict[str, np.ndarray]:
     return out
 
 
+RUNNERS = {"optax": run_optax, "authors": run_authors, "authors_graph": run_authors_graph,
+           "parameterfree": run_parameterfree}  # fmt: skip
+
 if __name__ == "__main__":
     which, spec_path, out_path = sys.argv[1:]
     with np.load(spec_path) as loaded:
         spec = {k: loaded[k] for k in loaded.files}
-    np.savez(
-        out_path,
-        **{"optax": run_optax, "authors": run_authors, "authors_graph": run_authors_graph}[which](
-            spec
-        ),
-    )
+    np.savez(out_path, **RUNNERS[which](spec))

@@ -52,7 +52,8 @@ class COCOB(WholeStepOptimizer):
     `theta` are all `c` times larger and `new` is unchanged), so a constant LR changes
     nothing but how `eps` compares with the gradients; an LR that changes per batch
     weighs each batch's gradient in the bets (optax's `learning_rate`, "to inject some
-    scheduler"). At LR 0 a batch changes nothing. Run it with a constant LR of 1.
+    scheduler", and the authors' own `parameterfree.COCOB`'s `lr`). At LR 0 a batch
+    changes nothing. Run it with a constant LR of 1.
 
     Logged every batch (`step_summaries`, after the update, float32):
       `optimizer/effective_lr`: `||w_{t+1} - w_t|| / ||grad + weight_decay * w_t||`
@@ -98,8 +99,10 @@ class COCOB(WholeStepOptimizer):
       Betting." NeurIPS 2017 (arXiv:1705.07795), Algorithm 2 (COCOB-Backprop).
       The authors' code, followed here: github.com/bremen79/cocob
       (`optimizer/cocob_optimizer.py`, TensorFlow 1, commit 98e8b46).
-      optax 0.2.8 `optax.contrib.cocob` (learning_rate, weight_decay), matched by
-      `tools/check_cocob_reference.py` (docs/parity/cocob.md).
+      The authors' PyTorch library, github.com/bremen79/parameterfree
+      (`parameterfree/cocob.py`, commit 8e130f2: `lr` and `weight_decay` as optax's).
+      optax 0.2.8 `optax.contrib.cocob` (learning_rate, weight_decay). All three matched
+      by `tools/check_cocob_reference.py` (docs/parity/cocob.md).
     """
 
     # The decay a controller may set every batch (`lrresearch.optimizers.weight_decay`).
