@@ -279,8 +279,9 @@ def state_bytes(trainer: Trainer) -> int:
 
 
 def weight_bytes(trainer: Trainer) -> int:
-    """Bytes of the model's trainable weights (what `weight_copies` divides by)."""
-    return variable_bytes(trainer.model.trainable_variables)
+    """Bytes of the model's trainable weights, those the optimizer trains (what
+    `weight_copies` divides by)."""
+    return variable_bytes(trainer.variables)
 
 
 def variable_bytes(variables: Sequence[Any]) -> int:
