@@ -95,6 +95,8 @@ WEIGHT_COPIES = {
     "Mechanic": 1,  # x_ref (base SGD)
     "ScheduleFreeSGD": 2,  # z, the stash of y
     "ScheduleFreeAdamW": 3,  # z, the stash of y, v
+    "ScheduleFreeRAdam": 3,  # z, the stash of y, v
+    "ScheduleFreeWrapper": 2,  # z, the stash of y (base SGD: none)
     "COCOB": 5,  # L, G, theta, reward, bet
 }
 
