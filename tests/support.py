@@ -245,6 +245,8 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
         COCOB,
         DAdaptAdam,
         Mechanic,
+        MoMo,
+        MoMoAdam,
         Prodigy,
         ScheduleFreeAdamW,
         ScheduleFreeRAdam,
@@ -263,6 +265,8 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
             functools.partial(ScheduleFreeWrapper, base_optimizer="adam"),
             0.01,
         ),
+        "MoMo": (MoMo, 10.0),  # an LR the Polyak step undercuts within 20 batches
+        "MoMoAdam": (MoMoAdam, 0.1),
         "COCOB": (COCOB, 1.0),
     }
 

@@ -33,7 +33,7 @@ INTRO = (
 )
 OPTIMIZERS = (
     "keras.optimizers.Adam,MomentumSGD,Prodigy,DAdaptAdam,Mechanic,ScheduleFreeSGD,"
-    "ScheduleFreeAdamW,ScheduleFreeRAdam,ScheduleFreeWrapper,COCOB"
+    "ScheduleFreeAdamW,ScheduleFreeRAdam,ScheduleFreeWrapper,MoMo,MoMoAdam,COCOB"
 )
 
 PARAMETER_FREE_CONTROLLERS = "ConstantController,DoGController,DoWGController,DAdaptSGDController"

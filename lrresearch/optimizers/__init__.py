@@ -5,6 +5,8 @@ short names.
 * The parameter-free optimizers, which set their own step size and log it per batch
   (`WholeStepOptimizer.step_summaries`): `Prodigy`, `DAdaptAdam`, `Mechanic`,
   `ScheduleFreeSGD`, `ScheduleFreeAdamW`, `ScheduleFreeRAdam`, `ScheduleFreeWrapper`,
+  `MoMo`, `MoMoAdam` (these two need the batch loss, which the trainer and
+  `ControlledModel` hand over),
   `COCOB`.
 
 Every class is registered with gin (`Trainer.optimizer = @Prodigy`) and with Keras's
@@ -23,6 +25,8 @@ from lrresearch.optimizers.cocob import COCOB
 from lrresearch.optimizers.d_adapt import DAdaptAdam, Prodigy
 from lrresearch.optimizers.mechanic import Mechanic
 from lrresearch.optimizers.momentum import MomentumSGD
+from lrresearch.optimizers.momo import MoMo
+from lrresearch.optimizers.momo_adam import MoMoAdam
 from lrresearch.optimizers.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from lrresearch.optimizers.schedule_free_radam import ScheduleFreeRAdam
 from lrresearch.optimizers.schedule_free_wrap import ScheduleFreeWrapper
@@ -33,6 +37,8 @@ __all__ = [
     "OPTIMIZERS",
     "DAdaptAdam",
     "Mechanic",
+    "MoMo",
+    "MoMoAdam",
     "MomentumSGD",
     "Prodigy",
     "ScheduleFreeAdamW",

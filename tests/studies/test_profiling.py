@@ -98,6 +98,8 @@ WEIGHT_COPIES = {
     "ScheduleFreeRAdam": 3,  # z, the stash of y, v
     "ScheduleFreeWrapper": 2,  # z, the stash of y (base SGD: none)
     "COCOB": 5,  # L, G, theta, reward, bet
+    "MoMo": 1,  # the momentum d
+    "MoMoAdam": 2,  # d, v
 }
 
 
