@@ -243,6 +243,7 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
 
     from lrresearch.optimizers import (
         COCOB,
+        IAM,
         DAdaptAdam,
         Mechanic,
         MoMo,
@@ -268,6 +269,7 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
         "MoMo": (MoMo, 10.0),  # an LR the Polyak step undercuts within 20 batches
         "MoMoAdam": (MoMoAdam, 0.1),
         "COCOB": (COCOB, 1.0),
+        "IAM": (IAM, 1.0),
     }
 
 

@@ -33,13 +33,17 @@ INTRO = (
 )
 OPTIMIZERS = (
     "keras.optimizers.Adam,MomentumSGD,Prodigy,DAdaptAdam,Mechanic,ScheduleFreeSGD,"
-    "ScheduleFreeAdamW,ScheduleFreeRAdam,ScheduleFreeWrapper,MoMo,MoMoAdam,COCOB"
+    "ScheduleFreeAdamW,ScheduleFreeRAdam,ScheduleFreeWrapper,MoMo,MoMoAdam,IAM,COCOB"
 )
 
-PARAMETER_FREE_CONTROLLERS = "ConstantController,DoGController,DoWGController,DAdaptSGDController"
+PARAMETER_FREE_CONTROLLERS = (
+    "ConstantController,DoGController,DoWGController,DAdaptSGDController,NGNController,"
+    "AdaGradNormController"
+)
 CNN_INTRO = (
     "The same on the MNIST-1D CNN (`experiments/mnist1d_cnn.gin`: batches of 100, "
-    "histograms off) with plain SGD, the optimizer DoG, DoWG and D-Adapt SGD are "
+    "histograms off) with plain SGD, the optimizer DoG, DoWG, D-Adapt SGD, NGN and "
+    "AdaGrad-Norm are "
     "defined on (D-Adapt SGD refuses another), for the parameter-free methods only: "
     "the baseline here is SGD, the Adam row the anchor of the Adam-based optimizers, "
     "and the model has 5,285 trainable float32 weights (20.6 KiB)."

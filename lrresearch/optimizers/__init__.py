@@ -5,9 +5,8 @@ short names.
 * The parameter-free optimizers, which set their own step size and log it per batch
   (`WholeStepOptimizer.step_summaries`): `Prodigy`, `DAdaptAdam`, `Mechanic`,
   `ScheduleFreeSGD`, `ScheduleFreeAdamW`, `ScheduleFreeRAdam`, `ScheduleFreeWrapper`,
-  `MoMo`, `MoMoAdam` (these two need the batch loss, which the trainer and
-  `ControlledModel` hand over),
-  `COCOB`.
+  `MoMo`, `MoMoAdam`, `IAM` (these three need the batch loss, which the trainer and
+  `ControlledModel` hand over), `COCOB`.
 
 Every class is registered with gin (`Trainer.optimizer = @Prodigy`) and with Keras's
 serialization (a compiled `ControlledModel` saves and loads it).
@@ -23,6 +22,7 @@ import keras
 
 from lrresearch.optimizers.cocob import COCOB
 from lrresearch.optimizers.d_adapt import DAdaptAdam, Prodigy
+from lrresearch.optimizers.iam import IAM
 from lrresearch.optimizers.mechanic import Mechanic
 from lrresearch.optimizers.momentum import MomentumSGD
 from lrresearch.optimizers.momo import MoMo
@@ -34,6 +34,7 @@ from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 __all__ = [
     "COCOB",
+    "IAM",
     "OPTIMIZERS",
     "DAdaptAdam",
     "Mechanic",

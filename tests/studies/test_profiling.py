@@ -100,6 +100,7 @@ WEIGHT_COPIES = {
     "COCOB": 5,  # L, G, theta, reward, bet
     "MoMo": 1,  # the momentum d
     "MoMoAdam": 2,  # d, v
+    "IAM": 1,  # the anchor z
 }
 
 
