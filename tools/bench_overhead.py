@@ -64,6 +64,8 @@ def main() -> int:
     args = parser.parse_args()
     from lrresearch.cli import commands as cli
 
+    start_load = os.getloadavg()
+
     with tempfile.TemporaryDirectory() as logdir:
         code = cli.main(
             ["profile", f"--rounds={args.rounds}", f"--optimizers={OPTIMIZERS}",
@@ -82,6 +84,10 @@ def main() -> int:
     from cli_rate import cli_against_bare
 
     print(f"\n{CLI_INTRO}\n\n{cli_against_bare(rounds=max(3, args.rounds // 3))}", flush=True)
+    # Other work on the cores moves the ratios by tens of percent: say how busy they were.
+    end_load = os.getloadavg()
+    loads = ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in zip(start_load, end_load, strict=True))
+    print(f"\nLoad average (1, 5, 15 min) at the start -> the end: {loads}", flush=True)
     return 0
 
 
