@@ -84,7 +84,11 @@ def test_effective_step_is_logged_every_batch(logged):
         cap = lr if name == "MoMo" else lr / (1 - 0.9 ** np.arange(1, STEPS + 1))
         assert np.all(effective <= cap * (1 + 1e-6)) and np.any(effective < 0.99 * cap)
         return
-    if name == "ScheduleFreeRAdam":  # RAdam's rectification: 0 for 4 batches, then < 1
+    if name == "COCOB":  # batch 1 moves each weight by 1/alpha = 0.01 against its gradient
+        distance, norm = events.scalar("optimizer/distance"), events.scalar("grad/global_norm")
+        np.testing.assert_allclose(effective[0] * norm[0], distance[0], rtol=1e-5)
+        assert 0.01 < distance[0] < distance[-1]
+    elif name == "ScheduleFreeRAdam":  # RAdam's rectification: 0 for 4 batches, then < 1
         k = np.arange(1, STEPS + 1)
         rho_inf = 2 / (1 - 0.999) - 1
         rho = rho_inf - 2 * k * 0.999**k / (1 - 0.999**k)
