@@ -127,7 +127,7 @@ def test_custom_scalars_show_the_applied_step_below_the_lr(logged, seed_run):
 def test_xla_gives_the_same_weights_and_compiles_once(logged):
     name, plain, _, _ = logged
     xla = make_trainer(name, jit_compile=True)
-    xla.run_steps(STEPS)  # two calls of PER_CALL batches
+    xla.run_steps(STEPS)  # several calls of one loop (`call_capacity` batches each)
     # The loop is one `jit_compile` function (XLA compiles each trace once, as it runs):
     # traced once means compiled once; a retrace on the second call would count 2.
     assert [loop.experimental_get_tracing_count() for loop in xla.loops.values()] == [1]
