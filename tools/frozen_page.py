@@ -26,6 +26,11 @@ def _fmt(workload: str, value: float) -> str:
     return f"{value:.3f}" if workload == "lm" else f"{100 * value:.2f}"
 
 
+def _edge(value: float, grid: list[float]) -> str:
+    """Marks a pick at the end of its grid (the best may lie beyond it)."""
+    return " (grid edge)" if value in (min(grid), max(grid)) else ""
+
+
 def _cell(workload: str, values: Sequence[float]) -> str:
     if not values:
         return "not run"
@@ -144,7 +149,7 @@ def calibration(study: Study) -> list[str]:
             v = study.metric(job)
             cells.append("..." if v is None else _fmt(fm.CALIBRATION, v))
         value = study.calibrated(m)
-        frozen = "..." if value is None else f"**{value:.3g}**"
+        frozen = "..." if value is None else f"**{value:.3g}**" + _edge(value, list(grid))
         lines.append(
             f"| {m.label} | {m.source} | {m.knob} (published {m.default:g}) | "
             + " | ".join(cells)
@@ -169,7 +174,10 @@ def baseline(study: Study) -> list[str]:
             v = study.metric(job)
             cells.append(f"{p:g}: {'...' if v is None else _fmt(w, v)}")
         peak = study.tuned_peak(w)
-        lines.append(f"| {w} | {', '.join(cells)} | {'...' if peak is None else f'{peak:g}'} |")
+        edge = "" if peak is None else _edge(peak, list(study.baseline_grid(w)))
+        lines.append(
+            f"| {w} | {', '.join(cells)} | {'...' if peak is None else f'{peak:g}'}{edge} |"
+        )
     return lines
 
 
@@ -198,15 +206,22 @@ def results(study: Study, values: dict[str, dict[str, list[float]]]) -> list[str
 
 
 def profile_section(study: Study, values) -> tuple[list[str], dict]:
-    complete = [w for w in study.ws if all(by_w.get(w) for by_w in values.values())]
-    means = {c: {w: sc.mean_std(v[w])[0] for w in complete} for c, v in values.items()}
+    """The ratios and rho(tau) of every configuration that has finished every workload
+    but the transformer, over the workloads all of those have; best (the mean of rho
+    over the taus) first."""
+    cheap = [w for w in study.ws if w != "lm"]
+    scored = {c: v for c, v in values.items() if all(v.get(w) for w in cheap)}
+    complete = [w for w in study.ws if all(v.get(w) for v in scored.values())]
+    means = {c: {w: sc.mean_std(v[w])[0] for w in complete} for c, v in scored.items()}
     r = sc.ratios(means, {w: study.ws[w].floor for w in complete})
     prof = sc.profile(r)
+    order = sorted(prof, key=lambda c: -float(np.mean(prof[c])))
     lines = [
         "\n## Ratios and the performance profile\n",
-        f"Over the workloads every configuration has finished: {complete} (of "
-        f"{list(study.ws)}). r = metric / best; rho(tau) = fraction of these workloads "
-        "with r <= tau. Plot: `results-frozen-config.png`.\n",
+        f"Over the workloads every scored configuration has finished: {complete} (of "
+        f"{list(study.ws)}). r = metric / best (of all configurations below); rho(tau) = "
+        "fraction of these workloads with r <= tau; best first (by the mean of rho over "
+        "the taus). Plot: `results-frozen-config.png`.\n",
         "| configuration | "
         + " | ".join(f"r `{w}`" for w in complete)
         + " | "
@@ -214,7 +229,7 @@ def profile_section(study: Study, values) -> tuple[list[str], dict]:
         + " |",
         "|---|" + "---:|" * (len(complete) + len(sc.TAUS)),
     ]
-    for c in values:
+    for c in order:
         ratio_cells = [("inf" if math.isinf(r[c][w]) else f"{r[c][w]:.2f}") for w in complete]
         lines.append(
             f"| {c} | "
@@ -223,7 +238,34 @@ def profile_section(study: Study, values) -> tuple[list[str], dict]:
             + " | ".join(f"{x:.2f}" for x in prof[c])
             + " |"
         )
+    left_out = [c for c in values if c not in scored]
+    if left_out:
+        lines.append(f"\nNot scored yet (a workload other than `lm` unfinished): {left_out}.")
+    lines += summary(prof, order)
     return lines, r
+
+
+def summary(prof: dict[str, list[float]], order: list[str]) -> list[str]:
+    """Generated sentences: where the best frozen tuning-free configurations and the
+    two baselines stand at tau = 1.1 and 1.5."""
+    at = {t: sc.TAUS.index(t) for t in (1.1, 1.5)}
+
+    def say(c: str) -> str:
+        return f"{c}: rho(1.1) = {prof[c][at[1.1]]:.2f}, rho(1.5) = {prof[c][at[1.5]]:.2f}"
+
+    free = [c for c in order if "AdamW" not in c]
+    base = [c for c in order if "AdamW" in c]
+    lines = ["\nIn short (generated from the table):\n"]
+    lines += [
+        f"- best tuning-free, {'published' if 'published' in c else 'frozen'}: {say(c)}"
+        for c in (
+            next((c for c in free if "published" in c), None),
+            next((c for c in free if "frozen" in c), None),
+        )
+        if c
+    ]
+    lines += [f"- baseline {say(c)}" for c in base]
+    return lines
 
 
 def status(study: Study, absent, per_run: dict[str, float], jobs: int) -> list[str]:
@@ -232,6 +274,12 @@ def status(study: Study, absent, per_run: dict[str, float], jobs: int) -> list[s
         f"\n## What ran\n\n{len(plan) - len(missing)} of the {len(plan)} runs planned "
         "so far finished (the grids, then every configuration x workload x seed)."
     ]
+    total = sum(r["seconds"] for r in study.results.values())
+    lines.append(
+        f"The {len(study.results)} runs in the cache took {total / 3600:.1f} h of one "
+        "core in total (each run's wall time in its worker, a single TensorFlow thread, "
+        "niced, on cores shared with other jobs)."
+    )
     if missing:
         left: dict[str, int] = {}
         for j in missing:
