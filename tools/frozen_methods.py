@@ -112,6 +112,16 @@ def _scaled(name: str) -> Callable:
                       f"ConstantController.lr = {v!r}")  # fmt: skip
 
 
+def _cocob(alpha: float) -> tuple[str, ...]:
+    """COCOB at `alpha` (its LR factor stays 1: COCOB's step does not depend on it)."""
+    return (
+        "Trainer.optimizer = @COCOB",
+        f"COCOB.alpha = {alpha!r}",
+        "Trainer.controller = @ConstantController()",
+        "ConstantController.lr = 1.0",
+    )
+
+
 METHODS = [
     Method("DoG", "DoGController", "c", 1.0, _controller("DoGController", "c"),
            "formll/dog `DoG(lr=1.0, reps_rel=1e-6)` (the paper's c = lr; reps_rel left at "
@@ -139,19 +149,23 @@ METHODS = [
            "weight_decay=0)`"),
     # The methods of issue 26 (their branches: i26-momo, i26-ngn, i26-cocob, i26-sf).
     Method("MoMo", "MoMo", "lr", 1.0, _constant("@MoMo"),
-           "fabian-sp/MoMo README: `Momo(params, lr=1)` (beta 0.9, lb 0)"),
+           "fabian-sp/MoMo README: `Momo(params, lr=1)`, class defaults beta 0.9, lb 0, "
+           "use_fstar False"),
     Method("MoMo-Adam", "MoMoAdam", "lr", 1e-2, _constant("@MoMoAdam"),
-           "fabian-sp/MoMo README: `MomoAdam(params, lr=1e-2)`"),
-    Method("NGN", "NGNController", "c", 1.0, _controller("NGNController", "c"),
-           "fabian-sp/step-back `NGN(lr=...)`"),
-    Method("AdaGrad-Norm", "AdaGradNormController", "lr", 1.0,
+           "fabian-sp/MoMo README: `MomoAdam(params, lr=1e-2)`, class defaults betas "
+           "(0.9, 0.999), lb 0, use_fstar False"),
+    Method("NGN", "NGNController", "c (lr)", 0.1, _controller("NGNController", "lr"),
+           "fabian-sp/step-back `NGN(lr=0.1)` (its default; the paper's c), lb 0"),
+    Method("AdaGrad-Norm", "AdaGradNormController", "eta (lr)", 1.0,
            _controller("AdaGradNormController", "lr"),
-           "Ward, Wu & Bottou 2019"),
-    Method("COCOB", "COCOB", "lr", 1.0, _constant("@COCOB"),
-           "optax `contrib.cocob(learning_rate=1.0, alpha=100)`"),
+           "Ward, Wu & Bottou 2019: eta 1; b0 0.1 as in Orvieto & Xiao's NGN code"),
+    Method("COCOB", "COCOB", "alpha", 100.0, _cocob,
+           "Orabona & Tommasi 2017 and optax `contrib.cocob(learning_rate=1.0, alpha=100)` "
+           "(the step is invariant to an LR factor, so alpha is the knob)"),
     Method("Schedule-Free RAdam", "ScheduleFreeRAdam", "lr", 0.0025,
            _constant("@ScheduleFreeRAdam"),
-           "facebookresearch/schedule_free `RAdamScheduleFree(lr=0.0025)`"),
+           "facebookresearch/schedule_free `RAdamScheduleFree(lr=0.0025, "
+           "silent_sgd_phase=True)`, no warmup"),
 ]  # fmt: skip
 
 
