@@ -108,7 +108,8 @@ def protocol(study: Study, per_run: dict[str, float]) -> list[str]:
         floor = f"1/{round(1 / w.floor)}" if w.higher_is_better else "-"
         lines.append(
             f"| {w.label} (`{key}`) | `{w.gin_file}` | {w.steps:,} | "
-            f"{shown}`{w.tag}` at batch {w.steps:,} | {floor} | {per_run[key]:.0f} |"
+            f"{shown}`{w.tag}` after the last batch (step {w.steps - 1}) | {floor} | "
+            f"{per_run[key]:.0f} |"
         )
     lines.append("\n" + fm.LM_STEPS_REASON + "\n")
     lines.append(SCORING)
@@ -278,7 +279,9 @@ def status(study: Study, absent, per_run: dict[str, float], jobs: int) -> list[s
     lines.append(
         f"The {len(study.results)} runs in the cache took {total / 3600:.1f} h of one "
         "core in total (each run's wall time in its worker, a single TensorFlow thread, "
-        "niced, on cores shared with other jobs)."
+        "niced, on cores shared with other jobs). They were trained by one or more "
+        "invocations of `python tools/frozen_config.py` (each resumes from the cache); "
+        "the header names the one that wrote this page."
     )
     if missing:
         left: dict[str, int] = {}
