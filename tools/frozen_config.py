@@ -17,9 +17,9 @@ its gin file, bindings and seed; a second invocation trains only what is missing
 (UTC) submits no run after that time. Runs go to `--jobs` worker processes with one
 TensorFlow thread each.
 
-Run: `python tools/frozen_config.py --jobs 2` (about 4 hours of one core; see the
-page for the measured budget); `--quick` runs a tenth of the batches and one seed into
-`runs/frozen_config_quick` and only prints.
+Run: `python tools/frozen_config.py --jobs 2` (several hours of one core: the page
+states the measured cost of what ran and of what is left); `--quick` runs a tenth of
+the batches and one seed into `runs/frozen_config_quick` and only prints.
 """
 
 from __future__ import annotations
