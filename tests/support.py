@@ -246,7 +246,9 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
         Mechanic,
         Prodigy,
         ScheduleFreeAdamW,
+        ScheduleFreeRAdam,
         ScheduleFreeSGD,
+        ScheduleFreeWrapper,
     )
 
     return {
@@ -255,6 +257,11 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
         "Mechanic": (functools.partial(Mechanic, base_optimizer=keras.optimizers.Adam), 0.05),
         "ScheduleFreeSGD": (functools.partial(ScheduleFreeSGD, warmup_steps=5), 0.5),
         "ScheduleFreeAdamW": (functools.partial(ScheduleFreeAdamW, warmup_steps=5), 0.01),
+        "ScheduleFreeRAdam": (ScheduleFreeRAdam, 0.01),
+        "ScheduleFreeWrapper": (
+            functools.partial(ScheduleFreeWrapper, base_optimizer="adam"),
+            0.01,
+        ),
     }
 
 

@@ -4,7 +4,7 @@ short names.
 * `MomentumSGD` (`momentum.py`): PyTorch's momentum SGD.
 * The parameter-free optimizers, which set their own step size and log it per batch
   (`WholeStepOptimizer.step_summaries`): `Prodigy`, `DAdaptAdam`, `Mechanic`,
-  `ScheduleFreeSGD`, `ScheduleFreeAdamW`.
+  `ScheduleFreeSGD`, `ScheduleFreeAdamW`, `ScheduleFreeRAdam`, `ScheduleFreeWrapper`.
 
 Every class is registered with gin (`Trainer.optimizer = @Prodigy`) and with Keras's
 serialization (a compiled `ControlledModel` saves and loads it).
@@ -22,6 +22,8 @@ from lrresearch.optimizers.d_adapt import DAdaptAdam, Prodigy
 from lrresearch.optimizers.mechanic import Mechanic
 from lrresearch.optimizers.momentum import MomentumSGD
 from lrresearch.optimizers.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
+from lrresearch.optimizers.schedule_free_radam import ScheduleFreeRAdam
+from lrresearch.optimizers.schedule_free_wrap import ScheduleFreeWrapper
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 __all__ = [
@@ -31,7 +33,9 @@ __all__ = [
     "MomentumSGD",
     "Prodigy",
     "ScheduleFreeAdamW",
+    "ScheduleFreeRAdam",
     "ScheduleFreeSGD",
+    "ScheduleFreeWrapper",
     "WholeStepOptimizer",
     "make_optimizer",
 ]

@@ -233,12 +233,7 @@ class Mechanic(WholeStepOptimizer):
         """Runs the base optimizer's update on `variables` at `learning_rate`, as its own
         `apply` would (LR variable set, decoupled weight decay, `update_step` per
         variable, then `iterations + 1`); returns the weights after it."""
-        base = self.base_optimizer
-        self.assign(base.learning_rate, learning_rate)
-        base._apply_weight_decay(variables)  # AdamW's; nothing for the others
-        for grad, variable in zip(grads, variables, strict=True):
-            base.update_step(grad, variable, base.learning_rate)
-        self.assign_add(base.iterations, 1)  # Adam's bias correction reads it
+        apply_base_step(self.base_optimizer, grads, variables, learning_rate)
         return [tf.convert_to_tensor(v) for v in variables]
 
     def _inner_product(
@@ -300,15 +295,19 @@ def _fill(value: float) -> Callable[..., tf.Tensor]:
     return lambda shape, dtype=None: tf.fill(shape, tf.constant(value, dtype))
 
 
-def make_base_optimizer(spec: BaseSpec, learning_rate: float) -> keras.optimizers.Optimizer:
-    """The base optimizer of `Mechanic.base_optimizer` (a short name, a class or factory
-    taking `learning_rate`, or a serialized optimizer), at `learning_rate`."""
+def make_base_optimizer(
+    spec: BaseSpec, learning_rate: float, owner: str = "Mechanic", authors: str = "mechanize"
+) -> keras.optimizers.Optimizer:
+    """The base optimizer of `<owner>.base_optimizer` (a short name, a class or factory
+    taking `learning_rate`, or a serialized optimizer), at `learning_rate`. `owner` is
+    the wrapping class (Mechanic, ScheduleFreeWrapper), named in the errors; `authors`
+    the authors' wrapper, named in the warning for Keras's momentum."""
     from lrresearch.optimizers import OPTIMIZERS  # here: the package imports this module
 
     if isinstance(spec, str):
         if spec not in OPTIMIZERS:
             raise ValueError(
-                f"Mechanic.base_optimizer must be one of {sorted(OPTIMIZERS)} or an "
+                f"{owner}.base_optimizer must be one of {sorted(OPTIMIZERS)} or an "
                 f"optimizer class such as @keras.optimizers.Adam, got {spec!r}"
             )
         base = OPTIMIZERS[spec](learning_rate)
@@ -316,20 +315,37 @@ def make_base_optimizer(spec: BaseSpec, learning_rate: float) -> keras.optimizer
         base = keras.optimizers.deserialize(copy.deepcopy(spec))  # it edits its argument
     elif isinstance(spec, keras.optimizers.Optimizer):
         raise ValueError(
-            "Mechanic.base_optimizer must be a class or a short name, not an instance "
+            f"{owner}.base_optimizer must be a class or a short name, not an instance "
             "(write `@keras.optimizers.Adam`, without the parentheses)"
         )
     elif callable(spec):
         base = spec(learning_rate=learning_rate)
     else:
         raise ValueError(
-            f"Mechanic.base_optimizer must be a short name or an optimizer class, got {spec!r}"
+            f"{owner}.base_optimizer must be a short name or an optimizer class, got {spec!r}"
         )
-    _check_base(base)
+    _check_base(base, owner)
     if isinstance(base, keras.optimizers.SGD) and base.momentum:
-        warnings.warn(keras_momentum_warning(spec, base), BaseFormWarning, stacklevel=3)
+        message = keras_momentum_warning(spec, base, owner, authors)
+        warnings.warn(message, BaseFormWarning, stacklevel=3)
     base.learning_rate = learning_rate
     return base
+
+
+def apply_base_step(
+    base: keras.optimizers.Optimizer,
+    grads: Sequence[tf.Tensor],
+    variables: Sequence[keras.Variable],
+    learning_rate: tf.Tensor,
+) -> None:
+    """Runs `base`'s update on `variables` at `learning_rate`, as its own `apply` would:
+    LR variable set, decoupled weight decay, `update_step` per variable, then
+    `iterations + 1`. TF ops."""
+    base.assign(base.learning_rate, learning_rate)
+    base._apply_weight_decay(variables)  # AdamW's; nothing for the others
+    for grad, variable in zip(grads, variables, strict=True):
+        base.update_step(grad, variable, base.learning_rate)
+    base.assign_add(base.iterations, 1)  # Adam's bias correction reads it
 
 
 class BaseFormWarning(UserWarning):
@@ -337,39 +353,43 @@ class BaseFormWarning(UserWarning):
     CLI, as lrresearch's own warnings are)."""
 
 
-def keras_momentum_warning(spec: BaseSpec, base: keras.optimizers.SGD) -> str:
-    """The warning for a base of Keras's momentum SGD: not the authors' torch form."""
+def keras_momentum_warning(
+    spec: BaseSpec, base: keras.optimizers.SGD, owner: str = "Mechanic", authors: str = "mechanize"
+) -> str:
+    """The warning for a base of Keras's momentum SGD: not the authors' torch form
+    (`owner`, `authors`: see `make_base_optimizer`; the parity page is the owner's)."""
+    page = "mechanic" if owner == "Mechanic" else "schedule_free_wrap"
     given = repr(spec) if isinstance(spec, str) else "@keras.optimizers.SGD"
     mu = base.momentum
     nesterov = " and `MomentumSGD.nesterov = True`" if base.nesterov else ""
     return (
-        f"Mechanic.base_optimizer = {given} is Keras's SGD(momentum={mu}), whose velocity "
+        f"{owner}.base_optimizer = {given} is Keras's SGD(momentum={mu}), whose velocity "
         f"holds the LR (m = mu*m - lr*g), not the torch.optim.SGD(momentum={mu}) of the "
-        f"authors' mechanize (buf = mu*buf + g): once the LR changes per batch the two "
-        f"differ (docs/parity/mechanic.md); for the authors' form set "
-        f"`Mechanic.base_optimizer = @MomentumSGD` with `MomentumSGD.momentum = {mu}`"
+        f"authors' {authors} (buf = mu*buf + g): once the LR changes per batch the two "
+        f"differ (docs/parity/{page}.md); for the authors' form set "
+        f"`{owner}.base_optimizer = @MomentumSGD` with `MomentumSGD.momentum = {mu}`"
         f"{nesterov}"
     )
 
 
-def _check_base(base: Any) -> None:
+def _check_base(base: Any, owner: str) -> None:
     """Raises unless `base` is a Keras optimizer whose `update_step` is its whole update."""
     if not isinstance(base, keras.optimizers.Optimizer):
-        raise ValueError(f"Mechanic.base_optimizer must build a Keras optimizer, got {base!r}")
+        raise ValueError(f"{owner}.base_optimizer must build a Keras optimizer, got {base!r}")
     if isinstance(base, WholeStepOptimizer):
         raise ValueError(
-            f"Mechanic.base_optimizer must be a per-variable optimizer (SGD, Adam, ...), got "
+            f"{owner}.base_optimizer must be a per-variable optimizer (SGD, Adam, ...), got "
             f"{type(base).__name__}, which updates every variable at once"
         )
     if not isinstance(base.learning_rate, keras.Variable):
         raise ValueError(
-            "Mechanic.base_optimizer must have a float learning_rate (Mechanic sets it "
+            f"{owner}.base_optimizer must have a float learning_rate ({owner} sets it "
             f"every batch), got {base.learning_rate!r}"
         )
     for option in _UNSUPPORTED_BASE_OPTIONS:
         value = getattr(base, option, None)
         if value:
             raise ValueError(
-                f"Mechanic.base_optimizer must not set {option} (got {value!r}): "
-                "Mechanic calls its update_step only; set clipping on Mechanic itself"
+                f"{owner}.base_optimizer must not set {option} (got {value!r}): "
+                f"{owner} calls its update_step only; set clipping on {owner} itself"
             )
