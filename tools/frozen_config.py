@@ -184,7 +184,8 @@ class Study:
             }
             value = self.calibrated(m)
             if value is not None:
-                out[f"{m.label}, frozen ({m.knob} {value:.3g})"] = {
+                same = " = published" if value == m.default else ""
+                out[f"{m.label}, frozen ({m.knob} {value:.3g}{same})"] = {
                     w: m.bindings(value) for w in self.ws
                 }
         return out
