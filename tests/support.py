@@ -244,6 +244,8 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
     from lrresearch.optimizers import (
         DAdaptAdam,
         Mechanic,
+        MoMo,
+        MoMoAdam,
         Prodigy,
         ScheduleFreeAdamW,
         ScheduleFreeRAdam,
@@ -262,6 +264,8 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
             functools.partial(ScheduleFreeWrapper, base_optimizer="adam"),
             0.01,
         ),
+        "MoMo": (MoMo, 10.0),  # an LR the Polyak step undercuts within 20 batches
+        "MoMoAdam": (MoMoAdam, 0.1),
     }
 
 

@@ -323,6 +323,8 @@ class ControlledModel(EvalMonitorMixin, EvalWeightsMixin, SavedStateMixin, keras
         lr, accepted, out = set_lr(self.controller, signals, lr_variable, self.guard.lr_scale)
 
         def apply_update() -> None:
+            # `loss` (with `model.losses`, as `compute_loss`) for MoMo; cross-replica here.
+            whole_step.hand_batch_loss(self.optimizer, loss)
             if strategy is None:
                 self.optimizer.apply(list(signals.grads), variables)
             else:

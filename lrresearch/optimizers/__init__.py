@@ -4,7 +4,9 @@ short names.
 * `MomentumSGD` (`momentum.py`): PyTorch's momentum SGD.
 * The parameter-free optimizers, which set their own step size and log it per batch
   (`WholeStepOptimizer.step_summaries`): `Prodigy`, `DAdaptAdam`, `Mechanic`,
-  `ScheduleFreeSGD`, `ScheduleFreeAdamW`, `ScheduleFreeRAdam`, `ScheduleFreeWrapper`.
+  `ScheduleFreeSGD`, `ScheduleFreeAdamW`, `ScheduleFreeRAdam`, `ScheduleFreeWrapper`,
+  `MoMo`, `MoMoAdam` (these two need the batch loss, which the trainer and
+  `ControlledModel` hand over).
 
 Every class is registered with gin (`Trainer.optimizer = @Prodigy`) and with Keras's
 serialization (a compiled `ControlledModel` saves and loads it).
@@ -21,6 +23,8 @@ import keras
 from lrresearch.optimizers.d_adapt import DAdaptAdam, Prodigy
 from lrresearch.optimizers.mechanic import Mechanic
 from lrresearch.optimizers.momentum import MomentumSGD
+from lrresearch.optimizers.momo import MoMo
+from lrresearch.optimizers.momo_adam import MoMoAdam
 from lrresearch.optimizers.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
 from lrresearch.optimizers.schedule_free_radam import ScheduleFreeRAdam
 from lrresearch.optimizers.schedule_free_wrap import ScheduleFreeWrapper
@@ -30,6 +34,8 @@ __all__ = [
     "OPTIMIZERS",
     "DAdaptAdam",
     "Mechanic",
+    "MoMo",
+    "MoMoAdam",
     "MomentumSGD",
     "Prodigy",
     "ScheduleFreeAdamW",

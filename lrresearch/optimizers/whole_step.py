@@ -18,6 +18,17 @@ gradient (dense; `None` as zeros), in the cross-replica context:
 batch after the update, as `optimizer/<name>` (see `lrresearch.logs.summaries.TAGS`), e.g.
 `optimizer/effective_lr`, the step size the update applied.
 
+An optimizer whose update needs the batch's loss (MoMo's Polyak-type step) sets
+`needs_batch_loss = True` and reads `self.batch_loss()` in `update_all`. Its two callers
+hand the loss over with `hand_batch_loss(optimizer, loss)` right before
+`optimizer.apply`, in the same trace and inside the guarded branch (a skipped batch hands
+nothing over): the trainer's `train_step` and `ControlledModel`'s update, both with the
+unscaled, all-reduced global-batch mean loss the signals use, which includes the model's
+regularization losses (`model.losses`), as the applied gradient does. The loss is a
+tensor of that trace, consumed by the `update_all` that reads it; an optimizer that was
+never handed one (plain `keras.Model.fit`, which calls `apply` with the gradients only)
+raises `BatchLossError` when its update is traced.
+
 An optimizer whose weights to evaluate are not the ones it trains (Schedule-Free's
 average `x` against its `y`) also has `swap_to_eval(variables)` and
 `swap_to_train(variables)`; `eval_weights` puts the evaluation weights in place around
@@ -34,8 +45,50 @@ import keras
 import tensorflow as tf
 
 
+class BatchLossError(ValueError):
+    """An optimizer that needs the batch loss was applied without it."""
+
+
+class _LossHandoff:
+    """Holds the loss tensor handed over for the next `update_all` (a plain object, so
+    Keras's attribute tracking never sees the tensor)."""
+
+    def __init__(self) -> None:
+        self.loss: tf.Tensor | None = None
+
+
 class WholeStepOptimizer(keras.optimizers.Optimizer):
     """A Keras 3 optimizer that updates every variable in one call (see the module)."""
+
+    # True: `update_all` reads `batch_loss()`, which the caller hands over per batch.
+    needs_batch_loss = False
+
+    def set_batch_loss(self, loss: tf.Tensor) -> None:
+        """Hands over this batch's loss (a scalar: the global-batch mean, unscaled) for
+        the next `update_all` traced in this same trace."""
+        self.__dict__.setdefault("_loss_handoff", _LossHandoff()).loss = tf.convert_to_tensor(loss)
+
+    def batch_loss(self) -> tf.Tensor:
+        """The loss handed over by `set_batch_loss`, consumed (a second update needs a
+        second hand-over, so a tensor of an old trace is never read).
+
+        Raises:
+          BatchLossError: none was handed over (e.g. plain `keras.Model.fit`).
+        """
+        handoff = self.__dict__.get("_loss_handoff")
+        loss = None if handoff is None else handoff.loss
+        if loss is None:
+            name = type(self).__name__
+            raise BatchLossError(
+                f"{name} needs each batch's loss in its update, and this training loop "
+                f"did not hand it over (plain keras.Model.fit and optimizer.apply pass "
+                f"the gradients only). Train with `lrresearch train` (Trainer.optimizer "
+                f"= @{name}) or wrap the model in lrresearch.ControlledModel(model, "
+                f"controller) before compile/fit; a custom loop calls "
+                f"optimizer.set_batch_loss(loss) right before optimizer.apply(grads)."
+            )
+        handoff.loss = None
+        return loss
 
     def update_all(
         self,
@@ -76,6 +129,13 @@ def _dense(gradient: Any, variable: Any) -> tf.Tensor:
     if gradient is None:
         return tf.zeros(variable.shape, variable.dtype)
     return tf.convert_to_tensor(gradient)
+
+
+def hand_batch_loss(optimizer: keras.optimizers.Optimizer, loss: tf.Tensor) -> None:
+    """Hands `loss` (this batch's unscaled global-batch mean) to an optimizer that needs
+    it (`needs_batch_loss`); nothing for any other. Call right before its `apply`."""
+    if getattr(optimizer, "needs_batch_loss", False):
+        optimizer.set_batch_loss(loss)
 
 
 def has_own_step(optimizer: keras.optimizers.Optimizer) -> bool:

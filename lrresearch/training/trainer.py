@@ -312,13 +312,13 @@ class Trainer(InnerLoop):
         groups = (periodic | every_step) if log else frozenset()
         # `update/ratio/` needs the weights before the update: copied on this batch only.
         before = [tf.identity(v.value) for v in self.variables] if "grad_norms" in groups else []
-        # A NaN/Inf batch is skipped: no update, later LRs scaled down.
-        scaling = precision.apply_guarded(
-            self.guard,
-            self.loss_scale,
-            (step, loss, norm),
-            lambda: self.optimizer.apply(grads, self.variables),
-        )
+
+        def apply() -> None:  # MoMo reads `loss` (the objective `grads` come from)
+            whole_step.hand_batch_loss(self.optimizer, loss)
+            self.optimizer.apply(grads, self.variables)
+
+        # A NaN/Inf batch is skipped: no update (nor loss handed over), later LRs lower.
+        scaling = precision.apply_guarded(self.guard, self.loss_scale, (step, loss, norm), apply)
         if self.averager:
             self.averager.update()
         row: dict[str, tf.Tensor] = {}

@@ -80,6 +80,10 @@ def test_effective_step_is_logged_every_batch(logged):
         np.testing.assert_allclose(effective, np.maximum(scale, 0) * lr, rtol=1e-6)
         return
     assert events.scalar("loss/batch")[-5:].mean() < events.scalar("loss/batch")[:5].mean()
+    if name.startswith("MoMo"):  # tau: the Polyak step, capped at lr (/ (1 - 0.9^k))
+        cap = lr if name == "MoMo" else lr / (1 - 0.9 ** np.arange(1, STEPS + 1))
+        assert np.all(effective <= cap * (1 + 1e-6)) and np.any(effective < 0.99 * cap)
+        return
     if name == "ScheduleFreeRAdam":  # RAdam's rectification: 0 for 4 batches, then < 1
         k = np.arange(1, STEPS + 1)
         rho_inf = 2 / (1 - 0.999) - 1
