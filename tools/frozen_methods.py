@@ -159,6 +159,8 @@ METHODS = [
     Method("AdaGrad-Norm", "AdaGradNormController", "eta (lr)", 1.0,
            _controller("AdaGradNormController", "lr"),
            "Ward, Wu & Bottou 2019: eta 1; b0 0.1 as in Orvieto & Xiao's NGN code"),
+    Method("IAM", "IAM", "lr", 1.0, _constant("@IAM"),
+           "fabian-sp/step-back `IAM(lr=1.0, lmbda=9)` (class defaults), lb 0"),
     Method("COCOB", "COCOB", "alpha", 100.0, _cocob,
            "Orabona & Tommasi 2017 and optax `contrib.cocob(learning_rate=1.0, alpha=100)` "
            "(the step is invariant to an LR factor, so alpha is the knob)"),

@@ -21,6 +21,7 @@ from lrresearch.controllers.decay import (
 )
 from lrresearch.controllers.follow_lr import DecayFollowsLR
 from lrresearch.controllers.keras_schedule import ScheduleController
+from lrresearch.controllers.ngn import AdaGradNormController, NGNController
 from lrresearch.controllers.parameter_free import (
     DAdaptSGDController,
     DoGController,
@@ -51,6 +52,7 @@ from lrresearch.controllers.steps import (
 from lrresearch.controllers.timm import TimmCosineController
 
 __all__ = [
+    "AdaGradNormController",
     "Chain",
     "Clamp",
     "ConstantController",
@@ -73,6 +75,7 @@ __all__ = [
     "LossTrendController",
     "MaxChange",
     "MultiStepController",
+    "NGNController",
     "OneCycleController",
     "PiecewiseConstantController",
     "PlateauController",

@@ -5,7 +5,7 @@ short names.
 * The parameter-free optimizers, which set their own step size and log it per batch
   (`WholeStepOptimizer.step_summaries`): `Prodigy`, `DAdaptAdam`, `Mechanic`,
   `ScheduleFreeSGD`, `ScheduleFreeAdamW`, `ScheduleFreeRAdam`, `ScheduleFreeWrapper`,
-  `MoMo`, `MoMoAdam` (these two need the batch loss, which the trainer and
+  `MoMo`, `MoMoAdam`, `IAM` (these three need the batch loss, which the trainer and
   `ControlledModel` hand over).
 
 Every class is registered with gin (`Trainer.optimizer = @Prodigy`) and with Keras's
@@ -21,6 +21,7 @@ import gin
 import keras
 
 from lrresearch.optimizers.d_adapt import DAdaptAdam, Prodigy
+from lrresearch.optimizers.iam import IAM
 from lrresearch.optimizers.mechanic import Mechanic
 from lrresearch.optimizers.momentum import MomentumSGD
 from lrresearch.optimizers.momo import MoMo
@@ -31,6 +32,7 @@ from lrresearch.optimizers.schedule_free_wrap import ScheduleFreeWrapper
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 __all__ = [
+    "IAM",
     "OPTIMIZERS",
     "DAdaptAdam",
     "Mechanic",

@@ -17,6 +17,7 @@ from lrresearch.config import parse as config
 EXPORTED = [n for n in controllers.__all__ if n not in ("Controller", "ControllerOutput")]
 # The ones that follow a paper, a PyTorch scheduler or an optax schedule.
 FOLLOW_A_REFERENCE = {
+    "AdaGradNormController",
     "Chain",
     "CosineRestartsController",
     "CyclicController",
@@ -24,6 +25,7 @@ FOLLOW_A_REFERENCE = {
     "InverseSqrtController",
     "InverseTimeDecayController",
     "MultiStepController",
+    "NGNController",
     "PiecewiseConstantController",
     "PolynomialDecayController",
     "StepController",

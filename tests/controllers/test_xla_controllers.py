@@ -55,6 +55,8 @@ CASES: dict[str, Factory] = {
     "DoGController": lambda: ctl.DoGController(reps_rel=1e-3, c=0.5),
     "DoWGController": lambda: ctl.DoWGController(),
     "DAdaptSGDController": lambda: ctl.DAdaptSGDController(d0=1e-3),
+    "NGNController": lambda: ctl.NGNController(lr=2.0, lb=0.4, momentum=0.5),
+    "AdaGradNormController": lambda: ctl.AdaGradNormController(lr=0.5, b0=0.0),
     "PolyakController-smoothed": lambda: ctl.PolyakController(
         max_lr=None, smoothing=2.0, smoothing_batches=10
     ),

@@ -420,6 +420,8 @@ def every_controller() -> list[c.Controller]:
         c.PiecewiseConstantController([1, 3], [0.2, 0.1, 0.05], "next"),
         c.StepController(0.2, 2, 0.5),
         c.MultiStepController(0.2, [1, 3, 3], 0.5),
+        c.NGNController(lr=0.7, lb=-0.1, momentum=0.5),
+        c.AdaGradNormController(lr=0.4, b0=0.2),
     ]
 
 
