@@ -335,8 +335,11 @@ def write(study: Study, absent, jobs: int, seconds: float, page: bool) -> None:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    published = {c: v for c, v in r.items() if "published" in c or c.startswith(BASELINE)}
-    frozen = {c: v for c, v in r.items() if "published" not in c}
+
+    def panel(kind: str) -> dict:  # the baselines, and the methods' rows of one kind
+        return {c: v for c, v in r.items() if f", {kind} (" in c or c.startswith(BASELINE)}
+
+    published, frozen = panel("published"), panel("frozen")
     sc.plot_profiles(
         {
             "published defaults (vs. the baselines)": published,

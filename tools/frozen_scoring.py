@@ -83,7 +83,7 @@ def plot_profiles(
     import matplotlib.pyplot as plt
 
     taus = np.linspace(1.0, max_tau, 301)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 9), squeeze=False)
     for ax, (title, table_ratios) in zip(axes[0], panels.items(), strict=True):
         for i, (c, rho) in enumerate(profile(table_ratios, taus).items()):
             style = "-" if i < 10 else "--" if i < 20 else ":"
@@ -96,7 +96,7 @@ def plot_profiles(
             xlim=(1, max_tau),
         )
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
