@@ -44,6 +44,8 @@ from measured_page import REPO
 from train_in_pool import init_worker
 
 SEEDS = (0, 1, 2)
+BASELINE = "AdamW + warmup-cosine"  # the labels of both baselines start so
+TUNED = f"{BASELINE}, tuned per workload"
 
 
 class Job(NamedTuple):
@@ -170,12 +172,12 @@ class Study:
         (the frozen ones once their calibration grid has finished)."""
         out: dict[str, dict[str, tuple[str, ...]]] = {}
         tuned = {w: self.tuned_peak(w) for w in self.ws}
-        out["AdamW + warmup-cosine, tuned per workload"] = {
+        out[TUNED] = {
             w: fm.baseline(self.ws[w].steps, p) for w, p in tuned.items() if p is not None
         }
         frozen = tuned[fm.CALIBRATION]
         if frozen is not None:
-            out[f"AdamW + warmup-cosine, frozen (peak {frozen:g})"] = {
+            out[f"{BASELINE}, frozen (peak {frozen:g})"] = {
                 w: fm.baseline(self.ws[w].steps, frozen) for w in self.ws
             }
         for m in self.methods:

@@ -12,12 +12,10 @@ from collections.abc import Sequence
 import frozen_methods as fm
 import frozen_scoring as sc
 import numpy as np
-from frozen_config import Study
+from frozen_config import BASELINE, TUNED, Study
 from measured_page import REPO
 
 PAGE = "docs/results-frozen-config.md"
-BASELINE = "AdamW + warmup-cosine"  # the labels of both baselines start so
-TUNED = f"{BASELINE}, tuned per workload"
 
 
 def _fmt(workload: str, value: float) -> str:
