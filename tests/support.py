@@ -242,6 +242,7 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
     import keras
 
     from lrresearch.optimizers import (
+        COCOB,
         IAM,
         DAdaptAdam,
         Mechanic,
@@ -267,6 +268,7 @@ def parameter_free_optimizers() -> dict[str, tuple[Any, float]]:
         ),
         "MoMo": (MoMo, 10.0),  # an LR the Polyak step undercuts within 20 batches
         "MoMoAdam": (MoMoAdam, 0.1),
+        "COCOB": (COCOB, 1.0),
         "IAM": (IAM, 1.0),
     }
 

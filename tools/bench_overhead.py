@@ -28,18 +28,22 @@ INTRO = (
     "trace of 40 batches (see the profiling guide for how to read them). The "
     "`ConstantController + <optimizer>` rows swap SGD for that optimizer "
     "(`--optimizers`; the Adam row is the anchor for the Adam-based ones); `extra state` is "
-    "the memory each keeps beyond plain SGD's (the model has 9,610 float32 weights, "
-    "37.5 KiB; Mechanic's base here is SGD)."
+    "the memory each keeps beyond plain SGD's, in KiB and in copies of the model's trainable "
+    "weights (9,610 float32 weights, 37.5 KiB; Mechanic's base here is SGD)."
 )
 OPTIMIZERS = (
     "keras.optimizers.Adam,MomentumSGD,Prodigy,DAdaptAdam,Mechanic,ScheduleFreeSGD,"
-    "ScheduleFreeAdamW"
+    "ScheduleFreeAdamW,ScheduleFreeRAdam,ScheduleFreeWrapper,MoMo,MoMoAdam,IAM,COCOB"
 )
 
-PARAMETER_FREE_CONTROLLERS = "ConstantController,DoGController,DoWGController,DAdaptSGDController"
+PARAMETER_FREE_CONTROLLERS = (
+    "ConstantController,DoGController,DoWGController,DAdaptSGDController,NGNController,"
+    "AdaGradNormController"
+)
 CNN_INTRO = (
     "The same on the MNIST-1D CNN (`experiments/mnist1d_cnn.gin`: batches of 100, "
-    "histograms off) with plain SGD, the optimizer DoG, DoWG and D-Adapt SGD are "
+    "histograms off) with plain SGD, the optimizer DoG, DoWG, D-Adapt SGD, NGN and "
+    "AdaGrad-Norm are "
     "defined on (D-Adapt SGD refuses another), for the parameter-free methods only: "
     "the baseline here is SGD, the Adam row the anchor of the Adam-based optimizers, "
     "and the model has 5,285 trainable float32 weights (20.6 KiB)."
@@ -60,6 +64,8 @@ def main() -> int:
     args = parser.parse_args()
     from lrresearch.cli import commands as cli
 
+    start_load = os.getloadavg()
+
     with tempfile.TemporaryDirectory() as logdir:
         code = cli.main(
             ["profile", f"--rounds={args.rounds}", f"--optimizers={OPTIMIZERS}",
@@ -78,6 +84,10 @@ def main() -> int:
     from cli_rate import cli_against_bare
 
     print(f"\n{CLI_INTRO}\n\n{cli_against_bare(rounds=max(3, args.rounds // 3))}", flush=True)
+    # Other work on the cores moves the ratios by tens of percent: say how busy they were.
+    end_load = os.getloadavg()
+    loads = ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in zip(start_load, end_load, strict=True))
+    print(f"\nLoad average (1, 5, 15 min) at the start -> the end: {loads}", flush=True)
     return 0
 
 

@@ -27,16 +27,29 @@ class OverheadRow:
     device: str
     xla: bool = False
     extra_state_bytes: int = 0  # optimizer and controller state beyond the baseline's
+    weight_bytes: int = 0  # the model's trainable weights
+
+    @property
+    def weight_copies(self) -> float:
+        """The extra state in copies of the model's trainable weights (`weight_copies`)."""
+        return weight_copies(self.extra_state_bytes, self.weight_bytes)
+
+
+def weight_copies(extra_state_bytes: int, weight_bytes: int) -> float:
+    """Memory in copies of the model's trainable weights: `extra_state_bytes /
+    weight_bytes` (Adam's two moments: 2.0, plus its few scalars); NaN when the weights'
+    size is unknown (0)."""
+    return extra_state_bytes / weight_bytes if weight_bytes else float("nan")
 
 
 def write_reports(rows: list[OverheadRow], out_dir: str) -> str:
     """Writes `overhead.csv`, `overhead.md` and `overhead.png`; returns the markdown."""
-    fields = [f.name for f in dataclasses.fields(OverheadRow)]
+    fields = [f.name for f in dataclasses.fields(OverheadRow)] + ["weight_copies"]
     with open(os.path.join(out_dir, "overhead.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            writer.writerow(dataclasses.asdict(row))
+            writer.writerow({**dataclasses.asdict(row), "weight_copies": row.weight_copies})
     markdown = format_table(rows)
     with open(os.path.join(out_dir, "overhead.md"), "w") as f:
         f.write(markdown + "\n")
@@ -49,8 +62,8 @@ def format_table(rows: list[OverheadRow]) -> str:
     head = (
         "| controller | summaries | XLA | us/batch | baseline us/batch | ratio "
         "| 95% CI of ratio | controller ops us/batch | summary ops us/batch "
-        "| extra state, KiB |\n"
-        "|---|---|---|---:|---:|---:|---|---:|---:|---:|"
+        "| extra state, KiB | extra state, weight copies |\n"
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
@@ -59,14 +72,15 @@ def format_table(rows: list[OverheadRow]) -> str:
             f"{'yes' if r.xla else 'no'} | {r.step_us:.1f} | "
             f"{r.baseline_step_us:.1f} | {r.ratio:.3f} | [{r.ratio_low:.3f}, "
             f"{r.ratio_high:.3f}] | {r.controller_us:.1f} | {r.summaries_us:.1f} | "
-            f"{r.extra_state_bytes / 1024:.1f} |"
+            f"{r.extra_state_bytes / 1024:.1f} | {r.weight_copies:.1f}x |"
         )
     if rows:
         lines.append(
             f"\nDevice: {rows[0].device}; {rows[0].steps_per_loop} batches per compiled call; "
             "baseline: ConstantController without summaries, without XLA, with the gin config's "
             "optimizer. extra state: bytes of optimizer and controller variables beyond the "
-            "baseline's (slots, DoG's x_0 copy, ...). ratio = median over "
+            "baseline's (slots, DoG's x_0 copy, ...); in weight copies: divided by the bytes "
+            "of the model's trainable weights (Adam: 2.0x). ratio = median over "
             "rounds of (block time / mean of the two baseline blocks around it). Summaries "
             "are the buffered per-batch log (`lrresearch.logs.rows`): a block's time includes "
             "waiting for its last block to be written."

@@ -82,18 +82,17 @@ TAGS: tuple[Tag, ...] = (
         "sets it."),
     Tag("optimizer/effective_lr", "scalar", "batch, under an optimizer that sets its own "
         "step size (Prodigy, DAdaptAdam, Mechanic, ScheduleFreeSGD, ScheduleFreeAdamW, "
-        "MoMo, MoMoAdam)",
+        "MoMo, MoMoAdam, IAM, COCOB)",
         "The step size the optimizer's update applied to this batch; lr is then the "
         "multiplier the controller set (Prodigy and D-Adapt Adam: d * lr, bias-corrected; "
         "Mechanic: its scale s times lr; Schedule-Free: lr after its warmup; MoMo and IAM: "
-        "their Polyak step tau, at most lr); 0 on a batch "
-        "where the method moves no weight (D-Adaptation's first all-zero gradient)."),
+        "their Polyak step tau, at most lr; COCOB: ||w_after - w_before|| / ||g||); 0 on a "
+        "batch where the method moves no weight (D-Adaptation's first all-zero gradient)."),
     Tag("optimizer/<name>", "scalar", "batch, under an optimizer that sets its own step "
         "size",
         "The optimizer's own state after this batch's update (Prodigy's and D-Adapt Adam's "
         "d, Mechanic's scale, Schedule-Free's average weight, MoMo's lb and loss_avg, "
-        "IAM's polyak); its "
-        "docstring says which."),
+        "IAM's polyak, COCOB's distance); its docstring says which."),
     Tag("precision/loss_scale", "scalar", "batch, under float16 loss "
         "scaling (Trainer.mixed_precision = 'mixed_float16', or ControlledModel under "
         "Keras's 'mixed_float16' policy)",

@@ -6,7 +6,7 @@ short names.
   (`WholeStepOptimizer.step_summaries`): `Prodigy`, `DAdaptAdam`, `Mechanic`,
   `ScheduleFreeSGD`, `ScheduleFreeAdamW`, `ScheduleFreeRAdam`, `ScheduleFreeWrapper`,
   `MoMo`, `MoMoAdam`, `IAM` (these three need the batch loss, which the trainer and
-  `ControlledModel` hand over).
+  `ControlledModel` hand over), `COCOB`.
 
 Every class is registered with gin (`Trainer.optimizer = @Prodigy`) and with Keras's
 serialization (a compiled `ControlledModel` saves and loads it).
@@ -20,6 +20,7 @@ from typing import Any
 import gin
 import keras
 
+from lrresearch.optimizers.cocob import COCOB
 from lrresearch.optimizers.d_adapt import DAdaptAdam, Prodigy
 from lrresearch.optimizers.iam import IAM
 from lrresearch.optimizers.mechanic import Mechanic
@@ -32,6 +33,7 @@ from lrresearch.optimizers.schedule_free_wrap import ScheduleFreeWrapper
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 __all__ = [
+    "COCOB",
     "IAM",
     "OPTIMIZERS",
     "DAdaptAdam",

@@ -28,10 +28,14 @@ import keras
 import tensorflow as tf
 
 from lrresearch.checks import check_int, check_number
+from lrresearch.optimizers.float64_state import (
+    STATE_DTYPE,
+    float32_summaries,
+    scalar_state,
+)
+from lrresearch.optimizers.float64_state import sum64 as _sum64
 from lrresearch.optimizers.weight_decay import decay_coefficient
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
-
-STATE_DTYPE = tf.float64  # the authors' scalars are Python floats
 
 
 def _py_max(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -53,11 +57,6 @@ def _flat(x: Any, slice_p: int = 1) -> tf.Tensor:
 
 # Python numbers enter as `x * 0.9`, never `tf.cast(0.9, dtype)`: `tf.cast` makes a
 # float32 constant first (0.999 -> 0.99900001), 4e-8 off in float64.
-
-
-def _sum64(x: tf.Tensor) -> tf.Tensor:
-    """A sum in the tensor's dtype, then as float64 (the authors' `.sum().item()`)."""
-    return tf.cast(tf.reduce_sum(x), STATE_DTYPE)
 
 
 def _slot_prefix(variable: Any) -> str:
@@ -135,13 +134,7 @@ class _AdaptiveAdam(WholeStepOptimizer):
         self.exp_avg_sq = self.add_optimizer_variables(variables, "exp_avg_sq")
 
     def _scalar(self, name: str, value: float) -> keras.Variable:
-        """A float64 scalar state variable (checkpointed). Not `keras.initializers.Constant`:
-        it rounds the value through float32 (1e-6 would start as 9.99999997e-7)."""
-
-        def initializer(shape: Any, dtype: Any = None) -> tf.Tensor:
-            return tf.constant(value, STATE_DTYPE, shape)
-
-        return self.add_variable(shape=(), initializer=initializer, dtype=STATE_DTYPE, name=name)
+        return scalar_state(self, name, value)
 
     def _flat_slot(self, variable: keras.Variable, name: str, slice_p: int) -> keras.Variable:
         """A zero slot `[ceil(size / slice_p)]` in the variable's dtype."""
@@ -207,9 +200,9 @@ class _AdaptiveAdam(WholeStepOptimizer):
         """`optimizer/effective_lr` (the `dlr` the update applied to the weights: `d lr`
         times the bias correction; 0 on a step that moved no weight), `optimizer/d` and
         `optimizer/d_hat` (after the update), as float32."""
-        values = {"effective_lr": self.effective_lr, "d": self.d, "d_hat": self.d_hat}
-        return {f"optimizer/{k}": tf.cast(tf.convert_to_tensor(v), tf.float32)
-                for k, v in values.items()}  # fmt: skip
+        return float32_summaries(
+            {"effective_lr": self.effective_lr, "d": self.d, "d_hat": self.d_hat}
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self._settings}

@@ -17,14 +17,13 @@ import keras
 import tensorflow as tf
 
 from lrresearch.checks import check_nonnegative, check_number
+from lrresearch.optimizers.float64_state import (
+    STATE_DTYPE,
+    float32_summaries,
+    scalar_state,
+)
+from lrresearch.optimizers.float64_state import sum64 as _sum64
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
-
-STATE_DTYPE = tf.float64
-
-
-def _sum64(x: tf.Tensor) -> tf.Tensor:
-    """The sum of every entry, in the tensor's dtype, as a float64 scalar."""
-    return tf.cast(tf.reduce_sum(x), STATE_DTYPE)
 
 
 @keras.saving.register_keras_serializable(package="lrresearch")
@@ -99,10 +98,7 @@ class IAM(WholeStepOptimizer):
         self.polyak = self._scalar("polyak")
 
     def _scalar(self, name: str) -> keras.Variable:
-        def initializer(shape: Any, dtype: Any = None) -> tf.Tensor:
-            return tf.zeros(shape, STATE_DTYPE)
-
-        return self.add_variable(shape=(), initializer=initializer, dtype=STATE_DTYPE, name=name)
+        return scalar_state(self, name)
 
     def update_all(
         self,
@@ -136,10 +132,7 @@ class IAM(WholeStepOptimizer):
 
     def step_summaries(self) -> dict[str, tf.Tensor]:
         """`optimizer/effective_lr` (tau) and `optimizer/polyak` (eta), float32."""
-        return {
-            "optimizer/effective_lr": tf.cast(tf.convert_to_tensor(self.effective_lr), tf.float32),
-            "optimizer/polyak": tf.cast(tf.convert_to_tensor(self.polyak), tf.float32),
-        }
+        return float32_summaries({"effective_lr": self.effective_lr, "polyak": self.polyak})
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "lmbda": self.lmbda, "lower_bound": self.lower_bound}

@@ -24,16 +24,16 @@ import keras
 import tensorflow as tf
 
 from lrresearch.checks import check_number
+from lrresearch.optimizers.float64_state import (
+    STATE_DTYPE,
+    float32_summaries,
+    scalar_state,
+)
+from lrresearch.optimizers.float64_state import sum64 as _sum64
 from lrresearch.optimizers.weight_decay import decay_coefficient
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
-STATE_DTYPE = tf.float64  # the authors' lower bound is a Python float
 # Python numbers enter as `x * 0.9`, never `tf.cast(0.9, dtype)` (float32 rounding).
-
-
-def _sum64(x: tf.Tensor) -> tf.Tensor:
-    """The sum of every entry, in the tensor's dtype, as a float64 scalar."""
-    return tf.cast(tf.reduce_sum(x), STATE_DTYPE)
 
 
 def _check(owner: str, values: dict[str, Any], ranges: dict[str, tuple[Any, str]]) -> None:
@@ -86,12 +86,7 @@ class _MomoBase(WholeStepOptimizer):
         self.grad_avg = self.add_optimizer_variables(variables, "grad_avg")
 
     def _scalar(self, name: str, value: float) -> keras.Variable:
-        """A float64 scalar state variable (checkpointed), exactly `value`."""
-
-        def initializer(shape: Any, dtype: Any = None) -> tf.Tensor:
-            return tf.constant(value, STATE_DTYPE, shape)
-
-        return self.add_variable(shape=(), initializer=initializer, dtype=STATE_DTYPE, name=name)
+        return scalar_state(self, name, value)
 
     def _step_size(
         self, lr: tf.Tensor, rho: tf.Tensor, dot: tf.Tensor, norm: tf.Tensor
@@ -129,8 +124,7 @@ class _MomoBase(WholeStepOptimizer):
         `optimizer/lb` (the lower bound after the update; the online estimate with
         `use_fstar`) and `optimizer/loss_avg` (the loss average `f_bar`), float32."""
         values = {"effective_lr": self.effective_lr, "lb": self.lb, "loss_avg": self.loss_avg}
-        return {f"optimizer/{k}": tf.cast(tf.convert_to_tensor(v), tf.float32)
-                for k, v in values.items()}  # fmt: skip
+        return float32_summaries(values)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self._settings}

@@ -9,7 +9,9 @@ import gin
 import keras
 import tensorflow as tf
 
-from lrresearch.optimizers.momo import STATE_DTYPE, _MomoBase, _sum64
+from lrresearch.optimizers.float64_state import STATE_DTYPE
+from lrresearch.optimizers.float64_state import sum64 as _sum64
+from lrresearch.optimizers.momo import _MomoBase
 
 
 @keras.saving.register_keras_serializable(package="lrresearch")

@@ -29,6 +29,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import gin
 import numpy as np
@@ -274,7 +275,18 @@ def state_bytes(trainer: Trainer) -> int:
     modules = [trainer.optimizer.variables, trainer.controller.variables]
     if trainer.averager is not None:
         modules.append(trainer.averager.variables)
-    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for vs in modules for v in vs)
+    return sum(variable_bytes(variables) for variables in modules)
+
+
+def weight_bytes(trainer: Trainer) -> int:
+    """Bytes of the model's trainable weights, those the optimizer trains (what
+    `weight_copies` divides by)."""
+    return variable_bytes(trainer.variables)
+
+
+def variable_bytes(variables: Sequence[Any]) -> int:
+    """Bytes of `variables` (their elements times their dtype's size)."""
+    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in variables)
 
 
 def _time_variants(
@@ -411,6 +423,7 @@ def _profile_variants(
             OverheadRow(
                 controller=variant.controller if variant.jit else variant.name,
                 extra_state_bytes=state_bytes(variant.trainer) - base_bytes,
+                weight_bytes=weight_bytes(variant.trainer),
                 summaries=with_summaries,
                 step_us=1e6 * statistics.median(variant.block_seconds) / batches_per_block,
                 baseline_step_us=base_us,

@@ -1,6 +1,6 @@
 """A weight decay set every batch by `DecayFollowsLR` reaches the update of each optimizer
 that has one (Keras's `AdamW` and `SGD(weight_decay=...)`, `ScheduleFreeSGD`,
-`ScheduleFreeAdamW`, `Prodigy` decoupled and coupled): the weights after each of a few
+`ScheduleFreeAdamW`, `Prodigy` decoupled and coupled, `COCOB`): the weights after each of a few
 batches equal a numpy transcription of the optimizer with that batch's decay and LR.
 Gradients are fixed arrays (they do not depend on the weights); weights are float64, so
 the only rounding is the float32 LR and decay the trainer's variables hold."""
@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from lrresearch.controllers import DecayFollowsLR, WarmupCosineController
 from lrresearch.controllers.signals import make_signals
-from lrresearch.optimizers import Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD
+from lrresearch.optimizers import COCOB, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD
 from lrresearch.step.batch import OptimizerHyperparameters, set_lr
 
 GRADS = np.array([[1.0, -2.0, 0.5], [0.5, 0.25, -1.0], [-1.0, 3.0, 0.2], [2.0, 2.0, -0.4]])
@@ -120,6 +120,21 @@ def prodigy(lrs, decays, decouple, beta_1=0.9, beta_2=0.999, eps=1e-8, d0=1e-6):
     return out
 
 
+def cocob(lrs, decays, alpha=100.0, eps=1e-8):
+    """Algorithm 2 (tests/optimizers/test_cocob.py) with optax's coupled decay and LR:
+    `g = lr (grad + wd w)`."""
+    w, out = W0.copy(), []
+    max_g, abs_sum, theta, reward, bet = np.full(3, eps), *np.zeros((4, 3))
+    for grad, lr, wd in zip(GRADS, lrs, decays, strict=True):
+        g = lr * (grad + wd * w)
+        max_g, abs_sum = np.maximum(max_g, np.abs(g)), abs_sum + np.abs(g)
+        reward, theta = np.maximum(reward - g * bet, 0.0), theta + g
+        new = -theta / (max_g * np.maximum(abs_sum + max_g, alpha * max_g)) * (reward + max_g)
+        w, bet = w - bet + new, new
+        out.append(w)
+    return out
+
+
 CASES = {
     "keras-adamw": (lambda: keras.optimizers.AdamW(0.05, weight_decay=0.01), keras_adamw),
     "keras-sgd": (lambda: keras.optimizers.SGD(0.05, weight_decay=0.0), keras_sgd),
@@ -130,6 +145,7 @@ CASES = {
         lambda: Prodigy(0.05, decouple=False, weight_decay=0.3),
         lambda *a: prodigy(*a, decouple=False),
     ),
+    "cocob": (lambda: COCOB(0.05), cocob),
 }
 
 

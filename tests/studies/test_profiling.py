@@ -11,14 +11,17 @@ import glob
 import os
 
 import gin
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from lrresearch.analysis.profile_report import weight_copies
 from lrresearch.cli import commands as cli
 from lrresearch.config import parse as config
 from lrresearch.config import references as gin_references
 from lrresearch.controllers import LossTrendController, MaxChange, PolyakController
+from lrresearch.optimizers import make_optimizer
 from lrresearch.studies import profile as profiling
 from lrresearch.training.trainer import Trainer
 from tests.support import PROFILE_COMPOSED, PROFILE_SMALL
@@ -68,6 +71,49 @@ def test_profile_reports_the_state_each_row_adds(profile_run):
     assert extra["ConstantController + MomentumSGD"] == weights
     assert weights < extra["DoGController"] <= weights + 64
     assert extra["ConstantController"] == extra["GradNormController"] == 0
+    # In copies of the weights: the same bytes over the model's trainable weights' bytes.
+    assert {r.weight_bytes for r in rows} == {weights}
+    copies = {r.controller: r.weight_copies for r in rows if not r.xla}
+    assert copies["ConstantController + MomentumSGD"] == 1.0
+    assert copies["ConstantController"] == 0.0 and 1.0 < copies["DoGController"] < 1.01
+    with open(os.path.join(profile_run[0], "overhead.md")) as f:
+        lines = f.read().splitlines()
+    assert lines[0].endswith("| extra state, KiB | extra state, weight copies |")
+    momentum = next(line for line in lines if line.startswith("| ConstantController + Mom"))
+    assert momentum.endswith(f"| {weights / 1024:.1f} | 1.0x |")
+    with open(os.path.join(profile_run[0], "overhead.csv")) as f:
+        table = {t["controller"]: t for t in csv.DictReader(f)}
+    assert float(table["ConstantController + MomentumSGD"]["weight_copies"]) == 1.0
+
+
+# Hand counts of the copies of the weights each method keeps beyond plain SGD (its
+# slots; the scalars add a few bytes), as docs/guide/parameter-free.md's table says.
+WEIGHT_COPIES = {
+    "adam": 2,  # m, v
+    "Prodigy": 4,  # m, v, s, x_0
+    "DAdaptAdam": 3,  # m, v, s
+    "Mechanic": 1,  # x_ref (base SGD)
+    "ScheduleFreeSGD": 2,  # z, the stash of y
+    "ScheduleFreeAdamW": 3,  # z, the stash of y, v
+    "ScheduleFreeRAdam": 3,  # z, the stash of y, v
+    "ScheduleFreeWrapper": 2,  # z, the stash of y (base SGD: none)
+    "COCOB": 5,  # L, G, theta, reward, bet
+    "MoMo": 1,  # the momentum d
+    "MoMoAdam": 2,  # d, v
+    "IAM": 1,  # the anchor z
+}
+
+
+@pytest.mark.parametrize("name", WEIGHT_COPIES)
+def test_weight_copies_match_a_hand_count(name):
+    weights = [keras.Variable(np.zeros(shape, np.float32)) for shape in ((64, 128), (128,))]
+    built = {}
+    for key in ("sgd", name):
+        optimizer = make_optimizer(profiling.make_optimizer_class(key), 0.1)
+        optimizer.build(weights)
+        built[key] = profiling.variable_bytes(optimizer.variables)
+    copies = weight_copies(built[name] - built["sgd"], profiling.variable_bytes(weights))
+    assert WEIGHT_COPIES[name] <= copies < WEIGHT_COPIES[name] + 0.01
 
 
 @pytest.mark.slow
