@@ -27,11 +27,10 @@ from lrresearch.checks import check_interval, check_nonnegative, check_number, c
 from lrresearch.controllers.base import Controller, ControllerOutput
 from lrresearch.controllers.parameter_free import _not_plain_sgd, _sgd_momentum, describe_optimizer
 from lrresearch.controllers.signals import Signals
+from lrresearch.optimizers.float64_state import STATE_DTYPE
 
 if TYPE_CHECKING:
     import keras
-
-STATE_DTYPE = tf.float64
 
 
 class _PlainSGDRule(Controller):

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from lrresearch.checks import check_nonnegative, check_positive
+from lrresearch.optimizers.float64_state import float32_summaries
 from lrresearch.optimizers.weight_decay import decay_coefficient
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
@@ -174,10 +175,7 @@ class COCOB(WholeStepOptimizer):
 
     def step_summaries(self) -> dict[str, tf.Tensor]:
         """`optimizer/effective_lr` and `optimizer/distance` (see the class docstring)."""
-        return {
-            "optimizer/effective_lr": tf.convert_to_tensor(self.effective_lr),
-            "optimizer/distance": tf.convert_to_tensor(self.distance),
-        }
+        return float32_summaries({"effective_lr": self.effective_lr, "distance": self.distance})
 
     def get_config(self) -> dict[str, Any]:
         return {
