@@ -35,7 +35,8 @@ examples:
 
 --search takes sweep --sample's distributions: uniform(low, high), loguniform(low, high),
 intuniform(low, high), logintuniform(low, high), choice([v1, v2, ...]). --sampler grid
-needs every axis discrete (choice, or an int range). With --method, each method is its own
+needs every axis discrete (choice, or an int range); a grid point whose run fails
+(e.g. diverges) is reported in tune.md and not run again. With --method, each method is its own
 Optuna study <study_name>/<NAME> with --trials trials of its own; a method that no
 --search applies to runs one trial (its config is fixed)."""
 

@@ -84,13 +84,15 @@ def _sampler(
     """The `--sampler`. A study's first process draws from `--seed` itself; a worker
     or a resumed study from a seed made of it, the trials so far (`started`), the
     worker's index and the method's (`index`), so that two workers (or a resumed
-    study, or two methods) never repeat its draws."""
+    study, or two methods) never repeat its draws. The grid's order is the same in
+    every process (`--seed` itself): the grid sampler gives trial N the N-th point of
+    its seeded shuffle, so two orders would repeat points and skip others."""
+    if settings.sampler == "grid" and space.samples:
+        return optuna.samplers.GridSampler(space.grid(), seed=settings.seed)
     seed = settings.seed
     if seed is not None and (started, worker, index) != (0, 0, 0):
         key = [seed, started, worker, *([index] if index else [])]
         seed = int(np.random.SeedSequence(key).generate_state(1)[0])
-    if settings.sampler == "grid" and space.samples:
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
@@ -171,7 +173,10 @@ class _Worker:
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
                 n, target = self.tally(study), arm.target(self.settings.trials)
-                if n["failed"] >= target and n["finished"] < target:
+                if self.settings.sampler == "grid" and arm.space.samples:
+                    # A grid point that failed would fail again (the same config): done.
+                    n["finished"] += n["failed"]
+                elif n["failed"] >= target and n["finished"] < target:
                     given_up.append(f"{arm.name or 'the study'}: {n['failed']} trials failed")
                     target = 0  # no more trials of it
                 counts.append((n["finished"] + n["running"], target, n["finished"] >= target))
@@ -373,13 +378,18 @@ def interrupted_message(
 
 
 def finished_count(study_dir: str, spec: StudySpec, settings: Settings) -> tuple[int, int]:
-    """The study's finished trials (COMPLETE + PRUNED, each method's up to its target)
-    and the number it stops at (`--trials` per method; 1 for a method with nothing to
-    search)."""
+    """The study's finished trials (COMPLETE + PRUNED, each method's up to its target;
+    with `--sampler grid` also the grid points that failed with an error, which would
+    fail again) and the number it stops at (`--trials` per method; 1 for a method with
+    nothing to search)."""
     done = total = 0
     for arm, study in load_studies(study_dir, spec, settings):
         target = arm.target(settings.trials)
-        done += min(target, len(study.get_trials(deepcopy=False, states=FINISHED)))
+        trials = study.get_trials(deepcopy=False)
+        n = sum(t.state in FINISHED for t in trials)
+        if settings.sampler == "grid" and arm.space.samples:
+            n += sum(t.state == TrialState.FAIL and "error" in t.user_attrs for t in trials)
+        done += min(target, n)
         total += target
     return done, total
 

@@ -116,6 +116,26 @@ def test_median_pruner_trains_fewer_batches_and_marks_pruned_runs(studies):
             assert not (run / "pruned.json").exists()
 
 
+@pytest.mark.slow
+def test_a_grid_point_that_diverges_is_reported_once_and_the_grid_still_finishes(tmp_path, capsys):
+    """A failed grid point would fail again: it is not re-run (no duplicate of another
+    point either), the study exits 0 with every point done, and --resume trains nothing."""
+    grid = ["--search=ConstantController.lr=choice([0.1, 1e30])", "--sampler=grid"]
+    args = tune_args(tmp_path, "g", *grid, "--trials=2", "--seed=0")
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "2/2 trials finished" in out
+    trials = load(tmp_path / "g").trials
+    states = {t.params["ConstantController.lr"]: t.state for t in trials}
+    assert len(trials) == 2, [(t.params, t.state) for t in trials]
+    assert states == {"0.1": optuna.trial.TrialState.COMPLETE, "1e30": optuna.trial.TrialState.FAIL}
+    (failed,) = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert "NonFiniteLossError" in failed.user_attrs["error"]
+    assert "NonFiniteLossError" in (tmp_path / "g" / "tune.md").read_text()
+    assert cli.main(["tune", "--resume", f"--logdir={tmp_path}", "--study_name=g"]) == 0
+    assert len(load(tmp_path / "g").trials) == 2
+
+
 @pytest.mark.parametrize(
     "extra, names",
     [
@@ -197,9 +217,11 @@ def test_sigkilled_worker_trial_fails_and_resume_continues_its_run(tmp_path, cap
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_two_workers_finish_the_trials_and_never_share_a_run(tmp_path, capsys):
-    args = tune_args(tmp_path, "w", f"--search={SEARCH}", "--trials=3", "--seed=0", "--workers=2")
-    assert cli.main(args) == 0
+@pytest.mark.parametrize("sampler", ["tpe", "grid"])
+def test_two_workers_finish_the_trials_and_never_share_a_run(tmp_path, capsys, sampler):
+    search = SEARCH if sampler == "tpe" else "ConstantController.lr=choice([0.01, 0.1, 0.3])"
+    flags = [f"--search={search}", f"--sampler={sampler}", "--trials=3", "--seed=0"]
+    assert cli.main(tune_args(tmp_path, "w", *flags, "--workers=2")) == 0
     out = capsys.readouterr().out
     assert "[w0] tune: trial" in out and "[w1] tune: trial" in out
     trials = load(tmp_path / "w").trials
@@ -207,7 +229,9 @@ def test_two_workers_finish_the_trials_and_never_share_a_run(tmp_path, capsys):
     assert len(finished) == 3
     runs = [t.user_attrs["run"] for t in finished]
     assert len(set(runs)) == 3
-    assert len({t.params["ConstantController.lr"] for t in finished}) == 3  # seeded apart
+    # TPE: the workers seeded apart; grid: every point once (one order in both workers).
+    assert len({t.params["ConstantController.lr"] for t in finished}) == 3
+    assert len(trials) == 3
     for run in runs:  # each trained once: one start, every batch once
         events = Events(tmp_path / "w" / run)
         np.testing.assert_array_equal(events.steps("lr"), np.arange(40))
