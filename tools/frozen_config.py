@@ -7,8 +7,9 @@ Every tuning-free method lrresearch has (`frozen_methods.METHODS`) runs on every
 built-in workload (`frozen_methods.workloads`) twice: (a) with its published defaults
 and (b) with its one knob calibrated on the digits MLP (seed 0, the published value
 times 0.1, 0.3, 1, 3, 10) and then frozen everywhere. The baseline is AdamW +
-warmup-cosine (10% warmup): tuned per workload over a grid of peaks (seed 0; "the best
-tuned baseline"), and frozen at the peak calibrated on the digits MLP. Seeds 0, 1, 2.
+warmup-cosine (10% warmup): tuned per workload by `lrresearch tune` over a grid of peaks
+(seed 0, `frozen_tuning`; "the best tuned baseline"), and frozen at the peak tuned on
+the digits MLP. Seeds 0, 1, 2.
 Scoring: `frozen_scoring`.
 
 Resumable: each finished run's result is a JSON file under `<logdir>/cache/` keyed by
@@ -39,6 +40,7 @@ from typing import NamedTuple
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import frozen_methods as fm
+import frozen_tuning
 from frozen_scoring import final_metric
 from measured_page import REPO
 from train_in_pool import init_worker
@@ -49,8 +51,9 @@ TUNED = f"{BASELINE}, tuned per workload"
 
 
 class Job(NamedTuple):
-    """One run: a workload (key of `workloads`), its full bindings, a seed; `phase` 0
-    for the calibration and tuning grids, 1 for the scored runs (priority)."""
+    """One run: a workload (key of `workloads`), its full bindings, a seed; `phase` -1
+    for the baseline's grid (trained by `lrresearch tune`, `frozen_tuning`), 0 for the
+    calibration grids, 1 for the scored runs (priority)."""
 
     workload: str
     params: tuple[str, ...]
@@ -156,10 +159,17 @@ class Study:
             for f in fm.FACTORS
         }
 
+    def baseline_peaks(self, workload: str) -> tuple[float, ...]:
+        return fm.LM_BASELINE_GRID if workload == "lm" else fm.BASELINE_GRID
+
     def baseline_grid(self, workload: str) -> dict[float, Job]:
-        w = self.ws[workload]
-        grid = fm.LM_BASELINE_GRID if workload == "lm" else fm.BASELINE_GRID
-        return {p: self.job(workload, fm.baseline(w.steps, p), 0, 0) for p in grid}
+        """The seed-0 runs of the baseline's peaks: `lrresearch tune`'s trials
+        (`frozen_tuning`), phase -1 (never trained by the pool)."""
+        steps = self.ws[workload].steps
+        return {
+            p: self.job(workload, fm.baseline(steps, p), 0, -1)
+            for p in self.baseline_peaks(workload)
+        }
 
     def tuned_peak(self, workload: str) -> float | None:
         return self._pick(self.baseline_grid(workload), 3e-3)
@@ -219,7 +229,7 @@ def run(study: Study, jobs: int, deadline: float | None) -> None:
     failed: set[str] = set()
     while True:
         busy = {study.key(j) for j in inflight.values()} | failed
-        todo = [j for j in study.missing() if study.key(j) not in busy]
+        todo = [j for j in study.missing() if j.phase >= 0 and study.key(j) not in busy]
         if deadline is not None and time.time() > deadline:
             todo = []
         while len(inflight) < jobs and todo:
@@ -270,8 +280,11 @@ def main() -> None:
             hour, minute = map(int, args.deadline.split(":"))
             now = datetime.datetime.now(datetime.UTC)
             deadline = now.replace(hour=hour, minute=minute, second=0).timestamp()
+        frozen_tuning.tune_all(study, args.jobs)
         print(f"{len(study.missing())} runs missing of {len(study.plan())} planned so far")
         run(study, args.jobs, deadline)
+    else:
+        frozen_tuning.tune_all(study, args.jobs, train=False)
     from frozen_page import write
 
     write(study, absent, args.jobs, time.perf_counter() - start, page=not args.quick)

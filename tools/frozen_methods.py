@@ -14,7 +14,7 @@ from typing import NamedTuple
 from parameter_free_claims import TABLES
 
 FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)  # the calibration grid, times the published value
-BASELINE_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # AdamW + warmup-cosine peaks
+BASELINE_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # AdamW + warmup-cosine peaks
 LM_BASELINE_GRID = (1e-3, 3e-3, 1e-2)  # workload_results.py's grid for the transformer
 CALIBRATION = "digits"  # the workload the one frozen configuration is calibrated on
 NO_EXTRAS = ("Trainer.histogram_every = 0", "Trainer.checkpoint_every = 0")
@@ -164,6 +164,17 @@ METHODS = [
     Method("COCOB", "COCOB", "alpha", 100.0, _cocob,
            "Orabona & Tommasi 2017 and optax `contrib.cocob(learning_rate=1.0, alpha=100)` "
            "(the step is invariant to an LR factor, so alpha is the knob)"),
+    Method("Schedule-Free wrapper (RMSprop)", "ScheduleFreeWrapper", "lr", 0.0025,
+           _constant("@ScheduleFreeWrapper",
+                     "ScheduleFreeWrapper.base_optimizer = @keras.optimizers.RMSprop",
+                     "keras.optimizers.RMSprop.rho = 0.99",
+                     "keras.optimizers.RMSprop.epsilon = 1e-8",
+                     "ScheduleFreeWrapper.momentum = 0.9",
+                     "ScheduleFreeWrapper.weight_decay_at_y = 0.1"),
+           "facebookresearch/schedule_free README: `ScheduleFreeWrapper(torch.optim.RMSprop("
+           "params, lr=0.0025), momentum=0.9, weight_decay_at_y=0.1)`, no warmup; torch's "
+           "RMSprop defaults alpha 0.99, eps 1e-8 as Keras's rho, epsilon (Keras adds eps "
+           "inside the square root, torch outside)"),
     Method("Schedule-Free RAdam", "ScheduleFreeRAdam", "lr", 0.0025,
            _constant("@ScheduleFreeRAdam"),
            "facebookresearch/schedule_free `RAdamScheduleFree(lr=0.0025, "

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import frozen_methods as fm
 import frozen_scoring as sc
+import frozen_tuning
 import numpy as np
 from frozen_config import BASELINE, TUNED, Study
 from measured_page import REPO
@@ -158,13 +159,26 @@ def calibration(study: Study) -> list[str]:
     return lines
 
 
+def _tune_command(study: Study, key: str) -> list[str]:
+    """The tune's command line of one workload (its study folder under `runs/`)."""
+    grid = study.baseline_peaks(key)
+    root = os.path.relpath(os.path.join(study.logdir, "tune"), REPO)
+    return frozen_tuning.command(study.ws[key], grid, root, key, 2)
+
+
 def baseline(study: Study) -> list[str]:
     lines = [
         "\n## The baseline: AdamW + warmup-cosine\n",
         "Keras's AdamW (weight decay 0.004), 10% linear warmup from 0, cosine to 0 at "
-        "the last batch. Tuned: the peak with the lowest seed-0 metric over the grid, "
-        "per workload (ties: the one nearest 3e-3). Frozen: the digits MLP's peak, "
-        "everywhere.\n",
+        "the last batch. Tuned per workload by `lrresearch tune` with Optuna's grid "
+        "sampler over the peaks, seed 0 (`tools/frozen_tuning.py`; each study in "
+        "`runs/frozen_config/tune/<workload>`, with its `tune.md`): the peak with the "
+        "lowest seed-0 metric (ties: the one nearest 3e-3), and the seed-0 scores below "
+        "are the tune's trials. Frozen: the digits MLP's tuned peak, everywhere. The "
+        "digits MLP's study, as run:\n",
+        "```",
+        frozen_tuning.shown(_tune_command(study, fm.CALIBRATION)),
+        "```\n",
         "| workload | seed-0 metric per peak | tuned peak |",
         "|---|---|---:|",
     ]
