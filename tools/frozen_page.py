@@ -111,7 +111,8 @@ def protocol(study: Study, per_run: dict[str, float]) -> list[str]:
             f"{shown}`{w.tag}` after the last batch (step {w.steps - 1}) | {floor} | "
             f"{per_run[key]:.0f} |"
         )
-    lines.append("\n" + fm.LM_STEPS_REASON + "\n")
+    lm_runs = sum(j.workload == "lm" for j in study.plan())
+    lines.append("\n" + fm.lm_steps_reason(per_run["lm"], lm_runs) + "\n")
     lines.append(SCORING)
     return lines
 
@@ -128,8 +129,8 @@ The **performance profile** rho(tau) is the fraction of workloads with r <= tau.
 AlgoPerf's real profile is over *time to reach a target* (per workload, the
 wall-clock time to a validation target set by tuned baselines), which needs dedicated
 hardware and targets. Here every configuration trains the same number of batches on a
-shared 2-core CPU, where wall-clock times are not comparable between runs (5 other jobs
-shared the cores), so the profile is over the **final metric at a fixed budget of
+2-core CPU shared by two runs at a time and, at times, other jobs, where wall-clock
+times are not comparable between runs, so the profile is over the **final metric at a fixed budget of
 batches**: it measures how good a frozen configuration ends, not how fast it gets there."""
 
 

@@ -37,10 +37,16 @@ def command(w: fm.Workload, grid: Sequence[float], logdir: str, name: str, jobs:
 
 
 def shown(cmd: Sequence[str]) -> str:
-    """The command as a user types it (`lrresearch tune ...`, arguments quoted)."""
+    """The command as a user types it (`lrresearch tune ...`), an argument with spaces
+    or quotes in double quotes (as the guides write gin bindings)."""
     import shlex
 
-    return "lrresearch " + " ".join(shlex.quote(a) for a in cmd[3:])
+    def quote(a: str) -> str:
+        if shlex.quote(a) == a or any(c in a for c in '"$`\\'):
+            return shlex.quote(a)
+        return f'"{a}"'
+
+    return "lrresearch " + " ".join(quote(a) for a in cmd[3:])
 
 
 def trials(study_dir: str, name: str) -> list:

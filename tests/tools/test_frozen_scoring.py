@@ -1,6 +1,7 @@
 """tools/frozen_scoring.py (the AlgoPerf-style scoring of docs/results-frozen-config.md)
 against hand-computed examples, and tools/frozen_config.py's plan: which value the
-calibration freezes, and that a run in two roles is planned once. No training."""
+calibration freezes, that a run in two roles is planned once, and the baseline's
+`lrresearch tune` command (tools/frozen_tuning.py). No training."""
 
 from __future__ import annotations
 
@@ -77,3 +78,27 @@ def test_the_calibration_freezes_the_best_seed0_value_and_a_run_is_planned_once(
     assert [j.phase for j in plan] == sorted(j.phase for j in plan)
     scored = [j for j in plan if j.phase == 1]
     assert [j.workload == "lm" for j in scored] == sorted(j.workload == "lm" for j in scored)
+
+
+def test_the_baseline_tune_command_is_one_lrresearch_tune_accepts_and_the_page_shows_it(tmp_path):
+    """The tune's command line (`frozen_tuning.command`): the tune parser takes it, its
+    bindings are the baseline's with the peak searched over the grid, and the page's
+    copy (`shown`) splits back into the same arguments."""
+    import shlex
+
+    import frozen_tuning
+
+    from lrresearch.cli.parser import build_parser
+
+    study = frozen_config.Study(False, str(tmp_path), [])
+    w = study.ws["digits"]
+    grid = study.baseline_peaks("digits")
+    cmd = frozen_tuning.command(w, grid, "runs/x", "digits", 2)
+    args = build_parser().parse_args(cmd[3:])
+    assert (args.sampler, args.trials, args.metric, args.workers) == ("grid", len(grid), w.tag, 2)
+    peak = [b for b in fm.baseline(w.steps, 0.5) if b.startswith(frozen_tuning.PEAK)]
+    fixed = [b for b in fm.baseline(w.steps, 0.5) if b not in peak]
+    assert args.gin_param == [*w.params, *fixed, "Trainer.seed = 0"]
+    (search,) = args.search
+    assert search == f"{frozen_tuning.PEAK}=choice([{', '.join(map(repr, grid))}])"
+    assert shlex.split(frozen_tuning.shown(cmd)) == ["lrresearch", *cmd[3:]]
