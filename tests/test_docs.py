@@ -1,9 +1,11 @@
 """The docs: generated reference pages match the code; `base.gin` binds every
 default the bindings reference lists; every relative link in the README and docs/
-points at a file that exists."""
+points at a file that exists; no text file of the repository keeps a merge's conflict
+markers; docs/results.md has a row for every shipped strategy file."""
 
 from __future__ import annotations
 
+import pathlib
 import re
 
 import gin
@@ -98,3 +100,34 @@ def test_relative_links_resolve(path):
         if "://" in target or target.startswith("mailto:"):
             continue
         assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
+
+
+CONFLICT = re.compile(r"^(<<<<<<< |>>>>>>> |=======$)", re.MULTILINE)
+TEXT = {".md", ".py", ".gin", ".toml", ".txt", ".cfg", ".yml", ".yaml", ".json", ".csv", ""}
+
+
+def test_no_file_keeps_a_merges_conflict_markers():
+    """A merge resolved by hand left `<<<<<<< HEAD` in the README once; CI caught none."""
+    roots = ["README.md", "CONTRIBUTING.md", "pyproject.toml", ".ci", "docs", "lrresearch",
+             "tests", "tools", "examples"]  # fmt: skip
+    found = []
+    for root in roots:
+        path = REPO / root
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        for f in files:
+            if f.suffix not in TEXT or "__pycache__" in f.parts or f == pathlib.Path(__file__):
+                continue
+            text = f.read_text(errors="replace")
+            found += [f"{f.relative_to(REPO)}: {m.group(0)!r}" for m in CONFLICT.finditer(text)]
+    assert not found, "conflict markers left by a merge:\n" + "\n".join(found)
+
+
+def test_the_results_page_has_every_shipped_strategy():
+    """docs/results.md says it runs every `strategies/*.gin`: re-run
+    `python tools/results_table.py` when a strategy file is added."""
+    page = (REPO / "docs/results.md").read_text()
+    missing = [
+        f.stem for f in sorted((GIN_DIR / "strategies").glob("*.gin"))
+        if f"| {f.stem} |" not in page
+    ]  # fmt: skip
+    assert not missing, f"docs/results.md has no row for {missing}: run tools/results_table.py"
