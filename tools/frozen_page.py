@@ -130,8 +130,9 @@ AlgoPerf's real profile is over *time to reach a target* (per workload, the
 wall-clock time to a validation target set by tuned baselines), which needs dedicated
 hardware and targets. Here every configuration trains the same number of batches on a
 2-core CPU shared by two runs at a time and, at times, other jobs, where wall-clock
-times are not comparable between runs, so the profile is over the **final metric at a fixed budget of
-batches**: it measures how good a frozen configuration ends, not how fast it gets there."""
+times are not comparable between runs, so the profile is over the **final metric at a
+fixed budget of batches**: it measures how good a frozen configuration ends, not how
+fast it gets there."""
 
 
 def calibration(study: Study) -> list[str]:

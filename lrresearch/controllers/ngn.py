@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from lrresearch.checks import check_interval, check_nonnegative, check_number, check_positive
 from lrresearch.controllers.base import Controller, ControllerOutput
-from lrresearch.controllers.parameter_free import _not_plain_sgd, _sgd_momentum, describe_optimizer
+from lrresearch.controllers.parameter_free import describe_optimizer, not_plain_sgd, sgd_momentum
 from lrresearch.controllers.signals import Signals
 from lrresearch.optimizers.float64_state import STATE_DTYPE
 
@@ -44,7 +44,7 @@ class _PlainSGDRule(Controller):
 
     def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
         """Keeps a warning (returned by `run_warnings`) unless `optimizer` is plain SGD."""
-        self.optimizer_warning = _not_plain_sgd(self.method, optimizer)
+        self.optimizer_warning = not_plain_sgd(self.method, optimizer)
 
     def run_warnings(self, steps: int | None) -> list[str]:
         del steps
@@ -142,7 +142,7 @@ class NGNController(_PlainSGDRule):
         if not self.momentum:
             super().check_optimizer(optimizer)
             return
-        form = _sgd_momentum(optimizer)
+        form = sgd_momentum(optimizer)
         if form is not None and form == ("keras", self.momentum):
             return
         beta = self.momentum

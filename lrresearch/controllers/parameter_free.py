@@ -51,7 +51,7 @@ def _distance(watched: Sequence[tf.Variable], initial: Sequence[tf.Variable]) ->
     return tf.sqrt(tf.add_n(squares))
 
 
-def _sgd_momentum(optimizer: Any) -> tuple[str, float] | None:
+def sgd_momentum(optimizer: Any) -> tuple[str, float] | None:
     """`("keras", mu)` for Keras's `SGD(momentum=mu)`, `("torch", mu)` for
     `MomentumSGD(momentum=mu)`, both without Nesterov and weight decay; else None."""
     import keras
@@ -90,9 +90,9 @@ def describe_optimizer(optimizer: Any) -> str:
     return f"{owner}{kind}({', '.join(arguments)})" if arguments else f"{owner}{kind}"
 
 
-def _not_plain_sgd(method: str, optimizer: Any) -> str | None:
+def not_plain_sgd(method: str, optimizer: Any) -> str | None:
     """The warning for DoG / DoWG on an optimizer that is not plain SGD, or None."""
-    form = _sgd_momentum(optimizer)
+    form = sgd_momentum(optimizer)
     if form is not None and form[1] == 0.0:
         return None
     if form is not None and form[0] == "keras":
@@ -145,7 +145,7 @@ class _DistanceController(Controller):
 
     def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
         """Keeps a warning (returned by `run_warnings`) unless `optimizer` is plain SGD."""
-        self.optimizer_warning = _not_plain_sgd(self.method, optimizer)
+        self.optimizer_warning = not_plain_sgd(self.method, optimizer)
 
     def run_warnings(self, steps: int | None) -> list[str]:
         del steps
@@ -386,7 +386,7 @@ class DAdaptSGDController(Controller):
     def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
         """Refuses every optimizer but Keras's SGD with this controller's momentum
         (and MomentumSGD without momentum, plain SGD too)."""
-        form = _sgd_momentum(optimizer)
+        form = sgd_momentum(optimizer)
         if form is not None and form[1] == self.momentum and (form[0] == "keras" or not form[1]):
             return
         owner, mu = "DAdaptSGDController", self.momentum
