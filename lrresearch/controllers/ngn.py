@@ -24,31 +24,13 @@ import gin
 import tensorflow as tf
 
 from lrresearch.checks import check_interval, check_nonnegative, check_number, check_positive
-from lrresearch.controllers.base import Controller, ControllerOutput
-from lrresearch.controllers.parameter_free import describe_optimizer, not_plain_sgd, sgd_momentum
+from lrresearch.controllers.base import ControllerOutput
+from lrresearch.controllers.parameter_free import PlainSGDRule, describe_optimizer, sgd_momentum
 from lrresearch.controllers.signals import Signals
 from lrresearch.optimizers.float64_state import STATE_DTYPE
 
 if TYPE_CHECKING:
     import keras
-
-
-class _PlainSGDRule(Controller):
-    """Warns once (`run_warnings`) when the optimizer is not plain SGD."""
-
-    method = ""  # "NGN" or "AdaGrad-Norm", for the warning
-
-    def __init__(self, name: str | None = None):
-        super().__init__(name=name)
-        self.optimizer_warning: str | None = None
-
-    def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
-        """Keeps a warning (returned by `run_warnings`) unless `optimizer` is plain SGD."""
-        self.optimizer_warning = not_plain_sgd(self.method, optimizer)
-
-    def run_warnings(self, steps: int | None) -> list[str]:
-        del steps
-        return [self.optimizer_warning] if self.optimizer_warning else []
 
 
 def _scalars64(signals: Signals) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -60,7 +42,7 @@ def _scalars64(signals: Signals) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
 
 
 @gin.configurable
-class NGNController(_PlainSGDRule):
+class NGNController(PlainSGDRule):
     """NGN, the non-negative Gauss-Newton step size:
     `lr_t = c / (1 + c ||g_t||^2 / (2 (f_t - lb)))`, with `f_t` the batch loss.
 
@@ -172,7 +154,7 @@ class NGNController(_PlainSGDRule):
 
 
 @gin.configurable
-class AdaGradNormController(_PlainSGDRule):
+class AdaGradNormController(PlainSGDRule):
     """AdaGrad-Norm: `lr_t = eta / b_t` with `b_t^2 = b0^2 + sum_{s<=t} ||g_s||^2`.
 
     The paper's Algorithm (AdaGrad-Norm): `b_{j+1}^2 = b_j^2 + ||G(x_j)||^2`, then

@@ -91,7 +91,8 @@ def describe_optimizer(optimizer: Any) -> str:
 
 
 def not_plain_sgd(method: str, optimizer: Any) -> str | None:
-    """The warning for DoG / DoWG on an optimizer that is not plain SGD, or None."""
+    """The warning for a plain-SGD rule (`PlainSGDRule`) on an optimizer that is not
+    plain SGD, or None."""
     form = sgd_momentum(optimizer)
     if form is not None and form[1] == 0.0:
         return None
@@ -111,21 +112,34 @@ def not_plain_sgd(method: str, optimizer: Any) -> str | None:
     )
 
 
-class _DistanceController(Controller):
-    """Keeps `x_0` and the watched variables (shared by DoG and DoWG).
+class PlainSGDRule(Controller):
+    """A step size for plain SGD (DoG, DoWG, NGN, AdaGrad-Norm): on another optimizer it
+    warns once (`check_optimizer`, then `run_warnings`) rather than refuse. The rule
+    stays well defined, a variant one may study (DoG's step size on Adam's update),
+    only not the paper's method; the warning names what it becomes and `'sgd'`."""
 
-    On an optimizer other than plain SGD they warn once (`check_optimizer`, then
-    `run_warnings`) rather than refuse: the rule reads the weights the optimizer really
-    moved (`||x_t - x_0||`) and the loss's gradients, so it stays well defined, a
-    variant one may study (DoG's step size on Adam's update), only not the paper's
-    method. The warning names what it becomes and `'sgd'`, which gives the method.
-    """
-
-    method = ""  # "DoG" or "DoWG", for the warning
+    method = ""  # "DoG", "NGN", ..., for the warning
 
     def __init__(self, name: str | None = None):
         super().__init__(name=name)
         self.optimizer_warning: str | None = None
+
+    def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
+        """Keeps a warning (returned by `run_warnings`) unless `optimizer` is plain SGD."""
+        self.optimizer_warning = not_plain_sgd(self.method, optimizer)
+
+    def run_warnings(self, steps: int | None) -> list[str]:
+        del steps
+        return [self.optimizer_warning] if self.optimizer_warning else []
+
+
+class _DistanceController(PlainSGDRule):
+    """Keeps `x_0` and the watched variables (shared by DoG and DoWG). On another
+    optimizer than plain SGD they warn (`PlainSGDRule`): the rule reads the weights the
+    optimizer really moved (`||x_t - x_0||`) and the loss's gradients."""
+
+    def __init__(self, name: str | None = None):
+        super().__init__(name=name)
         self.watched: list[tf.Variable] = []
         self.initial: list[tf.Variable] = []
         self.initial_norm = tf.Variable(0.0, trainable=False, name="initial_norm")
@@ -142,14 +156,6 @@ class _DistanceController(Controller):
 
     def _check_built(self, signals: Signals) -> None:
         _require_built(type(self).__name__, self.watched, signals)
-
-    def check_optimizer(self, optimizer: keras.optimizers.Optimizer) -> None:
-        """Keeps a warning (returned by `run_warnings`) unless `optimizer` is plain SGD."""
-        self.optimizer_warning = not_plain_sgd(self.method, optimizer)
-
-    def run_warnings(self, steps: int | None) -> list[str]:
-        del steps
-        return [self.optimizer_warning] if self.optimizer_warning else []
 
 
 @gin.configurable

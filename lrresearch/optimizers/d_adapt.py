@@ -32,8 +32,8 @@ from lrresearch.optimizers.float64_state import (
     STATE_DTYPE,
     float32_summaries,
     scalar_state,
+    sum64,
 )
-from lrresearch.optimizers.float64_state import sum64 as _sum64
 from lrresearch.optimizers.weight_decay import decay_coefficient
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
@@ -126,15 +126,12 @@ class _AdaptiveAdam(WholeStepOptimizer):
         if self.built:
             return
         super().build(variables)
-        self.d = self._scalar("d", self.d0)
-        self.d_hat = self._scalar("d_hat", 0.0)
-        self.effective_lr = self._scalar("effective_lr", 0.0)
+        self.d = scalar_state(self, "d", self.d0)
+        self.d_hat = scalar_state(self, "d_hat", 0.0)
+        self.effective_lr = scalar_state(self, "effective_lr", 0.0)
         # The authors' `k`: steps that reached the update (not Keras's `iterations`).
         self.k = self.add_variable(shape=(), initializer="zeros", dtype="int64", name="k")
         self.exp_avg_sq = self.add_optimizer_variables(variables, "exp_avg_sq")
-
-    def _scalar(self, name: str, value: float) -> keras.Variable:
-        return scalar_state(self, name, value)
 
     def _flat_slot(self, variable: keras.Variable, name: str, slice_p: int) -> keras.Variable:
         """A zero slot `[ceil(size / slice_p)]` in the variable's dtype."""
@@ -285,8 +282,8 @@ class Prodigy(_AdaptiveAdam):
         if self.built:
             return
         super().build(variables)
-        self.d_max = self._scalar("d_max", self.d0)
-        self.d_numerator = self._scalar("d_numerator", 0.0)
+        self.d_max = scalar_state(self, "d_max", self.d0)
+        self.d_numerator = scalar_state(self, "d_numerator", 0.0)
         self.exp_avg = self.add_optimizer_variables(variables, "exp_avg") if self.beta_1 else []
         self.s = [self._flat_slot(v, "s", self.slice_p) for v in variables]
         self.p0 = [self._flat_slot(v, "p0", self.slice_p) for v in variables]
@@ -312,7 +309,7 @@ class Prodigy(_AdaptiveAdam):
             p_sliced = _flat(var, self.slice_p)
             p0 = self._update_slot(self.p0[i], p_sliced, tf.equal(self.calls, 0))
             p0_minus_p = p0 - p_sliced
-            delta += ratio * dlr * _sum64(g_sliced * p0_minus_p)
+            delta += ratio * dlr * sum64(g_sliced * p0_minus_p)
             if self.beta_1:
                 m = self.exp_avg[i] * self.beta_1 + tf.cast(d * (1.0 - self.beta_1), dtype) * g
                 directions.append(self._update_slot(self.exp_avg[i], m, active))
@@ -322,7 +319,7 @@ class Prodigy(_AdaptiveAdam):
             v = self.exp_avg_sq[i] * self.beta_2 + v_scale * g * g
             second_moments.append(self._update_slot(self.exp_avg_sq[i], v, active))
             s = self.s[i] * beta_3 + tf.cast(s_scale, dtype) * g_sliced
-            d_denom += _sum64(tf.abs(self._update_slot(self.s[i], s, active)))
+            d_denom += sum64(tf.abs(self._update_slot(self.s[i], s, active)))
         # The authors return before touching d or a weight when sum |s| is 0.
         proceed = active & tf.not_equal(d_denom, 0.0)
         numerator = self.d_numerator * beta_3 + delta
@@ -406,7 +403,7 @@ class DAdaptAdam(_AdaptiveAdam):
         if self.built:
             return
         super().build(variables)
-        self.numerator_weighted = self._scalar("numerator_weighted", 0.0)
+        self.numerator_weighted = scalar_state(self, "numerator_weighted", 0.0)
         self.exp_avg = self.add_optimizer_variables(variables, "exp_avg")
         self.s = self.add_optimizer_variables(variables, "s")
 
@@ -424,13 +421,13 @@ class DAdaptAdam(_AdaptiveAdam):
             dtype = var.dtype
             s_old, v_old = (tf.convert_to_tensor(x[i]) for x in (self.s, self.exp_avg_sq))
             denominator = tf.sqrt(v_old) + self.epsilon
-            accumulated += dlr * _sum64(g * (s_old / denominator))
+            accumulated += dlr * sum64(g * (s_old / denominator))
             m = self.exp_avg[i] * self.beta_1 + tf.cast(dlr * (1.0 - self.beta_1), dtype) * g
             directions.append(self._update_slot(self.exp_avg[i], m, active))
             v = v_old * self.beta_2 + (1.0 - self.beta_2) * g * g
             second_moments.append(self._update_slot(self.exp_avg_sq[i], v, active))
             s = s_old * root + tf.cast(dlr * (1.0 - root), dtype) * g
-            sk_l1 += _sum64(tf.abs(self._update_slot(self.s[i], s, active)))
+            sk_l1 += sum64(tf.abs(self._update_slot(self.s[i], s, active)))
         # The authors return before touching d or a weight when sum |s| is 0.
         proceed = active & tf.not_equal(sk_l1, 0.0)
         numerator = root * self.numerator_weighted + (1.0 - root) * accumulated

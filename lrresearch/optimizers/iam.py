@@ -21,8 +21,8 @@ from lrresearch.optimizers.float64_state import (
     STATE_DTYPE,
     float32_summaries,
     scalar_state,
+    sum64,
 )
-from lrresearch.optimizers.float64_state import sum64 as _sum64
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
 
@@ -94,11 +94,8 @@ class IAM(WholeStepOptimizer):
             return
         super().build(variables)
         self.anchor = self.add_optimizer_variables(variables, "z")
-        self.effective_lr = self._scalar("effective_lr")
-        self.polyak = self._scalar("polyak")
-
-    def _scalar(self, name: str) -> keras.Variable:
-        return scalar_state(self, name)
+        self.effective_lr = scalar_state(self, "effective_lr")
+        self.polyak = scalar_state(self, "polyak")
 
     def update_all(
         self,
@@ -117,9 +114,9 @@ class IAM(WholeStepOptimizer):
             tf.where(first, w, tf.convert_to_tensor(z)) for z, w in zip(slots, weights, strict=True)
         ]
         dot = tf.add_n(
-            [_sum64(g * (z - w)) for g, z, w in zip(grads, anchors, weights, strict=True)]
+            [sum64(g * (z - w)) for g, z, w in zip(grads, anchors, weights, strict=True)]
         )
-        norm = tf.add_n([_sum64(g * g) for g in grads])
+        norm = tf.add_n([sum64(g * g) for g in grads])
         eta = tf.maximum(loss - self.lower_bound + dot, 0.0) / norm  # inf/NaN at g = 0
         tau = tf.where(eta < lr, eta, lr)  # Python's min(lr, eta)
         keep, move = self.lmbda / (1.0 + self.lmbda), 1.0 / (1.0 + self.lmbda)

@@ -296,12 +296,17 @@ def _fill(value: float) -> Callable[..., tf.Tensor]:
 
 
 def make_base_optimizer(
-    spec: BaseSpec, learning_rate: float, owner: str = "Mechanic", authors: str = "mechanize"
+    spec: BaseSpec,
+    learning_rate: float,
+    owner: str = "Mechanic",
+    authors: str = "mechanize",
+    page: str = "mechanic",
 ) -> keras.optimizers.Optimizer:
     """The base optimizer of `<owner>.base_optimizer` (a short name, a class or factory
     taking `learning_rate`, or a serialized optimizer), at `learning_rate`. `owner` is
     the wrapping class (Mechanic, ScheduleFreeWrapper), named in the errors; `authors`
-    the authors' wrapper, named in the warning for Keras's momentum."""
+    the authors' wrapper and `page` its parity page (`docs/parity/<page>.md`), named in
+    the warning for Keras's momentum."""
     from lrresearch.optimizers import OPTIMIZERS  # here: the package imports this module
 
     if isinstance(spec, str):
@@ -326,7 +331,7 @@ def make_base_optimizer(
         )
     _check_base(base, owner)
     if isinstance(base, keras.optimizers.SGD) and base.momentum:
-        message = keras_momentum_warning(spec, base, owner, authors)
+        message = keras_momentum_warning(spec, base, owner, authors, page)
         warnings.warn(message, BaseFormWarning, stacklevel=3)
     base.learning_rate = learning_rate
     return base
@@ -354,11 +359,10 @@ class BaseFormWarning(UserWarning):
 
 
 def keras_momentum_warning(
-    spec: BaseSpec, base: keras.optimizers.SGD, owner: str = "Mechanic", authors: str = "mechanize"
+    spec: BaseSpec, base: keras.optimizers.SGD, owner: str, authors: str, page: str
 ) -> str:
     """The warning for a base of Keras's momentum SGD: not the authors' torch form
-    (`owner`, `authors`: see `make_base_optimizer`; the parity page is the owner's)."""
-    page = "mechanic" if owner == "Mechanic" else "schedule_free_wrap"
+    (`owner`, `authors`, `page`: see `make_base_optimizer`)."""
     given = repr(spec) if isinstance(spec, str) else "@keras.optimizers.SGD"
     mu = base.momentum
     nesterov = " and `MomentumSGD.nesterov = True`" if base.nesterov else ""

@@ -28,8 +28,8 @@ from lrresearch.optimizers.float64_state import (
     STATE_DTYPE,
     float32_summaries,
     scalar_state,
+    sum64,
 )
-from lrresearch.optimizers.float64_state import sum64 as _sum64
 from lrresearch.optimizers.weight_decay import decay_coefficient
 from lrresearch.optimizers.whole_step import WholeStepOptimizer
 
@@ -79,14 +79,11 @@ class _MomoBase(WholeStepOptimizer):
         if self.built:
             return
         super().build(variables)
-        self.loss_avg = self._scalar("loss_avg", 0.0)
-        self.gamma = self._scalar("gamma", 0.0)
-        self.lb = self._scalar("lb", self.lower_bound)
-        self.effective_lr = self._scalar("effective_lr", 0.0)
+        self.loss_avg = scalar_state(self, "loss_avg", 0.0)
+        self.gamma = scalar_state(self, "gamma", 0.0)
+        self.lb = scalar_state(self, "lb", self.lower_bound)
+        self.effective_lr = scalar_state(self, "effective_lr", 0.0)
         self.grad_avg = self.add_optimizer_variables(variables, "grad_avg")
-
-    def _scalar(self, name: str, value: float) -> keras.Variable:
-        return scalar_state(self, name, value)
 
     def _step_size(
         self, lr: tf.Tensor, rho: tf.Tensor, dot: tf.Tensor, norm: tf.Tensor
@@ -235,7 +232,7 @@ class MoMo(_MomoBase):
         start = not self.bias_correction  # the averages start at the first batch's values
         grads = [tf.cast(g, v.dtype) for g, v in zip(grads, variables, strict=True)]
         weights = [tf.convert_to_tensor(v) for v in variables]
-        grad_dot_w = tf.add_n([_sum64(w * g) for w, g in zip(weights, grads, strict=True)])
+        grad_dot_w = tf.add_n([sum64(w * g) for w, g in zip(weights, grads, strict=True)])
         loss_avg = tf.convert_to_tensor(self.loss_avg)
         gamma = tf.convert_to_tensor(self.gamma)
         if start:
@@ -252,8 +249,8 @@ class MoMo(_MomoBase):
             d = previous * beta + g * (1.0 - beta)
             self.assign(slot, d)
             directions.append(d)
-            dot.append(_sum64(w * d))
-            norm.append(_sum64(d * d))
+            dot.append(sum64(w * d))
+            norm.append(sum64(d * d))
         rho = 1.0 - beta**k if self.bias_correction else tf.constant(1.0, STATE_DTYPE)
         tau, lr_decay = self._step_size(lr, rho, tf.add_n(dot), tf.add_n(norm))
         for w, d, variable in zip(weights, directions, variables, strict=True):

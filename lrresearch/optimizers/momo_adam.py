@@ -9,8 +9,7 @@ import gin
 import keras
 import tensorflow as tf
 
-from lrresearch.optimizers.float64_state import STATE_DTYPE
-from lrresearch.optimizers.float64_state import sum64 as _sum64
+from lrresearch.optimizers.float64_state import STATE_DTYPE, sum64
 from lrresearch.optimizers.momo import _MomoBase
 
 
@@ -138,9 +137,9 @@ class MoMoAdam(_MomoBase):
             self.assign(self.grad_avg_sq[index], v)
             denominator = tf.sqrt(v / tf.cast(1.0 - beta_2**k, w.dtype)) + self.epsilon
             directions.append(d / denominator)
-            grad_dot_w.append(_sum64(w * g))
-            dot.append(_sum64(w * d))
-            norm.append(_sum64(d * (d / denominator)))
+            grad_dot_w.append(sum64(w * g))
+            dot.append(sum64(w * d))
+            norm.append(sum64(d * (d / denominator)))
         gamma = tf.convert_to_tensor(self.gamma) * beta_1 + tf.add_n(grad_dot_w) * (1.0 - beta_1)
         self.assign(self.gamma, gamma)
         loss_avg = (1.0 - beta_1) * loss + beta_1 * tf.convert_to_tensor(self.loss_avg)

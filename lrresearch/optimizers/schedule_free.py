@@ -139,6 +139,13 @@ class _ScheduleFree(WholeStepOptimizer):
         weight decay included; `step` is `k` (float64)."""
         raise NotImplementedError
 
+    def _decayed(self, direction: tf.Tensor, variable: keras.Variable) -> tf.Tensor:
+        """`direction + weight_decay * y` (the authors' decay at `y`), or `direction`."""
+        decay = decay_coefficient(self.decay_at_y, variable.dtype)
+        if decay is None:
+            return direction
+        return direction + decay * tf.convert_to_tensor(variable)
+
     def _average_weight(
         self, learning_rate: tf.Tensor, step: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -302,18 +309,43 @@ class ScheduleFreeSGD(_ScheduleFree):
     def _direction(
         self, grad: tf.Tensor, variable: keras.Variable, index: int, step: tf.Tensor
     ) -> tf.Tensor:
-        decay = decay_coefficient(self.decay_at_y, variable.dtype)
-        if decay is None:
-            return grad
-        return grad + decay * tf.convert_to_tensor(variable)
+        return self._decayed(grad, variable)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "momentum": self.momentum}
 
 
+class _SecondMoment(_ScheduleFree):
+    """Adam's second moment `exp_avg_sq` (`beta_2`, `epsilon`) for the Adam-type
+    Schedule-Free optimizers (AdamW, RAdam)."""
+
+    beta_2: float
+    epsilon: float
+
+    def build(self, variables: list[keras.Variable]) -> None:
+        """`_ScheduleFree`'s slots, and `exp_avg_sq` (zeros)."""
+        if self.built:
+            return
+        super().build(variables)
+        self.exp_avg_sq = self.add_optimizer_variables(variables, "exp_avg_sq")
+
+    def _normalized(
+        self, grad: tf.Tensor, variable: keras.Variable, index: int, step: tf.Tensor
+    ) -> tf.Tensor:
+        """Updates `v = beta_2 v + (1 - beta_2) g^2` and returns `g / (sqrt(v / (1 -
+        beta_2^(k+1))) + epsilon)` (`step` is `k`, float64)."""
+        exp_avg_sq = self.exp_avg_sq[index]
+        previous = tf.convert_to_tensor(exp_avg_sq)
+        new_exp_avg_sq = previous * self.beta_2 + (1 - self.beta_2) * tf.square(grad)
+        self.assign(exp_avg_sq, new_exp_avg_sq)
+        beta_2 = tf.constant(self.beta_2, tf.float64)
+        bias_correction = tf.cast(1 - tf.pow(beta_2, step + 1), variable.dtype)
+        return grad / (tf.sqrt(new_exp_avg_sq / bias_correction) + self.epsilon)
+
+
 @keras.saving.register_keras_serializable(package="lrresearch")
 @gin.configurable
-class ScheduleFreeAdamW(_ScheduleFree):
+class ScheduleFreeAdamW(_SecondMoment):
     """Schedule-Free AdamW: the authors' `AdamWScheduleFree`, with the direction
 
         v = beta_2 * v + (1 - beta_2) * g**2                        # exp_avg_sq, from 0
@@ -389,28 +421,10 @@ class ScheduleFreeAdamW(_ScheduleFree):
         check_nonnegative(owner, epsilon=epsilon)
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
 
-    def build(self, variables: list[keras.Variable]) -> None:
-        """`_ScheduleFree`'s slots, and `exp_avg_sq` (zeros)."""
-        if self.built:
-            return
-        super().build(variables)
-        self.exp_avg_sq = self.add_optimizer_variables(variables, "exp_avg_sq")
-
     def _direction(
         self, grad: tf.Tensor, variable: keras.Variable, index: int, step: tf.Tensor
     ) -> tf.Tensor:
-        dtype = variable.dtype
-        exp_avg_sq = self.exp_avg_sq[index]
-        previous = tf.convert_to_tensor(exp_avg_sq)
-        new_exp_avg_sq = previous * self.beta_2 + (1 - self.beta_2) * tf.square(grad)
-        self.assign(exp_avg_sq, new_exp_avg_sq)
-        beta_2 = tf.constant(self.beta_2, tf.float64)
-        bias_correction = tf.cast(1 - tf.pow(beta_2, step + 1), dtype)
-        direction = grad / (tf.sqrt(new_exp_avg_sq / bias_correction) + self.epsilon)
-        decay = decay_coefficient(self.decay_at_y, dtype)
-        if decay is not None:
-            direction = direction + decay * tf.convert_to_tensor(variable)
-        return direction
+        return self._decayed(self._normalized(grad, variable, index, step), variable)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,

@@ -11,8 +11,7 @@ import keras
 import tensorflow as tf
 
 from lrresearch.checks import check_bool, check_interval, check_nonnegative
-from lrresearch.optimizers.schedule_free import _ScheduleFree
-from lrresearch.optimizers.weight_decay import decay_coefficient
+from lrresearch.optimizers.schedule_free import _SecondMoment
 
 
 def sma_lengths(beta_2: float, step: tf.Tensor) -> tuple[tf.Tensor, float]:
@@ -42,7 +41,7 @@ def rectification(beta_2: float, step: tf.Tensor, silent_sgd_phase: bool) -> tf.
 
 @keras.saving.register_keras_serializable(package="lrresearch")
 @gin.configurable
-class ScheduleFreeRAdam(_ScheduleFree):
+class ScheduleFreeRAdam(_SecondMoment):
     """Schedule-Free RAdam: the authors' `RAdamScheduleFree`. Batch `k` (0-based) at the
     LR `lr` the trainer set, with `rect` = `rectification(beta_2, k + 1, silent_sgd_phase)`:
 
@@ -129,13 +128,6 @@ class ScheduleFreeRAdam(_ScheduleFree):
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
         self.silent_sgd_phase = silent_sgd_phase
 
-    def build(self, variables: list[keras.Variable]) -> None:
-        """`_ScheduleFree`'s slots, and `exp_avg_sq` (zeros)."""
-        if self.built:
-            return
-        super().build(variables)
-        self.exp_avg_sq = self.add_optimizer_variables(variables, "exp_avg_sq")
-
     def _average_weight(
         self, learning_rate: tf.Tensor, step: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -146,20 +138,9 @@ class ScheduleFreeRAdam(_ScheduleFree):
     def _direction(
         self, grad: tf.Tensor, variable: keras.Variable, index: int, step: tf.Tensor
     ) -> tf.Tensor:
-        dtype = variable.dtype
-        exp_avg_sq = self.exp_avg_sq[index]
-        previous = tf.convert_to_tensor(exp_avg_sq)
-        new_exp_avg_sq = previous * self.beta_2 + (1 - self.beta_2) * tf.square(grad)
-        self.assign(exp_avg_sq, new_exp_avg_sq)
-        beta_2 = tf.constant(self.beta_2, tf.float64)
-        bias_correction = tf.cast(1 - tf.pow(beta_2, step + 1), dtype)
-        normalized = grad / (tf.sqrt(new_exp_avg_sq / bias_correction) + self.epsilon)
+        normalized = self._normalized(grad, variable, index, step)
         adaptive = sma_lengths(self.beta_2, step + 1)[0] > 4
-        direction = tf.where(adaptive, normalized, grad)
-        decay = decay_coefficient(self.decay_at_y, dtype)
-        if decay is not None:
-            direction = direction + decay * tf.convert_to_tensor(variable)
-        return direction
+        return self._decayed(tf.where(adaptive, normalized, grad), variable)
 
     def get_config(self) -> dict[str, Any]:
         config = {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,

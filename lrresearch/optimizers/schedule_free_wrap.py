@@ -133,7 +133,7 @@ class ScheduleFreeWrapper(_ScheduleFree):
         self.momentum = float(momentum)
         self.base_spec = base_optimizer if isinstance(base_optimizer, str) else None
         self.base_optimizer = make_base_optimizer(
-            base_optimizer, float(learning_rate), owner, "ScheduleFreeWrapper"
+            base_optimizer, float(learning_rate), owner, "ScheduleFreeWrapper", "schedule_free_wrap"
         )
 
     def build(self, variables: list[keras.Variable]) -> None:
