@@ -11,6 +11,7 @@ run of the same name differs stops with the file to remove, never mixing results
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures as futures
 import json
 import multiprocessing
@@ -216,3 +217,31 @@ def cost_line(
         names = ", ".join(f"`{n}`" for n in not_run[:10])
         line += f" **Not run** ({why}): {len(not_run)} runs: {names}{more}."
     return line
+
+
+def arguments(description: str, name: str) -> argparse.ArgumentParser:
+    """The flags of a results script on kept runs: `--quick`, `--page`, `--jobs`,
+    `--logdir` (`logdir` gives its default, `runs/<name>[_quick]`) and `--minutes`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="short runs, one seed; prints")
+    parser.add_argument(
+        "--page",
+        action="store_true",
+        help="with --quick, write the page anyway (marked as a quick run)",
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
+    parser.add_argument(
+        "--logdir", default=None, help=f"where the runs stay (default runs/{name}[_quick])"
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="start no run after this many minutes; the page says what ran",
+    )
+    return parser
+
+
+def logdir(args: argparse.Namespace, name: str) -> str:
+    """`--logdir`, or `runs/<name>` (`runs/<name>_quick` with `--quick`)."""
+    return args.logdir or f"runs/{name}" + ("_quick" if args.quick else "")

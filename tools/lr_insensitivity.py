@@ -20,7 +20,6 @@ run stay under `--logdir`, so a second invocation trains only what is missing);
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -29,6 +28,7 @@ from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import cached_runs
 import numpy as np
 from cached_runs import Result, Spec, cost_line, has_configurable, run_all
 
@@ -364,31 +364,15 @@ def page(tables, ws, seeds, missing, errors, logdir: str, seconds: dict[str, lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs, one seed; prints")
-    parser.add_argument(
-        "--page",
-        action="store_true",
-        help="with --quick, write the page anyway (marked as a quick run)",
-    )
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
-    parser.add_argument(
-        "--logdir", default=None, help="where the runs stay (default runs/lr_insensitivity[_quick])"
-    )
+    parser = cached_runs.arguments(__doc__.splitlines()[0], "lr_insensitivity")
     parser.add_argument(
         "--workloads",
         default="digits,mnist1d",
         help="comma-separated, of: " + ", ".join(workloads(False)),
     )
-    parser.add_argument(
-        "--minutes",
-        type=float,
-        default=None,
-        help="start no run after this many minutes; the page says what ran",
-    )
-    args = parser.parse_args()  # fmt: skip
+    args = parser.parse_args()
     seeds = SEEDS[:1] if args.quick else SEEDS
-    logdir = args.logdir or ("runs/lr_insensitivity" + ("_quick" if args.quick else ""))
+    logdir = cached_runs.logdir(args, "lr_insensitivity")
     ws = {k: v for k, v in workloads(args.quick).items() if k in args.workloads.split(",")}
     methods, missing = available(list(METHODS))
     start = time.perf_counter()

@@ -21,13 +21,13 @@ a few short runs with one seed and only prints (`--page`: writes it too).
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from collections.abc import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import cached_runs
 import numpy as np
 import workload_results
 from cached_runs import Result, Spec, cost_line, has_configurable, run_all
@@ -238,24 +238,9 @@ def page(runs, labels, w, seeds, missing, errors, logdir: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs, one seed; prints")
-    parser.add_argument(
-        "--page",
-        action="store_true",
-        help="with --quick, write the page anyway (marked as a quick run)",
-    )
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
-    parser.add_argument("--logdir", default=None, help="default runs/warmup_free[_quick]")
-    parser.add_argument(
-        "--minutes",
-        type=float,
-        default=None,
-        help="start no run after this many minutes; the page says what ran",
-    )
-    args = parser.parse_args()
+    args = cached_runs.arguments(__doc__.splitlines()[0], "warmup_free").parse_args()
     seeds = SEEDS[:1] if args.quick else SEEDS
-    logdir = args.logdir or ("runs/warmup_free" + ("_quick" if args.quick else ""))
+    logdir = cached_runs.logdir(args, "warmup_free")
     w = workload_results.workloads(args.quick)["lm"]
     table_ = arms(w.steps)
     labels = {k: v[0] for k, v in table_.items()}
